@@ -1,0 +1,160 @@
+"""The seams between kiln's pure core and the world, and the value types that cross them.
+
+Each platform (local, podman, aws) supplies a Builder, Compute, Router and MetricSource. A fake of
+each ships in `kiln.platforms.fake` so the core can be tested without processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from kiln.spec.models import Health, ImageSpec, ServiceSpec
+
+
+@dataclass(frozen=True)
+class Image:
+    """A sealed, content-addressed image. `digest` is 'sha256:<hex>' of its Merkle tree."""
+
+    name: str
+    digest: str
+    ref: str
+    """Where the platform finds it: a store folder (local), an image id (podman), an AMI (aws)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Environment set by `env` steps; instances get it under the service's own env."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a service runs: one image with one configuration. Never changed once created."""
+
+    id: str  # e.g. "web-r3"
+    service: str
+    number: int
+    image_digest: str
+    config_digest: str
+
+
+InstanceState = Literal["starting", "running", "draining", "stopped", "dead"]
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str  # e.g. "web-r3-a1b2c3"
+    service: str
+    release_id: str
+    host: str  # loopback address allocated to this instance
+    port: int
+    pid: int | None = None
+    pid_start: str | None = None
+    """Process start time (from /proc/PID/stat) so a reused pid is never mistaken for ours."""
+    workdir: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What really runs, as the platform sees it."""
+
+    instance_id: str
+    alive: bool
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One release's share of a service in the router."""
+
+    release_id: str
+    weight: int
+    servers: Sequence[str]  # "host:port"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request seen by the router."""
+
+    release_id: str
+    time: float  # unix seconds
+    status: int
+    duration: float  # seconds
+    error: bool  # 5xx or connection failure
+
+
+ProgressFn = Callable[[str], None]
+
+
+class Builder(Protocol):
+    def build(
+        self,
+        name: str,
+        spec: ImageSpec,
+        *,
+        base_dir: Path,
+        no_cache: bool = False,
+        progress: Callable[[StepEvent], None] | None = None,
+    ) -> Image: ...
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Progress of one bake step."""
+
+    index: int
+    total: int
+    description: str
+    status: Literal["running", "ran", "cached", "failed"]
+    duration: float = 0.0
+    key: str = ""
+
+
+class Compute(Protocol):
+    def launch(
+        self, service_name: str, service: ServiceSpec, release: Release, image: Image, count: int,
+        *, env: Mapping[str, str],
+    ) -> list[Instance]:
+        """Start `count` new instances; returns at once (health is checked separately)."""
+        ...
+
+    def healthy(self, instance: Instance, health: Health) -> bool:
+        """One health probe of the instance itself (not through the router)."""
+        ...
+
+    def terminate(self, instance: Instance, timeout: float) -> None:
+        """SIGTERM, then SIGKILL after `timeout`. Idempotent."""
+        ...
+
+    def observe(self, instances: Sequence[Instance]) -> list[Observed]:
+        """Which of these really run (a reused pid is not ours)."""
+        ...
+
+
+class Router(Protocol):
+    def ensure_running(self) -> None: ...
+
+    def set_backends(self, service_name: str, service: ServiceSpec,
+                     backends: Sequence[Backend]) -> None:
+        """Replace the service's routing atomically; weight 0 takes a release out."""
+        ...
+
+    def remove_service(self, service_name: str) -> None: ...
+
+    def verify(self, service_name: str) -> dict[str, int]:
+        """release_id -> weight the router really serves."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class MetricSource(Protocol):
+    def samples(self, service_name: str, since: float) -> list[Sample]:
+        """Requests the router served for the service since `since` (unix seconds)."""
+        ...

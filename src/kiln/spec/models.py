@@ -1,0 +1,333 @@
+"""Typed models of kiln.yaml (v1). Pure: no I/O here; loading lives in `loader`."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+NAME_RE = r"^[a-z][a-z0-9-]{0,39}$"
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """'500ms' | '30s' | '5m' | '1h' | number of seconds -> seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 500ms, 30s or 5m")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("expected a non-negative duration")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"expected a duration like 500ms, 30s or 5m, got {value!r}")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds and seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds}s"
+
+
+def parse_fraction(value: Any) -> float:
+    """'25%' -> 0.25; a bare number is already a fraction (0.25)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a percentage like 25% or a fraction like 0.25")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if text.endswith("%"):
+                return float(text[:-1]) / 100.0
+            return float(text)
+        except ValueError:
+            pass
+    raise ValueError(f"expected a percentage like 25% or a fraction like 0.25, got {value!r}")
+
+
+def parse_hostport(value: Any) -> str:
+    """'127.0.0.1:8080' (host defaults to 127.0.0.1 when only a port is given)."""
+    if isinstance(value, bool):
+        raise ValueError("expected host:port like 127.0.0.1:8080")
+    if isinstance(value, int):
+        value = f"127.0.0.1:{value}"
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            host, port = "127.0.0.1", value
+        if port.isdigit() and 0 < int(port) < 65536 and re.match(r"^[A-Za-z0-9.\-]+$", host):
+            return f"{host}:{int(port)}"
+    raise ValueError(f"expected host:port like 127.0.0.1:8080, got {value!r}")
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": ["string", "number"], "pattern": r"^\d+(\.\d+)?(ms|s|m|h)?$",
+                    "description": "duration: 500ms, 30s, 5m, 1h or seconds"}),
+]
+Fraction = Annotated[
+    float,
+    BeforeValidator(parse_fraction),
+    WithJsonSchema({"type": ["string", "number"], "description": "percentage (25%) or fraction"}),
+]
+HostPort = Annotated[
+    str,
+    BeforeValidator(parse_hostport),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z0-9.\-]+:\d+$"}),
+]
+Name = Annotated[str, Field(pattern=NAME_RE)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# ---------------------------------------------------------------- image steps
+
+
+class CopyStep(_Model):
+    """Copy a file or folder (relative to kiln.yaml) into the image."""
+
+    source: str = Field(alias="copy", min_length=1)
+    to: str = "."
+
+
+class RunStep(_Model):
+    """Run a shell command with the image root as working directory."""
+
+    run: str = Field(min_length=1)
+    timeout: Duration = 600.0
+
+
+class EnvStep(_Model):
+    """Set environment variables for later `run` steps and for instances."""
+
+    env: dict[str, str]
+
+
+class WorkdirStep(_Model):
+    """Working directory (inside the image) for later `run` steps."""
+
+    workdir: str
+
+
+Step = CopyStep | RunStep | EnvStep | WorkdirStep
+
+
+# ---------------------------------------------------------------- image tests
+
+
+class HttpCheck(_Model):
+    class Spec(_Model):
+        path: str = "/"
+        method: str = "GET"
+        status: int = Field(200, ge=100, le=599)
+        body_contains: str | None = None
+        json_fields: dict[str, Any] | None = Field(None, alias="json")
+        """JSON body fields that must equal these values (dotted paths allowed)."""
+        timeout: Duration = 5.0
+
+    http: Spec
+
+
+class CommandCheck(_Model):
+    class Spec(_Model):
+        run: str = Field(min_length=1)
+        exit_code: int = 0
+        stdout_contains: str | None = None
+        stderr_contains: str | None = None
+        timeout: Duration = 30.0
+
+    command: Spec | str
+
+    @property
+    def spec(self) -> CommandCheck.Spec:
+        c = self.command
+        return CommandCheck.Spec(run=c) if isinstance(c, str) else c
+
+
+class PortCheck(_Model):
+    port: int = Field(ge=1, le=65535)
+    timeout: Duration = 5.0
+
+
+class FileCheck(_Model):
+    class Spec(_Model):
+        path: str = Field(min_length=1)
+        exists: bool = True
+        mode: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$")
+        contains: str | None = None
+
+    file: Spec
+
+
+class TestinfraCheck(_Model):
+    testinfra: str = Field(min_length=1)
+    timeout: Duration = 120.0
+
+
+Check = HttpCheck | CommandCheck | PortCheck | FileCheck | TestinfraCheck
+
+
+class ImageSpec(_Model):
+    base: str = "python"
+    steps: list[Step] = Field(default_factory=list)
+    tests: list[Check] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- services
+
+
+class Health(_Model):
+    path: str = "/healthz"
+    interval: Duration = 1.0
+    timeout: Duration = 1.0
+    deadline: Duration = 30.0
+    """How long new instances may take to become healthy before the rollout rolls back."""
+
+
+class RolloutStep(_Model):
+    weight: int = Field(ge=0, le=100)
+    pause: Duration | None = None
+    """None: wait for `kiln promote`. 0: go on at once."""
+
+
+class Analysis(_Model):
+    max_error_rate_increase: Fraction = 0.01
+    max_error_rate: Fraction | None = None
+    max_latency_increase: Fraction = 0.25
+    min_requests: int = 100
+    on_no_data: Literal["pause", "rollback", "promote"] = "pause"
+    alpha: float = 0.01
+    """False-alarm budget of the sequential judge for a whole rollout."""
+
+    @field_validator("max_error_rate_increase", "max_error_rate")
+    @classmethod
+    def _rate_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ValueError("expected a rate between 0% and 100%")
+        return v
+
+    @field_validator("max_latency_increase")
+    @classmethod
+    def _latency(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("expected a non-negative relative increase like 25%")
+        return v
+
+    @field_validator("min_requests")
+    @classmethod
+    def _min_requests(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("expected a non-negative number of requests")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        if not 0.0 < v < 0.5:
+            raise ValueError("expected a false-alarm rate between 0 and 0.5")
+        return v
+
+    @model_validator(mode="after")
+    def _no_blind_promote(self) -> Analysis:
+        if self.min_requests == 0 and self.on_no_data == "promote":
+            raise ValueError("min_requests 0 with on_no_data promote would pass a canary that "
+                             "served nothing; set min_requests > 0 or on_no_data pause|rollback")
+        return self
+
+
+class Rollout(_Model):
+    strategy: Literal["canary", "blue-green", "rolling"] = "canary"
+    steps: list[RolloutStep] = Field(
+        default_factory=lambda: [RolloutStep(weight=10, pause=0.0),
+                                 RolloutStep(weight=50, pause=0.0)]
+    )
+    analysis: Analysis | None = None
+    scale_down_delay: Duration = 30.0
+    max_surge: int = Field(1, ge=0)
+    max_unavailable: int = Field(0, ge=0)
+    drain_timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Rollout:
+        if self.strategy == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("rolling needs max_surge or max_unavailable above 0")
+        return self
+
+
+class ServiceSpec(_Model):
+    image: str
+    command: str = Field(min_length=1)
+    port: int = Field(8000, ge=1, le=65535)
+    listen: HostPort
+    replicas: int = Field(1, ge=1, le=64)
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    health: Health = Field(default_factory=lambda: Health())
+    rollout: Rollout = Field(default_factory=lambda: Rollout())
+    stop_timeout: Duration = 10.0
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_str(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: (str(x).lower() if isinstance(x, bool) else str(x))
+                    if isinstance(x, int | float | bool) else x for k, x in v.items()}
+        return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_refs(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, ref in v.items():
+            if not re.match(r"^(env|file):.+$", ref):
+                raise ValueError(f"secret {key}: expected env:NAME or file:PATH, got {ref!r}")
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        host = v.rpartition(":")[0]
+        if not (host.startswith("127.") or host == "localhost"):
+            raise ValueError(f"listen must be a loopback address (127.0.0.0/8), got {host}")
+        return v
+
+
+class Spec(_Model):
+    project: Name
+    platform: Literal["local", "podman", "aws"] = "local"
+    images: dict[Name, ImageSpec] = Field(default_factory=dict)
+    services: dict[Name, ServiceSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> Spec:
+        listens: dict[str, str] = {}
+        for name, svc in self.services.items():
+            if svc.image not in self.images:
+                known = ", ".join(sorted(self.images)) or "none defined"
+                raise ValueError(f"services.{name}.image: unknown image {svc.image!r} "
+                                 f"(images: {known})")
+            if svc.listen in listens:
+                raise ValueError(f"services.{name}.listen: {svc.listen} is already used by "
+                                 f"service {listens[svc.listen]}")
+            listens[svc.listen] = name
+        return self
