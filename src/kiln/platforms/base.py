@@ -136,6 +136,21 @@ class Compute(Protocol):
         """Which of these really run (a reused pid is not ours)."""
         ...
 
+    def exec(self, instance: Instance, command: str, *, timeout: float) -> ExecResult:
+        """Run a shell command in the instance's environment (image root, env, venv on PATH)."""
+        ...
+
+    def log_path(self, instance: Instance) -> Path:
+        """The file the instance's stdout/stderr go to."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
 
 class Router(Protocol):
     def ensure_running(self) -> None: ...
