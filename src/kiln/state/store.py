@@ -116,6 +116,11 @@ MIGRATIONS: list[str] = [
         started_at REAL NOT NULL
     );
     """,
+    # 2: `kiln promote` / `kiln abort` signal a rollout that another process is driving
+    """
+    ALTER TABLE rollouts ADD COLUMN signal TEXT;
+    ALTER TABLE releases ADD COLUMN skip_tests INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

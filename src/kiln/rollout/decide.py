@@ -1,0 +1,375 @@
+"""The rollout as a step machine: `decide(status, observation) -> (status, actions)`. Pure.
+
+Like Argo Rollouts' canary reconciler, every pass reads the persisted status and what really runs,
+and returns the next idempotent actions plus the status to persist once they are done. A pass that
+is killed half-way is simply run again: every action is "make it so", never "do it once more".
+Rollback is a phase like any other, not an exception path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kiln.spec.models import Rollout
+
+Phase = Literal[
+    "launch",        # start the new release's instances
+    "health",        # wait until all are healthy (the gate)
+    "step",          # canary: hold a weight for a pause, judged
+    "roll",          # rolling: replace instances batch by batch
+    "drain_old",     # new release has everything; let the old one finish in-flight requests
+    "standby",       # blue-green: old set kept, weight 0, for instant rollback until a deadline
+    "rollback",      # put traffic back on the old release
+    "drain_new",     # the new release left rotation; let it finish in-flight requests
+    "done",
+]
+SETTLED: frozenset[str] = frozenset({"done", "standby"})
+Outcome = Literal["promoted", "rolled_back", "aborted", "failed"]
+
+
+@dataclass
+class Decision:
+    """One judged moment, kept for history and the report."""
+
+    time: float
+    step: int
+    weight: int
+    outcome: str
+    reason: str
+
+
+@dataclass
+class Status:
+    """Persisted once per pass (as JSON) in the `rollouts` row."""
+
+    phase: Phase
+    strategy: str
+    new: str
+    old: str | None
+    replicas: int
+    step: int = 0
+    step_started: float = 0.0
+    deadline: float = 0.0
+    drain_started: float = 0.0
+    weights: dict[str, int] = field(default_factory=dict)
+    outcome: Outcome | None = None
+    reason: str | None = None
+    promote_requested: bool = False
+    promote_full: bool = False
+    abort_requested: bool = False
+    waiting: str | None = None
+    """Why the rollout is not moving (shown by `status`): e.g. waiting for `kiln promote`."""
+    rolled: int = 0
+    """rolling: how many old instances have been replaced so far."""
+    retiring: int = 0
+    """rolling: old instances currently draining out of rotation."""
+    standby_until: float = 0.0
+    decisions: list[Decision] = field(default_factory=list)
+    started: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Status:
+        data = dict(data)
+        data["decisions"] = [Decision(**d) for d in data.get("decisions", [])]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Literal["pass", "fail", "inconclusive", "continue"]
+    reason: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float
+    new_alive: int
+    new_healthy: int
+    new_dead: int
+    """New instances that exited after launch: they never come back."""
+    old_alive: int
+    old_inflight: int = 0
+    new_inflight: int = 0
+    retiring_inflight: int = 0
+    verdict: Verdict | None = None
+    """The judge's view of the current step; None when not judged (first release, no analysis)."""
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class EnsureInstances:
+    """Make `count` live instances of the release exist (launch only the missing ones)."""
+
+    release: str
+    count: int
+
+
+@dataclass(frozen=True)
+class SetWeights:
+    """Route traffic; weights are relative. Servers are the releases' in-rotation instances."""
+
+    weights: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Retire:
+    """Take `count` instances of a release out of rotation (rolling): mark them draining."""
+
+    release: str
+    count: int
+
+
+@dataclass(frozen=True)
+class TerminateRetiring:
+    release: str
+
+
+@dataclass(frozen=True)
+class TerminateRelease:
+    release: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """Write an event to history."""
+
+    kind: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Action = EnsureInstances | SetWeights | Retire | TerminateRetiring | TerminateRelease | Record
+
+
+def start(strategy: str, new: str, old: str | None, replicas: int, now: float) -> Status:
+    return Status(phase="launch", strategy=strategy, new=new, old=old, replicas=replicas,
+                  started=now)
+
+
+def decide(s: Status, obs: Observation, rollout: Rollout, health_deadline: float
+           ) -> tuple[Status, list[Action]]:
+    """The next actions and the status to persist after they succeed."""
+    s = dataclasses.replace(s, decisions=list(s.decisions), weights=dict(s.weights))
+    if s.phase == "done":
+        return s, []
+    if s.abort_requested and s.phase not in ("rollback", "drain_new", "standby"):
+        return _rollback(s, obs, "aborted", "aborted by the user")
+    handler = _PHASES[s.phase]
+    return handler(s, obs, rollout, health_deadline)
+
+
+def _launch(s: Status, obs: Observation, r: Rollout, health_deadline: float
+            ) -> tuple[Status, list[Action]]:
+    count = s.replicas
+    if s.strategy == "rolling" and s.old is not None:
+        count = min(s.replicas, max(r.max_surge, 1)) if r.max_surge > 0 else 0
+        s.phase = "roll"
+        s.deadline = obs.now + health_deadline
+        return s, [EnsureInstances(s.new, count)] if count else []
+    s.phase = "health"
+    s.deadline = obs.now + health_deadline
+    return s, [EnsureInstances(s.new, count)]
+
+
+def _health(s: Status, obs: Observation, r: Rollout, health_deadline: float
+            ) -> tuple[Status, list[Action]]:
+    if obs.new_dead > 0:
+        return _rollback(s, obs, "failed",
+                         f"{obs.new_dead} new instance(s) exited before becoming healthy")
+    if obs.new_healthy < s.replicas:
+        if obs.now >= s.deadline:
+            return _rollback(s, obs, "failed",
+                             f"health gate: {obs.new_healthy}/{s.replicas} new instances healthy "
+                             f"within {health_deadline:g}s")
+        s.waiting = f"health: {obs.new_healthy}/{s.replicas} new instances healthy"
+        return s, []
+    s.waiting = None
+    if s.old is None:
+        # Nothing to shift from: the first release goes live as soon as it is healthy.
+        s.weights = {s.new: 100}
+        s.phase, s.outcome, s.reason = "done", "promoted", "first release"
+        return s, [SetWeights(dict(s.weights)), Record("rollout.promoted", f"{s.new} is live")]
+    if s.strategy == "blue-green":
+        return _full(s, obs, r, "switched all traffic (blue-green)")
+    s.phase, s.step, s.step_started = "step", 0, obs.now
+    return _enter_step(s, obs, r)
+
+
+def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[Action]]:
+    if s.step >= len(r.steps):
+        return _full(s, obs, r, "all steps passed")
+    weight = r.steps[s.step].weight
+    assert s.old is not None
+    s.weights = {s.new: weight, s.old: 100 - weight}
+    s.step_started = obs.now
+    s.promote_requested = False
+    return s, [SetWeights(dict(s.weights)),
+               Record("rollout.step", f"step {s.step + 1}/{len(r.steps)}: {weight}% to {s.new}",
+                      {"step": s.step, "weight": weight})]
+
+
+def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
+          ) -> tuple[Status, list[Action]]:
+    weight = s.weights.get(s.new, 0)
+    if obs.new_alive < s.replicas:
+        return _rollback(s, obs, "failed",
+                         f"{s.replicas - obs.new_alive} new instance(s) died during step "
+                         f"{s.step + 1}")
+    v = obs.verdict
+    if v is not None and v.outcome == "fail":
+        s.decisions.append(Decision(obs.now, s.step, weight, "fail", v.reason))
+        return _rollback(s, obs, "rolled_back", v.reason, v.figures)
+    if s.promote_full:
+        s.decisions.append(Decision(obs.now, s.step, weight, "promote", "kiln promote --full"))
+        return _full(s, obs, r, "promoted by the user (--full)")
+    pause = r.steps[s.step].pause
+    elapsed = obs.now - s.step_started
+    if s.promote_requested:
+        s.decisions.append(Decision(obs.now, s.step, weight, "promote", "kiln promote"))
+        s.step += 1
+        return _enter_step(s, obs, r)
+    if pause is None:
+        s.waiting = f"step {s.step + 1}: {weight}% — waiting for `kiln promote`"
+        return s, []
+    if elapsed < pause:
+        s.waiting = None
+        return s, []
+    if v is None or v.outcome == "pass":
+        if v is not None:
+            s.decisions.append(Decision(obs.now, s.step, weight, "pass", v.reason))
+        s.waiting = None
+        s.step += 1
+        return _enter_step(s, obs, r)
+    # inconclusive (or still collecting) at the end of the pause: never a silent pass.
+    on_no_data = r.analysis.on_no_data if r.analysis else "pause"
+    if on_no_data == "rollback":
+        s.decisions.append(Decision(obs.now, s.step, weight, "inconclusive", v.reason))
+        return _rollback(s, obs, "rolled_back", f"inconclusive ({v.reason}); on_no_data rollback",
+                         v.figures)
+    if on_no_data == "promote":
+        s.decisions.append(Decision(obs.now, s.step, weight, "inconclusive", v.reason))
+        s.step += 1
+        return _enter_step(s, obs, r)
+    msg = f"step {s.step + 1}: inconclusive ({v.reason}) — paused; `kiln promote` or `kiln abort`"
+    if s.waiting != msg:
+        s.waiting = msg
+        return s, [Record("rollout.paused", msg, v.figures)]
+    return s, []
+
+
+def _full(s: Status, obs: Observation, r: Rollout, why: str) -> tuple[Status, list[Action]]:
+    assert s.old is not None
+    s.weights = {s.new: 100, s.old: 0}
+    s.waiting = None
+    actions: list[Action] = [SetWeights(dict(s.weights)),
+                             Record("rollout.full", f"100% to {s.new}: {why}")]
+    if s.strategy == "blue-green" and r.scale_down_delay > 0:
+        s.phase, s.standby_until = "standby", obs.now + r.scale_down_delay
+        s.outcome, s.reason = "promoted", why
+        return s, actions
+    s.phase, s.drain_started = "drain_old", obs.now
+    s.outcome, s.reason = "promoted", why
+    return s, actions
+
+
+def _drain_old(s: Status, obs: Observation, r: Rollout, health_deadline: float
+               ) -> tuple[Status, list[Action]]:
+    if obs.old_inflight > 0 and obs.now - s.drain_started < r.drain_timeout:
+        s.waiting = f"draining {s.old}: {obs.old_inflight} request(s) in flight"
+        return s, []
+    assert s.old is not None
+    s.phase, s.waiting = "done", None
+    s.weights = {s.new: 100}
+    return s, [SetWeights(dict(s.weights)), TerminateRelease(s.old),
+               Record("rollout.promoted", f"{s.new} has all traffic; {s.old} disposed of")]
+
+
+def _standby(s: Status, obs: Observation, r: Rollout, health_deadline: float
+             ) -> tuple[Status, list[Action]]:
+    if obs.now < s.standby_until:
+        s.waiting = f"{s.old} kept on standby for instant rollback"
+        return s, []
+    s.phase, s.drain_started = "drain_old", obs.now
+    return _drain_old(s, obs, r, health_deadline)
+
+
+def _rollback(s: Status, obs: Observation, outcome: Outcome, reason: str,
+              figures: dict[str, Any] | None = None) -> tuple[Status, list[Action]]:
+    s.outcome, s.reason = outcome, reason
+    s.phase, s.drain_started, s.waiting = "drain_new", obs.now, None
+    s.weights = {s.new: 0, s.old: 100} if s.old else {s.new: 0}
+    actions: list[Action] = [SetWeights(dict(s.weights))]
+    s.retiring = 0
+    return s, [*actions, Record(f"rollout.{outcome}", reason, figures or {})]
+
+
+def _rollback_phase(s: Status, obs: Observation, r: Rollout, health_deadline: float
+                    ) -> tuple[Status, list[Action]]:
+    return _rollback(s, obs, s.outcome or "rolled_back", s.reason or "rollback")
+
+
+def _drain_new(s: Status, obs: Observation, r: Rollout, health_deadline: float
+               ) -> tuple[Status, list[Action]]:
+    if obs.new_inflight > 0 and obs.now - s.drain_started < r.drain_timeout:
+        s.waiting = f"draining {s.new}: {obs.new_inflight} request(s) in flight"
+        return s, []
+    s.phase, s.waiting = "done", None
+    s.weights = {s.old: 100} if s.old else {}
+    return s, [SetWeights(dict(s.weights)), TerminateRelease(s.new)]
+
+
+def _roll(s: Status, obs: Observation, r: Rollout, health_deadline: float
+          ) -> tuple[Status, list[Action]]:
+    """Rolling: surge new instances, wait healthy, retire as many old ones, repeat."""
+    assert s.old is not None
+    if obs.new_dead > 0:
+        return _rollback(s, obs, "failed", f"{obs.new_dead} new instance(s) exited")
+    batch = max(r.max_surge, r.max_unavailable, 1)
+    if s.retiring:
+        if obs.retiring_inflight > 0 and obs.now - s.drain_started < r.drain_timeout:
+            return s, []
+        s.rolled += s.retiring
+        s.retiring = 0
+        return s, [TerminateRetiring(s.old)]
+    target_new = min(s.replicas, s.rolled + (r.max_surge if r.max_surge > 0 else batch))
+    if obs.new_alive < target_new:
+        s.deadline = obs.now + health_deadline
+        return s, [EnsureInstances(s.new, target_new)]
+    if obs.new_healthy < target_new:
+        if obs.now >= s.deadline:
+            return _rollback(s, obs, "failed",
+                             f"health gate: {obs.new_healthy}/{target_new} new instances healthy")
+        s.waiting = f"rolling: {obs.new_healthy}/{target_new} new instances healthy"
+        return s, []
+    old_left = s.replicas - s.rolled
+    if old_left <= 0:
+        return _full(s, obs, r, "all instances replaced (rolling)")
+    retire = min(old_left, batch, max(obs.new_healthy - s.rolled + r.max_unavailable, 0))
+    if retire <= 0:
+        retire = min(old_left, batch)
+    s.weights = {s.new: obs.new_healthy, s.old: old_left - retire}
+    s.retiring = retire
+    s.drain_started = obs.now
+    s.waiting = f"rolling: {s.rolled}/{s.replicas} replaced"
+    return s, [SetWeights(dict(s.weights)), Retire(s.old, retire)]
+
+
+_PHASES = {
+    "launch": _launch,
+    "health": _health,
+    "step": _step,
+    "roll": _roll,
+    "drain_old": _drain_old,
+    "standby": _standby,
+    "rollback": _rollback_phase,
+    "drain_new": _drain_new,
+}

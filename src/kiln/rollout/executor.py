@@ -1,0 +1,265 @@
+"""Drive a persisted rollout to a settled phase: observe, decide (pure), act, persist once.
+
+Killing the process at any moment and running the reconciler again converges, because the status
+is written only after a pass's actions succeeded and every action is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kiln.platforms.base import Backend, Compute, Image, Instance, MetricSource, Release, Router
+from kiln.rollout.decide import (
+    SETTLED,
+    Action,
+    EnsureInstances,
+    Observation,
+    Record,
+    Retire,
+    SetWeights,
+    Status,
+    TerminateRelease,
+    TerminateRetiring,
+    Verdict,
+    decide,
+)
+from kiln.spec.models import ServiceSpec
+from kiln.state.store import Store
+
+LIVE_STATES = ("starting", "running", "draining")
+
+
+class JudgeFn(Protocol):
+    def __call__(self, status: Status, now: float) -> Verdict | None: ...
+
+
+@dataclass
+class Env:
+    """What a reconcile pass needs from the world."""
+
+    store: Store
+    compute: Compute
+    router: Router
+    metrics: MetricSource | None
+    images: Callable[[str], Image]
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    fault: Callable[[str], None] = lambda point: None
+    """Test-only fault point (KILN_FAULT): called at every step boundary."""
+
+
+def instances_of(store: Store, release_id: str, states: Sequence[str] = LIVE_STATES,
+                 kind: str = "service") -> list[Instance]:
+    marks = ",".join("?" * len(states))
+    rows = store.query(
+        f"SELECT * FROM instances WHERE release_id = ? AND kind = ? AND state IN ({marks}) "
+        "ORDER BY created_at, id", (release_id, kind, *states))
+    return [Instance(id=r["id"], service=r["service"], release_id=r["release_id"], host=r["host"],
+                     port=r["port"], pid=r["pid"], pid_start=r["pid_start"], workdir=r["workdir"])
+            for r in rows]
+
+
+def load_release(store: Store, release_id: str) -> Release:
+    row = store.one("SELECT * FROM releases WHERE id = ?", (release_id,))
+    if row is None:
+        from kiln.errors import NotFound
+        raise NotFound(f"release {release_id} not found in state")
+    return Release(id=row["id"], service=row["service"], number=row["number"],
+                   image_digest=row["image_digest"], config_digest=row["config_digest"])
+
+
+def env_fault() -> Callable[[str], None]:
+    """KILN_FAULT=point kills this process with SIGKILL when the point is reached."""
+    target = os.environ.get("KILN_FAULT")
+    if not target:
+        return lambda point: None
+
+    def fault(point: str) -> None:
+        if point == target:
+            os.kill(os.getpid(), 9)
+
+    return fault
+
+
+class Reconciler:
+    """Runs one service's rollout (a `rollouts` row) until it settles."""
+
+    def __init__(self, env: Env, service_name: str, service: ServiceSpec, rollout_id: int,
+                 judge: JudgeFn | None = None, tick: float = 0.1) -> None:
+        self.env = env
+        self.name = service_name
+        self.service = service
+        self.rollout_id = rollout_id
+        self.judge = judge
+        self.tick = tick
+        self._healthy: set[str] = set()
+
+    # ------------------------------------------------------------ persistence
+
+    def load(self) -> Status:
+        row = self.env.store.one("SELECT status_json FROM rollouts WHERE id = ?", (self.rollout_id,))
+        assert row is not None
+        return Status.from_json(json.loads(row["status_json"]))
+
+    def _take_signal(self, status: Status) -> Status:
+        with self.env.store.tx() as c:
+            row = c.execute("SELECT signal FROM rollouts WHERE id = ?",
+                            (self.rollout_id,)).fetchone()
+            signal = row["signal"] if row else None
+            if signal:
+                c.execute("UPDATE rollouts SET signal = NULL WHERE id = ?", (self.rollout_id,))
+        if signal == "abort":
+            status.abort_requested = True
+        elif signal == "promote":
+            status.promote_requested = True
+        elif signal == "promote_full":
+            status.promote_full = True
+        return status
+
+    def save(self, status: Status, previous_phase: str) -> None:
+        now = time.time()
+        finished = now if status.phase == "done" else None
+        with self.env.store.tx() as c:
+            c.execute(
+                "UPDATE rollouts SET phase = ?, status_json = ?, outcome = ?, reason = ?, "
+                "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+                (status.phase, json.dumps(status.to_json()), status.outcome, status.reason, now,
+                 finished, self.rollout_id))
+            c.execute("DELETE FROM routes WHERE service = ?", (self.name,))
+            for release, weight in status.weights.items():
+                c.execute("INSERT INTO routes(service, release_id, weight) VALUES (?,?,?)",
+                          (self.name, release, weight))
+        if status.phase != previous_phase:
+            self.env.fault(f"after:{status.phase}")
+
+    # ------------------------------------------------------------ observe
+
+    def observe(self, status: Status) -> Observation:
+        now = time.time()
+        new = instances_of(self.env.store, status.new, ("starting", "running", "dead"))
+        observed = {o.instance_id: o.alive for o in self.env.compute.observe(new)}
+        alive = [i for i in new if observed.get(i.id, False)]
+        dead = [i for i in new if not observed.get(i.id, False)]
+        healthy = 0
+        for inst in alive:
+            if inst.id not in self._healthy and self.env.compute.healthy(inst, self.service.health):
+                self._healthy.add(inst.id)
+                self._mark(inst.id, "running")
+            if inst.id in self._healthy:
+                healthy += 1
+        old_alive = 0
+        if status.old:
+            old = instances_of(self.env.store, status.old)
+            old_alive = sum(1 for o in self.env.compute.observe(old) if o.alive)
+        verdict = None
+        if self.judge is not None and status.phase == "step" and status.old:
+            verdict = self.judge(status, now)
+        return Observation(
+            now=now, new_alive=len(alive), new_healthy=healthy, new_dead=len(dead),
+            old_alive=old_alive,
+            old_inflight=self._inflight(status.old) if status.phase == "drain_old" else 0,
+            new_inflight=self._inflight(status.new) if status.phase == "drain_new" else 0,
+            retiring_inflight=self._inflight(status.old) if status.retiring else 0,
+            verdict=verdict,
+        )
+
+    def _inflight(self, release_id: str | None) -> int:
+        if release_id is None:
+            return 0
+        probe = getattr(self.env.router, "open_requests", None)
+        if probe is None:
+            return 0
+        try:
+            return int(probe(release_id))
+        except Exception:  # a metrics hiccup must not block a drain; the timeout bounds it
+            return 0
+
+    def _mark(self, instance_id: str, state: str) -> None:
+        with self.env.store.tx() as c:
+            c.execute("UPDATE instances SET state = ? WHERE id = ? AND state = 'starting'",
+                      (state, instance_id))
+
+    # ------------------------------------------------------------ act
+
+    def act(self, status: Status, actions: Sequence[Action]) -> None:
+        for action in actions:
+            if isinstance(action, EnsureInstances):
+                self._ensure(action.release, action.count)
+            elif isinstance(action, SetWeights):
+                self._route(action.weights)
+            elif isinstance(action, Retire):
+                self._retire(action.release, action.count, status)
+            elif isinstance(action, TerminateRetiring):
+                for inst in instances_of(self.env.store, action.release, ("draining",)):
+                    self.env.compute.terminate(inst, self.service.stop_timeout)
+            elif isinstance(action, TerminateRelease):
+                for inst in instances_of(self.env.store, action.release):
+                    self.env.compute.terminate(inst, self.service.stop_timeout)
+            elif isinstance(action, Record):
+                self.env.store.event(action.kind, action.message, service=self.name,
+                                     data=action.data)
+
+    def _ensure(self, release_id: str, count: int) -> None:
+        existing = instances_of(self.env.store, release_id, ("starting", "running"))
+        alive = [o for o in self.env.compute.observe(existing) if o.alive]
+        missing = count - len(alive)
+        if missing <= 0:
+            return
+        release = load_release(self.env.store, release_id)
+        image = self.env.images(release.image_digest)
+        self.env.compute.launch(self.name, self.service, release, image, missing,
+                                env=self.env.secrets)
+        self.env.fault("launched")
+
+    def _route(self, weights: Mapping[str, int]) -> None:
+        backends: list[Backend] = []
+        for release_id, weight in weights.items():
+            servers = [i.address for i in instances_of(self.env.store, release_id, ("running",))]
+            if servers:
+                backends.append(Backend(release_id, weight if servers else 0, servers))
+        if backends:
+            self.env.router.set_backends(self.name, self.service, backends)
+        else:
+            self.env.router.remove_service(self.name)
+        self.env.fault("routed")
+
+    def _retire(self, release_id: str, count: int, status: Status) -> None:
+        running = instances_of(self.env.store, release_id, ("running", "starting"))
+        with self.env.store.tx() as c:
+            for inst in running[:count]:
+                c.execute("UPDATE instances SET state = 'draining' WHERE id = ?", (inst.id,))
+        self._route(status.weights)
+
+    # ------------------------------------------------------------ loop
+
+    def run(self, on_status: Callable[[Status], None] | None = None,
+            until: frozenset[str] = SETTLED, timeout: float = 3600.0) -> Status:
+        status = self.load()
+        deadline = time.monotonic() + timeout
+        while status.phase not in until:
+            if time.monotonic() > deadline:
+                from kiln.errors import KilnError
+                raise KilnError(f"rollout of {self.name} did not settle within {timeout:.0f}s "
+                                f"(phase {status.phase})")
+            status = self._take_signal(status)
+            obs = self.observe(status)
+            new_status, actions = decide(status, obs, self.service.rollout,
+                                         self.service.health.deadline)
+            self.act(new_status, actions)
+            changed = new_status.to_json() != status.to_json()
+            if changed or actions:
+                self.save(new_status, status.phase)
+                if on_status:
+                    on_status(new_status)
+            status = new_status
+            if not actions and status.phase not in until:
+                time.sleep(self.tick)
+        return status
+
+
+def judge_summary(figures: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in figures.items())
