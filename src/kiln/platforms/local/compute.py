@@ -1,0 +1,428 @@
+"""Local instances: processes started from a baked image, each on its own loopback address.
+
+Crash safety: the row is inserted (state 'starting', pid NULL) before the process is spawned and
+the pid recorded right after, in separate transactions; a pidfile in the instance folder is
+written between the two, so `sweep()` can find and stop a process whose pid never reached the
+database. Secrets (the `env` given to `launch`) are never written anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from kiln.errors import NotFound, PlatformError
+from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
+from kiln.platforms.local import addresses, environment
+from kiln.platforms.local.instance_rows import (
+    KINDS,
+    LIVE_STATES,
+    from_row,
+    get_row,
+    list_rows,
+    set_state,
+)
+from kiln.platforms.local.sandbox import Sandbox, choose, group_members, kill_group
+from kiln.spec.models import Health, ServiceSpec
+from kiln.state.lock import pid_alive, pid_start_time
+from kiln.state.store import Store
+
+Kind = Literal["service", "test", "dev"]
+_EXITED = "exited"  # pid_start recorded for a process that was gone before we could read it
+_LOG_TAIL_LINES = 20
+
+
+class LocalCompute:
+    """The Compute seam on the local platform. State lives in the store's `instances` table."""
+
+    def __init__(self, store: Store, home: Path, project: str, *,
+                 sandbox: Literal["auto", "bwrap", "none"] = "auto") -> None:
+        self.store = store
+        self.home = home
+        self.project = project
+        self.sandbox_mode = choose(sandbox)
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._failures: dict[str, str] = {}
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    # ------------------------------------------------------------------ paths
+
+    def folder(self, instance_id: str) -> Path:
+        return self.home / "instances" / instance_id
+
+    def log_path(self, instance: Instance) -> Path:
+        return self.folder(instance.id) / "log"
+
+    def scratch(self, instance: Instance) -> Path:
+        """The instance's writable folder (its HOME)."""
+        return self.folder(instance.id) / "scratch"
+
+    # ------------------------------------------------------------------ launch
+
+    def launch(
+        self, service_name: str, service: ServiceSpec, release: Release, image: Image, count: int,
+        *, env: Mapping[str, str], kind: Kind = "service",
+    ) -> list[Instance]:
+        """Start `count` instances of `image`; returns at once (see `wait_healthy`).
+
+        If one cannot be started, those already started by this call are stopped again.
+        """
+        if kind not in KINDS:
+            raise PlatformError(f"instance kind {kind!r} is not one of {', '.join(KINDS)}")
+        root = Path(image.ref) / "root"
+        if not root.is_dir():
+            raise NotFound(f"image {image.name} ({image.digest[:19]}) is missing from the store: "
+                           f"{root} does not exist", hint="run kiln bake again")
+        started: list[Instance] = []
+        try:
+            for _ in range(count):
+                started.append(self._launch_one(service_name, service, release, image, root,
+                                                env, kind))
+        except BaseException:
+            for inst in started:
+                self.terminate(inst, timeout=2.0)
+            raise
+        return started
+
+    def _launch_one(self, service_name: str, service: ServiceSpec, release: Release,
+                    image: Image, root: Path, secret_env: Mapping[str, str],
+                    kind: Kind) -> Instance:
+        instance_id = f"{release.id}-{secrets.token_hex(3)}"
+        folder = self.folder(instance_id)
+        with self.store.tx() as c:
+            counter = c.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+            taken = {r[0] for r in c.execute(
+                "SELECT host FROM instances WHERE state IN ({})".format(
+                    ",".join("?" * len(LIVE_STATES))), LIVE_STATES)}
+            host = addresses.allocate(self.project, service.port, counter, taken)
+            c.execute(
+                "INSERT INTO instances(id, service, release_id, host, port, pid, pid_start, "
+                "workdir, state, kind, created_at) VALUES (?,?,?,?,?,NULL,NULL,?,'starting',?,?)",
+                (instance_id, service_name, release.id, host, service.port, str(folder), kind,
+                 time.time()),
+            )
+            c.event("instance.launch", f"launching {instance_id} on {host}:{service.port}",
+                    service=service_name,
+                    data={"instance": instance_id, "release": release.id, "kind": kind})
+        scratch = folder / "scratch"
+        (scratch / "tmp").mkdir(parents=True, exist_ok=True)
+        base = environment.base_env(root, scratch, os.environ)
+        kiln = environment.kiln_vars(host, service.port, service_name, release.id, instance_id)
+        stored_env = environment.instance_env(base=base, image_env=image.env,
+                                              service_env=service.env, extra_env={}, kiln=kiln)
+        full_env = environment.instance_env(base=base, image_env=image.env,
+                                            service_env=service.env, extra_env=secret_env,
+                                            kiln=kiln)
+        sandbox = Sandbox(root, scratch, self.sandbox_mode)
+        _write_json(folder / "instance.json", {
+            "root": str(root), "scratch": str(scratch), "sandbox": sandbox.mode,
+            "command": service.command, "env": stored_env,
+            "secret_keys": sorted(secret_env),  # names only, never values
+        })
+        with open(folder / "log", "ab") as log:
+            proc, pid = sandbox.spawn(service.command, full_env, log)
+        self._procs[instance_id] = proc
+        pid_start = pid_start_time(pid) or _EXITED
+        _write_json(folder / "pid", {"pid": pid, "pid_start": pid_start, "pgid": proc.pid,
+                                     "pgid_start": pid_start_time(proc.pid) or _EXITED})
+        with self.store.tx() as c:
+            c.execute("UPDATE instances SET pid = ?, pid_start = ? WHERE id = ?",
+                      (pid, pid_start, instance_id))
+        return Instance(id=instance_id, service=service_name, release_id=release.id, host=host,
+                        port=service.port, pid=pid, pid_start=pid_start, workdir=str(folder))
+
+    # ------------------------------------------------------------------ observe
+
+    def observe(self, instances: Sequence[Instance]) -> list[Observed]:
+        """Alive = the recorded pid runs, is not a zombie, and started when we recorded."""
+        self._reap()
+        result = []
+        for inst in instances:
+            pid, start = inst.pid, inst.pid_start
+            if pid is None:
+                row = get_row(self.store, inst.id)
+                if row is not None:
+                    pid, start = row["pid"], row["pid_start"]
+            alive = pid is not None and start is not None and pid_alive(pid, start)
+            result.append(Observed(inst.id, alive))
+        return result
+
+    def list_instances(self, service: str | None = None, kinds: Collection[str] = ("service",),
+                       *, live_only: bool = True) -> list[Instance]:
+        """Instances recorded in state (live states only unless `live_only=False`)."""
+        rows = list_rows(self.store, service, kinds, LIVE_STATES if live_only else None)
+        return [from_row(r) for r in rows]
+
+    def state_of(self, instance: Instance) -> str | None:
+        row = get_row(self.store, instance.id)
+        return None if row is None else str(row["state"])
+
+    def set_state(self, instance: Instance, state: str) -> None:
+        """Record a lifecycle state (e.g. 'draining') chosen by the rollout."""
+        set_state(self.store, instance.id, state)
+
+    # ------------------------------------------------------------------ health
+
+    def healthy(self, instance: Instance, health: Health) -> bool:
+        ok, _ = self._probe(instance, health.path, health.timeout)
+        return ok
+
+    def _probe(self, instance: Instance, path: str, timeout: float) -> tuple[bool, str]:
+        url = instance.url + (path if path.startswith("/") else "/" + path)
+        try:
+            with self._opener.open(url, timeout=timeout) as resp:
+                status = int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return False, f"GET {path} answered {exc.code}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return False, f"GET {path} failed: {reason}"
+        if 200 <= status < 300:
+            return True, f"GET {path} answered {status}"
+        return False, f"GET {path} answered {status}"
+
+    def wait_healthy(
+        self, instances: Sequence[Instance], health: Health, deadline: float | None = None,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> tuple[list[Instance], list[Instance]]:
+        """Probe all instances in parallel until each is healthy, dead, or `deadline` seconds
+        (default: health.deadline) have passed. Returns (healthy, failed); a failed instance's
+        reason (with the tail of its log) is `failure_reason(instance)`. Healthy ones are
+        recorded as 'running'. A process that exits fails at once, not at the deadline.
+        """
+        limit = time.monotonic() + (health.deadline if deadline is None else deadline)
+        started = time.monotonic()
+        pending = list(instances)
+        ok: list[Instance] = []
+        failed: list[Instance] = []
+        last: dict[str, str] = {}
+        pause = 0.01
+        if not pending:
+            return ok, failed
+        with ThreadPoolExecutor(max_workers=min(32, len(pending))) as pool:
+            while pending:
+                alive = {o.instance_id: o.alive for o in self.observe(pending)}
+                for inst in [i for i in pending if not alive[i.id]]:
+                    pending.remove(inst)
+                    failed.append(inst)
+                    self._failures[inst.id] = self._exit_reason(inst)
+                    _say(on_progress, f"{inst.id} exited before it was healthy")
+                if not pending:
+                    break
+                timeout = max(0.05, min(health.timeout, limit - time.monotonic()))
+                results = list(pool.map(self._probe, pending, [health.path] * len(pending),
+                                        [timeout] * len(pending)))
+                for inst, (good, why) in zip(list(pending), results, strict=True):
+                    last[inst.id] = why
+                    if good:
+                        pending.remove(inst)
+                        ok.append(inst)
+                        self.set_state(inst, "running")
+                        _say(on_progress, f"{inst.id} healthy after "
+                                          f"{time.monotonic() - started:.2f}s "
+                                          f"({len(ok)}/{len(instances)})")
+                if not pending:
+                    break
+                if time.monotonic() >= limit:
+                    waited = time.monotonic() - started
+                    for inst in pending:
+                        failed.append(inst)
+                        self._failures[inst.id] = (
+                            f"{inst.id} not healthy within {waited:.1f}s "
+                            f"(last probe: {last.get(inst.id, 'none')})"
+                            + self._tail_note(inst))
+                        _say(on_progress, f"{inst.id} not healthy within {waited:.1f}s")
+                    pending = []
+                    break
+                time.sleep(min(pause, max(0.0, limit - time.monotonic())))
+                pause = min(pause * 1.5, 0.1)
+        return ok, failed
+
+    def failure_reason(self, instance: Instance) -> str:
+        """Why `wait_healthy` gave up on an instance, with the tail of its log."""
+        return self._failures.get(instance.id) or self._exit_reason(instance)
+
+    def _exit_reason(self, inst: Instance) -> str:
+        proc = self._procs.get(inst.id)
+        code = proc.poll() if proc is not None else None
+        how = f"exited with code {code}" if code is not None else "is not running"
+        return f"{inst.id} {how}" + self._tail_note(inst)
+
+    def _tail_note(self, inst: Instance) -> str:
+        tail = self.log_tail(inst)
+        return f"; last log lines:\n{tail}" if tail else "; its log is empty"
+
+    def log_tail(self, instance: Instance, lines: int = _LOG_TAIL_LINES) -> str:
+        try:
+            with open(self.log_path(instance), "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 8192))
+                data = fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(data.rstrip("\n").splitlines()[-lines:])
+
+    # ------------------------------------------------------------------ terminate
+
+    def terminate(self, instance: Instance, timeout: float) -> None:
+        """SIGTERM the instance's processes, SIGKILL the group after `timeout`; mark it
+        stopped. Idempotent: an instance already gone is just marked stopped."""
+        pid, start, pgid, leader = self._identity(instance)
+        ours = pid is not None and start is not None and pid_alive(pid, start)
+        leader_ours = pgid is not None and leader is not None and pid_alive(pgid, leader)
+        if ours and pid is not None:
+            try:
+                pgid = os.getpgid(pid)
+            except ProcessLookupError:
+                ours = False
+        if (ours or leader_ours) and pgid is not None:
+            self._stop_group(instance, pgid, pid if ours else None, timeout)
+        self._reap()
+        row = get_row(self.store, instance.id)
+        if row is not None and row["state"] not in ("stopped",):
+            with self.store.tx() as c:
+                c.execute("UPDATE instances SET state = 'stopped', stopped_at = ? WHERE id = ?",
+                          (time.time(), instance.id))
+                c.event("instance.stop", f"stopped {instance.id}", service=instance.service,
+                        data={"instance": instance.id})
+        self._procs.pop(instance.id, None)
+
+    def _stop_group(self, instance: Instance, pgid: int, pid: int | None,
+                    timeout: float) -> None:
+        # SIGTERM every member but a bwrap leader: bwrap stays to reap the app and exits
+        # with its status. Without bwrap the app is the leader and gets it like the rest.
+        leader_is_sandbox = pid is not None and pid != pgid
+        for member in group_members(pgid):
+            if leader_is_sandbox and member == pgid:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGTERM)
+        if self._wait_group_gone(instance, pgid, time.monotonic() + timeout):
+            return
+        kill_group(pgid, signal.SIGKILL)
+        if not self._wait_group_gone(instance, pgid, time.monotonic() + 5.0):
+            raise PlatformError(f"instance {instance.id}: process group {pgid} survived SIGKILL")
+
+    def _wait_group_gone(self, instance: Instance, pgid: int, until: float) -> bool:
+        pause = 0.005
+        while True:
+            self._reap()
+            if not group_members(pgid):
+                return True
+            if time.monotonic() >= until:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _identity(self, inst: Instance) -> tuple[int | None, str | None, int | None, str | None]:
+        """(pid, pid_start, pgid, pgid_start) from the instance, its row, then its pidfile."""
+        pid, start = inst.pid, inst.pid_start
+        if pid is None:
+            row = get_row(self.store, inst.id)
+            if row is not None:
+                pid, start = row["pid"], row["pid_start"]
+        info = _read_json(self.folder(inst.id) / "pid")
+        if pid is None and info:
+            pid, start = info.get("pid"), info.get("pid_start")
+        pgid, leader = None, None
+        if info and info.get("pid") == pid:
+            pgid, leader = info.get("pgid"), info.get("pgid_start")
+        return pid, start, pgid, leader
+
+    # ------------------------------------------------------------------ sweep
+
+    def sweep(self) -> list[str]:
+        """Make state match reality; call under the project lock. Rows of live states whose
+        process is gone become 'dead'; a process found only through its pidfile (kiln was killed
+        before recording it) or left running by a row marked stopped/dead is stopped.
+        Returns one line per change."""
+        changes: list[str] = []
+        self._reap()
+        rows = {r["id"]: r for r in list_rows(self.store, None, KINDS, None)}
+        for row in rows.values():
+            if row["state"] in LIVE_STATES:
+                inst = from_row(row)
+                if not self.observe([inst])[0].alive:
+                    set_state(self.store, inst.id, "dead")
+                    changes.append(f"{inst.id}: process is gone, marked dead")
+        base = self.home / "instances"
+        if base.is_dir():
+            for folder in sorted(base.iterdir()):
+                info = _read_json(folder / "pid")
+                if not info:
+                    continue
+                known = rows.get(folder.name)
+                pid, start = info.get("pid"), info.get("pid_start")
+                if not (isinstance(pid, int) and isinstance(start, str)):
+                    continue
+                live_row = (known is not None and known["state"] in LIVE_STATES
+                            and known["pid"] == pid)
+                if not live_row and pid_alive(pid, start):
+                    ghost = Instance(id=folder.name, service=known["service"] if known else "?",
+                                     release_id=known["release_id"] if known else "?",
+                                     host="", port=0, pid=pid, pid_start=start)
+                    self.terminate(ghost, timeout=2.0)
+                    changes.append(f"{folder.name}: stopped orphan process {pid}")
+        return changes
+
+    # ------------------------------------------------------------------ exec
+
+    def exec(self, instance: Instance, command: str, *, timeout: float,
+             env: Mapping[str, str] | None = None) -> ExecResult:
+        """Run `bash -c command` like the instance runs: same sandbox, cwd and environment.
+        Secrets are not stored, so pass them again in `env` if the command needs them.
+        A command that outlives `timeout` is killed and reported with exit code 124."""
+        info = _read_json(self.folder(instance.id) / "instance.json")
+        if not info:
+            raise NotFound(f"instance {instance.id} has no record in "
+                           f"{self.folder(instance.id)}")
+        root, scratch = Path(info["root"]), Path(info["scratch"])
+        if not root.is_dir():
+            raise NotFound(f"instance {instance.id}: image root {root} is gone")
+        mode = "bwrap" if info.get("sandbox") == "bwrap" else self.sandbox_mode
+        full = dict(info["env"])
+        full.update(env or {})
+        full.update({k: v for k, v in info["env"].items() if k == "HOST" or k == "PORT"
+                     or k.startswith("KILN_")})
+        return Sandbox(root, scratch, mode).run(command, full, timeout)
+
+    # ------------------------------------------------------------------ internals
+
+    def _reap(self) -> None:
+        """Collect exit statuses of processes this object spawned (no zombies left behind)."""
+        for proc in self._procs.values():
+            proc.poll()
+
+
+def _say(fn: Callable[[str], None] | None, message: str) -> None:
+    if fn is not None:
+        fn(message)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
