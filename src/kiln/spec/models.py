@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -9,8 +10,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
+    Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -22,18 +25,30 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+def _finite(value: int | float, message: str) -> float:
+    """float(value), refusing inf/nan and ints too large for a float (YAML allows both)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{message}, got a number too large") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{message}, got {value!r}")
+    return number
+
+
 def parse_duration(value: Any) -> float:
     """'500ms' | '30s' | '5m' | '1h' | number of seconds -> seconds (float)."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 500ms, 30s or 5m")
     if isinstance(value, int | float):
-        if value < 0:
+        seconds = _finite(value, "expected a duration like 500ms, 30s or 5m")
+        if seconds < 0:
             raise ValueError("expected a non-negative duration")
-        return float(value)
+        return seconds
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
+            return _finite(float(m.group(1)) * _UNITS[m.group(2)], "duration too large")
     raise ValueError(f"expected a duration like 500ms, 30s or 5m, got {value!r}")
 
 
@@ -50,15 +65,16 @@ def parse_fraction(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a percentage like 25% or a fraction like 0.25")
     if isinstance(value, int | float):
-        return float(value)
+        return _finite(value, "expected a percentage like 25% or a fraction like 0.25")
     if isinstance(value, str):
         text = value.strip()
         try:
-            if text.endswith("%"):
-                return float(text[:-1]) / 100.0
-            return float(text)
+            number = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
         except ValueError:
             pass
+        else:
+            if math.isfinite(number):
+                return number
     raise ValueError(f"expected a percentage like 25% or a fraction like 0.25, got {value!r}")
 
 
@@ -130,7 +146,28 @@ class WorkdirStep(_Model):
     workdir: str
 
 
-Step = CopyStep | RunStep | EnvStep | WorkdirStep
+STEP_KEYS = ("copy", "run", "env", "workdir")
+_STEP_CLASSES: dict[type[_Model], str] = {}
+
+
+def _step_kind(value: Any) -> str | None:
+    """Pick the step type by its key, so errors name the real bad field, not every union member."""
+    if isinstance(value, dict):
+        if "source" in value and "copy" not in value:  # populated by field name (model_dump)
+            return "copy"
+        return next((k for k in STEP_KEYS if k in value), None)
+    return _STEP_CLASSES.get(type(value))
+
+
+Step = Annotated[
+    Annotated[CopyStep, Tag("copy")]
+    | Annotated[RunStep, Tag("run")]
+    | Annotated[EnvStep, Tag("env")]
+    | Annotated[WorkdirStep, Tag("workdir")],
+    Discriminator(_step_kind, custom_error_type="unknown_step",
+                  custom_error_message="unknown step; expected one of " + ", ".join(STEP_KEYS)),
+]
+_STEP_CLASSES.update({CopyStep: "copy", RunStep: "run", EnvStep: "env", WorkdirStep: "workdir"})
 
 
 # ---------------------------------------------------------------- image tests
@@ -157,7 +194,13 @@ class CommandCheck(_Model):
         stderr_contains: str | None = None
         timeout: Duration = 30.0
 
-    command: Spec | str
+    command: Annotated[
+        Annotated[Spec, Tag("spec")] | Annotated[str, Tag("str")],
+        Discriminator(lambda v: "str" if isinstance(v, str) else "spec"
+                      if isinstance(v, dict | CommandCheck.Spec) else None,
+                      custom_error_type="command_type",
+                      custom_error_message="expected a command string or a mapping with run:"),
+    ]
 
     @property
     def spec(self) -> CommandCheck.Spec:
@@ -185,7 +228,28 @@ class TestinfraCheck(_Model):
     timeout: Duration = 120.0
 
 
-Check = HttpCheck | CommandCheck | PortCheck | FileCheck | TestinfraCheck
+CHECK_KEYS = ("http", "command", "port", "file", "testinfra")
+_CHECK_CLASSES: dict[type[_Model], str] = {}
+
+
+def _check_kind(value: Any) -> str | None:
+    """Pick the check type by its key (see `_step_kind`)."""
+    if isinstance(value, dict):
+        return next((k for k in CHECK_KEYS if k in value), None)
+    return _CHECK_CLASSES.get(type(value))
+
+
+Check = Annotated[
+    Annotated[HttpCheck, Tag("http")]
+    | Annotated[CommandCheck, Tag("command")]
+    | Annotated[PortCheck, Tag("port")]
+    | Annotated[FileCheck, Tag("file")]
+    | Annotated[TestinfraCheck, Tag("testinfra")],
+    Discriminator(_check_kind, custom_error_type="unknown_check",
+                  custom_error_message="unknown check; expected one of " + ", ".join(CHECK_KEYS)),
+]
+_CHECK_CLASSES.update({HttpCheck: "http", CommandCheck: "command", PortCheck: "port",
+                       FileCheck: "file", TestinfraCheck: "testinfra"})
 
 
 class ImageSpec(_Model):
@@ -224,14 +288,14 @@ class Analysis(_Model):
     @classmethod
     def _rate_range(cls, v: float | None) -> float | None:
         if v is not None and not 0.0 <= v <= 1.0:
-            raise ValueError("expected a rate between 0% and 100%")
+            raise ValueError(f"expected a rate between 0% and 100%, got {v:.4g}")
         return v
 
     @field_validator("max_latency_increase")
     @classmethod
     def _latency(cls, v: float) -> float:
         if v < 0:
-            raise ValueError("expected a non-negative relative increase like 25%")
+            raise ValueError(f"expected a non-negative relative increase like 25%, got {v:.4g}")
         return v
 
     @field_validator("min_requests")
@@ -320,14 +384,19 @@ class Spec(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Spec:
+        """One line per problem, each starting with its field path (the loader maps it to a line)."""
+        problems: list[str] = []
         listens: dict[str, str] = {}
         for name, svc in self.services.items():
             if svc.image not in self.images:
                 known = ", ".join(sorted(self.images)) or "none defined"
-                raise ValueError(f"services.{name}.image: unknown image {svc.image!r} "
-                                 f"(images: {known})")
+                problems.append(f"services.{name}.image: unknown image {svc.image!r} "
+                                f"(images: {known})")
             if svc.listen in listens:
-                raise ValueError(f"services.{name}.listen: {svc.listen} is already used by "
-                                 f"service {listens[svc.listen]}")
-            listens[svc.listen] = name
+                problems.append(f"services.{name}.listen: {svc.listen} is already used by "
+                                f"service {listens[svc.listen]}")
+            else:
+                listens[svc.listen] = name
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
