@@ -1,1 +1,43 @@
-"""kiln."""
+"""kiln: disposable, immutable infrastructure.
+
+Public API. Imports are lazy so that `kiln --version` and no-op bakes start fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from kiln.errors import (
+        BakeError,
+        KilnError,
+        LockHeld,
+        NotFound,
+        PlatformError,
+        RolledBack,
+        SpecError,
+        StateError,
+        VerifyError,
+    )
+    from kiln.project import DeployEvent, DeployResult, Project, ServiceResult, raise_for
+
+_EXPORTS = {
+    "KilnError": "kiln.errors", "SpecError": "kiln.errors", "StateError": "kiln.errors",
+    "LockHeld": "kiln.errors", "BakeError": "kiln.errors", "VerifyError": "kiln.errors",
+    "PlatformError": "kiln.errors", "RolledBack": "kiln.errors", "NotFound": "kiln.errors",
+    "Project": "kiln.project", "DeployEvent": "kiln.project", "DeployResult": "kiln.project",
+    "ServiceResult": "kiln.project", "raise_for": "kiln.project",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kiln' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,1 +1,444 @@
-def run() -> None: ...
+"""The `kiln` command: parses arguments (typer), calls kiln's public API, renders with rich.
+
+Library errors arrive as KilnError and leave as one line on stderr and an exit code; a user's
+mistake never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    import kiln
+
+app = typer.Typer(
+    name="kiln",
+    help="Disposable, immutable infrastructure: bake, prove, canary, roll back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+T = TypeVar("T")
+
+
+class _Opts:
+    file: Path | None = None
+    quiet: bool = False
+
+
+OPTS = _Opts()
+_console: Console | None = None
+_err: Console | None = None
+
+
+def out() -> Console:
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(highlight=False)
+    return _console
+
+
+def err() -> Console:
+    global _err
+    if _err is None:
+        from rich.console import Console
+
+        _err = Console(stderr=True, highlight=False)
+    return _err
+
+
+def warn(msg: str) -> None:
+    err().print(f"[yellow]warning:[/] {msg}", markup=True, soft_wrap=True)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    sys.stderr.write(f"kiln: {message}\n")
+    return typer.Exit(code)
+
+
+def guard(fn: Callable[[], T]) -> T:
+    """Run a command body: KilnError -> one line + its exit code; ^C -> 130."""
+    import kiln
+
+    try:
+        return fn()
+    except kiln.SpecError as exc:
+        for line in exc.problems:
+            sys.stderr.write(f"{line}\n")
+        raise typer.Exit(exc.exit_code) from None
+    except kiln.KilnError as exc:
+        raise fail(f"error: {exc}", exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+
+
+def project() -> kiln.Project:
+    import kiln
+
+    return kiln.Project.open(OPTS.file, warn=warn)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def version_cb(value: bool) -> None:
+    if value:
+        from kiln import __version__
+
+        sys.stdout.write(f"kiln {__version__}\n")
+        raise typer.Exit(0)
+
+
+FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default: ./kiln.yaml).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (see docs/json.md).")]
+
+
+@app.callback()
+def main(
+    file: FileOpt = None,
+    version: Annotated[bool, typer.Option("--version", callback=version_cb, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """kiln bakes images from code, proves them, and rolls them out behind a real router."""
+    OPTS.file = file
+
+
+# ------------------------------------------------------------------ spec
+
+
+@app.command()
+def validate(file: FileOpt = None) -> None:
+    """Check kiln.yaml; print ok or every problem as file:line:col: path: message."""
+    from kiln.spec.loader import find_spec, load_spec
+
+    def body() -> None:
+        load_spec(find_spec(Path.cwd(), file or OPTS.file))
+        sys.stdout.write("ok\n")
+
+    guard(body)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of kiln.yaml (for editors)."""
+    from kiln.spec.schema import json_schema
+
+    print_json(json_schema())
+
+
+@app.command()
+def init(folder: Annotated[Path, typer.Argument(help="Folder to create the project in.")] = Path(".")
+         ) -> None:
+    """Write a starter kiln.yaml and a tiny app into an empty folder."""
+    from kiln.spec.init import init_project
+
+    def body() -> None:
+        for path in init_project(folder):
+            out().print(f"created {path}")
+        out().print("next: kiln validate && kiln bake && kiln deploy")
+
+    guard(body)
+
+
+# ------------------------------------------------------------------ images
+
+
+@app.command()
+def bake(
+    images: Annotated[list[str] | None, typer.Argument(help="Images to bake (default: all).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every step.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bake images; unchanged steps come from the cache."""
+    from kiln_cli.render import StepPrinter
+
+    def body() -> None:
+        proj = project()
+        printer = StepPrinter(out(), quiet=as_json)
+        t0 = time.perf_counter()
+        built = proj.bake(images, no_cache=no_cache, progress=printer)
+        if as_json:
+            print_json([{"name": i.name, "digest": i.digest, "ref": i.ref} for i in built])
+            return
+        for i in built:
+            out().print(f"[bold]{i.name}[/] {i.digest}  ({time.perf_counter() - t0:.2f}s)")
+
+    guard(body)
+
+
+@app.command("images")
+def images_cmd(as_json: JsonOpt = False) -> None:
+    """List the image store with each image's test verdict."""
+    from kiln_cli.render import images_table
+
+    def body() -> None:
+        rows = project().list_images()
+        if as_json:
+            print_json(rows)
+        else:
+            out().print(images_table(rows))
+
+    guard(body)
+
+
+@app.command()
+def test(
+    images: Annotated[list[str] | None, typer.Argument(help="Images to test (default: all).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bake if needed, launch a throwaway instance, run the image's checks, dispose of it."""
+    from kiln.verify.api import test_images
+
+    def body() -> None:
+        proj = project()
+        results = test_images(proj, images, on_line=None if as_json else out().print)
+        if as_json:
+            print_json(results)
+        if not all(r["passed"] for r in results):
+            raise typer.Exit(1)
+
+    guard(body)
+
+
+# ------------------------------------------------------------------ deploy
+
+
+@app.command()
+def plan(services: Annotated[list[str] | None, typer.Argument()] = None,
+         as_json: JsonOpt = False) -> None:
+    """Show what deploy would do, without doing it."""
+    from kiln.plan import plan as make_plan
+
+    def body() -> None:
+        items = make_plan(project(), services)
+        if as_json:
+            print_json(items)
+            return
+        for it in items:
+            out().print(f"[bold]{it['service']}[/]: {it['action']}  {it['detail']}")
+
+    guard(body)
+
+
+@app.command()
+def deploy(
+    services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
+    skip_tests: Annotated[bool, typer.Option("--skip-tests",
+                                             help="Deploy without a passing attestation "
+                                                  "(recorded in history).")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bake, test and roll out what changed; returns when the rollout has settled."""
+    from kiln import raise_for
+    from kiln_cli.render import DeployPrinter
+
+    def body() -> None:
+        proj = project()
+        printer = DeployPrinter(out(), quiet=as_json)
+        result = proj.deploy(services, skip_tests=skip_tests, on_event=printer,
+                             no_cache=no_cache)
+        if as_json:
+            print_json([vars(s) for s in result.services])
+        else:
+            printer.summary(result)
+        raise_for(result)
+
+    guard(body)
+
+
+@app.command()
+def status(service: Annotated[str | None, typer.Argument()] = None, as_json: JsonOpt = False
+           ) -> None:
+    """Releases, weights, instances and the rollout step of each service."""
+    from kiln_cli.render import status_view
+
+    def body() -> None:
+        data = project().status(service)
+        if as_json:
+            print_json(data)
+        else:
+            out().print(status_view(data))
+
+    guard(body)
+
+
+@app.command()
+def history(service: str, as_json: JsonOpt = False) -> None:
+    """Every rollout of a service: release, outcome and why."""
+    from kiln_cli.render import history_table
+
+    def body() -> None:
+        proj = project()
+        rows = proj.history(service)
+        if as_json:
+            print_json({"rollouts": rows, "events": proj.events(service)})
+        else:
+            out().print(history_table(rows))
+
+    guard(body)
+
+
+def _control(fn: Callable[[kiln.Project], Any], as_json: bool) -> None:
+    from kiln import raise_for
+    from kiln.project import DeployResult
+    from kiln_cli.render import DeployPrinter
+
+    def body() -> None:
+        res = fn(project())
+        if as_json:
+            print_json(vars(res))
+        else:
+            DeployPrinter(out()).summary(DeployResult([res]))
+        if res.outcome in ("rolled_back", "failed"):
+            raise_for(DeployResult([res]))
+
+    guard(body)
+
+
+@app.command()
+def promote(service: str,
+            full: Annotated[bool, typer.Option("--full", help="Skip the remaining steps.")] = False,
+            as_json: JsonOpt = False) -> None:
+    """Let a paused canary go on to its next step."""
+    _control(lambda p: p.promote(service, full=full), as_json)
+
+
+@app.command()
+def abort(service: str, as_json: JsonOpt = False) -> None:
+    """Roll back an in-progress rollout: traffic back to the stable release."""
+    _control(lambda p: p.abort(service), as_json)
+
+
+@app.command()
+def rollback(service: str,
+             to: Annotated[str | None, typer.Option("--to", help="Release id, e.g. web-r2.")] = None,
+             as_json: JsonOpt = False) -> None:
+    """Roll out a retained earlier release (a new rollout: immutable too)."""
+    _control(lambda p: p.rollback(service, to), as_json)
+
+
+@app.command()
+def destroy(services: Annotated[list[str] | None, typer.Argument()] = None) -> None:
+    """Stop a service's instances (and the router when nothing is left)."""
+
+    def body() -> None:
+        stopped = project().destroy(services)
+        out().print(f"stopped {len(stopped)} instance(s)")
+
+    guard(body)
+
+
+@app.command()
+def logs(service: str,
+         follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+         instance: Annotated[str | None, typer.Option("--instance")] = None,
+         lines: Annotated[int, typer.Option("--lines", "-n")] = 50) -> None:
+    """Show (or follow) the logs of a service's instances."""
+    from kiln_cli.render import show_logs
+
+    guard(lambda: show_logs(project().logs(service, instance), follow=follow, lines=lines))
+
+
+@app.command()
+def gc(keep: Annotated[int, typer.Option("--keep", help="Releases to retain per service.")] = 3,
+       as_json: JsonOpt = False) -> None:
+    """Remove images of old releases and dead instance folders."""
+    from kiln.gc import collect
+
+    def body() -> None:
+        res = collect(project(), keep=keep)
+        if as_json:
+            print_json(res)
+        else:
+            out().print(f"removed {len(res['images'])} image(s), "
+                        f"{len(res['instances'])} instance folder(s)")
+
+    guard(body)
+
+
+@app.command()
+def up(service: Annotated[str | None, typer.Argument()] = None,
+       detach: Annotated[bool, typer.Option("--detach", "-d")] = False) -> None:
+    """Start a dev instance of the exact baked image and follow its logs."""
+    from kiln.dev import dev_up
+    from kiln_cli.render import show_logs
+
+    def body() -> None:
+        proj = project()
+        inst, log = dev_up(proj, service)
+        out().print(f"[bold]{inst.service}[/] dev instance {inst.id} at {inst.url}")
+        if not detach:
+            out().print("following logs; ^C stops following (the instance keeps running; "
+                        "`kiln down` disposes of it)")
+            show_logs([(inst.id, log)], follow=True, lines=20)
+
+    guard(body)
+
+
+@app.command()
+def down() -> None:
+    """Dispose of dev instances."""
+    from kiln.dev import dev_down
+
+    guard(lambda: out().print(f"stopped {len(dev_down(project()))} dev instance(s)"))
+
+
+@app.command("exec", context_settings={"allow_extra_args": True,
+                                       "ignore_unknown_options": True})
+def exec_cmd(service: str, command: Annotated[list[str], typer.Argument()]) -> None:
+    """Run a command in an instance's environment: kiln exec web -- python -V"""
+    import shlex
+
+    from kiln.dev import dev_exec
+
+    def body() -> None:
+        res = dev_exec(project(), service, shlex.join(command))
+        sys.stdout.write(res.stdout)
+        sys.stderr.write(res.stderr)
+        raise typer.Exit(res.exit_code)
+
+    guard(body)
+
+
+@app.command()
+def drift(as_json: JsonOpt = False) -> None:
+    """Compare what runs with what the state says should run."""
+    from kiln.drift import detect
+
+    def body() -> None:
+        items = detect(project())
+        if as_json:
+            print_json(items)
+        else:
+            for it in items:
+                out().print(f"{it['kind']}: {it['detail']}")
+            if not items:
+                out().print("no drift")
+        if items:
+            raise typer.Exit(1)
+
+    guard(body)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("kiln: interrupted\n")
+        sys.exit(130)

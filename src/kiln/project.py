@@ -1,0 +1,582 @@
+"""The library's front: one `Project` per kiln.yaml, with an operation per command.
+
+The CLI only calls these methods and renders what they return; progress arrives through callbacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.errors import KilnError, NotFound, RolledBack
+from kiln.platforms.base import Image, Instance, Release, StepEvent
+from kiln.rollout.decide import SETTLED, Status, start
+from kiln.rollout.executor import Env, Reconciler, env_fault, instances_of, load_release
+from kiln.spec.models import ServiceSpec, Spec
+from kiln.state.lock import project_lock
+from kiln.state.store import Store, default_home
+
+if TYPE_CHECKING:
+    from kiln.platforms.base import Builder, Compute, MetricSource, Router
+
+Warn = Callable[[str], None]
+
+
+@dataclass
+class DeployEvent:
+    """Progress of `deploy`, for the CLI to render."""
+
+    service: str
+    kind: str  # bake | test | release | status | settled | uptodate
+    message: str
+    status: Status | None = None
+    step: StepEvent | None = None
+
+
+@dataclass
+class ServiceResult:
+    service: str
+    release: str | None
+    outcome: str  # promoted | rolled_back | aborted | failed | unchanged
+    reason: str | None = None
+    rollout_id: int | None = None
+    report: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class DeployResult:
+    services: list[ServiceResult] = field(default_factory=list)
+
+    @property
+    def rolled_back(self) -> list[ServiceResult]:
+        return [s for s in self.services if s.outcome in ("rolled_back", "failed", "aborted")]
+
+
+def config_digest(service: ServiceSpec) -> str:
+    """What makes a release besides its image: how it is run. Rollout settings are not part of it."""
+    data = service.model_dump(mode="json", by_alias=True, exclude={"rollout"})
+    blob = json.dumps(data, sort_keys=True).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def resolve_secrets(service_name: str, service: ServiceSpec, base_dir: Path) -> dict[str, str]:
+    """Resolve `env:NAME` / `file:PATH` references at launch; never stored."""
+    out: dict[str, str] = {}
+    for key, ref in service.secrets.items():
+        scheme, _, target = ref.partition(":")
+        if scheme == "env":
+            if target not in os.environ:
+                raise KilnError(f"services.{service_name}.secrets.{key}: environment variable "
+                                f"{target} is not set")
+            out[key] = os.environ[target]
+        else:
+            path = (base_dir / target).resolve()
+            try:
+                out[key] = path.read_text().strip()
+            except OSError as exc:
+                raise KilnError(f"services.{service_name}.secrets.{key}: cannot read {path}: "
+                                f"{exc.strerror}") from exc
+    return out
+
+
+class Project:
+    """A loaded kiln.yaml with its state and platform."""
+
+    def __init__(self, spec: Spec, spec_path: Path, base_dir: Path, home: Path,
+                 warn: Warn | None = None) -> None:
+        self.spec = spec
+        self.spec_path = spec_path
+        self.base_dir = base_dir
+        self.home = home
+        self.warn: Warn = warn or (lambda msg: None)
+        self._store: Store | None = None
+        self._platform: Any = None
+
+    @classmethod
+    def open(cls, spec_file: Path | None = None, warn: Warn | None = None) -> Project:
+        from kiln.spec.loader import find_spec, load_spec
+
+        path = find_spec(Path.cwd(), spec_file)
+        loaded = load_spec(path)
+        return cls(loaded.spec, loaded.path, loaded.base_dir, default_home(loaded.base_dir), warn)
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.home)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @contextmanager
+    def locked(self, command: str) -> Iterator[None]:
+        with project_lock(self.store, command, self.warn):
+            yield
+
+    def _platform_parts(self) -> tuple[Builder, Compute, Router, MetricSource | None]:
+        if self._platform is None:
+            if self.spec.platform != "local":
+                raise KilnError(f"{self.spec_path}: platform {self.spec.platform!r} is not "
+                                "supported yet (expected local)")
+            from kiln.platforms.local import local_platform
+
+            self._platform = local_platform(self.store, self.home, self.spec.project)
+        parts: tuple[Builder, Compute, Router, MetricSource | None] = self._platform
+        return parts
+
+    @property
+    def builder(self) -> Builder:
+        return self._platform_parts()[0]
+
+    @property
+    def compute(self) -> Compute:
+        return self._platform_parts()[1]
+
+    @property
+    def router(self) -> Router:
+        return self._platform_parts()[2]
+
+    def service(self, name: str) -> ServiceSpec:
+        try:
+            return self.spec.services[name]
+        except KeyError:
+            known = ", ".join(sorted(self.spec.services)) or "none"
+            raise NotFound(f"{self.spec_path}: no service named {name!r} (services: {known})"
+                           ) from None
+
+    def _services(self, names: Sequence[str] | None) -> list[str]:
+        if not names:
+            return list(self.spec.services)
+        for n in names:
+            self.service(n)
+        return list(names)
+
+    def image(self, digest: str) -> Image:
+        from kiln.bake.imagestore import get_image
+
+        return get_image(self.store, digest)
+
+    # ------------------------------------------------------------ bake
+
+    def bake(self, names: Sequence[str] | None = None, *, no_cache: bool = False,
+             progress: Callable[[str, StepEvent], None] | None = None) -> list[Image]:
+        names = list(names or self.spec.images)
+        for n in names:
+            if n not in self.spec.images:
+                known = ", ".join(sorted(self.spec.images)) or "none"
+                raise NotFound(f"{self.spec_path}: no image named {n!r} (images: {known})")
+        out = []
+        with self.locked("bake " + " ".join(names)):
+            for n in names:
+                cb = (lambda ev, n=n: progress(n, ev)) if progress else None
+                out.append(self.builder.build(n, self.spec.images[n], base_dir=self.base_dir,
+                                              no_cache=no_cache, progress=cb))
+        return out
+
+    def list_images(self) -> list[dict[str, Any]]:
+        from kiln.bake.imagestore import list_images
+
+        rows = []
+        for rec in list_images(self.store):
+            rows.append({"name": rec.name, "digest": rec.digest, "created_at": rec.created_at,
+                         "size": rec.size, "verdict": self._verdict(rec.digest)})
+        return rows
+
+    def _verdict(self, digest: str) -> str:
+        try:
+            from kiln.verify.attest import verdict_for
+        except ImportError:
+            return "untested"
+        return str(verdict_for(self.store, digest))
+
+    # ------------------------------------------------------------ releases
+
+    def current_release(self, service: str) -> Release | None:
+        """The release serving the service: the target of its last promoted rollout."""
+        row = self.store.one(
+            "SELECT to_release, from_release, outcome, phase FROM rollouts WHERE service = ? "
+            "AND outcome IS NOT NULL ORDER BY id DESC LIMIT 1", (service,))
+        if row is None:
+            return None
+        if row["outcome"] == "promoted":
+            return load_release(self.store, row["to_release"])
+        rid = row["from_release"]
+        if rid is None:
+            return None
+        # A rolled-back rollout leaves the one before it serving.
+        return load_release(self.store, rid)
+
+    def _new_release(self, service: str, image: Image, cfg: str, spec: ServiceSpec,
+                     skip_tests: bool) -> Release:
+        with self.store.tx() as c:
+            row = c.execute("SELECT COALESCE(MAX(number), 0) AS n FROM releases WHERE service = ?",
+                            (service,)).fetchone()
+            number = int(row["n"]) + 1
+            rid = f"{service}-r{number}"
+            c.execute(
+                "INSERT INTO releases(id, service, number, image_digest, config_digest, "
+                "config_json, created_at, skip_tests) VALUES (?,?,?,?,?,?,?,?)",
+                (rid, service, number, image.digest, cfg,
+                 json.dumps(spec.model_dump(mode="json", by_alias=True)), time.time(),
+                 int(skip_tests)))
+            c.event("release.created", f"{rid}: image {image.digest[:19]}", service=service,
+                    data={"image": image.digest, "config": cfg, "skip_tests": skip_tests})
+        return Release(rid, service, number, image.digest, cfg)
+
+    def _open_rollout(self, service: str) -> int | None:
+        row = self.store.one(
+            "SELECT id FROM rollouts WHERE service = ? AND phase != 'done' ORDER BY id DESC LIMIT 1",
+            (service,))
+        return int(row["id"]) if row else None
+
+    def _start_rollout(self, service: str, spec: ServiceSpec, new: Release,
+                       old: Release | None) -> int:
+        strategy = spec.rollout.strategy
+        status = start(strategy, new.id, old.id if old else None, spec.replicas, time.time())
+        now = time.time()
+        with self.store.tx() as c:
+            cur = c.execute(
+                "INSERT INTO rollouts(service, from_release, to_release, strategy, phase, "
+                "status_json, started_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                (service, status.old, status.new, strategy, status.phase,
+                 json.dumps(status.to_json()), now, now))
+            c.event("rollout.started", f"{strategy} {status.old or '-'} -> {status.new}",
+                    service=service)
+            assert cur.lastrowid is not None
+            return int(cur.lastrowid)
+
+    def _env(self, service: str, spec: ServiceSpec) -> Env:
+        _, compute, router, metrics = self._platform_parts()
+        return Env(self.store, compute, router, metrics, self.image,
+                   secrets=resolve_secrets(service, spec, self.base_dir), fault=env_fault())
+
+    def _judge(self, service: str, spec: ServiceSpec) -> Any:
+        if spec.rollout.analysis is None:
+            return None
+        from kiln.analysis.live import make_judge
+
+        _, _, _, metrics = self._platform_parts()
+        if metrics is None:
+            return None
+        return make_judge(metrics, service, spec.rollout.analysis)
+
+    def _reconcile(self, service: str, rollout_id: int, on_status: Callable[[Status], None]
+                   ) -> Status:
+        spec = self.service(service)
+        rec = Reconciler(self._env(service, spec), service, spec, rollout_id,
+                         judge=self._judge(service, spec))
+        return rec.run(on_status)
+
+    def _write_report(self, service: str, rollout_id: int) -> str | None:
+        try:
+            from kiln.analysis.live import report_for_rollout
+        except ImportError:
+            return None
+        path = report_for_rollout(self, service, rollout_id)
+        return str(path) if path else None
+
+    def _finish_standby(self, service: str, keep: str | None) -> None:
+        """A new rollout ends the previous one's blue-green standby now."""
+        rid = self._open_rollout(service)
+        if rid is None:
+            return
+        rec = Reconciler(self._env(service, self.service(service)), service, self.service(service),
+                         rid)
+        status = rec.load()
+        if status.phase != "standby":
+            return
+        if status.old and status.old != keep:
+            for inst in instances_of(self.store, status.old):
+                self.compute.terminate(inst, self.service(service).stop_timeout)
+        status.phase = "done"
+        status.weights = {status.new: 100}
+        rec.save(status, "standby")
+
+    # ------------------------------------------------------------ deploy
+
+    def deploy(self, services: Sequence[str] | None = None, *, skip_tests: bool = False,
+               on_event: Callable[[DeployEvent], None] | None = None,
+               no_cache: bool = False) -> DeployResult:
+        emit = on_event or (lambda ev: None)
+        names = self._services(services)
+        result = DeployResult()
+        with self.locked("deploy " + " ".join(names)):
+            self.router.ensure_running()
+            for name in names:
+                result.services.append(self._deploy_one(name, skip_tests, emit, no_cache))
+        return result
+
+    def _deploy_one(self, name: str, skip_tests: bool, emit: Callable[[DeployEvent], None],
+                    no_cache: bool) -> ServiceResult:
+        t0 = time.monotonic()
+        spec = self.service(name)
+
+        def on_status(st: Status) -> None:
+            emit(DeployEvent(name, "status", st.waiting or st.phase, status=st))
+
+        # 1. Resume an interrupted rollout first: killing kiln must never lose one.
+        open_id = self._open_rollout(name)
+        if open_id is not None:
+            st = Reconciler(self._env(name, spec), name, spec, open_id).load()
+            if st.phase not in SETTLED:
+                emit(DeployEvent(name, "release", f"resuming rollout #{open_id} ({st.phase})"))
+                st = self._reconcile(name, open_id, on_status)
+                if st.outcome != "promoted":
+                    return ServiceResult(name, st.new, st.outcome or "failed", st.reason, open_id,
+                                         seconds=time.monotonic() - t0)
+        # 2. Bake (cached) and prove the image.
+        image = self.builder.build(
+            spec.image, self.spec.images[spec.image], base_dir=self.base_dir, no_cache=no_cache,
+            progress=lambda ev: emit(DeployEvent(name, "bake", ev.description, step=ev)))
+        self._gate(name, spec, image, skip_tests, emit)
+        cfg = config_digest(spec)
+        current = self.current_release(name)
+        if current and current.image_digest == image.digest and current.config_digest == cfg:
+            live = [o for o in self.compute.observe(instances_of(self.store, current.id))
+                    if o.alive]
+            if len(live) >= spec.replicas:
+                self.router.ensure_running()
+                emit(DeployEvent(name, "uptodate", f"{current.id} is up to date"))
+                return ServiceResult(name, current.id, "unchanged",
+                                     seconds=time.monotonic() - t0)
+        self._finish_standby(name, keep=None)
+        new = self._new_release(name, image, cfg, spec, skip_tests)
+        return self._roll_to(name, spec, new, current, emit, t0)
+
+    def _roll_to(self, name: str, spec: ServiceSpec, new: Release, current: Release | None,
+                 emit: Callable[[DeployEvent], None], t0: float) -> ServiceResult:
+        def on_status(st: Status) -> None:
+            emit(DeployEvent(name, "status", st.waiting or st.phase, status=st))
+
+        rid = self._start_rollout(name, spec, new, current)
+        emit(DeployEvent(name, "release",
+                         f"{spec.rollout.strategy} {current.id if current else '(none)'} -> "
+                         f"{new.id}"))
+        st = self._reconcile(name, rid, on_status)
+        report = self._write_report(name, rid)
+        emit(DeployEvent(name, "settled", st.reason or st.phase, status=st))
+        return ServiceResult(name, new.id, st.outcome or "failed", st.reason, rid, report,
+                             time.monotonic() - t0)
+
+    def _gate(self, name: str, spec: ServiceSpec, image: Image, skip_tests: bool,
+              emit: Callable[[DeployEvent], None]) -> None:
+        """An image without a passing attestation for its current tests never gets traffic."""
+        img_spec = self.spec.images[spec.image]
+        if not img_spec.tests:
+            return
+        if skip_tests:
+            self.store.event("tests.skipped", f"tests of {image.digest[:19]} skipped (--skip-tests)",
+                             service=name, data={"image": image.digest})
+            emit(DeployEvent(name, "test", "tests skipped (--skip-tests)"))
+            return
+        from kiln.verify.api import ensure_tested
+
+        ensure_tested(self, spec.image, image,
+                      on_result=lambda line: emit(DeployEvent(name, "test", line)))
+
+    # ------------------------------------------------------------ control
+
+    def signal(self, service: str, signal: str) -> int:
+        self.service(service)
+        rid = self._open_rollout(service)
+        if rid is None:
+            raise KilnError(f"{service}: no rollout in progress")
+        with self.store.tx() as c:
+            c.execute("UPDATE rollouts SET signal = ? WHERE id = ?", (signal, rid))
+        return rid
+
+    def promote(self, service: str, *, full: bool = False,
+                on_event: Callable[[DeployEvent], None] | None = None) -> ServiceResult:
+        """Let a paused canary go on. If no deploy drives it, drive it here until it settles."""
+        return self._drive_signal(service, "promote_full" if full else "promote", on_event)
+
+    def abort(self, service: str,
+              on_event: Callable[[DeployEvent], None] | None = None) -> ServiceResult:
+        return self._drive_signal(service, "abort", on_event)
+
+    def _drive_signal(self, service: str, signal: str,
+                      on_event: Callable[[DeployEvent], None] | None) -> ServiceResult:
+        emit = on_event or (lambda ev: None)
+        t0 = time.monotonic()
+        rid = self.signal(service, signal)
+        from kiln.errors import LockHeld
+
+        try:
+            with self.locked(f"{signal} {service}"):
+                self.router.ensure_running()
+                st = self._reconcile(
+                    service, rid,
+                    lambda s: emit(DeployEvent(service, "status", s.waiting or s.phase, status=s)))
+        except LockHeld:
+            # A running deploy owns the rollout; it picks the signal up on its next pass.
+            return ServiceResult(service, None, "signalled", f"sent {signal} to rollout #{rid}",
+                                 rid)
+        return ServiceResult(service, st.new, st.outcome or "failed", st.reason, rid,
+                             seconds=time.monotonic() - t0)
+
+    def rollback(self, service: str, to: str | None = None,
+                 on_event: Callable[[DeployEvent], None] | None = None) -> ServiceResult:
+        """A new rollout to a retained release's image: rollbacks are immutable too."""
+        emit = on_event or (lambda ev: None)
+        spec = self.service(service)
+        t0 = time.monotonic()
+        with self.locked(f"rollback {service}"):
+            self.router.ensure_running()
+            current = self.current_release(service)
+            if current is None:
+                raise KilnError(f"{service}: nothing is deployed, nothing to roll back")
+            if to is None:
+                row = self.store.one(
+                    "SELECT from_release FROM rollouts WHERE service = ? AND to_release = ? "
+                    "AND outcome = 'promoted' ORDER BY id DESC LIMIT 1", (service, current.id))
+                if row is None or row["from_release"] is None:
+                    raise KilnError(f"{service}: {current.id} has no previous release")
+                to = str(row["from_release"])
+            target = load_release(self.store, to)
+            if target.service != service:
+                raise KilnError(f"release {to} belongs to service {target.service}, not {service}")
+            if target.id == current.id:
+                raise KilnError(f"{service}: {to} is already the current release")
+            self.image(target.image_digest)  # NotFound (clear) when gc removed it
+            open_id = self._open_rollout(service)
+            if open_id is not None:
+                self._finish_standby(service, keep=target.id)
+            return self._roll_to(service, spec, target, current, emit, t0)
+
+    # ------------------------------------------------------------ reporting
+
+    def status(self, service: str | None = None) -> dict[str, Any]:
+        names = self._services([service] if service else None)
+        out: dict[str, Any] = {"project": self.spec.project, "services": []}
+        for name in names:
+            out["services"].append(self._service_status(name))
+        return out
+
+    def _service_status(self, name: str) -> dict[str, Any]:
+        spec = self.service(name)
+        routes = {r["release_id"]: r["weight"] for r in
+                  self.store.query("SELECT * FROM routes WHERE service = ?", (name,))}
+        rows = self.store.query(
+            "SELECT * FROM instances WHERE service = ? AND kind = 'service' "
+            "AND state IN ('starting','running','draining') ORDER BY created_at", (name,))
+        insts = [Instance(r["id"], r["service"], r["release_id"], r["host"], r["port"], r["pid"],
+                          r["pid_start"], r["workdir"]) for r in rows]
+        alive = {o.instance_id: o.alive for o in self.compute.observe(insts)} if insts else {}
+        releases: dict[str, dict[str, Any]] = {}
+        for rid, weight in routes.items():
+            releases[rid] = {"release": rid, "weight": weight, "instances": []}
+        for r, inst in zip(rows, insts, strict=True):
+            rel = releases.setdefault(inst.release_id, {"release": inst.release_id, "weight": 0,
+                                                        "instances": []})
+            healthy = alive.get(inst.id, False) and self.compute.healthy(inst, spec.health)
+            rel["instances"].append({
+                "id": inst.id, "address": inst.address, "pid": inst.pid, "state": r["state"],
+                "alive": alive.get(inst.id, False), "healthy": healthy})
+        for rid, rel in releases.items():
+            try:
+                r = load_release(self.store, rid)
+                rel["image"] = r.image_digest
+                rel["number"] = r.number
+            except NotFound:
+                pass
+        ro = self.store.one("SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC LIMIT 1",
+                            (name,))
+        rollout = None
+        if ro is not None:
+            st = Status.from_json(json.loads(ro["status_json"]))
+            rollout = {"id": ro["id"], "strategy": ro["strategy"], "from": ro["from_release"],
+                       "to": ro["to_release"], "phase": ro["phase"], "step": st.step,
+                       "steps": len(spec.rollout.steps), "outcome": ro["outcome"],
+                       "reason": ro["reason"], "waiting": st.waiting}
+        current = self.current_release(name)
+        return {"service": name, "listen": spec.listen,
+                "current": current.id if current else None,
+                "releases": list(releases.values()), "rollout": rollout}
+
+    def history(self, service: str) -> list[dict[str, Any]]:
+        self.service(service)
+        out = []
+        for ro in self.store.query("SELECT * FROM rollouts WHERE service = ? ORDER BY id",
+                                   (service,)):
+            rel = self.store.one("SELECT * FROM releases WHERE id = ?", (ro["to_release"],))
+            out.append({
+                "rollout": ro["id"], "release": ro["to_release"], "from": ro["from_release"],
+                "strategy": ro["strategy"], "phase": ro["phase"], "outcome": ro["outcome"],
+                "reason": ro["reason"], "started_at": ro["started_at"],
+                "finished_at": ro["finished_at"],
+                "image": rel["image_digest"] if rel else None,
+                "skip_tests": bool(rel["skip_tests"]) if rel else False,
+            })
+        return out
+
+    def events(self, service: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        return [{"time": r["time"], "service": r["service"], "kind": r["kind"],
+                 "message": r["message"], "data": json.loads(r["data_json"])}
+                for r in reversed(self.store.events(service, limit))]
+
+    # ------------------------------------------------------------ teardown
+
+    def destroy(self, services: Sequence[str] | None = None) -> list[str]:
+        names = self._services(services)
+        stopped: list[str] = []
+        with self.locked("destroy " + " ".join(names)):
+            for name in names:
+                spec = self.service(name)
+                self.router.remove_service(name)
+                rows = self.store.query(
+                    "SELECT DISTINCT release_id FROM instances WHERE service = ? AND state IN "
+                    "('starting','running','draining')", (name,))
+                for row in rows:
+                    for inst in instances_of(self.store, row["release_id"]):
+                        self.compute.terminate(inst, spec.stop_timeout)
+                        stopped.append(inst.id)
+                with self.store.tx() as c:
+                    c.execute("DELETE FROM routes WHERE service = ?", (name,))
+                    c.execute("UPDATE rollouts SET phase = 'done', outcome = COALESCE(outcome, "
+                              "'aborted'), finished_at = ? WHERE service = ? AND phase != 'done'",
+                              (time.time(), name))
+                    c.event("service.destroyed", f"{name}: {len(stopped)} instance(s) stopped",
+                            service=name)
+            left = self.store.one("SELECT COUNT(*) AS n FROM instances WHERE kind = 'service' "
+                                  "AND state IN ('starting','running','draining')")
+            if left is None or left["n"] == 0:
+                self.router.stop()
+        return stopped
+
+    def logs(self, service: str, instance: str | None = None) -> list[tuple[str, Path]]:
+        self.service(service)
+        rows = self.store.query(
+            "SELECT * FROM instances WHERE service = ? ORDER BY created_at DESC", (service,))
+        out = []
+        for r in rows:
+            if instance and not r["id"].startswith(instance):
+                continue
+            if not instance and r["state"] not in ("starting", "running", "draining"):
+                continue
+            inst = Instance(r["id"], r["service"], r["release_id"], r["host"], r["port"],
+                            r["pid"], r["pid_start"], r["workdir"])
+            out.append((inst.id, self.compute.log_path(inst)))
+        if instance and not out:
+            raise NotFound(f"{service}: no instance {instance!r}")
+        return out
+
+
+def raise_for(result: DeployResult) -> None:
+    """Exit 3 when the judge or a health gate rolled a service back."""
+    bad = result.rolled_back
+    if bad:
+        detail = "; ".join(f"{s.service}: {s.outcome}: {s.reason}" for s in bad)
+        raise RolledBack(detail)
