@@ -1,0 +1,266 @@
+"""Run an image's checks against one throwaway instance, launched exactly as production would.
+
+The instance is always disposed of (try/finally, also on ^C). Checks run in spec order; the first
+check that needs the app (http, port, testinfra) waits for the service's health check, once. A
+check that hangs is cut off at its timeout; an instance that never becomes healthy fails every
+check that needs it, with the reason.
+
+Images no service runs have no command to launch. Then the instance is an idle process
+(`sleep`) in the image's environment, so `command` and `testinfra` checks still run where the
+app would; `http` and `port` checks fail with a clear message. A caller that wants something
+else passes its own `service`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.errors import KilnError
+from kiln.platforms.base import Compute, ExecResult, Image, Instance, Release
+from kiln.spec.models import (
+    Check,
+    CommandCheck,
+    FileCheck,
+    HttpCheck,
+    ImageSpec,
+    PortCheck,
+    ServiceSpec,
+    TestinfraCheck,
+)
+from kiln.verify import checks as ck
+from kiln.verify.digest import suite_digest
+from kiln.verify.results import CheckResult, SuiteResult
+from kiln.verify.testinfra_run import run_testinfra
+
+IDLE_COMMAND = "exec sleep 2147483647"
+"""What a test instance runs when no service uses the image (checks then use exec only)."""
+
+HEALTH_POLL = 0.05
+"""Seconds between health probes while waiting: the bench measures from 'healthy'."""
+
+_GRACE = 2.0
+"""Backstop on top of a check's own timeout, for an exec that ignores its timeout."""
+
+
+@dataclass
+class _Target:
+    """The throwaway instance and what we know about it."""
+
+    instance: Instance | None = None
+    launch_error: str | None = None
+    healthy: bool | None = None  # None: not checked yet
+    health_error: str = ""
+    healthy_at: float | None = None
+
+
+def run_checks(
+    image: Image,
+    image_spec: ImageSpec,
+    *,
+    compute: Compute,
+    service_name: str,
+    service: ServiceSpec | None,
+    base_dir: Path,
+    release: Release | None = None,
+    env: Mapping[str, str] | None = None,
+    on_result: Callable[[CheckResult], None] | None = None,
+) -> SuiteResult:
+    """Launch one test instance of `image`, run every check of `image_spec.tests`, dispose of it.
+
+    `service` is the service that runs the image in production (its command, env, health); None
+    when no service uses the image (see the module doc). `env` is the extra environment a deploy
+    would pass to `Compute.launch` (resolved secrets). Never raises for a failing check; raises
+    KilnError only for bad arguments. ^C disposes of the instance, then propagates.
+    """
+    started = time.time()
+    digest = suite_digest(image_spec, base_dir)
+    tests = list(image_spec.tests)
+    root = Path(image.ref) / "root"
+    target = _Target()
+    results: list[CheckResult] = []
+    launch_spec = service or _idle_service(image.name)
+    try:
+        if any(ck.needs_instance(c) for c in tests):
+            try:
+                target.instance = _launch(compute, service_name, launch_spec, image, release,
+                                          env or {})
+            except KilnError as exc:
+                target.launch_error = f"could not launch a test instance: {exc}"
+        for index, check in enumerate(tests):
+            result = _run_one(index, check, compute=compute, target=target, service=service,
+                              launch_spec=launch_spec, root=root, base_dir=base_dir)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        if target.instance is not None:
+            _dispose(compute, target.instance, launch_spec.stop_timeout)
+    return SuiteResult(
+        passed=all(r.passed for r in results),
+        results=tuple(results),
+        started_at=started,
+        finished_at=time.time(),
+        suite_digest=digest,
+        healthy_at=target.healthy_at,
+        instance_id=target.instance.id if target.instance else None,
+    )
+
+
+def _idle_service(image_name: str) -> ServiceSpec:
+    return ServiceSpec(image=image_name, command=IDLE_COMMAND, listen="127.0.0.1:1",
+                       stop_timeout=2.0)
+
+
+def _launch(compute: Compute, service_name: str, service: ServiceSpec, image: Image,
+            release: Release | None, env: Mapping[str, str]) -> Instance:
+    """One instance via the platform's own launch path; `kind='test'` where supported."""
+    if release is None:
+        hexpart = image.digest.split(":")[-1][:12]
+        release = Release(id=f"{service_name}-test-{hexpart}", service=service_name, number=0,
+                          image_digest=image.digest, config_digest="test")
+    launch = compute.launch
+    try:
+        takes_kind = "kind" in inspect.signature(launch).parameters
+    except (TypeError, ValueError):
+        takes_kind = False
+    if takes_kind:
+        instances = launch(service_name, service, release, image, 1, env=env,
+                           kind="test")  # type: ignore[call-arg]
+    else:
+        instances = launch(service_name, service, release, image, 1, env=env)
+    if len(instances) != 1:
+        for extra in instances:
+            _dispose(compute, extra, service.stop_timeout)
+        raise KilnError(f"platform launched {len(instances)} instances, expected 1")
+    return instances[0]
+
+
+def _dispose(compute: Compute, instance: Instance, timeout: float) -> None:
+    """Terminate even if ^C arrives again while we do (a second ^C must not leak it)."""
+    while True:
+        try:
+            compute.terminate(instance, timeout)
+            return
+        except KeyboardInterrupt:
+            continue
+        except KilnError:
+            return  # nothing more we can do; observe/gc will find it
+
+
+def _wait_healthy(compute: Compute, target: _Target, service: ServiceSpec) -> None:
+    """Poll the instance's own health until health.deadline; note why it failed."""
+    assert target.instance is not None
+    instance, health = target.instance, service.health
+    deadline = time.monotonic() + health.deadline
+    while True:
+        try:
+            if compute.healthy(instance, health):
+                target.healthy, target.healthy_at = True, time.time()
+                return
+        except KilnError as exc:
+            target.health_error = str(exc)
+        observed = compute.observe([instance])
+        if observed and not observed[0].alive:
+            target.healthy = False
+            target.health_error = "the instance exited" + _log_tail(compute, instance)
+            return
+        if time.monotonic() >= deadline:
+            target.healthy = False
+            target.health_error = (f"not healthy (GET {health.path}) within "
+                                   f"{health.deadline:g}s" + _log_tail(compute, instance))
+            return
+        time.sleep(HEALTH_POLL)
+
+
+def _log_tail(compute: Compute, instance: Instance) -> str:
+    try:
+        lines = compute.log_path(instance).read_text(errors="replace").strip().splitlines()
+    except (OSError, KilnError):
+        return ""
+    return f"; last log line: {ck.one_line(lines[-1], 120)}" if lines else ""
+
+
+def _run_one(index: int, check: Check, *, compute: Compute, target: _Target,
+             service: ServiceSpec | None, launch_spec: ServiceSpec, root: Path,
+             base_dir: Path) -> CheckResult:
+    kind, description = ck.kind_of(check), ck.describe(check)
+    start = time.monotonic()
+
+    def done(outcome: ck.Outcome) -> CheckResult:
+        return CheckResult(index, kind, description, outcome.passed, outcome.detail,
+                           time.monotonic() - start)
+
+    if isinstance(check, FileCheck):
+        return done(ck.check_file(check.file, root))
+    if target.instance is None:
+        return done(ck.Outcome(False, target.launch_error or "no test instance"))
+    instance = target.instance
+    if isinstance(check, HttpCheck | PortCheck) and service is None:
+        return done(ck.Outcome(False, f"no service runs image {launch_spec.image}, so there is "
+                                      f"no app to reach; {kind} checks need a service"))
+    if ck.needs_app(check) and service is not None:
+        if target.healthy is None:
+            _wait_healthy(compute, target, service)
+            start = time.monotonic()  # the check's own time starts once the app is up
+        if not target.healthy:
+            return done(ck.Outcome(False, f"instance never became healthy: "
+                                          f"{target.health_error}"))
+    if isinstance(check, TestinfraCheck):
+        path = (base_dir / check.testinfra).resolve()
+        out = run_testinfra(path, compute=compute, instance=instance, timeout=check.timeout)
+        return CheckResult(index, kind, description, out.passed, out.detail,
+                           time.monotonic() - start, out.cases)
+    if isinstance(check, HttpCheck):
+        http = check.http
+        return done(_bounded(lambda: ck.check_http(http, instance), http.timeout))
+    if isinstance(check, PortCheck):
+        port = instance.port if service is not None and check.port == service.port \
+            else check.port
+        timeout = check.timeout
+        return done(_bounded(lambda: ck.check_port(instance.host, port, timeout), timeout))
+    assert isinstance(check, CommandCheck)
+    spec = check.spec
+    return done(_bounded(lambda: _command(compute, instance, spec), spec.timeout))
+
+
+def _command(compute: Compute, instance: Instance, spec: CommandCheck.Spec) -> ck.Outcome:
+    begin = time.monotonic()
+
+    def run(command: str, timeout: float) -> ExecResult:
+        return compute.exec(instance, command, timeout=timeout)
+
+    try:
+        outcome = ck.check_command(spec, run)
+    except KilnError as exc:
+        if "timed out" in str(exc).lower() or time.monotonic() - begin >= spec.timeout:
+            return ck.Outcome(False, f"timed out after {spec.timeout:g}s")
+        return ck.Outcome(False, f"could not run: {exc}")
+    if not outcome.passed and time.monotonic() - begin >= spec.timeout * 0.99:
+        return ck.Outcome(False, f"timed out after {spec.timeout:g}s")
+    return outcome
+
+
+def _bounded(fn: Callable[[], ck.Outcome], timeout: float) -> ck.Outcome:
+    """Run `fn` in a daemon thread; give up after timeout + grace (it then dies on its own)."""
+    box: list[ck.Outcome] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            box.append(fn())
+        except Exception as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True, name="kiln-check")
+    worker.start()
+    worker.join(timeout + _GRACE)
+    if box:
+        return box[0]
+    if failure:
+        return ck.Outcome(False, f"error: {ck.one_line(str(failure[0]), 160)}")
+    return ck.Outcome(False, f"timed out after {timeout:g}s")
