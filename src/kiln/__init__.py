@@ -10,18 +10,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from kiln.errors import (
-        BakeError,
-        KilnError,
-        LockHeld,
-        NotFound,
-        PlatformError,
-        RolledBack,
-        SpecError,
-        StateError,
-        VerifyError,
-    )
-    from kiln.project import DeployEvent, DeployResult, Project, ServiceResult, raise_for
+    from kiln.errors import BakeError as BakeError
+    from kiln.errors import KilnError as KilnError
+    from kiln.errors import LockHeld as LockHeld
+    from kiln.errors import NotFound as NotFound
+    from kiln.errors import PlatformError as PlatformError
+    from kiln.errors import RolledBack as RolledBack
+    from kiln.errors import SpecError as SpecError
+    from kiln.errors import StateError as StateError
+    from kiln.errors import VerifyError as VerifyError
+    from kiln.project import DeployEvent as DeployEvent
+    from kiln.project import DeployResult as DeployResult
+    from kiln.project import Project as Project
+    from kiln.project import ServiceResult as ServiceResult
+    from kiln.project import raise_for as raise_for
 
 _EXPORTS = {
     "KilnError": "kiln.errors", "SpecError": "kiln.errors", "StateError": "kiln.errors",

@@ -487,9 +487,9 @@ class Project:
                 "alive": alive.get(inst.id, False), "healthy": healthy})
         for rid, rel in releases.items():
             try:
-                r = load_release(self.store, rid)
-                rel["image"] = r.image_digest
-                rel["number"] = r.number
+                release = load_release(self.store, rid)
+                rel["image"] = release.image_digest
+                rel["number"] = release.number
             except NotFound:
                 pass
         ro = self.store.one("SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC LIMIT 1",

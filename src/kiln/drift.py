@@ -1,0 +1,60 @@
+"""`kiln drift`: what runs vs what the state says runs; tampered images; router disagreement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.project import Project
+from kiln.rollout.executor import instances_of
+
+
+def detect(project: Project) -> list[dict[str, Any]]:
+    """Each item: kind (dead-instance | router | tampered-image), service, detail."""
+    items: list[dict[str, Any]] = []
+    store = project.store
+    for name in project.spec.services:
+        routes = {r["release_id"]: r["weight"]
+                  for r in store.query("SELECT * FROM routes WHERE service = ?", (name,))}
+        for release_id in routes:
+            insts = instances_of(store, release_id)
+            for inst, obs in zip(insts, project.compute.observe(insts), strict=True):
+                if not obs.alive:
+                    items.append({"kind": "dead-instance", "service": name,
+                                  "detail": f"{inst.id} ({inst.address}) is recorded as running "
+                                            f"but its process is gone"})
+        if routes:
+            try:
+                served = project.router.verify(name)
+            except Exception as exc:  # router down is drift too, reported not raised
+                items.append({"kind": "router", "service": name,
+                              "detail": f"router does not answer: {exc}"})
+                served = None
+            if served is not None:
+                want = {k: v for k, v in routes.items() if v > 0}
+                got = {k: v for k, v in served.items() if v > 0}
+                if want != got:
+                    items.append({"kind": "router", "service": name,
+                                  "detail": f"router serves {got}, state says {want}"})
+    verify = _image_verifier()
+    if verify is not None:
+        live = store.query(
+            "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r ON r.id = i.release_id "
+            "WHERE i.state IN ('starting','running','draining')")
+        for row in live:
+            problem = verify(project, row["image_digest"])
+            if problem:
+                items.append({"kind": "tampered-image", "service": None, "detail": problem})
+    return items
+
+
+def _image_verifier() -> Any:
+    try:
+        from kiln.bake.imagestore import verify_image
+    except ImportError:
+        return None
+
+    def check(project: Project, digest: str) -> str | None:
+        result: str | None = verify_image(project.store, digest)
+        return result
+
+    return check
