@@ -47,16 +47,20 @@ class LoadedSpec:
     """A validated spec and where it came from (steps' paths are relative to `base_dir`)."""
 
     spec: Spec
-    path: Path
-    base_dir: Path
+    path: Path  # as given (messages use it)
+    base_dir: Path  # absolute folder of the file
     text: str
 
 
 def find_spec(start: Path | None = None, explicit: Path | None = None) -> Path:
-    """The spec to use: `explicit` (-f) as given, else kiln.yaml in `start` (default: cwd)."""
+    """The spec to use: `explicit` (-f) as given, else kiln.yaml in `start` (default: cwd).
+
+    In the cwd the path stays relative, so messages read `kiln.yaml:3:5: ...`.
+    """
     if explicit is not None:
         return explicit
-    path = Path(SPEC_FILENAME) if start is None else start / SPEC_FILENAME
+    here = start is None or start.resolve() == Path.cwd().resolve()
+    path = Path(SPEC_FILENAME) if here or start is None else start / SPEC_FILENAME
     if not path.is_file():
         err = SpecError([f"{path}: file not found"])
         err.hint = "run `kiln init` to create one, or pass -f FILE"
@@ -78,7 +82,7 @@ def load_spec(path: Path) -> LoadedSpec:
         line, col = _offset_pos(raw[: exc.start].decode("utf-8", "replace"), exc.start)
         raise SpecError([f"{path}:{line}:{col}: not UTF-8 text"]) from exc
     spec = parse_spec(text, str(path))
-    return LoadedSpec(spec=spec, path=path, base_dir=path.parent, text=text)
+    return LoadedSpec(spec=spec, path=path, base_dir=path.parent.resolve(), text=text)
 
 
 def parse_spec(text: str, filename: str = SPEC_FILENAME) -> Spec:

@@ -384,7 +384,7 @@ class Spec(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Spec:
-        """One line per problem, each starting with its field path (the loader maps it to a line)."""
+        """One line per problem, each starting with its field path (the loader finds its line)."""
         problems: list[str] = []
         listens: dict[str, str] = {}
         for name, svc in self.services.items():

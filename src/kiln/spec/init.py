@@ -1,0 +1,73 @@
+"""`kiln init`: write a starter kiln.yaml and a tiny app that bakes, tests and deploys as is."""
+
+from __future__ import annotations
+
+import re
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from string import Template
+
+from kiln.errors import KilnError
+from kiln.spec.loader import SPEC_FILENAME
+from kiln.spec.models import NAME_RE
+
+_TEMPLATES = "templates/init"
+_SUFFIX = ".tmpl"  # keeps template .py files out of the package's import path and linters
+
+
+def project_name(folder: Path) -> str:
+    """A valid project name from a folder name: 'My Shop_2' -> 'my-shop-2'."""
+    name = re.sub(r"[^a-z0-9]+", "-", folder.resolve().name.lower()).strip("-")
+    name = re.sub(r"^[^a-z]+", "", name)
+    name = name[:40].rstrip("-")
+    return name or "app"
+
+
+def init_project(folder: Path, project: str | None = None) -> list[Path]:
+    """Write the starter files into `folder` (created if needed); returns the paths written.
+
+    Refuses when kiln.yaml or any file it would write already exists: init never overwrites.
+    """
+    name = project if project is not None else project_name(folder)
+    if not re.match(NAME_RE, name):
+        raise KilnError(f"invalid project name {name!r}: expected a lowercase letter followed "
+                        "by up to 39 lowercase letters, digits or dashes")
+    if (folder / SPEC_FILENAME).exists():
+        raise KilnError(f"{folder / SPEC_FILENAME} already exists; kiln init only writes into "
+                        "a folder without a kiln.yaml")
+    if folder.exists() and not folder.is_dir():
+        raise KilnError(f"{folder} is not a folder")
+    plan = [(folder / rel, text) for rel, text in _render(name)]
+    clashes = [str(path) for path, _ in plan if path.exists()]
+    if clashes:
+        raise KilnError(f"refusing to overwrite {', '.join(clashes)}",
+                        hint="run kiln init in an empty folder")
+    written: list[Path] = []
+    try:
+        for path, text in plan:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("x", encoding="utf-8") as fh:
+                fh.write(text)
+            written.append(path)
+    except OSError as exc:
+        raise KilnError(f"cannot write {exc.filename or folder}: {exc.strerror or exc}") from exc
+    return written
+
+
+def _render(project: str) -> list[tuple[Path, str]]:
+    """(relative path, text) for every template, kiln.yaml first."""
+    root = files("kiln.spec").joinpath(_TEMPLATES)
+    out = [(rel, Template(node.read_text(encoding="utf-8")).substitute(project=project))
+           for rel, node in _walk(root, Path())]
+    return sorted(out, key=lambda item: (item[0] != Path(SPEC_FILENAME), str(item[0])))
+
+
+def _walk(node: Traversable, rel: Path) -> list[tuple[Path, Traversable]]:
+    out: list[tuple[Path, Traversable]] = []
+    for child in node.iterdir():
+        if child.is_dir():
+            out += _walk(child, rel / child.name)
+        elif child.name.endswith(_SUFFIX):
+            out.append((rel / child.name[: -len(_SUFFIX)], child))
+    return out
