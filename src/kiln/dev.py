@@ -29,7 +29,7 @@ def dev_up(project: Project, service: str | None) -> tuple[Instance, Path]:
                                       base_dir=project.base_dir)
         release = Release(f"{name}-dev", name, 0, image.digest, config_digest(spec))
         compute = project.compute
-        launch = getattr(compute, "launch")
+        launch = compute.launch
         (inst,) = launch(name, spec, release, image, 1,
                          env=resolve_secrets(name, spec, project.base_dir), kind="dev")
         deadline = time.monotonic() + spec.health.deadline

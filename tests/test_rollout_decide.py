@@ -1,0 +1,200 @@
+"""Table tests of the pure rollout step machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kiln.rollout.decide import (
+    EnsureInstances,
+    Observation,
+    Record,
+    Retire,
+    SetWeights,
+    Status,
+    TerminateRelease,
+    TerminateRetiring,
+    Verdict,
+    decide,
+    start,
+)
+from kiln.spec.models import Analysis, Rollout, RolloutStep
+
+
+def obs(now: float = 0.0, **kw: Any) -> Observation:
+    base: dict[str, Any] = dict(new_alive=3, new_healthy=3, new_dead=0, old_alive=3)
+    base.update(kw)
+    return Observation(now=now, **base)
+
+
+def canary(*steps: tuple[int, float | None], **kw: Any) -> Rollout:
+    return Rollout(strategy="canary", steps=[RolloutStep(weight=w, pause=p) for w, p in steps], **kw)
+
+
+def kinds(actions: list[Any]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def run(s: Status, r: Rollout, *observations: Observation) -> tuple[Status, list[list[Any]]]:
+    trail = []
+    for o in observations:
+        s, actions = decide(s, o, r, 30.0)
+        trail.append(actions)
+    return s, trail
+
+
+def test_first_release_goes_live_when_healthy() -> None:
+    r = canary((10, 0))
+    s = start("canary", "web-r1", None, 3, 0.0)
+    s, (a1, a2, a3) = run(s, r, obs(0), obs(1, new_healthy=1), obs(2))
+    assert a1 == [EnsureInstances("web-r1", 3)]
+    assert a2 == []
+    assert s.phase == "done" and s.outcome == "promoted"
+    assert SetWeights({"web-r1": 100}) in a3
+
+
+def test_canary_walks_steps_then_drains_old() -> None:
+    r = canary((10, 5), (50, 5))
+    s = start("canary", "web-r2", "web-r1", 3, 0.0)
+    s, trail = run(s, r, obs(0), obs(1))
+    assert s.phase == "step" and s.weights == {"web-r2": 10, "web-r1": 90}
+    s, trail = run(s, r, obs(3))          # pause not over
+    assert trail == [[]]
+    s, trail = run(s, r, obs(6.5))        # pause over, no analysis -> next step
+    assert s.weights == {"web-r2": 50, "web-r1": 50}
+    s, trail = run(s, r, obs(12))
+    assert s.phase == "drain_old" and s.weights == {"web-r2": 100, "web-r1": 0}
+    s, trail = run(s, r, obs(12.1, old_inflight=2))
+    assert s.phase == "drain_old"
+    s, trail = run(s, r, obs(12.2, old_inflight=0))
+    assert s.phase == "done" and s.outcome == "promoted"
+    assert TerminateRelease("web-r1") in trail[0]
+
+
+def test_drain_is_bounded_by_timeout() -> None:
+    r = canary((100, 0), drain_timeout=2)
+    s = start("canary", "b", "a", 1, 0.0)
+    s, _ = run(s, r, obs(0, new_alive=1, new_healthy=1), obs(0, new_alive=1, new_healthy=1))
+    s, _ = run(s, r, obs(0.1, new_alive=1, new_healthy=1))
+    assert s.phase == "drain_old"
+    s, trail = run(s, r, obs(1.0, new_alive=1, new_healthy=1, old_inflight=5),
+                   obs(2.5, new_alive=1, new_healthy=1, old_inflight=5))
+    assert s.phase == "done" and TerminateRelease("a") in trail[1]
+
+
+@pytest.mark.parametrize(
+    ("observation", "outcome", "reason_part"),
+    [
+        (obs(1, new_dead=1, new_alive=2, new_healthy=2), "failed", "exited"),
+        (obs(31, new_healthy=2), "failed", "health gate: 2/3"),
+    ],
+)
+def test_health_gate_rolls_back_and_keeps_traffic(observation: Observation, outcome: str,
+                                                  reason_part: str) -> None:
+    r = canary((10, 0))
+    s = start("canary", "web-r2", "web-r1", 3, 0.0)
+    s, _ = run(s, r, obs(0))
+    s, (actions,) = run(s, r, observation)
+    assert s.outcome == outcome and reason_part in (s.reason or "")
+    assert SetWeights({"web-r2": 0, "web-r1": 100}) in actions
+    s, (actions,) = run(s, r, obs(40))
+    assert s.phase == "done" and TerminateRelease("web-r2") in actions
+
+
+def test_judge_fail_rolls_back_at_once() -> None:
+    r = canary((10, 60), analysis=Analysis())
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1))
+    bad = Verdict("fail", "5xx 6.1% vs 1.0%, p=0.0003; after 212 canary requests")
+    s, (actions,) = run(s, r, obs(5, verdict=bad))
+    assert s.outcome == "rolled_back" and s.phase == "drain_new"
+    assert actions[0] == SetWeights({"b": 0, "a": 100})
+    assert any(isinstance(a, Record) and "5xx" in a.message for a in actions)
+    assert s.decisions[-1].outcome == "fail"
+
+
+@pytest.mark.parametrize(
+    ("on_no_data", "phase", "outcome"),
+    [("pause", "step", None), ("rollback", "drain_new", "rolled_back"), ("promote", "step", None)],
+)
+def test_inconclusive_is_never_a_silent_pass(on_no_data: Any, phase: str, outcome: str | None
+                                             ) -> None:
+    r = canary((10, 5), (50, 5), analysis=Analysis(on_no_data=on_no_data, min_requests=100))
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1))
+    few = Verdict("inconclusive", "12 canary requests < min_requests 100")
+    s, _ = run(s, r, obs(7, verdict=few))
+    assert s.phase == phase and s.outcome == outcome
+    if on_no_data == "pause":
+        assert s.step == 0 and "inconclusive" in (s.waiting or "")
+    if on_no_data == "promote":
+        assert s.step == 1
+
+
+def test_pause_none_waits_for_promote_and_abort_rolls_back() -> None:
+    r = canary((10, None), (50, None))
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1), obs(100))
+    assert s.step == 0 and "kiln promote" in (s.waiting or "")
+    s.promote_requested = True
+    s, _ = run(s, r, obs(101))
+    assert s.step == 1 and s.weights["b"] == 50
+    s.abort_requested = True
+    s, (actions,) = run(s, r, obs(102))
+    assert s.outcome == "aborted" and actions[0] == SetWeights({"b": 0, "a": 100})
+
+
+def test_promote_full_skips_remaining_steps() -> None:
+    r = canary((10, None), (50, None))
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1))
+    s.promote_full = True
+    s, _ = run(s, r, obs(2))
+    assert s.phase == "drain_old" and s.weights == {"b": 100, "a": 0}
+
+
+def test_blue_green_switches_at_once_and_keeps_standby() -> None:
+    r = Rollout(strategy="blue-green", scale_down_delay=30)
+    s = start("blue-green", "b", "a", 3, 0.0)
+    s, trail = run(s, r, obs(0), obs(1))
+    assert s.phase == "standby" and s.weights == {"b": 100, "a": 0} and s.outcome == "promoted"
+    s, trail = run(s, r, obs(20))
+    assert trail == [[]]
+    s, trail = run(s, r, obs(32))
+    assert s.phase == "done" and TerminateRelease("a") in trail[0]
+
+
+def test_rolling_replaces_in_batches() -> None:
+    r = Rollout(strategy="rolling", max_surge=1, max_unavailable=0)
+    s = start("rolling", "b", "a", 2, 0.0)
+    s, (a,) = run(s, r, obs(0, new_alive=0, new_healthy=0, old_alive=2))
+    assert a == [EnsureInstances("b", 1)] and s.phase == "roll"
+    s, (a,) = run(s, r, obs(1, new_alive=1, new_healthy=1, old_alive=2))
+    assert a == [SetWeights({"b": 1, "a": 1}), Retire("a", 1)]
+    s, (a,) = run(s, r, obs(2, new_alive=1, new_healthy=1, old_alive=2, retiring_inflight=0))
+    assert a == [TerminateRetiring("a")] and s.rolled == 1
+    s, (a,) = run(s, r, obs(3, new_alive=1, new_healthy=1, old_alive=1))
+    assert a == [EnsureInstances("b", 2)]
+    s, (a,) = run(s, r, obs(4, new_alive=2, new_healthy=2, old_alive=1))
+    assert kinds(a) == ["SetWeights", "Retire"]
+    s, _ = run(s, r, obs(5, new_alive=2, new_healthy=2, old_alive=1))
+    s, (a,) = run(s, r, obs(6, new_alive=2, new_healthy=2, old_alive=0))
+    assert s.phase == "drain_old" and s.weights == {"b": 100, "a": 0}
+
+
+def test_status_round_trips_through_json() -> None:
+    r = canary((10, 60), analysis=Analysis())
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1), obs(2, verdict=Verdict("fail", "bad")))
+    again = Status.from_json(s.to_json())
+    assert again == s
+
+
+def test_decide_is_idempotent_when_replayed() -> None:
+    """A pass killed after acting but before persisting is replayed from the old status."""
+    r = canary((10, 0), (50, 0))
+    s0 = start("canary", "b", "a", 3, 0.0)
+    s1, a1 = decide(s0, obs(0), r, 30.0)
+    s1b, a1b = decide(s0, obs(0), r, 30.0)
+    assert (s1, a1) == (s1b, a1b)
