@@ -1,4 +1,5 @@
-"""run_checks against a real throwaway instance (a stdlib http server process on loopback)."""
+"""run_checks against a real throwaway instance: LocalCompute (sandboxed process on loopback)
+running a stdlib http app from an image folder."""
 
 from __future__ import annotations
 
@@ -10,19 +11,46 @@ from typing import Any
 
 import pytest
 
-from kiln.platforms.base import Image
+from kiln.platforms.base import Image, Instance
+from kiln.platforms.local.compute import LocalCompute
+from kiln.platforms.local.instance_rows import from_row
 from kiln.spec.models import ImageSpec, ServiceSpec
+from kiln.state.store import Store
 from kiln.verify import CheckResult, SuiteResult, run_checks
-from verify_standin import StandinCompute, app_service, make_image
+from verify_helpers import app_service, make_image
 
 pytestmark = pytest.mark.e2e
 
 
+class Compute(LocalCompute):
+    """LocalCompute plus what the tests assert on: which instances it launched, as what."""
+
+    def test_instances(self) -> list[Instance]:
+        return [from_row(r) for r in self.store.query(
+            "SELECT * FROM instances WHERE kind = 'test' ORDER BY created_at")]
+
+    @property
+    def launched(self) -> list[Instance]:
+        return [from_row(r) for r in self.store.query("SELECT * FROM instances")]
+
+    @property
+    def kinds(self) -> list[str]:
+        return [r["kind"] for r in self.store.query("SELECT kind FROM instances")]
+
+    def running(self) -> list[str]:
+        insts = self.launched
+        return [o.instance_id for o in self.observe(insts) if o.alive] + [
+            i.id for i in insts if self.state_of(i) not in ("stopped", "dead")]
+
+
 @pytest.fixture
-def compute(tmp_path: Path) -> Iterator[StandinCompute]:
-    c = StandinCompute(tmp_path)
+def compute(tmp_path: Path) -> Iterator[Compute]:
+    store = Store.open(tmp_path / "home")
+    c = Compute(store, tmp_path / "home", "vt")
     yield c
-    c.stop_all()
+    for inst in c.launched:
+        c.terminate(inst, 1.0)
+    store.close()
 
 
 @pytest.fixture
@@ -30,7 +58,7 @@ def image(tmp_path: Path) -> Image:
     return make_image(tmp_path / "store")
 
 
-def run(compute: StandinCompute, image: Image, tests: list[dict[str, Any]], base_dir: Path,
+def run(compute: Compute, image: Image, tests: list[dict[str, Any]], base_dir: Path,
         service: ServiceSpec | None = None, *, no_service: bool = False,
         seen: list[CheckResult] | None = None) -> SuiteResult:
     spec = ImageSpec.model_validate({"tests": tests})
@@ -64,7 +92,7 @@ FAILING: list[tuple[dict[str, Any], str]] = [
     ({"command": "exit 2"}, "exit code 2, expected 0"),
     ({"command": {"run": "echo a", "stdout_contains": "zzz"}}, "stdout does not contain 'zzz'"),
     ({"command": {"run": "echo a", "stderr_contains": "zzz"}}, "stderr does not contain 'zzz'"),
-    ({"port": 1}, "127.0.0.1:1"),
+    ({"port": 1}, ":1: "),
     ({"file": {"path": "/app/config.txt", "mode": "0600"}}, "mode 0644, expected 0600"),
     ({"file": {"path": "/app/config.txt", "contains": "red"}}, "does not contain 'red'"),
     ({"file": {"path": "/app/nope"}}, "does not exist in the image"),
@@ -73,7 +101,7 @@ FAILING: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-def test_every_builtin_kind_passes(compute: StandinCompute, image: Image, tmp_path: Path) -> None:
+def test_every_builtin_kind_passes(compute: Compute, image: Image, tmp_path: Path) -> None:
     seen: list[CheckResult] = []
     suite = run(compute, image, PASSING, tmp_path, seen=seen)
     assert [r.detail for r in suite.results if not r.passed] == []
@@ -86,7 +114,7 @@ def test_every_builtin_kind_passes(compute: StandinCompute, image: Image, tmp_pa
     assert compute.kinds == ["test"]  # launched through the platform's own path, as a test
 
 
-def test_impossible_expectations_fail_with_a_reason(compute: StandinCompute, image: Image,
+def test_impossible_expectations_fail_with_a_reason(compute: Compute, image: Image,
                                                     tmp_path: Path) -> None:
     suite = run(compute, image, [c for c, _ in FAILING], tmp_path)
     assert not suite.passed
@@ -96,7 +124,7 @@ def test_impossible_expectations_fail_with_a_reason(compute: StandinCompute, ima
         assert "\n" not in result.detail
 
 
-def test_hanging_checks_time_out(compute: StandinCompute, image: Image, tmp_path: Path) -> None:
+def test_hanging_checks_time_out(compute: Compute, image: Image, tmp_path: Path) -> None:
     t0 = time.monotonic()
     suite = run(compute, image, [
         {"command": {"run": "sleep 30", "timeout": "500ms"}},
@@ -110,7 +138,7 @@ def test_hanging_checks_time_out(compute: StandinCompute, image: Image, tmp_path
     assert ok.passed
 
 
-def test_never_healthy_fails_app_checks_and_leaves_nothing(compute: StandinCompute, image: Image,
+def test_never_healthy_fails_app_checks_and_leaves_nothing(compute: Compute, image: Image,
                                                            tmp_path: Path) -> None:
     sick = app_service(env={"UNHEALTHY": "1"},
                        health={"path": "/healthz", "timeout": "200ms", "deadline": "1s"})
@@ -128,21 +156,21 @@ def test_never_healthy_fails_app_checks_and_leaves_nothing(compute: StandinCompu
     assert compute.running() == []
 
 
-def test_instance_that_exits_is_reported(compute: StandinCompute, image: Image,
+def test_instance_that_exits_is_reported(compute: Compute, image: Image,
                                          tmp_path: Path) -> None:
     crash = app_service(command="echo boom-at-start >&2; exit 1")
     suite = run(compute, image, [{"http": {"path": "/"}}], tmp_path, crash)
     assert "the instance exited; last log line: boom-at-start" in suite.results[0].detail
 
 
-def test_missing_testinfra_path_fails_cleanly(compute: StandinCompute, image: Image,
+def test_missing_testinfra_path_fails_cleanly(compute: Compute, image: Image,
                                               tmp_path: Path) -> None:
     suite = run(compute, image, [{"testinfra": "tests/image/"}], tmp_path)
     (r,) = suite.results
     assert not r.passed and r.detail == f"testinfra path {tmp_path}/tests/image does not exist"
 
 
-def test_interrupt_disposes_of_the_instance(compute: StandinCompute, image: Image,
+def test_interrupt_disposes_of_the_instance(compute: Compute, image: Image,
                                             tmp_path: Path) -> None:
     def interrupt(_: CheckResult) -> None:
         raise KeyboardInterrupt
@@ -154,7 +182,7 @@ def test_interrupt_disposes_of_the_instance(compute: StandinCompute, image: Imag
     assert len(compute.launched) == 1 and compute.running() == []
 
 
-def test_image_without_service(compute: StandinCompute, image: Image, tmp_path: Path) -> None:
+def test_image_without_service(compute: Compute, image: Image, tmp_path: Path) -> None:
     suite = run(compute, image, [
         {"file": {"path": "server.py"}},
         {"command": "test -f server.py && test \"$IMAGE_ENV\" = from-image"},
@@ -166,7 +194,7 @@ def test_image_without_service(compute: StandinCompute, image: Image, tmp_path: 
     assert "no service runs image web" in h.detail and "no service runs image web" in p.detail
 
 
-def test_only_file_checks_launch_nothing(compute: StandinCompute, image: Image,
+def test_only_file_checks_launch_nothing(compute: Compute, image: Image,
                                          tmp_path: Path) -> None:
     suite = run(compute, image, [{"file": {"path": "server.py"}}], tmp_path)
     assert suite.passed and compute.launched == [] and suite.instance_id is None
@@ -191,11 +219,11 @@ TESTINFRA = textwrap.dedent('''
 
     def test_env_address():
         import os
-        assert os.environ["KILN_INSTANCE_URL"].startswith("http://127.0.0.1:")
+        assert os.environ["KILN_INSTANCE_URL"].startswith("http://127.")
 ''')
 
 
-def test_real_testinfra_folder(compute: StandinCompute, image: Image, tmp_path: Path) -> None:
+def test_real_testinfra_folder(compute: Compute, image: Image, tmp_path: Path) -> None:
     folder = tmp_path / "tests" / "image"
     folder.mkdir(parents=True)
     (folder / "test_image.py").write_text(TESTINFRA)
@@ -216,7 +244,7 @@ def test_real_testinfra_folder(compute: StandinCompute, image: Image, tmp_path: 
     assert not list(folder.rglob("__pycache__")) and not (folder / ".pytest_cache").exists()
 
 
-def test_hanging_testinfra_is_killed(compute: StandinCompute, image: Image,
+def test_hanging_testinfra_is_killed(compute: Compute, image: Image,
                                      tmp_path: Path) -> None:
     (tmp_path / "test_hang.py").write_text("import time\n\ndef test_hang(host):\n"
                                            "    time.sleep(60)\n")

@@ -18,15 +18,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kiln.platforms.base import Compute, Instance
+from kiln.verify.checks import ExecFn
 
 SOCKET_ENV = "KILN_EXEC_SOCKET"
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
-    compute: Compute
-    instance: Instance
+    run: ExecFn
     max_timeout: float
 
 
@@ -39,7 +38,7 @@ class _Handler(socketserver.StreamRequestHandler):
             command = str(request["command"])
             timeout = min(float(request.get("timeout") or self.server.max_timeout),
                           self.server.max_timeout)
-            result = self.server.compute.exec(self.server.instance, command, timeout=timeout)
+            result = self.server.run(command, timeout)
             reply: dict[str, Any] = {"exit_code": result.exit_code, "stdout": result.stdout,
                                      "stderr": result.stderr}
         except Exception as exc:  # reported to the test as a failed command, not a crash here
@@ -48,14 +47,13 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 class ExecServer:
-    """`with ExecServer(compute, instance, max_timeout) as path:` serves exec on `path`."""
+    """`with ExecServer(run, max_timeout) as path:` serves `run(command, timeout)` on `path`."""
 
-    def __init__(self, compute: Compute, instance: Instance, max_timeout: float) -> None:
+    def __init__(self, run: ExecFn, max_timeout: float) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="kiln-exec-"))  # short: AF_UNIX paths <= 107
         self.path = self._dir / "exec.sock"
         self._server = _Server(str(self.path), _Handler)
-        self._server.compute = compute
-        self._server.instance = instance
+        self._server.run = run
         self._server.max_timeout = max_timeout
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)

@@ -17,7 +17,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.errors import KilnError
@@ -56,6 +56,8 @@ class _Target:
     healthy: bool | None = None  # None: not checked yet
     health_error: str = ""
     healthy_at: float | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Secrets given to launch; passed again to exec where the platform accepts `env`."""
 
 
 def run_checks(
@@ -81,7 +83,7 @@ def run_checks(
     digest = suite_digest(image_spec, base_dir)
     tests = list(image_spec.tests)
     root = Path(image.ref) / "root"
-    target = _Target()
+    target = _Target(extra_env=dict(env or {}))
     results: list[CheckResult] = []
     launch_spec = service or _idle_service(image.name)
     try:
@@ -212,7 +214,8 @@ def _run_one(index: int, check: Check, *, compute: Compute, target: _Target,
                                           f"{target.health_error}"))
     if isinstance(check, TestinfraCheck):
         path = (base_dir / check.testinfra).resolve()
-        out = run_testinfra(path, compute=compute, instance=instance, timeout=check.timeout)
+        out = run_testinfra(path, run=_exec_fn(compute, instance, target.extra_env),
+                            instance=instance, timeout=check.timeout)
         return CheckResult(index, kind, description, out.passed, out.detail,
                            time.monotonic() - start, out.cases)
     if isinstance(check, HttpCheck):
@@ -225,15 +228,28 @@ def _run_one(index: int, check: Check, *, compute: Compute, target: _Target,
         return done(_bounded(lambda: ck.check_port(instance.host, port, timeout), timeout))
     assert isinstance(check, CommandCheck)
     spec = check.spec
-    return done(_bounded(lambda: _command(compute, instance, spec), spec.timeout))
+    run = _exec_fn(compute, instance, target.extra_env)
+    return done(_bounded(lambda: _command(run, spec), spec.timeout))
 
 
-def _command(compute: Compute, instance: Instance, spec: CommandCheck.Spec) -> ck.Outcome:
-    begin = time.monotonic()
+def _exec_fn(compute: Compute, instance: Instance, env: Mapping[str, str]) -> ck.ExecFn:
+    """compute.exec bound to the instance; secrets go along if the platform takes `env`."""
+    try:
+        takes_env = "env" in inspect.signature(compute.exec).parameters
+    except (TypeError, ValueError):
+        takes_env = False
 
     def run(command: str, timeout: float) -> ExecResult:
+        if takes_env and env:
+            return compute.exec(instance, command, timeout=timeout,
+                                env=env)  # type: ignore[call-arg]
         return compute.exec(instance, command, timeout=timeout)
 
+    return run
+
+
+def _command(run: ck.ExecFn, spec: CommandCheck.Spec) -> ck.Outcome:
+    begin = time.monotonic()
     try:
         outcome = ck.check_command(spec, run)
     except KilnError as exc:

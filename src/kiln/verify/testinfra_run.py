@@ -18,8 +18,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.platforms.base import Compute, Instance
-from kiln.verify.checks import one_line
+from kiln.platforms.base import Instance
+from kiln.verify.checks import ExecFn, one_line
 from kiln.verify.exec_server import SOCKET_ENV, ExecServer
 from kiln.verify.results import CaseResult
 from kiln.verify.testinfra_backend import TIMEOUT_ENV
@@ -43,9 +43,12 @@ class TestinfraOutcome:
     cases: tuple[CaseResult, ...] = ()
 
 
-def run_testinfra(path: Path, *, compute: Compute, instance: Instance,
+def run_testinfra(path: Path, *, run: ExecFn, instance: Instance,
                   timeout: float) -> TestinfraOutcome:
-    """`python -m pytest <path> --hosts=kiln://<id>`, killed after `timeout` seconds."""
+    """`python -m pytest <path> --hosts=kiln://<id>`, killed after `timeout` seconds.
+
+    `run(command, timeout)` executes in the instance's environment (the `host` fixture uses it).
+    """
     if not path.exists():
         return TestinfraOutcome(False, f"testinfra path {path} does not exist")
     work = Path(tempfile.mkdtemp(prefix="kiln-ti-"))
@@ -53,7 +56,7 @@ def run_testinfra(path: Path, *, compute: Compute, instance: Instance,
         ini = work / "pytest.ini"
         ini.write_text("[pytest]\n")
         junit = work / "junit.xml"
-        with ExecServer(compute, instance, max_timeout=timeout) as sock:
+        with ExecServer(run, max_timeout=timeout) as sock:
             env = _child_env(instance, sock, timeout)
             argv = [sys.executable, "-m", "pytest", str(path), "-c", str(ini),
                     "--rootdir", str(path if path.is_dir() else path.parent),

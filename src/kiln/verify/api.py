@@ -1,0 +1,92 @@
+"""What `kiln test` and the deploy gate call: test an image once per (digest, suite digest)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from kiln.errors import NotFound, VerifyError
+from kiln.platforms.base import Image
+from kiln.spec.models import ServiceSpec
+from kiln.verify.attest import attest, latest_attestation
+from kiln.verify.digest import suite_digest
+from kiln.verify.results import CheckResult, SuiteResult
+from kiln.verify.runner import run_checks
+
+if TYPE_CHECKING:
+    from kiln.project import Project
+
+
+def _service_for(project: Project, image_name: str) -> tuple[str, ServiceSpec | None]:
+    """Tests launch the image as its first service would run it in production."""
+    for name, svc in project.spec.services.items():
+        if svc.image == image_name:
+            return name, svc
+    return image_name, None
+
+
+def _line(r: CheckResult) -> str:
+    mark = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+    return f"  {mark} {r.kind:<9} {r.description}  [dim]{r.detail} ({r.duration:.2f}s)[/]"
+
+
+def run_suite(project: Project, image_name: str, image: Image,
+              on_line: Callable[[str], None] | None = None) -> SuiteResult:
+    from kiln.project import resolve_secrets
+
+    spec = project.spec.images[image_name]
+    name, svc = _service_for(project, image_name)
+    secrets = resolve_secrets(name, svc, project.base_dir) if svc else {}
+    suite = run_checks(image, spec, compute=project.compute, service_name=name, service=svc,
+                       base_dir=project.base_dir, env=secrets,
+                       on_result=(lambda r: on_line(_line(r))) if on_line else None)
+    path = attest(project.store, project.home, image, suite)
+    if on_line:
+        verdict = "[green]passed[/]" if suite.passed else "[red]failed[/]"
+        on_line(f"{image_name} {verdict}: {sum(r.passed for r in suite.results)}/"
+                f"{len(suite.results)} checks; attestation {path}")
+    return suite
+
+
+def ensure_tested(project: Project, image_name: str, image: Image,
+                  on_result: Callable[[str], None] | None = None) -> None:
+    """The deploy gate: a passing attestation for the current suite, or run the suite now.
+
+    Raises VerifyError (exit 1, traffic untouched) when the image fails its checks.
+    """
+    spec = project.spec.images[image_name]
+    digest = suite_digest(spec, project.base_dir)
+    att = latest_attestation(project.store, image.digest, digest)
+    if att is not None and att.passed:
+        if on_result:
+            on_result(f"{image_name}: tests passed before (attestation #{att.id})")
+        return
+    suite = run_suite(project, image_name, image, on_result)
+    if not suite.passed:
+        failed = [r for r in suite.results if not r.passed]
+        first = failed[0]
+        raise VerifyError(
+            f"image {image_name} ({image.digest[:19]}) failed {len(failed)} of "
+            f"{len(suite.results)} checks, first: {first.kind} {first.description}: "
+            f"{first.detail}; it will not be deployed")
+
+
+def test_images(project: Project, names: Sequence[str] | None,
+                on_line: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """`kiln test`: bake (cached) and test each image; one result per image."""
+    names = list(names or project.spec.images)
+    for n in names:
+        if n not in project.spec.images:
+            known = ", ".join(sorted(project.spec.images)) or "none"
+            raise NotFound(f"{project.spec_path}: no image named {n!r} (images: {known})")
+    out: list[dict[str, Any]] = []
+    with project.locked("test " + " ".join(names)):
+        for n in names:
+            image = project.builder.build(n, project.spec.images[n], base_dir=project.base_dir)
+            if on_line:
+                on_line(f"[bold]{n}[/] {image.digest}")
+            suite = run_suite(project, n, image, on_line)
+            out.append({"image": n, "digest": image.digest, "passed": suite.passed,
+                        "suite_digest": suite.suite_digest,
+                        "checks": [r.to_json() for r in suite.results]})
+    return out
