@@ -276,9 +276,15 @@ class Project:
     def _reconcile(self, service: str, rollout_id: int, on_status: Callable[[Status], None]
                    ) -> Status:
         spec = self.service(service)
-        rec = Reconciler(self._env(service, spec), service, spec, rollout_id,
-                         judge=self._judge(service, spec))
-        return rec.run(on_status)
+        judge = self._judge(service, spec)
+        rec = Reconciler(self._env(service, spec), service, spec, rollout_id, judge=judge)
+        try:
+            return rec.run(on_status)
+        finally:
+            if judge is not None:
+                from kiln.analysis.live import save_series
+
+                save_series(self.home, rollout_id, judge)
 
     def _write_report(self, service: str, rollout_id: int) -> str | None:
         try:

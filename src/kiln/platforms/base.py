@@ -119,7 +119,7 @@ class StepEvent:
 class Compute(Protocol):
     def launch(
         self, service_name: str, service: ServiceSpec, release: Release, image: Image, count: int,
-        *, env: Mapping[str, str],
+        *, env: Mapping[str, str], kind: Literal["service", "test", "dev"] = "service",
     ) -> list[Instance]:
         """Start `count` new instances; returns at once (health is checked separately)."""
         ...

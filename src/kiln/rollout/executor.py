@@ -156,8 +156,10 @@ class Reconciler:
             old = instances_of(self.env.store, status.old)
             old_alive = sum(1 for o in self.env.compute.observe(old) if o.alive)
         verdict = None
-        if self.judge is not None and status.phase == "step" and status.old:
-            verdict = self.judge(status, now)
+        if self.judge is not None and status.old:
+            # Called every pass so the report sees all traffic; only a step is judged.
+            seen = self.judge(status, now)
+            verdict = seen if status.phase == "step" else None
         return Observation(
             now=now, new_alive=len(alive), new_healthy=healthy, new_dead=len(dead),
             old_alive=old_alive,
