@@ -141,6 +141,7 @@ def summarize(returncode: int, cases: tuple[CaseResult, ...], output: str) -> Te
         return TestinfraOutcome(False, f"{counts}; {first.name}: {first.detail}", cases)
     if returncode == 0 and cases:
         return TestinfraOutcome(True, counts, cases)
-    reason = _EXIT_MEANING.get(returncode, f"pytest exited {returncode}")
+    reason = _EXIT_MEANING.get(5 if returncode == 0 else returncode,
+                               f"pytest exited {returncode}")
     last = [line for line in output.strip().splitlines() if line.strip()][-1:]
     return TestinfraOutcome(False, reason + (f": {one_line(last[0], 160)}" if last else ""), cases)
