@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from verify_helpers import app_service, make_image
 
 from kiln.platforms.base import ExecResult, Image, Instance
 from kiln.platforms.fake.compute import FakeCompute
 from kiln.spec.models import ImageSpec
 from kiln.verify import CheckResult, run_checks
 from kiln.verify.runner import IDLE_COMMAND
+from verify_helpers import app_service, make_image
 
 
 @pytest.fixture
