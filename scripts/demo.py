@@ -1,0 +1,100 @@
+"""The kiln story on the bundled example, under steady load through the router.
+
+1. bake, test and deploy v1 (first release: live once healthy)
+2. change the app: canary v2 to 100%, judged against v1
+3. a bad v3 (20% errors): the judge rolls it back automatically; the report path is printed
+Every request of the load is counted; the demo ends with a summary and leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from kiln.testing.load import Load
+
+ROOT = Path(__file__).resolve().parent.parent
+KILN = str(Path(sys.executable).parent / "kiln")
+
+
+def say(msg: str) -> None:
+    print(f"\n\033[1;35m==> {msg}\033[0m", flush=True)
+
+
+def kiln(work: Path, *args: str, ok: tuple[int, ...] = (0,)) -> tuple[int, float]:
+    t = time.monotonic()
+    print(f"$ kiln {' '.join(args)}", flush=True)
+    code = subprocess.call([KILN, *args], cwd=work)
+    took = time.monotonic() - t
+    if code not in ok:
+        raise SystemExit(f"demo: `kiln {' '.join(args)}` exited {code}")
+    return code, took
+
+
+def behave(work: Path, **kw: object) -> None:
+    path = work / "app" / "behaviour.json"
+    data = json.loads(path.read_text())
+    data.update(kw)
+    path.write_text(json.dumps(data) + "\n")
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="kiln-demo-"))
+    shutil.copytree(ROOT / "examples" / "shop", work, dirs_exist_ok=True)
+    port = os.environ.get("KILN_DEMO_PORT", "8080")
+    spec = work / "kiln.yaml"
+    spec.write_text(spec.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+    listen = f"127.0.0.1:{port}"
+    times: dict[str, float] = {}
+    load: Load | None = None
+    try:
+        say(f"project copied to {work}; validating")
+        kiln(work, "validate")
+        say("v1: bake, test, deploy (first release goes live when healthy)")
+        _, times["deploy v1"] = kiln(work, "deploy")
+        say(f"steady load on {listen}: 150 req/s, every request counted")
+        load = Load(listen, rate=150, max_seconds=600, keep_body=40)
+        load.start()
+        say("v2: a one-line change -> new image -> canary 10% -> 50% -> 100%, judged against v1")
+        behave(work, version="2")
+        _, times["canary v2"] = kiln(work, "deploy")
+        say("v3: a bad release (20% of requests fail) -> the judge rolls it back by itself")
+        behave(work, version="3", error_rate=0.2)
+        code, times["canary v3 (bad)"] = kiln(work, "deploy", ok=(3,))
+        stats = load.stop()
+        load = None
+        kiln(work, "history", "web")
+        kiln(work, "status")
+        reports = sorted((work / ".kiln" / "reports").glob("*.html"))
+        say("summary")
+        print(f"load: {stats.summary()}")
+        versions: Counter[str] = Counter()
+        for body, n in stats.bodies.items():
+            m = re.search(r"version (\w+)", body)
+            versions[m.group(1) if m else "?"] += n
+        print(f"answers by version: {dict(versions)}")
+        for step, took in times.items():
+            print(f"  {step:<18} {took:6.1f}s")
+        print(f"v3 exit code: {code} (3 = rolled back by the judge)")
+        if reports:
+            print(f"report of the rolled-back canary: {reports[-1]}")
+        failures = stats.failed - stats.statuses.get(500, 0)
+        print(f"failed requests other than v3's injected 500s: {failures}")
+        return 0
+    finally:
+        if load is not None:
+            load.stop()
+        say("cleaning up: kiln destroy")
+        subprocess.call([KILN, "destroy"], cwd=work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Helpers shipped for tests, demos and benchmarks (like httpx.MockTransport)."""
