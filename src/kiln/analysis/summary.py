@@ -67,6 +67,11 @@ class Summary:
             np.add.at(self.hist, bin_index(ok), 1.0)
 
     @property
+    def n(self) -> int:
+        """Alias of `requests`."""
+        return self.requests
+
+    @property
     def ok(self) -> int:
         return self.requests - self.errors
 
