@@ -1,0 +1,164 @@
+"""The local image store: sealed trees under home/images/<hex>/ and their rows in `images`.
+
+Layout of one image: images/<hex>/root/ (the read-only tree instances run in; `Image.ref`) and
+images/<hex>/manifest.json (name, digest, env, base, Python version, steps). A folder without a
+row is garbage from a bake killed between its rename and its row; `remove_images` sweeps it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import NotFound
+from kiln.platforms.base import Image
+from kiln.state.store import Store
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    name: str
+    digest: str
+    created_at: float
+    size: int
+    ref: str
+
+
+def hexdigest(digest: str) -> str:
+    return digest.removeprefix("sha256:")
+
+
+def image_dir(home: Path, digest: str) -> Path:
+    return home / "images" / hexdigest(digest)
+
+
+def _image(row: sqlite3.Row, name: str | None = None) -> Image:
+    return Image(name=name or row["name"], digest=row["digest"], ref=row["ref"],
+                 env=json.loads(row["env_json"]))
+
+
+def find_by_key(store: Store, key: str) -> sqlite3.Row | None:
+    """The newest image whose last step has cache key `key` and whose tree still exists."""
+    for row in store.query("SELECT * FROM images WHERE key = ? ORDER BY created_at DESC", (key,)):
+        if os.path.isdir(row["ref"]):
+            return row
+    return None
+
+
+def record_image(store: Store, *, name: str, digest: str, ref: str, key: str,
+                 env: Mapping[str, str], size: int) -> Image:
+    """Insert (or refresh) the row of a sealed image. Only called after its folder is in place."""
+    env_json = json.dumps(dict(env), sort_keys=True)
+    with store.tx() as c:
+        c.execute(
+            "INSERT INTO images(digest, name, ref, key, env_json, size, created_at) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
+            "name = excluded.name, ref = excluded.ref, key = excluded.key, "
+            "env_json = excluded.env_json, size = excluded.size",
+            (digest, name, ref, key, env_json, size, time.time()),
+        )
+        c.event("image.baked", f"baked image {name} {digest[:19]}", data={"digest": digest})
+    return Image(name=name, digest=digest, ref=ref, env=dict(env))
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def list_images(store: Store) -> list[ImageRecord]:
+    """Every image in the store, newest first."""
+    rows = store.query("SELECT * FROM images ORDER BY created_at DESC, name")
+    return [ImageRecord(r["name"], r["digest"], r["created_at"], r["size"], r["ref"])
+            for r in rows]
+
+
+def get_image(store: Store, digest: str) -> Image:
+    """The image with this digest ('sha256:<hex>' or just the hex); NotFound if it is unknown."""
+    full = digest if digest.startswith("sha256:") else f"sha256:{digest}"
+    row = store.one("SELECT * FROM images WHERE digest = ?", (full,))
+    if row is None:
+        raise NotFound(f"image {digest}: not in the image store",
+                       hint="run `kiln bake` to build it")
+    return _image(row)
+
+
+def remove_images(store: Store, home: Path, keep: set[str]) -> list[str]:
+    """Delete every image (row and folder) whose digest is not in `keep`; returns their digests.
+
+    Orphan folders (no row) are removed too. Folders are made writable first: sealed trees are
+    read-only.
+    """
+    keep_hex = {hexdigest(d) for d in keep}
+    removed: list[str] = []
+    for row in store.query("SELECT digest FROM images"):
+        if hexdigest(row["digest"]) not in keep_hex:
+            removed.append(row["digest"])
+    with store.tx() as c:
+        for digest in removed:
+            c.execute("DELETE FROM images WHERE digest = ?", (digest,))
+        if removed:
+            c.event("image.removed", f"removed {len(removed)} image(s)", data={"digests": removed})
+    images = home / "images"
+    if images.is_dir():
+        for entry in sorted(images.iterdir()):
+            if entry.name not in keep_hex:
+                force_rmtree(entry)
+    return removed
+
+
+def make_writable(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode) and not st.st_mode & stat.S_IWUSR:
+                os.chmod(path, st.st_mode | stat.S_IWUSR)
+
+
+def force_rmtree(path: Path) -> None:
+    """rmtree that also removes read-only trees (sealed images, snapshots of them)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    try:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+        make_writable(path)
+    except OSError:
+        pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def seal_readonly(root: Path) -> None:
+    """chmod a-w on every file and folder under `root` (and `root` itself), bottom-up."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in (*filenames, *dirnames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o222)
+    os.chmod(root, stat.S_IMODE(os.stat(root).st_mode) & ~0o222)
+
+
+def verify_image(store: Store, digest: str) -> str | None:
+    """Re-hash a sealed image; a one-line problem if its tree no longer matches its digest."""
+    from kiln.bake.hashing import tree_digest
+    from kiln.bake.venv import digest_override
+
+    image = get_image(store, digest)
+    root = Path(image.ref)
+    if not root.is_dir():
+        return f"image {image.name} {digest}: folder {root} is missing"
+    now = tree_digest(root, digest_override).digest
+    if now != image.digest:
+        return f"image {image.name} {digest}: tree now hashes to {now} (modified after sealing)"
+    return None

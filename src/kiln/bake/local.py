@@ -1,0 +1,309 @@
+"""LocalBuilder: bake an image into a folder tree with its own venv, step by cached step.
+
+A bake, in order:
+1. resolve the base, hash every copy step's inputs and chain the cache keys (no tree work);
+2. fast path: the last key already names a sealed image -> return it;
+3. take the bake lock (home/tmp/bake.lock, flock: released by the kernel if we die), sweep what a
+   killed bake left (home/tmp/work, snapshot staging, a still-running step);
+4. restore the newest cached snapshot on the key chain by copying it (never linking: a run step
+   may modify files in place, and kiln usually runs as root, for whom read-only bits mean nothing),
+   then run the remaining steps, snapshotting the tree after each into home/cache/<key>
+   (`cp -a --reflink=auto`: a cheap clone on CoW file systems, a plain copy elsewhere);
+5. seal: compile byte code with image-relative paths, compute the Merkle digest, chmod a-w, write
+   manifest.json, os.replace the folder to home/images/<hex>/ and only then write the row.
+
+Step 0 is the base (the venv); user steps are 1..N. Every tree is built at the same path
+(home/tmp/work/image/root), so tools that record the build path at least record a stable one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.bake import imagestore, steps, venv
+from kiln.bake.hashing import step_key, tree_digest
+from kiln.errors import BakeError
+from kiln.platforms.base import Image, StepEvent
+from kiln.spec.models import CopyStep, EnvStep, ImageSpec, RunStep, Step, WorkdirStep
+from kiln.state.store import Store
+
+Progress = Callable[[StepEvent], None]
+
+
+@dataclass(frozen=True)
+class _Planned:
+    index: int  # 0 = base
+    step: Step | None  # None for the base
+    description: str
+    key: str
+    source: Path | None = None  # copy steps: the resolved source
+
+    @property
+    def changes_tree(self) -> bool:
+        return not isinstance(self.step, EnvStep | WorkdirStep)
+
+
+class LocalBuilder:
+    """Builder for the local platform. `home` is the project's state folder (.kiln/)."""
+
+    def __init__(self, store: Store, home: Path) -> None:
+        self.store = store
+        self.home = home
+
+    # ------------------------------------------------------------------ plan
+
+    def _plan(self, spec: ImageSpec, base_dir: Path) -> tuple[venv.Runtime, list[_Planned]]:
+        runtime = venv.resolve_base(spec.base)
+        base_def = runtime.definition(spec.base)
+        key = step_key("", base_def, {"kind": "base"})
+        plan = [_Planned(0, None, f"base {spec.base} ({runtime.implementation} "
+                                  f"{runtime.version})", key)]
+        total = len(spec.steps)
+        for i, step in enumerate(spec.steps, start=1):
+            desc = steps.describe(step)
+            where = f"step {i}/{total} ({desc})"
+            source, inputs = None, ""
+            if isinstance(step, CopyStep):
+                source = steps.copy_source(step, base_dir, where)
+                steps.inside(Path("/"), step.to, "copy destination", where)
+                inputs = steps.copy_inputs_hash(source)
+            key = step_key(key, base_def, steps.definition(step), inputs)
+            plan.append(_Planned(i, step, desc, key, source))
+        return runtime, plan
+
+    # ------------------------------------------------------------------ build
+
+    def build(self, name: str, spec: ImageSpec, *, base_dir: Path, no_cache: bool = False,
+              progress: Progress | None = None) -> Image:
+        emit = progress or (lambda _e: None)
+        runtime, plan = self._plan(spec, base_dir)
+        total = len(spec.steps)
+        env = _image_env(spec)
+        if not no_cache:
+            row = imagestore.find_by_key(self.store, plan[-1].key)
+            if row is not None:
+                for p in plan:
+                    emit(StepEvent(p.index, total, p.description, "cached", 0.0, p.key))
+                self._touch([p.key for p in plan])
+                return Image(name=name, digest=row["digest"], ref=row["ref"], env=env)
+        with self._bake_lock() as work:
+            return self._build_locked(name, spec, runtime, plan, env, work, no_cache, emit)
+
+    def _build_locked(self, name: str, spec: ImageSpec, runtime: venv.Runtime,
+                      plan: list[_Planned], env: dict[str, str], work: Path, no_cache: bool,
+                      emit: Progress) -> Image:
+        total = len(spec.steps)
+        folder = work / "image"
+        root = folder / "root"
+        scratch = work / "scratch"
+        folder.mkdir(parents=True)
+        start = 0
+        if not no_cache:
+            snapshots = self._snapshots([p.key for p in plan])
+            for p in reversed(plan):
+                if p.key in snapshots:
+                    _clone(snapshots[p.key], root)
+                    start = p.index + 1
+                    break
+        for p in plan[:start]:
+            emit(StepEvent(p.index, total, p.description, "cached", 0.0, p.key))
+        self._touch([p.key for p in plan[:start]])
+        step_env = steps.base_env(root, scratch)
+        cwd = root
+        for p in plan[1:start]:  # env and workdir of the cached steps still apply
+            step_env, cwd = _apply_context(p.step, step_env, cwd, root)
+        for p in plan[start:]:
+            emit(StepEvent(p.index, total, p.description, "running", 0.0, p.key))
+            began = time.monotonic()
+            try:
+                if p.step is None:
+                    root.mkdir()
+                    venv.create_venv(runtime, root / ".venv", step_env)
+                elif isinstance(p.step, CopyStep):
+                    assert p.source is not None
+                    steps.do_copy(p.step, p.source, root, _where(p, total))
+                elif isinstance(p.step, RunStep):
+                    self._run(p, total, p.step, cwd, step_env, work)
+                else:
+                    step_env, cwd = _apply_context(p.step, step_env, cwd, root)
+                if p.changes_tree:
+                    venv.strip_bytecode(root)
+                    venv.make_relocatable(root / ".venv")
+            except BakeError:
+                emit(StepEvent(p.index, total, p.description, "failed",
+                               time.monotonic() - began, p.key))
+                raise
+            except OSError as exc:
+                emit(StepEvent(p.index, total, p.description, "failed",
+                               time.monotonic() - began, p.key))
+                raise BakeError(f"{_where(p, total)} failed: {exc}") from exc
+            self._snapshot(name, p, plan, root, work)
+            emit(StepEvent(p.index, total, p.description, "ran", time.monotonic() - began, p.key))
+        return self._seal(name, spec, runtime, plan[-1].key, env, folder)
+
+    def _run(self, p: _Planned, total: int, step: RunStep, cwd: Path, env: dict[str, str],
+             work: Path) -> None:
+        cwd.mkdir(parents=True, exist_ok=True)
+        log = work / "step.log"
+        code = steps.run_command(step.run, cwd=cwd, env=env, timeout=step.timeout, log=log,
+                                 pidfile=self.home / "tmp" / "step.pid")
+        out = steps.tail(log)
+        if code is None:
+            raise BakeError(f"{_where(p, total)} timed out after {step.timeout:g}s"
+                            + (f"\n{out}" if out else ""))
+        if code != 0:
+            raise BakeError(f"{_where(p, total)} failed with exit code {code}"
+                            + (f"\n{out}" if out else ""))
+
+    # ------------------------------------------------------------------ cache
+
+    def _snapshots(self, keys: list[str]) -> dict[str, Path]:
+        marks = ",".join("?" * len(keys))
+        rows = self.store.query(f"SELECT key, snapshot FROM steps WHERE key IN ({marks})",
+                                tuple(keys))
+        found = {}
+        for r in rows:
+            path = self.home / r["snapshot"]
+            if path.is_dir():
+                found[r["key"]] = path
+        return found
+
+    def _snapshot(self, name: str, p: _Planned, plan: list[_Planned], root: Path,
+                  work: Path) -> None:
+        """Keep the tree after step `p` in the cache (env/workdir steps share their parent's)."""
+        if p.changes_tree:
+            rel = f"cache/{p.key}"
+            staging = self.home / "tmp" / f"snap-{uuid.uuid4().hex[:12]}"
+            _clone(root, staging)
+            target = self.home / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                old = self.home / "tmp" / f"old-{uuid.uuid4().hex[:12]}"
+                os.replace(target, old)
+                imagestore.force_rmtree(old)
+            os.replace(staging, target)
+        else:
+            parent = self.store.one("SELECT snapshot FROM steps WHERE key = ?",
+                                    (plan[p.index - 1].key,))
+            if parent is None:
+                return
+            rel = parent["snapshot"]
+        now = time.time()
+        parent_key = plan[p.index - 1].key if p.index else None
+        with self.store.tx() as c:
+            c.execute("INSERT OR REPLACE INTO steps(key, parent_key, image_name, description, "
+                      "snapshot, created_at, used_at) VALUES (?,?,?,?,?,?,?)",
+                      (p.key, parent_key, name, p.description, rel, now, now))
+
+    def _touch(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        marks = ",".join("?" * len(keys))
+        with self.store.tx() as c:
+            c.execute(f"UPDATE steps SET used_at = ? WHERE key IN ({marks})",
+                      (time.time(), *keys))
+
+    # ------------------------------------------------------------------ seal
+
+    def _seal(self, name: str, spec: ImageSpec, runtime: venv.Runtime, key: str,
+              env: dict[str, str], folder: Path) -> Image:
+        root = folder / "root"
+        _compile(root)
+        tree = tree_digest(root, venv.digest_override)
+        imagestore.seal_readonly(root)
+        target = imagestore.image_dir(self.home, tree.digest)
+        imagestore.write_manifest(folder, {
+            "name": name, "digest": tree.digest, "key": key, "env": env, "base": spec.base,
+            "python": runtime.version, "implementation": runtime.implementation,
+            "platform": platform.machine(), "size": tree.size, "files": tree.files,
+            "steps": [s.model_dump(mode="json", by_alias=True) for s in spec.steps],
+            "created_at": time.time(),
+        })
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            imagestore.force_rmtree(folder)  # same tree already sealed: keep the first
+        else:
+            os.replace(folder, target)
+        return imagestore.record_image(self.store, name=name, digest=tree.digest,
+                                       ref=str(target / "root"), key=key, env=env,
+                                       size=tree.size)
+
+    # ------------------------------------------------------------------ lock and sweep
+
+    @contextmanager
+    def _bake_lock(self) -> Iterator[Path]:
+        """One bake per home at a time; sweep what a killed bake left behind."""
+        tmp = self.home / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        with open(tmp / "bake.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                self._sweep(tmp)
+                work = tmp / "work"
+                try:
+                    yield work
+                finally:
+                    imagestore.force_rmtree(work)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _sweep(self, tmp: Path) -> None:
+        steps.kill_orphan(tmp / "step.pid")
+        (tmp / "step.pid").unlink(missing_ok=True)
+        for entry in tmp.iterdir():
+            if entry.name == "work" or entry.name.startswith(("snap-", "old-")):
+                imagestore.force_rmtree(entry)
+
+
+def _image_env(spec: ImageSpec) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for step in spec.steps:
+        if isinstance(step, EnvStep):
+            env.update(step.env)
+    return env
+
+
+def _apply_context(step: Step | None, env: dict[str, str], cwd: Path,
+                   root: Path) -> tuple[dict[str, str], Path]:
+    if isinstance(step, EnvStep):
+        return {**env, **step.env}, cwd
+    if isinstance(step, WorkdirStep):
+        return env, steps.inside(root, step.workdir, "workdir", "workdir step")
+    return env, cwd
+
+
+def _where(p: _Planned, total: int) -> str:
+    return f"step {p.index}/{total} ({p.description})"
+
+
+def _clone(src: Path, dst: Path) -> None:
+    """A private copy of a tree: reflinks where the file system can, bytes otherwise."""
+    out = subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dst)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise BakeError(f"cannot copy {src} to {dst}: {out.stderr.strip()}")
+
+
+def _compile(root: Path) -> None:
+    """Byte-compile the image once, with source paths relative to the image root.
+
+    checked-hash pycs carry no mtime and no build path, so they hash the same on every machine.
+    """
+    python = root / ".venv" / "bin" / "python"
+    exe = str(python) if python.exists() else shutil.which("python3") or "python3"
+    # -B: importing compileall must not leave its own (timestamp) pycs for -f to race with.
+    subprocess.run([exe, "-B", "-m", "compileall", "-q", "-f", "-j0", "--invalidation-mode",
+                    "checked-hash", "-s", str(root), str(root)], capture_output=True, check=False,
+                   env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+                        "PYTHONHASHSEED": "0"}, timeout=600)
+

@@ -1,0 +1,195 @@
+"""What one bake step does to the tree: copy files in, or run a command in a controlled environment.
+
+Run steps see a small, explicit environment so that an image depends on its spec and not on the
+shell kiln was started from; only what pip needs to reach an index on this machine (PIP_*, proxy
+and CA-certificate variables) passes through from the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kiln.bake.hashing import content_hash, iter_files
+from kiln.errors import BakeError
+from kiln.spec.models import CopyStep, EnvStep, RunStep, Step
+from kiln.state.lock import pid_alive, pid_start_time
+
+SKIP_NAMES = frozenset({".git", ".kiln", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache"})
+"""Never copied from a folder: VCS data, kiln's own state, the host's venv, byte-code caches."""
+
+_PASS_THROUGH = frozenset({
+    "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+})
+SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01: the earliest time a zip (wheel) can record
+TAIL_LINES = 20
+
+
+def skip_name(name: str) -> bool:
+    return name in SKIP_NAMES or name.endswith(".pyc")
+
+
+def describe(step: Step) -> str:
+    if isinstance(step, CopyStep):
+        return f"copy {step.source} -> {step.to}"
+    if isinstance(step, RunStep):
+        first = step.run.strip().splitlines()[0] if step.run.strip() else step.run
+        more = " ..." if len(step.run.strip().splitlines()) > 1 else ""
+        text = first if len(first) <= 60 else first[:57] + "..."
+        return f"run: {text}{more}"
+    if isinstance(step, EnvStep):
+        return "env " + ", ".join(sorted(step.env))
+    return f"workdir {step.workdir}"
+
+
+def definition(step: Step) -> dict[str, Any]:
+    """The part of a step that shapes its output (a run step's timeout does not)."""
+    data: dict[str, Any] = step.model_dump(mode="json", by_alias=True)
+    data.pop("timeout", None)
+    data["kind"] = type(step).__name__
+    return data
+
+
+def inside(root: Path, rel: str, what: str, where: str) -> Path:
+    """root/rel, refusing a path that climbs out of root."""
+    norm = posixpath.normpath(rel.lstrip("/") or ".")
+    if norm == ".." or norm.startswith("../"):
+        raise BakeError(f"{where}: {what} {rel!r} leaves the image",
+                        hint="use a path inside the image, relative to its root")
+    return root if norm == "." else root / norm
+
+
+def copy_source(step: CopyStep, base_dir: Path, where: str) -> Path:
+    """The copy step's source, which must exist and stay inside the project folder."""
+    base = base_dir.resolve()
+    source = (base / step.source).resolve()
+    if source != base and base not in source.parents:
+        raise BakeError(f"{where}: copy source {step.source!r} is outside {base}",
+                        hint="copy only files inside the folder of kiln.yaml")
+    if not source.exists():
+        raise BakeError(f"{where}: copy source {step.source!r} not found (looked for {source})")
+    return source
+
+
+def copy_inputs_hash(source: Path) -> str:
+    return content_hash(source, skip_name)
+
+
+def do_copy(step: CopyStep, source: Path, root: Path, where: str) -> None:
+    """Copy a file or a folder's contents into the image (folders merge, like Docker's COPY)."""
+    dest = inside(root, step.to, "copy destination", where)
+    if source.is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        for rel, path in iter_files(source, skip_name):
+            _copy_entry(path, dest / rel)
+        return
+    if step.to.endswith("/") or dest.is_dir():
+        dest = dest / source.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _copy_entry(source, dest)
+
+
+def _copy_entry(src: Path, dst: Path) -> None:
+    st = src.lstat()
+    if stat.S_ISDIR(st.st_mode):
+        if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+            dst.unlink()
+        dst.mkdir(exist_ok=True)
+        return
+    if dst.is_symlink() or dst.is_file():
+        dst.unlink()  # replace, never write into an existing inode
+    elif dst.is_dir():
+        shutil.rmtree(dst)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISREG(st.st_mode):
+        shutil.copyfile(src, dst)
+        dst.chmod(0o755 if st.st_mode & 0o111 else 0o644)
+
+
+def base_env(root: Path, scratch: Path) -> dict[str, str]:
+    """The environment of run steps and venv creation, before `env` steps."""
+    venv = root / ".venv"
+    env = {
+        "PATH": f"{venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "VIRTUAL_ENV": str(venv),
+        "HOME": str(scratch / "home"),
+        "TMPDIR": str(scratch / "tmp"),
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+        "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_INPUT": "1",
+    }
+    for key, value in os.environ.items():
+        if key.startswith("PIP_") or key in _PASS_THROUGH:
+            env.setdefault(key, value)
+    (scratch / "home").mkdir(parents=True, exist_ok=True)
+    (scratch / "tmp").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def run_command(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float,
+                log: Path, pidfile: Path) -> int | None:
+    """Run `bash -c command`; exit code, or None on timeout. Output goes to `log`.
+
+    The command runs in its own session so the whole tree it starts is killed on timeout, on
+    KeyboardInterrupt, and when it leaves background processes behind. `pidfile` records the
+    session leader so the next bake can kill it if this process dies first.
+    """
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=dict(env),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    pidfile.write_text(f"{proc.pid} {pid_start_time(proc.pid) or ''}\n")
+    try:
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    finally:
+        _killpg(proc.pid)
+        proc.wait()
+        pidfile.unlink(missing_ok=True)
+
+
+def _killpg(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def kill_orphan(pidfile: Path) -> None:
+    """Kill the step a dead bake left running (recorded in `pidfile`), if it still runs."""
+    try:
+        pid_text, _, start = pidfile.read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return
+    if pid_alive(pid, start or None):
+        _killpg(pid)
+        deadline = time.monotonic() + 5
+        while pid_alive(pid, start or None) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def tail(log: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 65536))
+            data = fh.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").rstrip().splitlines()[-lines:])

@@ -1,0 +1,209 @@
+"""The image's own Python: find the base interpreter and make a venv that works from any path.
+
+An image is built in a scratch folder and then moved to images/<digest>/root, and a cached step
+snapshot is restored into another scratch folder; so the venv must not depend on where it was
+created. A venv's `python` finds its prefix from the path it was started by (bin/python is a
+symlink to the base interpreter, pyvenv.cfg sits beside bin/), so the interpreter itself is
+relocatable. What is not, and what `make_relocatable` fixes after every step:
+
+- console-script shebangs (`#!/abs/build/path/.venv/bin/python`) are replaced by a /bin/sh
+  trampoline that execs the `python` beside the script (the form pip itself uses for long paths);
+  the RECORD of the owning distribution is updated so `pip` still sees consistent hashes;
+- `bin/activate` gets VIRTUAL_ENV computed from its own location; the csh/fish/PowerShell/nu
+  variants are removed;
+- pyvenv.cfg loses its informational `command =` line, which names the build folder.
+
+Byte code is never kept from a step (`__pycache__` folders are removed, PYTHONDONTWRITEBYTECODE is
+set) because a .pyc embeds the absolute path of its source; sealing compiles the whole image once
+with paths relative to the image root (see local.py).
+
+For the digest, `digest_override` hashes pyvenv.cfg without its machine-specific `home`,
+`executable` and `command` lines and an absolute symlink in .venv/bin (python3.X -> the base
+interpreter) by its base name only: the same inputs on another machine with the same Python
+version give the same digest.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import functools
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import BakeError
+
+BAKE_FORMAT = 1
+"""Bumped when the way kiln lays out or normalises an image changes: invalidates every cache key."""
+
+_BASE_RE = re.compile(r"^python(3\.\d+)?$")
+_TRAMPOLINE = (
+    "#!/bin/sh\n"
+    "'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")\"/python \"$0\" \"$@\"\n"
+    "' '''\n"
+)
+_SHEBANG_RE = re.compile(rb"^#!\s*(/\S*/bin/python[0-9.]*)[ \t]*\r?\n")
+_LONG_SHEBANG_RE = re.compile(
+    rb"^#!/bin/sh\r?\n'''exec' (/\S*/bin/python[0-9.]*) .*\r?\n' '''\r?\n")
+_ACTIVATE_RE = re.compile(r"""^VIRTUAL_ENV=(["']).*?\1[ \t]*$""", re.MULTILINE)
+_CFG_VOLATILE = ("home", "executable", "command")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A base interpreter an image's venv is made from."""
+
+    executable: str
+    version: str  # e.g. 3.11.7
+    implementation: str  # e.g. cpython
+
+    def definition(self, base: str) -> dict[str, Any]:
+        """What the base contributes to every cache key (never the interpreter's path)."""
+        return {"base": base, "python": self.version, "implementation": self.implementation,
+                "format": BAKE_FORMAT}
+
+
+def resolve_base(base: str) -> Runtime:
+    """`python` -> the interpreter running kiln; `python3.X` -> that interpreter on PATH."""
+    m = _BASE_RE.match(base)
+    if not m:
+        raise BakeError(f"base {base!r}: unknown base for the local platform",
+                        hint="expected python or python3.X, e.g. python3.12")
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if m.group(1) is None or m.group(1) == running:
+        exe = getattr(sys, "_base_executable", None) or sys.executable
+        return Runtime(exe, platform.python_version(), sys.implementation.name)
+    return _probe(base)
+
+
+@functools.lru_cache(maxsize=16)
+def _probe(command: str) -> Runtime:
+    found = shutil.which(command)
+    if found is None:
+        raise BakeError(f"base {command}: no {command} interpreter on PATH",
+                        hint=f"install Python {command[6:]} or use base: python")
+    code = ("import json, platform, sys; print(json.dumps([getattr(sys, '_base_executable', None)"
+            " or sys.executable, platform.python_version(), sys.implementation.name]))")
+    try:
+        out = subprocess.run([found, "-c", code], capture_output=True, text=True, timeout=30,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BakeError(f"base {command}: cannot run {found}: {exc}") from exc
+    if out.returncode != 0:
+        why = (out.stderr.strip().splitlines() or ["no output"])[0]
+        raise BakeError(f"base {command}: {found} does not run ({why})",
+                        hint=f"install Python {command[6:]} or use base: python")
+    exe, version, impl = json.loads(out.stdout)
+    return Runtime(str(exe), str(version), str(impl))
+
+
+def create_venv(runtime: Runtime, venv: Path, env: dict[str, str], timeout: float = 300) -> None:
+    """`python -m venv` (with pip) at `venv`, then make it relocatable."""
+    try:
+        out = subprocess.run([runtime.executable, "-m", "venv", str(venv)], env=env,
+                             capture_output=True, text=True, timeout=timeout, check=False,
+                             start_new_session=True)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BakeError(f"base: cannot create a venv with {runtime.executable}: {exc}") from exc
+    if out.returncode != 0:
+        tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-20:])
+        raise BakeError(f"base: `{runtime.executable} -m venv` failed with exit code "
+                        f"{out.returncode}\n{tail}")
+    make_relocatable(venv)
+
+
+def strip_bytecode(root: Path) -> None:
+    """Remove every __pycache__ folder under `root` (byte code embeds absolute source paths)."""
+    for dirpath, dirnames, _ in os.walk(root):
+        if "__pycache__" in dirnames:
+            dirnames.remove("__pycache__")
+            shutil.rmtree(Path(dirpath) / "__pycache__")
+
+
+def make_relocatable(venv: Path) -> None:
+    """Rewrite what names the venv's current folder (see the module docstring). Idempotent."""
+    bindir = venv / "bin"
+    if not bindir.is_dir():
+        return
+    rewritten: set[Path] = set()
+    for entry in sorted(bindir.iterdir()):
+        if entry.is_symlink() or not entry.is_file():
+            continue
+        if entry.name in ("activate.csh", "activate.fish", "Activate.ps1", "activate.nu"):
+            entry.unlink()
+            continue
+        if entry.name == "activate":
+            text = entry.read_text()
+            fixed = _ACTIVATE_RE.sub(
+                'VIRTUAL_ENV="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"', text,
+                count=1)
+            if fixed != text:
+                entry.write_text(fixed)
+            continue
+        with open(entry, "rb") as fh:
+            head = fh.read(1024)
+        m = _SHEBANG_RE.match(head) or _LONG_SHEBANG_RE.match(head)
+        if not m or not m.group(1).startswith(os.fsencode(bindir)):
+            continue
+        body = entry.read_bytes()[m.end():]
+        mode = entry.stat().st_mode
+        entry.unlink()  # never write through a file another tree may share
+        entry.write_bytes(_TRAMPOLINE.encode() + body)
+        entry.chmod(stat.S_IMODE(mode))
+        rewritten.add(entry)
+    if rewritten:
+        _fix_records(venv, rewritten)
+    cfg = venv / "pyvenv.cfg"
+    if cfg.is_file():
+        lines = cfg.read_text().splitlines(keepends=True)
+        kept = [ln for ln in lines if ln.partition("=")[0].strip() != "command"]
+        if kept != lines:
+            cfg.unlink()
+            cfg.write_text("".join(kept))
+
+
+def _fix_records(venv: Path, rewritten: set[Path]) -> None:
+    """Update hash and size of rewritten scripts in the RECORD files that list them."""
+    for record in venv.glob("lib/python*/site-packages/*.dist-info/RECORD"):
+        site = record.parent.parent
+        rows = list(csv.reader(io.StringIO(record.read_text())))
+        changed = False
+        for row in rows:
+            if len(row) < 3:
+                continue
+            target = Path(os.path.normpath(site / row[0]))
+            if target in rewritten:
+                data = target.read_bytes()
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+                row[1], row[2] = f"sha256={digest.decode()}", str(len(data))
+                changed = True
+        if changed:
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows(rows)
+            record.unlink()
+            record.write_text(buf.getvalue())
+
+
+def digest_override(rel: str, st: os.stat_result, path: Path) -> bytes | None:
+    """Hash machine-specific venv entries in a machine-independent form (see module doc)."""
+    if rel == ".venv/pyvenv.cfg" and stat.S_ISREG(st.st_mode):
+        lines = path.read_text().splitlines()
+        kept = sorted(ln.strip() for ln in lines
+                      if ln.partition("=")[0].strip() not in _CFG_VOLATILE and ln.strip())
+        return ("pyvenv.cfg\0" + "\n".join(kept)).encode()
+    if rel.startswith(".venv/bin/") and stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path)
+        if os.path.isabs(target):
+            return ("base-interpreter\0" + os.path.basename(target)).encode()
+    return None
