@@ -120,21 +120,12 @@ def _idle_service(image_name: str) -> ServiceSpec:
 
 def _launch(compute: Compute, service_name: str, service: ServiceSpec, image: Image,
             release: Release | None, env: Mapping[str, str]) -> Instance:
-    """One instance via the platform's own launch path; `kind='test'` where supported."""
+    """One instance via the platform's own launch path, recorded as kind 'test'."""
     if release is None:
         hexpart = image.digest.split(":")[-1][:12]
         release = Release(id=f"{service_name}-test-{hexpart}", service=service_name, number=0,
                           image_digest=image.digest, config_digest="test")
-    launch = compute.launch
-    try:
-        takes_kind = "kind" in inspect.signature(launch).parameters
-    except (TypeError, ValueError):
-        takes_kind = False
-    if takes_kind:
-        instances = launch(service_name, service, release, image, 1, env=env,
-                           kind="test")  # type: ignore[call-arg]
-    else:
-        instances = launch(service_name, service, release, image, 1, env=env)
+    instances = compute.launch(service_name, service, release, image, 1, env=env, kind="test")
     if len(instances) != 1:
         for extra in instances:
             _dispose(compute, extra, service.stop_timeout)
