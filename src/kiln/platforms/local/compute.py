@@ -255,7 +255,10 @@ class LocalCompute:
 
     def _exit_reason(self, inst: Instance) -> str:
         proc = self._procs.get(inst.id)
-        code = proc.poll() if proc is not None else None
+        code = None
+        if proc is not None:  # the app is gone; bwrap (its parent) exits right after it
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = proc.wait(timeout=1.0)
         how = f"exited with code {code}" if code is not None else "is not running"
         return f"{inst.id} {how}" + self._tail_note(inst)
 

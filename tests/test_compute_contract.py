@@ -1,0 +1,424 @@
+"""The Compute contract, run against the in-memory fake and the real local platform; then the
+local platform's own promises (sandbox, crash safety, secrets never stored)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kiln.errors import NotFound
+from kiln.platforms.base import Image, Instance, Release
+from kiln.platforms.fake.compute import FakeCompute
+from kiln.platforms.local.addresses import address_for
+from kiln.platforms.local.compute import LocalCompute
+from kiln.platforms.local.sandbox import bwrap_works
+from kiln.spec.models import Health, ServiceSpec
+from kiln.state.store import Store
+
+PORT = 28080
+HEALTH = Health(path="/healthz", timeout=1.0, deadline=10.0)
+
+APP = r'''
+import http.server, json, os, signal, sys
+mode = sys.argv[1] if len(sys.argv) > 1 else "ok"
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/env":
+            body, code = json.dumps(dict(os.environ)).encode(), 200
+        elif self.path == "/healthz":
+            body, code = b"ok", 500 if mode == "unhealthy" else 200
+        else:
+            body, code = b"hello", 200
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+def on_term(*_):
+    with open(os.path.join(os.environ["HOME"], "terminated"), "w") as fh:
+        fh.write("SIGTERM")
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "ignore-term" else on_term)
+print("listening on", os.environ["HOST"], os.environ["PORT"], flush=True)
+http.server.ThreadingHTTPServer((os.environ["HOST"], int(os.environ["PORT"])),
+                                Handler).serve_forever()
+'''
+
+COMMANDS = {
+    "ok": "python app.py ok",
+    "unhealthy": "python app.py unhealthy",
+    "ignore-term": "python app.py ignore-term",
+    "exits": "echo boom: cannot start >&2; exit 3",
+}
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    pause = 0.005
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+    return check()
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fake baked image: <ref>/root with app.py and its own venv, all read-only."""
+    ref = tmp_path_factory.mktemp("image")
+    root = ref / "root"
+    root.mkdir()
+    (root / "app.py").write_text(APP)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / ".venv")],
+                   check=True, capture_output=True)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    root.chmod(0o555)
+    return ref
+
+
+def _service(mode: str) -> ServiceSpec:
+    return ServiceSpec(image="web", command=COMMANDS[mode], port=PORT, listen="127.0.0.1:9",
+                       env={"GREETING": "hello", "SHARED": "service"})
+
+
+class _Base:
+    store: Store
+    compute: LocalCompute | FakeCompute
+    image: Image
+
+    def launch(self, n: int, mode: str = "ok", **kw: object) -> list[Instance]:
+        release = Release(id=f"web-{mode}", service="web", number=1,
+                          image_digest=self.image.digest, config_digest="c")
+        return self.compute.launch("web", _service(mode), release, self.image, n,
+                                   env={"SECRET_TOKEN": "s3cr3t-value", "SHARED": "secret"},
+                                   **kw)  # type: ignore[arg-type]
+
+    def kill(self, inst: Instance) -> None:
+        raise NotImplementedError
+
+    def got_sigterm(self, inst: Instance) -> bool:
+        raise NotImplementedError
+
+    def env_of(self, inst: Instance) -> dict[str, str]:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        for inst in self.compute.list_instances(kinds=("service", "test", "dev"),
+                                                live_only=False):
+            self.compute.terminate(inst, timeout=1.0)
+        self.compute.sweep()
+
+
+class FakeHarness(_Base):
+    def __init__(self, tmp_path: Path) -> None:
+        self.store = Store.open(tmp_path / "home")
+        self.image = Image("web", "sha256:" + "a" * 64, str(tmp_path / "img"),
+                           env={"IMAGE_VAR": "1", "SHARED": "image"})
+        fake = FakeCompute(self.store, "ctest")
+        fake.unhealthy_releases.add("web-unhealthy")
+        fake.exit_releases.add("web-exits")
+        fake.ignore_sigterm_releases.add("web-ignore-term")
+        self.compute = self.fake = fake
+
+    def kill(self, inst: Instance) -> None:
+        self.fake.die(inst)
+
+    def got_sigterm(self, inst: Instance) -> bool:
+        return self.fake.stop_signal(inst) == "sigterm"
+
+    def env_of(self, inst: Instance) -> dict[str, str]:
+        return self.fake.env_of(inst)
+
+
+class LocalHarness(_Base):
+    def __init__(self, tmp_path: Path, image_dir: Path, sandbox: str = "auto") -> None:
+        self.home = tmp_path / "home"
+        self.store = Store.open(self.home)
+        self.image = Image("web", "sha256:" + "b" * 64, str(image_dir),
+                           env={"IMAGE_VAR": "1", "SHARED": "image"})
+        self.local = LocalCompute(self.store, self.home, f"ct-{tmp_path.name}",
+                                  sandbox=sandbox)  # type: ignore[arg-type]
+        self.compute = self.local
+
+    def kill(self, inst: Instance) -> None:
+        assert inst.pid is not None
+        os.kill(inst.pid, 9)
+
+    def got_sigterm(self, inst: Instance) -> bool:
+        return (self.local.scratch(inst) / "terminated").exists()
+
+    def env_of(self, inst: Instance) -> dict[str, str]:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(inst.url + "/env", timeout=5) as resp:
+            env: dict[str, str] = json.loads(resp.read())
+        return env
+
+
+@pytest.fixture(params=["fake", pytest.param("local", marks=pytest.mark.e2e)])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[_Base]:
+    h: _Base
+    if request.param == "fake":
+        h = FakeHarness(tmp_path)
+    else:
+        h = LocalHarness(tmp_path, request.getfixturevalue("image_dir"))
+    try:
+        yield h
+    finally:
+        h.cleanup()
+        h.store.close()
+
+
+@pytest.fixture
+def local(tmp_path: Path, image_dir: Path) -> Iterator[LocalHarness]:
+    h = LocalHarness(tmp_path, image_dir)
+    try:
+        yield h
+    finally:
+        h.cleanup()
+        h.store.close()
+
+
+# ---------------------------------------------------------------------- the contract
+
+
+def test_launch_n_gets_n_distinct_addresses(harness: _Base) -> None:
+    insts = harness.launch(3)
+    assert len({i.host for i in insts}) == 3
+    assert len({i.id for i in insts}) == 3
+    assert all(i.host.startswith("127.") and i.host != "127.0.0.1" for i in insts)
+    assert all(i.port == PORT for i in insts)
+    listed = {i.id: i.host for i in harness.compute.list_instances("web")}
+    assert listed == {i.id: i.host for i in insts}
+
+
+def test_healthy_after_start(harness: _Base) -> None:
+    insts = harness.launch(2)
+    ok, failed = harness.compute.wait_healthy(insts, HEALTH)
+    assert (len(ok), failed) == (2, [])
+    assert all(harness.compute.healthy(i, HEALTH) for i in insts)
+    states = {r["state"] for r in harness.store.query("SELECT state FROM instances")}
+    assert states == {"running"}
+
+
+def test_terminate_stops_and_is_idempotent(harness: _Base) -> None:
+    (inst,) = harness.launch(1)
+    harness.compute.wait_healthy([inst], HEALTH)
+    harness.compute.terminate(inst, timeout=5.0)
+    assert [o.alive for o in harness.compute.observe([inst])] == [False]
+    harness.compute.terminate(inst, timeout=5.0)  # already gone: fine
+    row = harness.store.one("SELECT state FROM instances WHERE id = ?", (inst.id,))
+    assert row is not None and row["state"] == "stopped"
+    assert harness.compute.list_instances("web") == []
+
+
+def test_observe_sees_a_killed_process_as_dead(harness: _Base) -> None:
+    a, b = harness.launch(2)
+    harness.compute.wait_healthy([a, b], HEALTH)
+    harness.kill(a)
+    assert wait_until(lambda: not harness.compute.observe([a])[0].alive)
+    assert harness.compute.observe([b])[0].alive
+    assert harness.compute.sweep() == [f"{a.id}: process is gone, marked dead"]
+
+
+def test_a_reused_pid_is_not_ours(harness: _Base) -> None:
+    (inst,) = harness.launch(1)
+    assert harness.compute.observe([inst])[0].alive
+    reused = replace(inst, pid_start="1")  # same pid, another process's start time
+    assert harness.compute.observe([reused])[0].alive is False
+
+
+def test_env_has_kiln_vars_and_layers_in_order(harness: _Base) -> None:
+    (inst,) = harness.launch(1)
+    harness.compute.wait_healthy([inst], HEALTH)
+    env = harness.env_of(inst)
+    assert env["HOST"] == inst.host and env["PORT"] == str(PORT)
+    assert env["KILN_SERVICE"] == "web"
+    assert env["KILN_RELEASE"] == "web-ok"
+    assert env["KILN_INSTANCE"] == inst.id
+    assert env["GREETING"] == "hello" and env["IMAGE_VAR"] == "1"
+    assert env["SECRET_TOKEN"] == "s3cr3t-value"
+    assert env["SHARED"] == "secret"  # image < service < secrets
+    result = harness.compute.exec(inst, "env", timeout=10)
+    assert result.exit_code == 0
+    assert f"KILN_INSTANCE={inst.id}" in result.stdout
+    assert f"HOST={inst.host}" in result.stdout
+
+
+def test_a_command_that_exits_at_once_is_reported_quickly(harness: _Base) -> None:
+    insts = harness.launch(2, "exits")
+    started = time.monotonic()
+    ok, failed = harness.compute.wait_healthy(insts, HEALTH, deadline=20.0)
+    assert ok == [] and len(failed) == 2
+    assert time.monotonic() - started < 2.0
+    reason = harness.compute.failure_reason(failed[0])
+    assert "exited with code" in reason
+    if isinstance(harness, LocalHarness):
+        assert "exited with code 3" in reason and "boom: cannot start" in reason
+
+
+def test_an_unhealthy_app_fails_at_the_deadline(harness: _Base) -> None:
+    (inst,) = harness.launch(1, "unhealthy")
+    ok, failed = harness.compute.wait_healthy([inst], HEALTH, deadline=0.5)
+    assert ok == [] and failed == [inst]
+    assert "not healthy within" in harness.compute.failure_reason(inst)
+    assert harness.compute.observe([inst])[0].alive  # failing health does not kill it
+
+
+def test_terminate_is_graceful(harness: _Base) -> None:
+    (inst,) = harness.launch(1)
+    harness.compute.wait_healthy([inst], HEALTH)
+    harness.compute.terminate(inst, timeout=5.0)
+    assert harness.got_sigterm(inst)
+
+
+def test_terminate_kills_an_app_that_ignores_sigterm(harness: _Base) -> None:
+    (inst,) = harness.launch(1, "ignore-term")
+    harness.compute.wait_healthy([inst], HEALTH)
+    started = time.monotonic()
+    harness.compute.terminate(inst, timeout=0.3)
+    assert not harness.compute.observe([inst])[0].alive
+    assert not harness.got_sigterm(inst)
+    if isinstance(harness, LocalHarness):
+        assert 0.3 <= time.monotonic() - started < 3.0
+    else:
+        assert isinstance(harness, FakeHarness)
+        assert harness.fake.stop_signal(inst) == "sigkill"
+
+
+def test_kinds_are_recorded_and_filtered(harness: _Base) -> None:
+    (svc,) = harness.launch(1)
+    (tst,) = harness.launch(1, kind="test")
+    assert [i.id for i in harness.compute.list_instances("web")] == [svc.id]
+    assert [i.id for i in harness.compute.list_instances("web", kinds=("test",))] == [tst.id]
+
+
+# ---------------------------------------------------------------------- local only
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap not usable here")
+def test_the_image_is_read_only_to_the_instance(local: LocalHarness, image_dir: Path) -> None:
+    (inst,) = local.launch(1)
+    root = image_dir / "root"
+    result = local.compute.exec(inst, "pwd; touch app.py; echo rc=$?; touch new-file; "
+                                "echo rc=$?; touch $HOME/ok && echo scratch-ok", timeout=10)
+    lines = result.stdout.split()
+    assert lines[0] == str(root)
+    assert lines[1:] == ["rc=1", "rc=1", "scratch-ok"], result
+    assert "Read-only file system" in result.stderr
+    assert not (root / "new-file").exists()
+    assert (local.local.scratch(inst) / "ok").exists()
+
+
+@pytest.mark.e2e
+def test_the_recorded_pid_is_the_app_itself(local: LocalHarness, image_dir: Path) -> None:
+    (inst,) = local.launch(1)
+    assert inst.pid is not None
+    cmdline = Path(f"/proc/{inst.pid}/cmdline")
+    # bwrap reports the pid before the sandboxed child has exec'd bash, then the app:
+    assert wait_until(lambda: cmdline.read_bytes().split(b"\0")[:2] == [b"python", b"app.py"])
+    exe = os.readlink(f"/proc/{inst.pid}/exe")
+    assert Path(exe).resolve() == (image_dir / "root/.venv/bin/python").resolve()
+    assert os.getpgid(inst.pid) != os.getpgid(0)  # own session: outlives kiln's ^C
+
+
+@pytest.mark.e2e
+def test_plain_process_fallback_without_bwrap(tmp_path: Path, image_dir: Path) -> None:
+    h = LocalHarness(tmp_path, image_dir, sandbox="none")
+    try:
+        insts = h.launch(2)
+        ok, _ = h.compute.wait_healthy(insts, HEALTH)
+        assert len(ok) == 2
+        h.compute.terminate(insts[0], timeout=5.0)
+        assert h.got_sigterm(insts[0])
+    finally:
+        h.cleanup()
+        h.store.close()
+
+
+@pytest.mark.e2e
+def test_crash_before_the_pid_is_recorded_leaves_no_orphan(local: LocalHarness) -> None:
+    (inst,) = local.launch(1)
+    assert inst.pid is not None
+    # As if kiln was SIGKILLed between spawning and recording the pid:
+    with local.store.tx() as c:
+        c.execute("UPDATE instances SET pid = NULL, pid_start = NULL WHERE id = ?", (inst.id,))
+    from_state = local.compute.list_instances("web")[0]
+    assert local.compute.observe([from_state])[0].alive is False
+    changes = local.compute.sweep()
+    assert f"{inst.id}: stopped orphan process {inst.pid}" in changes
+    assert wait_until(lambda: not Path(f"/proc/{inst.pid}").exists()
+                      or "Z" in Path(f"/proc/{inst.pid}/stat").read_text().split(")")[-1][:3])
+    assert local.compute.list_instances("web") == []
+
+
+@pytest.mark.e2e
+def test_secrets_are_never_stored(local: LocalHarness) -> None:
+    (inst,) = local.launch(1)
+    local.compute.wait_healthy([inst], HEALTH)
+    local.store.conn.execute("PRAGMA wal_checkpoint(FULL)")
+    for path in local.home.rglob("*"):
+        if path.is_file() and path.name != "log":
+            assert b"s3cr3t-value" not in path.read_bytes(), path
+    record = json.loads((local.local.folder(inst.id) / "instance.json").read_text())
+    assert record["secret_keys"] == ["SECRET_TOKEN", "SHARED"]
+    # exec gets secrets only when the caller passes them again
+    out = local.compute.exec(inst, "echo ${SECRET_TOKEN:-none}", timeout=10)
+    assert out.stdout.strip() == "none"
+    again = local.local.exec(inst, "echo $SECRET_TOKEN", timeout=10,
+                             env={"SECRET_TOKEN": "s3cr3t-value"})
+    assert again.stdout.strip() == "s3cr3t-value"
+
+
+@pytest.mark.e2e
+def test_a_taken_port_moves_the_instance_to_another_address(local: LocalHarness) -> None:
+    first = address_for(local.local.project, 0)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((first, PORT))
+        squatter.listen()
+        (inst,) = local.launch(1)
+    assert inst.host != first
+    ok, _ = local.compute.wait_healthy([inst], HEALTH)
+    assert ok == [inst]
+
+
+@pytest.mark.e2e
+def test_exec_timeout_kills_the_command(local: LocalHarness) -> None:
+    (inst,) = local.launch(1)
+    started = time.monotonic()
+    result = local.compute.exec(inst, "sleep 30", timeout=0.3)
+    assert result.exit_code == 124 and "timed out" in result.stderr
+    assert time.monotonic() - started < 5.0
+
+
+def test_a_missing_image_is_a_clear_error(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home")
+    compute = LocalCompute(store, tmp_path / "home", "ctest", sandbox="none")
+    image = Image("web", "sha256:" + "c" * 64, str(tmp_path / "gone"))
+    release = Release("web-r1", "web", 1, image.digest, "c")
+    with pytest.raises(NotFound, match="missing from the store"):
+        compute.launch("web", _service("ok"), release, image, 1, env={})
+    assert store.query("SELECT * FROM instances") == []
+    store.close()
