@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -18,7 +19,8 @@ _SUFFIX = ".tmpl"  # keeps template .py files out of the package's import path a
 
 def project_name(folder: Path) -> str:
     """A valid project name from a folder name: 'My Shop_2' -> 'my-shop-2'."""
-    name = re.sub(r"[^a-z0-9]+", "-", folder.resolve().name.lower()).strip("-")
+    ascii_name = unicodedata.normalize("NFKD", folder.resolve().name).encode("ascii", "ignore")
+    name = re.sub(r"[^a-z0-9]+", "-", ascii_name.decode().lower()).strip("-")
     name = re.sub(r"^[^a-z]+", "", name)
     name = name[:40].rstrip("-")
     return name or "app"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import json
 import re
 import types
 import warnings
@@ -284,8 +285,13 @@ def _translate(exc: ValidationError, conv: _Converter, plain: Any) -> list[tuple
                     out.append((conv.position(ref), path, rest))
             continue
         message = _message(err, loc, owner, key_error)
-        at_key = key_error or etype in ("extra_forbidden", "missing")
-        out.append((conv.position(loc, at_key=at_key), _fmt_path(loc), message))
+        if key_error or etype in ("extra_forbidden", "missing"):
+            pos = conv.position(loc, at_key=True)
+        elif etype.endswith("_type") and loc in conv.value_pos:  # a list where a string goes
+            pos = conv.value_pos[loc]
+        else:
+            pos = conv.position(loc)
+        out.append((pos, _fmt_path(loc), message))
     if not any(not err["loc"] for err in exc.errors()):
         out += [(conv.position(loc), _fmt_path(loc), msg) for loc, msg in _raw_references(plain)]
     return out
@@ -469,15 +475,25 @@ def _parse_path(text: str) -> Loc | None:
     return tuple(out)
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
 def _fmt_path(loc: Loc) -> str:
+    """('services', 'web', 'steps', 0) -> 'services.web.steps[0]'; odd keys are quoted."""
     text = ""
     for el in loc:
-        text += f"[{el}]" if isinstance(el, int) else (f".{el}" if text else str(el))
+        if isinstance(el, int):
+            text += f"[{el}]"
+        elif not _PLAIN_KEY.match(el):
+            text += f"[{json.dumps(el)}]"
+        else:
+            text += f".{el}" if text else el
     return text
 
 
 def _line(filename: str, pos: Pos, path: str, message: str) -> str:
     where = f"{filename}:{pos[0]}:{pos[1]}"
+    message = _one_line(message)  # user text (keys, values) can hold newlines
     return f"{where}: {path}: {message}" if path else f"{where}: {message}"
 
 
