@@ -126,28 +126,37 @@ class Project:
         with project_lock(self.store, command, self.warn):
             yield
 
-    def _platform_parts(self) -> tuple[Builder, Compute, Router, MetricSource | None]:
+    @property
+    def platform(self) -> Any:
+        """The platform's parts (builder, compute, router, metrics), each built on first use."""
         if self._platform is None:
             if self.spec.platform != "local":
                 raise KilnError(f"{self.spec_path}: platform {self.spec.platform!r} is not "
                                 "supported yet (expected local)")
-            from kiln.platforms.local import local_platform
+            from kiln.platforms.local import LocalPlatform
 
-            self._platform = local_platform(self.store, self.home, self.spec.project)
-        parts: tuple[Builder, Compute, Router, MetricSource | None] = self._platform
-        return parts
+            self._platform = LocalPlatform(self.store, self.home, self.spec.project)
+        return self._platform
 
     @property
     def builder(self) -> Builder:
-        return self._platform_parts()[0]
+        builder: Builder = self.platform.builder
+        return builder
 
     @property
     def compute(self) -> Compute:
-        return self._platform_parts()[1]
+        compute: Compute = self.platform.compute
+        return compute
 
     @property
     def router(self) -> Router:
-        return self._platform_parts()[2]
+        router: Router = self.platform.router
+        return router
+
+    @property
+    def metrics(self) -> MetricSource | None:
+        metrics: MetricSource | None = self.platform.metrics
+        return metrics
 
     def service(self, name: str) -> ServiceSpec:
         try:
@@ -259,8 +268,7 @@ class Project:
             return int(cur.lastrowid)
 
     def _env(self, service: str, spec: ServiceSpec) -> Env:
-        _, compute, router, metrics = self._platform_parts()
-        return Env(self.store, compute, router, metrics, self.image,
+        return Env(self.store, self.compute, self.router, None, self.image,
                    secrets=resolve_secrets(service, spec, self.base_dir), fault=env_fault())
 
     def _judge(self, service: str, spec: ServiceSpec) -> Any:
@@ -268,7 +276,7 @@ class Project:
             return None
         from kiln.analysis.live import make_judge
 
-        _, _, _, metrics = self._platform_parts()
+        metrics = self.metrics
         if metrics is None:
             return None
         return make_judge(metrics, service, spec.rollout.analysis)

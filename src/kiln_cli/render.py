@@ -40,8 +40,9 @@ class StepPrinter:
         if self.quiet or ev.status == "running":
             return
         style = _STYLE.get(ev.status, "")
+        where = "base" if ev.index == 0 else f"{ev.index}/{ev.total}"
         self.console.print(
-            f"  {image} [{ev.index + 1}/{ev.total}] [{style}]{ev.status:>6}[/] "
+            f"  {image} \\[{where}] [{style}]{ev.status:>6}[/] "
             f"{ev.duration:6.2f}s  {ev.description}", soft_wrap=True)
 
 

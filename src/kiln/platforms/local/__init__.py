@@ -1,5 +1,8 @@
 """The local platform: images in a folder store, instances as sandboxed processes on loopback
-addresses, Traefik as the router, its JSON access log as the metric source."""
+addresses, Traefik as the router, its JSON access log as the metric source.
+
+Each part is built on first use, so `kiln bake` never imports the router or the statistics.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +15,54 @@ if TYPE_CHECKING:
     from kiln.platforms.base import Builder, Compute, MetricSource, Router
 
 
-def local_platform(store: Store, home: Path, project: str
-                   ) -> tuple[Builder, Compute, Router, MetricSource | None]:
-    from kiln.analysis.accesslog import AccessLogSource
-    from kiln.bake.local import LocalBuilder
-    from kiln.platforms.local.compute import LocalCompute
-    from kiln.platforms.local.router import TraefikRouter
+class LocalPlatform:
+    def __init__(self, store: Store, home: Path, project: str) -> None:
+        self.store, self.home, self.project = store, home, project
+        self._builder: Builder | None = None
+        self._compute: Compute | None = None
+        self._router: Router | None = None
+        self._metrics: MetricSource | None = None
 
-    router = TraefikRouter(home, project)
+    @property
+    def builder(self) -> Builder:
+        if self._builder is None:
+            from kiln.bake.local import LocalBuilder
 
-    def release_of(address: str) -> str | None:
-        host, _, port = address.rpartition(":")
-        row = store.one("SELECT release_id FROM instances WHERE host = ? AND port = ? "
-                        "ORDER BY created_at DESC LIMIT 1", (host, int(port) if port else 0))
-        return str(row["release_id"]) if row else None
+            self._builder = LocalBuilder(self.store, self.home)
+        return self._builder
 
-    metrics = AccessLogSource(router.access_log_path, release_of)
-    return LocalBuilder(store, home), LocalCompute(store, home, project), router, metrics
+    @property
+    def compute(self) -> Compute:
+        if self._compute is None:
+            from kiln.platforms.local.compute import LocalCompute
+
+            self._compute = LocalCompute(self.store, self.home, self.project)
+        return self._compute
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            from kiln.platforms.local.router import TraefikRouter
+
+            self._router = TraefikRouter(self.home, self.project)
+        return self._router
+
+    @property
+    def metrics(self) -> MetricSource | None:
+        if self._metrics is None:
+            from kiln.analysis.accesslog import AccessLogSource
+            from kiln.platforms.local.router import TraefikRouter
+
+            router = self.router
+            assert isinstance(router, TraefikRouter)
+            store = self.store
+
+            def release_of(address: str) -> str | None:
+                host, _, port = address.rpartition(":")
+                row = store.one("SELECT release_id FROM instances WHERE host = ? AND port = ? "
+                                "ORDER BY created_at DESC LIMIT 1",
+                                (host, int(port) if port.isdigit() else 0))
+                return str(row["release_id"]) if row else None
+
+            self._metrics = AccessLogSource(router.access_log_path, release_of)
+        return self._metrics
