@@ -92,6 +92,8 @@ def _child_env(instance: Instance, sock: Path, timeout: float) -> dict[str, str]
         "KILN_INSTANCE_URL": instance.url,
         "PYTHONDONTWRITEBYTECODE": "1",
     })
+    for key in ("no_proxy", "NO_PROXY"):  # a test's own HTTP client must reach the instance
+        env[key] = ",".join(x for x in (env.get(key, ""), instance.host, "localhost") if x)
     return env
 
 
