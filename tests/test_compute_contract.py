@@ -422,3 +422,45 @@ def test_a_missing_image_is_a_clear_error(tmp_path: Path) -> None:
         compute.launch("web", _service("ok"), release, image, 1, env={})
     assert store.query("SELECT * FROM instances") == []
     store.close()
+
+
+LAUNCHER = """
+import json, sys
+from pathlib import Path
+from kiln.platforms.base import Image, Release
+from kiln.platforms.local.compute import LocalCompute
+from kiln.spec.models import ServiceSpec
+from kiln.state.store import Store
+home, ref, project, port = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+store = Store.open(home)
+svc = ServiceSpec(image="web", command="python app.py ok", port=port, listen="127.0.0.1:9")
+image = Image("web", "sha256:" + "b" * 64, ref)
+(inst,) = LocalCompute(store, home, project).launch(
+    "web", svc, Release("web-r9", "web", 9, image.digest, "c"), image, 1, env={})
+print(json.dumps(inst.id))
+"""
+
+
+@pytest.mark.e2e
+def test_instances_outlive_the_command_that_launched_them(local: LocalHarness,
+                                                          image_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, str(local.home), str(image_dir), local.local.project,
+         str(PORT)], capture_output=True, text=True, timeout=60, check=True)
+    instance_id = json.loads(done.stdout)
+    (inst,) = local.compute.list_instances("web")
+    assert inst.id == instance_id
+    ok, _ = local.compute.wait_healthy([inst], HEALTH)  # its launcher has exited
+    assert ok == [inst]
+    local.compute.terminate(inst, timeout=5.0)  # from another process: no Popen to lean on
+    assert local.got_sigterm(inst)
+    assert not local.compute.observe([inst])[0].alive
+
+
+@pytest.mark.e2e
+def test_gc_removes_only_folders_of_stopped_instances(local: LocalHarness) -> None:
+    keep, drop = local.launch(2)
+    local.compute.terminate(drop, timeout=5.0)
+    assert local.local.gc_folders() == [drop.id]
+    assert local.local.folder(keep.id).is_dir()
+    assert not local.local.folder(drop.id).exists()

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -378,6 +379,25 @@ class LocalCompute:
                     self.terminate(ghost, timeout=2.0)
                     changes.append(f"{folder.name}: stopped orphan process {pid}")
         return changes
+
+    def gc_folders(self) -> list[str]:
+        """Remove the folders (logs, scratch) of instances that are stopped or dead and whose
+        process is gone; call under the project lock. Returns the removed instance ids."""
+        base = self.home / "instances"
+        removed: list[str] = []
+        if not base.is_dir():
+            return removed
+        for folder in sorted(base.iterdir()):
+            row = get_row(self.store, folder.name)
+            if row is not None and row["state"] in LIVE_STATES:
+                continue
+            info = _read_json(folder / "pid") or {}
+            pid, start = info.get("pid"), info.get("pid_start")
+            if isinstance(pid, int) and isinstance(start, str) and pid_alive(pid, start):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+        return removed
 
     # ------------------------------------------------------------------ exec
 
