@@ -1,6 +1,7 @@
 """The local image store: sealed trees under home/images/<hex>/ and their rows in `images`.
 
-Layout of one image: images/<hex>/root/ (the read-only tree instances run in; `Image.ref`) and
+Layout of one image (`Image.ref` is the folder images/<hex>/): root/ (the read-only tree
+instances run in) and
 images/<hex>/manifest.json (name, digest, env, base, Python version, steps). A folder without a
 row is garbage from a bake killed between its rename and its row; `remove_images` sweeps it.
 """
@@ -155,7 +156,7 @@ def verify_image(store: Store, digest: str) -> str | None:
     from kiln.bake.venv import digest_override
 
     image = get_image(store, digest)
-    root = Path(image.ref)
+    root = Path(image.ref) / "root"
     if not root.is_dir():
         return f"image {image.name} {digest}: folder {root} is missing"
     now = tree_digest(root, digest_override).digest
