@@ -64,3 +64,16 @@ def test_env_precedence_and_isolation() -> None:
     assert env["PYTHONUNBUFFERED"] == "0"
     assert (env["HOST"], env["PORT"]) == ("127.64.0.1", "8000")  # kiln's own vars win
     assert env["KILN_INSTANCE"] == "web-r1-abc"
+
+
+def test_both_computes_satisfy_the_protocol(tmp_path: Path) -> None:
+    from kiln.platforms.base import Compute
+    from kiln.platforms.fake.compute import FakeCompute
+    from kiln.platforms.local.compute import LocalCompute
+    from kiln.state.store import Store
+
+    store = Store.open(tmp_path)
+    computes: list[Compute] = [FakeCompute(store), LocalCompute(store, tmp_path, "p",
+                                                                sandbox="none")]
+    assert len(computes) == 2
+    store.close()
