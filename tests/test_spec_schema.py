@@ -17,7 +17,7 @@ KNOWN = {"$schema", "$defs", "$ref", "title", "description", "default", "type", 
          "required", "additionalProperties", "patternProperties", "items", "oneOf", "anyOf",
          "enum", "const", "pattern", "minimum", "maximum", "minLength", "exclusiveMinimum",
          "exclusiveMaximum", "discriminator"}
-TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
+TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
          "object": dict, "array": list, "null": type(None)}
 
 

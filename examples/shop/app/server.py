@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 BEHAVIOUR_FILE = Path(__file__).with_name("behaviour.json")
 
@@ -51,6 +52,12 @@ class ShopServer(ThreadingHTTPServer):
         self._busy = 0
         self._idle = threading.Condition()
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Count the connection as busy from accept() on (on the accepting thread), so a request
+        # that is accepted but not yet parsed when SIGTERM lands is still waited for.
+        self.begin()
+        super().process_request(request, client_address)
+
     def begin(self) -> None:
         with self._idle:
             self._busy += 1
@@ -67,14 +74,27 @@ class ShopServer(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = 30  # an idle keep-alive connection frees its thread eventually
     server: ShopServer
 
+    def setup(self) -> None:
+        super().setup()
+        self._counted = True  # by ShopServer.process_request, until the first request ends
+
     def do_GET(self) -> None:
-        self.server.begin()
+        if not self._counted:
+            self.server.begin()
+        self._counted = False
         try:
             self._route()
         finally:
             self.server.end()
+
+    def finish(self) -> None:
+        if self._counted:  # the connection closed without a complete GET
+            self._counted = False
+            self.server.end()
+        super().finish()
 
     def _route(self) -> None:
         srv, path = self.server, self.path.split("?", 1)[0]
