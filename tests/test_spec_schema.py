@@ -17,8 +17,9 @@ KNOWN = {"$schema", "$defs", "$ref", "title", "description", "default", "type", 
          "required", "additionalProperties", "patternProperties", "items", "oneOf", "anyOf",
          "enum", "const", "pattern", "minimum", "maximum", "minLength", "exclusiveMinimum",
          "exclusiveMaximum", "discriminator"}
-TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
-         "object": dict, "array": list, "null": type(None)}
+TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict,
+    "array": list, "null": type(None)}
 
 
 def errors(schema: dict[str, Any], node: dict[str, Any], value: Any, path: str = "") -> list[str]:
