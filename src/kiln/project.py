@@ -319,6 +319,12 @@ class Project:
         status.weights = {status.new: 100}
         rec.save(status, "standby")
 
+    def _sweep(self) -> None:
+        """Mark instances whose process is gone as dead; stop orphans a killed kiln left."""
+        sweep = getattr(self.compute, "sweep", None)
+        if sweep is not None:
+            sweep()
+
     # ------------------------------------------------------------ deploy
 
     def deploy(self, services: Sequence[str] | None = None, *, skip_tests: bool = False,
@@ -328,6 +334,7 @@ class Project:
         names = self._services(services)
         result = DeployResult()
         with self.locked("deploy " + " ".join(names)):
+            self._sweep()
             self.router.ensure_running()
             for name in names:
                 result.services.append(self._deploy_one(name, skip_tests, emit, no_cache))

@@ -1,0 +1,155 @@
+"""Shared pieces of the end-to-end suites: a project folder from the bundled example, the kiln
+command in a subprocess, and a teardown that leaves no process behind even when a test fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kiln.state.lock import pid_alive
+
+ROOT = Path(__file__).resolve().parent.parent
+KILN = str(Path(sys.executable).parent / "kiln")
+
+SPEC = """\
+project: {project}
+images:
+  web:
+    base: python
+    steps:
+      - copy: app/
+        to: app/
+    tests:
+      - http: {{path: /healthz, status: 200}}
+services:
+  web:
+    image: web
+    command: python -m app
+    port: 8000
+    listen: 127.0.0.1:{port}
+    replicas: {replicas}
+    health: {{path: {health_path}, interval: 200ms, timeout: 1s, deadline: {deadline}}}
+    stop_timeout: 5s
+    rollout:
+{rollout}
+"""
+
+CANARY_FAST = """\
+      strategy: canary
+      steps:
+        - {weight: 10, pause: 0s}
+        - {weight: 50, pause: 0s}
+      drain_timeout: 3s
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proj:
+    dir: Path
+    port: int
+
+    @property
+    def listen(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def write(self, *, rollout: str = CANARY_FAST, replicas: int = 3, health_path: str = "/healthz",
+              deadline: str = "20s") -> None:
+        (self.dir / "kiln.yaml").write_text(SPEC.format(
+            project=self.dir.name.replace("_", "-")[:30].strip("-") or "e2e", port=self.port,
+            replicas=replicas, rollout=rollout, health_path=health_path, deadline=deadline))
+
+    def behave(self, **kw: object) -> None:
+        path = self.dir / "app" / "behaviour.json"
+        data = json.loads(path.read_text())
+        data.update(kw)
+        path.write_text(json.dumps(data))
+
+    def kiln(self, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([KILN, *args], cwd=self.dir, capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, **(env or {})})
+
+    def status(self) -> dict[str, object]:
+        res = self.kiln("status", "--json")
+        assert res.returncode == 0, res.stderr
+        data: dict[str, object] = json.loads(res.stdout)
+        return data
+
+    def weights(self) -> dict[str, int]:
+        svc = self.status()["services"][0]  # type: ignore[index]
+        return {r["release"]: r["weight"] for r in svc["releases"]}  # type: ignore[index]
+
+    def live_pids(self) -> list[int]:
+        db = self.dir / ".kiln" / "state.db"
+        if not db.exists():
+            return []
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT pid, pid_start FROM instances WHERE pid IS NOT NULL"
+                                ).fetchall()
+        return [pid for pid, start in rows if pid_alive(pid, start)]
+
+    def alive_instances(self) -> int:
+        return len(self.live_pids())
+
+
+def teardown(proj: Proj) -> None:
+    """destroy, then kill whatever is still alive (instances and the router)."""
+    try:
+        proj.kiln("destroy", timeout=60)
+    except Exception:  # teardown must go on
+        pass
+    for pid in proj.live_pids():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    pidfile = proj.dir / ".kiln" / "router" / "traefik.pid"
+    if pidfile.exists():
+        try:
+            data = pidfile.read_text().split()
+            pid = int(json.loads(pidfile.read_text())["pid"]) if pidfile.read_text().startswith(
+                "{") else int(data[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Iterator[Proj]:
+    folder = tmp_path / "shop"
+    shutil.copytree(ROOT / "examples" / "shop" / "app", folder / "app")
+    p = Proj(folder, free_port())
+    p.write()
+    try:
+        yield p
+    finally:
+        teardown(p)
+
+
+def wait_for(fn: object, timeout: float = 10.0, interval: float = 0.05) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()  # type: ignore[operator]
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)

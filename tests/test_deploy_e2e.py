@@ -1,0 +1,163 @@
+"""End to end: real instances behind the real Traefik, every request of a steady load counted."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from e2e_helpers import KILN, Proj, proj, wait_for  # noqa: F401 - fixture
+from kiln.testing.load import Load
+
+pytestmark = pytest.mark.e2e
+
+
+def deploy_ok(p: Proj, *args: str) -> None:
+    res = p.kiln("deploy", *args)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_first_deploy_then_canary_to_100_under_load(proj: Proj) -> None:
+    deploy_ok(proj)
+    assert list(proj.weights().values()) == [100]
+    with Load(proj.listen, rate=120, max_seconds=60, keep_body=30) as load:
+        wait_for(lambda: load.stats.sent > 50)
+        proj.behave(version="2")
+        deploy_ok(proj)
+        wait_for(lambda: load.stats.sent > load.stats.sent + 0 and True)
+        time.sleep(0)  # the load keeps running until the context ends
+    stats = load.stats
+    assert stats.sent > 100
+    assert stats.failed == 0, stats.summary() + str(stats.error_samples)
+    w = proj.weights()
+    assert w == {"web-r2": 100}, w
+    assert proj.alive_instances() == 3
+    hist = proj.kiln("history", "web", "--json")
+    assert hist.returncode == 0 and '"promoted"' in hist.stdout
+
+
+def test_unchanged_deploy_does_nothing(proj: Proj) -> None:
+    deploy_ok(proj)
+    res = proj.kiln("deploy")
+    assert res.returncode == 0 and "up to date" in res.stdout, res.stdout
+    plan = proj.kiln("plan", "--json")
+    assert '"unchanged"' in plan.stdout
+
+
+def test_health_gate_rolls_back_and_traffic_stays(proj: Proj) -> None:
+    deploy_ok(proj)
+    proj.write(health_path="/never-healthy", deadline="3s")
+    with Load(proj.listen, rate=100, max_seconds=60) as load:
+        res = proj.kiln("deploy")
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "health gate" in (res.stdout + res.stderr)
+    assert load.stats.failed == 0, load.stats.summary()
+    assert proj.weights() == {"web-r1": 100}
+    assert proj.alive_instances() == 3
+
+
+def test_app_that_exits_at_once_is_reported_fast(proj: Proj) -> None:
+    deploy_ok(proj)
+    (proj.dir / "app" / "__main__.py").write_text("raise SystemExit(7)\n")
+    t = time.monotonic()
+    res = proj.kiln("deploy", "--skip-tests")
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert time.monotonic() - t < 15
+    assert proj.weights() == {"web-r1": 100}
+    assert proj.alive_instances() == 3
+
+
+def test_second_deploy_while_one_runs_exits_4(proj: Proj) -> None:
+    deploy_ok(proj)
+    proj.write(rollout="""\
+      strategy: canary
+      steps:
+        - {weight: 10}
+""")
+    proj.behave(version="2")
+    first = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "kiln promote" in proj.kiln("status").stdout, timeout=60)
+        second = proj.kiln("deploy")
+        assert second.returncode == 4, second.stdout + second.stderr
+        assert "deploy" in second.stderr and "pid" in second.stderr
+        # promote is a signal the running deploy picks up.
+        assert proj.kiln("promote", "web").returncode == 0
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 0, out + err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert proj.weights() == {"web-r2": 100}
+
+
+def test_abort_rolls_back_paused_canary(proj: Proj) -> None:
+    deploy_ok(proj)
+    proj.write(rollout="""\
+      strategy: canary
+      steps:
+        - {weight: 25}
+""")
+    proj.behave(version="2")
+    first = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        with Load(proj.listen, rate=100, max_seconds=60) as load:
+            wait_for(lambda: "kiln promote" in proj.kiln("status").stdout, timeout=60)
+            assert proj.kiln("abort", "web").returncode == 0
+            first.communicate(timeout=60)
+        assert first.returncode == 3
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert load.stats.failed == 0, load.stats.summary()
+    assert proj.weights() == {"web-r1": 100}
+
+
+@pytest.mark.parametrize("strategy", [
+    "      strategy: blue-green\n      scale_down_delay: 0s\n      drain_timeout: 3s\n",
+    "      strategy: rolling\n      max_surge: 1\n      drain_timeout: 3s\n",
+])
+def test_blue_green_and_rolling_under_load(proj: Proj, strategy: str) -> None:
+    proj.write(rollout=strategy)
+    deploy_ok(proj)
+    with Load(proj.listen, rate=120, max_seconds=60) as load:
+        wait_for(lambda: load.stats.sent > 30)
+        proj.behave(version="2")
+        deploy_ok(proj)
+    assert load.stats.failed == 0, load.stats.summary() + str(load.stats.error_samples)
+    assert proj.weights() == {"web-r2": 100}
+    assert proj.alive_instances() == 3
+
+
+def test_rollback_to_previous_release(proj: Proj) -> None:
+    deploy_ok(proj)
+    proj.behave(version="2")
+    deploy_ok(proj)
+    with Load(proj.listen, rate=100, max_seconds=60) as load:
+        res = proj.kiln("rollback", "web")
+        assert res.returncode == 0, res.stdout + res.stderr
+    assert load.stats.failed == 0, load.stats.summary()
+    # A rollback is a new rollout to the old image: same release id, live again.
+    assert proj.weights() == {"web-r1": 100}
+
+
+@pytest.mark.parametrize("fault", ["launched", "after:health", "routed", "after:step",
+                                   "after:drain_old"])
+def test_sigkill_at_each_boundary_converges(proj: Proj, fault: str) -> None:
+    deploy_ok(proj)
+    proj.behave(version="2")
+    with Load(proj.listen, rate=80, max_seconds=90) as load:
+        killed = proj.kiln("deploy", env={"KILN_FAULT": fault})
+        assert killed.returncode == -9, killed.stdout + killed.stderr
+        again = proj.kiln("deploy")
+        assert again.returncode == 0, again.stdout + again.stderr
+    assert proj.weights() == {"web-r2": 100}
+    assert proj.alive_instances() == 3, "orphaned or missing instances"
+    assert load.stats.conn_errors == 0 and load.stats.failed == 0, load.stats.summary()
+    hist = proj.kiln("history", "web", "--json").stdout
+    assert "web-r1" in hist and "web-r2" in hist
