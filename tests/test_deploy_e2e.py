@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from e2e_helpers import KILN, Proj, proj, wait_for  # noqa: F401 - fixture
 from kiln.testing.load import Load
+from kiln.testing.project import KILN, Proj, wait_for
 
 pytestmark = pytest.mark.e2e
 

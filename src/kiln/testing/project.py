@@ -1,8 +1,10 @@
-"""Shared pieces of the end-to-end suites: a project folder from the bundled example, the kiln
-command in a subprocess, and a teardown that leaves no process behind even when a test fails."""
+"""A throwaway kiln project driven through the `kiln` command, for end-to-end tests, benchmarks
+and demos: a folder from the bundled example app, the command in a subprocess, and a teardown that
+leaves no process behind even when the caller failed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,15 +14,16 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
+from typing import Any, TypeVar
 
 from kiln.state.lock import pid_alive
 
-ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parents[3]
 KILN = str(Path(sys.executable).parent / "kiln")
 
 SPEC = """\
@@ -87,15 +90,18 @@ class Proj:
         return subprocess.run([KILN, *args], cwd=self.dir, capture_output=True, text=True,
                               timeout=timeout, env={**os.environ, **(env or {})})
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         res = self.kiln("status", "--json")
-        assert res.returncode == 0, res.stderr
-        data: dict[str, object] = json.loads(res.stdout)
+        if res.returncode != 0:
+            raise RuntimeError(f"kiln status failed: {res.stderr.strip()}")
+        data: dict[str, Any] = json.loads(res.stdout)
         return data
 
     def weights(self) -> dict[str, int]:
-        svc = self.status()["services"][0]  # type: ignore[index]
-        return {r["release"]: r["weight"] for r in svc["releases"]}  # type: ignore[index]
+        """release -> weight, for releases the router gives traffic or that still have instances."""
+        svc = self.status()["services"][0]
+        return {r["release"]: r["weight"] for r in svc["releases"]
+                if r["weight"] > 0 or r["instances"]}
 
     def live_pids(self) -> list[int]:
         db = self.dir / ".kiln" / "state.db"
@@ -112,15 +118,11 @@ class Proj:
 
 def teardown(proj: Proj) -> None:
     """destroy, then kill whatever is still alive (instances and the router)."""
-    try:
+    with contextlib.suppress(Exception):  # teardown must go on
         proj.kiln("destroy", timeout=60)
-    except Exception:  # teardown must go on
-        pass
     for pid in proj.live_pids():
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
     pidfile = proj.dir / ".kiln" / "router" / "traefik.pid"
     if pidfile.exists():
         try:
@@ -132,22 +134,20 @@ def teardown(proj: Proj) -> None:
             pass
 
 
-@pytest.fixture
-def proj(tmp_path: Path) -> Iterator[Proj]:
-    folder = tmp_path / "shop"
-    shutil.copytree(ROOT / "examples" / "shop" / "app", folder / "app")
+def make_project(parent: Path, example: Path | None = None) -> Proj:
+    """A project folder under `parent` with the example app and a free listen port."""
+    folder = parent / "shop"
+    shutil.copytree(example or (ROOT / "examples" / "shop" / "app"), folder / "app")
     p = Proj(folder, free_port())
     p.write()
-    try:
-        yield p
-    finally:
-        teardown(p)
+    return p
 
 
-def wait_for(fn: object, timeout: float = 10.0, interval: float = 0.05) -> object:
+def wait_for(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
+    """Poll `fn` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        value = fn()  # type: ignore[operator]
+        value = fn()
         if value:
             return value
         if time.monotonic() > deadline:
