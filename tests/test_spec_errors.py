@@ -65,6 +65,11 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("top is a scalar", "shop\n", ["kiln.yaml:1:1: expected a mapping at the top level, got 'shop'"]),
     ("wrong type", edit("replicas: 3", "replicas: abc"),
      ["kiln.yaml:16:15: services.web.replicas: expected an integer, got 'abc'"]),
+    ("no bool or float or text where an integer goes",
+     edit("replicas: 3", "replicas: true\n    port: '8000'\n    stop_timeout: 1.5s\n"
+                         "    health: {deadline: 2.0}"),
+     ["kiln.yaml:16:15: services.web.replicas: expected an integer, got true",
+      "kiln.yaml:17:11: services.web.port: expected an integer, got '8000'"]),
     ("out of range", edit("replicas: 3", "replicas: 0"),
      ["kiln.yaml:16:15: services.web.replicas: expected at least 1, got 0"]),
     ("unknown key with hint", edit("replicas: 3", "replica: 3"),

@@ -103,7 +103,7 @@ def parse_spec(text: str, filename: str = SPEC_FILENAME) -> Spec:
         raise SpecError([f"{filename}:1:1: {exc}"]) from None
     problems = [(pos, _fmt_path(loc), msg) for loc, pos, msg in conv.problems]
     try:
-        spec = Spec.model_validate(plain)
+        spec = Spec.model_validate(plain, strict=True)  # YAML has real types: no "3" -> 3
     except ValidationError as exc:
         problems += _translate(exc, conv, plain)
     else:
