@@ -1,0 +1,226 @@
+"""Rollout overhead and zero-failure rollouts, measured through the real router.
+
+1. Overhead: canary with zero pauses, 3 replicas. Time from `kiln deploy` start until the router
+   sends 100 % to the new release (seen by a poller on the listen address), minus the app's own
+   start-to-healthy time for 3 instances measured in the same run (the anchor). Target <= 1.0 s.
+2. Zero failures: canary deploy, promote, abort, rollback, blue-green switch and rolling replace
+   under steady load (>= 100 req/s) on the listen address; every request counted (target: 0
+   failed, >= 20,000 requests in all).
+
+    .venv/bin/python bench/rollout.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from kiln.testing.load import Load
+from kiln.testing.project import KILN, Proj, make_project, teardown, wait_for
+
+CANARY0 = """\
+      strategy: canary
+      steps:
+        - {weight: 10, pause: 0s}
+        - {weight: 50, pause: 0s}
+      drain_timeout: 2s
+"""
+
+
+def app_start_to_healthy(proj: Proj) -> float:
+    """Anchor: 3 instances of the baked image from launch to all healthy (LocalCompute)."""
+    from kiln.platforms.base import Release
+    from kiln.platforms.local.compute import LocalCompute
+    from kiln.project import Project
+
+    project = Project.open(proj.dir / "kiln.yaml")
+    spec = project.service("web")
+    image = project.builder.build("web", project.spec.images["web"], base_dir=project.base_dir)
+    compute = project.compute
+    assert isinstance(compute, LocalCompute)
+    t = time.perf_counter()
+    insts = compute.launch("web", spec, Release("web-anchor", "web", 0, image.digest, "x"), image,
+                           3, env={}, kind="test")
+    ok, failed = compute.wait_healthy(insts, spec.health, 30)
+    took = time.perf_counter() - t
+    for i in insts:
+        compute.terminate(i, 5)
+    project.close()
+    assert not failed
+    return took
+
+
+class VersionWatch:
+    """Polls the listen address; records when the last answer from an old version was seen."""
+
+    def __init__(self, listen: str, new: str) -> None:
+        self.host, port = listen.split(":")
+        self.port = int(port)
+        self.new = new.encode()
+        self.last_old = 0.0
+        self.first_new = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+        deadline = time.monotonic() + 120
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn.request("GET", "/")
+                body = conn.getresponse().read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+                continue
+            now = time.perf_counter()
+            if b"version " + self.new in body:
+                self.first_new = self.first_new or now
+            else:
+                self.last_old = now
+            time.sleep(0.002)
+        conn.close()
+
+
+def overhead(runs: int) -> dict[str, float]:
+    deploys, anchors, to_full = [], [], []
+    for i in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            proj = make_project(Path(tmp))
+            proj.write(rollout=CANARY0)
+            try:
+                assert proj.kiln("deploy").returncode == 0
+                anchors.append(app_start_to_healthy(proj))
+                proj.behave(version=f"v{i + 2}")
+                assert proj.kiln("bake").returncode == 0  # bake is not rollout overhead
+                watch = VersionWatch(proj.listen, f"v{i + 2}")
+                watch.thread.start()
+                t0 = time.perf_counter()
+                res = proj.kiln("deploy", "--skip-tests")
+                t1 = time.perf_counter()
+                watch.stop.set()
+                watch.thread.join()
+                assert res.returncode == 0, res.stdout + res.stderr
+                deploys.append(t1 - t0)
+                to_full.append(watch.last_old - t0)
+            finally:
+                teardown(proj)
+    a = statistics.median(anchors)
+    return {"anchor_healthy_s": a, "deploy_wall_s": statistics.median(deploys),
+            "to_100_s": statistics.median(to_full),
+            "overhead_s": statistics.median(to_full) - a}
+
+
+SCENARIOS = ["canary deploy", "promote", "abort", "rollback", "blue-green switch",
+             "rolling replace"]
+
+
+def zero_failures(rate: float, per_scenario: float) -> list[tuple[str, str, float]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        proj = make_project(Path(tmp))
+        try:
+            proj.write(rollout=CANARY0)
+            assert proj.kiln("deploy").returncode == 0
+            version = 1
+
+            def bump() -> None:
+                nonlocal version
+                version += 1
+                proj.behave(version=str(version))
+
+            def hold(load: Load) -> None:
+                # keep each scenario's load going long enough to count
+                end = time.monotonic() + per_scenario
+                wait_for(lambda: time.monotonic() > end, timeout=per_scenario + 5, interval=0.2)
+                _ = load
+
+            def canary() -> None:
+                bump()
+                assert proj.kiln("deploy").returncode == 0
+
+            def promote() -> None:
+                proj.write(rollout="      strategy: canary\n      steps:\n        - {weight: 30}\n"
+                                   "      drain_timeout: 2s\n")
+                bump()
+                p = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+                wait_for(lambda: "kiln promote" in proj.kiln("status").stdout, timeout=60)
+                assert proj.kiln("promote", "web").returncode == 0
+                assert p.wait(60) == 0
+
+            def abort() -> None:
+                bump()
+                p = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+                wait_for(lambda: "kiln promote" in proj.kiln("status").stdout, timeout=60)
+                assert proj.kiln("abort", "web").returncode == 0
+                assert p.wait(60) == 3
+
+            def rollback() -> None:
+                assert proj.kiln("rollback", "web").returncode == 0
+
+            def blue_green() -> None:
+                proj.write(rollout="      strategy: blue-green\n      scale_down_delay: 0s\n"
+                                   "      drain_timeout: 2s\n")
+                bump()
+                assert proj.kiln("deploy").returncode == 0
+
+            def rolling() -> None:
+                proj.write(rollout="      strategy: rolling\n      max_surge: 1\n"
+                                   "      drain_timeout: 2s\n")
+                bump()
+                assert proj.kiln("deploy").returncode == 0
+
+            for name, fn in zip(SCENARIOS, [canary, promote, abort, rollback, blue_green, rolling],
+                                strict=True):
+                with Load(proj.listen, rate=rate, max_seconds=per_scenario + 120) as load:
+                    t = time.monotonic()
+                    fn()
+                    hold(load)
+                rows.append((name, load.stats.summary(), time.monotonic() - t))
+                print(f"  {name:<18} {load.stats.summary()}", flush=True)
+                if load.stats.failed:
+                    print(f"    errors: {load.stats.error_samples}", flush=True)
+                rows[-1] = (name, f"{load.stats.sent}|{load.stats.failed}|{load.stats.rate:.0f}",
+                            time.monotonic() - t)
+        finally:
+            teardown(proj)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer runs, shorter load")
+    args = ap.parse_args()
+    runs = 1 if args.quick else 3
+    print("## Rollout overhead (canary, zero pauses, 3 replicas)")
+    o = overhead(runs)
+    print(f"| app start-to-healthy (anchor) | {o['anchor_healthy_s']:.2f} s |")
+    print(f"| deploy start -> 100% new | {o['to_100_s']:.2f} s |")
+    print(f"| overhead (difference) | {o['overhead_s']:.2f} s (target <= 1.0 s) |")
+    print(f"| whole `kiln deploy` wall time (incl. drain, startup) | {o['deploy_wall_s']:.2f} s |")
+    print()
+    print("## Zero failed requests under load")
+    rows = zero_failures(rate=150, per_scenario=5 if args.quick else 25)
+    total = failed = 0
+    print("| scenario | requests | failed | req/s | seconds |")
+    print("|---|---|---|---|---|")
+    for name, cell, secs in rows:
+        sent, bad, rate = cell.split("|")
+        total += int(sent)
+        failed += int(bad)
+        print(f"| {name} | {sent} | {bad} | {rate} | {secs:.1f} |")
+    print(f"| **all** | **{total}** | **{failed}** | | |")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
