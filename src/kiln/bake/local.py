@@ -9,7 +9,7 @@ A bake, in order:
    may modify files in place, and kiln usually runs as root, for whom read-only bits mean nothing),
    then run the remaining steps, snapshotting the tree after each into home/cache/<key>
    (`cp -a --reflink=auto`: a cheap clone on CoW file systems, a plain copy elsewhere);
-5. seal: compile byte code with image-relative paths, compute the Merkle digest, chmod a-w, write
+5. seal: compute the Merkle digest, chmod a-w, write
    manifest.json, os.replace the folder to home/images/<hex>/ and only then write the row.
 
 Step 0 is the base (the venv); user steps are 1..N. Every tree is built at the same path
@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import os
 import platform
-import shutil
 import subprocess
 import time
 import uuid
@@ -137,8 +136,8 @@ class LocalBuilder:
                 else:
                     step_env, cwd = _apply_context(p.step, step_env, cwd, root)
                 if p.changes_tree:
-                    venv.strip_bytecode(root)
                     venv.make_relocatable(root / ".venv")
+                    venv.compile_tree(root)
             except BakeError:
                 emit(StepEvent(p.index, total, p.description, "failed",
                                time.monotonic() - began, p.key))
@@ -218,7 +217,6 @@ class LocalBuilder:
     def _seal(self, name: str, spec: ImageSpec, runtime: venv.Runtime, key: str,
               env: dict[str, str], folder: Path) -> Image:
         root = folder / "root"
-        _compile(root)
         tree = tree_digest(root, venv.digest_override)
         imagestore.seal_readonly(root)
         target = imagestore.image_dir(self.home, tree.digest)
@@ -235,7 +233,7 @@ class LocalBuilder:
         else:
             os.replace(folder, target)
         return imagestore.record_image(self.store, name=name, digest=tree.digest,
-                                       ref=str(target / "root"), key=key, env=env,
+                                       ref=str(target), key=key, env=env,
                                        size=tree.size)
 
     # ------------------------------------------------------------------ lock and sweep
@@ -292,18 +290,3 @@ def _clone(src: Path, dst: Path) -> None:
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise BakeError(f"cannot copy {src} to {dst}: {out.stderr.strip()}")
-
-
-def _compile(root: Path) -> None:
-    """Byte-compile the image once, with source paths relative to the image root.
-
-    checked-hash pycs carry no mtime and no build path, so they hash the same on every machine.
-    """
-    python = root / ".venv" / "bin" / "python"
-    exe = str(python) if python.exists() else shutil.which("python3") or "python3"
-    # -B: importing compileall must not leave its own (timestamp) pycs for -f to race with.
-    subprocess.run([exe, "-B", "-m", "compileall", "-q", "-f", "-j0", "--invalidation-mode",
-                    "checked-hash", "-s", str(root), str(root)], capture_output=True, check=False,
-                   env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-                        "PYTHONHASHSEED": "0"}, timeout=600)
-

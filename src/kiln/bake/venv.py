@@ -13,9 +13,9 @@ relocatable. What is not, and what `make_relocatable` fixes after every step:
   variants are removed;
 - pyvenv.cfg loses its informational `command =` line, which names the build folder.
 
-Byte code is never kept from a step (`__pycache__` folders are removed, PYTHONDONTWRITEBYTECODE is
-set) because a .pyc embeds the absolute path of its source; sealing compiles the whole image once
-with paths relative to the image root (see local.py).
+Byte code: a .pyc embeds the absolute path of its source and, by default, an mtime; so after
+every step `compile_tree` rewrites every pyc that is not kiln's own (unchecked-hash, path relative
+to the image root). Only changed files are compiled again.
 
 For the digest, `digest_override` hashes pyvenv.cfg without its machine-specific `home`,
 `executable` and `command` lines and an absolute symlink in .venv/bin (python3.X -> the base
@@ -123,12 +123,60 @@ def create_venv(runtime: Runtime, venv: Path, env: dict[str, str], timeout: floa
     make_relocatable(venv)
 
 
-def strip_bytecode(root: Path) -> None:
-    """Remove every __pycache__ folder under `root` (byte code embeds absolute source paths)."""
-    for dirpath, dirnames, _ in os.walk(root):
-        if "__pycache__" in dirnames:
-            dirnames.remove("__pycache__")
-            shutil.rmtree(Path(dirpath) / "__pycache__")
+_COMPILE = r"""
+import importlib.util, marshal, os, py_compile, sys
+root = sys.argv[1]
+mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+tag = sys.implementation.cache_tag
+for dirpath, dirnames, filenames in os.walk(root):
+    if "__pycache__" in dirnames:
+        cache = os.path.join(dirpath, "__pycache__")
+        for name in os.listdir(cache):
+            stem, _, rest = name.partition(".")
+            if rest != tag + ".pyc" or not os.path.exists(os.path.join(dirpath, stem + ".py")):
+                os.unlink(os.path.join(cache, name))
+        dirnames.remove("__pycache__")
+    for name in filenames:
+        if not name.endswith(".py"):
+            continue
+        src = os.path.join(dirpath, name)
+        pyc = importlib.util.cache_from_source(src)
+        try:
+            with open(src, "rb") as fh:
+                want = importlib.util.source_hash(fh.read())
+            with open(pyc, "rb") as fh:
+                head = fh.read(16)
+            if head[4:8] == b"\x01\0\0\0" and head[8:16] == want:
+                continue
+        except OSError:
+            pass
+        try:
+            if os.path.lexists(pyc):
+                os.unlink(pyc)
+            py_compile.compile(src, cfile=pyc, dfile=os.path.relpath(src, root), doraise=True,
+                               invalidation_mode=mode)
+        except Exception:
+            pass
+"""
+
+
+def compile_tree(root: Path, timeout: float = 600) -> None:
+    """Byte-compile every .py under `root` that lacks kiln's own pyc; drop foreign/orphan pycs.
+
+    kiln's pycs are unchecked-hash (no mtime; the image never changes after sealing, and the
+    digest covers sources and pycs alike) with source paths relative to the image root, so they
+    are identical on every machine and in every build folder. A pyc whose header carries another
+    mode (pip's, the interpreter's) is rewritten: it may embed the absolute build path.
+    """
+    python = root / ".venv" / "bin" / "python"
+    if not python.exists():
+        return
+    out = subprocess.run([str(python), "-I", "-S", "-B", "-c", _COMPILE, str(root)],
+                         capture_output=True, text=True, timeout=timeout, check=False,
+                         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    if out.returncode != 0:
+        why = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BakeError(f"cannot byte-compile the image: {why}")
 
 
 def make_relocatable(venv: Path) -> None:
