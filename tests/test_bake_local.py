@@ -248,9 +248,9 @@ def test_step_timeout(builder: LocalBuilder, tmp_path: Path) -> None:
 
 
 def test_unknown_base(builder: LocalBuilder, tmp_path: Path) -> None:
-    with pytest.raises(BakeError, match="expected python or python3.X"):
+    with pytest.raises(BakeError, match=r"expected python or python3\.X"):
         bake(builder, "b", spec(base="ubuntu"), tmp_path)
-    with pytest.raises(BakeError, match="python3.99"):
+    with pytest.raises(BakeError, match=r"python3\.99"):
         bake(builder, "b", spec(base="python3.99"), tmp_path)
 
 
@@ -287,7 +287,7 @@ def test_killed_bake_leaves_no_partial_image_and_next_bake_works(
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(home), str(tmp_path), str(marker)])
     step_pid: list[int] = []
     try:
-        wait_for(lambda: marker.exists() and (home / "tmp" / "step.pid").exists()
+        wait_for(lambda: (marker.exists() and (home / "tmp" / "step.pid").exists())
                  or child.poll() is not None, 120, "the sleep step to start")
         assert child.poll() is None, "the bake ended before it could be killed"
         step_pid.append(int((home / "tmp" / "step.pid").read_text().split()[0]))
@@ -301,7 +301,7 @@ def test_killed_bake_leaves_no_partial_image_and_next_bake_works(
         assert (root_of(image) / "y").read_text() == "ok\n"
         assert not (home / "tmp" / "work").exists()
         assert not pid_alive(step_pid[0], None), "the orphaned step was killed by the next bake"
-        folders, rows = image_state(home, store)
+        folders, _rows = image_state(home, store)
         assert folders == sorted({*before[0], image.digest.removeprefix("sha256:")})
     finally:
         if child.poll() is None:
