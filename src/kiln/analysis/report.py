@@ -88,8 +88,8 @@ def _nice_max(v: float) -> float:
     mag = 10 ** math.floor(math.log10(v))
     for m in (1, 1.2, 1.6, 2, 2.4, 3, 4, 5, 6, 8, 10):
         if v <= m * mag:
-            return m * mag
-    return 10 * mag
+            return float(m * mag)
+    return float(10 * mag)
 
 
 class _Chart:
@@ -132,7 +132,7 @@ class _Chart:
     def line(self, pts: Sequence[tuple[float, float | None]], color: str, dash: str = "",
              width: float = 2.0) -> None:
         seg: list[str] = []
-        for t, v in pts + [(0.0, None)]:
+        for t, v in [*pts, (0.0, None)]:
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 if len(seg) > 1:
                     self.parts.append(
