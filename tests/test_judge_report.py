@@ -54,6 +54,34 @@ def test_bucket_samples() -> None:
         (0.0, "a", 2, 1, 0.1), (0.0, "b", 1, 0, 0.2), (1.0, "a", 1, 0, 0.3)]
 
 
+def test_report_for_rollout_from_recorded_series(tmp_path: Path) -> None:
+    import json
+    from typing import Any
+
+    from kiln.analysis.report import report_for_rollout
+
+    (tmp_path / "reports").mkdir()
+    series = {"seconds": [{"t": 100 + i, "releases": {
+        "web-r2": {"n": 18, "errors": 0, "p50": 0.05, "p95": 0.1},
+        "web-r3": {"n": 2, "errors": i % 2, "p50": 0.08, "p95": 0.2}}} for i in range(30)],
+        "weights": [[100.0, {"web-r2": 90, "web-r3": 10}], [125.0, {"web-r2": 100, "web-r3": 0}]],
+        "phases": [[100.0, "step"], [125.0, "rollback"]]}
+    (tmp_path / "reports" / "rollout-7.json").write_text(json.dumps(series))
+    status = {"decisions": [{"time": 125.0, "step": 0, "weight": 10, "outcome": "fail",
+                             "reason": "5xx 50% vs 0%"}]}
+
+    class Store:
+        def one(self, sql: str, args: tuple[Any, ...]) -> dict[str, Any]:
+            return {"to_release": "web-r3", "from_release": "web-r2", "started_at": 100.0,
+                    "outcome": "rolled_back", "reason": "5xx 50% vs 0%",
+                    "status_json": json.dumps(status)}
+
+    path = report_for_rollout(Store(), tmp_path, "web", 7)
+    assert path == tmp_path / "reports" / "rollout-7.html"
+    text = path.read_text()
+    assert "10%: fail" in text and "rolled back" in text
+
+
 if __name__ == "__main__":  # render a sample: python tests/test_judge_report.py OUT.html
     import sys
     print(write_report(Path(sys.argv[1]), synthetic()))
