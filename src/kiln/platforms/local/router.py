@@ -1,0 +1,325 @@
+"""The local Router: one real Traefik per project, started and kept alive by kiln.
+
+Layout under `<home>/router/`: `traefik.yml` (static config), `dynamic/` (one `<service>.yml` per
+service, watched by Traefik's file provider), `staging/` (where files are written before an
+`os.replace` into `dynamic/` — a temp file inside the watched folder would be loaded),
+`traefik.pid` (pid, start time, admin address and the entrypoints the live process serves),
+`router.json` (desired entrypoints and each service's releases and servers), `traefik.log` and
+`access.log`.
+
+Facts the rest of kiln relies on (measured with Traefik v3.7 on this machine):
+
+- Access log (`access.log`, JSON, one line per request, written when it ends): for a weighted
+  service, `ServiceName` is the LEAF release service, `kiln-<release_id>@file` (e.g.
+  `kiln-web-r3@file`), never the weighted parent; `RouterName` is `kiln-<service>@file`;
+  `ServiceURL` is the instance (`http://127.0.0.5:8000`); also `DownstreamStatus`, `Duration`
+  (nanoseconds), `StartUTC`, `entryPointName` (`kiln-<service>`). A request Traefik could not
+  route anywhere (no healthy release) has no ServiceName/ServiceURL.
+- Prometheus metrics at `http://<admin>/metrics` carry `service="kiln-<release_id>@file"`.
+  Traefik v3 has no per-service open-connections gauge, so `open_requests()` counts Traefik's own
+  established TCP connections to the release's servers (from /proc): every proxied request in
+  flight holds one, and idle keep-alive connections close after 1 s (the static
+  `serversTransport.forwardingTimeouts.idleConnTimeout`), so the count is an upper bound on
+  requests in flight that reaches 0 about 1 s after the last one ended.
+- Weight 0 takes a release out: it is left out of the weighted list (so Traefik neither routes to
+  it nor health-checks it) but stays defined, and `verify()` reports it at 0.
+- Entrypoints are static config: a service with a new `listen` address rewrites traefik.yml and
+  restarts Traefik (a brief refusal of connections on every entrypoint); weight changes never do.
+- A server listed is used before its first health check passed, and a killed backend gets 502s
+  until the next check: callers health-check instances before adding them and drain before
+  removing them. Traefik's active checks are the safety net.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from kiln.errors import PlatformError
+from kiln.platforms.base import Backend
+from kiln.platforms.local import tcp_table, traefik_config, traefik_process
+from kiln.platforms.local.traefik_process import Running
+from kiln.spec.models import ServiceSpec
+
+START_DEADLINE = 15.0
+APPLY_DEADLINE = 10.0
+
+
+def _yaml_text(data: dict[str, Any]) -> str:
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    buf = StringIO()
+    yaml.dump(data, buf)
+    return buf.getvalue()
+
+
+class TraefikRouter:
+    """Router seam on the local platform. Every method is safe to call again after a crash."""
+
+    def __init__(self, home: Path, project: str, *, apply_deadline: float = APPLY_DEADLINE,
+                 start_deadline: float = START_DEADLINE) -> None:
+        self.home = Path(home)
+        self.project = project
+        self.dir = self.home / "router"
+        self.dynamic_dir = self.dir / "dynamic"
+        self.staging_dir = self.dir / "staging"
+        self.static_path = self.dir / "traefik.yml"
+        self.pid_path = self.dir / "traefik.pid"
+        self.state_path = self.dir / "router.json"
+        self.log_path = self.dir / "traefik.log"
+        self.access_log_path = self.dir / "access.log"
+        self.apply_deadline = apply_deadline
+        self.start_deadline = start_deadline
+
+    # ------------------------------------------------------------------ state files
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data.setdefault("project", self.project)
+        data.setdefault("admin", "")
+        data.setdefault("services", {})
+        return data
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        self._write_atomic(self.state_path, json.dumps(state, indent=2, sort_keys=True))
+
+    def _write_atomic(self, target: Path, text: str) -> None:
+        """Write beside the target's folder, fsync, then rename in (never a partial file)."""
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.staging_dir / f".{target.name}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialize router changes between kiln processes (e.g. `status` while `deploy`)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _listens(state: dict[str, Any]) -> dict[str, str]:
+        return {name: str(svc["listen"]) for name, svc in state["services"].items()}
+
+    def _running(self) -> Running | None:
+        running = traefik_process.read_pidfile(self.pid_path)
+        return running if running is not None and running.alive() else None
+
+    # ------------------------------------------------------------------ process
+
+    def ensure_running(self) -> None:
+        """Start Traefik with the recorded routing if it is not running (or lacks an entrypoint)."""
+        with self._locked():
+            self._ensure_running(self._load_state())
+
+    def _ensure_running(self, state: dict[str, Any]) -> Running:
+        listens = self._listens(state)
+        running = self._running()
+        if running is not None and running.admin == state["admin"] and all(
+                running.listens.get(name) == addr for name, addr in listens.items()):
+            return running
+        ours = set(running.listens.values()) if running else set()
+        for name, addr in sorted(listens.items()):
+            if addr not in ours and not traefik_process.port_free(addr):
+                raise PlatformError(f"{addr} (services.{name}.listen) is already in use by "
+                                    "another process")
+        admin = state["admin"]
+        if not admin or (admin != (running.admin if running else None)
+                         and not traefik_process.port_free(admin)):
+            state["admin"] = f"127.0.0.1:{traefik_process.free_port()}"
+        self.dynamic_dir.mkdir(parents=True, exist_ok=True)
+        self._save_state(state)
+        static = traefik_config.static_config(admin=state["admin"], listens=listens,
+                                              dynamic_dir=self.dynamic_dir,
+                                              access_log=self.access_log_path)
+        self._write_atomic(self.static_path, _yaml_text(static))
+        if running is not None:
+            traefik_process.stop_pid(running.pid, running.start, timeout=12.0)
+        return traefik_process.start(config=self.static_path, log=self.log_path,
+                                     pidfile=self.pid_path, admin=state["admin"],
+                                     listens=listens, deadline=self.start_deadline)
+
+    def stop(self) -> None:
+        """Stop Traefik (in-flight requests finish first). Routing files stay for a restart."""
+        with self._locked():
+            running = traefik_process.read_pidfile(self.pid_path)
+            if running is not None:
+                traefik_process.stop_pid(running.pid, running.start, timeout=12.0)
+            self.pid_path.unlink(missing_ok=True)
+
+    def is_running(self) -> bool:
+        return self._running() is not None
+
+    @property
+    def admin_url(self) -> str:
+        """Base URL of the internal entrypoint: /ping, /api, /metrics."""
+        return f"http://{self._load_state()['admin']}"
+
+    # ------------------------------------------------------------------ routing
+
+    def set_backends(self, service_name: str, service: ServiceSpec,
+                     backends: Sequence[Backend]) -> None:
+        """Replace the service's routing atomically, then wait until Traefik really serves it."""
+        ids = [b.release_id for b in backends]
+        if len(set(ids)) != len(ids):
+            raise PlatformError(f"service {service_name}: a release is listed twice in {ids}")
+        with self._locked():
+            state = self._load_state()
+            others = {traefik_config.service_key(n) for n in state["services"]
+                      if n != service_name}
+            clash = [rid for rid in ids if traefik_config.release_key(rid) in others]
+            if clash:
+                raise PlatformError(f"release {clash[0]} of service {service_name} would share "
+                                    "a Traefik name with the service of that name; rename one")
+            running = self._running()
+            served = set(running.listens.values()) if running else set()
+            current = self._listens(state).get(service_name)
+            if service.listen != current and service.listen not in served \
+                    and not traefik_process.port_free(service.listen):
+                raise PlatformError(f"{service.listen} (services.{service_name}.listen) is "
+                                    "already in use by another process")
+            try:
+                dynamic = traefik_config.dynamic_config(service_name, service.health, backends)
+            except ValueError as exc:
+                raise PlatformError(f"service {service_name}: {exc}") from exc
+            state["services"][service_name] = {
+                "listen": service.listen,
+                "releases": {b.release_id: list(b.servers) for b in backends},
+            }
+            self.dynamic_dir.mkdir(parents=True, exist_ok=True)
+            self._write_atomic(self.dynamic_dir / f"{service_name}.yml", _yaml_text(dynamic))
+            self._save_state(state)
+            running = self._ensure_running(state)
+        self._wait_applied(service_name, backends, running)
+
+    def _wait_applied(self, service_name: str, backends: Sequence[Backend],
+                      running: Running) -> None:
+        want = traefik_config.expected_weights(backends)
+        want_servers = {b.release_id: {f"http://{s}" for s in b.servers} for b in backends}
+        give_up = time.monotonic() + self.apply_deadline
+        seen: dict[str, int] = {}
+        while True:
+            seen, servers = self._read_back(service_name, list(want), running.admin)
+            if seen == want and all(servers.get(rid) == urls for rid, urls in
+                                    want_servers.items()):
+                return
+            if time.monotonic() > give_up:
+                tail = traefik_process.log_tail(self.log_path, lines=5)
+                raise PlatformError(
+                    f"Traefik did not apply the routing of service {service_name} within "
+                    f"{self.apply_deadline:.0f}s: wanted {want}, it serves {seen}"
+                    + (f"\n{tail}" if tail else ""))
+            time.sleep(0.03)
+
+    def _api(self, admin: str, path: str) -> dict[str, Any] | None:
+        status, body = traefik_process.http_get(f"http://{admin}{path}", timeout=2.0)
+        if status != 200:
+            return None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _read_back(self, service_name: str, release_ids: Sequence[str],
+                   admin: str) -> tuple[dict[str, int], dict[str, set[str]]]:
+        weighted = self._api(admin, f"/api/http/services/"
+                                    f"{traefik_config.service_key(service_name)}@file")
+        present: list[str] = []
+        servers: dict[str, set[str]] = {}
+        for rid in release_ids:
+            leaf = self._api(admin, f"/api/http/services/{traefik_config.release_key(rid)}@file")
+            if leaf is not None:
+                present.append(rid)
+                lb = leaf.get("loadBalancer") or {}
+                servers[rid] = {str(s.get("url")) for s in lb.get("servers") or []}
+        weights = traefik_config.weights_from_api(weighted, release_ids, present)
+        return weights, servers
+
+    def verify(self, service_name: str) -> dict[str, int]:
+        """release_id -> weight Traefik really serves for the service ({} when it runs none)."""
+        running = self._running()
+        if running is None:
+            return {}
+        state = self._load_state()
+        known = list((state["services"].get(service_name) or {}).get("releases", {}))
+        weights, _ = self._read_back(service_name, known, running.admin)
+        return weights
+
+    def server_status(self, release_id: str) -> dict[str, str]:
+        """Traefik's own health verdict per server URL ('UP'/'DOWN'; {} while out of rotation)."""
+        running = self._running()
+        if running is None:
+            return {}
+        leaf = self._api(running.admin,
+                         f"/api/http/services/{traefik_config.release_key(release_id)}@file")
+        status = (leaf or {}).get("serverStatus") or {}
+        return {str(k): str(v) for k, v in status.items()}
+
+    def remove_service(self, service_name: str) -> None:
+        """Drop the service's routing. Its entrypoint is released at the next restart."""
+        with self._locked():
+            state = self._load_state()
+            state["services"].pop(service_name, None)
+            (self.dynamic_dir / f"{service_name}.yml").unlink(missing_ok=True)
+            self._save_state(state)
+            if self.static_path.exists() and state["admin"]:
+                static = traefik_config.static_config(
+                    admin=state["admin"], listens=self._listens(state),
+                    dynamic_dir=self.dynamic_dir, access_log=self.access_log_path)
+                self._write_atomic(self.static_path, _yaml_text(static))
+            running = self._running()
+        if running is None:
+            return
+        key = traefik_config.service_key(service_name)
+        give_up = time.monotonic() + self.apply_deadline
+        while self._api(running.admin, f"/api/http/routers/{key}@file") is not None:
+            if time.monotonic() > give_up:
+                raise PlatformError(f"Traefik still routes service {service_name} "
+                                    f"{self.apply_deadline:.0f}s after its config was removed")
+            time.sleep(0.03)
+
+    # ------------------------------------------------------------------ draining
+
+    def open_requests(self, release_id: str) -> int:
+        """Connections Traefik holds open to the release's servers.
+
+        An upper bound on the release's requests in flight: each proxied request holds one, and
+        an idle keep-alive connection closes 1 s after its last use. 0 means drained. Only
+        meaningful once the release is at weight 0 (verify() says so).
+        """
+        running = self._running()
+        if running is None:
+            return 0
+        servers: set[str] = set()
+        for svc in self._load_state()["services"].values():
+            servers.update(svc.get("releases", {}).get(release_id, []))
+        return tcp_table.connections_to(running.pid, servers)
+
+    def wait_drained(self, release_id: str, timeout: float) -> bool:
+        """Poll open_requests() until 0; False when `timeout` passed first."""
+        give_up = time.monotonic() + timeout
+        while self.open_requests(release_id) > 0:
+            if time.monotonic() > give_up:
+                return False
+            time.sleep(0.05)
+        return True
