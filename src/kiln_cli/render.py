@@ -69,7 +69,8 @@ class DeployPrinter:
         if ev.kind == "status" and ev.status is not None:
             st = ev.status
             weights = " ".join(f"{k}={v}%" for k, v in st.weights.items())
-            line = f"{st.phase} {weights} {st.waiting or ''}".strip()
+            # One line per change of phase, weights or reason; live counts don't make new lines.
+            line = f"{st.phase} {weights} {(st.waiting or '').split('(')[0]}".strip()
             if line == self._last:
                 return
             self._last = line

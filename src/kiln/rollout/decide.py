@@ -259,10 +259,11 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
         s.decisions.append(Decision(obs.now, s.step, weight, "inconclusive", v.reason))
         s.step += 1
         return _enter_step(s, obs, r)
-    msg = f"step {s.step + 1}: inconclusive ({v.reason}) — paused; `kiln promote` or `kiln abort`"
-    if s.waiting != msg:
-        s.waiting = msg
-        return s, [Record("rollout.paused", msg, v.figures)]
+    prefix = f"step {s.step + 1}: inconclusive"
+    was_paused = (s.waiting or "").startswith(prefix)
+    s.waiting = f"{prefix} ({v.reason}) — paused; `kiln promote` or `kiln abort`"
+    if not was_paused:
+        return s, [Record("rollout.paused", s.waiting, v.figures)]
     return s, []
 
 
