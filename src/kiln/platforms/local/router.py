@@ -127,9 +127,22 @@ class TraefikRouter:
     # ------------------------------------------------------------------ process
 
     def ensure_running(self) -> None:
-        """Start Traefik with the recorded routing if it is not running (or lacks an entrypoint)."""
+        """Start Traefik with the recorded routing if it is not running (or lacks an entrypoint).
+
+        After a (re)start, returns once Traefik serves every service's recorded weights.
+        """
         with self._locked():
-            self._ensure_running(self._load_state())
+            state = self._load_state()
+            before = self._running()
+            running = self._ensure_running(state)
+        if before is None or before.pid != running.pid:
+            for name, svc in state["services"].items():
+                self._wait_applied(name, self._recorded(svc), running)
+
+    @staticmethod
+    def _recorded(svc: dict[str, Any]) -> list[Backend]:
+        return [Backend(rid, int(r["weight"]), list(r["servers"]))
+                for rid, r in svc.get("releases", {}).items()]
 
     def _ensure_running(self, state: dict[str, Any]) -> Running:
         listens = self._listens(state)
@@ -139,7 +152,7 @@ class TraefikRouter:
             return running
         ours = set(running.listens.values()) if running else set()
         for name, addr in sorted(listens.items()):
-            if addr not in ours and not traefik_process.port_free(addr):
+            if addr not in ours and not traefik_process.port_free_soon(addr):
                 raise PlatformError(f"{addr} (services.{name}.listen) is already in use by "
                                     "another process")
         admin = state["admin"]
@@ -194,7 +207,7 @@ class TraefikRouter:
             served = set(running.listens.values()) if running else set()
             current = self._listens(state).get(service_name)
             if service.listen != current and service.listen not in served \
-                    and not traefik_process.port_free(service.listen):
+                    and not traefik_process.port_free_soon(service.listen):
                 raise PlatformError(f"{service.listen} (services.{service_name}.listen) is "
                                     "already in use by another process")
             try:
@@ -203,7 +216,8 @@ class TraefikRouter:
                 raise PlatformError(f"service {service_name}: {exc}") from exc
             state["services"][service_name] = {
                 "listen": service.listen,
-                "releases": {b.release_id: list(b.servers) for b in backends},
+                "releases": {b.release_id: {"weight": b.weight, "servers": list(b.servers)}
+                             for b in backends},
             }
             self.dynamic_dir.mkdir(parents=True, exist_ok=True)
             self._write_atomic(self.dynamic_dir / f"{service_name}.yml", _yaml_text(dynamic))
@@ -312,7 +326,7 @@ class TraefikRouter:
             return 0
         servers: set[str] = set()
         for svc in self._load_state()["services"].values():
-            servers.update(svc.get("releases", {}).get(release_id, []))
+            servers.update((svc.get("releases", {}).get(release_id) or {}).get("servers", []))
         return tcp_table.connections_to(running.pid, servers)
 
     def wait_drained(self, release_id: str, timeout: float) -> bool:

@@ -86,6 +86,17 @@ def port_free(address: str) -> bool:
     return True
 
 
+def port_free_soon(address: str, timeout: float = 1.0) -> bool:
+    """port_free, polled for a moment: a Traefik that was just killed releases its sockets only
+    when its last thread is gone, a little after its pid already shows as dead."""
+    give_up = time.monotonic() + timeout
+    while not port_free(address):
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

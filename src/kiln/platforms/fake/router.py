@@ -1,0 +1,123 @@
+"""An in-memory Router for the pure core's tests, with knobs for the router's failure modes.
+
+It keeps the same contract as the Traefik router: weights per release per service, weight 0 means
+out of rotation, a listen address held by someone else is refused, and `open_requests` tells when a
+release that left rotation has finished its requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kiln.errors import PlatformError
+from kiln.platforms.base import Backend
+from kiln.spec.models import ServiceSpec
+
+
+@dataclass
+class FakeRoute:
+    listen: str
+    backends: dict[str, Backend] = field(default_factory=dict)
+
+
+class FakeRouter:
+    """Deterministic in-memory Router. Knobs:
+
+    - `taken`: listen addresses "in use by another process" (set_backends/ensure_running refuse)
+    - `fail_next`: how many coming set_backends calls raise PlatformError (nothing changes)
+    - `inflight[release_id]`: requests in flight reported by open_requests; each call after the
+      release left rotation counts one down (so a drain loop converges), unless `stuck` holds it
+    - `crash()`: the router process dies; verify() serves nothing until ensure_running()
+    - `calls`: every mutating call, for assertions ("set web {'web-r1': 100}")
+    """
+
+    def __init__(self) -> None:
+        self.routes: dict[str, FakeRoute] = {}
+        self.running = False
+        self.starts = 0
+        self.taken: set[str] = set()
+        self.fail_next = 0
+        self.inflight: dict[str, int] = {}
+        self.stuck: set[str] = set()
+        self.calls: list[str] = []
+
+    # ------------------------------------------------------------------ knobs
+
+    def crash(self) -> None:
+        self.running = False
+
+    # ------------------------------------------------------------------ Router
+
+    def _check_listens(self, listens: dict[str, str]) -> None:
+        for name, addr in sorted(listens.items()):
+            if addr in self.taken:
+                raise PlatformError(f"{addr} (services.{name}.listen) is already in use by "
+                                    "another process")
+
+    def ensure_running(self) -> None:
+        if self.running:
+            return
+        self._check_listens({n: r.listen for n, r in self.routes.items()})
+        self.running = True
+        self.starts += 1
+
+    def set_backends(self, service_name: str, service: ServiceSpec,
+                     backends: Sequence[Backend]) -> None:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise PlatformError(f"fake router: set_backends({service_name}) failed (knob)")
+        ids = [b.release_id for b in backends]
+        if len(set(ids)) != len(ids):
+            raise PlatformError(f"service {service_name}: a release is listed twice in {ids}")
+        for b in backends:
+            if not b.servers:
+                raise PlatformError(f"service {service_name}: release {b.release_id} has no "
+                                    "servers")
+        self._check_listens({service_name: service.listen})
+        self.routes[service_name] = FakeRoute(service.listen, {b.release_id: b for b in backends})
+        self.calls.append(f"set {service_name} {self.weights(service_name)}")
+        self.ensure_running()
+
+    def remove_service(self, service_name: str) -> None:
+        self.routes.pop(service_name, None)
+        self.calls.append(f"remove {service_name}")
+
+    def verify(self, service_name: str) -> dict[str, int]:
+        if not self.running:
+            return {}
+        return self.weights(service_name)
+
+    def stop(self) -> None:
+        self.running = False
+        self.calls.append("stop")
+
+    # ------------------------------------------------------------------ extras (like Traefik's)
+
+    def weights(self, service_name: str) -> dict[str, int]:
+        """What was last asked for, whether or not the router runs."""
+        route = self.routes.get(service_name)
+        return {rid: b.weight for rid, b in route.backends.items()} if route else {}
+
+    def servers(self, service_name: str, release_id: str) -> list[str]:
+        route = self.routes.get(service_name)
+        b = route.backends.get(release_id) if route else None
+        return list(b.servers) if b else []
+
+    def in_rotation(self, release_id: str) -> bool:
+        return any(b.weight > 0 for r in self.routes.values()
+                   for rid, b in r.backends.items() if rid == release_id)
+
+    def open_requests(self, release_id: str) -> int:
+        n = self.inflight.get(release_id, 0)
+        if n > 0 and release_id not in self.stuck and not self.in_rotation(release_id):
+            self.inflight[release_id] = n - 1
+        return n
+
+    def wait_drained(self, release_id: str, timeout: float) -> bool:
+        for _ in range(10_000):
+            if self.open_requests(release_id) == 0:
+                return True
+            if release_id in self.stuck:
+                return False
+        return False
