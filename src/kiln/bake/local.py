@@ -80,6 +80,14 @@ class LocalBuilder:
             plan.append(_Planned(i, step, desc, key, source))
         return runtime, plan
 
+    def resolve(self, name: str, spec: ImageSpec, *, base_dir: Path) -> Image | None:
+        """The image a bake would return if every step is cached, without running anything."""
+        _, plan = self._plan(spec, base_dir)
+        row = imagestore.find_by_key(self.store, plan[-1].key)
+        if row is None:
+            return None
+        return Image(name=name, digest=row["digest"], ref=row["ref"], env=_image_env(spec))
+
     # ------------------------------------------------------------------ build
 
     def build(self, name: str, spec: ImageSpec, *, base_dir: Path, no_cache: bool = False,

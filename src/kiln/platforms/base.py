@@ -76,6 +76,8 @@ class Backend:
     release_id: str
     weight: int
     servers: Sequence[str]  # "host:port"
+    health: Health | None = None
+    """The release's own health check (its config may differ from the spec's current one)."""
 
 
 @dataclass(frozen=True)

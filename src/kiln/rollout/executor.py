@@ -28,7 +28,7 @@ from kiln.rollout.decide import (
     Verdict,
     decide,
 )
-from kiln.spec.models import ServiceSpec
+from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
 
 LIVE_STATES = ("starting", "running", "draining")
@@ -222,12 +222,22 @@ class Reconciler:
         for release_id, weight in weights.items():
             servers = [i.address for i in instances_of(self.env.store, release_id, ("running",))]
             if servers:
-                backends.append(Backend(release_id, weight if servers else 0, servers))
+                backends.append(Backend(release_id, weight, servers,
+                                        health=self._release_health(release_id)))
         if backends:
             self.env.router.set_backends(self.name, self.service, backends)
         else:
             self.env.router.remove_service(self.name)
         self.env.fault("routed")
+
+    def _release_health(self, release_id: str) -> Health | None:
+        row = self.env.store.one("SELECT config_json FROM releases WHERE id = ?", (release_id,))
+        if row is None:
+            return None
+        try:
+            return ServiceSpec.model_validate(json.loads(row["config_json"])).health
+        except ValueError:  # a release written by an older kiln: fall back to the spec's
+            return None
 
     def _retire(self, release_id: str, count: int, status: Status) -> None:
         running = instances_of(self.env.store, release_id, ("running", "starting"))

@@ -96,12 +96,15 @@ def dynamic_config(service_name: str, health: Health,
     for b in backends:
         if not b.servers:
             raise ValueError(f"release {b.release_id} has no servers")
+        # Each release is checked the way it was released: a new release's health settings
+        # must never mark the old release's servers down.
+        check = b.health or health
         services[release_key(b.release_id)] = {"loadBalancer": {
             "servers": [{"url": f"http://{s}"} for s in b.servers],
             "healthCheck": {
-                "path": health.path,
-                "interval": go_duration(health.interval),
-                "timeout": go_duration(health.timeout),
+                "path": check.path,
+                "interval": go_duration(check.interval),
+                "timeout": go_duration(check.timeout),
             },
         }}
     live = [b for b in backends if b.weight > 0] or list(backends)
