@@ -79,6 +79,8 @@ def guard(fn: Callable[[], T]) -> T:
         for line in exc.problems:
             sys.stderr.write(f"{line}\n")
         raise typer.Exit(exc.exit_code) from None
+    except kiln.RolledBack as exc:
+        raise fail(f"rolled back: {exc}", exc.exit_code) from None
     except kiln.KilnError as exc:
         raise fail(f"error: {exc}", exc.exit_code) from None
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ def _short(digest: str | None) -> str:
 def _ago(ts: float | None) -> str:
     if not ts:
         return "-"
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts).strftime("%m-%d %H:%M:%S")
 
 
 class StepPrinter:
@@ -134,8 +134,9 @@ def status_view(data: dict[str, Any]) -> RenderableType:
 
 def history_table(rows: Sequence[dict[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for col in ("#", "RELEASE", "FROM", "STRATEGY", "OUTCOME", "STARTED", "IMAGE", "NOTE"):
-        table.add_column(col)
+    for col in ("#", "RELEASE", "FROM", "STRATEGY", "OUTCOME", "STARTED", "IMAGE"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("NOTE", overflow="fold", ratio=1)
     for r in rows:
         color = {"promoted": "green"}.get(r["outcome"] or "", "red" if r["outcome"] else "yellow")
         note = r["reason"] or ""

@@ -100,13 +100,8 @@ def save_series(home: Path, rollout_id: int, judge: LiveJudge) -> Path:
 
 
 def report_for_rollout(project: Project, service: str, rollout_id: int) -> Path | None:
-    """Write the HTML report of a rollout (when the report module and its data exist)."""
-    try:
-        from kiln.analysis import report as report_mod
-    except ImportError:
-        return None
-    build = getattr(report_mod, "report_for_rollout", None)
-    if build is None:
-        return None
+    """Write the HTML report of a rollout from its saved series and status."""
+    from kiln.analysis.report import report_for_rollout as build
+
     path: Path | None = build(project.store, project.home, service, rollout_id)
     return path

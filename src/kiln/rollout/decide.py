@@ -38,6 +38,21 @@ class Decision:
     weight: int
     outcome: str
     reason: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def _plain(figures: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe copy (the judge may hand numpy scalars)."""
+    out: dict[str, Any] = {}
+    for k, v in figures.items():
+        if isinstance(v, bool) or v is None or isinstance(v, str | int):
+            out[k] = v
+        else:
+            try:
+                out[k] = float(v)
+            except (TypeError, ValueError):
+                out[k] = str(v)
+    return out
 
 
 @dataclass
@@ -226,8 +241,8 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
                          f"{s.step + 1}")
     v = obs.verdict
     if v is not None and v.outcome == "fail":
-        s.decisions.append(Decision(obs.now, s.step, weight, "fail", v.reason))
-        return _rollback(s, obs, "rolled_back", v.reason, v.figures)
+        s.decisions.append(Decision(obs.now, s.step, weight, "fail", v.reason, _plain(v.figures)))
+        return _rollback(s, obs, "rolled_back", v.reason, _plain(v.figures))
     if s.promote_full:
         s.decisions.append(Decision(obs.now, s.step, weight, "promote", "kiln promote --full"))
         return _full(s, obs, r, "promoted by the user (--full)")
@@ -245,25 +260,27 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
         return s, []
     if v is None or v.outcome == "pass":
         if v is not None:
-            s.decisions.append(Decision(obs.now, s.step, weight, "pass", v.reason))
+            s.decisions.append(Decision(obs.now, s.step, weight, "pass", v.reason, _plain(v.figures)))
         s.waiting = None
         s.step += 1
         return _enter_step(s, obs, r)
     # inconclusive (or still collecting) at the end of the pause: never a silent pass.
     on_no_data = r.analysis.on_no_data if r.analysis else "pause"
     if on_no_data == "rollback":
-        s.decisions.append(Decision(obs.now, s.step, weight, "inconclusive", v.reason))
+        s.decisions.append(Decision(obs.now, s.step, weight, "inconclusive", v.reason,
+                                    _plain(v.figures)))
         return _rollback(s, obs, "rolled_back", f"inconclusive ({v.reason}); on_no_data rollback",
-                         v.figures)
+                         _plain(v.figures))
     if on_no_data == "promote":
-        s.decisions.append(Decision(obs.now, s.step, weight, "inconclusive", v.reason))
+        s.decisions.append(Decision(obs.now, s.step, weight, "inconclusive", v.reason,
+                                    _plain(v.figures)))
         s.step += 1
         return _enter_step(s, obs, r)
     prefix = f"step {s.step + 1}: inconclusive"
     was_paused = (s.waiting or "").startswith(prefix)
     s.waiting = f"{prefix} ({v.reason}) — paused; `kiln promote` or `kiln abort`"
     if not was_paused:
-        return s, [Record("rollout.paused", s.waiting, v.figures)]
+        return s, [Record("rollout.paused", s.waiting, _plain(v.figures))]
     return s, []
 
 
