@@ -36,7 +36,7 @@ images:
         to: app/
     tests:
       - http: {{path: /healthz, status: 200}}
-services:
+{tests}services:
   web:
     image: web
     command: python -m app
@@ -74,8 +74,10 @@ class Proj:
         return f"127.0.0.1:{self.port}"
 
     def write(self, *, rollout: str = CANARY_FAST, replicas: int = 3, health_path: str = "/healthz",
-              deadline: str = "20s") -> None:
-        (self.dir / "kiln.yaml").write_text(SPEC.format(
+              deadline: str = "20s", tests: list[str] | None = None) -> None:
+        """`tests`: extra check lines (YAML flow items, e.g. `command: {run: ..., exit_code: 0}`)."""
+        extra = "".join(f"      - {t}\n" for t in tests or [])
+        (self.dir / "kiln.yaml").write_text(SPEC.format(tests=extra,
             project=self.dir.name.replace("_", "-")[:30].strip("-") or "e2e", port=self.port,
             replicas=replicas, rollout=rollout, health_path=health_path, deadline=deadline))
 
