@@ -63,12 +63,14 @@ def project_lock(store: Store, command: str,
     """
     me = LockInfo(os.getpid(), socket.gethostname(), command, time.time())
     my_start = pid_start_time(me.pid)
+    nested = False  # this process already holds it: the outermost holder releases it
     with store.tx() as c:
         row = c.execute("SELECT * FROM lock WHERE id = 1").fetchone()
         if row is not None:
             holder = LockInfo(row["pid"], row["host"], row["command"], row["started_at"])
-            same = row["pid"] == me.pid and row["pid_start"] == my_start
-            if not same:
+            nested = (row["pid"] == me.pid and row["pid_start"] == my_start
+                      and row["host"] == me.host)
+            if not nested:
                 if row["host"] == me.host and not pid_alive(row["pid"], row["pid_start"]):
                     msg = f"took over a stale lock from {holder.describe()}: its process is gone"
                     if warn:
@@ -78,13 +80,15 @@ def project_lock(store: Store, command: str,
                     raise LockHeld(f"another kiln command holds the project lock: "
                                    f"{holder.describe()}",
                                    hint="wait for it to finish, or kill it")
-        c.execute(
-            "INSERT OR REPLACE INTO lock(id, pid, pid_start, host, command, started_at) "
-            "VALUES (1, ?, ?, ?, ?, ?)",
-            (me.pid, my_start, me.host, command, me.started_at),
-        )
+        if not nested:
+            c.execute(
+                "INSERT OR REPLACE INTO lock(id, pid, pid_start, host, command, started_at) "
+                "VALUES (1, ?, ?, ?, ?, ?)",
+                (me.pid, my_start, me.host, command, me.started_at),
+            )
     try:
         yield me
     finally:
-        with store.tx() as c:
-            c.execute("DELETE FROM lock WHERE id = 1 AND pid = ?", (me.pid,))
+        if not nested:
+            with store.tx() as c:
+                c.execute("DELETE FROM lock WHERE id = 1 AND pid = ?", (me.pid,))
