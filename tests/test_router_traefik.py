@@ -22,6 +22,7 @@ import pytest
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend
 from kiln.platforms.local import router as router_module
+from kiln.platforms.local import traefik_config
 from kiln.platforms.local.router import TraefikRouter
 from kiln.platforms.local.traefik_process import free_port, read_pidfile
 from kiln.spec.models import ServiceSpec
@@ -331,3 +332,29 @@ def test_config_files_are_replaced_atomically(router: TraefikRouter,
     assert written and not [p for p in written if p.parent == dynamic]
     assert seen == {"web.yml"}
     assert router.verify("web") == {"web-r1": 10, "web-r2": 90}
+
+
+def test_all_weights_zero_serves_nothing(router: TraefikRouter,
+                                         backend: Callable[[str, str], str]) -> None:
+    a = backend("a", "127.0.0.2")
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 0, [a])])
+    assert router.verify("web") == {"web-r1": 0}
+    assert get(svc.listen)[0] >= 500
+
+
+def test_traefik_dying_at_start_reports_its_log(router: TraefikRouter,
+                                                backend: Callable[[str, str], str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    a = backend("a", "127.0.0.2")
+    real = traefik_config.static_config
+
+    def broken(**kwargs: Any) -> dict[str, Any]:
+        cfg: dict[str, Any] = real(**kwargs)
+        cfg["entryPoints"]["kiln-web"]["address"] = "127.0.0.1:notaport"
+        return cfg
+
+    monkeypatch.setattr(traefik_config, "static_config", broken)
+    with pytest.raises(PlatformError, match=r"(?s)traefik exited at start.*notaport"):
+        router.set_backends("web", spec(free_port()), [Backend("web-r1", 100, [a])])
+    assert not router.is_running()
