@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from kiln.errors import NotFound, PlatformError
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
-from kiln.platforms.local import addresses, environment
+from kiln.platforms.local import addresses, environment, tcp_table
 from kiln.platforms.local.instance_rows import (
     KINDS,
     LIVE_STATES,
@@ -106,7 +106,10 @@ class LocalCompute:
             taken = {r[0] for r in c.execute(
                 "SELECT host FROM instances WHERE state IN ({})".format(
                     ",".join("?" * len(LIVE_STATES))), LIVE_STATES)}
-            host = addresses.allocate(self.project, service.port, counter, taken)
+            # The range is keyed by the project folder too: two checkouts of one project (same
+            # name) running side by side must not hand out each other's addresses.
+            host = addresses.allocate(f"{self.project}@{self.home.resolve()}", service.port,
+                                      counter, taken)
             c.execute(
                 "INSERT INTO instances(id, service, release_id, host, port, pid, pid_start, "
                 "workdir, state, kind, created_at) VALUES (?,?,?,?,?,NULL,NULL,?,'starting',?,?)",
@@ -190,6 +193,12 @@ class LocalCompute:
             reason = getattr(exc, "reason", exc)
             return False, f"GET {path} failed: {reason}"
         if 200 <= status < 300:
+            pid, _start, pgid, _leader = self._identity(instance)
+            address = f"{instance.host}:{instance.port}"
+            group = (lambda: group_members(pgid)) if pgid is not None else None
+            if pid is not None and tcp_table.holds_listener(pid, address, group) is False:
+                return False, (f"GET {path} answered {status}, but not from {instance.id}: "
+                               f"another process listens on {address}")
             return True, f"GET {path} answered {status}"
         return False, f"GET {path} answered {status}"
 

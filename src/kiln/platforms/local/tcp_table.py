@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ESTABLISHED = "01"
@@ -82,3 +82,35 @@ def connections_to(pid: int, remotes: Iterable[str]) -> int:
         except OSError:
             continue
     return count_established(rows, inodes, wanted)
+
+
+LISTEN = "0A"
+
+
+def holds_listener(pid: int, address: str,
+                   others: Callable[[], Iterable[int]] | None = None) -> bool | None:
+    """Whether `pid` (or one of `others()`, e.g. its process group) holds the socket listening on `address`
+    ('host:port'; a wildcard listener on the same port counts). None when /proc can not tell.
+
+    Another project's instance can sit on the same loopback address; an answer from it must not
+    be taken for ours.
+    """
+    port = address.rpartition(":")[2]
+    wanted = {address, f"0.0.0.0:{port}", f":::{port}", f"::{port}"}
+    listeners: set[int] = set()
+    readable = False
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
+        try:
+            rows = parse_tcp_table(Path(table).read_text())
+        except OSError:
+            continue
+        readable = True
+        listeners |= {inode for local, _r, state, inode in rows
+                      if state == LISTEN and local in wanted}
+    if not readable:
+        return None
+    if not listeners:
+        return False
+    if socket_inodes(pid) & listeners:
+        return True
+    return any(socket_inodes(p) & listeners for p in (others() if others else ()) if p != pid)
