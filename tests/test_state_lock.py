@@ -239,3 +239,53 @@ def test_zombie_counts_as_dead() -> None:
         assert not pid_alive(proc.pid, None)
     finally:
         proc.wait()
+
+
+RACER = """
+import sys
+from pathlib import Path
+from kiln.errors import LockHeld
+from kiln.state.lock import project_lock
+from kiln.state.store import Store
+
+store = Store.open(Path(sys.argv[1]))
+sys.stdin.readline()  # start together
+try:
+    with project_lock(store, "racer"):
+        print("got", flush=True)
+        sys.stdin.read()
+except LockHeld:
+    print("held", flush=True)
+    sys.exit(4)
+"""
+
+
+def test_concurrent_takers_exactly_one_wins(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    Store.open(home).close()
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(home)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        answers = []
+        for p in procs:
+            assert p.stdout is not None
+            answers.append(p.stdout.readline().strip())
+        assert sorted(answers) == ["got", "held", "held", "held"]
+        winner = procs[answers.index("got")]
+        row = lock_row(home)
+        assert row is not None and row["pid"] == winner.pid
+    finally:
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.close()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    assert sorted(p.returncode for p in procs) == [0, 4, 4, 4]
+    assert lock_row(home) is None

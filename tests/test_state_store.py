@@ -102,7 +102,7 @@ def test_garbage_database_file_is_a_state_error(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     (home / "state.db").write_bytes(b"this is not a database, just some bytes" * 100)
-    with pytest.raises(StateError, match="state.db"):
+    with pytest.raises(StateError, match=r"state\.db"):
         Store.open(home)
 
 
