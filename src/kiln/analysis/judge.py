@@ -74,6 +74,19 @@ def _fmt_pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+#: A latency increase smaller than this (p50; twice this at p95) never fails a release: at
+#: millisecond latencies a fresh instance's warm-up is "+25%" and real, but harmless.
+LATENCY_FLOOR_S = 0.005
+
+
+def _noticeable(figs: dict[str, Figure]) -> bool:
+    def diff(q: str) -> float:
+        c, b = figs[f"canary_{q}"], figs[f"baseline_{q}"]
+        return c - b if isinstance(c, float) and isinstance(b, float) else float("inf")
+
+    return diff("p50") > LATENCY_FLOOR_S or diff("p95") > 2 * LATENCY_FLOOR_S
+
+
 def _fmt_ms(x: Figure) -> str:
     return "-" if not isinstance(x, float) else f"{1000 * x:.0f} ms"
 
@@ -140,7 +153,7 @@ def judge_summaries(
                                            analysis.max_latency_increase)
         figs["latency_theta"] = float(theta)
         p = record("latency", float(d), float(v), seq.TAU_LATENCY)
-        if p <= budget.latency:
+        if p <= budget.latency and _noticeable(figs):
             fails.append(
                 f"latency p50 {_fmt_ms(figs['canary_p50'])} vs {_fmt_ms(figs['baseline_p50'])}, "
                 f"p95 {_fmt_ms(figs['canary_p95'])} vs {_fmt_ms(figs['baseline_p95'])} "
