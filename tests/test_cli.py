@@ -408,8 +408,6 @@ def router_cleanup(baked: Baked) -> Iterator[None]:
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="Project.rollback starts the router before checking that "
-                                       "anything is deployed")
 def test_failed_rollback_starts_no_router(baked: Baked, router_cleanup: None) -> None:
     res = kiln("rollback", "web", cwd=baked.folder)
     assert res.code == 1 and "nothing is deployed" in res.stderr

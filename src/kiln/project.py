@@ -252,8 +252,8 @@ class Project:
         return int(row["id"]) if row else None
 
     def _start_rollout(self, service: str, spec: ServiceSpec, new: Release,
-                       old: Release | None) -> int:
-        strategy = spec.rollout.strategy
+                       old: Release | None, strategy: str | None = None) -> int:
+        strategy = strategy or spec.rollout.strategy
         status = start(strategy, new.id, old.id if old else None, spec.replicas, time.time())
         now = time.time()
         with self.store.tx() as c:
@@ -378,14 +378,15 @@ class Project:
         return self._roll_to(name, spec, new, current, emit, t0)
 
     def _roll_to(self, name: str, spec: ServiceSpec, new: Release, current: Release | None,
-                 emit: Callable[[DeployEvent], None], t0: float) -> ServiceResult:
+                 emit: Callable[[DeployEvent], None], t0: float,
+                 strategy: str | None = None) -> ServiceResult:
         def on_status(st: Status) -> None:
             emit(DeployEvent(name, "status", st.waiting or st.phase, status=st))
 
-        rid = self._start_rollout(name, spec, new, current)
+        rid = self._start_rollout(name, spec, new, current, strategy)
         emit(DeployEvent(name, "release",
-                         f"{spec.rollout.strategy} {current.id if current else '(none)'} -> "
-                         f"{new.id}"))
+                         f"{strategy or spec.rollout.strategy} "
+                         f"{current.id if current else '(none)'} -> {new.id}"))
         st = self._reconcile(name, rid, on_status)
         report = self._write_report(name, rid)
         emit(DeployEvent(name, "settled", st.reason or st.phase, status=st))
@@ -455,7 +456,6 @@ class Project:
         spec = self.service(service)
         t0 = time.monotonic()
         with self.locked(f"rollback {service}"):
-            self.router.ensure_running()
             current = self.current_release(service)
             if current is None:
                 raise KilnError(f"{service}: nothing is deployed, nothing to roll back")
@@ -475,7 +475,14 @@ class Project:
             open_id = self._open_rollout(service)
             if open_id is not None:
                 self._finish_standby(service, keep=target.id)
-            return self._roll_to(service, spec, target, current, emit, t0)
+                if self._open_rollout(service) is not None:
+                    raise KilnError(f"{service}: a rollout is in progress; `kiln abort {service}` "
+                                    "rolls it back")
+            self._sweep()
+            self.router.ensure_running()
+            # Like Argo's rollbackWindow: a known-good release skips the canary steps and gets
+            # all traffic as soon as its instances are healthy (still health-gated).
+            return self._roll_to(service, spec, target, current, emit, t0, strategy="rollback")
 
     # ------------------------------------------------------------ reporting
 

@@ -213,8 +213,8 @@ def _health(s: Status, obs: Observation, r: Rollout, health_deadline: float
         s.weights = {s.new: 100}
         s.phase, s.outcome, s.reason = "done", "promoted", "first release"
         return s, [SetWeights(dict(s.weights)), Record("rollout.promoted", f"{s.new} is live")]
-    if s.strategy == "blue-green":
-        return _full(s, obs, r, "switched all traffic (blue-green)")
+    if s.strategy in ("blue-green", "rollback"):
+        return _full(s, obs, r, f"switched all traffic ({s.strategy})")
     s.phase, s.step, s.step_started = "step", 0, obs.now
     return _enter_step(s, obs, r)
 
