@@ -16,26 +16,15 @@ Outcomes:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 
 from kiln.analysis import sequential as seq
 from kiln.analysis.summary import Summary
+from kiln.analysis.verdict import Figure, Verdict
 from kiln.platforms.base import Sample
 from kiln.spec.models import Analysis
-
-Outcome = Literal["pass", "fail", "inconclusive"]
-Figure = float | int | str | None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    outcome: Outcome
-    reason: str
-    """One human line, e.g. '5xx 6.1% vs 1.0%, p=0.0003; after 212 canary requests'."""
-    figures: dict[str, Figure] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,7 @@ class LiveJudge:
             self._key = key
         self._judge.add(samples)
         self.canary_requests = self._judge.canary.n if hasattr(self._judge.canary, "n") else 0
-        v = self._judge.verdict(now)
-        return Verdict(v.outcome, v.reason, dict(v.figures))
+        return self._judge.verdict(now)
 
 
 def make_judge(metrics: MetricSource, service: str, analysis: Analysis) -> LiveJudge:

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kiln.analysis.verdict import Verdict as Verdict
 from kiln.spec.models import Rollout
 
 Phase = Literal[
@@ -93,13 +94,6 @@ class Status:
         data["decisions"] = [Decision(**d) for d in data.get("decisions", [])]
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass(frozen=True)
-class Verdict:
-    outcome: Literal["pass", "fail", "inconclusive", "continue"]
-    reason: str
-    figures: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
