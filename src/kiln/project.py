@@ -374,6 +374,7 @@ class Project:
                 return ServiceResult(name, current.id, "unchanged",
                                      seconds=time.monotonic() - t0)
         self._finish_standby(name, keep=None)
+        self.router.check_listen(name, spec.listen)
         new = self._new_release(name, image, cfg, spec, skip_tests)
         return self._roll_to(name, spec, new, current, emit, t0)
 

@@ -157,6 +157,10 @@ class ExecResult:
 class Router(Protocol):
     def ensure_running(self) -> None: ...
 
+    def check_listen(self, service_name: str, listen: str) -> None:
+        """Raise PlatformError when another process holds the listen address."""
+        ...
+
     def set_backends(self, service_name: str, service: ServiceSpec,
                      backends: Sequence[Backend]) -> None:
         """Replace the service's routing atomically; weight 0 takes a release out."""

@@ -55,6 +55,11 @@ class FakeRouter:
                 raise PlatformError(f"{addr} (services.{name}.listen) is already in use by "
                                     "another process")
 
+    def check_listen(self, service_name: str, listen: str) -> None:
+        if listen in self.taken:
+            raise PlatformError(f"{listen} (services.{service_name}.listen) is already in use by "
+                                "another process")
+
     def ensure_running(self) -> None:
         if self.running:
             return

@@ -187,6 +187,15 @@ class TraefikRouter:
         """Base URL of the internal entrypoint: /ping, /api, /metrics."""
         return f"http://{self._load_state()['admin']}"
 
+    def check_listen(self, service_name: str, listen: str) -> None:
+        """Refuse early (before any instance starts) a listen address another process holds."""
+        running = self._running()
+        if running is not None and listen in set(running.listens.values()):
+            return
+        if not traefik_process.port_free_soon(listen):
+            raise PlatformError(f"{listen} (services.{service_name}.listen) is already in use by "
+                                "another process")
+
     # ------------------------------------------------------------------ routing
 
     def set_backends(self, service_name: str, service: ServiceSpec,

@@ -1,0 +1,107 @@
+"""End to end: gc and retention, a taken listen port, drift and tamper detection, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from kiln.testing.project import Proj
+
+pytestmark = pytest.mark.e2e
+
+
+def deploy_ok(p: Proj, *args: str) -> None:
+    res = p.kiln("deploy", *args)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def images(p: Proj) -> list[str]:
+    res = p.kiln("images", "--json")
+    assert res.returncode == 0, res.stderr
+    return [i["digest"] for i in json.loads(res.stdout)]
+
+
+def test_gc_keeps_recent_releases_and_rollback_to_a_collected_one_is_refused(proj: Proj) -> None:
+    for version in ("1", "2", "3"):
+        proj.behave(version=version)
+        deploy_ok(proj)
+    assert len(images(proj)) == 3
+    res = proj.kiln("gc", "--keep", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    removed = json.loads(res.stdout)
+    assert len(removed["images"]) == 2
+    assert len(images(proj)) == 1
+    assert removed["instances"], "folders of stopped instances are removed"
+    # The running release is untouched.
+    assert proj.weights() == {"web-r3": 100} and proj.alive_instances() == 3
+    res = proj.kiln("rollback", "web", "--to", "web-r1")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr and "web-r1" not in res.stdout
+    assert "not in the image store" in res.stderr, res.stderr
+    assert proj.weights() == {"web-r3": 100}
+
+
+def test_listen_port_taken_is_refused_and_nothing_is_started(proj: Proj) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", proj.port))
+        s.listen()
+        res = proj.kiln("deploy")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"127.0.0.1:{proj.port}" in res.stderr and "Traceback" not in res.stderr
+    assert proj.alive_instances() == 0
+
+
+def test_drift_sees_a_dead_instance_and_a_tampered_image(proj: Proj) -> None:
+    deploy_ok(proj)
+    res = proj.kiln("drift", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout) == []
+    pid = proj.live_pids()[0]
+    os.kill(pid, signal.SIGKILL)
+    # Tamper with the image a running release uses (as root, read-only bits don't stop us).
+    digest = images(proj)[0].removeprefix("sha256:")
+    target = proj.dir / ".kiln" / "images" / digest / "root" / "app" / "behaviour.json"
+    target.chmod(target.stat().st_mode | stat.S_IWUSR)
+    target.write_text('{"version": "evil"}')
+    res = proj.kiln("drift", "--json")
+    assert res.returncode == 1
+    kinds = {item["kind"] for item in json.loads(res.stdout)}
+    assert kinds >= {"dead-instance", "tampered-image"}, res.stdout
+
+
+def test_logs_show_instance_output(proj: Proj) -> None:
+    deploy_ok(proj)
+    res = proj.kiln("logs", "web", "-n", "5")
+    assert res.returncode == 0, res.stderr
+    assert "listening on" in res.stdout
+    assert res.stdout.count(" | ") >= 3  # one line from each of the 3 instances
+    res = proj.kiln("logs", "nosuch")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+
+
+def test_destroy_stops_everything(proj: Proj) -> None:
+    deploy_ok(proj)
+    res = proj.kiln("destroy")
+    assert res.returncode == 0, res.stderr
+    assert proj.alive_instances() == 0
+    pidfile = proj.dir / ".kiln" / "router" / "traefik.pid"
+    assert not pidfile.exists() or not _alive(pidfile)
+
+
+def _alive(pidfile: Path) -> bool:
+    text = pidfile.read_text()
+    try:
+        pid = int(json.loads(text)["pid"]) if text.startswith("{") else int(text.split()[0])
+    except (ValueError, KeyError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
