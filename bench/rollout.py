@@ -48,7 +48,7 @@ def app_start_to_healthy(proj: Proj) -> float:
     t = time.perf_counter()
     insts = compute.launch("web", spec, Release("web-anchor", "web", 0, image.digest, "x"), image,
                            3, env={}, kind="test")
-    ok, failed = compute.wait_healthy(insts, spec.health, 30)
+    _, failed = compute.wait_healthy(insts, spec.health, 30)
     took = time.perf_counter() - t
     for i in insts:
         compute.terminate(i, 5)
