@@ -279,7 +279,23 @@ class Project:
         metrics = self.metrics
         if metrics is None:
             return None
-        return make_judge(metrics, service, spec.rollout.analysis)
+        return make_judge(metrics, service, spec.rollout.analysis, self._prometheus_counter())
+
+    def _prometheus_counter(self) -> Callable[[], dict[str, int]] | None:
+        admin = getattr(self.router, "admin_url", None)
+        if not isinstance(admin, str):
+            return None
+
+        def count() -> dict[str, int]:
+            import urllib.request
+
+            from kiln.analysis.live import prometheus_counts
+
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(f"{admin}/metrics", timeout=2) as resp:
+                return prometheus_counts(resp.read().decode())
+
+        return count
 
     def _reconcile(self, service: str, rollout_id: int, on_status: Callable[[Status], None]
                    ) -> Status:
@@ -293,6 +309,16 @@ class Project:
                 from kiln.analysis.live import save_series
 
                 save_series(self.home, rollout_id, judge)
+                check = judge.crosscheck()
+                if check is not None:
+                    self.store.event(
+                        "judge.crosscheck",
+                        "access log and Prometheus counters "
+                        + ("agree" if check["agree"] else "DISAGREE: the judge saw incomplete data"),
+                        service=service, data=check)
+                    if not check["agree"]:
+                        self.warn(f"{service}: access log and Prometheus counts disagree: "
+                                  f"{check['releases']}")
 
     def _write_report(self, service: str, rollout_id: int) -> str | None:
         try:

@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,13 +55,36 @@ class Series:
         return {"seconds": seconds, "weights": self.weights, "phases": self.phases}
 
 
+def prometheus_counts(text: str) -> dict[str, int]:
+    """release_id -> requests, from Traefik's `traefik_service_requests_total` per leaf service."""
+    counts: dict[str, int] = defaultdict(int)
+    for line in text.splitlines():
+        if not line.startswith("traefik_service_requests_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        marker = 'service="kiln-'
+        at = labels.find(marker)
+        if at < 0:
+            continue
+        name = labels[at + len(marker):].split('"', 1)[0].removesuffix("@file")
+        try:
+            counts[name] += int(float(value))
+        except ValueError:
+            continue
+    return dict(counts)
+
+
 class LiveJudge:
     """Called by the reconciler every pass: reads new samples, returns the judge's verdict."""
 
-    def __init__(self, metrics: MetricSource, service: str, analysis: Analysis) -> None:
+    def __init__(self, metrics: MetricSource, service: str, analysis: Analysis,
+                 counter: Callable[[], dict[str, int]] | None = None) -> None:
         self.metrics = metrics
         self.service = service
         self.analysis = analysis
+        self.counter = counter
+        self.counts_at_start = self._count()
+        self.seen: dict[str, int] = defaultdict(int)
         self.series = Series()
         self._judge: Judge | None = None
         self._key: tuple[str, str] | None = None
@@ -71,6 +95,8 @@ class LiveJudge:
         samples = self.metrics.samples(self.service, self._since)
         if samples:
             self._since = max(s.time for s in samples)
+        for sample in samples:
+            self.seen[sample.release_id] += 1
         self.series.add(samples)
         self.series.note(now, status)
         if status.old is None or status.phase != "step":
@@ -84,8 +110,36 @@ class LiveJudge:
         return self._judge.verdict(now)
 
 
-def make_judge(metrics: MetricSource, service: str, analysis: Analysis) -> LiveJudge:
-    return LiveJudge(metrics, service, analysis)
+    def _count(self) -> dict[str, int] | None:
+        if self.counter is None:
+            return None
+        try:
+            return self.counter()
+        except Exception:  # metrics are a cross-check, never a reason to stop a rollout
+            return None
+
+    def crosscheck(self) -> dict[str, Any] | None:
+        """Access-log samples vs the router's Prometheus counters over the rollout, per release.
+
+        The judge reads the access log; if the two disagree, its inputs are incomplete.
+        """
+        end = self._count()
+        if end is None or self.counts_at_start is None:
+            return None
+        out: dict[str, Any] = {"releases": {}, "agree": True}
+        for release in sorted(set(end) | set(self.seen)):
+            counted = end.get(release, 0) - self.counts_at_start.get(release, 0)
+            logged = self.seen.get(release, 0)
+            out["releases"][release] = {"prometheus": counted, "access_log": logged}
+            # Requests in flight at either end may land on one side only.
+            if abs(counted - logged) > max(5, 0.02 * max(counted, logged)):
+                out["agree"] = False
+        return out
+
+
+def make_judge(metrics: MetricSource, service: str, analysis: Analysis,
+               counter: Callable[[], dict[str, int]] | None = None) -> LiveJudge:
+    return LiveJudge(metrics, service, analysis, counter)
 
 
 def save_series(home: Path, rollout_id: int, judge: LiveJudge) -> Path:
