@@ -11,6 +11,7 @@ Run: .venv/bin/python bench/verify.py [--rounds 5] [--sandbox auto|bwrap|none]
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import sys
@@ -115,7 +116,8 @@ def main() -> int:
         store = Store.open(base / "home")
         compute = LocalCompute(store, base / "home", "bench", sandbox=args.sandbox)
         image = make_image(base / "images")
-        service = ServiceSpec(image="web", command=f"exec {sys.executable} server.py",
+        service = ServiceSpec(image="web",
+                              command=f"exec {os.path.realpath(sys.executable)} server.py",
                               port=8000, listen="127.0.0.1:18999", env={"GREETING": "hello"},
                               health=Health(path="/healthz", interval=0.1, timeout=1.0,
                                             deadline=10.0))

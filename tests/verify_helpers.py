@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -57,7 +58,9 @@ def make_image(store: Path, name: str = "web", digest_byte: str = "ab") -> Image
 
 def app_service(**overrides: object) -> ServiceSpec:
     data: dict[str, object] = {
-        "image": "web", "command": f"exec {sys.executable} server.py", "port": 8000,
+        "image": "web", "port": 8000,
+        # The real interpreter: the sandbox hides /tmp, where a checkout (and its venv) may be.
+        "command": f"exec {os.path.realpath(sys.executable)} server.py",
         "listen": "127.0.0.1:18080", "env": {"GREETING": "hello"},
         "health": {"path": "/healthz", "interval": "100ms", "timeout": "1s", "deadline": "10s"},
         "stop_timeout": "2s",
