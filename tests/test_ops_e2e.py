@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.testing.project import Proj
+from kiln.testing.project import Proj, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -105,3 +105,29 @@ def _alive(pidfile: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+BLUE_GREEN = "      strategy: blue-green\n      scale_down_delay: {delay}\n      drain_timeout: 2s\n"
+
+
+def test_blue_green_standby_makes_rollback_instant_and_gc_ends_it(proj: Proj) -> None:
+    proj.write(rollout=BLUE_GREEN.format(delay="60s"))
+    deploy_ok(proj)
+    v1_pids = set(proj.live_pids())
+    proj.behave(version="2")
+    deploy_ok(proj)
+    assert proj.weights() == {"web-r2": 100, "web-r1": 0}
+    assert v1_pids <= set(proj.live_pids()), "the old set stays on standby"
+    res = proj.kiln("rollback", "web")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert proj.weights() == {"web-r1": 100}
+    # The standby instances took the traffic back: nothing new was launched for web-r1.
+    assert set(proj.live_pids()) == v1_pids
+
+    proj.write(rollout=BLUE_GREEN.format(delay="1s"))
+    proj.behave(version="3")
+    deploy_ok(proj)
+    assert len(proj.live_pids()) == 6
+    wait_for(lambda: proj.kiln("gc").returncode == 0 and len(proj.live_pids()) == 3, timeout=30,
+             interval=0.5)
+    assert proj.weights() == {"web-r3": 100}

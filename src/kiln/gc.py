@@ -14,6 +14,9 @@ def collect(project: Project, keep: int = 3) -> dict[str, Any]:
 
     store = project.store
     with project.locked("gc"):
+        # A blue-green standby whose delay has passed is disposed of here too.
+        for name in project.spec.services:
+            project.end_expired_standby(name)
         keep_digests: set[str] = set()
         for row in store.query("SELECT DISTINCT service FROM releases"):
             for rel in store.query("SELECT image_digest FROM releases WHERE service = ? "

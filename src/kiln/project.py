@@ -328,6 +328,17 @@ class Project:
         path = report_for_rollout(self, service, rollout_id)
         return str(path) if path else None
 
+    def end_expired_standby(self, service: str) -> None:
+        """Dispose of a blue-green standby set whose scale_down_delay has passed."""
+        rid = self._open_rollout(service)
+        if rid is None:
+            return
+        rec = Reconciler(self._env(service, self.service(service)), service, self.service(service),
+                         rid)
+        status = rec.load()
+        if status.phase == "standby" and time.time() >= status.standby_until:
+            rec.run(until=frozenset({"done"}), timeout=60.0)
+
     def _finish_standby(self, service: str, keep: str | None) -> None:
         """A new rollout ends the previous one's blue-green standby now."""
         rid = self._open_rollout(service)
@@ -514,6 +525,7 @@ class Project:
     # ------------------------------------------------------------ reporting
 
     def status(self, service: str | None = None) -> dict[str, Any]:
+        """What runs, per service. Read-only: it never takes the lock or changes anything."""
         names = self._services([service] if service else None)
         out: dict[str, Any] = {"project": self.spec.project, "services": []}
         for name in names:
