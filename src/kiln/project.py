@@ -321,10 +321,8 @@ class Project:
                                   f"{check['releases']}")
 
     def _write_report(self, service: str, rollout_id: int) -> str | None:
-        try:
-            from kiln.analysis.live import report_for_rollout
-        except ImportError:
-            return None
+        from kiln.analysis.live import report_for_rollout
+
         path = report_for_rollout(self, service, rollout_id)
         return str(path) if path else None
 
