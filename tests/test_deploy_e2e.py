@@ -55,6 +55,13 @@ def test_health_gate_rolls_back_and_traffic_stays(proj: Proj) -> None:
     assert load.stats.failed == 0, load.stats.summary()
     assert proj.weights() == {"web-r1": 100}
     assert proj.alive_instances() == 3
+    # The same image and config is not canaried again by accident...
+    again = proj.kiln("deploy")
+    assert again.returncode == 1 and "--force" in again.stderr, again.stderr
+    # ...but can be, on purpose.
+    forced = proj.kiln("deploy", "--force")
+    assert forced.returncode == 3, forced.stdout + forced.stderr
+    assert proj.weights() == {"web-r1": 100}
 
 
 def test_app_that_exits_at_once_is_reported_fast(proj: Proj) -> None:

@@ -364,7 +364,7 @@ class Project:
 
     def deploy(self, services: Sequence[str] | None = None, *, skip_tests: bool = False,
                on_event: Callable[[DeployEvent], None] | None = None,
-               no_cache: bool = False) -> DeployResult:
+               no_cache: bool = False, force: bool = False) -> DeployResult:
         emit = on_event or (lambda ev: None)
         names = self._services(services)
         result = DeployResult()
@@ -372,11 +372,11 @@ class Project:
             self._sweep()
             self.router.ensure_running()
             for name in names:
-                result.services.append(self._deploy_one(name, skip_tests, emit, no_cache))
+                result.services.append(self._deploy_one(name, skip_tests, emit, no_cache, force))
         return result
 
     def _deploy_one(self, name: str, skip_tests: bool, emit: Callable[[DeployEvent], None],
-                    no_cache: bool) -> ServiceResult:
+                    no_cache: bool, force: bool = False) -> ServiceResult:
         t0 = time.monotonic()
         spec = self.service(name)
 
@@ -408,6 +408,8 @@ class Project:
                 emit(DeployEvent(name, "uptodate", f"{current.id} is up to date"))
                 return ServiceResult(name, current.id, "unchanged",
                                      seconds=time.monotonic() - t0)
+        if not force:
+            self._refuse_known_bad(name, image.digest, cfg)
         self._finish_standby(name, keep=None)
         self.router.check_listen(name, spec.listen)
         new = self._new_release(name, image, cfg, spec, skip_tests)
@@ -428,6 +430,20 @@ class Project:
         emit(DeployEvent(name, "settled", st.reason or st.phase, status=st))
         return ServiceResult(name, new.id, st.outcome or "failed", st.reason, rid, report,
                              time.monotonic() - t0)
+
+    def _refuse_known_bad(self, name: str, image_digest: str, cfg: str) -> None:
+        """The same image and config that was just rolled back is not canaried again silently."""
+        row = self.store.one(
+            "SELECT ro.id, ro.to_release, ro.outcome, ro.reason, r.image_digest, r.config_digest "
+            "FROM rollouts ro JOIN releases r ON r.id = ro.to_release WHERE ro.service = ? "
+            "AND ro.outcome IS NOT NULL ORDER BY ro.id DESC LIMIT 1", (name,))
+        if row is None or row["outcome"] not in ("rolled_back", "failed"):
+            return
+        if row["image_digest"] == image_digest and row["config_digest"] == cfg:
+            raise KilnError(
+                f"{name}: this image and config ({row['to_release']}) was {row['outcome']} by "
+                f"rollout #{row['id']}: {row['reason']}",
+                hint="change the code or the spec, or deploy it again with --force")
 
     def _gate(self, name: str, spec: ServiceSpec, image: Image, skip_tests: bool,
               emit: Callable[[DeployEvent], None]) -> None:

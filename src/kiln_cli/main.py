@@ -243,6 +243,8 @@ def deploy(
                                              help="Deploy without a passing attestation "
                                                   "(recorded in history).")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Deploy again an image and config that "
+                                                         "was just rolled back.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Bake, test and roll out what changed; returns when the rollout has settled."""
@@ -253,7 +255,7 @@ def deploy(
         proj = project()
         printer = DeployPrinter(out(), quiet=as_json)
         result = proj.deploy(services, skip_tests=skip_tests, on_event=printer,
-                             no_cache=no_cache)
+                             no_cache=no_cache, force=force)
         if as_json:
             print_json([vars(s) for s in result.services])
         else:
