@@ -5,12 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from kiln.errors import KilnError
 from kiln.project import Project, config_digest
 from kiln.rollout.executor import instances_of
 
 
+def _known_bad(project: Project, name: str, digest: str, cfg: str) -> str | None:
+    try:
+        project.refuse_known_bad(name, digest, cfg)
+    except KilnError as exc:
+        return str(exc)
+    return None
+
+
 def plan(project: Project, services: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One item per service: create | replace | unchanged | resume | heal, with the reason."""
+    """One item per service: create | replace | unchanged | resume | heal | refused, and why."""
     items: list[dict[str, Any]] = []
     names = list(services) if services else list(project.spec.services)
     resolve = getattr(project.builder, "resolve", None)
@@ -44,6 +53,8 @@ def plan(project: Project, services: Sequence[str] | None = None) -> list[dict[s
             else:
                 item.update(action="heal", detail=f"{alive}/{spec.replicas} instances alive: "
                                                   f"roll out a fresh release")
+        elif image is not None and _known_bad(project, name, image.digest, cfg):
+            item.update(action="refused", detail=_known_bad(project, name, image.digest, cfg))
         else:
             why = []
             if image is None or image.digest != current.image_digest:

@@ -409,7 +409,7 @@ class Project:
                 return ServiceResult(name, current.id, "unchanged",
                                      seconds=time.monotonic() - t0)
         if not force:
-            self._refuse_known_bad(name, image.digest, cfg)
+            self.refuse_known_bad(name, image.digest, cfg)
         self._finish_standby(name, keep=None)
         self.router.check_listen(name, spec.listen)
         new = self._new_release(name, image, cfg, spec, skip_tests)
@@ -431,7 +431,7 @@ class Project:
         return ServiceResult(name, new.id, st.outcome or "failed", st.reason, rid, report,
                              time.monotonic() - t0)
 
-    def _refuse_known_bad(self, name: str, image_digest: str, cfg: str) -> None:
+    def refuse_known_bad(self, name: str, image_digest: str, cfg: str) -> None:
         """The same image and config that was just rolled back is not canaried again silently."""
         row = self.store.one(
             "SELECT ro.id, ro.to_release, ro.outcome, ro.reason, r.image_digest, r.config_digest "
