@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln.testing.load import Load
 from kiln.testing.project import Proj, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -131,3 +132,17 @@ def test_blue_green_standby_makes_rollback_instant_and_gc_ends_it(proj: Proj) ->
     wait_for(lambda: proj.kiln("gc").returncode == 0 and len(proj.live_pids()) == 3, timeout=30,
              interval=0.5)
     assert proj.weights() == {"web-r3": 100}
+
+
+def test_any_command_restarts_a_dead_router_with_its_routing(proj: Proj) -> None:
+    deploy_ok(proj)
+    pidfile = proj.dir / ".kiln" / "router" / "traefik.pid"
+    pid = int(json.loads(pidfile.read_text())["pid"])
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not _alive(pidfile), timeout=10)
+    status = proj.status()
+    assert status["router"] == {"running": True, "restarted": True}
+    with Load(proj.listen, rate=50, max_seconds=3, keep_body=40) as load:
+        load.wait()
+    assert load.stats.failed == 0 and load.stats.sent > 100, load.stats.summary()
+    assert all("version 1" in body for body in load.stats.bodies)

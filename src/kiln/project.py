@@ -539,12 +539,24 @@ class Project:
     # ------------------------------------------------------------ reporting
 
     def status(self, service: str | None = None) -> dict[str, Any]:
-        """What runs, per service. Read-only: it never takes the lock or changes anything."""
+        """What runs, per service. Takes no lock; its one side effect is the router's keep-alive:
+        a router that died is restarted with the routing it had (any kiln command does that)."""
         names = self._services([service] if service else None)
-        out: dict[str, Any] = {"project": self.spec.project, "services": []}
+        out: dict[str, Any] = {"project": self.spec.project, "services": [],
+                               "router": self._router_alive()}
         for name in names:
             out["services"].append(self._service_status(name))
         return out
+
+    def _router_alive(self) -> dict[str, Any]:
+        if self.store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
+            return {"running": False, "restarted": False}
+        is_running = getattr(self.router, "is_running", None)
+        was = bool(is_running()) if is_running is not None else True
+        if not was:
+            self.warn("the router was not running; restarting it with its last routing")
+            self.router.ensure_running()
+        return {"running": True, "restarted": not was}
 
     def _service_status(self, name: str) -> dict[str, Any]:
         spec = self.service(name)
