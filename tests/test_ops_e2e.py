@@ -146,3 +146,13 @@ def test_any_command_restarts_a_dead_router_with_its_routing(proj: Proj) -> None
         load.wait()
     assert load.stats.failed == 0 and load.stats.sent > 100, load.stats.summary()
     assert all("version 1" in body for body in load.stats.bodies)
+
+
+def test_rollback_to_a_release_whose_instance_once_died(proj: Proj) -> None:
+    deploy_ok(proj)
+    os.kill(proj.live_pids()[0], signal.SIGKILL)
+    proj.behave(version="2")
+    deploy_ok(proj)  # sweeps: the dead web-r1 instance is recorded as dead
+    res = proj.kiln("rollback", "web")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert proj.weights() == {"web-r1": 100} and proj.alive_instances() == 3

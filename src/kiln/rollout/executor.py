@@ -143,7 +143,10 @@ class Reconciler:
         new = instances_of(self.env.store, status.new, ("starting", "running", "dead"))
         observed = {o.instance_id: o.alive for o in self.env.compute.observe(new)}
         alive = [i for i in new if observed.get(i.id, False)]
-        dead = [i for i in new if not observed.get(i.id, False)]
+        # Only instances this rollout launched can fail it: a release rolled back to may have
+        # instances that died in an earlier life.
+        dead = [i for i in new if not observed.get(i.id, False)
+                and self._created_at(i.id) >= status.started - 1.0]
         healthy = 0
         for inst in alive:
             if inst.id not in self._healthy and self.env.compute.healthy(inst, self.service.health):
@@ -168,6 +171,10 @@ class Reconciler:
             retiring_inflight=self._inflight(status.old) if status.retiring else 0,
             verdict=verdict,
         )
+
+    def _created_at(self, instance_id: str) -> float:
+        row = self.env.store.one("SELECT created_at FROM instances WHERE id = ?", (instance_id,))
+        return float(row["created_at"]) if row else 0.0
 
     def _inflight(self, release_id: str | None) -> int:
         if release_id is None:
