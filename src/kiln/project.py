@@ -326,27 +326,28 @@ class Project:
         path = report_for_rollout(self, service, rollout_id)
         return str(path) if path else None
 
-    def end_expired_standby(self, service: str) -> None:
-        """Dispose of a blue-green standby set whose scale_down_delay has passed."""
+    def _standby(self, service: str) -> tuple[Reconciler, Status] | None:
+        """The service's rollout if it is in blue-green standby."""
         rid = self._open_rollout(service)
         if rid is None:
-            return
-        rec = Reconciler(self._env(service, self.service(service)), service, self.service(service),
-                         rid)
+            return None
+        spec = self.service(service)
+        rec = Reconciler(self._env(service, spec), service, spec, rid)
         status = rec.load()
-        if status.phase == "standby" and time.time() >= status.standby_until:
-            rec.run(until=frozenset({"done"}), timeout=60.0)
+        return (rec, status) if status.phase == "standby" else None
+
+    def end_expired_standby(self, service: str) -> None:
+        """Dispose of a blue-green standby set whose scale_down_delay has passed."""
+        found = self._standby(service)
+        if found is not None and time.time() >= found[1].standby_until:
+            found[0].run(until=frozenset({"done"}), timeout=60.0)
 
     def _finish_standby(self, service: str, keep: str | None) -> None:
         """A new rollout ends the previous one's blue-green standby now."""
-        rid = self._open_rollout(service)
-        if rid is None:
+        found = self._standby(service)
+        if found is None:
             return
-        rec = Reconciler(self._env(service, self.service(service)), service, self.service(service),
-                         rid)
-        status = rec.load()
-        if status.phase != "standby":
-            return
+        rec, status = found
         if status.old and status.old != keep:
             for inst in instances_of(self.store, status.old):
                 self.compute.terminate(inst, self.service(service).stop_timeout)
