@@ -204,10 +204,12 @@ def test(
 ) -> None:
     """Bake if needed, launch a throwaway instance, run the image's checks, dispose of it."""
     from kiln.verify.api import test_images
+    from kiln_cli.render import test_line
 
     def body() -> None:
         proj = project()
-        results = test_images(proj, images, on_line=None if as_json else out().print)
+        results = test_images(proj, images,
+                              on_line=None if as_json else lambda s: out().print(test_line(s)))
         if as_json:
             print_json(results)
         if not all(r["passed"] for r in results):

@@ -77,7 +77,8 @@ class DeployPrinter:
             self.console.print(f"{t} {ev.service} [bold]{st.phase}[/] {weights} "
                                f"[dim]{st.waiting or ''}[/]", soft_wrap=True)
             return
-        self.console.print(f"{t} {ev.service} {ev.kind}: {ev.message}", soft_wrap=True)
+        self.console.print(Text.from_markup(f"{t} {ev.service} {ev.kind}: ").append(
+            test_line(ev.message)), soft_wrap=True)
 
     def summary(self, result: DeployResult) -> None:
         for s in result.services:
@@ -88,6 +89,17 @@ class DeployPrinter:
                                f"[dim]({s.seconds:.1f}s)[/]", soft_wrap=True)
             if s.report:
                 self.console.print(f"  report: {s.report}")
+
+
+_MARKS = {"pass": "green", "FAIL": "bold red", "passed": "green", "failed": "bold red"}
+
+
+def test_line(line: str) -> Text:
+    """A plain line from the library, with pass/FAIL words coloured (never parsed as markup)."""
+    text = Text(line)
+    for word, style in _MARKS.items():
+        text.highlight_words([f" {word} ", f" {word}:"], style=style)
+    return text
 
 
 def images_table(rows: Sequence[dict[str, Any]]) -> Table:
@@ -183,4 +195,4 @@ def show_logs(paths: Sequence[tuple[str, Path]], *, follow: bool, lines: int) ->
 
 
 __all__ = ["DeployPrinter", "StepPrinter", "history_table", "images_table", "show_logs",
-           "status_view"]
+           "status_view", "test_line"]

@@ -26,8 +26,9 @@ def _service_for(project: Project, image_name: str) -> tuple[str, ServiceSpec | 
 
 
 def _line(r: CheckResult) -> str:
-    mark = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
-    return f"  {mark} {r.kind:<9} {r.description}  [dim]{r.detail} ({r.duration:.2f}s)[/]"
+    """One plain line per check (the CLI adds colour)."""
+    mark = "pass" if r.passed else "FAIL"
+    return f"  {mark} {r.kind:<9} {r.description}  {r.detail} ({r.duration:.2f}s)"
 
 
 def run_suite(project: Project, image_name: str, image: Image,
@@ -42,7 +43,7 @@ def run_suite(project: Project, image_name: str, image: Image,
                        on_result=(lambda r: on_line(_line(r))) if on_line else None)
     path = attest(project.store, project.home, image, suite)
     if on_line:
-        verdict = "[green]passed[/]" if suite.passed else "[red]failed[/]"
+        verdict = "passed" if suite.passed else "failed"
         on_line(f"{image_name} {verdict}: {sum(r.passed for r in suite.results)}/"
                 f"{len(suite.results)} checks; attestation {path}")
     return suite
@@ -84,7 +85,7 @@ def test_images(project: Project, names: Sequence[str] | None,
         for n in names:
             image = project.builder.build(n, project.spec.images[n], base_dir=project.base_dir)
             if on_line:
-                on_line(f"[bold]{n}[/] {image.digest}")
+                on_line(f"{n} {image.digest}")
             suite = run_suite(project, n, image, on_line)
             out.append({"image": n, "digest": image.digest, "passed": suite.passed,
                         "suite_digest": suite.suite_digest,
