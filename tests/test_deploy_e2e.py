@@ -128,6 +128,8 @@ def test_abort_rolls_back_paused_canary(proj: Proj) -> None:
 @pytest.mark.parametrize("strategy", [
     "      strategy: blue-green\n      scale_down_delay: 0s\n      drain_timeout: 3s\n",
     "      strategy: rolling\n      max_surge: 1\n      drain_timeout: 3s\n",
+    "      strategy: rolling\n      max_surge: 0\n      max_unavailable: 1\n"
+    "      drain_timeout: 3s\n",
 ])
 def test_blue_green_and_rolling_under_load(proj: Proj, strategy: str) -> None:
     proj.write(rollout=strategy)

@@ -198,3 +198,30 @@ def test_decide_is_idempotent_when_replayed() -> None:
     s1, a1 = decide(s0, obs(0), r, 30.0)
     s1b, a1b = decide(s0, obs(0), r, 30.0)
     assert (s1, a1) == (s1b, a1b)
+
+
+def test_rolling_without_surge_retires_first() -> None:
+    r = Rollout(strategy="rolling", max_surge=0, max_unavailable=1)
+    s = start("rolling", "b", "a", 2, 0.0)
+    s, (a,) = run(s, r, obs(0, new_alive=0, new_healthy=0, old_alive=2))
+    assert a == [] and s.phase == "roll"          # nothing launched up front
+    s, (a,) = run(s, r, obs(1, new_alive=0, new_healthy=0, old_alive=2))
+    assert a == [SetWeights({"b": 0, "a": 1}), Retire("a", 1)]
+    s, (a,) = run(s, r, obs(2, new_alive=0, new_healthy=0, old_alive=2))
+    assert a == [TerminateRetiring("a")] and s.rolled == 1
+    s, (a,) = run(s, r, obs(3, new_alive=0, new_healthy=0, old_alive=1))
+    assert a == [EnsureInstances("b", 1)]         # the replacement, never above 2 in all
+    s, (a,) = run(s, r, obs(4, new_alive=1, new_healthy=0, old_alive=1))
+    assert a == []                                # waits for it to be healthy
+    s, (a,) = run(s, r, obs(5, new_alive=1, new_healthy=1, old_alive=1))
+    assert a == [SetWeights({"b": 1, "a": 0}), Retire("a", 1)]
+
+
+def test_rolling_without_surge_never_leaves_nothing_serving() -> None:
+    r = Rollout(strategy="rolling", max_surge=0, max_unavailable=1)
+    s = start("rolling", "b", "a", 1, 0.0)
+    s, (_, a) = run(s, r, obs(0, new_alive=0, new_healthy=0, old_alive=1),
+                    obs(1, new_alive=0, new_healthy=0, old_alive=1))
+    assert a == [EnsureInstances("b", 1)]         # one instance: surge one instead
+    s, (a,) = run(s, r, obs(2, new_alive=1, new_healthy=1, old_alive=1))
+    assert a == [SetWeights({"b": 1, "a": 0}), Retire("a", 1)]

@@ -341,33 +341,43 @@ def _drain_new(s: Status, obs: Observation, r: Rollout, health_deadline: float
 
 def _roll(s: Status, obs: Observation, r: Rollout, health_deadline: float
           ) -> tuple[Status, list[Action]]:
-    """Rolling: surge new instances, wait healthy, retire as many old ones, repeat."""
+    """Rolling: replace old instances batch by batch.
+
+    With max_surge > 0, start up to max_surge new instances, wait until they are healthy, then
+    retire as many old ones. With max_surge 0 (no spare capacity), retire up to max_unavailable
+    old instances first, then start their replacements — but never so many that nothing would
+    be serving; a one-instance service surges one instead.
+    """
     assert s.old is not None
     if obs.new_dead > 0:
         return _rollback(s, obs, "failed", f"{obs.new_dead} new instance(s) exited")
-    batch = max(r.max_surge, r.max_unavailable, 1)
     if s.retiring:
         if obs.retiring_inflight > 0 and obs.now - s.drain_started < r.drain_timeout:
             return s, []
         s.rolled += s.retiring
         s.retiring = 0
         return s, [TerminateRetiring(s.old)]
-    target_new = min(s.replicas, s.rolled + (r.max_surge if r.max_surge > 0 else batch))
+    surge = r.max_surge
+    target_new = min(s.replicas, s.rolled + surge)
     if obs.new_alive < target_new:
         s.deadline = obs.now + health_deadline
         return s, [EnsureInstances(s.new, target_new)]
-    if obs.new_healthy < target_new:
+    if obs.new_healthy < obs.new_alive:
         if obs.now >= s.deadline:
-            return _rollback(s, obs, "failed",
-                             f"health gate: {obs.new_healthy}/{target_new} new instances healthy")
-        s.waiting = f"rolling: {obs.new_healthy}/{target_new} new instances healthy"
+            return _rollback(s, obs, "failed", f"health gate: {obs.new_healthy}/"
+                                               f"{obs.new_alive} new instances healthy")
+        s.waiting = f"rolling: {obs.new_healthy}/{obs.new_alive} new instances healthy"
         return s, []
     old_left = s.replicas - s.rolled
     if old_left <= 0:
         return _full(s, obs, r, "all instances replaced (rolling)")
-    retire = min(old_left, batch, max(obs.new_healthy - s.rolled + r.max_unavailable, 0))
-    if retire <= 0:
-        retire = min(old_left, batch)
+    if surge > 0:
+        retire = min(old_left, max(obs.new_healthy - s.rolled + r.max_unavailable, 1))
+    else:
+        retire = min(old_left, max(r.max_unavailable, 1))
+        if obs.new_healthy + old_left - retire <= 0:
+            s.deadline = obs.now + health_deadline
+            return s, [EnsureInstances(s.new, obs.new_alive + 1)]
     s.weights = {s.new: obs.new_healthy, s.old: old_left - retire}
     s.retiring = retire
     s.drain_started = obs.now
