@@ -170,3 +170,42 @@ def test_sigkill_at_each_boundary_converges(proj: Proj, fault: str) -> None:
     assert load.stats.conn_errors == 0 and load.stats.failed == 0, load.stats.summary()
     hist = proj.kiln("history", "web", "--json").stdout
     assert "web-r1" in hist and "web-r2" in hist
+
+
+def test_rolling_rollback_restores_old_capacity_under_load(proj: Proj) -> None:
+    import os
+    import signal
+    import sqlite3
+
+    proj.write(rollout="      strategy: rolling\n      max_surge: 1\n      drain_timeout: 2s\n",
+               deadline="20s")
+    deploy_ok(proj)
+    proj.behave(version="2")
+    db = proj.dir / ".kiln" / "state.db"
+
+    def replaced_one() -> int | None:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM instances WHERE release_id = 'web-r2' AND state = 'running' "
+                "AND pid IS NOT NULL").fetchall()
+            gone = conn.execute("SELECT COUNT(*) FROM instances WHERE release_id = 'web-r1' "
+                                "AND state = 'stopped'").fetchone()[0]
+        return int(rows[0][0]) if rows and gone >= 1 else None
+
+    with Load(proj.listen, rate=100, max_seconds=90) as load:
+        deploy = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            pid = wait_for(replaced_one, timeout=60)
+            os.kill(pid, signal.SIGKILL)  # a new instance dies half-way through the update
+            out, err = deploy.communicate(timeout=90)
+        finally:
+            if deploy.poll() is None:
+                deploy.kill()
+                deploy.wait()
+    assert deploy.returncode == 3, out + err
+    assert proj.weights() == {"web-r1": 100}
+    assert proj.alive_instances() == 3, "the old release is back at full strength"
+    # Requests sent to the killed instance before kiln saw it die get 502s; nothing else fails.
+    assert load.stats.conn_errors == 0
+    assert load.stats.failed == load.stats.statuses[502] <= 10, load.stats.summary()

@@ -225,3 +225,21 @@ def test_rolling_without_surge_never_leaves_nothing_serving() -> None:
     assert a == [EnsureInstances("b", 1)]         # one instance: surge one instead
     s, (a,) = run(s, r, obs(2, new_alive=1, new_healthy=1, old_alive=1))
     assert a == [SetWeights({"b": 1, "a": 0}), Retire("a", 1)]
+
+
+def test_rolling_rollback_restores_the_old_release_first() -> None:
+    r = Rollout(strategy="rolling", max_surge=1)
+    s = start("rolling", "b", "a", 2, 0.0)
+    s, _ = run(s, r, obs(0, new_alive=0, new_healthy=0, old_alive=2),
+               obs(1, new_alive=1, new_healthy=1, old_alive=2),
+               obs(2, new_alive=1, new_healthy=1, old_alive=2))
+    assert s.rolled == 1
+    # The second new instance dies: one old instance is gone already.
+    s, (a,) = run(s, r, obs(3, new_alive=1, new_healthy=1, new_dead=1, old_alive=1))
+    assert s.phase == "restore" and a[:2] == [SetWeights({"b": 1, "a": 1}), EnsureInstances("a", 2)]
+    s, (a,) = run(s, r, obs(4, new_alive=1, new_healthy=1, old_alive=2, old_healthy=1))
+    assert a == [] and "restoring" in (s.waiting or "")
+    s, (a,) = run(s, r, obs(5, new_alive=1, new_healthy=1, old_alive=2, old_healthy=2))
+    assert s.phase == "drain_new" and a == [SetWeights({"b": 0, "a": 100})]
+    s, (a,) = run(s, r, obs(6, new_alive=1, new_healthy=1, old_alive=2, old_healthy=2))
+    assert s.phase == "done" and TerminateRelease("b") in a and s.outcome == "failed"

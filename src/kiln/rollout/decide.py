@@ -23,6 +23,7 @@ Phase = Literal[
     "drain_old",     # new release has everything; let the old one finish in-flight requests
     "standby",       # blue-green: old set kept, weight 0, for instant rollback until a deadline
     "rollback",      # put traffic back on the old release
+    "restore",       # rolling rollback: start the old instances that were already replaced
     "drain_new",     # the new release left rotation; let it finish in-flight requests
     "done",
 ]
@@ -104,6 +105,8 @@ class Observation:
     new_dead: int
     """New instances that exited after launch: they never come back."""
     old_alive: int
+    old_healthy: int = -1
+    """Healthy old instances (-1: not observed; only a rolling rollback restores old ones)."""
     old_inflight: int = 0
     new_inflight: int = 0
     retiring_inflight: int = 0
@@ -170,7 +173,7 @@ def decide(s: Status, obs: Observation, rollout: Rollout, health_deadline: float
     s = dataclasses.replace(s, decisions=list(s.decisions), weights=dict(s.weights))
     if s.phase == "done":
         return s, []
-    if s.abort_requested and s.phase not in ("rollback", "drain_new", "standby"):
+    if s.abort_requested and s.phase not in ("rollback", "restore", "drain_new", "standby"):
         return _rollback(s, obs, "aborted", "aborted by the user")
     handler = _PHASES[s.phase]
     return handler(s, obs, rollout, health_deadline)
@@ -314,14 +317,34 @@ def _standby(s: Status, obs: Observation, r: Rollout, health_deadline: float
     return _drain_old(s, obs, r, health_deadline)
 
 
+RESTORE_DEADLINE = 60.0
+
+
 def _rollback(s: Status, obs: Observation, outcome: Outcome, reason: str,
               figures: dict[str, Any] | None = None) -> tuple[Status, list[Action]]:
     s.outcome, s.reason = outcome, reason
     s.phase, s.drain_started, s.waiting = "drain_new", obs.now, None
     s.weights = {s.new: 0, s.old: 100} if s.old else {s.new: 0}
     actions: list[Action] = [SetWeights(dict(s.weights))]
+    if s.strategy == "rolling" and s.old and (s.rolled or s.retiring):
+        # Old instances were already replaced: bring the old release back to full strength
+        # before the new one (still serving alongside) is disposed of.
+        s.weights = {s.new: 1, s.old: 1}
+        actions = [SetWeights(dict(s.weights)), EnsureInstances(s.old, s.replicas)]
+        s.phase, s.deadline = "restore", obs.now + RESTORE_DEADLINE
     s.retiring = 0
     return s, [*actions, Record(f"rollout.{outcome}", reason, figures or {})]
+
+
+def _restore(s: Status, obs: Observation, r: Rollout, health_deadline: float
+             ) -> tuple[Status, list[Action]]:
+    assert s.old is not None
+    if obs.old_healthy < s.replicas and obs.now < s.deadline:
+        s.waiting = f"restoring {s.old}: {max(obs.old_healthy, 0)}/{s.replicas} healthy"
+        return s, []
+    s.phase, s.drain_started, s.waiting = "drain_new", obs.now, None
+    s.weights = {s.new: 0, s.old: 100}
+    return s, [SetWeights(dict(s.weights))]
 
 
 def _rollback_phase(s: Status, obs: Observation, r: Rollout, health_deadline: float
@@ -393,5 +416,6 @@ _PHASES = {
     "drain_old": _drain_old,
     "standby": _standby,
     "rollback": _rollback_phase,
+    "restore": _restore,
     "drain_new": _drain_new,
 }

@@ -147,6 +147,9 @@ class Reconciler:
         # instances that died in an earlier life.
         dead = [i for i in new if not observed.get(i.id, False)
                 and self._created_at(i.id) >= status.started - 1.0]
+        for inst in new:
+            if not observed.get(inst.id, False):
+                self._mark_dead(inst.id)  # so the router is never given it again
         healthy = 0
         for inst in alive:
             if inst.id not in self._healthy and self.env.compute.healthy(inst, self.service.health):
@@ -154,10 +157,21 @@ class Reconciler:
                 self._mark(inst.id, "running")
             if inst.id in self._healthy:
                 healthy += 1
-        old_alive = 0
+        old_alive = old_healthy = 0
         if status.old:
-            old = instances_of(self.env.store, status.old)
-            old_alive = sum(1 for o in self.env.compute.observe(old) if o.alive)
+            old = instances_of(self.env.store, status.old, ("starting", "running"))
+            for inst, o in zip(old, self.env.compute.observe(old), strict=True):
+                if not o.alive:
+                    continue
+                old_alive += 1
+                # Restored old instances (a rolled-back rolling update) start as 'starting'.
+                if inst.id in self._healthy or self._state(inst.id) == "running":
+                    old_healthy += 1
+                elif status.phase == "restore" and self.env.compute.healthy(
+                        inst, self._release_health(status.old) or self.service.health):
+                    self._healthy.add(inst.id)
+                    self._mark(inst.id, "running")
+                    old_healthy += 1
         verdict = None
         if self.judge is not None and status.old:
             # Called every pass so the report sees all traffic; only a step is judged.
@@ -165,12 +179,21 @@ class Reconciler:
             verdict = seen if status.phase == "step" else None
         return Observation(
             now=now, new_alive=len(alive), new_healthy=healthy, new_dead=len(dead),
-            old_alive=old_alive,
+            old_alive=old_alive, old_healthy=old_healthy,
             old_inflight=self._inflight(status.old) if status.phase == "drain_old" else 0,
             new_inflight=self._inflight(status.new) if status.phase == "drain_new" else 0,
             retiring_inflight=self._inflight(status.old) if status.retiring else 0,
             verdict=verdict,
         )
+
+    def _mark_dead(self, instance_id: str) -> None:
+        with self.env.store.tx() as c:
+            c.execute("UPDATE instances SET state = 'dead' WHERE id = ? "
+                      "AND state IN ('starting', 'running')", (instance_id,))
+
+    def _state(self, instance_id: str) -> str | None:
+        row = self.env.store.one("SELECT state FROM instances WHERE id = ?", (instance_id,))
+        return str(row["state"]) if row else None
 
     def _created_at(self, instance_id: str) -> float:
         row = self.env.store.one("SELECT created_at FROM instances WHERE id = ?", (instance_id,))
