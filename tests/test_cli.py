@@ -14,11 +14,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from kiln.testing.project import wait_for
 
 KILN = Path(sys.executable).parent / "kiln"
 
@@ -299,14 +301,6 @@ def _lock_pid(home: Path) -> int | None:
         conn.close()
 
 
-def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def lock_holder(baked: Baked) -> Iterator[subprocess.Popen[bytes]]:
     home = baked.folder / ".kiln"
@@ -317,7 +311,7 @@ def lock_holder(baked: Baked) -> Iterator[subprocess.Popen[bytes]]:
             assert proc.poll() is None, f"lock holder exited with {proc.returncode}"
             return _lock_pid(home) == proc.pid
 
-        _wait_for(held, "the helper to take the lock")
+        wait_for(held, 15.0, 0.02, what="the helper to take the lock")
         yield proc
     finally:
         assert proc.stdin is not None
@@ -367,8 +361,8 @@ def test_interrupted_bake_exits_130_cleanly_and_stores_nothing(baked: Baked) -> 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         pidfile = home / "tmp" / "step.pid"
-        _wait_for(lambda: pidfile.exists() and bool(pidfile.read_text().strip()),
-                  "the run step to start")
+        wait_for(lambda: pidfile.exists() and bool(pidfile.read_text().strip()), 15.0, 0.02,
+                 what="the run step to start")
         step_pid = int(pidfile.read_text().split()[0])
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
@@ -381,9 +375,9 @@ def test_interrupted_bake_exits_130_cleanly_and_stores_nothing(baked: Baked) -> 
     assert "Traceback" not in out + err and "interrupted" in err
     assert image_dirs(baked.folder) == before
     assert _lock_pid(home) is None
-    _wait_for(lambda: not Path(f"/proc/{step_pid}").exists()
-              or "Z" in Path(f"/proc/{step_pid}/stat").read_text().rsplit(")", 1)[1][:3],
-              "the step's process to be gone")
+    wait_for(lambda: not Path(f"/proc/{step_pid}").exists()
+             or "Z" in Path(f"/proc/{step_pid}/stat").read_text().rsplit(")", 1)[1][:3],
+             15.0, 0.02, what="the step's process to be gone")
     assert kiln("bake", cwd=baked.folder).code == 0  # and the next bake works
 
 

@@ -16,6 +16,7 @@ import pytest
 from kiln.errors import KilnError, LockHeld
 from kiln.state.lock import pid_alive, pid_start_time, project_lock
 from kiln.state.store import Store
+from kiln.testing.project import wait_for
 
 HOLDER = """
 import sys
@@ -39,14 +40,6 @@ def lock_row(home: Path) -> sqlite3.Row | None:
         conn.close()
 
 
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def start_holder(home: Path, command: str) -> subprocess.Popen[bytes]:
     """A live process of our own that takes the project lock through the library and keeps it."""
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(home), command],
@@ -60,7 +53,7 @@ def start_holder(home: Path, command: str) -> subprocess.Popen[bytes]:
         row = lock_row(home)
         return row is not None and row["pid"] == proc.pid
 
-    wait_for(held, "the helper to take the lock")
+    wait_for(held, 15.0, 0.02, what="the helper to take the lock")
     return proc
 
 
@@ -235,7 +228,7 @@ def test_zombie_counts_as_dead() -> None:
             with open(f"/proc/{proc.pid}/stat") as fh:
                 return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
 
-        wait_for(zombie, "the child to exit")
+        wait_for(zombie, 15.0, 0.02, what="the child to exit")
         assert not pid_alive(proc.pid, None)
     finally:
         proc.wait()

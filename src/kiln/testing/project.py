@@ -145,7 +145,8 @@ def make_project(parent: Path, example: Path | None = None) -> Proj:
     return p
 
 
-def wait_for(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
+def wait_for(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+             what: str = "condition") -> T:
     """Poll `fn` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -153,5 +154,5 @@ def wait_for(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05)
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"{what} not met within {timeout}s")
         time.sleep(interval)
