@@ -37,9 +37,6 @@ class Release:
     config_digest: str
 
 
-InstanceState = Literal["starting", "running", "draining", "stopped", "dead"]
-
-
 @dataclass(frozen=True)
 class Instance:
     id: str  # e.g. "web-r3-a1b2c3"
@@ -89,9 +86,6 @@ class Sample:
     status: int
     duration: float  # seconds
     error: bool  # 5xx or connection failure
-
-
-ProgressFn = Callable[[str], None]
 
 
 class Builder(Protocol):

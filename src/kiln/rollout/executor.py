@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from kiln.platforms.base import Backend, Compute, Image, Instance, MetricSource, Release, Router
 from kiln.rollout.decide import (
@@ -302,6 +302,3 @@ class Reconciler:
                 time.sleep(self.tick)
         return status
 
-
-def judge_summary(figures: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in figures.items())
