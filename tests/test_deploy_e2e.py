@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -75,17 +77,25 @@ def test_app_that_exits_at_once_is_reported_fast(proj: Proj) -> None:
     assert proj.alive_instances() == 3
 
 
-def test_second_deploy_while_one_runs_exits_4(proj: Proj) -> None:
+@contextlib.contextmanager
+def paused_canary(proj: Proj, weight: int) -> Iterator[subprocess.Popen[str]]:
+    """v1 live, then `kiln deploy` of v2 running in the background, its canary step waiting for
+    `kiln promote`; the deploy process is killed on the way out if it is still running."""
     deploy_ok(proj)
-    proj.write(rollout="""\
-      strategy: canary
-      steps:
-        - {weight: 10}
-""")
+    proj.write(rollout=f"      strategy: canary\n      steps:\n        - {{weight: {weight}}}\n")
     proj.behave(version="2")
     first = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
+        yield first
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
+def test_second_deploy_while_one_runs_exits_4(proj: Proj) -> None:
+    with paused_canary(proj, 10) as first:
         wait_for(lambda: "kiln promote" in proj.kiln("status").stdout, timeout=60)
         second = proj.kiln("deploy")
         assert second.returncode == 4, second.stdout + second.stderr
@@ -94,33 +104,16 @@ def test_second_deploy_while_one_runs_exits_4(proj: Proj) -> None:
         assert proj.kiln("promote", "web").returncode == 0
         out, err = first.communicate(timeout=60)
         assert first.returncode == 0, out + err
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     assert proj.weights() == {"web-r2": 100}
 
 
 def test_abort_rolls_back_paused_canary(proj: Proj) -> None:
-    deploy_ok(proj)
-    proj.write(rollout="""\
-      strategy: canary
-      steps:
-        - {weight: 25}
-""")
-    proj.behave(version="2")
-    first = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    try:
+    with paused_canary(proj, 25) as first:
         with Load(proj.listen, rate=100, max_seconds=60) as load:
             wait_for(lambda: "kiln promote" in proj.kiln("status").stdout, timeout=60)
             assert proj.kiln("abort", "web").returncode == 0
             first.communicate(timeout=60)
         assert first.returncode == 3
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     assert load.stats.failed == 0, load.stats.summary()
     assert proj.weights() == {"web-r1": 100}
 

@@ -27,6 +27,7 @@ from kiln.platforms.local.router import TraefikRouter
 from kiln.platforms.local.traefik_process import free_port, read_pidfile
 from kiln.spec.models import ServiceSpec
 from kiln.state.lock import pid_alive
+from kiln.testing.project import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -120,17 +121,6 @@ def hits(address: str, n: int) -> Counter[str]:
     finally:
         conn.close()
     return out
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
 
 
 def test_weights_100_0_route_all_to_one(router: TraefikRouter,
