@@ -7,12 +7,13 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from kiln.testing.load import Load
-from kiln.testing.project import Proj, wait_for
+from kiln.testing.project import KILN, Proj, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +30,7 @@ def images(p: Proj) -> list[str]:
 
 
 def test_gc_keeps_recent_releases_and_rollback_to_a_collected_one_is_refused(proj: Proj) -> None:
+    proj.write(replicas=1)
     for version in ("1", "2", "3"):
         proj.behave(version=version)
         deploy_ok(proj)
@@ -36,16 +38,62 @@ def test_gc_keeps_recent_releases_and_rollback_to_a_collected_one_is_refused(pro
     res = proj.kiln("gc", "--keep", "1", "--json")
     assert res.returncode == 0, res.stderr
     removed = json.loads(res.stdout)
-    assert len(removed["images"]) == 2
-    assert len(images(proj)) == 1
+    # --keep 1 still keeps the previous live release: the rollback target.
+    assert len(removed["images"]) == 1
+    assert removed["kept"]["web"] == {"web-r3": "current", "web-r2": "previous (rollback target)"}
+    assert len(images(proj)) == 2
     assert removed["instances"], "folders of stopped instances are removed"
     # The running release is untouched.
-    assert proj.weights() == {"web-r3": 100} and proj.alive_instances() == 3
+    assert proj.weights() == {"web-r3": 100} and proj.alive_instances() == 1
     res = proj.kiln("rollback", "web", "--to", "web-r1")
     assert res.returncode == 1
     assert "Traceback" not in res.stderr and "web-r1" not in res.stdout
-    assert "not in the image store" in res.stderr, res.stderr
+    line = res.stderr.strip()
+    assert "the image of web-r1" in line and "removed by `kiln gc`" in line, line
+    assert "web-r2" in line and "kiln rollback web --to" in line, line
+    assert "kiln bake" not in line
     assert proj.weights() == {"web-r3": 100}
+
+
+def abort_a_canary(proj: Proj, version: str) -> None:
+    """Deploy `version` as a canary that waits for `kiln promote`, then `kiln abort` it."""
+    proj.behave(version=version)
+    deploy = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "kiln promote" in proj.kiln("status").stdout, timeout=60)
+        res = proj.kiln("abort", "web")
+        assert res.returncode == 0, res.stdout + res.stderr
+        out, err = deploy.communicate(timeout=60)
+        assert deploy.returncode == 3, out + err
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+            deploy.wait()
+
+
+def test_aborted_releases_never_push_the_rollback_target_out(proj: Proj) -> None:
+    """Issue 11: two aborted releases + the default --keep 3 removed the previous stable image."""
+    proj.write(replicas=1)
+    for version in ("1", "2"):
+        proj.behave(version=version)
+        deploy_ok(proj)
+    proj.write(replicas=1, rollout="      strategy: canary\n      steps:\n        - {weight: 10}\n")
+    abort_a_canary(proj, "3")
+    abort_a_canary(proj, "4")
+    by_release = {r["release"]: r for r in json.loads(proj.kiln("history", "web", "--json").stdout
+                                                      )["rollouts"]}
+    assert [by_release[f"web-r{n}"]["outcome"] for n in (1, 2, 3, 4)] == [
+        "promoted", "promoted", "aborted", "aborted"]
+    res = proj.kiln("gc", "--json")
+    assert res.returncode == 0, res.stderr
+    collected = json.loads(res.stdout)
+    # r3 was never live and is not the newest bake: its image goes; r1 (rollback target) stays.
+    assert collected["images"] == [by_release["web-r3"]["image"]]
+    assert {"web-r1", "web-r2"} <= set(collected["kept"]["web"])
+    res = proj.kiln("rollback", "web")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert proj.weights() == {"web-r1": 100}
 
 
 def test_listen_port_taken_is_refused_and_nothing_is_started(proj: Proj) -> None:

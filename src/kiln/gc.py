@@ -1,15 +1,67 @@
-"""Garbage collection: images of releases no longer retained, folders of dead instances."""
+"""Garbage collection: images of releases no longer retained, folders of dead instances.
+
+Retention counts releases that were live (the target of a promoted rollout), newest first: an
+aborted or rolled-back release never pushes a rollback target out. The current and the previous
+live release are kept whatever `keep` says, and so is every release with instances or an open
+rollout. An image is removed only when no retained release needs it.
+"""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.project import Project
+from kiln.state.store import Store
+
+
+@dataclass
+class Retention:
+    """Which releases of one service gc keeps, and why (for `gc --json` and the test)."""
+
+    service: str
+    live: list[str] = field(default_factory=list)
+    """Releases that were live, most recently promoted first."""
+    kept: dict[str, str] = field(default_factory=dict)
+    """release -> why it is kept."""
+
+
+def live_releases(store: Store, service: str) -> list[str]:
+    """Releases that went live (promoted rollouts, rollbacks included), most recent first."""
+    seen: list[str] = []
+    for row in store.query("SELECT to_release FROM rollouts WHERE service = ? AND outcome = "
+                           "'promoted' ORDER BY id DESC", (service,)):
+        if row["to_release"] not in seen:
+            seen.append(str(row["to_release"]))
+    return seen
+
+
+def retention(project: Project, service: str, keep: int) -> Retention:
+    store = project.store
+    ret = Retention(service, live=live_releases(store, service))
+    current = project.current_release(service)
+    if current is not None:
+        ret.kept[current.id] = "current"
+        row = store.one("SELECT from_release FROM rollouts WHERE service = ? AND to_release = ? "
+                        "AND outcome = 'promoted' ORDER BY id DESC LIMIT 1", (service, current.id))
+        if row is not None and row["from_release"]:
+            ret.kept.setdefault(str(row["from_release"]), "previous (rollback target)")
+    for rid in ret.live[:max(keep, 0)]:
+        ret.kept.setdefault(rid, f"one of the last {keep} live")
+    for row in store.query("SELECT from_release, to_release FROM rollouts WHERE service = ? "
+                           "AND phase != 'done'", (service,)):
+        for rid in (row["from_release"], row["to_release"]):
+            if rid:
+                ret.kept.setdefault(str(rid), "open rollout")
+    for row in store.query("SELECT DISTINCT release_id FROM instances WHERE service = ? AND "
+                           "state IN ('starting','running','draining')", (service,)):
+        ret.kept.setdefault(str(row["release_id"]), "has instances")
+    return ret
 
 
 def collect(project: Project, keep: int = 3) -> dict[str, Any]:
-    """Keep the last `keep` releases of every service (and anything with live instances)."""
+    """Remove images no retained release needs, and the folders of stopped instances."""
     from kiln.bake.imagestore import remove_images
 
     store = project.store
@@ -18,10 +70,15 @@ def collect(project: Project, keep: int = 3) -> dict[str, Any]:
         for name in project.spec.services:
             project.end_expired_standby(name)
         keep_digests: set[str] = set()
+        kept: dict[str, dict[str, str]] = {}
         for row in store.query("SELECT DISTINCT service FROM releases"):
-            for rel in store.query("SELECT image_digest FROM releases WHERE service = ? "
-                                   "ORDER BY number DESC LIMIT ?", (row["service"], keep)):
-                keep_digests.add(rel["image_digest"])
+            ret = retention(project, str(row["service"]), keep)
+            kept[ret.service] = ret.kept
+            for rid in ret.kept:
+                rel = store.one("SELECT image_digest FROM releases WHERE id = ?", (rid,))
+                if rel is not None:
+                    keep_digests.add(str(rel["image_digest"]))
+        # Anything running (dev and test instances too) keeps its image.
         for row in store.query(
                 "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r "
                 "ON r.id = i.release_id WHERE i.state IN ('starting','running','draining')"):
@@ -38,5 +95,5 @@ def collect(project: Project, keep: int = 3) -> dict[str, Any]:
                 shutil.rmtree(folder, ignore_errors=True)
                 folders.append(row["id"])
         store.event("gc", f"removed {len(removed)} image(s), {len(folders)} instance folder(s)",
-                    data={"images": removed})
-    return {"images": removed, "instances": folders}
+                    data={"images": removed, "kept": kept})
+    return {"images": removed, "instances": folders, "kept": kept}

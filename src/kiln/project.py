@@ -524,7 +524,7 @@ class Project:
                 raise KilnError(f"release {to} belongs to service {target.service}, not {service}")
             if target.id == current.id:
                 raise KilnError(f"{service}: {to} is already the current release")
-            self.image(target.image_digest)  # NotFound (clear) when gc removed it
+            self._rollback_image(service, target)
             open_id = self._open_rollout(service)
             if open_id is not None:
                 self._finish_standby(service, keep=target.id)
@@ -536,6 +536,31 @@ class Project:
             # Like Argo's rollbackWindow: a known-good release skips the canary steps and gets
             # all traffic as soon as its instances are healthy (still health-gated).
             return self._roll_to(service, spec, target, current, emit, t0, strategy="rollback")
+
+    def _rollback_image(self, service: str, target: Release) -> Image:
+        """The target's image, or why it cannot be rolled back to and what can."""
+        try:
+            return self.image(target.image_digest)
+        except NotFound:
+            pass
+        from kiln.gc import live_releases
+
+        have = []
+        for rid in live_releases(self.store, service):
+            try:
+                rel = load_release(self.store, rid)
+                self.image(rel.image_digest)
+            except NotFound:
+                continue
+            if rid != target.id:
+                have.append(rid)
+        options = (f"releases that can be rolled back to: {', '.join(have)} "
+                   f"(`kiln rollback {service} --to RELEASE`); " if have else "")
+        raise NotFound(
+            f"{service}: the image of {target.id} ({target.image_digest[:19]}) was removed "
+            "by `kiln gc`, so it cannot be rolled back to",
+            hint=options + f"or check out the source {target.id} was built from and "
+                           f"`kiln deploy {service}` to bake it again")
 
     # ------------------------------------------------------------ reporting
 

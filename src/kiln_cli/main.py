@@ -361,9 +361,10 @@ def logs(service: str,
 
 
 @app.command()
-def gc(keep: Annotated[int, typer.Option("--keep", help="Releases to retain per service.")] = 3,
+def gc(keep: Annotated[int, typer.Option("--keep", help="Live releases to retain per service "
+                                                    "(the current and previous always are).")] = 3,
        as_json: JsonOpt = False) -> None:
-    """Remove images of old releases and dead instance folders."""
+    """Remove images no retained release needs, and dead instance folders."""
     from kiln.gc import collect
 
     def body() -> None:
