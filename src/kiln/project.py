@@ -391,9 +391,10 @@ class Project:
             if st.phase not in SETTLED:
                 emit(DeployEvent(name, "release", f"resuming rollout #{open_id} ({st.phase})"))
                 st = self._reconcile(name, open_id, on_status)
+                report = self._write_report(name, open_id)
                 if st.outcome != "promoted":
                     return ServiceResult(name, st.new, st.outcome or "failed", st.reason, open_id,
-                                         seconds=time.monotonic() - t0)
+                                         report, seconds=time.monotonic() - t0)
         # 2. Bake (cached) and prove the image.
         image = self.builder.build(
             spec.image, self.spec.images[spec.image], base_dir=self.base_dir, no_cache=no_cache,
@@ -500,7 +501,7 @@ class Project:
             return ServiceResult(service, None, "signalled", f"sent {signal} to rollout #{rid}",
                                  rid)
         return ServiceResult(service, st.new, st.outcome or "failed", st.reason, rid,
-                             seconds=time.monotonic() - t0)
+                             self._write_report(service, rid), time.monotonic() - t0)
 
     def rollback(self, service: str, to: str | None = None,
                  on_event: Callable[[DeployEvent], None] | None = None) -> ServiceResult:

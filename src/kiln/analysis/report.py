@@ -1,8 +1,10 @@
-"""One self-contained HTML report per rollout: inline SVG charts, inline CSS, no scripts.
+"""One self-contained HTML report per rollout, charted with the vendored uPlot (kiln.charts).
 
-`write_report(path, ReportData)` is pure apart from writing the file. `report_for_rollout()` builds
-the ReportData from what the rollout recorded (the per-second series JSON that
-`kiln.analysis.live.save_series` writes and the `rollouts` row) and writes `reports/rollout-N.html`.
+Every figure is also in a plain table, so the report reads without JavaScript; the charts are the
+same code and payload (`chart_payload`) the dashboard draws live. `report_for_rollout()` builds the
+ReportData from what the rollout recorded (the per-second series JSON that
+`kiln.analysis.live.save_series` writes when a judge ran, the `rollouts` row, the releases and the
+event log) and writes `reports/rollout-N.html`; a rollout without a judge or traffic still gets one.
 """
 
 from __future__ import annotations
@@ -17,10 +19,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.charts import asset, inline_script, uplot_version
 from kiln.platforms.base import Sample
 
 CANARY, BASELINE = "#e8590c", "#1c7ed6"
 PASS, FAIL, NEUTRAL = "#2b8a3e", "#c92a2a", "#868e96"
+ERROR_WINDOW = 5
+"""Seconds in the error-rate window: per-second rates are too noisy to read."""
+
+PHASES = {
+    "launch": "launching instances",
+    "health": "health check",
+    "step": "canary step",
+    "roll": "rolling replacement",
+    "drain_old": "draining the old release",
+    "standby": "blue-green standby",
+    "rollback": "rolling back",
+    "restore": "restoring the old release",
+    "drain_new": "draining the new release",
+    "done": "done",
+}
+OUTCOMES = {"promoted": "promoted", "rolled_back": "rolled back", "aborted": "aborted",
+            "failed": "failed", "running": "running", "": "running"}
+
+
+def phase_label(phase: str, weight: int | None = None, step: int | None = None) -> str:
+    """A phase as people say it: 'canary step 2 (50%)', 'health check'."""
+    text = PHASES.get(phase, phase.replace("_", " "))
+    if phase == "step":
+        num = f" {step + 1}" if step is not None else ""
+        text = f"canary step{num}" + (f" ({weight}%)" if weight is not None else "")
+    return text
 
 
 @dataclass(frozen=True)
@@ -37,9 +66,23 @@ class Bucket:
 
 @dataclass(frozen=True)
 class Decision:
+    """A mark on the charts: a phase change or a judge decision."""
+
     t: float  # seconds since start
-    label: str  # e.g. "weight 10%", "judge: fail"
-    outcome: str = "info"  # pass | fail | inconclusive | info
+    label: str  # e.g. "canary step 2 (50%)", "judge: fail"
+    outcome: str = "info"  # pass | fail | inconclusive | info | phase
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """One row of the judge's table: what it decided at a step, with its figures."""
+
+    t: float
+    step: int
+    weight: int
+    outcome: str
+    reason: str
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,6 +98,13 @@ class ReportData:
     outcome: str = ""  # promoted | rolled_back | aborted | failed | running
     reason: str = ""
     figures: dict[str, Any] = field(default_factory=dict)
+    steps: list[StepDecision] = field(default_factory=list)
+    images: dict[str, str] = field(default_factory=dict)
+    """release -> image digest."""
+    analysis: dict[str, Any] | None = None
+    """The judge's thresholds (the spec's rollout.analysis), None when the rollout was unjudged."""
+    strategy: str = ""
+    finished: float | None = None
 
 
 def bucket_samples(samples: Iterable[Sample], started: float, width: float = 1.0) -> list[Bucket]:
@@ -76,130 +126,100 @@ def _q(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
 
 
-# --- charts -----------------------------------------------------------------------------------
-
-W, H = 920, 230
-ML, MR, MT, MB = 64, 20, 16, 38
+# --- the chart payload (shared with the dashboard) ---------------------------------------------
 
 
-def _nice_max(v: float) -> float:
-    if v <= 0:
-        return 1.0
-    mag = 10 ** math.floor(math.log10(v))
-    for m in (1, 1.2, 1.6, 2, 2.4, 3, 4, 5, 6, 8, 10):
-        if v <= m * mag:
-            return float(m * mag)
-    return float(10 * mag)
+def _weight_at(weights: Sequence[tuple[float, int]], t: float) -> int | None:
+    w: int | None = None
+    for wt, value in weights:
+        if wt <= t + 1e-9:
+            w = value
+        else:
+            break
+    return w
 
 
-class _Chart:
-    def __init__(self, t_max: float, y_max: float, y_label: str, y_fmt: str) -> None:
-        self.t_max = max(t_max, 1.0)
-        self.y_max = _nice_max(y_max)
-        self.y_label, self.y_fmt = y_label, y_fmt
-        self.parts: list[str] = []
+def _smooth(values: list[float | None], window: int) -> list[float | None]:
+    """Rolling median, so one slow second does not dominate the plot."""
+    out: list[float | None] = []
+    for i in range(len(values)):
+        vals = sorted(v for v in values[max(0, i - window + 1): i + 1] if v is not None)
+        out.append(vals[len(vals) // 2] if vals and values[i] is not None else None)
+    return out
 
-    def x(self, t: float) -> float:
-        return ML + (W - ML - MR) * t / self.t_max
 
-    def y(self, v: float) -> float:
-        return MT + (H - MT - MB) * (1 - min(v, self.y_max) / self.y_max)
+def _rate(n: list[int], e: list[int], window: int) -> list[float | None]:
+    out: list[float | None] = []
+    for i in range(len(n)):
+        tot = sum(n[max(0, i - window + 1): i + 1])
+        out.append(sum(e[max(0, i - window + 1): i + 1]) / tot if tot and n[i] else None)
+    return out
 
-    def axes(self) -> None:
-        p = self.parts
-        for i in range(5):
-            v = self.y_max * i / 4
-            yy = self.y(v)
-            p.append(f'<line x1="{ML}" x2="{W - MR}" y1="{yy:.1f}" y2="{yy:.1f}" class="grid"/>')
-            p.append(f'<text x="{ML - 8}" y="{yy + 4:.1f}" class="tick" text-anchor="end">'
-                     f'{self.y_fmt.format(v)}</text>')
-        step = next(m for m in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 1e9)
-                    if m >= self.t_max / 8)
-        t = 0.0
-        while t <= self.t_max + 1e-9:
-            xx = self.x(t)
-            p.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{H - MB}" y2="{H - MB + 4}" '
-                     'class="axis"/>')
-            p.append(f'<text x="{xx:.1f}" y="{H - MB + 17}" class="tick" text-anchor="middle">'
-                     f'{_fmt_t(t)}</text>')
-            t += step
-        p.append(f'<line x1="{ML}" x2="{W - MR}" y1="{H - MB}" y2="{H - MB}" class="axis"/>')
-        p.append(f'<text x="{(ML + W - MR) / 2}" y="{H - 4}" class="label" '
-                 'text-anchor="middle">time since the rollout started</text>')
-        p.append(f'<text transform="translate(14,{(MT + H - MB) / 2}) rotate(-90)" '
-                 f'class="label" text-anchor="middle">{html.escape(self.y_label)}</text>')
 
-    def line(self, pts: Sequence[tuple[float, float | None]], color: str, dash: str = "",
-             width: float = 2.0) -> None:
-        seg: list[str] = []
-        for t, v in [*pts, (0.0, None)]:
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                if len(seg) > 1:
-                    self.parts.append(
-                        f'<polyline points="{" ".join(seg)}" fill="none" stroke="{color}" '
-                        f'stroke-width="{width}" stroke-linejoin="round" '
-                        f'{f"stroke-dasharray={chr(34)}{dash}{chr(34)}" if dash else ""}/>')
-                seg = []
-                continue
-            seg.append(f"{self.x(t):.1f},{self.y(v):.1f}")
+def _r(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
 
-    def area(self, pts: Sequence[tuple[float, float]], color: str, base: float = 0.0,
-             top: float | None = None) -> None:
-        if not pts:
-            return
-        up = " ".join(f"{self.x(t):.1f},{self.y(v if top is None else top):.1f}" for t, v in pts)
-        down = " ".join(f"{self.x(t):.1f},{self.y(base if top is None else v):.1f}"
-                        for t, v in reversed(pts))
-        self.parts.append(f'<polygon points="{up} {down}" fill="{color}" fill-opacity="0.85"/>')
 
-    def decisions(self, ds: Sequence[Decision], labels: bool) -> None:
-        for i, d in enumerate(ds):
-            color = {"pass": PASS, "fail": FAIL}.get(d.outcome, NEUTRAL)
-            xx = self.x(d.t)
-            self.parts.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{MT}" y2="{H - MB}" '
-                              f'stroke="{color}" stroke-width="1.5" stroke-dasharray="4 3"/>')
-            if labels:
-                yy = MT + 12 + 14 * (i % 3)
-                anchor = "end" if xx > W - 160 else "start"
-                dx = -4 if anchor == "end" else 4
-                self.parts.append(f'<text x="{xx + dx:.1f}" y="{yy}" class="flag" '
-                                  f'text-anchor="{anchor}" fill="{color}">'
-                                  f'{html.escape(d.label)}</text>')
+def chart_payload(data: ReportData, now: float | None = None) -> dict[str, Any]:
+    """Per-second arrays for the three charts (traffic split, error rate, latency) and the marks.
 
-    def svg(self, title: str, legend: Sequence[tuple[str, str, str]]) -> str:
-        leg = "".join(
-            f'<span class="key"><svg width="26" height="10"><line x1="0" x2="26" y1="5" y2="5" '
-            f'stroke="{c}" stroke-width="{6 if d == "area" else 2.5}" '
-            f'{"" if d in ("", "area") else f"stroke-dasharray={chr(34)}{d}{chr(34)}"}/></svg>'
-            f"{html.escape(n)}</span>" for n, c, d in legend)
-        return (f'<section class="chart"><div class="chead"><h2>{html.escape(title)}</h2>'
-                f'<div class="legend">{leg}</div></div>'
-                f'<svg viewBox="0 0 {W} {H}" width="100%" role="img" '
-                f'aria-label="{html.escape(title)}">{"".join(self.parts)}</svg></section>')
+    Thresholds: the judge fails a canary whose error rate exceeds the baseline's by more than
+    `max_error_rate_increase` (or `max_error_rate` outright), or whose latency is worse by more
+    than `max_latency_increase`; the limit lines draw those against the baseline as it went.
+    """
+    end = max([b.t + 1 for b in data.buckets] + [w[0] for w in data.weights]
+              + [d.t for d in data.decisions] + [1.0])
+    if now is not None:
+        end = max(end, now - data.started)
+    if data.finished is not None:
+        end = max(end, data.finished - data.started)
+    n_sec = min(math.ceil(end) + 1, 6 * 3600)
+    base = data.baseline or ""
+    per: dict[str, dict[int, Bucket]] = defaultdict(dict)
+    for b in data.buckets:
+        per[b.release][int(b.t)] = b
+    ts = list(range(n_sec))
+
+    def col(rel: str, attr: str) -> list[Any]:
+        return [getattr(per[rel][t], attr) if t in per[rel] else None for t in ts]
+
+    def counts(rel: str, attr: str) -> list[int]:
+        return [int(getattr(per[rel][t], attr)) if t in per[rel] else 0 for t in ts]
+
+    err_c = _rate(counts(data.canary, "n"), counts(data.canary, "errors"), ERROR_WINDOW)
+    err_b = _rate(counts(base, "n"), counts(base, "errors"), ERROR_WINDOW)
+    lat = {f"{side}_{q}": _smooth([None if v is None else 1000 * v for v in col(rel, q)], 3)
+           for side, rel in (("canary", data.canary), ("baseline", base)) for q in ("p50", "p95")}
+    a = data.analysis or {}
+    err_limit: list[float | None] = [None] * n_sec
+    lat_limit: list[float | None] = [None] * n_sec
+    if data.analysis is not None:
+        inc = float(a.get("max_error_rate_increase") or 0.0)
+        ceiling = a.get("max_error_rate")
+        for i, rate in enumerate(err_b):
+            lims = [x for x in ((None if rate is None else rate + inc),
+                                (float(ceiling) if ceiling is not None else None)) if x is not None]
+            err_limit[i] = round(min(lims), 5) if lims else None
+        rel_inc = float(a.get("max_latency_increase") or 0.0)
+        lat_limit = [None if v is None else v * (1 + rel_inc) for v in lat["baseline_p50"]]
+    weight = [_weight_at(data.weights, t) for t in ts]
+    marks = [{"t": round(d.t, 2), "label": d.label, "kind": d.outcome} for d in data.decisions]
+    return {
+        "t": ts, "weight": weight, "window": ERROR_WINDOW,
+        "err": {"canary": [_r(v, 5) for v in err_c], "baseline": [_r(v, 5) for v in err_b],
+                "limit": err_limit},
+        "lat": {**{k: [_r(v, 2) for v in vs] for k, vs in lat.items()},
+                "limit": [_r(v, 2) for v in lat_limit]},
+        "marks": sorted(marks, key=lambda m: float(m["t"])),
+        "names": {"canary": data.canary, "baseline": data.baseline},
+    }
+
+
+# --- the page ----------------------------------------------------------------------------------
 
 
 def _fmt_t(t: float) -> str:
     return f"{int(t // 60)}:{int(t % 60):02d}" if t >= 60 else f"{t:.0f}s"
-
-
-def _rolling(buckets: Sequence[Bucket], release: str, window: int) -> list[tuple[float, float | None]]:
-    """Error rate over the last `window` buckets (per-second rates are too noisy to read)."""
-    mine = [b for b in buckets if b.release == release]
-    out: list[tuple[float, float | None]] = []
-    for i, b in enumerate(mine):
-        win = mine[max(0, i - window + 1): i + 1]
-        n = sum(w.n for w in win)
-        out.append((b.t, sum(w.errors for w in win) / n if n else None))
-    return out
-
-
-def _smooth(pts: list[tuple[float, float | None]], window: int) -> list[tuple[float, float | None]]:
-    """Rolling median, so one slow second does not dominate the plot."""
-    out: list[tuple[float, float | None]] = []
-    for i, (t, _) in enumerate(pts):
-        vals = sorted(v for _, v in pts[max(0, i - window + 1): i + 1] if v is not None)
-        out.append((t, vals[len(vals) // 2] if vals else None))
-    return out
 
 
 def _pct(v: Any) -> str:
@@ -210,90 +230,151 @@ def _ms(v: Any) -> str:
     return f"{1000 * v:.0f} ms" if isinstance(v, int | float) else "–"
 
 
+def _p(v: Any) -> str:
+    return f"{v:.2g}" if isinstance(v, int | float) else "–"
+
+
+def totals(data: ReportData, release: str | None) -> dict[str, Any]:
+    """Requests, errors and latency of one release over the whole series (request-weighted
+    medians of the per-second quantiles when the judge gave no figure)."""
+    mine = [b for b in data.buckets if release is not None and b.release == release]
+    n = sum(b.n for b in mine)
+    errors = sum(b.errors for b in mine)
+
+    def wq(attr: str) -> float | None:
+        pts = sorted((getattr(b, attr), b.n) for b in mine if getattr(b, attr) is not None)
+        total = sum(w for _, w in pts)
+        acc = 0
+        for v, w in pts:
+            acc += w
+            if acc >= total / 2:
+                return float(v)
+        return None
+
+    return {"requests": n, "errors": errors, "error_rate": errors / n if n else None,
+            "p50": wq("p50"), "p95": wq("p95")} if mine else {}
+
+
+def _summary_rows(data: ReportData) -> list[tuple[str, str, str]]:
+    f = data.figures
+    tc, tb = totals(data, data.canary), totals(data, data.baseline)
+
+    def pick(side: str, key: str, tot: dict[str, Any]) -> Any:
+        v = f.get(f"{side}_{key}")
+        return v if isinstance(v, int | float) else tot.get(key)
+
+    def count(tot: dict[str, Any], side: str, key: str) -> str:
+        v = tot.get(key)
+        if v is None:
+            v = f.get(f"{side}_{key}")
+        return str(v) if isinstance(v, int | float) else "–"
+
+    return [
+        ("requests (whole rollout)", count(tc, "canary", "requests"),
+         count(tb, "baseline", "requests")),
+        ("errors (whole rollout)", count(tc, "canary", "errors"), count(tb, "baseline", "errors")),
+        ("error rate", _pct(pick("canary", "error_rate", tc)),
+         _pct(pick("baseline", "error_rate", tb))),
+        ("p50 latency", _ms(pick("canary", "p50", tc)), _ms(pick("baseline", "p50", tb))),
+        ("p95 latency", _ms(pick("canary", "p95", tc)), _ms(pick("baseline", "p95", tb))),
+    ]
+
+
+def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], cls: str = "") -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def thresholds_text(analysis: dict[str, Any] | None) -> str:
+    if analysis is None:
+        return "not judged (no rollout.analysis in the spec, or no baseline to compare with)"
+    parts = [f"error rate at most +{_pct(analysis.get('max_error_rate_increase'))} over the "
+             "baseline"]
+    if analysis.get("max_error_rate") is not None:
+        parts.append(f"never above {_pct(analysis['max_error_rate'])}")
+    parts.append(f"latency at most +{100 * float(analysis.get('max_latency_increase') or 0):.0f}%")
+    parts.append(f"at least {analysis.get('min_requests')} canary requests, "
+                 f"no data → {analysis.get('on_no_data')}")
+    return "; ".join(parts)
+
+
+def steps_rows(data: ReportData) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for s in data.steps:
+        f = s.figures
+        rows.append((_fmt_t(s.t), str(s.step + 1), f"{s.weight}%", s.outcome,
+                     str(f.get("canary_requests", "–")), str(f.get("baseline_requests", "–")),
+                     f"{_pct(f.get('canary_error_rate'))} vs {_pct(f.get('baseline_error_rate'))}",
+                     f"{_ms(f.get('canary_p50'))} vs {_ms(f.get('baseline_p50'))}",
+                     " · ".join(f"{k.removesuffix('_p')} {_p(f[k])}" for k in
+                                ("error_p", "ceiling_p", "latency_p") if k in f) or "–",
+                     s.reason))
+    return rows
+
+
+STEP_HEAD = ("at", "step", "weight", "decision", "canary req.", "baseline req.", "error rate",
+             "p50", "p-values", "reason")
+
+
 def render(data: ReportData) -> str:
-    """The report as one HTML string."""
+    """The report as one HTML string (uPlot and kiln's chart code inlined)."""
     t_max = max([b.t + 1 for b in data.buckets] + [w[0] for w in data.weights]
                 + [d.t for d in data.decisions] + [1.0])
-    # Traffic split.
-    split = _Chart(t_max, 100, "share of traffic", "{:.0f}%")
-    split.axes()
-    pts: list[tuple[float, float]] = []
-    for i, (t, w) in enumerate(data.weights):
-        nxt = data.weights[i + 1][0] if i + 1 < len(data.weights) else t_max
-        pts += [(t, float(w)), (nxt, float(w))]
-    if pts:
-        split.area([(t, 100.0) for t, _ in pts], BASELINE)
-        split.area(pts, CANARY)
-    split.decisions(data.decisions, labels=True)
-    base = data.baseline or "baseline"
-    # Errors.
-    window = 5
-    err_c = _rolling(data.buckets, data.canary, window)
-    err_b = _rolling(data.buckets, base, window) if data.baseline else []
-    errs = _Chart(t_max, max([v or 0 for _, v in err_c + err_b] + [0.01]) * 1.1,
-                  "error rate (5 s window)", "{:.1%}")
-    errs.axes()
-    errs.line(err_b, BASELINE)
-    errs.line(err_c, CANARY)
-    errs.decisions(data.decisions, labels=False)
-    # Latency.
-    def lat(rel: str, attr: str) -> list[tuple[float, float | None]]:
-        return _smooth([(b.t, getattr(b, attr) and 1000 * getattr(b, attr))
-                        for b in data.buckets if b.release == rel], 3)
-    lc50, lc95, lb50, lb95 = (lat(data.canary, "p50"), lat(data.canary, "p95"),
-                              lat(base, "p50"), lat(base, "p95"))
-    lats = _Chart(t_max, max([v or 0 for _, v in lc95 + lb95 + lc50 + lb50] + [1.0]) * 1.05,
-                  "latency (ms)", "{:.0f}")
-    lats.axes()
-    lats.line(lb95, BASELINE, "6 4", 1.6)
-    lats.line(lc95, CANARY, "6 4", 1.6)
-    lats.line(lb50, BASELINE)
-    lats.line(lc50, CANARY)
-    lats.decisions(data.decisions, labels=False)
-
-    ok = data.outcome in ("promoted", "pass")
-    bad = data.outcome in ("rolled_back", "fail", "failed", "aborted")
+    if data.finished is not None:
+        t_max = max(t_max, data.finished - data.started)
+    outcome = OUTCOMES.get(data.outcome, data.outcome.replace("_", " "))
+    ok = data.outcome == "promoted"
+    bad = data.outcome in ("rolled_back", "failed", "aborted")
     badge = PASS if ok else FAIL if bad else NEUTRAL
-    f = data.figures
-    rows = [
-        ("requests", f.get("canary_requests", "–"), f.get("baseline_requests", "–")),
-        ("errors", _pct(f.get("canary_error_rate")), _pct(f.get("baseline_error_rate"))),
-        ("p50 latency", _ms(f.get("canary_p50")), _ms(f.get("baseline_p50"))),
-        ("p95 latency", _ms(f.get("canary_p95")), _ms(f.get("baseline_p95"))),
-    ]
-    table = "".join(f"<tr><th>{html.escape(str(a))}</th><td>{html.escape(str(b))}</td>"
-                    f"<td>{html.escape(str(c))}</td></tr>" for a, b, c in rows)
-    pvals = " · ".join(f"{k.removesuffix('_p')} p={f[k]:.2g}" for k in
-                       ("error_p", "ceiling_p", "latency_p") if isinstance(f.get(k), float))
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data.started))
-    legend_sides = [(f"canary {data.canary}", CANARY, ""), (f"baseline {base}", BASELINE, "")]
+    summary = "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td>"
+                      f"<td>{html.escape(c)}</td></tr>" for a, b, c in _summary_rows(data))
+    steps = (_table(STEP_HEAD, steps_rows(data), "steps") if data.steps else
+             "<p class=muted>The judge made no decision in this rollout"
+             f"{'' if data.analysis else ' (it was not judged)'}.</p>")
+    images = _table(("release", "role", "image digest"), [
+        (rel, "canary" if rel == data.canary else "baseline" if rel == data.baseline else "",
+         digest) for rel, digest in data.images.items()], "images")
+    timeline = _table(("at", "what"), [(_fmt_t(d.t), d.label) for d in data.decisions],
+                      "timeline")
+    payload = json.dumps(chart_payload(data)).replace("</", "<\\/")
     body = (
         f'<header><div><h1>{html.escape(data.service)} '
-        f'<span class="rel">{html.escape(data.baseline or "–")} → {html.escape(data.canary)}'
-        f'</span></h1><p class="sub">rollout started {when} · '
-        f'{_fmt_t(t_max)} of traffic</p></div>'
-        f'<div class="badge" style="background:{badge}">'
-        f'{html.escape(data.outcome.replace("_", " ") or "running")}</div></header>'
-        f'<p class="reason">{html.escape(data.reason)}</p>'
-        f'<div class="figs"><table><tr><th></th><th style="color:{CANARY}">canary</th>'
-        f'<th style="color:{BASELINE}">baseline</th></tr>{table}</table>'
-        f'<p class="pv">{html.escape(pvals or "")}</p></div>'
-        + split.svg("Traffic split", [(f"canary {data.canary}", CANARY, "area"),
-                                      (f"baseline {base}", BASELINE, "area")])
-        + errs.svg("Error rate", legend_sides)
-        + lats.svg("Latency", [*legend_sides, ("p50", "#495057", ""),
-                               ("p95", "#495057", "6 4")])
-        + '<footer>kiln · sequential judge (mSPRT), see docs/judge.md</footer>')
+        f'<span class="rel">{html.escape(data.baseline or "(first release)")} → '
+        f'{html.escape(data.canary)}</span></h1><p class="sub">'
+        f'{html.escape(data.strategy or "rollout")} started {when} · {_fmt_t(t_max)}</p></div>'
+        f'<div class="badge" style="background:{badge}">{html.escape(outcome)}</div></header>'
+        f'<p class="reason">{html.escape(data.reason or "–")}</p>'
+        f'<section class="card"><h2>Canary vs baseline</h2><table class="figs"><tr><th></th>'
+        f'<th style="color:{CANARY}">canary {html.escape(data.canary)}</th>'
+        f'<th style="color:{BASELINE}">baseline {html.escape(data.baseline or "–")}</th></tr>'
+        f'{summary}</table><p class="muted">Thresholds: {html.escape(thresholds_text(data.analysis))}'
+        f'</p></section>'
+        f'<div id="charts"><noscript><p class="muted">The charts need JavaScript; every figure is in '
+        f'the tables.</p></noscript></div>'
+        f'<section class="card"><h2>The judge\'s decisions per step</h2>{steps}</section>'
+        f'<section class="card"><h2>Timeline</h2>{timeline}</section>'
+        f'<section class="card"><h2>Images</h2>{images}</section>'
+        f'<footer>kiln · sequential judge (mSPRT), see docs/judge.md · charts: uPlot '
+        f'{html.escape(uplot_version())} (MIT)</footer>')
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>kiln rollout {html.escape(data.service)} {html.escape(data.canary)}</title>"
-        f"<style>{_CSS}</style></head><body><main>{body}</main></body></html>")
+        f"<style>{asset('uPlot.min.css')}{CSS}</style></head><body><main>{body}</main>"
+        f'<script type="application/json" id="kiln-chart-data">{payload}</script>'
+        f"{inline_script('uPlot.iife.min.js')}{inline_script('kiln-charts.js')}"
+        "<script>KilnCharts.render(document.getElementById('charts'),"
+        "JSON.parse(document.getElementById('kiln-chart-data').textContent));</script>"
+        "</body></html>")
 
 
-_CSS = """
+CSS = """
 body{margin:0;background:#f4f5f7;color:#212529;font:15px/1.45 -apple-system,BlinkMacSystemFont,
 "Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-main{max-width:980px;margin:24px auto;padding:0 20px}
+main{max-width:1000px;margin:24px auto;padding:0 20px}
 header{display:flex;justify-content:space-between;align-items:center}
 h1{font-size:26px;margin:0;font-weight:650}.rel{color:#868e96;font-weight:400;font-size:20px}
 .sub{margin:2px 0 0;color:#868e96;font-size:13px}
@@ -301,20 +382,15 @@ h1{font-size:26px;margin:0;font-weight:650}.rel{color:#868e96;font-weight:400;fo
 letter-spacing:.05em;font-size:14px}
 .reason{font-size:16px;margin:14px 0;padding:12px 16px;background:#fff;border-radius:10px;
 box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.figs{display:flex;gap:24px;align-items:center;background:#fff;border-radius:10px;padding:8px 16px;
-box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.figs table{border-collapse:collapse}.figs th,.figs td{padding:3px 14px;text-align:right}
+.card,.chart{background:#fff;border-radius:10px;margin:16px 0;padding:10px 14px;
+box-shadow:0 1px 3px rgba(0,0,0,.08);overflow-x:auto}
+table{border-collapse:collapse;font-size:13px}th,td{padding:3px 10px;text-align:left;
+vertical-align:top}thead th{border-bottom:1px solid #dee2e6;color:#495057;font-weight:600}
+td{font-variant-numeric:tabular-nums}.figs td,.figs th{text-align:right}
 .figs th:first-child{text-align:left;color:#495057;font-weight:500}
-.figs td{font-variant-numeric:tabular-nums}.pv{color:#495057;font-size:13px}
-.chart{background:#fff;border-radius:10px;margin:16px 0;padding:10px 12px 4px;
-box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.chead{display:flex;justify-content:space-between;align-items:baseline}
-h2{font-size:16px;margin:4px 6px;font-weight:600}
-.legend{font-size:13px;color:#495057}.key{margin-left:14px;white-space:nowrap}
-.key svg{vertical-align:middle;margin-right:5px}
-.grid{stroke:#e9ecef;stroke-width:1}.axis{stroke:#adb5bd;stroke-width:1}
-.tick{font-size:11px;fill:#868e96}.label{font-size:12px;fill:#495057}
-.flag{font-size:11px;font-weight:600}
+.images td:last-child{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}
+.muted{color:#868e96;font-size:13px}
+h2{font-size:16px;margin:4px 2px 8px;font-weight:600}
 footer{color:#adb5bd;font-size:12px;text-align:center;margin:20px 0}
 """
 
@@ -336,30 +412,114 @@ def from_series(series: dict[str, Any], *, service: str, canary: str, baseline: 
     buckets = [Bucket(float(s["t"]) - t0, rel, int(v["n"]), int(v["errors"]), v.get("p50"),
                       v.get("p95")) for s in seconds for rel, v in s["releases"].items()]
     weights = [(float(t) - t0, int(w.get(canary, 0))) for t, w in series.get("weights", [])]
-    decisions = [Decision(float(t) - t0, str(phase)) for t, phase in series.get("phases", [])]
-    return ReportData(service, canary, baseline, t0, weights, buckets, decisions)
+    data = ReportData(service, canary, baseline, t0, weights, buckets)
+    data.decisions = phase_marks(data, series.get("phases", []))
+    return data
 
 
-def report_for_rollout(store: Any, home: Path, service: str, rollout_id: int) -> Path | None:
-    """Write `reports/rollout-N.html` from the recorded series and the rollout's row."""
-    src = home / "reports" / f"rollout-{rollout_id}.json"
-    if not src.exists():
-        return None
+def phase_marks(data: ReportData, phases: Iterable[Sequence[Any]]) -> list[Decision]:
+    """A readable mark per phase change; each canary step names its number and weight."""
+    timeline = sorted([(float(t) - data.started, 0, str(p)) for t, p in phases]
+                      + [(t, 1, str(w)) for t, w in data.weights])
+    out: list[Decision] = []
+    phase, step = "", 0
+    for t, kind, value in timeline:
+        if kind == 0:
+            phase = value
+            if value == "step":
+                step += 1
+            out.append(Decision(t, phase_label(value, _weight_at(data.weights, t + 0.5),
+                                               step - 1), "phase"))
+        elif phase == "step" and not any(abs(d.t - t) < 0.6 for d in out):
+            step += 1  # step -> step: the weight changed without a phase change
+            out.append(Decision(t, phase_label("step", int(value), step - 1), "phase"))
+    return out
+
+
+def _events_timeline(store: Any, service: str, start: float, end: float, t0: float
+                     ) -> tuple[list[tuple[float, int]], list[Decision]]:
+    """Weights and marks from the event log, for a rollout that recorded no series."""
+    weights: list[tuple[float, int]] = []
+    marks: list[Decision] = []
+    rows = store.query(
+        "SELECT time, kind, message, data_json FROM events WHERE service = ? AND time >= ? "
+        "AND time <= ? AND kind LIKE 'rollout.%' ORDER BY id", (service, start - 0.5, end + 0.5))
+    for r in rows:
+        t = float(r["time"]) - t0
+        kind = str(r["kind"]).removeprefix("rollout.")
+        data = json.loads(r["data_json"] or "{}")
+        if kind == "step" and isinstance(data.get("weight"), int):
+            weights.append((t, int(data["weight"])))
+            marks.append(Decision(t, phase_label("step", data["weight"], data.get("step")),
+                                  "phase"))
+        elif kind in ("full", "promoted"):
+            weights.append((t, 100))
+            marks.append(Decision(t, str(r["message"])[:60], "phase"))
+        elif kind in ("rolled_back", "aborted", "failed"):
+            weights.append((t, 0))
+            marks.append(Decision(t, OUTCOMES.get(kind, kind), "fail"))
+        elif kind != "paused":
+            marks.append(Decision(t, kind.replace("_", " "), "phase"))
+    return weights, marks
+
+
+def load_report_data(store: Any, home: Path, service: str, rollout_id: int) -> ReportData | None:
+    """Everything the report shows about one rollout, from what is on disk."""
     row = store.one("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
     if row is None:
         return None
     status = json.loads(row["status_json"] or "{}")
-    data = from_series(json.loads(src.read_text()), service=service,
-                       canary=str(row["to_release"]), baseline=row["from_release"],
-                       started=float(row["started_at"]))
+    started = float(row["started_at"])
+    finished = row["finished_at"] if "finished_at" in row.keys() else None  # noqa: SIM118
+    src = home / "reports" / f"rollout-{rollout_id}.json"
+    canary, baseline = str(row["to_release"]), row["from_release"]
+    if src.exists():
+        data = from_series(json.loads(src.read_text()), service=service, canary=canary,
+                           baseline=baseline, started=started)
+    else:
+        data = ReportData(service, canary, baseline, started)
+    if not data.weights and hasattr(store, "query"):
+        end = float(finished) if finished is not None else time.time()
+        data.weights, marks = _events_timeline(store, service, started, end, started)
+        data.decisions = marks + data.decisions
+    data.finished = float(finished) if finished is not None else None
     data.outcome = str(row["outcome"] or status.get("phase") or "")
     data.reason = str(row["reason"] or status.get("reason") or "")
+    data.strategy = str(row["strategy"]) if "strategy" in row.keys() else ""  # noqa: SIM118
     for d in status.get("decisions", []) or []:
-        if isinstance(d, dict):
-            data.figures.update(d.get("figures") or {})
-            t = d.get("time")
-            if isinstance(t, int | float):
-                outcome = str(d.get("outcome") or "info")
-                data.decisions.append(Decision(
-                    float(t) - data.started, f"{d.get('weight', '?')}%: {outcome}", outcome))
+        if not isinstance(d, dict):
+            continue
+        figures = d.get("figures") or {}
+        data.figures.update(figures)
+        t = d.get("time")
+        if isinstance(t, int | float):
+            outcome = str(d.get("outcome") or "info")
+            rel_t = float(t) - data.started
+            data.steps.append(StepDecision(rel_t, int(d.get("step") or 0),
+                                           int(d.get("weight") or 0), outcome,
+                                           str(d.get("reason") or ""), figures))
+            data.decisions.append(Decision(rel_t, f"judge: {outcome} at {d.get('weight', '?')}%",
+                                           outcome))
+    if hasattr(store, "query"):
+        for rel in (baseline, canary):
+            if rel is None:
+                continue
+            r = store.one("SELECT image_digest, config_json FROM releases WHERE id = ?", (rel,))
+            if r is None:
+                continue
+            data.images[str(rel)] = str(r["image_digest"])
+            if rel == canary and baseline is not None:
+                try:
+                    cfg = json.loads(r["config_json"] or "{}")
+                except ValueError:
+                    cfg = {}
+                data.analysis = ((cfg.get("rollout") or {}).get("analysis")) or None
+    return data
+
+
+def report_for_rollout(store: Any, home: Path, service: str, rollout_id: int) -> Path | None:
+    """Write `reports/rollout-N.html` for any rollout (judged or not, with or without traffic)."""
+    data = load_report_data(store, home, service, rollout_id)
+    if data is None:
+        return None
     return write_report(home / "reports" / f"rollout-{rollout_id}.html", data)
