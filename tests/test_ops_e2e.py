@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,37 @@ def test_rollback_to_a_release_whose_instance_once_died(proj: Proj) -> None:
     res = proj.kiln("rollback", "web")
     assert res.returncode == 0, res.stdout + res.stderr
     assert proj.weights() == {"web-r1": 100} and proj.alive_instances() == 3
+
+
+def test_a_dead_instance_is_healed_with_the_same_image_and_no_new_release(proj: Proj) -> None:
+    proj.write(replicas=2)
+    deploy_ok(proj)
+    before = set(proj.live_pids())
+    os.kill(sorted(before)[0], signal.SIGKILL)
+    wait_for(lambda: proj.alive_instances() == 1, timeout=10)
+    res = proj.kiln("plan")
+    assert res.returncode == 0, res.stderr
+    assert "heal" in res.stdout and "1/2 instances of web-r1 alive" in res.stdout, res.stdout
+    assert "no new release" in res.stdout, res.stdout
+    res = proj.kiln("deploy", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    (svc,) = json.loads(res.stdout)
+    assert svc["outcome"] == "healed" and svc["release"] == "web-r1", svc
+    assert proj.alive_instances() == 2 and sorted(before)[1] in proj.live_pids()
+    status = proj.status()["services"][0]
+    assert status["current"] == "web-r1"
+    (rel,) = status["releases"]
+    assert rel["weight"] == 100 and len(rel["instances"]) == 2
+    assert all(i["healthy"] for i in rel["instances"])
+    rollouts = json.loads(proj.kiln("history", "web", "--json").stdout)["rollouts"]
+    assert [r["release"] for r in rollouts] == ["web-r1"], "no new release, no canary"
+    # The router serves both instances: requests reach the new one too.
+    ids = {i["id"] for i in rel["instances"]}
+    seen: set[str] = set()
+    for _ in range(60):
+        with urllib.request.urlopen(f"http://{proj.listen}/version", timeout=5) as resp:
+            seen.add(json.loads(resp.read())["instance"])
+        if seen == ids:
+            break
+    assert seen == ids
+    assert "up to date" in proj.kiln("plan").stdout

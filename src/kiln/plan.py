@@ -51,8 +51,10 @@ def plan(project: Project, services: Sequence[str] | None = None) -> list[dict[s
             if alive >= spec.replicas:
                 item.update(action="unchanged", detail=f"{current.id} is up to date")
             else:
-                item.update(action="heal", detail=f"{alive}/{spec.replicas} instances alive: "
-                                                  f"roll out a fresh release")
+                item.update(action="heal", detail=(
+                    f"{alive}/{spec.replicas} instances of {current.id} alive: launch "
+                    f"{spec.replicas - alive} of the same image, health-gated, into rotation "
+                    "(no new release, no canary)"))
         elif image is not None and _known_bad(project, name, image.digest, cfg):
             item.update(action="refused", detail=_known_bad(project, name, image.digest, cfg))
         else:

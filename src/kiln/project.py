@@ -44,7 +44,7 @@ class DeployEvent:
 class ServiceResult:
     service: str
     release: str | None
-    outcome: str  # promoted | rolled_back | aborted | failed | unchanged
+    outcome: str  # promoted | rolled_back | aborted | failed | unchanged | healed | signalled
     reason: str | None = None
     rollout_id: int | None = None
     report: str | None = None
@@ -403,19 +403,42 @@ class Project:
         cfg = config_digest(spec)
         current = self.current_release(name)
         if current and current.image_digest == image.digest and current.config_digest == cfg:
-            live = [o for o in self.compute.observe(instances_of(self.store, current.id))
-                    if o.alive]
-            if len(live) >= spec.replicas:
+            from kiln.rollout.heal import needs_heal
+
+            alive, routed = needs_heal(self._env(name, spec), current, spec.replicas)
+            if alive >= spec.replicas and routed >= alive:
                 self.router.ensure_running()
                 emit(DeployEvent(name, "uptodate", f"{current.id} is up to date"))
                 return ServiceResult(name, current.id, "unchanged",
                                      seconds=time.monotonic() - t0)
+            if self._open_rollout(name) is None:
+                return self._heal(name, spec, current, alive, emit, t0)
         if not force:
             self.refuse_known_bad(name, image.digest, cfg)
         self._finish_standby(name, keep=None)
         self.router.check_listen(name, spec.listen)
         new = self._new_release(name, image, cfg, spec, skip_tests)
         return self._roll_to(name, spec, new, current, emit, t0)
+
+    def _heal(self, name: str, spec: ServiceSpec, current: Release, alive: int,
+              emit: Callable[[DeployEvent], None], t0: float) -> ServiceResult:
+        """Dead instances of the live release are replaced by the same image: no new release."""
+        from kiln.rollout.heal import heal
+
+        emit(DeployEvent(name, "heal", f"{current.id}: {alive}/{spec.replicas} instances alive; "
+                                       f"launching {max(spec.replicas - alive, 0)} of the same "
+                                       "image (no new release)"))
+        res = heal(self._env(name, spec), name, spec, current,
+                   progress=lambda line: emit(DeployEvent(name, "heal", line)))
+        if not res.ok and res.failed is not None:
+            self._emit_log_tail(name, res.failed, emit)
+        return ServiceResult(name, current.id, "healed" if res.ok else "failed", res.reason,
+                             seconds=time.monotonic() - t0)
+
+    def _emit_log_tail(self, name: str, inst: Instance,
+                       emit: Callable[[DeployEvent], None], lines: int = 20) -> None:
+        for line in log_tail(self.compute.log_path(inst), lines):
+            emit(DeployEvent(name, "log", f"{inst.id} | {line}"))
 
     def _roll_to(self, name: str, spec: ServiceSpec, new: Release, current: Release | None,
                  emit: Callable[[DeployEvent], None], t0: float,
@@ -692,6 +715,15 @@ class Project:
         if instance and not out:
             raise NotFound(f"{service}: no instance {instance!r}")
         return out
+
+
+def log_tail(path: Path, lines: int = 20) -> list[str]:
+    """The last lines of an instance's log (nothing when it cannot be read)."""
+    try:
+        data = path.read_bytes()[-64_000:]
+    except OSError:
+        return []
+    return [ln.decode(errors="replace") for ln in data.splitlines()[-lines:]]
 
 
 def raise_for(result: DeployResult) -> None:

@@ -82,7 +82,8 @@ class DeployPrinter:
 
     def summary(self, result: DeployResult) -> None:
         for s in result.services:
-            color = {"promoted": "green", "unchanged": "cyan", "signalled": "cyan"}.get(
+            color = {"promoted": "green", "healed": "green", "unchanged": "cyan",
+                     "signalled": "cyan"}.get(
                 s.outcome, "red")
             self.console.print(f"[bold]{s.service}[/]: [{color}]{s.outcome}[/] "
                                f"{s.release or ''} {('— ' + s.reason) if s.reason else ''} "

@@ -222,7 +222,7 @@ class Reconciler:
             if isinstance(action, EnsureInstances):
                 self._ensure(action.release, action.count)
             elif isinstance(action, SetWeights):
-                self._route(action.weights)
+                self.route(action.weights)
             elif isinstance(action, Retire):
                 self._retire(action.release, action.count, status)
             elif isinstance(action, TerminateRetiring):
@@ -247,7 +247,7 @@ class Reconciler:
                                 env=self.env.secrets)
         self.env.fault("launched")
 
-    def _route(self, weights: Mapping[str, int]) -> None:
+    def route(self, weights: Mapping[str, int]) -> None:
         backends: list[Backend] = []
         for release_id, weight in weights.items():
             servers = [i.address for i in instances_of(self.env.store, release_id, ("running",))]
@@ -274,7 +274,7 @@ class Reconciler:
         with self.env.store.tx() as c:
             for inst in running[:count]:
                 c.execute("UPDATE instances SET state = 'draining' WHERE id = ?", (inst.id,))
-        self._route(status.weights)
+        self.route(status.weights)
 
     # ------------------------------------------------------------ loop
 
