@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.project import Project
-from kiln.state.store import Store
 
 
 @dataclass
@@ -27,19 +26,9 @@ class Retention:
     """release -> why it is kept."""
 
 
-def live_releases(store: Store, service: str) -> list[str]:
-    """Releases that went live (promoted rollouts, rollbacks included), most recent first."""
-    seen: list[str] = []
-    for row in store.query("SELECT to_release FROM rollouts WHERE service = ? AND outcome = "
-                           "'promoted' ORDER BY id DESC", (service,)):
-        if row["to_release"] not in seen:
-            seen.append(str(row["to_release"]))
-    return seen
-
-
 def retention(project: Project, service: str, keep: int) -> Retention:
     store = project.store
-    ret = Retention(service, live=live_releases(store, service))
+    ret = Retention(service, live=project.live_releases(service))
     current = project.current_release(service)
     if current is not None:
         ret.kept[current.id] = "current"

@@ -228,6 +228,15 @@ class Project:
         # A rolled-back rollout leaves the one before it serving.
         return load_release(self.store, rid)
 
+    def live_releases(self, service: str) -> list[str]:
+        """Releases that went live (promoted rollouts, rollbacks included), most recent first."""
+        seen: list[str] = []
+        for row in self.store.query("SELECT to_release FROM rollouts WHERE service = ? AND "
+                                    "outcome = 'promoted' ORDER BY id DESC", (service,)):
+            if row["to_release"] not in seen:
+                seen.append(str(row["to_release"]))
+        return seen
+
     def _new_release(self, service: str, image: Image, cfg: str, spec: ServiceSpec,
                      skip_tests: bool) -> Release:
         with self.store.tx() as c:
@@ -567,10 +576,8 @@ class Project:
             return self.image(target.image_digest)
         except NotFound:
             pass
-        from kiln.gc import live_releases
-
         have = []
-        for rid in live_releases(self.store, service):
+        for rid in self.live_releases(service):
             try:
                 rel = load_release(self.store, rid)
                 self.image(rel.image_digest)
