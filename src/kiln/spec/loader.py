@@ -1,46 +1,45 @@
 """Load kiln.yaml into a typed `Spec`, reporting every problem as `file:line:col: path: message`.
 
-How positions are tracked: ruamel.yaml's round-trip loader keeps, on every mapping and
-sequence it builds, the 0-based line/column of each key (`lc.key(k)`), each value
-(`lc.value(k)`) and each list item (`lc.item(i)`). `_Converter` walks that tree once, turning
-it into plain dicts/lists/scalars for pydantic and recording a 1-based position per field path
-(a tuple like `("services", "web", "rollout", "steps", 0, "weight")`). pydantic's error `loc`
-is then cleaned of union tags by walking the model types (`_resolve`) and looked up in that
-table: scalar problems point at the value, container/unknown-key problems at the key, and a
-missing field at its nearest existing parent. YAML syntax errors carry the parser's own mark.
+How positions are tracked: libyaml (PyYAML's C parser, `yaml_tree`) composes the file into
+nodes that carry their start marks and converts them to plain dicts/lists/scalars for pydantic.
+Positions are looked up only when there is an error: pydantic's error `loc` is cleaned of union
+tags by walking the model types (`_resolve`) and then found in the node tree: scalar problems
+point at the value, container/unknown-key problems at the key, and a missing field at its
+nearest existing parent. YAML syntax errors carry the parser's own mark (`yaml_syntax`).
+
+Limits, checked before the file is parsed: MAX_FILE_BYTES, and MAX_NODES (counted from
+libyaml's event stream, in constant memory, for files large enough to hold that many).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import difflib
 import json
 import re
 import types
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
+import yaml
 from pydantic import BaseModel, Discriminator, Tag, ValidationError
 from pydantic.fields import FieldInfo
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.reader import ReaderError
 
 from kiln.errors import SpecError
 from kiln.spec.models import CHECK_KEYS, NAME_RE, STEP_KEYS, Spec
+from kiln.spec.yaml_syntax import offset_pos, syntax_error
+from kiln.spec.yaml_tree import DuplicateKey, Loc, NodeTree, Pos, TooBig, compose, count_nodes, no_gc
+from kiln.spec.yaml_tree import describe as _describe
 
-__all__ = ["SPEC_FILENAME", "LoadedSpec", "find_spec", "load_spec", "parse_spec"]
+__all__ = ["MAX_FILE_BYTES", "MAX_NODES", "SPEC_FILENAME", "LoadedSpec", "find_spec", "load_spec",
+           "parse_spec"]
 
 SPEC_FILENAME = "kiln.yaml"
+MAX_FILE_BYTES = 16 * 1024 * 1024  # a 4 MB spec (8,000 services) loads in about a second
+MAX_NODES = 1_000_000  # about 300 MB of nodes; 8,000 services are ~370,000
 MAX_VALUES = 50_000  # aliases can make a tiny file expand exponentially ("billion laughs")
-MAX_DEPTH = 64
-_STD_TAGS = {None, "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap"}
-
-Loc = tuple[str | int, ...]
-Pos = tuple[int, int]
+_MIN_NODE_BYTES = 2  # a node takes at least this much text (the alias-expansion bound)
+_DELIMITERS = ":-,[]{}?\n"  # every node but the first follows one of these
 
 
 @dataclass(frozen=True)
@@ -72,15 +71,19 @@ def find_spec(start: Path | None = None, explicit: Path | None = None) -> Path:
 def load_spec(path: Path) -> LoadedSpec:
     """Read, parse and validate `path`; raise SpecError listing every problem found."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise SpecError([f"{path}: file not found"]) from None
     except OSError as exc:
         raise SpecError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError([f"{path}: too large (over {MAX_FILE_BYTES // (1024 * 1024)} MiB); "
+                         "a kiln.yaml is expected to be well under that"])
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line, col = _offset_pos(raw[: exc.start].decode("utf-8", "replace"), exc.start)
+        line, col = offset_pos(raw[: exc.start].decode("utf-8", "replace"), exc.start)
         raise SpecError([f"{path}:{line}:{col}: not UTF-8 text"]) from exc
     spec = parse_spec(text, str(path))
     return LoadedSpec(spec=spec, path=path, base_dir=path.parent.resolve(), text=text)
@@ -88,24 +91,30 @@ def load_spec(path: Path) -> LoadedSpec:
 
 def parse_spec(text: str, filename: str = SPEC_FILENAME) -> Spec:
     """Parse and validate spec text; `filename` is only used in messages."""
-    data, root_pos = _parse_yaml(text, filename)
-    if data is None:
+    with no_gc():  # the node tree and plain data are freed on return, before collection resumes
+        return _parse_spec(text, filename)
+
+
+def _parse_spec(text: str, filename: str) -> Spec:
+    tree = _parse_yaml(text, filename)
+    if tree is None:
         raise SpecError([f"{filename}:1:1: the file is empty; expected a mapping with "
                          "project, images and services"])
-    if not isinstance(data, CommentedMap):
-        line, col = root_pos
-        raise SpecError([f"{filename}:{line}:{col}: expected a mapping at the top level, "
-                         f"got {_describe(_plain_preview(data))}"])
-    conv = _Converter()
     try:
-        plain = conv.convert(data, (), 0)
-    except _TooBig as exc:
+        plain = tree.plain()
+    except TooBig as exc:
         raise SpecError([f"{filename}:1:1: {exc}"]) from None
-    problems = [(pos, _fmt_path(loc), msg) for loc, pos, msg in conv.problems]
+    except DuplicateKey as exc:
+        raise SpecError([f"{filename}:{exc.pos[0]}:{exc.pos[1]}: invalid YAML: {exc}"]) from None
+    if not isinstance(plain, dict):
+        line, col = tree.position(())
+        raise SpecError([f"{filename}:{line}:{col}: expected a mapping at the top level, "
+                         f"got {_describe(plain)}"])
+    problems = [(pos, _fmt_path(loc), msg) for loc, pos, msg in tree.problems]
     try:
         spec = Spec.model_validate(plain, strict=True)  # YAML has real types: no "3" -> 3
     except ValidationError as exc:
-        problems += _translate(exc, conv, plain)
+        problems += _translate(exc, tree, plain)
     else:
         if not problems:
             return spec
@@ -113,162 +122,34 @@ def parse_spec(text: str, filename: str = SPEC_FILENAME) -> Spec:
     raise SpecError([_line(filename, pos, path, msg) for pos, path, msg in lines])
 
 
-# ---------------------------------------------------------------- YAML -> plain data
-
-
-def _parse_yaml(text: str, filename: str) -> tuple[Any, Pos]:
-    yaml = YAML(typ="rt")  # round-trip: keeps positions; never builds arbitrary Python objects
+def _parse_yaml(text: str, filename: str) -> NodeTree | None:
+    if _node_bound(text) > MAX_NODES:
+        try:
+            nodes = count_nodes(text, MAX_NODES)
+        except yaml.YAMLError as exc:
+            raise SpecError([syntax_error(text, filename, exc)]) from None
+        if nodes > MAX_NODES:
+            raise SpecError([f"{filename}:1:1: too many YAML nodes (more than {MAX_NODES}); "
+                             "a kiln.yaml is expected to be far smaller"])
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = _one_line(exc.problem or exc.context or "cannot parse")
-        if exc.context and exc.problem:
-            what = f"{what} ({_one_line(exc.context)})"
-        raise SpecError([f"{filename}:{line}:{col}: invalid YAML: {what}"]) from exc
-    except ReaderError as exc:
-        line, col = _offset_pos(text, exc.position)
-        raise SpecError([f"{filename}:{line}:{col}: invalid YAML: special character "
-                         f"#x{exc.character if isinstance(exc.character, int) else 0:04x} "
-                         "is not allowed"]) from exc
-    except RecursionError:
-        raise SpecError([f"{filename}:1:1: invalid YAML: nested too deeply"]) from None
-    except (YAMLError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-        # ruamel raises plain Python errors for a few odd inputs (complex keys, bad escapes).
-        raise SpecError([f"{filename}:1:1: invalid YAML: {_one_line(str(exc))}"]) from exc
-    return data, _node_pos(data)
-
-
-class _TooBig(Exception):
-    pass
-
-
-class _Converter:
-    """Plain data for pydantic + a position for every path; odd YAML becomes a problem."""
-
-    def __init__(self) -> None:
-        self.key_pos: dict[Loc, Pos] = {}
-        self.value_pos: dict[Loc, Pos] = {}
-        self.scalar: set[Loc] = set()
-        self.problems: list[tuple[Loc, Pos, str]] = []
-        self.bad: set[Loc] = set()  # paths already reported; pydantic errors below them are noise
-        self._count = 0
-        self._active: set[int] = set()
-
-    def convert(self, node: Any, loc: Loc, depth: int) -> Any:
-        self._count += 1
-        if self._count > MAX_VALUES:
-            raise _TooBig(f"too many values (more than {MAX_VALUES}; aliases expand too much)")
-        if not loc:
-            self.key_pos[loc] = self.value_pos[loc] = _node_pos(node)
-        if depth > MAX_DEPTH:
-            return self._problem(loc, "nested too deeply")
-        if isinstance(node, CommentedMap | CommentedSeq):
-            tag = getattr(getattr(node, "tag", None), "value", None)
-            if tag not in _STD_TAGS:
-                return self._problem(loc, f"unsupported YAML tag {tag}")
-            if id(node) in self._active:
-                return self._problem(loc, "recursive alias")
-            self._active.add(id(node))
-            try:
-                if isinstance(node, CommentedMap):
-                    return self._mapping(node, loc, depth)
-                return self._sequence(node, loc, depth)
-            finally:
-                self._active.discard(id(node))
-        self.scalar.add(loc)
-        if isinstance(node, TaggedScalar):
-            return self._problem(loc, f"unsupported YAML tag {node.tag.value}")
-        if node is None or isinstance(node, bool):
-            return node
-        if type(node).__name__ == "ScalarBoolean":  # an anchored bool: an int subclass
-            return bool(node)
-        if isinstance(node, int):
-            return int(node)
-        if isinstance(node, float):
-            return float(node)
-        if isinstance(node, str):
-            return str(node)
-        if isinstance(node, _dt.date):  # unquoted 2024-01-01: keep it as the text it was
-            return node.isoformat()
-        return self._problem(loc, f"unsupported YAML value ({type(node).__name__})")
-
-    def _mapping(self, node: CommentedMap, loc: Loc, depth: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        parent = self.key_pos.get(loc, (1, 1))
-        for key, value in node.items():
-            try:
-                kpos = _pos(node.lc.key(key))
-                vpos = _pos(node.lc.value(key))
-            except (KeyError, TypeError, AttributeError):  # merged (<<) keys have no position
-                kpos = vpos = parent
-            if not isinstance(key, str):
-                self.problems.append((loc, kpos, f"keys must be text, got {_describe(key)}"))
-                continue
-            child = (*loc, key)
-            self.key_pos[child], self.value_pos[child] = kpos, vpos
-            out[str(key)] = self.convert(value, child, depth + 1)
-        return out
-
-    def _sequence(self, node: CommentedSeq, loc: Loc, depth: int) -> list[Any]:
-        out: list[Any] = []
-        parent = self.key_pos.get(loc, (1, 1))
-        for i, value in enumerate(node):
-            try:
-                ipos = _pos(node.lc.item(i))
-            except (KeyError, TypeError, AttributeError):
-                ipos = parent
-            child = (*loc, i)
-            self.key_pos[child] = self.value_pos[child] = ipos
-            out.append(self.convert(value, child, depth + 1))
-        return out
-
-    def _problem(self, loc: Loc, message: str) -> None:
-        self.problems.append((loc, self.value_pos.get(loc, (1, 1)), message))
-        self.bad.add(loc)
+        root = compose(text)
+    except yaml.YAMLError as exc:
+        raise SpecError([syntax_error(text, filename, exc)]) from None
+    if root is None:
         return None
-
-    def position(self, loc: Loc, *, at_key: bool = False) -> Pos:
-        """Scalars: the value; containers and keys: the key; missing: nearest parent's key."""
-        if loc in self.key_pos:
-            if not at_key and loc in self.scalar:
-                return self.value_pos[loc]
-            return self.key_pos[loc]
-        while loc and loc not in self.key_pos:
-            loc = loc[:-1]
-        return self.key_pos.get(loc, (1, 1))
+    return NodeTree(root, max_values=max(MAX_VALUES, len(text) // _MIN_NODE_BYTES))
 
 
-def _pos(lc: Any) -> Pos:
-    line, col = lc
-    return int(line) + 1, int(col) + 1
-
-
-def _node_pos(node: Any) -> Pos:
-    lc = getattr(node, "lc", None)
-    if lc is not None and lc.line is not None:
-        return int(lc.line) + 1, int(lc.col) + 1
-    return 1, 1
-
-
-def _offset_pos(text: str, offset: int) -> Pos:
-    before = text[:offset]
-    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
-
-
-def _plain_preview(node: Any) -> Any:
-    if isinstance(node, CommentedSeq):
-        return []
-    return node if isinstance(node, str | int | float | bool) else str(node)
+def _node_bound(text: str) -> int:
+    """A cheap upper bound of the node count (a collection may share its first entry's
+    delimiter, hence 2x); only files that exceed it pay for the exact count."""
+    return 2 * sum(text.count(c) for c in _DELIMITERS) + 1
 
 
 # ---------------------------------------------------------------- pydantic errors -> lines
 
 
-def _translate(exc: ValidationError, conv: _Converter, plain: Any) -> list[tuple[Pos, str, str]]:
+def _translate(exc: ValidationError, conv: NodeTree, plain: Any) -> list[tuple[Pos, str, str]]:
     out: list[tuple[Pos, str, str]] = []
     for err in exc.errors():
         loc, owner, key_error = _resolve(tuple(err["loc"]))
@@ -287,8 +168,8 @@ def _translate(exc: ValidationError, conv: _Converter, plain: Any) -> list[tuple
         message = _message(err, loc, owner, key_error)
         if key_error or etype in ("extra_forbidden", "missing"):
             pos = conv.position(loc, at_key=True)
-        elif etype.endswith("_type") and loc in conv.value_pos:  # a list where a string goes
-            pos = conv.value_pos[loc]
+        elif etype.endswith("_type") and (vpos := conv.value_position(loc)) is not None:
+            pos = vpos  # a list where a string goes
         else:
             pos = conv.position(loc)
         out.append((pos, _fmt_path(loc), message))
@@ -495,21 +376,6 @@ def _line(filename: str, pos: Pos, path: str, message: str) -> str:
     where = f"{filename}:{pos[0]}:{pos[1]}"
     message = _one_line(message)  # user text (keys, values) can hold newlines
     return f"{where}: {path}: {message}" if path else f"{where}: {message}"
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict) or hasattr(value, "keys"):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 40 else value[:37] + "...")
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _one_line(text: str) -> str:
