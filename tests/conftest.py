@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln.testing.moto import MotoServer, moto_server
 from kiln.testing.project import Proj, make_project, teardown
 
 
@@ -17,3 +18,20 @@ def proj(tmp_path: Path) -> Iterator[Proj]:
         yield p
     finally:
         teardown(p)
+
+
+@pytest.fixture(scope="session")
+def moto_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """moto's server on a free loopback port, started once for the AWS tests and stopped."""
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def moto(moto_session: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    """A clean fake AWS for one test; boto3 in this process (and its children) points at it."""
+    moto_session.reset()
+    for key, value in moto_session.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_session

@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from kiln.spec.aws import AwsSettings
+
 NAME_RE = r"^[a-z][a-z0-9-]{0,39}$"
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -379,6 +381,8 @@ class ServiceSpec(_Model):
 class Spec(_Model):
     project: Name
     platform: Literal["local", "podman", "aws"] = "local"
+    aws: AwsSettings | None = None
+    """Settings of `platform: aws` (region, subnets, base AMI...)."""
     images: dict[Name, ImageSpec] = Field(default_factory=dict)
     services: dict[Name, ServiceSpec] = Field(default_factory=dict)
 
@@ -386,6 +390,9 @@ class Spec(_Model):
     def _references(self) -> Spec:
         """One line per problem, each starting with its field path (the loader finds its line)."""
         problems: list[str] = []
+        if self.platform == "aws" and self.aws is None:
+            problems.append("aws: platform aws needs an aws: block with at least region, "
+                            "subnets and base_ami")
         listens: dict[str, str] = {}
         for name, svc in self.services.items():
             if svc.image not in self.images:
