@@ -16,7 +16,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shop" / "kiln.yaml
 KNOWN = {"$schema", "$defs", "$ref", "title", "description", "default", "type", "properties",
          "required", "additionalProperties", "patternProperties", "items", "oneOf", "anyOf",
          "enum", "const", "pattern", "minimum", "maximum", "minLength", "exclusiveMinimum",
-         "exclusiveMaximum", "discriminator"}
+         "exclusiveMaximum", "discriminator", "minItems"}
 TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict,
     "array": list, "null": type(None)}
