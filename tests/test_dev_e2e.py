@@ -38,6 +38,11 @@ def test_up_exec_down(proj: Proj) -> None:
     code = proj.kiln("exec", "web", "--", "python", "-c", "raise SystemExit(5)")
     assert code.returncode == 5, code.stdout + code.stderr
 
+    # `kiln logs` reaches dev instances (the only service is the default).
+    logs = proj.kiln("logs", "--dev", "-n", "5")
+    assert logs.returncode == 0, logs.stderr
+    assert "listening on" in logs.stdout and "-dev" in logs.stdout, logs.stdout
+
     down = proj.kiln("down", timeout=60)
     assert down.returncode == 0, down.stdout + down.stderr
     assert "1 dev instance" in down.stdout

@@ -239,3 +239,38 @@ def test_a_dead_instance_is_healed_with_the_same_image_and_no_new_release(proj: 
             break
     assert seen == ids
     assert "up to date" in proj.kiln("plan").stdout
+
+
+def test_a_failing_image_test_shows_the_instance_log_and_kiln_logs_reaches_it(proj: Proj) -> None:
+    (proj.dir / "app" / "behaviour.json").write_text("{broken")
+    res = proj.kiln("test")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "log of test instance" in res.stdout, res.stdout
+    assert "JSONDecodeError" in res.stdout, "the traceback's cause is shown, not only its last line"
+    res = proj.kiln("test", "--json")
+    (result,) = json.loads(res.stdout)
+    assert any("JSONDecodeError" in line for line in result["log_tail"])
+    # deploy: the gate refuses, says where the log is, and shows it.
+    res = proj.kiln("deploy")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "JSONDecodeError" in res.stdout and "kiln logs web --test" in res.stderr, res.stderr
+    # kiln logs: nothing runs, so the newest instance (the failed test's) is shown.
+    for args in (["logs"], ["logs", "web", "--test"]):
+        res = proj.kiln(*args)
+        assert res.returncode == 0, res.stderr
+        assert "JSONDecodeError" in res.stdout and "web-test-" in res.stdout, res.stdout
+    res = proj.kiln("logs", "--json", "-n", "3")
+    (src,) = json.loads(res.stdout)
+    assert src["kind"] == "test" and len(src["lines"]) == 3
+
+
+def test_a_failed_health_gate_shows_the_dying_instance_log(proj: Proj) -> None:
+    proj.write(replicas=1)
+    deploy_ok(proj)
+    # Passes the image test (one instance, http check) but the release's instances crash:
+    # the service gets a command the test instance does not run.
+    (proj.dir / "kiln.yaml").write_text((proj.dir / "kiln.yaml").read_text().replace(
+        "command: python -m app", "command: python -c 'import app.nosuchmodule'"))
+    res = proj.kiln("deploy", "--skip-tests")
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "ModuleNotFoundError" in res.stdout, res.stdout

@@ -7,22 +7,13 @@ from pathlib import Path
 
 from kiln.errors import KilnError
 from kiln.platforms.base import ExecResult, Instance, Release
-from kiln.project import Project, config_digest, resolve_secrets
+from kiln.project import Project, config_digest
 from kiln.rollout.executor import instances_of
-
-
-def _pick(project: Project, service: str | None) -> str:
-    if service:
-        project.service(service)
-        return service
-    if len(project.spec.services) != 1:
-        names = ", ".join(sorted(project.spec.services)) or "none"
-        raise KilnError(f"name a service (services: {names})")
-    return next(iter(project.spec.services))
+from kiln.secrets import resolve_secrets
 
 
 def dev_up(project: Project, service: str | None) -> tuple[Instance, Path]:
-    name = _pick(project, service)
+    name = project.only_service(service)
     spec = project.service(name)
     with project.locked(f"up {name}"):
         image = project.builder.build(spec.image, project.spec.images[spec.image],

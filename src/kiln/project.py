@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from kiln.errors import KilnError, NotFound, RolledBack
 from kiln.platforms.base import Image, Instance, Release, StepEvent
 from kiln.rollout.decide import SETTLED, Status, start
 from kiln.rollout.executor import Env, Reconciler, env_fault, instances_of, load_release
+from kiln.secrets import resolve_secrets
 from kiln.spec.models import ServiceSpec, Spec
 from kiln.state.lock import project_lock
 from kiln.state.store import Store, default_home
@@ -65,26 +65,6 @@ def config_digest(service: ServiceSpec) -> str:
     data = service.model_dump(mode="json", by_alias=True, exclude={"rollout"})
     blob = json.dumps(data, sort_keys=True).encode()
     return "sha256:" + hashlib.sha256(blob).hexdigest()
-
-
-def resolve_secrets(service_name: str, service: ServiceSpec, base_dir: Path) -> dict[str, str]:
-    """Resolve `env:NAME` / `file:PATH` references at launch; never stored."""
-    out: dict[str, str] = {}
-    for key, ref in service.secrets.items():
-        scheme, _, target = ref.partition(":")
-        if scheme == "env":
-            if target not in os.environ:
-                raise KilnError(f"services.{service_name}.secrets.{key}: environment variable "
-                                f"{target} is not set")
-            out[key] = os.environ[target]
-        else:
-            path = (base_dir / target).resolve()
-            try:
-                out[key] = path.read_text().strip()
-            except OSError as exc:
-                raise KilnError(f"services.{service_name}.secrets.{key}: cannot read {path}: "
-                                f"{exc.strerror}") from exc
-    return out
 
 
 class Project:
@@ -449,6 +429,18 @@ class Project:
         for line in log_tail(self.compute.log_path(inst), lines):
             emit(DeployEvent(name, "log", f"{inst.id} | {line}"))
 
+    def _emit_failed_instance_log(self, name: str, release_id: str,
+                                  emit: Callable[[DeployEvent], None]) -> None:
+        """A health gate failed: the log of an instance that died (else the newest) says why."""
+        row = self.store.one(
+            "SELECT * FROM instances WHERE release_id = ? AND kind = 'service' "
+            "ORDER BY state = 'dead' DESC, created_at DESC LIMIT 1", (release_id,))
+        if row is not None:
+            inst = Instance(row["id"], row["service"], row["release_id"], row["host"],
+                            row["port"], row["pid"], row["pid_start"], row["workdir"])
+            emit(DeployEvent(name, "log", f"log of {inst.id} ({row['state']}), last lines:"))
+            self._emit_log_tail(name, inst, emit)
+
     def _roll_to(self, name: str, spec: ServiceSpec, new: Release, current: Release | None,
                  emit: Callable[[DeployEvent], None], t0: float,
                  strategy: str | None = None) -> ServiceResult:
@@ -460,6 +452,8 @@ class Project:
                          f"{strategy or spec.rollout.strategy} "
                          f"{current.id if current else '(none)'} -> {new.id}"))
         st = self._reconcile(name, rid, on_status)
+        if st.outcome == "failed":
+            self._emit_failed_instance_log(name, new.id, emit)
         report = self._write_report(name, rid)
         emit(DeployEvent(name, "settled", st.reason or st.phase, status=st))
         return ServiceResult(name, new.id, st.outcome or "failed", st.reason, rid, report,
@@ -706,22 +700,56 @@ class Project:
                 self.router.stop()
         return stopped
 
-    def logs(self, service: str, instance: str | None = None) -> list[tuple[str, Path]]:
-        self.service(service)
+    def logs(self, service: str | None = None, instance: str | None = None,
+             kind: str | None = None) -> list[LogSource]:
+        """Logs of a service's instances: the running ones (service and dev instances) by
+        default, else its most recent instance (a failed test's, say); `kind` picks service,
+        dev or test instances (the newest stopped one when none runs); `instance` any one by
+        id prefix."""
+        name = self.only_service(service)
         rows = self.store.query(
-            "SELECT * FROM instances WHERE service = ? ORDER BY created_at DESC", (service,))
+            "SELECT * FROM instances WHERE service = ? ORDER BY created_at DESC", (name,))
+        if instance:
+            rows = [r for r in rows if r["id"].startswith(instance)]
+            if not rows:
+                raise NotFound(f"{name}: no instance {instance!r}",
+                               hint=f"`kiln status {name}` lists them")
+        elif kind:
+            rows = [r for r in rows if r["kind"] == kind]
+            live = [r for r in rows if r["state"] in ("starting", "running", "draining")]
+            rows = live or rows[:1]
+            if not rows:
+                raise NotFound(f"{name}: no {kind} instance has run")
+        else:
+            live = [r for r in rows if r["state"] in ("starting", "running", "draining")]
+            rows = live or rows[:1]
         out = []
         for r in rows:
-            if instance and not r["id"].startswith(instance):
-                continue
-            if not instance and r["state"] not in ("starting", "running", "draining"):
-                continue
             inst = Instance(r["id"], r["service"], r["release_id"], r["host"], r["port"],
                             r["pid"], r["pid_start"], r["workdir"])
-            out.append((inst.id, self.compute.log_path(inst)))
-        if instance and not out:
-            raise NotFound(f"{service}: no instance {instance!r}")
+            out.append(LogSource(inst.id, str(r["kind"]), str(r["state"]),
+                                 self.compute.log_path(inst)))
         return out
+
+    def only_service(self, service: str | None) -> str:
+        """The named service, or the project's only one when none is named."""
+        if service:
+            self.service(service)
+            return service
+        if len(self.spec.services) != 1:
+            names = ", ".join(sorted(self.spec.services)) or "none"
+            raise KilnError(f"name a service (services: {names})")
+        return next(iter(self.spec.services))
+
+
+@dataclass
+class LogSource:
+    """One instance's log file, for `kiln logs`."""
+
+    instance: str
+    kind: str  # service | dev | test
+    state: str
+    path: Path
 
 
 def log_tail(path: Path, lines: int = 20) -> list[str]:

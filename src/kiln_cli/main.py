@@ -350,14 +350,36 @@ def destroy(services: Annotated[list[str] | None, typer.Argument()] = None) -> N
 
 
 @app.command()
-def logs(service: str,
-         follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
-         instance: Annotated[str | None, typer.Option("--instance")] = None,
-         lines: Annotated[int, typer.Option("--lines", "-n")] = 50) -> None:
-    """Show (or follow) the logs of a service's instances."""
+def logs(service: Annotated[str | None, typer.Argument(
+             help="Service (default: the only one).")] = None,
+         follow: Annotated[bool, typer.Option("--follow", "-f",
+                                              help="Keep printing new lines (^C stops).")] = False,
+         instance: Annotated[str | None, typer.Option(
+             "--instance", help="One instance, by id or id prefix (any kind, also stopped).")
+         ] = None,
+         test: Annotated[bool, typer.Option(
+             "--test", help="The image test instance (the newest one, also when stopped).")
+         ] = False,
+         dev: Annotated[bool, typer.Option("--dev", help="Dev instances (`kiln up`).")] = False,
+         lines: Annotated[int, typer.Option("--lines", "-n", help="Lines of each log to show.")
+                          ] = 50,
+         as_json: JsonOpt = False) -> None:
+    """Show (or follow) instance logs: the running ones, else the newest (a failed test's)."""
     from kiln_cli.render import show_logs
 
-    guard(lambda: show_logs(project().logs(service, instance), follow=follow, lines=lines))
+    def body() -> None:
+        kind = "test" if test else "dev" if dev else None
+        sources = project().logs(service, instance, kind)
+        if as_json:
+            from kiln.project import log_tail
+
+            print_json([{"instance": s.instance, "kind": s.kind, "state": s.state,
+                         "path": str(s.path), "lines": log_tail(s.path, lines)}
+                        for s in sources])
+            return
+        show_logs([(s.instance, s.path) for s in sources], follow=follow, lines=lines)
+
+    guard(body)
 
 
 @app.command()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.errors import NotFound, VerifyError
 from kiln.platforms.base import Image
+from kiln.secrets import resolve_secrets
 from kiln.spec.models import ServiceSpec
 from kiln.verify.attest import attest, latest_attestation
 from kiln.verify.digest import suite_digest
@@ -33,8 +34,6 @@ def _line(r: CheckResult) -> str:
 
 def run_suite(project: Project, image_name: str, image: Image,
               on_line: Callable[[str], None] | None = None) -> SuiteResult:
-    from kiln.project import resolve_secrets
-
     spec = project.spec.images[image_name]
     name, svc = _service_for(project, image_name)
     secrets = resolve_secrets(name, svc, project.base_dir) if svc else {}
@@ -43,6 +42,11 @@ def run_suite(project: Project, image_name: str, image: Image,
                        on_result=(lambda r: on_line(_line(r))) if on_line else None)
     path = attest(project.store, project.home, image, suite)
     if on_line:
+        if suite.log_tail:
+            on_line(f"  log of test instance {suite.instance_id} "
+                    f"(last {len(suite.log_tail)} lines):")
+            for line in suite.log_tail:
+                on_line(f"    | {line}")
         verdict = "passed" if suite.passed else "failed"
         on_line(f"{image_name} {verdict}: {sum(r.passed for r in suite.results)}/"
                 f"{len(suite.results)} checks; attestation {path}")
@@ -69,7 +73,9 @@ def ensure_tested(project: Project, image_name: str, image: Image,
         raise VerifyError(
             f"image {image_name} ({image.digest[:19]}) failed {len(failed)} of "
             f"{len(suite.results)} checks, first: {first.kind} {first.description}: "
-            f"{first.detail}; it will not be deployed")
+            f"{first.detail}; it will not be deployed",
+            hint=f"its log: kiln logs {_service_for(project, image_name)[0]} --test"
+            if suite.instance_id else None)
 
 
 def test_images(project: Project, names: Sequence[str] | None,
@@ -88,6 +94,7 @@ def test_images(project: Project, names: Sequence[str] | None,
                 on_line(f"{n} {image.digest}")
             suite = run_suite(project, n, image, on_line)
             out.append({"image": n, "digest": image.digest, "passed": suite.passed,
-                        "suite_digest": suite.suite_digest,
+                        "suite_digest": suite.suite_digest, "instance": suite.instance_id,
+                        "log_tail": list(suite.log_tail),
                         "checks": [r.to_json() for r in suite.results]})
     return out

@@ -60,6 +60,8 @@ class SuiteResult:
     healthy_at: float | None = None
     """When the instance passed its health check (None: never, or not needed)."""
     instance_id: str | None = None
+    log_tail: tuple[str, ...] = ()
+    """The test instance's last log lines when a check failed: usually the cause."""
 
     @property
     def failed(self) -> tuple[CheckResult, ...]:

@@ -102,7 +102,11 @@ def run_checks(
     finally:
         if target.instance is not None:
             _dispose(compute, target.instance, launch_spec.stop_timeout)
+    tail: tuple[str, ...] = ()
+    if target.instance is not None and not all(r.passed for r in results):
+        tail = log_lines(compute, target.instance, LOG_TAIL)
     return SuiteResult(
+        log_tail=tail,
         passed=all(r.passed for r in results),
         results=tuple(results),
         started_at=started,
@@ -170,11 +174,24 @@ def _wait_healthy(compute: Compute, target: _Target, service: ServiceSpec) -> No
         time.sleep(HEALTH_POLL)
 
 
-def _log_tail(compute: Compute, instance: Instance) -> str:
+LOG_TAIL = 20
+"""Log lines of a failed test instance shown with the failure."""
+
+
+def log_lines(compute: Compute, instance: Instance, count: int) -> tuple[str, ...]:
+    """The last `count` lines of the instance's log (empty when it cannot be read)."""
     try:
-        lines = compute.log_path(instance).read_text(errors="replace").strip().splitlines()
+        with compute.log_path(instance).open("rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(fh.tell() - 64_000, 0))
+            data = fh.read()
     except (OSError, KilnError):
-        return ""
+        return ()
+    return tuple(ln.decode(errors="replace") for ln in data.strip().splitlines()[-count:])
+
+
+def _log_tail(compute: Compute, instance: Instance) -> str:
+    lines = log_lines(compute, instance, 1)
     return f"; last log line: {ck.one_line(lines[-1], 120)}" if lines else ""
 
 

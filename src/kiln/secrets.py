@@ -1,0 +1,29 @@
+"""Secrets of a service (`env:NAME`, `file:PATH`), resolved at launch and never stored."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kiln.errors import KilnError
+from kiln.spec.models import ServiceSpec
+
+
+def resolve_secrets(service_name: str, service: ServiceSpec, base_dir: Path) -> dict[str, str]:
+    """Resolve `env:NAME` / `file:PATH` references at launch; never stored."""
+    out: dict[str, str] = {}
+    for key, ref in service.secrets.items():
+        scheme, _, target = ref.partition(":")
+        if scheme == "env":
+            if target not in os.environ:
+                raise KilnError(f"services.{service_name}.secrets.{key}: environment variable "
+                                f"{target} is not set")
+            out[key] = os.environ[target]
+        else:
+            path = (base_dir / target).resolve()
+            try:
+                out[key] = path.read_text().strip()
+            except OSError as exc:
+                raise KilnError(f"services.{service_name}.secrets.{key}: cannot read {path}: "
+                                f"{exc.strerror}") from exc
+    return out
