@@ -22,6 +22,7 @@ from kiln.platforms.base import Image, Instance, Release
 from kiln.platforms.fake.compute import FakeCompute
 from kiln.platforms.local.addresses import address_for
 from kiln.platforms.local.compute import LocalCompute
+from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.sandbox import bwrap_works
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
@@ -66,6 +67,12 @@ COMMANDS = {
     "ignore-term": "python app.py ignore-term",
     "exits": "echo boom: cannot start >&2; exit 3",
 }
+
+
+def pid_of(inst: Instance) -> int:
+    pid = LocalHandle.of(inst).pid
+    assert pid is not None
+    return pid
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -120,6 +127,10 @@ class _Base:
     def got_sigterm(self, inst: Instance) -> bool:
         raise NotImplementedError
 
+    def reused(self, inst: Instance) -> Instance:
+        """The same instance as if its process id now named another process."""
+        raise NotImplementedError
+
     def env_of(self, inst: Instance) -> dict[str, str]:
         raise NotImplementedError
 
@@ -144,6 +155,9 @@ class FakeHarness(_Base):
     def kill(self, inst: Instance) -> None:
         self.fake.die(inst)
 
+    def reused(self, inst: Instance) -> Instance:
+        return self.fake.with_wrong_start(inst)
+
     def got_sigterm(self, inst: Instance) -> bool:
         return self.fake.stop_signal(inst) == "sigterm"
 
@@ -162,8 +176,10 @@ class LocalHarness(_Base):
         self.compute = self.local
 
     def kill(self, inst: Instance) -> None:
-        assert inst.pid is not None
-        os.kill(inst.pid, 9)
+        os.kill(pid_of(inst), 9)
+
+    def reused(self, inst: Instance) -> Instance:
+        return replace(inst, handle={**inst.handle, "pid_start": "1"})
 
     def got_sigterm(self, inst: Instance) -> bool:
         return (self.local.scratch(inst) / "terminated").exists()
@@ -244,7 +260,7 @@ def test_observe_sees_a_killed_process_as_dead(harness: _Base) -> None:
 def test_a_reused_pid_is_not_ours(harness: _Base) -> None:
     (inst,) = harness.launch(1)
     assert harness.compute.observe([inst])[0].alive
-    reused = replace(inst, pid_start="1")  # same pid, another process's start time
+    reused = harness.reused(inst)  # same pid, another process's start time
     assert harness.compute.observe([reused])[0].alive is False
 
 
@@ -334,13 +350,13 @@ def test_the_image_is_read_only_to_the_instance(local: LocalHarness, image_dir: 
 @pytest.mark.e2e
 def test_the_recorded_pid_is_the_app_itself(local: LocalHarness, image_dir: Path) -> None:
     (inst,) = local.launch(1)
-    assert inst.pid is not None
-    cmdline = Path(f"/proc/{inst.pid}/cmdline")
+    pid = pid_of(inst)
+    cmdline = Path(f"/proc/{pid}/cmdline")
     # bwrap reports the pid before the sandboxed child has exec'd bash, then the app:
     assert wait_until(lambda: cmdline.read_bytes().split(b"\0")[:2] == [b"python", b"app.py"])
-    exe = os.readlink(f"/proc/{inst.pid}/exe")
+    exe = os.readlink(f"/proc/{pid}/exe")
     assert Path(exe).resolve() == (image_dir / "root/.venv/bin/python").resolve()
-    assert os.getpgid(inst.pid) != os.getpgid(0)  # own session: outlives kiln's ^C
+    assert os.getpgid(pid) != os.getpgid(0)  # own session: outlives kiln's ^C
 
 
 @pytest.mark.e2e
@@ -360,16 +376,16 @@ def test_plain_process_fallback_without_bwrap(tmp_path: Path, image_dir: Path) -
 @pytest.mark.e2e
 def test_crash_before_the_pid_is_recorded_leaves_no_orphan(local: LocalHarness) -> None:
     (inst,) = local.launch(1)
-    assert inst.pid is not None
+    pid = pid_of(inst)
     # As if kiln was SIGKILLed between spawning and recording the pid:
     with local.store.tx() as c:
-        c.execute("UPDATE instances SET pid = NULL, pid_start = NULL WHERE id = ?", (inst.id,))
+        c.execute("UPDATE instances SET handle_json = '{}' WHERE id = ?", (inst.id,))
     from_state = local.compute.list_instances("web")[0]
     assert local.compute.observe([from_state])[0].alive is False
     changes = local.compute.sweep()
-    assert f"{inst.id}: stopped orphan process {inst.pid}" in changes
-    assert wait_until(lambda: not Path(f"/proc/{inst.pid}").exists()
-                      or "Z" in Path(f"/proc/{inst.pid}/stat").read_text().split(")")[-1][:3])
+    assert f"{inst.id}: stopped orphan process {pid}" in changes
+    assert wait_until(lambda: not Path(f"/proc/{pid}").exists()
+                      or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3])
     assert local.compute.list_instances("web") == []
 
 
@@ -429,6 +445,7 @@ import json, sys
 from pathlib import Path
 from kiln.platforms.base import Image, Release
 from kiln.platforms.local.compute import LocalCompute
+from kiln.platforms.local.handle import LocalHandle
 from kiln.spec.models import ServiceSpec
 from kiln.state.store import Store
 home, ref, project, port = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])

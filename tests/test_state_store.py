@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import KilnError, StateError
+from kiln.platforms.instance_rows import from_row
 from kiln.state.store import MIGRATIONS, SCHEMA_VERSION, Store, _split_sql, default_home
 
 TABLES = {"images", "steps", "attestations", "releases", "instances", "rollouts", "routes",
@@ -80,6 +81,31 @@ def test_old_database_is_migrated_to_the_latest_version(tmp_path: Path) -> None:
         assert "skip_tests" in rel_cols
         row = s.one("SELECT service, signal FROM rollouts")
         assert row is not None and row["service"] == "web" and row["signal"] is None
+    finally:
+        s.close()
+
+
+def test_instance_pids_move_into_the_platform_handle(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    conn = _raw(home / "state.db")
+    for statement in _split_sql(MIGRATIONS[0]) + _split_sql(MIGRATIONS[1]):
+        conn.execute(statement)
+    conn.execute("INSERT INTO instances(id, service, release_id, host, port, pid, pid_start, "
+                 "workdir, state, created_at) VALUES ('web-r1-a', 'web', 'web-r1', '127.1.2.3', "
+                 "8000, 4242, '777', '/w/a', 'running', 1), ('web-r1-b', 'web', 'web-r1', "
+                 "'127.1.2.4', 8000, NULL, NULL, '/w/b', 'starting', 2)")
+    conn.execute("PRAGMA user_version=2")
+    conn.close()
+
+    s = Store.open(home)
+    try:
+        cols = {r["name"] for r in s.query("PRAGMA table_info(instances)")}
+        assert "handle_json" in cols and not cols & {"pid", "pid_start", "workdir"}
+        a, b = [from_row(r) for r in s.query("SELECT * FROM instances ORDER BY id")]
+        assert dict(a.handle) == {"pid": "4242", "pid_start": "777", "workdir": "/w/a"}
+        assert a.label == "pid 4242" and a.address == "127.1.2.3:8000"
+        assert dict(b.handle) == {"workdir": "/w/b"}  # no pid recorded yet: no pid key
     finally:
         s.close()
 

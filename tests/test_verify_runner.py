@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from kiln.platforms.base import Image, Instance
+from kiln.platforms.instance_rows import from_row
 from kiln.platforms.local.compute import LocalCompute
-from kiln.platforms.local.instance_rows import from_row
 from kiln.spec.models import ImageSpec, ServiceSpec
 from kiln.state.store import Store
 from kiln.verify import CheckResult, SuiteResult, run_checks

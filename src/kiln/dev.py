@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kiln.errors import KilnError
 from kiln.platforms.base import ExecResult, Instance, Release
+from kiln.platforms.instance_rows import from_row
 from kiln.project import Project, config_digest
 from kiln.rollout.executor import instances_of
 from kiln.secrets import resolve_secrets
@@ -39,8 +40,7 @@ def dev_up(project: Project, service: str | None) -> tuple[Instance, Path]:
 def dev_instances(project: Project) -> list[Instance]:
     rows = project.store.query(
         "SELECT * FROM instances WHERE kind = 'dev' AND state IN ('starting','running')")
-    return [Instance(r["id"], r["service"], r["release_id"], r["host"], r["port"], r["pid"],
-                     r["pid_start"], r["workdir"]) for r in rows]
+    return [from_row(r) for r in rows]
 
 
 def dev_down(project: Project) -> list[str]:

@@ -35,26 +35,11 @@ def detect(project: Project) -> list[dict[str, Any]]:
                 if want != got:
                     items.append({"kind": "router", "service": name,
                                   "detail": f"router serves {got}, state says {want}"})
-    verify = _image_verifier()
-    if verify is not None:
-        live = store.query(
-            "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r ON r.id = i.release_id "
-            "WHERE i.state IN ('starting','running','draining')")
-        for row in live:
-            problem = verify(project, row["image_digest"])
-            if problem:
-                items.append({"kind": "tampered-image", "service": None, "detail": problem})
+    live = store.query(
+        "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r ON r.id = i.release_id "
+        "WHERE i.state IN ('starting','running','draining')")
+    for row in live:
+        problem = project.platform.verify_image(row["image_digest"])
+        if problem:
+            items.append({"kind": "tampered-image", "service": None, "detail": problem})
     return items
-
-
-def _image_verifier() -> Any:
-    try:
-        from kiln.bake.imagestore import verify_image
-    except ImportError:
-        return None
-
-    def check(project: Project, digest: str) -> str | None:
-        result: str | None = verify_image(project.store, digest)
-        return result
-
-    return check

@@ -51,8 +51,6 @@ def retention(project: Project, service: str, keep: int) -> Retention:
 
 def collect(project: Project, keep: int = 3) -> dict[str, Any]:
     """Remove images no retained release needs, and the folders of stopped instances."""
-    from kiln.bake.imagestore import remove_images
-
     store = project.store
     with project.locked("gc"):
         # A blue-green standby whose delay has passed is disposed of here too.
@@ -76,7 +74,7 @@ def collect(project: Project, keep: int = 3) -> dict[str, Any]:
         for row in store.query("SELECT name, digest FROM images i WHERE created_at = "
                                "(SELECT MAX(created_at) FROM images WHERE name = i.name)"):
             keep_digests.add(row["digest"])
-        removed = remove_images(store, project.home, keep_digests)
+        removed = project.platform.remove_images(keep_digests)
         folders = []
         for row in store.query("SELECT id FROM instances WHERE state IN ('stopped','dead')"):
             folder = project.home / "instances" / row["id"]

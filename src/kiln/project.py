@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.errors import KilnError, NotFound, RolledBack
 from kiln.platforms.base import Image, Instance, Release, StepEvent
+from kiln.platforms.instance_rows import from_row
+from kiln.platforms.registry import get_platform
 from kiln.rollout.decide import SETTLED, Status, start
 from kiln.rollout.executor import Env, Reconciler, env_fault, instances_of, load_release
 from kiln.secrets import resolve_secrets
@@ -24,7 +26,10 @@ from kiln.state.lock import project_lock
 from kiln.state.store import Store, default_home
 
 if TYPE_CHECKING:
-    from kiln.platforms.base import Builder, Compute, MetricSource, Router
+    from kiln.platforms.base import Builder, Compute, MetricSource, Platform, Router
+
+__all__ = ["DeployEvent", "DeployResult", "Project", "ServiceResult", "config_digest",
+           "raise_for", "resolve_secrets"]
 
 Warn = Callable[[str], None]
 
@@ -71,14 +76,14 @@ class Project:
     """A loaded kiln.yaml with its state and platform."""
 
     def __init__(self, spec: Spec, spec_path: Path, base_dir: Path, home: Path,
-                 warn: Warn | None = None) -> None:
+                 warn: Warn | None = None, platform: Platform | None = None) -> None:
         self.spec = spec
         self.spec_path = spec_path
         self.base_dir = base_dir
         self.home = home
         self.warn: Warn = warn or (lambda msg: None)
         self._store: Store | None = None
-        self._platform: Any = None
+        self._platform: Platform | None = platform
 
     @classmethod
     def open(cls, spec_file: Path | None = None, warn: Warn | None = None) -> Project:
@@ -107,36 +112,31 @@ class Project:
             yield
 
     @property
-    def platform(self) -> Any:
-        """The platform's parts (builder, compute, router, metrics), each built on first use."""
+    def platform(self) -> Platform:
+        """The spec's platform (found by name in the registry); its parts are built on first use."""
         if self._platform is None:
-            if self.spec.platform != "local":
-                raise KilnError(f"{self.spec_path}: platform {self.spec.platform!r} is not "
-                                "supported yet (expected local)")
-            from kiln.platforms.local import LocalPlatform
-
-            self._platform = LocalPlatform(self.store, self.home, self.spec.project)
+            try:
+                self._platform = get_platform(self.spec.platform, self.store, self.home,
+                                              self.spec.project)
+            except KilnError as exc:
+                raise KilnError(f"{self.spec_path}: platform: {exc}", hint=exc.hint) from exc
         return self._platform
 
     @property
     def builder(self) -> Builder:
-        builder: Builder = self.platform.builder
-        return builder
+        return self.platform.builder
 
     @property
     def compute(self) -> Compute:
-        compute: Compute = self.platform.compute
-        return compute
+        return self.platform.compute
 
     @property
     def router(self) -> Router:
-        router: Router = self.platform.router
-        return router
+        return self.platform.router
 
     @property
     def metrics(self) -> MetricSource | None:
-        metrics: MetricSource | None = self.platform.metrics
-        return metrics
+        return self.platform.metrics
 
     def service(self, name: str) -> ServiceSpec:
         try:
@@ -154,9 +154,7 @@ class Project:
         return list(names)
 
     def image(self, digest: str) -> Image:
-        from kiln.bake.imagestore import get_image
-
-        return get_image(self.store, digest)
+        return self.platform.image(digest)
 
     # ------------------------------------------------------------ bake
 
@@ -436,8 +434,7 @@ class Project:
             "SELECT * FROM instances WHERE release_id = ? AND kind = 'service' "
             "ORDER BY state = 'dead' DESC, created_at DESC LIMIT 1", (release_id,))
         if row is not None:
-            inst = Instance(row["id"], row["service"], row["release_id"], row["host"],
-                            row["port"], row["pid"], row["pid_start"], row["workdir"])
+            inst = from_row(row)
             emit(DeployEvent(name, "log", f"log of {inst.id} ({row['state']}), last lines:"))
             self._emit_log_tail(name, inst, emit)
 
@@ -616,8 +613,7 @@ class Project:
         rows = self.store.query(
             "SELECT * FROM instances WHERE service = ? AND kind = 'service' "
             "AND state IN ('starting','running','draining') ORDER BY created_at", (name,))
-        insts = [Instance(r["id"], r["service"], r["release_id"], r["host"], r["port"], r["pid"],
-                          r["pid_start"], r["workdir"]) for r in rows]
+        insts = [from_row(r) for r in rows]
         alive = {o.instance_id: o.alive for o in self.compute.observe(insts)} if insts else {}
         releases: dict[str, dict[str, Any]] = {}
         for rid, weight in routes.items():
@@ -627,7 +623,8 @@ class Project:
                                                         "instances": []})
             healthy = alive.get(inst.id, False) and self.compute.healthy(inst, spec.health)
             rel["instances"].append({
-                "id": inst.id, "address": inst.address, "pid": inst.pid, "state": r["state"],
+                "id": inst.id, "address": inst.address, "handle": dict(inst.handle),
+                "label": inst.label, "state": r["state"],
                 "alive": alive.get(inst.id, False), "healthy": healthy})
         for rid, rel in releases.items():
             try:
@@ -725,8 +722,7 @@ class Project:
             rows = live or rows[:1]
         out = []
         for r in rows:
-            inst = Instance(r["id"], r["service"], r["release_id"], r["host"], r["port"],
-                            r["pid"], r["pid_start"], r["workdir"])
+            inst = from_row(r)
             out.append(LogSource(inst.id, str(r["kind"]), str(r["state"]),
                                  self.compute.log_path(inst)))
         return out

@@ -127,7 +127,7 @@ def status_view(data: dict[str, Any]) -> RenderableType:
                               f"{ro['to']}: {ro['phase']} (step {ro['step'] + 1}/{ro['steps']})"
                               f" {ro['outcome'] or ''} {ro['waiting'] or ro['reason'] or ''}"))
         table = Table(box=None, pad_edge=False)
-        for col in ("RELEASE", "WEIGHT", "INSTANCE", "ADDRESS", "PID", "STATE", "HEALTH"):
+        for col in ("RELEASE", "WEIGHT", "INSTANCE", "ADDRESS", "HANDLE", "STATE", "HEALTH"):
             table.add_column(col)
         for rel in svc["releases"]:
             first = True
@@ -139,7 +139,7 @@ def status_view(data: dict[str, Any]) -> RenderableType:
                     continue
                 health = "[green]healthy[/]" if inst["healthy"] else (
                     "[yellow]unhealthy[/]" if inst["alive"] else "[red]dead[/]")
-                table.add_row(*cells, inst["id"], inst["address"], str(inst["pid"] or "-"),
+                table.add_row(*cells, inst["id"], inst["address"], inst["label"] or "-",
                               inst["state"], health)
         parts.append(table)
     return Group(*parts)

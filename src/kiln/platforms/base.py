@@ -44,10 +44,17 @@ class Instance:
     release_id: str
     host: str  # loopback address allocated to this instance
     port: int
-    pid: int | None = None
-    pid_start: str | None = None
-    """Process start time (from /proc/PID/stat) so a reused pid is never mistaken for ours."""
-    workdir: str | None = None
+    handle: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """What only the platform knows about the instance (local: pid, pid_start, workdir; podman:
+    container). Stored as JSON in the `instances` row; only the platform reads its keys. The first
+    item names it for people (`label`)."""
+
+    @property
+    def label(self) -> str:
+        """'pid 4242', 'container 3f2a…': the handle's first item, for status tables."""
+        for key, value in self.handle.items():
+            return f"{key} {value}"
+        return ""
 
     @property
     def address(self) -> str:
@@ -172,4 +179,35 @@ class Router(Protocol):
 class MetricSource(Protocol):
     def samples(self, service_name: str, since: float) -> list[Sample]:
         """Requests the router served for the service since `since` (unix seconds)."""
+        ...
+
+
+class Platform(Protocol):
+    """A platform's four parts, each built on first use (`kiln bake` never starts a router).
+
+    Found by name in `kiln.platforms.registry`; `Project` asks it for its parts and never names it.
+    """
+
+    @property
+    def builder(self) -> Builder: ...
+
+    @property
+    def compute(self) -> Compute: ...
+
+    @property
+    def router(self) -> Router: ...
+
+    @property
+    def metrics(self) -> MetricSource | None: ...
+
+    def image(self, digest: str) -> Image:
+        """A baked image by digest (NotFound when it is gone, e.g. after gc)."""
+        ...
+
+    def verify_image(self, digest: str) -> str | None:
+        """None when the image is intact; else one line saying what was tampered with."""
+        ...
+
+    def remove_images(self, keep: set[str]) -> list[str]:
+        """Delete every image whose digest is not in `keep` (rows and platform copies)."""
         ...

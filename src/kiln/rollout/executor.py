@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kiln.platforms.base import Backend, Compute, Image, Instance, MetricSource, Release, Router
+from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import (
     SETTLED,
     Action,
@@ -58,9 +59,7 @@ def instances_of(store: Store, release_id: str, states: Sequence[str] = LIVE_STA
     rows = store.query(
         f"SELECT * FROM instances WHERE release_id = ? AND kind = ? AND state IN ({marks}) "
         "ORDER BY created_at, id", (release_id, kind, *states))
-    return [Instance(id=r["id"], service=r["service"], release_id=r["release_id"], host=r["host"],
-                     port=r["port"], pid=r["pid"], pid_start=r["pid_start"], workdir=r["workdir"])
-            for r in rows]
+    return [from_row(r) for r in rows]
 
 
 def load_release(store: Store, release_id: str) -> Release:

@@ -121,6 +121,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE rollouts ADD COLUMN signal TEXT;
     ALTER TABLE releases ADD COLUMN skip_tests INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: what only a platform knows about an instance (pid, container id...) is its handle
+    """
+    ALTER TABLE instances ADD COLUMN handle_json TEXT NOT NULL DEFAULT '{}';
+    UPDATE instances SET handle_json = json_object('pid', CAST(pid AS TEXT), 'pid_start',
+        pid_start, 'workdir', workdir);
+    ALTER TABLE instances DROP COLUMN pid;
+    ALTER TABLE instances DROP COLUMN pid_start;
+    ALTER TABLE instances DROP COLUMN workdir;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -249,3 +258,7 @@ def default_home(spec_dir: Path) -> Path:
     """`.kiln/` beside kiln.yaml, or $KILN_HOME."""
     env = os.environ.get("KILN_HOME")
     return Path(env).resolve() if env else (spec_dir / ".kiln").resolve()
+
+
+Tx = _Tx
+"""The transaction handle's public name, for helpers that take one."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kiln.platforms.local.handle import LocalHandle
 from kiln.state.lock import pid_alive
 
 T = TypeVar("T")
@@ -110,9 +111,10 @@ class Proj:
         if not db.exists():
             return []
         with sqlite3.connect(db) as conn:
-            rows = conn.execute("SELECT pid, pid_start FROM instances WHERE pid IS NOT NULL"
-                                ).fetchall()
-        return [pid for pid, start in rows if pid_alive(pid, start)]
+            rows = conn.execute("SELECT handle_json FROM instances").fetchall()
+        handles = [LocalHandle.parse(json.loads(text)) for (text,) in rows]
+        return [h.pid for h in handles
+                if h.pid is not None and h.pid_start is not None and pid_alive(h.pid, h.pid_start)]
 
     def alive_instances(self) -> int:
         return len(self.live_pids())

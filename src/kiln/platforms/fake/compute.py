@@ -7,17 +7,17 @@ so code that reads state (status, the rollout executor) sees the same rows.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from kiln.errors import NotFound
+from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
+from kiln.platforms.instance_rows import LIVE_STATES, from_row, list_rows, set_state
 from kiln.platforms.local.addresses import address_for
 from kiln.platforms.local.environment import kiln_vars
-from kiln.platforms.local.instance_rows import LIVE_STATES, from_row, list_rows, set_state
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
 
@@ -99,9 +99,9 @@ class FakeCompute:
                 n += 1
                 host = address_for(self.project, n)
             inst = Instance(id=instance_id, service=service_name, release_id=release.id,
-                            host=host, port=service.port, pid=100_000 + self._counter,
-                            pid_start=f"fake-{self._counter}",
-                            workdir=str(self.home / "instances" / instance_id))
+                            host=host, port=service.port,
+                            handle={"pid": str(100_000 + self._counter),
+                                    "start": f"fake-{self._counter}"})
             full_env = {**image.env, **service.env, **env,
                         **kiln_vars(host, service.port, service_name, release.id, instance_id)}
             proc = FakeProcess(inst, kind, full_env,
@@ -113,12 +113,7 @@ class FakeCompute:
             self.procs[instance_id] = proc
             if self.store is not None:
                 with self.store.tx() as c:
-                    c.execute(
-                        "INSERT INTO instances(id, service, release_id, host, port, pid, "
-                        "pid_start, workdir, state, kind, created_at) "
-                        "VALUES (?,?,?,?,?,?,?,?,'starting',?,?)",
-                        (inst.id, service_name, release.id, host, service.port, inst.pid,
-                         inst.pid_start, inst.workdir, kind, time.time()))
+                    instance_rows.insert(c, inst, kind=kind)
             out.append(inst)
         return out
 
@@ -140,9 +135,9 @@ class FakeCompute:
         out = []
         for inst in instances:
             proc = self.procs.get(inst.id)
+            # A handle that names another process (a reused pid) is not ours.
             alive = (proc is not None and proc.alive
-                     and inst.pid_start in (None, proc.instance.pid_start)
-                     and inst.pid in (None, proc.instance.pid))
+                     and all(proc.instance.handle.get(k) == v for k, v in inst.handle.items()))
             out.append(Observed(inst.id, alive))
         return out
 
@@ -212,4 +207,4 @@ class FakeCompute:
 
     def with_wrong_start(self, instance: Instance) -> Instance:
         """The same instance as if its pid had been reused by another process."""
-        return replace(instance, pid_start="reused")
+        return replace(instance, handle={**instance.handle, "start": "reused"})

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from kiln.state.store import Store
 
 if TYPE_CHECKING:
-    from kiln.platforms.base import Builder, Compute, MetricSource, Router
+    from kiln.platforms.base import Builder, Compute, Image, MetricSource, Router
 
 
 class LocalPlatform:
@@ -66,3 +66,18 @@ class LocalPlatform:
 
             self._metrics = AccessLogSource(router.access_log_path, release_of)
         return self._metrics
+
+    def image(self, digest: str) -> Image:
+        from kiln.bake.imagestore import get_image
+
+        return get_image(self.store, digest)
+
+    def verify_image(self, digest: str) -> str | None:
+        from kiln.bake.imagestore import verify_image
+
+        return verify_image(self.store, digest)
+
+    def remove_images(self, keep: set[str]) -> list[str]:
+        from kiln.bake.imagestore import remove_images
+
+        return remove_images(self.store, self.home, keep)

@@ -1,6 +1,6 @@
 """Local instances: processes started from a baked image, each on its own loopback address.
 
-Crash safety: the row is inserted (state 'starting', pid NULL) before the process is spawned and
+Crash safety: the row is inserted (state 'starting', no pid in its handle) before the process is spawned and
 the pid recorded right after, in separate transactions; a pidfile in the instance folder is
 written between the two, so `sweep()` can find and stop a process whose pid never reached the
 database. Secrets (the `env` given to `launch`) are never written anywhere.
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kiln.errors import NotFound, PlatformError
+from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
-from kiln.platforms.local import addresses, environment, tcp_table
-from kiln.platforms.local.instance_rows import (
+from kiln.platforms.instance_rows import (
     KINDS,
     LIVE_STATES,
     from_row,
@@ -34,6 +34,8 @@ from kiln.platforms.local.instance_rows import (
     list_rows,
     set_state,
 )
+from kiln.platforms.local import addresses, environment, tcp_table
+from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.sandbox import Sandbox, choose, group_members, kill_group
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.lock import pid_alive, pid_start_time
@@ -110,12 +112,9 @@ class LocalCompute:
             # name) running side by side must not hand out each other's addresses.
             host = addresses.allocate(f"{self.project}@{self.home.resolve()}", service.port,
                                       counter, taken)
-            c.execute(
-                "INSERT INTO instances(id, service, release_id, host, port, pid, pid_start, "
-                "workdir, state, kind, created_at) VALUES (?,?,?,?,?,NULL,NULL,?,'starting',?,?)",
-                (instance_id, service_name, release.id, host, service.port, str(folder), kind,
-                 time.time()),
-            )
+            instance_rows.insert(c, Instance(
+                id=instance_id, service=service_name, release_id=release.id, host=host,
+                port=service.port, handle=LocalHandle(workdir=str(folder)).to_map()), kind=kind)
             c.event("instance.launch", f"launching {instance_id} on {host}:{service.port}",
                     service=service_name,
                     data={"instance": instance_id, "release": release.id, "kind": kind})
@@ -140,11 +139,11 @@ class LocalCompute:
         pid_start = pid_start_time(pid) or _EXITED
         _write_json(folder / "pid", {"pid": pid, "pid_start": pid_start, "pgid": proc.pid,
                                      "pgid_start": pid_start_time(proc.pid) or _EXITED})
+        handle = LocalHandle(pid, pid_start, str(folder)).to_map()
         with self.store.tx() as c:
-            c.execute("UPDATE instances SET pid = ?, pid_start = ? WHERE id = ?",
-                      (pid, pid_start, instance_id))
+            instance_rows.set_handle(c, instance_id, handle)
         return Instance(id=instance_id, service=service_name, release_id=release.id, host=host,
-                        port=service.port, pid=pid, pid_start=pid_start, workdir=str(folder))
+                        port=service.port, handle=handle)
 
     # ------------------------------------------------------------------ observe
 
@@ -153,11 +152,7 @@ class LocalCompute:
         self._reap()
         result = []
         for inst in instances:
-            pid, start = inst.pid, inst.pid_start
-            if pid is None:
-                row = get_row(self.store, inst.id)
-                if row is not None:
-                    pid, start = row["pid"], row["pid_start"]
+            pid, start = self._recorded(inst)
             alive = pid is not None and start is not None and pid_alive(pid, start)
             result.append(Observed(inst.id, alive))
         return result
@@ -338,13 +333,18 @@ class LocalCompute:
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    def _identity(self, inst: Instance) -> tuple[int | None, str | None, int | None, str | None]:
-        """(pid, pid_start, pgid, pgid_start) from the instance, its row, then its pidfile."""
-        pid, start = inst.pid, inst.pid_start
-        if pid is None:
+    def _recorded(self, inst: Instance) -> tuple[int | None, str | None]:
+        """(pid, pid_start) from the instance's handle, else from its row."""
+        handle = LocalHandle.of(inst)
+        if handle.pid is None:
             row = get_row(self.store, inst.id)
             if row is not None:
-                pid, start = row["pid"], row["pid_start"]
+                handle = LocalHandle.of(from_row(row))
+        return handle.pid, handle.pid_start
+
+    def _identity(self, inst: Instance) -> tuple[int | None, str | None, int | None, str | None]:
+        """(pid, pid_start, pgid, pgid_start) from the instance, its row, then its pidfile."""
+        pid, start = self._recorded(inst)
         info = _read_json(self.folder(inst.id) / "pid")
         if pid is None and info:
             pid, start = info.get("pid"), info.get("pid_start")
@@ -380,11 +380,11 @@ class LocalCompute:
                 if not (isinstance(pid, int) and isinstance(start, str)):
                     continue
                 live_row = (known is not None and known["state"] in LIVE_STATES
-                            and known["pid"] == pid)
+                            and LocalHandle.of(from_row(known)).pid == pid)
                 if not live_row and pid_alive(pid, start):
                     ghost = Instance(id=folder.name, service=known["service"] if known else "?",
                                      release_id=known["release_id"] if known else "?",
-                                     host="", port=0, pid=pid, pid_start=start)
+                                     host="", port=0, handle=LocalHandle(pid, start).to_map())
                     self.terminate(ghost, timeout=2.0)
                     changes.append(f"{folder.name}: stopped orphan process {pid}")
         return changes

@@ -1,0 +1,34 @@
+"""Platforms by name, imported only when asked for (like testinfra's backends).
+
+A platform is a class taking `(store, home, project)` whose instances give the `Platform` parts.
+The library's front looks platforms up here and never imports one itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from kiln.errors import KilnError
+from kiln.platforms.base import Platform
+from kiln.state.store import Store
+
+PLATFORMS: dict[str, str] = {
+    "local": "kiln.platforms.local:LocalPlatform",
+}
+"""name -> "module:Class". A name in the spec's `platform:` Literal but not here is refused."""
+
+
+def names() -> list[str]:
+    return sorted(PLATFORMS)
+
+
+def get_platform(name: str, store: Store, home: Path, project: str) -> Platform:
+    """The platform called `name` for one project (KilnError naming the known ones if unknown)."""
+    target = PLATFORMS.get(name)
+    if target is None:
+        raise KilnError(f"platform {name!r} is not available (platforms: {', '.join(names())})")
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    platform: Platform = cls(store, home, project)
+    return platform
