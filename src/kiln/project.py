@@ -117,7 +117,7 @@ class Project:
         if self._platform is None:
             try:
                 self._platform = get_platform(self.spec.platform, self.store, self.home,
-                                              self.spec.project)
+                                              self.spec.project, router=self.spec.router)
             except KilnError as exc:
                 raise KilnError(f"{self.spec_path}: platform: {exc}", hint=exc.hint) from exc
         return self._platform

@@ -7,6 +7,7 @@ The library's front looks platforms up here and never imports one itself.
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 from kiln.errors import KilnError
@@ -23,12 +24,23 @@ def names() -> list[str]:
     return sorted(PLATFORMS)
 
 
-def get_platform(name: str, store: Store, home: Path, project: str) -> Platform:
-    """The platform called `name` for one project (KilnError naming the known ones if unknown)."""
+def get_platform(name: str, store: Store, home: Path, project: str, *,
+                 router: str = "traefik") -> Platform:
+    """The platform called `name` for one project (KilnError naming the known ones if unknown).
+
+    `router` (the spec's `router:` key) is passed on as a keyword only when it is not the default
+    Traefik, so a platform that routes no other way needs no such parameter; one that does not
+    take it refuses the choice here with one line.
+    """
     target = PLATFORMS.get(name)
     if target is None:
         raise KilnError(f"platform {name!r} is not available (platforms: {', '.join(names())})")
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    platform: Platform = cls(store, home, project)
+    if router == "traefik":
+        platform: Platform = cls(store, home, project)
+    elif "router" in inspect.signature(cls).parameters:
+        platform = cls(store, home, project, router=router)
+    else:
+        raise KilnError(f"router {router!r} is not available on platform {name!r}")
     return platform

@@ -383,6 +383,8 @@ class Spec(_Model):
     platform: Literal["local", "podman", "aws"] = "local"
     aws: AwsSettings | None = None
     """Settings of `platform: aws` (region, subnets, base AMI...)."""
+    router: Literal["traefik", "haproxy"] = "traefik"
+    """Which load balancer serves the project's services (local platform)."""
     images: dict[Name, ImageSpec] = Field(default_factory=dict)
     services: dict[Name, ServiceSpec] = Field(default_factory=dict)
 

@@ -1,5 +1,5 @@
 """The local platform: images in a folder store, instances as sandboxed processes on loopback
-addresses, Traefik as the router, its JSON access log as the metric source.
+addresses, Traefik (default) or HAProxy as the router, its JSON access log as the metric source.
 
 Each part is built on first use, so `kiln bake` never imports the router or the statistics.
 """
@@ -7,7 +7,7 @@ Each part is built on first use, so `kiln bake` never imports the router or the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from kiln.state.store import Store
 
@@ -16,8 +16,10 @@ if TYPE_CHECKING:
 
 
 class LocalPlatform:
-    def __init__(self, store: Store, home: Path, project: str) -> None:
+    def __init__(self, store: Store, home: Path, project: str, *,
+                 router: Literal["traefik", "haproxy"] = "traefik") -> None:
         self.store, self.home, self.project = store, home, project
+        self.router_kind = router
         self._builder: Builder | None = None
         self._compute: Compute | None = None
         self._router: Router | None = None
@@ -42,19 +44,21 @@ class LocalPlatform:
     @property
     def router(self) -> Router:
         if self._router is None:
-            from kiln.platforms.local.router import TraefikRouter
+            from kiln.platforms.local.routers import make_router
 
-            self._router = TraefikRouter(self.home, self.project)
+            self._router = make_router(self.router_kind, self.home, self.project)
         return self._router
 
     @property
     def metrics(self) -> MetricSource | None:
         if self._metrics is None:
             from kiln.analysis.accesslog import AccessLogSource
+            from kiln.platforms.local.haproxy_router import HAProxyRouter
             from kiln.platforms.local.router import TraefikRouter
 
             router = self.router
-            assert isinstance(router, TraefikRouter)
+            assert isinstance(router, TraefikRouter | HAProxyRouter)
+            access_log = router.access_log_path  # both write Traefik's JSON shape
             store = self.store
 
             def release_of(address: str) -> str | None:
@@ -64,7 +68,7 @@ class LocalPlatform:
                                 (host, int(port) if port.isdigit() else 0))
                 return str(row["release_id"]) if row else None
 
-            self._metrics = AccessLogSource(router.access_log_path, release_of)
+            self._metrics = AccessLogSource(access_log, release_of)
         return self._metrics
 
     def image(self, digest: str) -> Image:

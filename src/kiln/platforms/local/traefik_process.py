@@ -177,13 +177,14 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def stop_pid(pid: int, start: str | None, timeout: float = 10.0) -> None:
-    """SIGTERM (Traefik finishes in-flight requests), then SIGKILL after `timeout`."""
+def stop_pid(pid: int, start: str | None, timeout: float = 10.0,
+             sig: int = signal.SIGTERM) -> None:
+    """`sig` (SIGTERM: Traefik finishes in-flight requests), then SIGKILL after `timeout`."""
     if not pid_alive(pid, start):
         _reap(pid)
         return
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     except ProcessLookupError:
         return
     give_up = time.monotonic() + timeout

@@ -1,0 +1,405 @@
+"""The local Router on HAProxy (`router: haproxy`): one process per project, changed live through
+its runtime API (the admin socket), never reloaded for a weight or server change.
+
+Layout under `<home>/haproxy/`: `haproxy.cfg` (rendered from `router.json` at every start, so a
+restarted HAProxy serves the recorded routing), `router.json` (each service's listen address,
+releases, weights, servers and health), `health.map` (release -> health path), `admin.sock`,
+`haproxy.pid`, `haproxy.log` (its own messages) and `access.log` (its stdout: one JSON line per
+request, see haproxy_config.LOG_FORMAT).
+
+How a change is applied (set_backends): new servers are added (`add server`, then `enable
+health` and `enable server`), weights set (`set server ... weight`), then servers that left are
+put in maintenance and deleted. HAProxy refuses to delete a server that still holds a connection,
+in flight or idle in its reuse pool (`pool-purge-delay` closes idle ones after 500 ms), so a
+refused delete is retried at the next change; a server in maintenance serves nothing meanwhile.
+A new listen address needs a new frontend, which only a restart gives (the old process stops
+accepting and finishes what it serves: SIGUSR1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import PlatformError
+from kiln.platforms.base import Backend
+from kiln.platforms.local import haproxy_config as hc
+from kiln.platforms.local import traefik_process as proc
+from kiln.platforms.local.traefik_process import Running
+from kiln.spec.models import Health, ServiceSpec
+from kiln.state.lock import pid_start_time
+
+START_DEADLINE = 15.0
+APPLY_DEADLINE = 10.0
+
+
+def haproxy_binary() -> str:
+    import shutil
+
+    found = shutil.which("haproxy") or next(
+        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)),
+        None)
+    if not found:
+        raise PlatformError("haproxy not found", hint="apt-get install haproxy (scripts/setup)")
+    return found
+
+
+class RuntimeAPI:
+    """HAProxy's admin socket: one connection per batch of `;`-separated commands."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.path, self.timeout = path, timeout
+
+    def run(self, *commands: str) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(self.timeout)
+            try:
+                s.connect(str(self.path))
+                s.sendall(("; ".join(commands) + "\n").encode())
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+            except OSError as exc:
+                raise PlatformError(f"HAProxy's admin socket {self.path}: {exc}") from exc
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    def alive(self) -> bool:
+        try:
+            return "Name: HAProxy" in self.run("show info")
+        except PlatformError:
+            return False
+
+
+class HAProxyRouter:
+    """Router seam on HAProxy. Every method is safe to call again after a crash."""
+
+    def __init__(self, home: Path, project: str, *, apply_deadline: float = APPLY_DEADLINE,
+                 start_deadline: float = START_DEADLINE) -> None:
+        self.home = Path(home)
+        self.project = project
+        self.dir = self.home / "haproxy"
+        self.config_path = self.dir / "haproxy.cfg"
+        self.state_path = self.dir / "router.json"
+        self.health_map = self.dir / "health.map"
+        self.socket_path = self.dir / "admin.sock"
+        self.pid_path = self.dir / "haproxy.pid"
+        self.log_path = self.dir / "haproxy.log"
+        self.access_log_path = self.dir / "access.log"
+        self.apply_deadline = apply_deadline
+        self.start_deadline = start_deadline
+        self.api = RuntimeAPI(self.socket_path)
+
+    # ------------------------------------------------------------------ state files
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data.setdefault("project", self.project)
+        data.setdefault("services", {})
+        return data
+
+    def _write_atomic(self, target: Path, text: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        self._write_atomic(self.state_path, json.dumps(state, indent=2, sort_keys=True))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _backends(svc: dict[str, Any]) -> list[Backend]:
+        return [Backend(rid, int(r["weight"]), list(r["servers"]),
+                        Health.model_validate(r["health"]) if r.get("health") else None)
+                for rid, r in svc.get("releases", {}).items()]
+
+    @staticmethod
+    def _health(svc: dict[str, Any]) -> Health:
+        return Health.model_validate(svc.get("health") or {})
+
+    def _wanted(self, svc: dict[str, Any]) -> tuple[list[hc.Server], dict[str, str], int]:
+        backends, health = self._backends(svc), self._health(svc)
+        return (hc.servers(backends, health), hc.health_paths(backends, health),
+                hc.check_timeout(backends, health))
+
+    @staticmethod
+    def _listens(state: dict[str, Any]) -> dict[str, str]:
+        return {name: str(svc["listen"]) for name, svc in state["services"].items()}
+
+    def _running(self) -> Running | None:
+        running = proc.read_pidfile(self.pid_path)
+        return running if running is not None and running.alive() else None
+
+    # ------------------------------------------------------------------ process
+
+    def _render(self, state: dict[str, Any]) -> None:
+        services: dict[str, hc.ServiceConfig] = {}
+        paths: dict[str, str] = {}
+        for name, svc in state["services"].items():
+            servers, health, timeout = self._wanted(svc)
+            paths.update(health)
+            services[name] = hc.ServiceConfig(str(svc["listen"]), servers, timeout)
+        self._write_atomic(self.health_map,
+                           "".join(f"{rid} {path}\n" for rid, path in sorted(paths.items())))
+        try:
+            text = hc.render(socket=self.socket_path, health_map=self.health_map,
+                             services=services)
+        except ValueError as exc:
+            raise PlatformError(f"HAProxy config: {exc}") from exc
+        self._write_atomic(self.config_path, text)
+
+    def ensure_running(self) -> None:
+        """Start HAProxy with the recorded routing if it is not running (or lacks a frontend)."""
+        with self._locked():
+            self._ensure_running(self._load_state())
+
+    def _ensure_running(self, state: dict[str, Any]) -> Running:
+        listens = self._listens(state)
+        running = self._running()
+        if running is not None and running.listens == listens:
+            return running
+        ours = set(running.listens.values()) if running else set()
+        for name, addr in sorted(listens.items()):
+            if addr not in ours and not proc.port_free_soon(addr):
+                raise PlatformError(f"{addr} (services.{name}.listen) is already in use by "
+                                    "another process")
+        self._render(state)
+        if running is not None:
+            self._soft_stop(running)
+        return self._start(listens)
+
+    def _soft_stop(self, running: Running) -> None:
+        """SIGUSR1: stop listening at once, finish what is in flight (hard-stop-after caps it)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(running.pid, signal.SIGUSR1)
+        for addr in running.listens.values():
+            proc.port_free_soon(addr, timeout=5.0)
+        self.pid_path.unlink(missing_ok=True)
+
+    def _start(self, listens: dict[str, str]) -> Running:
+        binary = haproxy_binary()
+        check = subprocess.run([binary, "-c", "-q", "-f", str(self.config_path)],
+                               capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise PlatformError("HAProxy refused its config: "
+                                + " ".join((check.stderr or check.stdout).split())[:400])
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.socket_path.unlink(missing_ok=True)
+        with open(self.access_log_path, "ab") as out, open(self.log_path, "ab") as err:
+            child = subprocess.Popen(
+                [binary, "-f", str(self.config_path), "-db"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, close_fds=True, cwd=str(self.dir))
+        proc._children[child.pid] = child  # reaped in stop_pid
+        running = Running(child.pid, pid_start_time(child.pid), str(self.socket_path),
+                          dict(listens))
+        proc.write_pidfile(self.pid_path, running)
+        give_up = time.monotonic() + self.start_deadline
+        while True:
+            code = child.poll()
+            if code is not None:
+                tail = proc.log_tail(self.log_path, offset)
+                raise PlatformError(f"haproxy exited at start with status {code}"
+                                    + (f":\n{tail}" if tail else ""))
+            if self.api.alive() and all(proc.accepts(a) for a in listens.values()):
+                return running
+            if time.monotonic() > give_up:
+                proc.stop_pid(child.pid, running.start, timeout=2.0)
+                tail = proc.log_tail(self.log_path, offset)
+                raise PlatformError(f"haproxy did not become ready within "
+                                    f"{self.start_deadline:.0f}s" + (f":\n{tail}" if tail else ""))
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop HAProxy (in-flight requests finish first). Routing files stay for a restart."""
+        with self._locked():
+            running = proc.read_pidfile(self.pid_path)
+            if running is not None:
+                proc.stop_pid(running.pid, running.start, timeout=12.0, sig=signal.SIGUSR1)
+            self.pid_path.unlink(missing_ok=True)
+
+    def is_running(self) -> bool:
+        return self._running() is not None
+
+    def check_listen(self, service_name: str, listen: str) -> None:
+        running = self._running()
+        if running is not None and listen in set(running.listens.values()):
+            return
+        if not proc.port_free_soon(listen):
+            raise PlatformError(f"{listen} (services.{service_name}.listen) is already in use by "
+                                "another process")
+
+    # ------------------------------------------------------------------ routing
+
+    def set_backends(self, service_name: str, service: ServiceSpec,
+                     backends: Sequence[Backend]) -> None:
+        """Replace the service's routing, live; returns once HAProxy serves it."""
+        ids = [b.release_id for b in backends]
+        if len(set(ids)) != len(ids):
+            raise PlatformError(f"service {service_name}: a release is listed twice in {ids}")
+        try:
+            hc.servers(backends, service.health)
+        except ValueError as exc:
+            raise PlatformError(f"service {service_name}: {exc}") from exc
+        with self._locked():
+            state = self._load_state()
+            running = self._running()
+            served = set(running.listens.values()) if running else set()
+            current = self._listens(state).get(service_name)
+            if service.listen != current and service.listen not in served \
+                    and not proc.port_free_soon(service.listen):
+                raise PlatformError(f"{service.listen} (services.{service_name}.listen) is "
+                                    "already in use by another process")
+            svc = {
+                "listen": service.listen,
+                "health": service.health.model_dump(mode="json"),
+                "releases": {b.release_id: {
+                    "weight": b.weight, "servers": list(b.servers),
+                    "health": b.health.model_dump(mode="json") if b.health else None}
+                    for b in backends},
+            }
+            state["services"][service_name] = svc
+            self._save_state(state)
+            if running is None or running.listens != self._listens(state):
+                self._ensure_running(state)  # renders the config with these servers
+            else:
+                self._render(state)  # for the next start; the live process is changed below
+                self._apply(service_name, svc)
+            self._wait_applied(service_name, svc)
+
+    def _apply(self, service_name: str, svc: dict[str, Any]) -> None:
+        servers, paths, _ = self._wanted(svc)  # the check timeout changes at the next start
+        be = hc.backend_name(service_name)
+        live = {st.name: st for st in self._stats() if st.backend == be}
+        cmds = [f"enable frontend {hc.frontend_name(service_name)}"]
+        maps = self.api.run(f"show map {self.health_map}")
+        for rid, path in sorted(paths.items()):
+            verb = "set" if f" {rid} " in maps else "add"
+            cmds.append(f"{verb} map {self.health_map} {rid} {path}")
+        for s in servers:
+            if s.name not in live:
+                cmds += [f"add server {be}/{s.name} {s.address} weight {s.weight} check "
+                         f"inter {s.inter_ms} pool-purge-delay {hc.POOL_PURGE_DELAY}",
+                         f"enable health {be}/{s.name}", f"enable server {be}/{s.name}"]
+            else:
+                cmds.append(f"set server {be}/{s.name} weight {s.weight}")
+                if live[s.name].status.startswith("MAINT"):
+                    cmds.append(f"set server {be}/{s.name} state ready")
+        gone = [name for name in live if name not in {s.name for s in servers}]
+        cmds += [f"set server {be}/{name} state maint" for name in gone]
+        out = self.api.run(*[c for c in cmds if c])
+        self._check_answer(out)
+        if gone:  # refused while a connection (in flight or idle) remains: retried next time
+            self.api.run(*[f"del server {be}/{name}" for name in gone])
+
+    @staticmethod
+    def _check_answer(out: str) -> None:
+        bad = [line for line in out.splitlines()
+               if any(w in line for w in ("Unknown command", "No such", "not found",
+                                          "invalid", "Invalid", "error", "Require"))]
+        if bad:
+            raise PlatformError("HAProxy's runtime API refused a change: " + bad[0].strip())
+
+    def _stats(self) -> list[hc.ServerStat]:
+        return hc.parse_stat(self.api.run("show stat -1 4 -1"))
+
+    def _served(self, service_name: str, svc: dict[str, Any]) -> dict[str, int]:
+        be = hc.backend_name(service_name)
+        stats = [st for st in self._stats() if st.backend == be]
+        servers, _, _ = self._wanted(svc)
+        wanted = {rid: int(r["weight"]) for rid, r in svc.get("releases", {}).items()}
+        return hc.served_weights(stats, wanted, servers)
+
+    def _wait_applied(self, service_name: str, svc: dict[str, Any]) -> None:
+        want = {rid: int(r["weight"]) for rid, r in svc.get("releases", {}).items()}
+        give_up = time.monotonic() + self.apply_deadline
+        while True:
+            seen = self._served(service_name, svc)
+            if seen == want:
+                return
+            if time.monotonic() > give_up:
+                raise PlatformError(f"HAProxy did not apply the routing of service {service_name} "
+                                    f"within {self.apply_deadline:.0f}s: wanted {want}, it serves "
+                                    f"{seen}")
+            time.sleep(0.01)
+
+    def verify(self, service_name: str) -> dict[str, int]:
+        """release_id -> weight HAProxy really serves for the service ({} when it runs none)."""
+        if self._running() is None:
+            return {}
+        svc = self._load_state()["services"].get(service_name)
+        if svc is None:
+            return {}
+        try:
+            return self._served(service_name, svc)
+        except PlatformError:
+            return {}
+
+    def server_status(self, release_id: str) -> dict[str, str]:
+        """HAProxy's health verdict per server URL ('UP'/'DOWN'/'MAINT')."""
+        if self._running() is None:
+            return {}
+        return {f"http://{st.name.partition('.')[2]}": st.status
+                for st in self._stats() if hc.release_of_server(st.name) == release_id}
+
+    def remove_service(self, service_name: str) -> None:
+        """Drop the service's routing; its frontend stops accepting now, goes at the next start."""
+        with self._locked():
+            state = self._load_state()
+            svc = state["services"].pop(service_name, None)
+            self._save_state(state)
+            running = self._running()
+            if running is None:
+                return
+            self._render(state)
+            if svc is None or service_name not in running.listens:
+                return
+            be = hc.backend_name(service_name)
+            names = [st.name for st in self._stats() if st.backend == be]
+            self.api.run(f"disable frontend {hc.frontend_name(service_name)}",
+                         *[f"set server {be}/{n} state maint" for n in names])
+
+    # ------------------------------------------------------------------ draining
+
+    def open_requests(self, release_id: str) -> int:
+        """Requests in flight on the release's servers (HAProxy's scur). 0 means drained."""
+        if self._running() is None:
+            return 0
+        try:
+            stats = self._stats()
+        except PlatformError:
+            return 0
+        return sum(st.current for st in stats if hc.release_of_server(st.name) == release_id)
+
+    def wait_drained(self, release_id: str, timeout: float) -> bool:
+        give_up = time.monotonic() + timeout
+        while self.open_requests(release_id) > 0:
+            if time.monotonic() > give_up:
+                return False
+            time.sleep(0.02)
+        return True

@@ -1,0 +1,276 @@
+"""The Router contract, one suite for every router: the fake, Traefik and HAProxy.
+
+What the rollout relies on: weights read back as set (0 = out of rotation), refusals for bad
+input and a taken listen address, a restart that brings the recorded routing back, drained
+releases, and (real routers) traffic split by weight, no failed request across weight changes,
+and an access log the judge's reader turns into samples of the right release.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.analysis.accesslog import AccessLogSource
+from kiln.errors import PlatformError
+from kiln.platforms.base import Backend, Router
+from kiln.platforms.fake.router import FakeRouter
+from kiln.platforms.local.haproxy_router import HAProxyRouter
+from kiln.platforms.local.router import TraefikRouter
+from kiln.platforms.local.traefik_process import free_port, read_pidfile
+from kiln.state.lock import pid_alive
+from kiln.testing.project import wait_for
+from test_router_traefik import _handler, _Server, get, hits, spec
+
+AnyRouter = FakeRouter | TraefikRouter | HAProxyRouter
+REAL = [pytest.param("traefik", marks=pytest.mark.e2e), pytest.param("haproxy", marks=pytest.mark.e2e)]
+ALL = [pytest.param("fake"), *REAL]
+
+
+def _make(kind: str, home: Path) -> AnyRouter:
+    if kind == "fake":
+        return FakeRouter()
+    if kind == "traefik":
+        return TraefikRouter(home, "test")
+    return HAProxyRouter(home, "test")
+
+
+def _kill(router: AnyRouter) -> None:
+    if isinstance(router, FakeRouter):
+        router.crash()
+        return
+    running = read_pidfile(router.pid_path)
+    if running is not None and pid_alive(running.pid, running.start):
+        os.kill(running.pid, signal.SIGKILL)
+    wait_for(lambda: not router.is_running(), what="router dead")
+
+
+@pytest.fixture
+def backend() -> Iterator[Callable[[str, str], str]]:
+    """backend(name, host) -> 'host:port' of a server answering its name; stopped after."""
+    started: list[_Server] = []
+
+    def start(name: str, host: str = "127.0.0.2") -> str:
+        srv = _Server((host, 0), _handler(name))
+        started.append(srv)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return f"{host}:{srv.server_address[1]}"
+
+    yield start
+    for srv in started:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def router(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyRouter]:
+    r = _make(request.param, tmp_path / "home")
+    try:
+        yield r
+    finally:
+        if not isinstance(r, FakeRouter):
+            try:
+                r.stop()
+            finally:
+                running = read_pidfile(r.pid_path)
+                if running is not None and pid_alive(running.pid, running.start):
+                    os.kill(running.pid, signal.SIGKILL)
+
+
+def servers(router: AnyRouter, backend: Callable[[str, str], str]) -> tuple[str, str]:
+    if isinstance(router, FakeRouter):
+        return "127.0.0.2:1", "127.0.0.3:1"
+    return backend("a", "127.0.0.2"), backend("b", "127.0.0.3")
+
+
+@pytest.mark.parametrize("router", ALL, indirect=True)
+def test_is_a_router(router: AnyRouter) -> None:
+    typed: Router = router
+    typed.ensure_running()
+
+
+@pytest.mark.parametrize("router", ALL, indirect=True)
+def test_weights_read_back_as_set(router: AnyRouter, backend: Callable[[str, str], str]) -> None:
+    a, b = servers(router, backend)
+    svc = spec(free_port())
+    for wa, wb in [(100, 0), (90, 10), (50, 50), (0, 100)]:
+        router.set_backends("web", svc, [Backend("web-r1", wa, [a]), Backend("web-r2", wb, [b])])
+        assert router.verify("web") == {"web-r1": wa, "web-r2": wb}
+    router.set_backends("web", svc, [Backend("web-r2", 100, [b])])
+    assert router.verify("web") == {"web-r2": 100}
+
+
+@pytest.mark.parametrize("router", ALL, indirect=True)
+def test_bad_backends_are_refused(router: AnyRouter, backend: Callable[[str, str], str]) -> None:
+    a, _ = servers(router, backend)
+    svc = spec(free_port())
+    with pytest.raises(PlatformError, match="listed twice"):
+        router.set_backends("web", svc, [Backend("web-r1", 50, [a]), Backend("web-r1", 50, [a])])
+    with pytest.raises(PlatformError, match="no servers"):
+        router.set_backends("web", svc, [Backend("web-r1", 100, [])])
+
+
+@pytest.mark.parametrize("router", ALL, indirect=True)
+def test_taken_listen_address_is_refused(router: AnyRouter,
+                                         backend: Callable[[str, str], str]) -> None:
+    a, _ = servers(router, backend)
+    port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        if isinstance(router, FakeRouter):
+            router.taken.add(f"127.0.0.1:{port}")
+        with pytest.raises(PlatformError, match=r"services\.web\.listen\) is already in use"):
+            router.set_backends("web", spec(port), [Backend("web-r1", 100, [a])])
+
+
+@pytest.mark.parametrize("router", ALL, indirect=True)
+def test_a_dead_router_comes_back_with_its_routing(router: AnyRouter,
+                                                   backend: Callable[[str, str], str]) -> None:
+    a, b = servers(router, backend)
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 10, [a]), Backend("web-r2", 90, [b])])
+    _kill(router)
+    assert router.verify("web") == {}
+    router.ensure_running()
+    assert router.verify("web") == {"web-r1": 10, "web-r2": 90}
+    if not isinstance(router, FakeRouter):
+        got = hits(svc.listen, 50)
+        assert set(got) <= {"a", "b"} and got["b"] > got["a"], got
+
+
+@pytest.mark.parametrize("router", ALL, indirect=True)
+def test_removed_service_serves_nothing(router: AnyRouter,
+                                        backend: Callable[[str, str], str]) -> None:
+    a, b = servers(router, backend)
+    web, api = spec(free_port()), spec(free_port())
+    router.set_backends("web", web, [Backend("web-r1", 100, [a])])
+    router.set_backends("api", api, [Backend("api-r1", 100, [b])])
+    router.remove_service("api")
+    assert router.verify("api") == {}
+    assert router.verify("web") == {"web-r1": 100}
+    if not isinstance(router, FakeRouter):
+        assert hits(web.listen, 5) == Counter({"a": 5})
+        try:
+            status = get(api.listen)[0]
+        except OSError:
+            status = 0  # HAProxy stops accepting on a removed frontend
+        assert status in (0, 404, 503)
+
+
+@pytest.mark.parametrize("router", ALL, indirect=True)
+def test_out_of_rotation_drains(router: AnyRouter, backend: Callable[[str, str], str]) -> None:
+    a, b = servers(router, backend)
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 100, [a])])
+    if isinstance(router, FakeRouter):
+        router.inflight["web-r1"] = 2
+    router.set_backends("web", svc, [Backend("web-r1", 0, [a]), Backend("web-r2", 100, [b])])
+    assert router.wait_drained("web-r1", timeout=10)
+    assert router.open_requests("web-r1") == 0
+
+
+# ------------------------------------------------------------------ real routers only
+
+
+@pytest.mark.parametrize("router", REAL, indirect=True)
+def test_traffic_follows_weights(router: AnyRouter, backend: Callable[[str, str], str]) -> None:
+    a, b = servers(router, backend)
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 100, [a]), Backend("web-r2", 0, [b])])
+    assert hits(svc.listen, 30) == Counter({"a": 30})
+    router.set_backends("web", svc, [Backend("web-r1", 50, [a]), Backend("web-r2", 50, [b])])
+    got = hits(svc.listen, 200)
+    assert 60 <= got["a"] <= 140 and got["a"] + got["b"] == 200, got
+    router.set_backends("web", svc, [Backend("web-r1", 0, [a]), Backend("web-r2", 100, [b])])
+    assert hits(svc.listen, 30) == Counter({"b": 30})
+
+
+@pytest.mark.parametrize("router", REAL, indirect=True)
+def test_weight_changes_under_load_fail_no_request(router: AnyRouter,
+                                                   backend: Callable[[str, str], str]) -> None:
+    a, b = servers(router, backend)
+    c = backend("c", "127.0.0.4")
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 100, [a])])
+    stop = threading.Event()
+    results: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def load() -> None:
+        host, _, port = svc.listen.rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        local: Counter[str] = Counter()
+        for _ in range(20_000):  # bounded even if `stop` is never set
+            if stop.is_set():
+                break
+            try:
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                body = resp.read().decode()
+                local[body if resp.status == 200 else f"status {resp.status}"] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                local[f"error {type(exc).__name__}"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.close()
+        with lock:
+            results.update(local)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        steps: list[list[Backend]] = [
+            [Backend("web-r1", 90, [a]), Backend("web-r2", 10, [b, c])],
+            [Backend("web-r1", 50, [a]), Backend("web-r2", 50, [b, c])],
+            [Backend("web-r1", 0, [a]), Backend("web-r2", 100, [b, c])],
+            [Backend("web-r2", 100, [b, c])],
+            [Backend("web-r2", 100, [b, c]), Backend("web-r3", 0, [a])],
+            [Backend("web-r2", 0, [b, c]), Backend("web-r3", 100, [a])],
+        ]
+        for backends in steps:
+            router.set_backends("web", svc, backends)
+            assert router.verify("web") == {x.release_id: x.weight for x in backends}
+            time.sleep(0.2)  # let the load see each split (load time, not a wait)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    failures = {k: v for k, v in results.items() if k not in ("a", "b", "c")}
+    assert failures == {}, results
+    assert results["a"] > 0 and results["b"] > 0 and results["c"] > 0
+
+
+@pytest.mark.parametrize("router", REAL, indirect=True)
+def test_access_log_gives_the_judge_samples_per_release(
+        router: AnyRouter, backend: Callable[[str, str], str]) -> None:
+    assert not isinstance(router, FakeRouter)
+    a, b = servers(router, backend)
+    svc = spec(free_port())
+    t0 = time.time()
+    router.set_backends("web", svc, [Backend("web-r1", 50, [a]), Backend("web-r2", 50, [b])])
+    hits(svc.listen, 20)
+    get(svc.listen, "/slow/0.3")
+    source = AccessLogSource(router.access_log_path, lambda addr: None)
+    samples = wait_for(lambda: got if len(got := source.samples("web", t0)) >= 21 else [])
+    assert len(samples) == 21
+    counts = Counter(s.release_id for s in samples)
+    assert set(counts) == {"web-r1", "web-r2"} and min(counts.values()) >= 5, counts
+    assert all(s.status == 200 and not s.error for s in samples)
+    slow = [s for s in samples if s.duration >= 0.29]
+    assert len(slow) == 1 and slow[0].duration < 1.0
+    fast = [s for s in samples if s not in slow]
+    assert all(0 < s.duration < 0.2 for s in fast)
+    assert all(t0 - 1 < s.time < time.time() + 1 for s in samples)
+    # Sample.time is the completion time: the slow request, sent last, ends last.
+    assert slow[0].time == max(s.time for s in samples)
