@@ -115,7 +115,7 @@ def test_no_traffic_is_never_a_pass(proj: Proj) -> None:
                               stderr=subprocess.PIPE, text=True)
     try:
         status = wait_for(lambda: (s := proj.kiln("status")).returncode == 0
-                          and "inconclusive" in s.stdout and s.stdout, timeout=60)
+                          and "undecided" in s.stdout and s.stdout, timeout=60)
         assert "web-r2" in status
         assert proj.weights().get("web-r2", 0) < 100
         assert deploy.poll() is None, "deploy settled without data"

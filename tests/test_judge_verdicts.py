@@ -27,10 +27,10 @@ CASES = [
     ("latency +5% at large n", (20_000, 0.0, 0.0525), (60_000, 0.0, 0.05), {}, "pass"),
     ("A/A", (2000, 0.01, 0.05), (18_000, 0.01, 0.05), {}, "pass"),
     ("error +0.5% within the 1% margin", (20_000, 0.015, 0.05), (60_000, 0.01, 0.05), {}, "pass"),
-    ("too few canary requests", (50, 0.0, 0.05), (3600, 0.0, 0.05), {}, "inconclusive"),
-    ("no canary data", (0, 0.0, 0.05), (3600, 0.0, 0.05), {}, "inconclusive"),
-    ("no data at all", (0, 0.0, 0.05), (0, 0.0, 0.05), {}, "inconclusive"),
-    ("no baseline data", (500, 0.0, 0.05), (0, 0.0, 0.05), {}, "inconclusive"),
+    ("too few canary requests", (50, 0.0, 0.05), (3600, 0.0, 0.05), {}, "undecided"),
+    ("no canary data", (0, 0.0, 0.05), (3600, 0.0, 0.05), {}, "undecided"),
+    ("no data at all", (0, 0.0, 0.05), (0, 0.0, 0.05), {}, "undecided"),
+    ("no baseline data", (500, 0.0, 0.05), (0, 0.0, 0.05), {}, "undecided"),
     ("above the absolute ceiling", (600, 0.04, 0.05), (3600, 0.04, 0.05),
      {"max_error_rate": 0.01}, "fail"),
     ("all canary requests fail fast", (30, 1.0, 0.05), (300, 0.0, 0.05), {}, "fail"),
@@ -55,9 +55,9 @@ def test_fail_reason_names_rates_p_and_count() -> None:
     assert v.reason.endswith("after 400 canary requests")
 
 
-def test_inconclusive_reason_has_counts() -> None:
+def test_undecided_reason_has_counts() -> None:
     v = judge([], [], Analysis(min_requests=100))
-    assert v.outcome == "inconclusive"
+    assert v.outcome == "undecided"
     assert "0 canary and 0 baseline requests, need 100" in v.reason
 
 

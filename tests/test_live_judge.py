@@ -1,13 +1,14 @@
-"""The live judge's bookkeeping: Prometheus cross-check and the series kept for the report."""
+"""The live judge's bookkeeping: every request since the rollout began (also after a restart),
+late samples, the Prometheus cross-check with counter resets, the series kept for the report."""
 
 from __future__ import annotations
 
 import time
 
-from kiln.analysis.live import LiveJudge, prometheus_counts
+from kiln.analysis.live import CounterTrack, LiveJudge, prometheus_counts
 from kiln.platforms.base import Sample
 from kiln.platforms.fake.metrics import FakeMetricSource
-from kiln.rollout.decide import start
+from kiln.rollout.decide import Status, start
 from kiln.spec.models import Analysis
 
 METRICS = """\
@@ -25,25 +26,135 @@ def test_prometheus_counts_per_release() -> None:
     assert prometheus_counts("") == {}
 
 
-def test_crosscheck_agrees_and_disagrees() -> None:
-    source = FakeMetricSource()
-    counts = iter([{"web-r1": 10, "web-r2": 0}, {"web-r1": 30, "web-r2": 20}])
-    judge = LiveJudge(source, "web", Analysis(), counter=lambda: next(counts))
-    status = start("canary", "web-r2", "web-r1", 1, 0.0)
-    status.phase = "step"
-    t0 = time.time()
-    source.feed([Sample("web-r1", t0 + 1 + i, 200, 0.01, False) for i in range(20)]
-                + [Sample("web-r2", t0 + 1 + i, 200, 0.01, False) for i in range(20)])
-    judge(status, t0 + 30)
-    check = judge.crosscheck()
-    assert check is not None and check["agree"], check
-    assert check["releases"]["web-r2"] == {"prometheus": 20, "access_log": 20}
+def reqs(release: str, n: int, t0: float, err: bool = False) -> list[Sample]:
+    return [Sample(release, t0 + i * 0.01, 500 if err else 200, 0.01, err) for i in range(n)]
 
-    counts2 = iter([{"web-r1": 0}, {"web-r1": 500}])
-    judge2 = LiveJudge(FakeMetricSource(), "web", Analysis(), counter=lambda: next(counts2))
-    judge2(status, 1.0)
-    check2 = judge2.crosscheck()
-    assert check2 is not None and not check2["agree"]
+
+class Counter:
+    """A router counter the test moves by hand."""
+
+    def __init__(self, **counts: int) -> None:
+        self.counts = {k.replace("_", "-"): v for k, v in counts.items()}
+
+    def __call__(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def add(self, release: str, n: int) -> None:
+        self.counts[release] = self.counts.get(release, 0) + n
+
+
+def rollout(judge: LiveJudge) -> Status:
+    status = start("canary", "web-r2", "web-r1", 1, time.time(), judge.start_info())
+    status.phase = "step"
+    return status
+
+
+def test_crosscheck_agrees_and_reports_a_dropped_line() -> None:
+    source = FakeMetricSource(reqs("web-r1", 50, time.time() - 100))  # before the rollout
+    counter = Counter(web_r1=50)
+    judge = LiveJudge(source, "web", Analysis(), counter=counter)
+    status = rollout(judge)
+    t0 = time.time()
+    source.feed(reqs("web-r1", 20, t0) + reqs("web-r2", 20, t0))
+    counter.add("web-r1", 20)
+    counter.add("web-r2", 20)
+    judge(status, t0 + 1)
+    check = judge.crosscheck(catch_up=0.2)
+    assert check is not None and check["agree"], check
+    assert check["releases"]["web-r2"] == {"prometheus": 20, "access_log": 20, "lost": 0}
+    assert check["releases"]["web-r1"]["access_log"] == 20  # not the 50 before the rollout
+    # One request the router counted never reached the log: reported, not hidden.
+    counter.add("web-r2", 1)
+    check = judge.crosscheck(catch_up=0.2)
+    assert check is not None and not check["agree"]
+    assert check["releases"]["web-r2"]["lost"] == 1
+
+
+def test_a_line_written_late_is_counted_when_it_arrives() -> None:
+    source = FakeMetricSource()
+    counter = Counter()
+    judge = LiveJudge(source, "web", Analysis(), counter=counter)
+    status = rollout(judge)
+    t0 = time.time()
+    source.feed(reqs("web-r2", 10, t0 + 5))
+    judge(status, t0 + 6)
+    # A slow request that ended before the ones already read shows up now.
+    source.feed([Sample("web-r2", t0 + 1, 200, 1.5, False)])
+    counter.add("web-r2", 11)
+    judge(status, t0 + 7)
+    assert judge.seen["web-r2"] == 11 and judge.canary_requests == 11
+    check = judge.crosscheck(catch_up=0.2)
+    assert check is not None and check["agree"], check
+
+
+class TimeOnly:
+    """A source without a cursor (asked by time only), like a metrics API."""
+
+    def __init__(self, inner: FakeMetricSource) -> None:
+        self.inner = inner
+
+    def samples(self, service_name: str, since: float) -> list[Sample]:
+        return self.inner.samples(service_name, since)
+
+
+def test_a_source_without_cursor_counts_late_samples_once() -> None:
+    inner = FakeMetricSource()
+    judge = LiveJudge(TimeOnly(inner), "web", Analysis())
+    status = rollout(judge)
+    t0 = time.time()
+    inner.feed(reqs("web-r2", 10, t0 + 5))
+    judge(status, t0 + 6)
+    judge(status, t0 + 6.5)  # asked again: nothing counted twice
+    inner.feed([Sample("web-r2", t0 + 1, 200, 1.5, False)])
+    judge(status, t0 + 7)
+    assert judge.seen["web-r2"] == 11
+
+
+def test_a_restarted_judge_replays_the_rollout_from_its_start() -> None:
+    source = FakeMetricSource(reqs("web-r1", 30, time.time() - 50))
+    counter = Counter(web_r1=30)
+    first = LiveJudge(source, "web", Analysis(min_requests=10), counter=counter)
+    status = rollout(first)
+    t0 = time.time()
+    source.feed(reqs("web-r1", 200, t0) + reqs("web-r2", 40, t0))
+    counter.add("web-r1", 200)
+    counter.add("web-r2", 40)
+    first(status, t0 + 1)
+    # kiln is killed here; a new process judges the same rollout from its persisted status.
+    source.feed(reqs("web-r2", 5, t0 + 2))
+    counter.add("web-r2", 5)
+    again = LiveJudge(source, "web", Analysis(min_requests=10), counter=counter)
+    v = again(status, t0 + 3)
+    assert v is not None
+    assert v.figures["canary_requests"] == 45 and v.figures["baseline_requests"] == 200
+    check = again.crosscheck(catch_up=0.2)
+    assert check is not None and check["agree"], check
+
+
+def test_counter_reset_is_never_negative() -> None:
+    track = CounterTrack({"web-r1": 100})
+    track.observe({"web-r1": 130})
+    track.observe({"web-r1": 4})   # router restarted: counting from 0 again
+    track.observe({"web-r1": 10})
+    assert track.total["web-r1"] == 30 + 4 + 6 and track.resets == 1
+
+
+def test_crosscheck_after_a_router_restart() -> None:
+    source = FakeMetricSource()
+    counter = Counter(web_r2=0)
+    judge = LiveJudge(source, "web", Analysis(), counter=counter)
+    status = rollout(judge)
+    t0 = time.time()
+    source.feed(reqs("web-r2", 30, t0))
+    counter.add("web-r2", 30)
+    judge(status, t0 + 0.5)
+    judge.crosscheck(catch_up=0.0)  # observes 30
+    counter.counts["web-r2"] = 5     # restart, then 5 more requests
+    source.feed(reqs("web-r2", 5, t0 + 1))
+    judge(status, t0 + 2)
+    check = judge.crosscheck(catch_up=0.2)
+    assert check is not None and check["agree"], check
+    assert check["releases"]["web-r2"]["prometheus"] == 35 and check["resets"] == 1
 
 
 def test_no_counter_no_crosscheck() -> None:

@@ -118,18 +118,60 @@ def test_judge_fail_rolls_back_at_once() -> None:
     ("on_no_data", "phase", "outcome"),
     [("pause", "step", None), ("rollback", "drain_new", "rolled_back"), ("promote", "step", None)],
 )
-def test_inconclusive_is_never_a_silent_pass(on_no_data: Any, phase: str, outcome: str | None
+def test_undecided_is_never_a_silent_pass(on_no_data: Any, phase: str, outcome: str | None
                                              ) -> None:
     r = canary((10, 5), (50, 5), analysis=Analysis(on_no_data=on_no_data, min_requests=100))
     s = start("canary", "b", "a", 3, 0.0)
     s, _ = run(s, r, obs(0), obs(1))
-    few = Verdict("inconclusive", "12 canary requests < min_requests 100")
+    few = Verdict("undecided", "12 canary requests < min_requests 100")
     s, _ = run(s, r, obs(7, verdict=few))
     assert s.phase == phase and s.outcome == outcome
     if on_no_data == "pause":
-        assert s.step == 0 and "inconclusive" in (s.waiting or "")
+        assert s.step == 0 and "undecided" in (s.waiting or "")
     if on_no_data == "promote":
         assert s.step == 1
+
+
+def test_undecided_step_keeps_judging_then_passes_on_evidence() -> None:
+    r = canary((10, 5), (50, 5), analysis=Analysis(on_no_data="pause"), progress_deadline=60)
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1))
+    judging = Verdict("undecided", "too little data")
+    s, _ = run(s, r, obs(3, verdict=judging))
+    assert s.step == 0 and "judging; the pause ends in 3s" in (s.waiting or "")
+    s, (actions,) = run(s, r, obs(7, verdict=judging))
+    assert s.step == 0 and s.phase == "step"
+    # The words say what happens: it goes on by itself, with a deadline counting down.
+    assert "still judging" in (s.waiting or "") and "rolls back in 59s" in (s.waiting or "")
+    assert "paused" not in (s.waiting or "")
+    assert [a.kind for a in actions if isinstance(a, Record)] == ["rollout.undecided"]
+    s, (again,) = run(s, r, obs(8, verdict=judging))
+    assert again == [] and "rolls back in 58s" in (s.waiting or "")
+    s, _ = run(s, r, obs(30, verdict=Verdict("pass", "within the margins")))
+    assert s.step == 1 and s.weights == {"b": 50, "a": 50}
+    assert s.decisions[-1].outcome == "pass"
+
+
+def test_progress_deadline_rolls_back_an_undecided_step() -> None:
+    r = canary((10, 5), analysis=Analysis(on_no_data="pause"), progress_deadline=60)
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1))
+    judging = Verdict("undecided", "0 canary requests")
+    s, _ = run(s, r, obs(10, verdict=judging), obs(65.9, verdict=judging))
+    assert s.phase == "step"
+    s, (actions,) = run(s, r, obs(66, verdict=judging))
+    assert s.phase == "drain_new" and s.outcome == "rolled_back"
+    assert "progress deadline" in (s.reason or "")
+    assert actions[0] == SetWeights({"b": 0, "a": 100})
+
+
+def test_pass_before_the_pause_ends_waits_for_the_pause() -> None:
+    r = canary((10, 5), (50, 5), analysis=Analysis())
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1), obs(2, verdict=Verdict("pass", "ok")))
+    assert s.step == 0
+    s, _ = run(s, r, obs(6, verdict=Verdict("pass", "ok")))
+    assert s.step == 1
 
 
 def test_pause_none_waits_for_promote_and_abort_rolls_back() -> None:

@@ -241,7 +241,10 @@ class Project:
     def _start_rollout(self, service: str, spec: ServiceSpec, new: Release,
                        old: Release | None, strategy: str | None = None) -> int:
         strategy = strategy or spec.rollout.strategy
-        status = start(strategy, new.id, old.id if old else None, spec.replicas, time.time())
+        # Where the judge's evidence begins, persisted so a resumed rollout replays it all.
+        judge = self._judge(service, spec) if old is not None else None
+        info = judge.start_info() if judge is not None else None
+        status = start(strategy, new.id, old.id if old else None, spec.replicas, time.time(), info)
         now = time.time()
         with self.store.tx() as c:
             cur = c.execute(
@@ -298,14 +301,16 @@ class Project:
                 save_series(self.home, rollout_id, judge)
                 check = judge.crosscheck()
                 if check is not None:
+                    lost = ", ".join(f"{r}: {c['lost']} of {c['prometheus']}"
+                                     for r, c in check["releases"].items() if c["lost"])
                     self.store.event(
                         "judge.crosscheck",
                         "access log and Prometheus counters "
-                        + ("agree" if check["agree"] else "DISAGREE: the judge saw incomplete data"),
+                        + ("agree" if check["agree"] else f"DISAGREE: lines missing ({lost})"),
                         service=service, data=check)
                     if not check["agree"]:
-                        self.warn(f"{service}: access log and Prometheus counts disagree: "
-                                  f"{check['releases']}")
+                        self.warn(f"{service}: the judge's access log is missing requests the "
+                                  f"router counted ({lost}): its verdict saw incomplete data")
 
     def _write_report(self, service: str, rollout_id: int) -> str | None:
         from kiln.analysis.live import report_for_rollout

@@ -6,9 +6,13 @@ Each line is one request. The release is found by the leaf service name when Tra
 connection refused) counts as an error of the release it names, if any; one naming none is
 dropped.
 
-Sample.time is the request's *completion* time (StartUTC + Duration): Traefik writes a line when
-a request completes, so asking for "samples since the last one seen" never loses a slow request
-that started earlier. Sample.duration is Traefik's Duration (nanoseconds in the log).
+Sample.time is the request's *completion* time (StartUTC + Duration). Sample.duration is
+Traefik's Duration (nanoseconds in the log).
+
+The judge reads with a cursor (`position()` / `read()`): the file's identity and a byte offset,
+i.e. the order lines were written in. Every line is read exactly once whatever its timestamp, so
+a slow request, or a line another writer got in late, is never skipped; and a cursor saved in a
+rollout's status lets a restarted judge replay the log from the rollout's start.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ RELEASE_OF_SERVICE = r"^{service}-r\d+$"
 _TS = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
 
 ReleaseOf = Callable[[str], str | None]
+READ_CHUNK = 4 << 20
 
 
 def parse_time(text: str) -> float:
@@ -131,6 +136,60 @@ class AccessLogSource:
             if self._samples[0].time < horizon:
                 self._samples = [s for s in self._samples if s.time >= horizon]
         return new
+
+    # ------------------------------------------------------------ cursor (the judge's way in)
+
+    def position(self) -> list[int]:
+        """Cursor at the end of the last complete line now: [device, inode, offset]."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return [0, 0, 0]
+        with open(self.path, "rb") as f:
+            start = max(0, st.st_size - 65536)
+            f.seek(start)
+            tail = f.read(st.st_size - start)
+        cut = tail.rfind(b"\n")
+        offset = start + cut + 1 if cut >= 0 else start
+        return [st.st_dev, st.st_ino, offset]
+
+    def read(self, service_name: str, cursor: list[int] | None
+             ) -> tuple[list[Sample], list[int]]:
+        """The service's samples of every complete line after `cursor`, in the order written,
+        and the new cursor. A cursor of another file (rotated) or beyond its end (truncated)
+        starts over at the beginning; so does None."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return [], [0, 0, 0]
+        offset = 0
+        if cursor is not None and len(cursor) == 3 and [st.st_dev, st.st_ino] == list(cursor[:2]) \
+                and int(cursor[2]) <= st.st_size:
+            offset = int(cursor[2])
+        mine = re.compile(RELEASE_OF_SERVICE.format(service=re.escape(service_name)))
+        out: list[Sample] = []
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            while True:
+                data = f.read(READ_CHUNK)
+                end = data.rfind(b"\n")
+                if end < 0:
+                    break
+                offset += end + 1
+                f.seek(offset)
+                for raw in data[:end].splitlines():
+                    if not raw.strip():
+                        continue
+                    s = parse_line(raw.decode("utf-8", "replace"), self.release_of)
+                    if s is None:
+                        self.skipped += 1
+                    elif mine.match(s.release_id):
+                        out.append(s)
+                if len(data) < READ_CHUNK:
+                    break
+        return out, [st.st_dev, st.st_ino, offset]
+
+    # ------------------------------------------------------------ MetricSource
 
     def samples(self, service_name: str, since: float) -> list[Sample]:
         """The service's requests that completed after `since` (strictly), oldest first."""

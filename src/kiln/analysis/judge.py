@@ -6,11 +6,13 @@ always-valid p-values and latches the first failure (the sequential guarantee is
 crossing). The method, hypotheses and guarantee are in docs/judge.md.
 
 Outcomes:
-- "fail": the evidence says the canary is worse than allowed. Possible at any look, even before
-  `min_requests` (a canary failing 40 of its first 50 requests is not kept for 50 more).
-- "inconclusive": fewer than `min_requests` canary (or baseline) requests so far; the caller
-  keeps collecting while the step lasts and applies `on_no_data` if the step ends like this.
-- "pass": enough requests and no test has rejected: there is no evidence of harm at the budget.
+- "fail": evidence that the canary is worse than allowed (an always-valid test rejected at
+  `alpha`). Possible at any look, even before `min_requests`.
+- "pass": evidence that it is within the allowed margins: at least `min_requests` on each side
+  and the upper bound of every confidence sequence (error increase, error ceiling, latency) at
+  `confidence` lies inside its margin.
+- "undecided": anything else; the caller keeps collecting while the step lasts and applies
+  `on_no_data` if the step ends like this. "No test has rejected yet" is not a pass.
 """
 
 from __future__ import annotations
@@ -63,17 +65,13 @@ def _fmt_pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-#: A latency increase smaller than this (p50; twice this at p95) never fails a release: at
+#: The allowed latency increase is never less than this many seconds per request: at
 #: millisecond latencies a fresh instance's warm-up is "+25%" and real, but harmless.
 LATENCY_FLOOR_S = 0.005
 
 
-def _noticeable(figs: dict[str, Figure]) -> bool:
-    def diff(q: str) -> float:
-        c, b = figs[f"canary_{q}"], figs[f"baseline_{q}"]
-        return c - b if isinstance(c, float) and isinstance(b, float) else float("inf")
-
-    return diff("p50") > LATENCY_FLOOR_S or diff("p95") > 2 * LATENCY_FLOOR_S
+def _fmt_signed_pct(x: float) -> str:
+    return f"{100 * x:+.1f}%" if np.isfinite(x) else "unknown"
 
 
 def _fmt_ms(x: Figure) -> str:
@@ -110,8 +108,10 @@ def judge_summaries(
         "alpha": analysis.alpha / max(1, segments),
         "alpha_error": budget.error,
         "alpha_latency": budget.latency,
+        "confidence": analysis.confidence,
     }
     running = best_p if best_p is not None else {}
+    miss = 1.0 - analysis.confidence  # error rate of the confidence sequences behind "pass"
 
     def record(name: str, delta: float, v: float, tau: float) -> float:
         p = float(seq.always_valid_p(seq.log_mixture_lr(delta, v, tau)))
@@ -121,46 +121,72 @@ def judge_summaries(
         return running[name]
 
     after = f"after {nc} canary requests"
+    margin = analysis.max_error_rate_increase
     rates = f"5xx {_fmt_pct(canary.error_rate)} vs {_fmt_pct(baseline.error_rate)}"
     fails: list[str] = []
+    # Each entry: (inside its margin?, what the upper bound says) for the "pass" side.
+    within: list[tuple[bool, str]] = []
 
     if nc > 0 and nb > 0:
-        d, v = seq.error_increase(canary.errors, nc, baseline.errors, nb,
-                                  analysis.max_error_rate_increase)
-        p = record("error", float(d), float(v), max(seq.TAU_ERROR, analysis.max_error_rate_increase))
+        d, v = seq.error_increase(canary.errors, nc, baseline.errors, nb, margin)
+        p = record("error", float(d), float(v), max(seq.TAU_ERROR, margin))
         if p <= budget.error:
-            fails.append(f"{rates} (allowed +{_fmt_pct(analysis.max_error_rate_increase)}), "
-                         f"p={_fmt_p(p)}")
+            fails.append(f"{rates} (allowed +{_fmt_pct(margin)}), p={_fmt_p(p)}")
+        ub = float(seq.error_increase_upper(canary.errors, nc, baseline.errors, nb,
+                                            max(margin, seq.TAU_PASS_MIN), miss))
+        figs["error_increase_upper"] = ub
+        within.append((ub < margin, f"5xx increase at most {_fmt_signed_pct(ub)} "
+                                    f"(allowed +{_fmt_pct(margin)})"))
     if analysis.max_error_rate is not None and nc > 0:
         d, v = seq.error_ceiling(canary.errors, nc, analysis.max_error_rate)
         p = record("ceiling", float(d), float(v), max(seq.TAU_ERROR, analysis.max_error_rate))
         if p <= budget.ceiling:
             fails.append(f"5xx {_fmt_pct(canary.error_rate)} above the "
                          f"{_fmt_pct(analysis.max_error_rate)} ceiling, p={_fmt_p(p)}")
+        ub = float(seq.error_rate_upper(canary.errors, nc,
+                                        max(analysis.max_error_rate, seq.TAU_PASS_MIN), miss))
+        figs["error_rate_upper"] = ub
+        within.append((ub < analysis.max_error_rate,
+                       f"5xx at most {_fmt_pct(ub)} (ceiling {_fmt_pct(analysis.max_error_rate)})"))
+    allowed = (f"allowed +{100 * analysis.max_latency_increase:.0f}% "
+               f"or +{1000 * LATENCY_FLOOR_S:.0f} ms")
     if canary.ok > 0 and baseline.ok > 0:
         d, v, theta = seq.latency_increase(canary.hist, baseline.hist,
-                                           analysis.max_latency_increase)
+                                           analysis.max_latency_increase, LATENCY_FLOOR_S)
         figs["latency_theta"] = float(theta)
         p = record("latency", float(d), float(v), seq.TAU_LATENCY)
-        if p <= budget.latency and _noticeable(figs):
+        if p <= budget.latency:
             fails.append(
                 f"latency p50 {_fmt_ms(figs['canary_p50'])} vs {_fmt_ms(figs['baseline_p50'])}, "
                 f"p95 {_fmt_ms(figs['canary_p95'])} vs {_fmt_ms(figs['baseline_p95'])} "
-                f"(allowed +{100 * analysis.max_latency_increase:.0f}%), p={_fmt_p(p)}")
+                f"({allowed}), p={_fmt_p(p)}")
+        ub = float(theta) + float(seq.bound(float(v), seq.TAU_LATENCY, miss))
+        figs["latency_theta_upper"] = ub
+        within.append((ub < 0.5, f"P(slower than allowed) at most {ub:.2f} (needs < 0.50)"))
+    else:
+        within.append((False, "no successful requests to compare latency"))
 
     if fails:
         return Verdict("fail", "; ".join(fails) + f"; {after}", figs)
     need = max(1, analysis.min_requests)
     if nc < need or nb < need:
         return Verdict(
-            "inconclusive",
+            "undecided",
             f"too little data: {nc} canary and {nb} baseline requests, need {need} each",
             figs,
         )
+    conf = f"{100 * analysis.confidence:g}%"
+    if all(ok for ok, _ in within):
+        return Verdict(
+            "pass",
+            f"{rates}, p50 {_fmt_ms(figs['canary_p50'])} vs {_fmt_ms(figs['baseline_p50'])}; "
+            f"within the margins at {conf} confidence {after}",
+            figs,
+        )
+    open_ = [why for ok, why in within if not ok]
     return Verdict(
-        "pass",
-        f"{rates}, p50 {_fmt_ms(figs['canary_p50'])} vs {_fmt_ms(figs['baseline_p50'])}; "
-        f"no evidence of harm {after}",
+        "undecided",
+        f"{rates}; not yet shown within the margins at {conf}: {'; '.join(open_)}; {after}",
         figs,
     )
 
@@ -201,3 +227,27 @@ class Judge:
         if v.outcome == "fail":
             self._failed = v
         return v
+
+
+def requests_to_pass(analysis: Analysis, baseline_ratio: float = 9.0, limit: int = 10**7) -> int:
+    """Canary requests a perfect release (no errors on either side, the baseline serving
+    `baseline_ratio` times as many requests) needs before the error bound fits the margin:
+    the price of a "pass" at these settings (latency is usually decided sooner)."""
+    margin = analysis.max_error_rate_increase
+    tau = max(margin, seq.TAU_PASS_MIN)
+    miss = 1.0 - analysis.confidence
+    def fits(k: np.ndarray) -> np.ndarray:
+        ub = seq.error_increase_upper(0.0, k, 0.0, np.ceil(baseline_ratio * k), tau, miss)
+        return np.asarray(ub < margin)
+
+    # The bound shrinks with n: bisect instead of scanning millions of sample sizes.
+    lo, hi = 1, limit
+    if margin <= 0 or not fits(np.array([float(hi)]))[0]:
+        return limit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(np.array([float(mid)]))[0]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return max(lo, analysis.min_requests)

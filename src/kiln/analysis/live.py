@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from kiln.analysis.judge import Judge
 from kiln.platforms.base import MetricSource, Sample
@@ -74,8 +74,51 @@ def prometheus_counts(text: str) -> dict[str, int]:
     return dict(counts)
 
 
+@runtime_checkable
+class LogSource(Protocol):
+    """A metric source read like a log: a JSON-able cursor, every record exactly once."""
+
+    def position(self) -> Any: ...
+
+    def read(self, service_name: str, cursor: Any) -> tuple[list[Sample], Any]: ...
+
+
+LATENESS = 120.0
+"""Sources without a cursor are re-asked this many seconds behind their newest sample (the
+watermark) and de-duplicated, so a sample that shows up late is still counted."""
+CATCH_UP = 5.0
+"""At the end, how long to wait for the access log to catch up with the router's counters."""
+COUNTER_EVERY = 2.0
+
+
+class CounterTrack:
+    """Increase of per-release counters over a rollout, across counter resets (a restarted
+    router starts them at 0): like Prometheus' increase(), never negative."""
+
+    def __init__(self, start: dict[str, int] | None) -> None:
+        self.prev: dict[str, int] = dict(start or {})
+        self.total: dict[str, int] = defaultdict(int)
+        self.resets = 0
+
+    def observe(self, counts: dict[str, int]) -> None:
+        for release, c in counts.items():
+            p = self.prev.get(release, 0)
+            if c >= p:
+                self.total[release] += c - p
+            else:  # reset: everything since the restart is new
+                self.total[release] += c
+                self.resets += 1
+            self.prev[release] = c
+
+
 class LiveJudge:
-    """Called by the reconciler every pass: reads new samples, returns the judge's verdict."""
+    """Called by the reconciler every pass: reads new samples, returns the judge's verdict.
+
+    It judges every request since the rollout began: `start_info()` (taken when the rollout is
+    created, persisted in its status as `judge`) holds the log cursor and the router's counters
+    at that moment; a judge started later (kiln was killed and run again) replays the log from
+    there. Samples are taken in the order the log was written (a cursor), never by timestamp.
+    """
 
     def __init__(self, metrics: MetricSource, service: str, analysis: Analysis,
                  counter: Callable[[], dict[str, int]] | None = None) -> None:
@@ -83,32 +126,92 @@ class LiveJudge:
         self.service = service
         self.analysis = analysis
         self.counter = counter
-        self.counts_at_start = self._count()
         self.seen: dict[str, int] = defaultdict(int)
         self.series = Series()
         self._judge: Judge | None = None
         self._key: tuple[str, str] | None = None
-        self._since = time.time()
+        self._started = False
+        self._cursor: Any = None
+        self._since = 0.0
+        self._watermark = 0.0
+        self._recent: dict[Sample, int] = {}
+        self._counts: CounterTrack | None = None
+        self._counted_at = 0.0
         self.canary_requests = 0
 
+    def start_info(self) -> dict[str, Any]:
+        """Where the rollout's evidence begins: log cursor first, then the counters (a request
+        finishing in between is then logged but not counted: never a false 'loss')."""
+        info: dict[str, Any] = {"time": time.time()}
+        if isinstance(self.metrics, LogSource):
+            info["cursor"] = self.metrics.position()
+        counts = self._count()
+        if counts is not None:
+            info["counts"] = counts
+        return info
+
+    def _begin(self, status: Status) -> None:
+        info = status.judge or {}
+        self._started = True
+        self._since = float(info.get("time", status.started))
+        self._watermark = self._since
+        self._cursor = info.get("cursor")
+        if self.counter is not None:
+            start = info.get("counts")
+            now = self._count()
+            self._counts = CounterTrack(start if isinstance(start, dict) else now)
+            if now is not None:
+                self._counts.observe(now)
+            self._counted_at = time.monotonic()
+
+    def _read(self) -> list[Sample]:
+        if isinstance(self.metrics, LogSource):
+            had_cursor = self._cursor is not None
+            samples, self._cursor = self.metrics.read(self.service, self._cursor)
+            # Without a cursor from the rollout's start we read from the top: keep only this
+            # rollout's requests.
+            return samples if had_cursor else [s for s in samples if s.time >= self._since]
+        got = self.metrics.samples(self.service, self._watermark - LATENESS)
+        new: list[Sample] = []
+        batch: dict[Sample, int] = defaultdict(int)
+        for s in got:
+            if s.time < self._since:
+                continue
+            batch[s] += 1
+            if batch[s] > self._recent.get(s, 0):
+                new.append(s)
+        for s, n in batch.items():
+            self._recent[s] = max(n, self._recent.get(s, 0))
+        if got:
+            self._watermark = max(self._watermark, max(s.time for s in got))
+        horizon = self._watermark - LATENESS
+        self._recent = {s: n for s, n in self._recent.items() if s.time > horizon}
+        return new
+
     def __call__(self, status: Status, now: float) -> Verdict | None:
-        samples = self.metrics.samples(self.service, self._since)
-        if samples:
-            self._since = max(s.time for s in samples)
+        if not self._started:
+            self._begin(status)
+        samples = self._read()
         for sample in samples:
             self.seen[sample.release_id] += 1
         self.series.add(samples)
         self.series.note(now, status)
-        if status.old is None or status.phase != "step":
+        if self._counts is not None and time.monotonic() - self._counted_at >= COUNTER_EVERY:
+            counts = self._count()
+            if counts is not None:
+                self._counts.observe(counts)
+            self._counted_at = time.monotonic()
+        if status.old is None:
             return None
         key = (status.new, status.old)
         if self._judge is None or self._key != key:
             self._judge = Judge(self.analysis, status.new, status.old)
             self._key = key
         self._judge.add(samples)
-        self.canary_requests = self._judge.canary.n if hasattr(self._judge.canary, "n") else 0
+        self.canary_requests = self._judge.canary.n
+        if status.phase != "step":
+            return None
         return self._judge.verdict(now)
-
 
     def _count(self) -> dict[str, int] | None:
         if self.counter is None:
@@ -118,22 +221,40 @@ class LiveJudge:
         except Exception:  # metrics are a cross-check, never a reason to stop a rollout
             return None
 
-    def crosscheck(self) -> dict[str, Any] | None:
+    def crosscheck(self, catch_up: float = CATCH_UP) -> dict[str, Any] | None:
         """Access-log samples vs the router's Prometheus counters over the rollout, per release.
 
-        The judge reads the access log; if the two disagree, its inputs are incomplete.
+        The counters are read first, then the log is read until it has caught up with them
+        (bounded by `catch_up` seconds): a request that ends in between is logged but not yet
+        counted, so only a line missing from the log shows as `lost`. Only loss disagrees.
         """
-        end = self._count()
-        if end is None or self.counts_at_start is None:
+        if self._counts is None:
             return None
-        out: dict[str, Any] = {"releases": {}, "agree": True}
-        for release in sorted(set(end) | set(self.seen)):
-            counted = end.get(release, 0) - self.counts_at_start.get(release, 0)
-            logged = self.seen.get(release, 0)
-            out["releases"][release] = {"prometheus": counted, "access_log": logged}
-            # Requests in flight at either end may land on one side only.
-            if abs(counted - logged) > max(5, 0.02 * max(counted, logged)):
-                out["agree"] = False
+        end = self._count()
+        if end is None:
+            return None
+        self._counts.observe(end)
+        counted = dict(self._counts.total)
+        deadline = time.monotonic() + catch_up
+
+        def lost() -> dict[str, int]:
+            return {r: n - self.seen.get(r, 0) for r, n in counted.items()
+                    if n > self.seen.get(r, 0)}
+
+        while True:
+            if self._started:
+                for sample in (new := self._read()):
+                    self.seen[sample.release_id] += 1
+                self.series.add(new)
+            if not lost() or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        missing = lost()
+        out: dict[str, Any] = {"releases": {}, "agree": not missing, "resets": self._counts.resets}
+        for release in sorted(set(counted) | set(self.seen)):
+            out["releases"][release] = {"prometheus": counted.get(release, 0),
+                                        "access_log": self.seen.get(release, 0),
+                                        "lost": missing.get(release, 0)}
         return out
 
 

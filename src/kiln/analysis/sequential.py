@@ -1,4 +1,4 @@
-"""Always-valid sequential tests (mixture SPRT, Johari et al. 2017/2022), vectorised with numpy.
+"""Always-valid sequential tests and confidence sequences (mixture SPRT), vectorised with numpy.
 
 Each test reduces the data seen so far to an estimate `delta` of (effect - margin) and the variance
 `v` that estimate has under the null hypothesis at its boundary. The normal-mixture likelihood
@@ -10,6 +10,12 @@ is (asymptotically) a non-negative martingale under the null, so by Ville's ineq
 P(Lambda ever reaches 1/alpha) <= alpha however often it is looked at. We reject only when
 delta > 0 (one-sided), which keeps the bound. Every function takes arrays so the benchmark can run
 thousands of rollouts at once through the very same code the judge uses.
+
+Inverting the same statistic gives a confidence sequence (Robbins 1970; Howard et al. 2021): with
+`bound(v, tau, alpha)` below, P(there is a look where estimate - truth > bound) <= alpha. The
+judge's "pass" is that upper confidence bound of the increase lying inside the allowed margin; the
+variance there is the plug-in one (asymptotic confidence sequences, Waudby-Smith et al. 2021), with
+pseudo-counts so a run of zero errors is not taken for zero variance.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from kiln.analysis.summary import BIN_WIDTH, N_BINS
+from kiln.analysis.summary import BIN_WIDTH, LOG_MIN, N_BINS
 
 FloatArray = npt.NDArray[np.float64]
 ArrayLike = npt.ArrayLike
@@ -28,6 +34,13 @@ TAU_ERROR = 0.05
 """Mixture scale for error-rate differences: tuned for effects of a few percentage points."""
 TAU_LATENCY = 0.10
 """Mixture scale for P(canary slower than scaled baseline) - 1/2."""
+TAU_PASS_MIN = 0.005
+"""Smallest mixture scale of the "pass" confidence sequences; otherwise the margin itself, which
+makes the bound tightest around the sample size where it can first fit inside the margin."""
+PASS_PSEUDO_COUNT = 2.0
+"""Errors and successes added to each side's plug-in variance in the "pass" bounds. With 1 the
+bound undercovers slightly at the margin for rare errors (6.5% false passes at 95% over 15-min
+simulated rollouts); with 2 it holds (4.5-4.8%), see tests/test_judge_bounds.py."""
 MIN_NULL_COUNT = 2.0
 """Small-count guard: the null variance of the canary's error count is at least that of 2 errors,
 so one or two stray errors against an error-free baseline never look like 'infinite evidence'."""
@@ -84,34 +97,80 @@ def error_ceiling(x_c: ArrayLike, n_c: ArrayLike, ceiling: float) -> tuple[Float
     return delta, np.where(nc > 0, v, np.nan)
 
 
-def latency_increase(
-    hist_c: ArrayLike, hist_b: ArrayLike, max_increase: float
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """H0: canary latency is at most (1 + max_increase) x baseline latency (stochastically).
+def bound(v: ArrayLike, tau: float, alpha: float) -> FloatArray:
+    """Half-width of the one-sided normal-mixture confidence sequence.
 
-    The statistic is the Mann-Whitney probability theta = P(C > (1+m) B), estimated from the two
-    log-latency histograms (ties count one half). Under H0, theta <= 1/2; at the boundary
-    C ~ (1+m) B its estimate has variance (1/n_c + 1/n_b) / 12. Returns (theta - 1/2, variance,
-    theta). Histograms have shape (..., N_BINS).
+    The smallest b with Lambda(b) >= 1/alpha, i.e. b**2 = 2 v (v + tau2) / tau2 *
+    log(sqrt((v + tau2) / v) / alpha): an estimate with variance v exceeds its true value by more
+    than b at some look with probability <= alpha. inf where there is no data.
+    """
+    var = np.asarray(v, dtype=np.float64)
+    tau2 = tau * tau
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b2 = 2.0 * var * (var + tau2) / tau2 * (0.5 * np.log((var + tau2) / var) - math.log(alpha))
+        b = np.sqrt(b2)
+    return np.where(np.isfinite(var) & (var > 0), b, np.inf)
+
+
+def error_increase_upper(x_c: ArrayLike, n_c: ArrayLike, x_b: ArrayLike, n_b: ArrayLike,
+                         tau: float, alpha: float) -> FloatArray:
+    """Upper confidence bound (sequence) of p_canary - p_baseline.
+
+    Estimate: the raw difference plus a continuity correction of half a canary request. Variance:
+    plug-in with `PASS_PSEUDO_COUNT` errors and successes added to each side (as Agresti-Caffo
+    add one), which matters only while the counts are small. inf without data on both sides.
+    """
+    xc = np.asarray(x_c, dtype=np.float64)
+    nc = np.asarray(n_c, dtype=np.float64)
+    xb = np.asarray(x_b, dtype=np.float64)
+    nb = np.asarray(n_b, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = PASS_PSEUDO_COUNT
+        pc, pb = (xc + k) / (nc + 2 * k), (xb + k) / (nb + 2 * k)
+        v = pc * (1.0 - pc) / nc + pb * (1.0 - pb) / nb
+        est = xc / nc - xb / nb + 0.5 / nc
+        ub = est + bound(v, tau, alpha)
+    return np.where((nc > 0) & (nb > 0), ub, np.inf)
+
+
+def error_rate_upper(x_c: ArrayLike, n_c: ArrayLike, tau: float, alpha: float) -> FloatArray:
+    """Upper confidence bound (sequence) of p_canary alone (for the absolute ceiling)."""
+    xc = np.asarray(x_c, dtype=np.float64)
+    nc = np.asarray(n_c, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = PASS_PSEUDO_COUNT
+        pc = (xc + k) / (nc + 2 * k)
+        ub = xc / nc + 0.5 / nc + bound(pc * (1.0 - pc) / nc, tau, alpha)
+    return np.where(nc > 0, ub, np.inf)
+
+
+def latency_increase(
+    hist_c: ArrayLike, hist_b: ArrayLike, max_increase: float, floor: float = 0.0
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """H0: canary latency is at most g(baseline latency) (stochastically), g(b) = max((1+m) b, b + floor).
+
+    The allowed increase is relative (`max_increase`) but never less than `floor` seconds: at
+    millisecond latencies +25% is noise. The statistic is the Mann-Whitney probability
+    theta = P(C > g(B)), estimated from the two log-latency histograms (ties count one half).
+    Under H0, theta <= 1/2; at the boundary C ~ g(B) its estimate has variance
+    (1/n_c + 1/n_b) / 12. Returns (theta - 1/2, variance, theta). Histograms: shape (..., N_BINS).
     """
     hc = np.asarray(hist_c, dtype=np.float64)
     hb = np.asarray(hist_b, dtype=np.float64)
     nc = hc.sum(axis=-1)
     nb = hb.sum(axis=-1)
-    # Baseline CDF (counts) at bin edges 0..N, then read at each canary bin's centre scaled down
-    # by (1+m): that centre sits at fractional edge position k + 0.5 - shift.
-    shift = math.log1p(max_increase) / BIN_WIDTH
-    pos0 = 0.5 - shift
-    i0 = math.floor(pos0)
-    frac = pos0 - i0
+    # Baseline CDF (counts) at bin edges 0..N, read at g^-1 of each canary bin's centre:
+    # g^-1(c) = min(c / (1+m), c - floor), as a fractional edge position.
+    centre = np.exp(LOG_MIN + (np.arange(N_BINS) + 0.5) * BIN_WIDTH)
+    limit = np.minimum(centre / (1.0 + max_increase), centre - floor)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pos = np.where(limit > 0, (np.log(np.maximum(limit, 1e-300)) - LOG_MIN) / BIN_WIDTH, -1.0)
+    pos = np.clip(pos, 0.0, float(N_BINS))
+    j0 = np.minimum(np.floor(pos).astype(np.intp), N_BINS - 1)
+    frac = pos - j0
     zeros = np.zeros((*hb.shape[:-1], 1))
     edges = np.concatenate([zeros, np.cumsum(hb, axis=-1)], axis=-1)  # (..., N+1)
-    pad = -i0 if i0 < 0 else 0
-    if pad:
-        edges = np.concatenate([np.zeros((*hb.shape[:-1], pad)), edges], axis=-1)
-    lo = edges[..., i0 + pad: i0 + pad + N_BINS]
-    hi = edges[..., i0 + pad + 1: i0 + pad + 1 + N_BINS]
-    cdf = (1.0 - frac) * lo + frac * hi  # (..., N): scaled-baseline count below each canary bin
+    cdf = (1.0 - frac) * edges[..., j0] + frac * edges[..., j0 + 1]  # scaled-baseline count below
     with np.errstate(divide="ignore", invalid="ignore"):
         f = cdf / nb[..., None]
         theta = (hc * f).sum(axis=-1) / nc

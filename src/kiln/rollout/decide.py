@@ -85,6 +85,9 @@ class Status:
     standby_until: float = 0.0
     decisions: list[Decision] = field(default_factory=list)
     started: float = 0.0
+    judge: dict[str, Any] = field(default_factory=dict)
+    """Where the judge's evidence starts (log cursor, router counters), so a resumed rollout
+    judges every request since it began."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,9 +165,10 @@ class Record:
 Action = EnsureInstances | SetWeights | Retire | TerminateRetiring | TerminateRelease | Record
 
 
-def start(strategy: str, new: str, old: str | None, replicas: int, now: float) -> Status:
+def start(strategy: str, new: str, old: str | None, replicas: int, now: float,
+          judge: dict[str, Any] | None = None) -> Status:
     return Status(phase="launch", strategy=strategy, new=new, old=old, replicas=replicas,
-                  started=now)
+                  started=now, judge=dict(judge or {}))
 
 
 def decide(s: Status, obs: Observation, rollout: Rollout, health_deadline: float
@@ -253,7 +257,8 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
         s.waiting = f"step {s.step + 1}: {weight}% — waiting for `kiln promote`"
         return s, []
     if elapsed < pause:
-        s.waiting = None
+        s.waiting = f"step {s.step + 1}: {weight}% — judging; the pause ends in " \
+                    f"{_countdown(pause - elapsed)}" if v is not None else None
         return s, []
     if v is None or v.outcome == "pass":
         if v is not None:
@@ -261,24 +266,42 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
         s.waiting = None
         s.step += 1
         return _enter_step(s, obs, r)
-    # inconclusive (or still collecting) at the end of the pause: never a silent pass.
+    # Undecided at the end of the pause: never a silent pass.
     on_no_data = r.analysis.on_no_data if r.analysis else "pause"
     if on_no_data == "rollback":
-        s.decisions.append(Decision(obs.now, s.step, weight, "inconclusive", v.reason,
+        s.decisions.append(Decision(obs.now, s.step, weight, "undecided", v.reason,
                                     _plain(v.figures)))
-        return _rollback(s, obs, "rolled_back", f"inconclusive ({v.reason}); on_no_data rollback",
+        return _rollback(s, obs, "rolled_back", f"undecided ({v.reason}); on_no_data rollback",
                          _plain(v.figures))
     if on_no_data == "promote":
-        s.decisions.append(Decision(obs.now, s.step, weight, "inconclusive", v.reason,
+        s.decisions.append(Decision(obs.now, s.step, weight, "undecided", v.reason,
                                     _plain(v.figures)))
         s.step += 1
         return _enter_step(s, obs, r)
-    prefix = f"step {s.step + 1}: inconclusive"
-    was_paused = (s.waiting or "").startswith(prefix)
-    s.waiting = f"{prefix} ({v.reason}) — paused; `kiln promote` or `kiln abort`"
-    if not was_paused:
-        return s, [Record("rollout.paused", s.waiting, _plain(v.figures))]
+    # on_no_data pause: keep judging (a later pass advances, a fail rolls back) until the
+    # progress deadline, then give up and roll back.
+    deadline = s.step_started + pause + r.progress_deadline
+    if obs.now >= deadline:
+        s.decisions.append(Decision(obs.now, s.step, weight, "undecided", v.reason,
+                                    _plain(v.figures)))
+        return _rollback(s, obs, "rolled_back",
+                         f"no decision within the progress deadline ({r.progress_deadline:g}s "
+                         f"after the pause): {v.reason}", _plain(v.figures))
+    prefix = f"step {s.step + 1}: {weight}% undecided"
+    was_waiting = (s.waiting or "").startswith(prefix)
+    s.deadline = deadline
+    s.waiting = (f"{prefix} ({v.reason}) — still judging: goes on when it passes; rolls back "
+                 f"in {_countdown(deadline - obs.now)} (progress deadline); `kiln promote` or "
+                 f"`kiln abort` to decide now")
+    if not was_waiting:
+        return s, [Record("rollout.undecided", s.waiting, _plain(v.figures))]
     return s, []
+
+
+def _countdown(seconds: float) -> str:
+    """Whole seconds, so the persisted status changes at most once a second."""
+    left = max(0, int(seconds + 0.999))
+    return f"{left // 60}m{left % 60:02d}s" if left >= 60 else f"{left}s"
 
 
 def _full(s: Status, obs: Observation, r: Rollout, why: str) -> tuple[Status, list[Action]]:

@@ -284,7 +284,10 @@ class Analysis(_Model):
     min_requests: int = 100
     on_no_data: Literal["pause", "rollback", "promote"] = "pause"
     alpha: float = 0.01
-    """False-alarm budget of the sequential judge for a whole rollout."""
+    """False-alarm budget of the sequential judge for a whole rollout (the "fail" side)."""
+    confidence: float = 0.95
+    """Confidence of the bounds behind "pass": a canary worse than allowed passes a step with
+    probability at most 1 - confidence, however often the judge looks."""
 
     @field_validator("max_error_rate_increase", "max_error_rate")
     @classmethod
@@ -314,6 +317,13 @@ class Analysis(_Model):
             raise ValueError("expected a false-alarm rate between 0 and 0.5")
         return v
 
+    @field_validator("confidence")
+    @classmethod
+    def _confidence(cls, v: float) -> float:
+        if not 0.5 <= v < 1.0:
+            raise ValueError(f"expected a confidence between 0.5 and 1 (e.g. 0.95), got {v:.4g}")
+        return v
+
     @model_validator(mode="after")
     def _no_blind_promote(self) -> Analysis:
         if self.min_requests == 0 and self.on_no_data == "promote":
@@ -333,6 +343,9 @@ class Rollout(_Model):
     max_surge: int = Field(1, ge=0)
     max_unavailable: int = Field(0, ge=0)
     drain_timeout: Duration = 10.0
+    progress_deadline: Duration = 600.0
+    """How long a judged step may stay undecided after its pause before `on_no_data: pause`
+    gives up and rolls back (Argo Rollouts' progressDeadlineSeconds)."""
 
     @model_validator(mode="after")
     def _check(self) -> Rollout:

@@ -23,3 +23,13 @@ class FakeMetricSource:
         mine = re.compile(rf"^{re.escape(service_name)}-r\d+$")
         return sorted((s for s in self._samples if s.time > since and mine.match(s.release_id)),
                       key=lambda s: s.time)
+
+    def position(self) -> int:
+        """Cursor after the samples fed so far (the order they were fed in)."""
+        return len(self._samples)
+
+    def read(self, service_name: str, cursor: int | None) -> tuple[list[Sample], int]:
+        """The service's samples fed after `cursor`, in the order fed (like a log)."""
+        mine = re.compile(rf"^{re.escape(service_name)}-r\d+$")
+        start = cursor if isinstance(cursor, int) and 0 <= cursor <= len(self._samples) else 0
+        return [s for s in self._samples[start:] if mine.match(s.release_id)], len(self._samples)
