@@ -1,18 +1,29 @@
 """Judge benchmark: kiln's sequential judge vs two reference judges on identical synthetic streams.
 
-Canary 20 req/s, baseline 180 req/s, lognormal latencies (median 50 ms, sigma 0.5), simulated
-time (no sleeping), fixed seeds. Each run is a 5-minute rollout; a judge stops it at its first
-"fail". Exposure = canary requests served up to and including the second the judge decided.
+Simulated time (no sleeping), fixed seeds, lognormal latencies (median 50 ms, sigma 0.5), one
+look per second. A judge stops a rollout at its first "fail"; kiln also says "pass" when its
+confidence bounds put the canary inside the margins (the step may then advance).
 
+J1-J4, J3b: canary 20 req/s, baseline 180 req/s, 5-minute rollouts, default analysis. Exposure =
+canary requests served up to and including the second the judge failed the canary.
 References (each as generous as we could make it):
 - flagger: every 60 s, fail if the interval's canary error rate > baseline rate + 1 point, or the
   canary p99 > 1.25 x baseline p99 (Flagger checks absolute thresholds once per interval; we
   use failure threshold 1 = roll back on the first failed check, the most aggressive setting).
+  It passes at the end of an interval that did not fail.
 - kayenta: at the end of every 60 s interval, one-sided Mann-Whitney at alpha 0.05 on the
   interval's per-request latencies (with the same 25% effect gate on the medians) and on the
   per-request error indicators (with the 1-point gate on the rates).
-- kiln: `kiln.analysis` mSPRT on everything since the rollout began, looked at every second,
-  alpha 0.01 for the whole rollout.
+- kiln: `kiln.analysis.judge` (the very functions the judge calls) on everything since the
+  rollout began, looked at every second: fail at alpha 0.01 for the whole rollout, pass at 95%.
+J5 (bad canaries must not pass a step): baseline 0% 5xx, canary 15 req/s (baseline 135), allowed
++2 points, min_requests 50, a 3 s step that advances on the first "pass" after its pause; the
+canary is 3x the allowed error increase (6%) or 2x the allowed latency increase (+50%).
+"kiln before" is the old rule: no rejection yet and min_requests reached = pass.
+For J1 an "oracle SPRT" row: Wald's test knowing both true error rates, at kiln's error budget
+(alpha/2): a floor no valid test beats by much.
+J6 (the price of evidence): A/A, 1% 5xx on both sides, allowed +1 point, canary 20 req/s:
+canary requests until a step passes, against the references' 1,200 (the end of their interval).
 
 Run: .venv/bin/python bench/judge.py [--runs 1000]
 """
@@ -22,13 +33,12 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
 
-from kiln.analysis import sequential as seq
-from kiln.analysis.judge import Budget
+from kiln.analysis.judge import Budget, error_fail_p, error_upper, latency_tests
 from kiln.analysis.summary import N_BINS, bin_index
 from kiln.spec.models import Analysis
 
@@ -36,6 +46,7 @@ RATE_C, RATE_B = 20, 180
 DURATION = 300  # seconds per rollout
 INTERVAL = 60
 MEDIAN, SIGMA = 0.050, 0.5
+NEVER = DURATION + 1
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,14 @@ class Scenario:
     lat_scale_c: float
     rate_c: int = RATE_C
     rate_b: int = RATE_B
+    analysis: Analysis = field(default_factory=Analysis)
+    pause: int = 0
+    """Seconds before a "pass" may advance the step."""
+    references: bool = True
 
+
+J5_ANALYSIS = Analysis(max_error_rate_increase=0.02, min_requests=50)
+J6_ANALYSIS = Analysis(max_error_rate_increase=0.01)
 
 SCENARIOS = [
     Scenario("J1", "errors 1% -> 6%", 0.06, 0.01, 1.0),
@@ -55,6 +73,12 @@ SCENARIOS = [
     Scenario("J3", "A/A (good release)", 0.01, 0.01, 1.0),
     Scenario("J4", "no canary traffic", 0.01, 0.01, 1.0, rate_c=0),
     Scenario("J3b", "at the gates (2% vs 1%, latency x1.25)", 0.02, 0.01, 1.25),
+    Scenario("J5", "errors 0% -> 6% (3x allowed), 15 req/s, 3 s step", 0.06, 0.0, 1.0, 15, 135,
+             J5_ANALYSIS, pause=3, references=False),
+    Scenario("J5b", "latency +50% (2x allowed), 15 req/s, 3 s step", 0.0, 0.0, 1.5, 15, 135,
+             J5_ANALYSIS, pause=3, references=False),
+    Scenario("J6", "A/A 1% 5xx, allowed +1 point", 0.01, 0.01, 1.0, 20, 180, J6_ANALYSIS,
+             references=False),
 ]
 """J3b is the worst case for false alarms: the canary sits exactly on the null boundary of both
 tests, so kiln's rate of rollbacks there must stay at or below alpha (0.01)."""
@@ -67,23 +91,22 @@ def _hist_add(hist: np.ndarray, lat: np.ndarray, ok: np.ndarray) -> None:
 
 
 def simulate(sc: Scenario, runs: int, seed: int) -> dict[str, np.ndarray]:
-    """Returns per judge the decision second (DURATION+1 = never failed) and, for kiln, the
-    end-of-rollout verdict 'passed' flags."""
+    """Per judge, the second of its first fail and of its first pass (NEVER if none)."""
     rng = np.random.default_rng(seed)
-    a = Analysis()
+    a = sc.analysis
     budget = Budget.of(a)
-    m = a.max_latency_increase
-    margin = a.max_error_rate_increase
-    never = DURATION + 1
-    kiln_t = np.full(runs, never)
-    flagger_t = np.full(runs, never)
-    kayenta_t = np.full(runs, never)
-    hist_c = np.zeros((runs, N_BINS))
-    hist_b = np.zeros((runs, N_BINS))
-    xc = np.zeros(runs)
-    xb = np.zeros(runs)
-    best_e = np.ones(runs)
-    best_l = np.ones(runs)
+    m, margin = a.max_latency_increase, a.max_error_rate_increase
+    need = max(1, a.min_requests)
+    out = {k: np.full(runs, NEVER) for k in (
+        "kiln", "kiln_pass", "old_pass", "flagger", "kayenta", "flagger_pass", "kayenta_pass",
+        "oracle")}
+    # The oracle: Wald's SPRT of the true canary rate against the null boundary (baseline rate
+    # + margin), both known exactly, at kiln's error budget: no valid test can be much faster.
+    p0, p1 = sc.err_b + margin, sc.err_c
+    oracle = p1 > p0
+    hist_c, hist_b = np.zeros((runs, N_BINS)), np.zeros((runs, N_BINS))
+    xc, xb = np.zeros(runs), np.zeros(runs)
+    best_e, best_l = np.ones(runs), np.ones(runs)
     iv_c: list[tuple[np.ndarray, np.ndarray]] = []
     iv_b: list[tuple[np.ndarray, np.ndarray]] = []
     for t in range(1, DURATION + 1):
@@ -95,34 +118,50 @@ def simulate(sc: Scenario, runs: int, seed: int) -> dict[str, np.ndarray]:
         _hist_add(hist_b, lat_b, ~err_b)
         xc += err_c.sum(axis=1)
         xb += err_b.sum(axis=1)
-        iv_c.append((lat_c, err_c))
-        iv_b.append((lat_b, err_b))
-        # kiln: one look per second on everything since the start.
         nc, nb = sc.rate_c * t, sc.rate_b * t
-        d, v = seq.error_increase(xc, nc, xb, nb, margin)
-        best_e = np.minimum(best_e, seq.always_valid_p(
-            seq.log_mixture_lr(d, v, max(seq.TAU_ERROR, margin))))
-        d, v, _ = seq.latency_increase(hist_c, hist_b, m)
-        best_l = np.minimum(best_l, seq.always_valid_p(seq.log_mixture_lr(d, v, seq.TAU_LATENCY)))
+        # kiln: one look per second on everything since the start, through the judge's code.
+        best_e = np.minimum(best_e, error_fail_p(xc, nc, xb, nb, a))
+        p_lat, _, lat_ub = latency_tests(hist_c, hist_b, a)
+        best_l = np.minimum(best_l, np.where(np.isfinite(p_lat), p_lat, 1.0))
+        if oracle:
+            llr = xc * np.log(p1 / p0) + (nc - xc) * np.log((1 - p1) / (1 - p0))
+            out["oracle"] = np.where((out["oracle"] == NEVER) & (llr >= -np.log(budget.error)),
+                                     t, out["oracle"])
         failed = (best_e <= budget.error) | (best_l <= budget.latency)
-        kiln_t = np.where((kiln_t == never) & failed, t, kiln_t)
-        if t % INTERVAL == 0:
-            lc = np.concatenate([x for x, _ in iv_c], axis=1)
-            ec = np.concatenate([e for _, e in iv_c], axis=1)
-            lb = np.concatenate([x for x, _ in iv_b], axis=1)
-            eb = np.concatenate([e for _, e in iv_b], axis=1)
-            iv_c.clear()
-            iv_b.clear()
-            f_fail, k_fail = _references(lc, ec, lb, eb, m, margin)
-            flagger_t = np.where((flagger_t == never) & f_fail, t, flagger_t)
-            kayenta_t = np.where((kayenta_t == never) & k_fail, t, kayenta_t)
-        if sc.rate_c and (kiln_t < never).all() and t % INTERVAL == 0 and \
-                (flagger_t < never).all() and (kayenta_t < never).all():
+        # A pass advances a step but judging goes on: the first fail ends the rollout, the
+        # first pass before it is when a step could first have advanced.
+        out["kiln"] = np.where((out["kiln"] == NEVER) & failed, t, out["kiln"])
+        enough = nc >= need and nb >= need
+        if enough and t >= sc.pause:
+            passing = (error_upper(xc, nc, xb, nb, a) < margin) & (lat_ub < 0.5) & ~failed
+            out["kiln_pass"] = np.where((out["kiln_pass"] == NEVER) & passing, t,
+                                        out["kiln_pass"])
+            out["old_pass"] = np.where((out["old_pass"] == NEVER) & ~failed, t, out["old_pass"])
+        if sc.references:
+            iv_c.append((lat_c, err_c))
+            iv_b.append((lat_b, err_b))
+            if t % INTERVAL == 0:
+                f_fail, k_fail = _references(*_interval(iv_c), *_interval(iv_b), m, margin)
+                iv_c.clear()
+                iv_b.clear()
+                for k, fail in (("flagger", f_fail), ("kayenta", k_fail)):
+                    alive = out[k] == NEVER
+                    out[k] = np.where(alive & fail, t, out[k])
+                    out[f"{k}_pass"] = np.where(alive & (out[f"{k}_pass"] == NEVER) & ~fail
+                                                & (sc.rate_c > 0), t, out[f"{k}_pass"])
+        if sc.rate_c and not sc.references and (
+                (out["kiln"] < NEVER) | (out["kiln_pass"] < NEVER)).all() and (
+                (out["kiln"] < NEVER) | (out["old_pass"] < NEVER)).all():
+            break  # J5/J6 ask only for the first decision
+        if sc.rate_c and t % INTERVAL == 0 and all(
+                (out[k] < NEVER).all() for k in ("kiln", "flagger", "kayenta")):
             break
-    # End-of-rollout verdict of kiln for runs that never failed: pass needs min_requests.
-    n_end = sc.rate_c * DURATION
-    kiln_pass = (kiln_t == never) & (n_end >= max(1, a.min_requests))
-    return {"kiln": kiln_t, "flagger": flagger_t, "kayenta": kayenta_t, "kiln_pass": kiln_pass}
+    return out
+
+
+def _interval(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.concatenate([x for x, _ in parts], axis=1),
+            np.concatenate([e for _, e in parts], axis=1))
 
 
 def _references(lc: np.ndarray, ec: np.ndarray, lb: np.ndarray, eb: np.ndarray, m: float,
@@ -144,33 +183,69 @@ def _references(lc: np.ndarray, ec: np.ndarray, lb: np.ndarray, eb: np.ndarray, 
     return flagger, kayenta
 
 
-def _dist(t: np.ndarray, rate: int) -> tuple[float, float, float]:
-    """Median and p90 exposure (canary requests) and the share of runs that failed."""
-    exposure = np.minimum(t, DURATION) * rate
-    return float(np.median(exposure)), float(np.percentile(exposure, 90)), float(
-        (t <= DURATION).mean())
+def _share(t: np.ndarray) -> float:
+    return float((t < NEVER).mean())
+
+
+def _requests(t: np.ndarray, rate: int) -> tuple[float, float]:
+    """Median and p90 of the canary requests served up to the decision (NEVER: the whole run)."""
+    n = np.minimum(t, DURATION) * rate
+    return float(np.median(n)), float(np.percentile(n, 90))
+
+
+def comparison(res: dict[str, np.ndarray], sc: Scenario) -> list[str]:
+    rows = []
+    fails = {k: _requests(res[k], sc.rate_c) for k in ("flagger", "kayenta", "kiln")}
+    better = min(fails["flagger"][0], fails["kayenta"][0])
+    for k in ("flagger", "kayenta", "kiln"):
+        med, p90 = fails[k]
+        ratio = f"{med / better:.2f}x" if sc.name in ("J1", "J2") and better > 0 else ""
+        passes = res["kiln_pass" if k == "kiln" else f"{k}_pass"]
+        first = _requests(passes, sc.rate_c)[0] if _share(passes) > 0.5 else None
+        rows.append(f"| {sc.name} {sc.what} | {k} | {100 * _share(res[k]):.1f}% | "
+                    f"{100 * _share(passes):.1f}% | {med:.0f} | {p90:.0f} | {ratio} | "
+                    f"{'' if first is None else f'{first:.0f}'} |")
+    if (res["oracle"] < NEVER).any():
+        med, p90 = _requests(res["oracle"], sc.rate_c)
+        rows.append(f"| {sc.name} {sc.what} | oracle SPRT | {100 * _share(res['oracle']):.1f}% | "
+                    f"| {med:.0f} | {p90:.0f} | {med / better:.2f}x | |")
+    return rows
+
+
+def kiln_only(res: dict[str, np.ndarray], sc: Scenario) -> list[str]:
+    rows = []
+    old = res["old_pass"]
+    if sc.name.startswith("J5"):
+        rows.append(f"| {sc.name} {sc.what} | kiln before | {100 * _share(res['kiln']):.1f}% | "
+                    f"{100 * _share(old):.1f}% | | | | |")
+    med, p90 = _requests(res["kiln"], sc.rate_c)
+    passes = res["kiln_pass"]
+    pmed, _ = _requests(passes, sc.rate_c)
+    ratio = f"{pmed / (INTERVAL * sc.rate_c):.2f}x" if sc.name == "J6" else ""
+    rows.append(f"| {sc.name} {sc.what} | kiln | {100 * _share(res['kiln']):.1f}% | "
+                f"{100 * _share(passes):.1f}% | {med:.0f} | {p90:.0f} | {ratio} | "
+                f"{pmed:.0f} |")
+    return rows
 
 
 def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=20240501)
+    ap.add_argument("--only", nargs="*", help="scenario names, e.g. J5 J6")
     args = ap.parse_args(argv)
     start = time.perf_counter()
-    rows = ["| scenario | judge | rollbacks | passes | exposure median | exposure p90 "
-            "| median vs better ref |", "|---|---|---|---|---|---|---|"]
+    rows = ["| scenario | judge | rollbacks | passes | fail exposure median | fail exposure p90 "
+            "| median vs better ref | pass after (median requests) |",
+            "|---|---|---|---|---|---|---|---|"]
     for i, sc in enumerate(SCENARIOS):
+        if args.only and sc.name not in args.only:
+            continue
         res = simulate(sc, args.runs, args.seed + i)
-        d = {k: _dist(res[k], sc.rate_c) for k in ("flagger", "kayenta", "kiln")}
-        better = min(d["flagger"][0], d["kayenta"][0])
-        for k, (med, p90, share) in d.items():
-            ratio = f"{med / better:.2f}x" if sc.name in ("J1", "J2") and better > 0 else ""
-            passed = res["kiln_pass"].mean() if k == "kiln" else 1.0 - share
-            rows.append(f"| {sc.name} {sc.what} | {k} | {100 * share:.1f}% | "
-                        f"{100 * passed:.1f}% | {med:.0f} | {p90:.0f} | {ratio} |")
+        rows += comparison(res, sc) if sc.references else kiln_only(res, sc)
     table = "\n".join(rows)
-    out(f"runs per scenario: {args.runs}, seed {args.seed}, 5-min rollouts, canary {RATE_C} req/s,"
-        f" baseline {RATE_B} req/s, lognormal latency median {MEDIAN * 1000:.0f} ms sigma {SIGMA}")
+    out(f"runs per scenario: {args.runs}, seed {args.seed}; lognormal latency median "
+        f"{MEDIAN * 1000:.0f} ms sigma {SIGMA}; one look per second")
     out(table)
     out(f"elapsed {time.perf_counter() - start:.1f} s")
     return table

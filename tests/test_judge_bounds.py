@@ -17,8 +17,11 @@ from kiln.spec.models import Analysis
                                                  (0.01, 0.1, 0.2)])
 def test_bound_inverts_the_mixture_statistic(v: float, tau: float, alpha: float) -> None:
     b = float(seq.bound(v, tau, alpha))
-    assert float(seq.log_mixture_lr(b, v, tau)) == pytest.approx(math.log(1 / alpha), rel=1e-9)
-    assert float(seq.log_mixture_lr(0.99 * b, v, tau)) < math.log(1 / alpha)
+    assert float(seq.log_normal_mixture_lr(b, v, tau)) == pytest.approx(math.log(1 / alpha),
+                                                                         rel=1e-9)
+    assert float(seq.log_normal_mixture_lr(0.99 * b, v, tau)) < math.log(1 / alpha)
+    # The half-normal statistic of the "fail" side is larger: its bound would be tighter.
+    assert float(seq.log_mixture_lr(b, v, tau)) > math.log(1 / alpha)
     assert seq.bound(0.0, tau, alpha) == math.inf and seq.bound(math.nan, tau, alpha) == math.inf
 
 

@@ -20,13 +20,19 @@ def _hist(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(("delta", "v", "tau"), [(0.02, 1e-4, 0.05), (0.1, 7e-4, 0.1),
                                                  (0.001, 1e-3, 0.05)])
 def test_mixture_lr_matches_numerical_integral(delta: float, v: float, tau: float) -> None:
-    # Lambda = integral of N(delta; theta, v) / N(delta; 0, v) over theta ~ N(0, tau^2).
-    def integrand(theta: float) -> float:
-        return float(stats.norm.pdf(delta, theta, math.sqrt(v)) / stats.norm.pdf(delta, 0, math.sqrt(v))
-                     * stats.norm.pdf(theta, 0, tau))
-    expected, _ = integrate.quad(integrand, -1, 1, points=[0.0, delta], limit=200)
-    got = math.exp(float(seq.log_mixture_lr(delta, v, tau)))
-    assert got == pytest.approx(expected, rel=1e-6)
+    # Lambda = integral of N(delta; theta, v) / N(delta; 0, v) over the prior of theta:
+    # half-normal 2 N(0, tau^2) on theta > 0 (fail side), N(0, tau^2) (pass side's bound).
+    def ratio(theta: float) -> float:
+        return float(stats.norm.pdf(delta, theta, math.sqrt(v))
+                     / stats.norm.pdf(delta, 0, math.sqrt(v)))
+
+    half, _ = integrate.quad(lambda t: ratio(t) * 2 * stats.norm.pdf(t, 0, tau), 0, 1,
+                             points=[delta], limit=200)
+    full, _ = integrate.quad(lambda t: ratio(t) * stats.norm.pdf(t, 0, tau), -1, 1,
+                             points=[0.0, delta], limit=200)
+    assert math.exp(float(seq.log_mixture_lr(delta, v, tau))) == pytest.approx(half, rel=1e-6)
+    assert math.exp(float(seq.log_normal_mixture_lr(delta, v, tau))) == pytest.approx(full,
+                                                                                      rel=1e-6)
 
 
 def test_mixture_lr_is_one_sided() -> None:

@@ -3,7 +3,8 @@
 Endpoints: `/` greets (GREETING, version, KILN_INSTANCE), `/healthz` answers "ok", `/version`
 returns JSON. behaviour.json beside this file sets the version and injects faults for canary
 demos: `error_rate` is the fraction of `/` requests answered 500, `extra_latency_ms` delays
-each `/` answer. Health checks never get the faults, so only the judge can catch a bad release.
+each `/` answer, and `slow_share` of them (at random) take `slow_ms` more (the slow tail a
+judge must not lose). Health checks never get the faults, so only the judge can catch a bad release.
 On SIGTERM the listener closes and in-flight requests finish before the process exits.
 """
 
@@ -30,13 +31,17 @@ class Behaviour:
     version: str = "1"
     error_rate: float = 0.0
     extra_latency_ms: float = 0.0
+    slow_share: float = 0.0
+    slow_ms: float = 0.0
 
     @classmethod
     def load(cls, path: Path = BEHAVIOUR_FILE) -> Behaviour:
         data = json.loads(path.read_text()) if path.exists() else {}
         return cls(version=str(data.get("version", "1")),
                    error_rate=float(data.get("error_rate", 0.0)),
-                   extra_latency_ms=float(data.get("extra_latency_ms", 0.0)))
+                   extra_latency_ms=float(data.get("extra_latency_ms", 0.0)),
+                   slow_share=float(data.get("slow_share", 0.0)),
+                   slow_ms=float(data.get("slow_ms", 0.0)))
 
 
 class ShopServer(ThreadingHTTPServer):
@@ -108,8 +113,11 @@ class Handler(BaseHTTPRequestHandler):
             body = json.dumps({"version": b.version, "instance": srv.instance})
             self._send(200, body + "\n", "application/json")
         elif path == "/":
-            if b.extra_latency_ms > 0:
-                time.sleep(b.extra_latency_ms / 1000.0)
+            delay = b.extra_latency_ms
+            if b.slow_share > 0 and random.random() < b.slow_share:
+                delay += b.slow_ms
+            if delay > 0:
+                time.sleep(delay / 1000.0)
             if b.error_rate > 0 and random.random() < b.error_rate:
                 self._send(500, f"injected error (version {b.version})\n")
             else:

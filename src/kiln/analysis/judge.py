@@ -45,6 +45,39 @@ class Budget:
         return cls(error=a / 4, ceiling=a / 4, latency=a / 2)
 
 
+# ---------------------------------------------------------------- the tests, on arrays
+# One place for the math: the judge calls these with scalars, bench/judge.py with thousands of
+# simulated rollouts at once.
+
+
+def error_fail_p(x_c: seq.ArrayLike, n_c: seq.ArrayLike, x_b: seq.ArrayLike, n_b: seq.ArrayLike,
+                 analysis: Analysis) -> seq.FloatArray:
+    """Always-valid p-value (this look) of 'the error rate rose by more than allowed'."""
+    margin = analysis.max_error_rate_increase
+    d, v = seq.error_increase(x_c, n_c, x_b, n_b, margin)
+    return seq.always_valid_p(seq.log_mixture_lr(d, v, max(seq.TAU_ERROR, margin)))
+
+
+def error_upper(x_c: seq.ArrayLike, n_c: seq.ArrayLike, x_b: seq.ArrayLike, n_b: seq.ArrayLike,
+                analysis: Analysis) -> seq.FloatArray:
+    """Upper bound (at `confidence`, any look) of the error-rate increase: "pass" needs it below
+    `max_error_rate_increase`."""
+    margin = analysis.max_error_rate_increase
+    return seq.error_increase_upper(x_c, n_c, x_b, n_b, max(margin, seq.TAU_PASS_MIN),
+                                    1.0 - analysis.confidence)
+
+
+def latency_tests(hist_c: seq.ArrayLike, hist_b: seq.ArrayLike, analysis: Analysis
+                  ) -> tuple[seq.FloatArray, seq.FloatArray, seq.FloatArray]:
+    """(always-valid p-value of 'slower than allowed', theta, upper bound of theta at
+    `confidence`). "pass" needs the bound below 1/2."""
+    d, v, theta = seq.latency_increase(hist_c, hist_b, analysis.max_latency_increase,
+                                       LATENCY_FLOOR_S)
+    p = seq.always_valid_p(seq.log_mixture_lr(d, v, seq.TAU_LATENCY))
+    upper = theta + seq.bound(v, seq.TAU_LATENCY, 1.0 - analysis.confidence)
+    return p, theta, np.where(np.isfinite(theta), upper, np.inf)
+
+
 def judge(
     canary: Sequence[Sample],
     baseline: Sequence[Sample],
@@ -113,11 +146,9 @@ def judge_summaries(
     running = best_p if best_p is not None else {}
     miss = 1.0 - analysis.confidence  # error rate of the confidence sequences behind "pass"
 
-    def record(name: str, delta: float, v: float, tau: float) -> float:
-        p = float(seq.always_valid_p(seq.log_mixture_lr(delta, v, tau)))
-        running[name] = min(running.get(name, 1.0), p)
+    def record(name: str, p_now: float) -> float:
+        running[name] = min(running.get(name, 1.0), float(p_now))
         figs[f"{name}_p"] = running[name]
-        figs[f"{name}_z"] = float(delta / np.sqrt(v)) if np.isfinite(v) and v > 0 else None
         return running[name]
 
     after = f"after {nc} canary requests"
@@ -128,18 +159,18 @@ def judge_summaries(
     within: list[tuple[bool, str]] = []
 
     if nc > 0 and nb > 0:
-        d, v = seq.error_increase(canary.errors, nc, baseline.errors, nb, margin)
-        p = record("error", float(d), float(v), max(seq.TAU_ERROR, margin))
+        args = (canary.errors, nc, baseline.errors, nb)
+        p = record("error", float(error_fail_p(*args, analysis)))
         if p <= budget.error:
             fails.append(f"{rates} (allowed +{_fmt_pct(margin)}), p={_fmt_p(p)}")
-        ub = float(seq.error_increase_upper(canary.errors, nc, baseline.errors, nb,
-                                            max(margin, seq.TAU_PASS_MIN), miss))
+        ub = float(error_upper(*args, analysis))
         figs["error_increase_upper"] = ub
         within.append((ub < margin, f"5xx increase at most {_fmt_signed_pct(ub)} "
                                     f"(allowed +{_fmt_pct(margin)})"))
     if analysis.max_error_rate is not None and nc > 0:
         d, v = seq.error_ceiling(canary.errors, nc, analysis.max_error_rate)
-        p = record("ceiling", float(d), float(v), max(seq.TAU_ERROR, analysis.max_error_rate))
+        p = record("ceiling", float(seq.always_valid_p(seq.log_mixture_lr(
+            d, v, max(seq.TAU_ERROR, analysis.max_error_rate)))))
         if p <= budget.ceiling:
             fails.append(f"5xx {_fmt_pct(canary.error_rate)} above the "
                          f"{_fmt_pct(analysis.max_error_rate)} ceiling, p={_fmt_p(p)}")
@@ -151,16 +182,15 @@ def judge_summaries(
     allowed = (f"allowed +{100 * analysis.max_latency_increase:.0f}% "
                f"or +{1000 * LATENCY_FLOOR_S:.0f} ms")
     if canary.ok > 0 and baseline.ok > 0:
-        d, v, theta = seq.latency_increase(canary.hist, baseline.hist,
-                                           analysis.max_latency_increase, LATENCY_FLOOR_S)
+        p_now, theta, upper = latency_tests(canary.hist, baseline.hist, analysis)
         figs["latency_theta"] = float(theta)
-        p = record("latency", float(d), float(v), seq.TAU_LATENCY)
+        p = record("latency", float(p_now))
         if p <= budget.latency:
             fails.append(
                 f"latency p50 {_fmt_ms(figs['canary_p50'])} vs {_fmt_ms(figs['baseline_p50'])}, "
                 f"p95 {_fmt_ms(figs['canary_p95'])} vs {_fmt_ms(figs['baseline_p95'])} "
                 f"({allowed}), p={_fmt_p(p)}")
-        ub = float(theta) + float(seq.bound(float(v), seq.TAU_LATENCY, miss))
+        ub = float(upper)
         figs["latency_theta_upper"] = ub
         within.append((ub < 0.5, f"P(slower than allowed) at most {ub:.2f} (needs < 0.50)"))
     else:

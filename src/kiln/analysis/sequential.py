@@ -4,14 +4,15 @@ Each test reduces the data seen so far to an estimate `delta` of (effect - margi
 `v` that estimate has under the null hypothesis at its boundary. The normal-mixture likelihood
 ratio
 
-    Lambda = sqrt(v / (v + tau2)) * exp(tau2 * delta**2 / (2 * v * (v + tau2)))
+    Lambda_N = sqrt(v / (v + tau2)) * exp(tau2 * delta**2 / (2 * v * (v + tau2)))
 
-is (asymptotically) a non-negative martingale under the null, so by Ville's inequality
-P(Lambda ever reaches 1/alpha) <= alpha however often it is looked at. We reject only when
-delta > 0 (one-sided), which keeps the bound. Every function takes arrays so the benchmark can run
+and its half-normal (one-sided) version 2 Lambda_N Phi(delta tau / sqrt(v (v + tau2))) are
+(asymptotically) non-negative martingales under the null, so by Ville's inequality
+P(Lambda ever reaches 1/alpha) <= alpha however often it is looked at. The "fail" tests use the
+half-normal one and reject only when delta > 0. Every function takes arrays so the benchmark can run
 thousands of rollouts at once through the very same code the judge uses.
 
-Inverting the same statistic gives a confidence sequence (Robbins 1970; Howard et al. 2021): with
+Inverting the normal mixture gives a confidence sequence (Robbins 1970; Howard et al. 2021): with
 `bound(v, tau, alpha)` below, P(there is a look where estimate - truth > bound) <= alpha. The
 judge's "pass" is that upper confidence bound of the increase lying inside the allowed margin; the
 variance there is the plug-in one (asymptotic confidence sequences, Waudby-Smith et al. 2021), with
@@ -24,6 +25,7 @@ import math
 
 import numpy as np
 import numpy.typing as npt
+from scipy import special
 
 from kiln.analysis.summary import BIN_WIDTH, LOG_MIN, N_BINS
 
@@ -40,19 +42,25 @@ makes the bound tightest around the sample size where it can first fit inside th
 PASS_PSEUDO_COUNT = 2.0
 """Errors and successes added to each side's plug-in variance in the "pass" bounds. With 1 the
 bound undercovers slightly at the margin for rare errors (6.5% false passes at 95% over 15-min
-simulated rollouts); with 2 it holds (4.5-4.8%), see tests/test_judge_bounds.py."""
+simulated rollouts); with 2 it holds (3.7-4.7%), see tests/test_judge_bounds.py."""
 MIN_NULL_COUNT = 2.0
 """Small-count guard: the null variance of the canary's error count is at least that of 2 errors,
 so one or two stray errors against an error-free baseline never look like 'infinite evidence'."""
 
 
 def log_mixture_lr(delta: ArrayLike, v: ArrayLike, tau: float) -> FloatArray:
-    """One-sided log mSPRT statistic; -inf where delta <= 0 or there is no data (v not finite)."""
+    """One-sided log mSPRT statistic; -inf where delta <= 0 or there is no data (v not finite).
+
+    The mixture is half-normal, 2 N(0, tau2) over effects > 0 only (the alternative is one-sided,
+    so no prior weight is wasted on improvements): Lambda = 2 Lambda_N Phi(delta tau /
+    sqrt(v (v + tau2))), with Lambda_N the normal-mixture ratio above.
+    """
     d = np.asarray(delta, dtype=np.float64)
     var = np.asarray(v, dtype=np.float64)
     tau2 = tau * tau
     with np.errstate(divide="ignore", invalid="ignore"):
         llr = 0.5 * np.log(var / (var + tau2)) + tau2 * d * d / (2.0 * var * (var + tau2))
+        llr = llr + math.log(2.0) + special.log_ndtr(d * tau / np.sqrt(var * (var + tau2)))
     ok = (d > 0) & np.isfinite(var) & (var > 0)
     return np.where(ok, llr, -np.inf)
 
@@ -97,12 +105,26 @@ def error_ceiling(x_c: ArrayLike, n_c: ArrayLike, ceiling: float) -> tuple[Float
     return delta, np.where(nc > 0, v, np.nan)
 
 
-def bound(v: ArrayLike, tau: float, alpha: float) -> FloatArray:
-    """Half-width of the one-sided normal-mixture confidence sequence.
+def log_normal_mixture_lr(delta: ArrayLike, v: ArrayLike, tau: float) -> FloatArray:
+    """log of the normal-mixture ratio N(0, tau2) over effects of both signs (no cut-off)."""
+    d = np.asarray(delta, dtype=np.float64)
+    var = np.asarray(v, dtype=np.float64)
+    tau2 = tau * tau
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out: FloatArray = 0.5 * np.log(var / (var + tau2)) + tau2 * d * d / (
+            2.0 * var * (var + tau2))
+    return out
 
-    The smallest b with Lambda(b) >= 1/alpha, i.e. b**2 = 2 v (v + tau2) / tau2 *
-    log(sqrt((v + tau2) / v) / alpha): an estimate with variance v exceeds its true value by more
-    than b at some look with probability <= alpha. inf where there is no data.
+
+def bound(v: ArrayLike, tau: float, alpha: float) -> FloatArray:
+    """Half-width of the one-sided normal-mixture confidence sequence (the "pass" side).
+
+    The b with Lambda_N(b) = 1/alpha, b**2 = 2 v (v + tau2) / tau2 * log(sqrt((v + tau2) / v) /
+    alpha): an estimate with variance v exceeds its true value by more than b at some look with
+    probability <= alpha. The full normal mixture, not the tighter half-normal one the "fail"
+    side uses: here v is estimated (plug-in), and the extra width absorbs that; simulated, the
+    half-normal bound let 5.5-8% of canaries at the margin pass at 95%, this one 3.7-4.7%.
+    inf where there is no data.
     """
     var = np.asarray(v, dtype=np.float64)
     tau2 = tau * tau
