@@ -98,7 +98,7 @@ def test_killed_mid_step_resumes_with_all_the_evidence(proj: Proj) -> None:
 
 
 def test_killed_at_the_step_boundary_resumes_and_promotes(proj: Proj) -> None:
-    proj.write(rollout=RESUMABLE.replace("14s", "6s"))
+    proj.write(rollout=RESUMABLE)
     assert proj.kiln("deploy").returncode == 0
     proj.behave(version="2")
     with Load(proj.listen, rate=100, max_seconds=90) as load:
