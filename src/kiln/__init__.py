@@ -24,13 +24,14 @@ if TYPE_CHECKING:
     from kiln.project import Project as Project
     from kiln.project import ServiceResult as ServiceResult
     from kiln.project import raise_for as raise_for
+    from kiln.serve import serve as serve
 
 _EXPORTS = {
     "KilnError": "kiln.errors", "SpecError": "kiln.errors", "StateError": "kiln.errors",
     "LockHeld": "kiln.errors", "BakeError": "kiln.errors", "VerifyError": "kiln.errors",
     "PlatformError": "kiln.errors", "RolledBack": "kiln.errors", "NotFound": "kiln.errors",
     "Project": "kiln.project", "DeployEvent": "kiln.project", "DeployResult": "kiln.project",
-    "ServiceResult": "kiln.project", "raise_for": "kiln.project",
+    "ServiceResult": "kiln.project", "raise_for": "kiln.project", "serve": "kiln.serve",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

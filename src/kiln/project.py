@@ -27,6 +27,7 @@ from kiln.state.store import Store, default_home
 
 if TYPE_CHECKING:
     from kiln.platforms.base import Builder, Compute, MetricSource, Platform, Router
+    from kiln.state.controller import Controller
 
 __all__ = ["DeployEvent", "DeployResult", "Project", "ServiceResult", "config_digest",
            "raise_for", "resolve_secrets"]
@@ -84,6 +85,8 @@ class Project:
         self.warn: Warn = warn or (lambda msg: None)
         self._store: Store | None = None
         self._platform: Platform | None = platform
+        self.detach = False
+        """Start rollouts without driving them (the controller's own requests: it drives them)."""
 
     @classmethod
     def open(cls, spec_file: Path | None = None, warn: Warn | None = None) -> Project:
@@ -257,6 +260,10 @@ class Project:
             assert cur.lastrowid is not None
             return int(cur.lastrowid)
 
+    def rollout_env(self, service: str, spec: ServiceSpec) -> Env:
+        """What a reconciler of this service needs (its secrets resolved now)."""
+        return self._env(service, spec)
+
     def _env(self, service: str, spec: ServiceSpec) -> Env:
         return Env(self.store, self.compute, self.router, None, self.image,
                    secrets=resolve_secrets(service, spec, self.base_dir), fault=env_fault())
@@ -287,32 +294,81 @@ class Project:
 
         return count
 
-    def _reconcile(self, service: str, rollout_id: int, on_status: Callable[[Status], None]
-                   ) -> Status:
+    def rollout_driver(self, service: str, rollout_id: int) -> tuple[Reconciler, Any]:
+        """The reconciler of one rollout and its live judge (None when unjudged): call
+        `step()` per pass, then `record_judge()` once it settled."""
         spec = self.service(service)
         judge = self._judge(service, spec)
-        rec = Reconciler(self._env(service, spec), service, spec, rollout_id, judge=judge)
+        return Reconciler(self._env(service, spec), service, spec, rollout_id, judge=judge), judge
+
+    def _reconcile(self, service: str, rollout_id: int, on_status: Callable[[Status], None]
+                   ) -> Status:
+        rec, judge = self.rollout_driver(service, rollout_id)
         try:
             return rec.run(on_status)
         finally:
             if judge is not None:
-                from kiln.analysis.live import save_series
+                self.record_judge(service, rollout_id, judge)
 
-                save_series(self.home, rollout_id, judge)
-                check = judge.crosscheck()
-                if check is not None:
-                    lost = ", ".join(f"{r}: {c['lost']} of {c['prometheus']}"
-                                     for r, c in check["releases"].items() if c["lost"])
-                    self.store.event(
-                        "judge.crosscheck",
-                        "access log and Prometheus counters "
-                        + ("agree" if check["agree"] else f"DISAGREE: lines missing ({lost})"),
-                        service=service, data=check)
-                    if not check["agree"]:
-                        self.warn(f"{service}: the judge's access log is missing requests the "
-                                  f"router counted ({lost}): its verdict saw incomplete data")
+    def record_judge(self, service: str, rollout_id: int, judge: Any) -> None:
+        """Save the judge's series (the report's charts) and its cross-check of the counts."""
+        from kiln.analysis.live import save_series
 
-    def _write_report(self, service: str, rollout_id: int) -> str | None:
+        save_series(self.home, rollout_id, judge)
+        check = judge.crosscheck()
+        if check is not None:
+            lost = ", ".join(f"{r}: {c['lost']} of {c['prometheus']}"
+                             for r, c in check["releases"].items() if c["lost"])
+            self.store.event(
+                "judge.crosscheck",
+                "access log and Prometheus counters "
+                + ("agree" if check["agree"] else f"DISAGREE: lines missing ({lost})"),
+                service=service, data=check)
+            if not check["agree"]:
+                self.warn(f"{service}: the judge's access log is missing requests the "
+                          f"router counted ({lost}): its verdict saw incomplete data")
+
+    def controller(self) -> Controller | None:
+        """The project's live controller (`kiln serve`) in another process, if one runs."""
+        from kiln.state.controller import running
+
+        return running(self.store)
+
+    def _drive(self, service: str, rollout_id: int, on_status: Callable[[Status], None]
+               ) -> Status:
+        """Drive the rollout here, or hand it to the controller and watch it settle."""
+        ctl = self.controller()
+        if ctl is None:
+            return self._reconcile(service, rollout_id, on_status)
+        from kiln.state.lock import lock_released
+
+        self.store.event("rollout.handed_over", f"rollout #{rollout_id} handed to "
+                         f"{ctl.describe()}", service=service)
+        with lock_released(self.store):
+            st = self._watch(rollout_id, on_status)
+        if st is None:  # the controller went away: drive it here
+            return self._reconcile(service, rollout_id, on_status)
+        return st
+
+    def _watch(self, rollout_id: int, on_status: Callable[[Status], None],
+               poll: float = 0.2) -> Status | None:
+        """Follow a rollout someone else drives until it settles (None: the controller left)."""
+        seen = None
+        while True:
+            row = self.store.one("SELECT status_json FROM rollouts WHERE id = ?", (rollout_id,))
+            if row is None:
+                raise NotFound(f"rollout #{rollout_id} not found in state")
+            st = Status.from_json(json.loads(row["status_json"]))
+            if row["status_json"] != seen:
+                seen = row["status_json"]
+                on_status(st)
+            if st.phase in SETTLED:
+                return st
+            if self.controller() is None:
+                return None
+            time.sleep(poll)
+
+    def write_report(self, service: str, rollout_id: int) -> str | None:
         from kiln.analysis.live import report_for_rollout
 
         path = report_for_rollout(self, service, rollout_id)
@@ -368,8 +424,23 @@ class Project:
                 result.services.append(self._deploy_one(name, skip_tests, emit, no_cache, force))
         return result
 
+    def deploy_image(self, service: str, digest: str, *, force: bool = False,
+                     on_event: Callable[[DeployEvent], None] | None = None) -> ServiceResult:
+        """Roll out an image already in the store (the dashboard's deploy): no bake, same gate."""
+        spec = self.service(service)
+        with self.locked(f"deploy {service} {digest[:19]}"):
+            image = self.image(digest)
+            if image.name != spec.image:
+                raise KilnError(f"{service}: image {digest[:19]} is a {image.name!r} image; the "
+                                f"service runs {spec.image!r} images")
+            self._sweep()
+            self.router.ensure_running()
+            return self._deploy_one(service, False, on_event or (lambda ev: None), False, force,
+                                    baked=image)
+
     def _deploy_one(self, name: str, skip_tests: bool, emit: Callable[[DeployEvent], None],
-                    no_cache: bool, force: bool = False) -> ServiceResult:
+                    no_cache: bool, force: bool = False, baked: Image | None = None
+                    ) -> ServiceResult:
         t0 = time.monotonic()
         spec = self.service(name)
 
@@ -382,13 +453,13 @@ class Project:
             st = Reconciler(self._env(name, spec), name, spec, open_id).load()
             if st.phase not in SETTLED:
                 emit(DeployEvent(name, "release", f"resuming rollout #{open_id} ({st.phase})"))
-                st = self._reconcile(name, open_id, on_status)
-                report = self._write_report(name, open_id)
+                st = self._drive(name, open_id, on_status)
+                report = self.write_report(name, open_id)
                 if st.outcome != "promoted":
                     return ServiceResult(name, st.new, st.outcome or "failed", st.reason, open_id,
                                          report, seconds=time.monotonic() - t0)
         # 2. Bake (cached) and prove the image.
-        image = self.builder.build(
+        image = baked or self.builder.build(
             spec.image, self.spec.images[spec.image], base_dir=self.base_dir, no_cache=no_cache,
             progress=lambda ev: emit(DeployEvent(name, "bake", ev.description, step=ev)))
         self._gate(name, spec, image, skip_tests, emit)
@@ -453,10 +524,13 @@ class Project:
         emit(DeployEvent(name, "release",
                          f"{strategy or spec.rollout.strategy} "
                          f"{current.id if current else '(none)'} -> {new.id}"))
-        st = self._reconcile(name, rid, on_status)
+        if self.detach:
+            return ServiceResult(name, new.id, "started", f"rollout #{rid} started", rid,
+                                 seconds=time.monotonic() - t0)
+        st = self._drive(name, rid, on_status)
         if st.outcome == "failed":
             self._emit_failed_instance_log(name, new.id, emit)
-        report = self._write_report(name, rid)
+        report = self.write_report(name, rid)
         emit(DeployEvent(name, "settled", st.reason or st.phase, status=st))
         return ServiceResult(name, new.id, st.outcome or "failed", st.reason, rid, report,
                              time.monotonic() - t0)
@@ -518,6 +592,18 @@ class Project:
         rid = self.signal(service, signal)
         from kiln.errors import LockHeld
 
+        ctl = None if self.detach else self.controller()
+        if self.detach or ctl is not None:
+            # The controller drives the rollout: it takes the signal on its next pass.
+            deadline = time.monotonic() + 10.0
+            while ctl is not None and time.monotonic() < deadline:
+                row = self.store.one("SELECT signal FROM rollouts WHERE id = ?", (rid,))
+                if row is None or row["signal"] is None:
+                    break
+                time.sleep(0.05)
+            who = ctl.describe() if ctl is not None else "the controller"
+            return ServiceResult(service, None, "signalled", f"{who} took {signal} for rollout "
+                                 f"#{rid}", rid, seconds=time.monotonic() - t0)
         try:
             with self.locked(f"{signal} {service}"):
                 self.router.ensure_running()
@@ -529,7 +615,7 @@ class Project:
             return ServiceResult(service, None, "signalled", f"sent {signal} to rollout #{rid}",
                                  rid)
         return ServiceResult(service, st.new, st.outcome or "failed", st.reason, rid,
-                             self._write_report(service, rid), time.monotonic() - t0)
+                             self.write_report(service, rid), time.monotonic() - t0)
 
     def rollback(self, service: str, to: str | None = None,
                  on_event: Callable[[DeployEvent], None] | None = None) -> ServiceResult:

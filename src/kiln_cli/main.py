@@ -464,6 +464,33 @@ def drift(as_json: JsonOpt = False) -> None:
     guard(body)
 
 
+@app.command()
+def serve(
+    listen: Annotated[str, typer.Option("--listen", help="Loopback HOST:PORT of the dashboard "
+                                        "(port 0: any free port).")] = "127.0.0.1:8600",
+    drift_every: Annotated[float, typer.Option("--drift-every", help="Seconds between drift "
+                                               "checks.")] = 60.0,
+) -> None:
+    """Run the project's controller and dashboard until SIGTERM; everything keeps serving after."""
+    import signal
+    import threading
+
+    import kiln
+
+    def say(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def body() -> None:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        kiln.serve(project(), listen, announce=say, stop=stop, drift_every=drift_every)
+        say("kiln serve: stopped; instances and the router keep serving")
+
+    guard(body)
+
+
 def run() -> None:
     """Console-script entry point."""
     try:

@@ -11,6 +11,7 @@ ASSETS = {
     "uPlot.iife.min.js": "uplot/uPlot.iife.min.js",
     "uPlot.min.css": "uplot/uPlot.min.css",
     "kiln-charts.js": "kiln-charts.js",
+    "dashboard.js": "dashboard.js",
 }
 """Public name -> file under static/ (the names the dashboard serves under /static/)."""
 

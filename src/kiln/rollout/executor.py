@@ -286,18 +286,24 @@ class Reconciler:
                 from kiln.errors import KilnError
                 raise KilnError(f"rollout of {self.name} did not settle within {timeout:.0f}s "
                                 f"(phase {status.phase})")
-            status = self._take_signal(status)
-            obs = self.observe(status)
-            new_status, actions = decide(status, obs, self.service.rollout,
-                                         self.service.health.deadline)
-            self.act(new_status, actions)
-            changed = new_status.to_json() != status.to_json()
-            if changed or actions:
-                self.save(new_status, status.phase)
-                if on_status:
-                    on_status(new_status)
-            status = new_status
-            if not actions and status.phase not in until:
+            status, acted = self.step(status, on_status)
+            if not acted and status.phase not in until:
                 time.sleep(self.tick)
         return status
+
+    def step(self, status: Status, on_status: Callable[[Status], None] | None = None
+             ) -> tuple[Status, bool]:
+        """One pass: signal, observe, decide, act, persist. Returns the new status and whether
+        it acted (a controller drives many rollouts by calling this in turn)."""
+        status = self._take_signal(status)
+        obs = self.observe(status)
+        new_status, actions = decide(status, obs, self.service.rollout,
+                                     self.service.health.deadline)
+        self.act(new_status, actions)
+        changed = new_status.to_json() != status.to_json()
+        if changed or actions:
+            self.save(new_status, status.phase)
+            if on_status:
+                on_status(new_status)
+        return new_status, bool(actions)
 

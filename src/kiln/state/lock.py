@@ -54,15 +54,47 @@ class LockInfo:
         return f"'{self.command}' (pid {self.pid} on {self.host}, running for {age:.0f}s)"
 
 
+CONTROLLER_COMMAND = "kiln serve"
+"""The lock command of `kiln serve`'s passes: held for a pass only, so others wait, not fail."""
+
+
 @contextmanager
 def project_lock(store: Store, command: str,
-                 warn: Callable[[str], None] | None = None) -> Iterator[LockInfo]:
+                 warn: Callable[[str], None] | None = None,
+                 controller_wait: float = 20.0) -> Iterator[LockInfo]:
     """Hold the project lock for the duration of a mutating command.
 
-    Raises LockHeld (exit 4) naming the holder when a live process owns it.
+    Raises LockHeld (exit 4) naming the holder when a live process owns it. A pass of the
+    controller (`kiln serve`) holds it briefly, so a command waits up to `controller_wait` for it.
     """
     me = LockInfo(os.getpid(), socket.gethostname(), command, time.time())
     my_start = pid_start_time(me.pid)
+    deadline = time.monotonic() + controller_wait
+    while True:
+        try:
+            nested = _acquire(store, me, my_start, warn)
+            break
+        except _HeldByController:
+            if time.monotonic() > deadline:
+                raise LockHeld("the project lock stayed with `kiln serve` for "
+                               f"{controller_wait:.0f}s", hint="is the controller stuck? "
+                               "`kiln status` shows it; stop it with SIGTERM") from None
+            time.sleep(0.05)
+    try:
+        yield me
+    finally:
+        if not nested:
+            with store.tx() as c:
+                c.execute("DELETE FROM lock WHERE id = 1 AND pid = ?", (me.pid,))
+
+
+class _HeldByController(Exception):
+    pass
+
+
+def _acquire(store: Store, me: LockInfo, my_start: str | None,
+             warn: Callable[[str], None] | None) -> bool:
+    """Take the lock (True when this process already held it: nested)."""
     nested = False  # this process already holds it: the outermost holder releases it
     with store.tx() as c:
         row = c.execute("SELECT * FROM lock WHERE id = 1").fetchone()
@@ -76,6 +108,9 @@ def project_lock(store: Store, command: str,
                     if warn:
                         warn(msg)
                     c.event("lock.takeover", msg)
+                elif (holder.command.startswith(CONTROLLER_COMMAND)
+                      and not me.command.startswith(CONTROLLER_COMMAND)):
+                    raise _HeldByController()
                 else:
                     raise LockHeld(f"another kiln command holds the project lock: "
                                    f"{holder.describe()}",
@@ -84,11 +119,49 @@ def project_lock(store: Store, command: str,
             c.execute(
                 "INSERT OR REPLACE INTO lock(id, pid, pid_start, host, command, started_at) "
                 "VALUES (1, ?, ?, ?, ?, ?)",
-                (me.pid, my_start, me.host, command, me.started_at),
+                (me.pid, my_start, me.host, me.command, me.started_at),
             )
+    return nested
+
+
+def try_lock(store: Store, command: str) -> bool:
+    """Take the lock if nobody holds it (a stale holder is taken over); never waits.
+    Release with `unlock`. The controller's passes use this."""
     try:
-        yield me
+        return not _acquire(store, LockInfo(os.getpid(), socket.gethostname(), command,
+                                            time.time()), pid_start_time(os.getpid()), None)
+    except (LockHeld, _HeldByController):
+        return False
+
+
+def unlock(store: Store) -> None:
+    with store.tx() as c:
+        c.execute("DELETE FROM lock WHERE id = 1 AND pid = ?", (os.getpid(),))
+
+
+@contextmanager
+def lock_released(store: Store, wait: float = 3600.0) -> Iterator[None]:
+    """Give this process's lock up while it waits on another (the controller driving a rollout
+    it handed over), then take it back as it was."""
+    with store.tx() as c:
+        row = c.execute("SELECT * FROM lock WHERE id = 1 AND pid = ?", (os.getpid(),)).fetchone()
+        c.execute("DELETE FROM lock WHERE id = 1 AND pid = ?", (os.getpid(),))
+    try:
+        yield
     finally:
-        if not nested:
-            with store.tx() as c:
-                c.execute("DELETE FROM lock WHERE id = 1 AND pid = ?", (me.pid,))
+        if row is not None:
+            deadline = time.monotonic() + wait
+            while True:
+                with store.tx() as c:
+                    held = c.execute("SELECT pid, pid_start, host FROM lock WHERE id = 1"
+                                     ).fetchone()
+                    if held is None or (held["host"] == row["host"]
+                                        and not pid_alive(held["pid"], held["pid_start"])):
+                        c.execute("INSERT OR REPLACE INTO lock(id, pid, pid_start, host, command, "
+                                  "started_at) VALUES (1, ?, ?, ?, ?, ?)",
+                                  (row["pid"], row["pid_start"], row["host"], row["command"],
+                                   row["started_at"]))
+                        break
+                if time.monotonic() > deadline:
+                    raise LockHeld("could not take the project lock back")
+                time.sleep(0.05)

@@ -130,6 +130,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE instances DROP COLUMN pid_start;
     ALTER TABLE instances DROP COLUMN workdir;
     """,
+    # 4: `kiln serve` holds the project's controller role; commands hand rollouts to it
+    """
+    CREATE TABLE controller (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER NOT NULL,
+        pid_start TEXT,
+        host TEXT NOT NULL,
+        listen TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,227 @@
+"""What the dashboard shows, rebuilt by the controller's thread when the state changed.
+
+Change detection is cheap: SQLite's `PRAGMA data_version` moves when another connection commits,
+and the controller knows when it acted itself; a running rollout refreshes its live charts once a
+second. Readers (HTTP threads) only take the last snapshot under a condition variable, which
+also wakes the server-sent-event streams.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kiln.analysis.live import Series
+from kiln.analysis.report import chart_payload, load_report_data, phase_label
+from kiln.rollout.decide import SETTLED, Status
+from kiln.rollout.executor import instances_of
+
+if TYPE_CHECKING:
+    from kiln.project import Project
+
+HEALTH_EVERY = 5.0
+"""Seconds between the dashboard's own health probes of each instance (display only)."""
+
+
+@dataclass
+class Live:
+    """The running rollout's traffic as the dashboard plots it (read from the router's log)."""
+
+    rollout_id: int
+    series: Series = field(default_factory=Series)
+    since: float = field(default_factory=time.time)
+
+
+class Board:
+    def __init__(self, project: Project, render: Callable[[dict[str, Any]], dict[str, str]],
+                 drift: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.project = project
+        self.render = render
+        self.drift = drift or (lambda: {"at": None, "items": []})
+        self.cond = threading.Condition()
+        self.version = 0
+        self.state: dict[str, Any] = {}
+        self.fragments: dict[str, str] = {}
+        self.changed_at = time.time()
+        self._data_version = -1
+        self._live: dict[str, Live] = {}
+        self._health: dict[str, tuple[float, bool]] = {}
+        self._next_live = 0.0
+        self._next_health = 0.0
+
+    def snapshot(self) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self.cond:
+            return self.version, self.state, self.fragments
+
+    def wait(self, after: int, timeout: float) -> int:
+        """Block until the version moves past `after` (or the timeout); returns the version."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.version > after, timeout)
+            return self.version
+
+    def refresh(self, acted: bool = False) -> bool:
+        """Rebuild if anything moved; True when the published state changed."""
+        now = time.monotonic()
+        dv = int(self.project.store.one("PRAGMA data_version")[0])  # type: ignore[index]
+        due = (acted or dv != self._data_version or now >= self._next_health
+               or (self._live and now >= self._next_live))
+        if not due:
+            return False
+        self._data_version = dv
+        if now >= self._next_health:
+            self._next_health = now + HEALTH_EVERY
+            self._health.clear()
+        if now >= self._next_live:
+            self._next_live = now + 1.0
+        state = self.build()
+        blob = json.dumps(state, sort_keys=True, default=str)
+        if blob == json.dumps(self.state, sort_keys=True, default=str):
+            return False
+        fragments = self.render(state)
+        with self.cond:
+            self.state, self.fragments = state, fragments
+            self.version += 1
+            self.changed_at = time.time()
+            self.cond.notify_all()
+        return True
+
+    # ------------------------------------------------------------------ the picture
+
+    def build(self) -> dict[str, Any]:
+        p = self.project
+        store = p.store
+        services = [self._service(name) for name in p.spec.services]
+        events = [{"time": r["time"], "service": r["service"], "kind": r["kind"],
+                   "message": r["message"]} for r in store.events(None, 60)]
+        router = store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is not None
+        is_running = getattr(p.router, "is_running", None)
+        return {
+            "project": p.spec.project,
+            "router": {"needed": router,
+                       "running": bool(is_running()) if is_running is not None else None},
+            "services": services,
+            "events": events,
+            "drift": self.drift(),
+        }
+
+    def _service(self, name: str) -> dict[str, Any]:
+        p = self.project
+        store = p.store
+        spec = p.service(name)
+        routes = {r["release_id"]: int(r["weight"]) for r in
+                  store.query("SELECT release_id, weight FROM routes WHERE service = ?", (name,))}
+        rows = store.query("SELECT * FROM instances WHERE service = ? AND kind = 'service' AND "
+                           "state IN ('starting','running','draining') ORDER BY created_at",
+                           (name,))
+        releases: dict[str, dict[str, Any]] = {}
+        for rid, weight in routes.items():
+            releases[rid] = {"release": rid, "weight": weight, "instances": []}
+        by_release: dict[str, list[Any]] = {}
+        for r in rows:
+            by_release.setdefault(r["release_id"], []).append(r)
+        for rid, group in by_release.items():
+            insts = instances_of(store, rid, ("starting", "running", "draining"))
+            alive = {o.instance_id: o.alive for o in p.compute.observe(insts)}
+            rel = releases.setdefault(rid, {"release": rid, "weight": 0, "instances": []})
+            health = self._release_health(rid) or spec.health
+            for inst in insts:
+                state = next((str(g["state"]) for g in group if g["id"] == inst.id), "")
+                rel["instances"].append({
+                    "id": inst.id, "address": inst.address, "state": state,
+                    "alive": alive.get(inst.id, False),
+                    "healthy": alive.get(inst.id, False) and self._healthy(inst, health)})
+        for rid, rel in releases.items():
+            row = store.one("SELECT number, image_digest FROM releases WHERE id = ?", (rid,))
+            if row is not None:
+                rel["image"], rel["number"] = row["image_digest"], row["number"]
+        history = [{"rollout": r["id"], "release": r["to_release"], "from": r["from_release"],
+                    "strategy": r["strategy"], "phase": r["phase"], "outcome": r["outcome"],
+                    "reason": r["reason"], "started_at": r["started_at"],
+                    "finished_at": r["finished_at"]}
+                   for r in store.query("SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC "
+                                        "LIMIT 20", (name,))]
+        current = p.current_release(name)
+        retained = [{"release": r["id"], "image": r["image_digest"]} for r in store.query(
+            "SELECT r.id, r.image_digest FROM releases r JOIN images i ON i.digest = "
+            "r.image_digest WHERE r.service = ? AND r.id IN (SELECT to_release FROM rollouts "
+            "WHERE service = ? AND outcome = 'promoted') ORDER BY r.number DESC",
+            (name, name)) if current is None or r["id"] != current.id]
+        images = [{"digest": r["digest"], "created_at": r["created_at"]} for r in store.query(
+            "SELECT digest, created_at FROM images WHERE name = ? ORDER BY created_at DESC "
+            "LIMIT 10", (spec.image,))]
+        return {"service": name, "listen": spec.listen, "strategy": spec.rollout.strategy,
+                "replicas": spec.replicas, "current": current.id if current else None,
+                "releases": sorted(releases.values(), key=lambda r: str(r["release"])),
+                "rollout": self._rollout(name, history[0] if history else None),
+                "history": history, "retained": retained, "images": images}
+
+    def _rollout(self, name: str, last: dict[str, Any] | None) -> dict[str, Any] | None:
+        if last is None:
+            return None
+        row = self.project.store.one("SELECT status_json FROM rollouts WHERE id = ?",
+                                     (last["rollout"],))
+        st = Status.from_json(json.loads(row["status_json"])) if row else None
+        if st is None:
+            return None
+        open_ = st.phase not in SETTLED
+        steps = len(self.project.service(name).rollout.steps)
+        weight = st.weights.get(st.new)
+        out = {**last, "step": st.step, "steps": steps, "weights": st.weights,
+               "waiting": st.waiting, "open": open_, "standby_until": st.standby_until or None,
+               "phase_label": phase_label(st.phase, weight, st.step),
+               "decisions": [{"time": d.time, "step": d.step, "weight": d.weight,
+                              "outcome": d.outcome, "reason": d.reason}
+                             for d in st.decisions[-20:]],
+               "chart": None}
+        if open_:
+            out["chart"] = self._chart(name, int(last["rollout"]), st)
+        else:
+            self._live.pop(name, None)
+        return out
+
+    def _chart(self, name: str, rollout_id: int, st: Status) -> dict[str, Any] | None:
+        """The judge's canary-vs-baseline view, live: the report's payload as of now."""
+        metrics = self.project.metrics
+        live = self._live.get(name)
+        if live is None or live.rollout_id != rollout_id:
+            live = self._live[name] = Live(rollout_id, since=st.started or time.time())
+        if metrics is not None:
+            samples = metrics.samples(name, live.since)
+            if samples:
+                live.since = max(s.time for s in samples)
+            live.series.add(samples)
+        live.series.note(time.time(), st)
+        data = load_report_data(self.project.store, self.project.home, name, rollout_id)
+        if data is None:
+            return None
+        from kiln.analysis.report import from_series
+
+        seen = from_series(live.series.to_json(), service=name, canary=data.canary,
+                           baseline=data.baseline, started=data.started)
+        data.buckets = seen.buckets
+        if not data.weights:
+            data.weights = seen.weights
+        return chart_payload(data, now=time.time())
+
+    def _release_health(self, release_id: str) -> Any:
+        from kiln.spec.models import ServiceSpec
+
+        row = self.project.store.one("SELECT config_json FROM releases WHERE id = ?",
+                                     (release_id,))
+        if row is None:
+            return None
+        try:
+            return ServiceSpec.model_validate(json.loads(row["config_json"])).health
+        except ValueError:
+            return None
+
+    def _healthy(self, inst: Any, health: Any) -> bool:
+        cached = self._health.get(inst.id)
+        if cached is None:
+            cached = (time.time(), bool(self.project.compute.healthy(inst, health)))
+            self._health[inst.id] = cached
+        return cached[1]

@@ -1,0 +1,306 @@
+"""The controller of `kiln serve`: one reconcile loop for the whole project.
+
+Every pass observes without the lock (state rows and /proc: cheap), and only when something needs
+doing takes the project lock for that pass: it drives open rollouts one step each, ends expired
+blue-green standbys, replaces dead instances of the current release (same image, no new release,
+into rotation once healthy — the Auto Scaling group's job), restarts a dead router with its
+routing, and runs drift on a schedule. Every action is an event. A CLI command waits for a pass
+to end (the lock is held for one pass only) and hands its rollouts over (kiln.state.controller).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kiln.rollout.decide import SETTLED, EnsureInstances, SetWeights, Status
+from kiln.rollout.executor import Reconciler, instances_of, load_release
+from kiln.spec.models import ServiceSpec
+from kiln.state.controller import heartbeat
+from kiln.state.lock import CONTROLLER_COMMAND, try_lock, unlock
+
+if TYPE_CHECKING:
+    from kiln.project import Project
+    from kiln.serve.metrics import ServeMetrics
+
+
+@dataclass
+class Driven:
+    """A rollout this controller drives: its reconciler (health memory) and live judge."""
+
+    rollout_id: int
+    reconciler: Reconciler
+    judge: Any
+
+
+@dataclass
+class Healing:
+    """An instance launched to replace a dead one, waiting for its health check."""
+
+    release: str
+    since: float
+    died: list[str] = field(default_factory=list)
+    attempts: int = 0
+    launched_at: float = 0.0
+    next_try: float = 0.0
+    """Replacements that die too are retried with a growing delay (1, 2, 4 ... 60 s)."""
+
+
+class Controller:
+    """Owns a Project (and its store connection): use it from its own thread only."""
+
+    def __init__(self, project: Project, metrics: ServeMetrics, *, tick: float = 0.25,
+                 drift_every: float = 60.0, on_pass: Callable[[bool], None] | None = None
+                 ) -> None:
+        self.project = project
+        # A death is seen within a quarter of the shortest health interval, so a replacement is
+        # in rotation within 2 health intervals + its start time.
+        intervals = [s.health.interval for s in project.spec.services.values()]
+        self.tick = min([tick, *(i / 4 for i in intervals)])
+        self.drift_every = drift_every
+        self.on_pass = on_pass or (lambda acted: None)
+        self.driven: dict[int, Driven] = {}
+        self.healing: dict[str, Healing] = {}
+        self.metrics = metrics
+        self.drift: dict[str, Any] = {"at": None, "items": []}
+        self._next_drift = time.monotonic() + min(5.0, drift_every)
+        self._next_beat = 0.0
+        self.stop = threading.Event()
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            acted = False
+            try:
+                acted = self.reconcile_once()
+            except Exception as exc:  # a pass that failed is retried; the controller stays up
+                self._event("controller.error", f"reconcile pass failed: {exc}", None,
+                            {"error": repr(exc)})
+                self.metrics.actions.labels("error").inc()
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+            self.on_pass(acted)
+            # A replacement waiting for its health check is probed often.
+            self.stop.wait(0.0 if acted else min(self.tick, 0.05) if self.healing else self.tick)
+
+    def reconcile_once(self) -> bool:
+        """One pass over every service. Returns True when it acted."""
+        store = self.project.store
+        now = time.monotonic()
+        if now >= self._next_beat:
+            heartbeat(store)
+            self._next_beat = now + 5.0
+        todo = self._todo()
+        drift_due = now >= self._next_drift
+        if not todo and not drift_due:
+            return False
+        if not try_lock(store, f"{CONTROLLER_COMMAND}: reconcile"):
+            self.metrics.busy.inc()
+            return False
+        try:
+            acted = False
+            for kind, service in todo:
+                acted = getattr(self, f"_do_{kind}")(service) or acted
+            if drift_due:
+                self._run_drift()
+            return acted
+        finally:
+            unlock(store)
+
+    # ------------------------------------------------------------------ observe (no lock)
+
+    def _todo(self) -> list[tuple[str, str]]:
+        store = self.project.store
+        out: list[tuple[str, str]] = []
+        if self._router_down():
+            out.append(("router", ""))
+        for name in self.project.spec.services:
+            row = store.one("SELECT id, phase, status_json FROM rollouts WHERE service = ? "
+                            "ORDER BY id DESC LIMIT 1", (name,))
+            if row is not None and row["phase"] not in SETTLED:
+                out.append(("rollout", name))
+                continue
+            if row is not None and row["phase"] == "standby":
+                st = Status.from_json(json.loads(row["status_json"]))
+                if time.time() >= st.standby_until:
+                    out.append(("standby", name))
+                    continue
+            if self._needs_heal(name):
+                out.append(("heal", name))
+        return out
+
+    def _router_down(self) -> bool:
+        if self.project.store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
+            return False
+        is_running = getattr(self.project.router, "is_running", None)
+        return is_running is not None and not is_running()
+
+    def _needs_heal(self, name: str) -> bool:
+        current = self._current(name)
+        if current is None:
+            return False
+        insts = instances_of(self.project.store, current, ("starting", "running"))
+        if not insts:
+            return False  # destroyed, or never launched by a rollout: not ours to bring back
+        alive = [o.alive for o in self.project.compute.observe(insts)]
+        spec = self._release_spec(current)
+        return not all(alive) or len(insts) < spec.replicas or name in self.healing
+
+    def _current(self, name: str) -> str | None:
+        row = self.project.store.one(
+            "SELECT to_release, from_release, outcome FROM rollouts WHERE service = ? "
+            "AND outcome IS NOT NULL ORDER BY id DESC LIMIT 1", (name,))
+        if row is None:
+            return None
+        return str(row["to_release"]) if row["outcome"] == "promoted" else row["from_release"]
+
+    def _release_spec(self, release_id: str) -> ServiceSpec:
+        """How the release runs (its own recorded config, not today's spec)."""
+        row = self.project.store.one("SELECT service, config_json FROM releases WHERE id = ?",
+                                     (release_id,))
+        assert row is not None
+        try:
+            return ServiceSpec.model_validate(json.loads(row["config_json"]))
+        except ValueError:
+            return self.project.service(str(row["service"]))
+
+    # ------------------------------------------------------------------ act (under the lock)
+
+    def _do_router(self, _: str) -> bool:
+        if not self._router_down():
+            return False
+        self.project.router.ensure_running()
+        self._event("router.restarted", "the router was down; restarted it with its routing",
+                    None)
+        self.metrics.actions.labels("router_restart").inc()
+        return True
+
+    def _do_rollout(self, name: str) -> bool:
+        row = self.project.store.one("SELECT id FROM rollouts WHERE service = ? AND phase != "
+                                     "'done' ORDER BY id DESC LIMIT 1", (name,))
+        if row is None:
+            return False
+        rid = int(row["id"])
+        drv = self.driven.get(rid)
+        if drv is None:
+            rec, judge = self.project.rollout_driver(name, rid)
+            drv = self.driven[rid] = Driven(rid, rec, judge)
+            self._event("controller.rollout", f"driving rollout #{rid}", name, {"rollout": rid})
+        status, acted = drv.reconciler.step(drv.reconciler.load())
+        if status.phase in SETTLED:
+            self._settled(name, drv, status)
+        return acted
+
+    def _settled(self, name: str, drv: Driven, status: Status) -> None:
+        del self.driven[drv.rollout_id]
+        if drv.judge is not None:
+            self.project.record_judge(name, drv.rollout_id, drv.judge)
+        report = self.project.write_report(name, drv.rollout_id)
+        self._event("controller.rollout_settled",
+                    f"rollout #{drv.rollout_id} settled: {status.outcome or status.phase}", name,
+                    {"rollout": drv.rollout_id, "outcome": status.outcome, "report": report})
+        self.metrics.actions.labels(f"rollout_{status.outcome or status.phase}").inc()
+
+    def _do_standby(self, name: str) -> bool:
+        self.project.end_expired_standby(name)
+        self._event("standby.ended", "blue-green standby ended on time: the old set is disposed "
+                    "of", name)
+        self.metrics.actions.labels("standby_end").inc()
+        return True
+
+    def _do_heal(self, name: str) -> bool:
+        current = self._current(name)
+        if current is None:
+            return False
+        store, compute = self.project.store, self.project.compute
+        spec = self._release_spec(current)
+        insts = instances_of(store, current, ("starting", "running"))
+        observed = compute.observe(insts)
+        dead = [i for i, o in zip(insts, observed, strict=True) if not o.alive]
+        rec = self._healer(name, current, spec)
+        routes = {r["release_id"]: int(r["weight"]) for r in
+                  store.query("SELECT release_id, weight FROM routes WHERE service = ?", (name,))}
+        acted = False
+        if dead:
+            with store.tx() as c:
+                for inst in dead:
+                    c.execute("UPDATE instances SET state = 'dead', stopped_at = ? WHERE id = ? "
+                              "AND state IN ('starting','running')", (time.time(), inst.id))
+                    c.event("instance.died", f"{inst.id} ({inst.address}) died; replacing it "
+                            f"from the same image", service=name,
+                            data={"instance": inst.id, "release": current})
+            rec.act(rec.load(), [SetWeights(routes)])  # out of the router at once
+            self.metrics.actions.labels("instance_died").inc()
+            acted = True
+        live = len(insts) - len(dead)
+        heal = self.healing.get(name)
+        if live < spec.replicas and (heal is None or time.time() >= heal.next_try):
+            heal = self.healing.setdefault(name, Healing(current, time.time()))
+            heal.died += [i.id for i in dead]
+            heal.attempts += 1
+            heal.launched_at = time.time()
+            heal.next_try = time.time() + (min(60.0, 2.0 ** (heal.attempts - 2))
+                                           if heal.attempts > 1 else 0.0)
+            rec.act(rec.load(), [EnsureInstances(current, spec.replicas)])
+            self._event("instance.replaced", f"launched {spec.replicas - live} instance(s) of "
+                        f"{current} (same image, no new release)", name,
+                        {"release": current, "count": spec.replicas - live,
+                         "attempt": heal.attempts})
+            self.metrics.actions.labels("instance_launched").inc()
+            acted = True
+        # Starting instances join the rotation once their own health check passes.
+        joined = []
+        for inst in instances_of(store, current, ("starting",)):
+            if heal is not None and time.time() - heal.launched_at > spec.health.deadline:
+                compute.terminate(inst, spec.stop_timeout)
+                self._event("instance.unhealthy", f"{inst.id} not healthy within "
+                            f"{spec.health.deadline:.0f}s; stopped it, will retry", name,
+                            {"instance": inst.id})
+                acted = True
+                continue
+            if compute.healthy(inst, spec.health):
+                with store.tx() as c:
+                    c.execute("UPDATE instances SET state = 'running' WHERE id = ? AND "
+                              "state = 'starting'", (inst.id,))
+                joined.append(inst.id)
+        if joined:
+            rec.act(rec.load(), [SetWeights(routes)])
+            done = self.healing.pop(name, None)
+            took = f" {time.time() - done.since:.1f}s after the death" if done else ""
+            self._event("instance.in_rotation", f"{', '.join(joined)} healthy and in rotation"
+                        f"{took}", name, {"instances": joined, "release": current})
+            self.metrics.actions.labels("instance_in_rotation").inc()
+            acted = True
+        elif name in self.healing and not instances_of(store, current, ("starting",)):
+            self.healing.pop(name, None)
+        return acted
+
+    def _healer(self, name: str, release_id: str, spec: ServiceSpec) -> Reconciler:
+        """A reconciler over the service's last rollout, to launch and route like a rollout."""
+        row = self.project.store.one("SELECT id FROM rollouts WHERE service = ? ORDER BY id DESC "
+                                     "LIMIT 1", (name,))
+        assert row is not None
+        load_release(self.project.store, release_id)
+        env = self.project.rollout_env(name, spec)
+        return Reconciler(env, name, spec, int(row["id"]))
+
+    def _run_drift(self) -> None:
+        from kiln.drift import detect
+
+        self._next_drift = time.monotonic() + self.drift_every
+        items = detect(self.project)
+        before = {json.dumps(i, sort_keys=True) for i in self.drift["items"]}
+        self.drift = {"at": time.time(), "items": items}
+        if items and {json.dumps(i, sort_keys=True) for i in items} != before:
+            self._event("drift.found", f"{len(items)} drift item(s): "
+                        + "; ".join(str(i["detail"]) for i in items[:3]), None, {"items": items})
+        self.metrics.actions.labels("drift_check").inc()
+
+    def _event(self, kind: str, message: str, service: str | None,
+               data: dict[str, Any] | None = None) -> None:
+        self.project.store.event(kind, message, service=service or None, data=data)

@@ -1,0 +1,161 @@
+"""The dashboard's HTML: rendered on the server (it reads without JavaScript); the script only
+swaps in the fragments each server-sent event carries and redraws the live charts."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from typing import Any
+
+from kiln.analysis.report import CSS as REPORT_CSS
+from kiln.analysis.report import OUTCOMES, phase_label
+
+CSRF_MARK = "__KILN_CSRF__"
+"""Replaced per request by the reader's CSRF value (empty when it has no token)."""
+
+
+def e(v: Any) -> str:
+    return html.escape("" if v is None else str(v))
+
+
+def _when(t: Any) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(float(t))) if t else "–"
+
+
+def _form(service: str, action: str, label: str, extra: str = "", cls: str = "") -> str:
+    return (f'<form method="post" action="/services/{e(service)}/{action}" class="inline">'
+            f'<input type="hidden" name="csrf" value="{CSRF_MARK}">{extra}'
+            f'<button type="submit" class="{cls}" data-action="{action}">{e(label)}</button></form>')
+
+
+def _instances(rel: dict[str, Any]) -> str:
+    out = []
+    for i in rel["instances"]:
+        state = "healthy" if i["healthy"] else ("dead" if not i["alive"] else i["state"])
+        out.append(f'<span class="inst {e(state)}" title="{e(i["id"])} {e(i["address"])}">'
+                   f'{e(i["address"])} · {e(state)}</span>')
+    return " ".join(out) or '<span class="muted">none</span>'
+
+
+def service_card(s: dict[str, Any]) -> str:
+    name = s["service"]
+    rel_rows = "".join(
+        f'<tr><td>{e(r["release"])}{" (current)" if r["release"] == s["current"] else ""}</td>'
+        f'<td class="w"><span class="bar"><span style="width:{int(r["weight"])}%"></span></span>'
+        f' <b data-weight="{e(r["release"])}">{int(r["weight"])}%</b></td>'
+        f'<td class="mono">{e(str(r.get("image") or "")[:19])}</td><td>{_instances(r)}</td></tr>'
+        for r in s["releases"])
+    ro = s["rollout"]
+    rollout = '<p class="muted">no rollout yet</p>'
+    if ro is not None:
+        outcome = OUTCOMES.get(ro["outcome"] or "", ro["outcome"] or "")
+        state = (f'<b class="phase" data-phase="{e(ro["phase"])}">{e(ro["phase_label"])}</b>'
+                 if ro["open"] else f'<b class="phase">{e(outcome or ro["phase_label"])}</b>')
+        step = (f' · step {ro["step"] + 1}/{ro["steps"]}' if ro["strategy"] == "canary"
+                and ro["open"] else "")
+        standby = (f' · standby ends {_when(ro["standby_until"])}'
+                   if ro["phase"] == "standby" else "")
+        buttons = ""
+        if ro["open"]:
+            buttons = (_form(name, "promote", "Promote") + _form(name, "abort", "Abort", "", "bad"))
+        decisions = "".join(
+            f'<tr><td>{_when(d["time"])}</td><td>{d["step"] + 1}</td><td>{d["weight"]}%</td>'
+            f'<td class="{e(d["outcome"])}">{e(d["outcome"])}</td><td>{e(d["reason"])}</td></tr>'
+            for d in ro["decisions"])
+        rollout = (
+            f'<p>rollout #{ro["rollout"]} {e(ro["strategy"])} {e(ro["from"] or "(none)")} → '
+            f'{e(ro["release"])}: {state}{step}{standby}</p>'
+            + (f'<p class="waiting">{e(ro["waiting"])}</p>' if ro["waiting"] else "")
+            + (f'<p class="muted">{e(ro["reason"])}</p>' if ro["reason"] and not ro["open"] else "")
+            + buttons
+            + (f'<div class="live" data-chart-for="{e(name)}"></div>' if ro["chart"] else "")
+            + (f'<table class="dec"><thead><tr><th>at</th><th>step</th><th>weight</th>'
+               f'<th>judge</th><th>why</th></tr></thead><tbody>{decisions}</tbody></table>'
+               if decisions else ""))
+    retained = "".join(f'<option value="{e(r["release"])}">{e(r["release"])} '
+                       f'({e(r["image"][:19])})</option>' for r in s["retained"])
+    rollback = (_form(name, "rollback", "Roll back", f'<select name="to">{retained}</select>')
+                if retained else "")
+    images = "".join(f'<option value="{e(i["digest"])}">{e(i["digest"][:19])} '
+                     f'({_when(i["created_at"])})</option>' for i in s["images"])
+    deploy = (_form(name, "deploy", "Deploy image", f'<select name="image">{images}</select>')
+              if images else "")
+    hist = "".join(
+        f'<tr><td><a href="/reports/{r["rollout"]}">#{r["rollout"]}</a></td>'
+        f'<td>{e(r["from"] or "(none)")} → {e(r["release"])}</td><td>{e(r["strategy"])}</td>'
+        f'<td>{e(OUTCOMES.get(r["outcome"] or "", r["outcome"] or "") or phase_label(r["phase"]))}'
+        f'</td><td>{_when(r["started_at"])}</td><td>{e(r["reason"])}</td></tr>'
+        for r in s["history"])
+    return (
+        f'<section class="card service" id="svc-{e(name)}" data-service="{e(name)}">'
+        f'<h2>{e(name)} <span class="muted">{e(s["listen"])} · {e(s["strategy"])} · '
+        f'{s["replicas"]} replica(s)</span></h2>'
+        f'<table class="rels"><thead><tr><th>release</th><th>weight</th><th>image</th>'
+        f'<th>instances</th></tr></thead><tbody>{rel_rows}</tbody></table>'
+        f'<div class="rollout">{rollout}</div><div class="ops">{rollback}{deploy}</div>'
+        f'<details><summary>history</summary><table><thead><tr><th>rollout</th><th>releases'
+        f'</th><th>strategy</th><th>outcome</th><th>started</th><th>why</th></tr></thead>'
+        f'<tbody>{hist}</tbody></table></details></section>')
+
+
+def fragments(state: dict[str, Any]) -> dict[str, str]:
+    """The parts of the page the events replace: the board and its chart payloads."""
+    router = state["router"]
+    rstate = ("not needed" if not router["needed"] else
+              "running" if router["running"] else "DOWN")
+    drift = state["drift"]
+    drift_html = (f'<p class="muted">last checked {_when(drift["at"])}: '
+                  f'{"no drift" if not drift["items"] else ""}</p>'
+                  + "".join(f'<p class="bad">{e(i["kind"])}: {e(i["detail"])}</p>'
+                            for i in drift["items"]))
+    events = "".join(
+        f'<tr><td>{_when(ev["time"])}</td><td>{e(ev["service"] or "")}</td>'
+        f'<td>{e(ev["kind"])}</td><td>{e(ev["message"])}</td></tr>' for ev in state["events"])
+    board = (
+        f'<p class="sub">project <b>{e(state["project"])}</b> · router <b>{rstate}</b></p>'
+        + "".join(service_card(s) for s in state["services"])
+        + f'<section class="card"><h2>Drift</h2>{drift_html}</section>'
+        f'<section class="card"><h2>Events</h2><table class="events"><tbody>{events}</tbody>'
+        f'</table></section>')
+    charts = {s["service"]: s["rollout"]["chart"] for s in state["services"]
+              if s["rollout"] and s["rollout"]["chart"]}
+    return {"board": board, "charts": json.dumps(charts)}
+
+
+def page(frags: dict[str, str], version: int, csrf: str, authed: bool) -> str:
+    banner = ("" if authed else
+              '<p class="warn">Read-only: open the address with the token that <code>kiln '
+              'serve</code> printed (or in .kiln/serve.token) to use the buttons.</p>')
+    board = frags.get("board", "").replace(CSRF_MARK, html.escape(csrf))
+    charts = frags.get("charts", "{}").replace("</", "<\\/")
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f'<meta name="kiln-csrf" content="{html.escape(csrf)}">'
+        "<title>kiln</title>"
+        '<link rel="stylesheet" href="/static/uPlot.min.css">'
+        f"<style>{REPORT_CSS}{CSS}</style></head><body><main>"
+        f'<header><h1>kiln</h1><span class="muted" id="live">version {version}</span></header>'
+        f'{banner}<div id="board">{board}</div></main>'
+        f'<script type="application/json" id="kiln-charts">{charts}</script>'
+        '<script src="/static/uPlot.iife.min.js"></script>'
+        '<script src="/static/kiln-charts.js"></script>'
+        '<script src="/static/dashboard.js"></script></body></html>')
+
+
+CSS = """
+main{max-width:1100px}.service h2{margin-bottom:6px}
+.bar{display:inline-block;width:90px;height:8px;background:#dee2e6;border-radius:4px;
+vertical-align:middle;overflow:hidden}.bar span{display:block;height:100%;background:#e8590c}
+.inst{display:inline-block;margin:1px 4px;padding:1px 6px;border-radius:8px;font-size:12px;
+background:#e9ecef}.inst.healthy{background:#d3f9d8}.inst.dead{background:#ffe3e3}
+.inst.starting{background:#fff3bf}.inst.draining{background:#e7f5ff}
+.mono{font-family:ui-monospace,monospace;font-size:12px}
+form.inline{display:inline-block;margin:4px 8px 4px 0}
+button{padding:5px 14px;border-radius:6px;border:1px solid #1c7ed6;background:#1c7ed6;
+color:#fff;font-weight:600;cursor:pointer}button.bad{background:#c92a2a;border-color:#c92a2a}
+select{padding:4px;margin-right:4px}.waiting{color:#e67700}.warn{background:#fff3bf;padding:8px 12px;
+border-radius:8px}.bad,.fail{color:#c92a2a}.pass{color:#2b8a3e}.events td{font-size:12px}
+.events{display:block;max-height:360px;overflow-y:auto}details{margin-top:8px}
+"""
