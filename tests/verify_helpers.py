@@ -64,6 +64,8 @@ def app_service(**overrides: object) -> ServiceSpec:
         "listen": "127.0.0.1:18080", "env": {"GREETING": "hello"},
         "health": {"path": "/healthz", "interval": "100ms", "timeout": "1s", "deadline": "10s"},
         "stop_timeout": "2s",
+        # The image has no venv of its own: the sandbox must show the host interpreter's prefix.
+        "read_only_paths": [str(Path(os.path.realpath(sys.executable)).parent.parent)],
     }
     data.update(overrides)
     return ServiceSpec.model_validate(data)

@@ -365,6 +365,8 @@ class ServiceSpec(_Model):
     health: Health = Field(default_factory=lambda: Health())
     rollout: Rollout = Field(default_factory=lambda: Rollout())
     stop_timeout: Duration = 10.0
+    read_only_paths: list[str] = Field(default_factory=list)
+    """Host paths bound read-only into a local instance's sandbox, beyond the system paths."""
 
     @field_validator("env", mode="before")
     @classmethod
@@ -380,6 +382,17 @@ class ServiceSpec(_Model):
         for key, ref in v.items():
             if not re.match(r"^(env|file):.+$", ref):
                 raise ValueError(f"secret {key}: expected env:NAME or file:PATH, got {ref!r}")
+        return v
+
+    @field_validator("read_only_paths")
+    @classmethod
+    def _absolute_paths(cls, v: list[str]) -> list[str]:
+        for path in v:
+            if not path.startswith("/") or "\0" in path or ".." in path.split("/"):
+                raise ValueError(f"read_only_paths: expected an absolute path without '..', "
+                                 f"got {path!r}")
+            if path.rstrip("/") == "":
+                raise ValueError("read_only_paths: '/' would expose the whole host")
         return v
 
     @field_validator("listen")

@@ -36,7 +36,14 @@ from kiln.platforms.instance_rows import (
 )
 from kiln.platforms.local import addresses, environment, tcp_table
 from kiln.platforms.local.handle import LocalHandle
-from kiln.platforms.local.sandbox import Sandbox, choose, group_members, kill_group
+from kiln.platforms.local.sandbox import (
+    Sandbox,
+    choose,
+    group_members,
+    instance_uid,
+    kill_group,
+    runtime_paths,
+)
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.lock import pid_alive, pid_start_time
 from kiln.state.store import Store
@@ -127,9 +134,12 @@ class LocalCompute:
         full_env = environment.instance_env(base=base, image_env=image.env,
                                             service_env=service.env, extra_env=secret_env,
                                             kiln=kiln)
-        sandbox = Sandbox(root, scratch, self.sandbox_mode)
+        sandbox = Sandbox(root, scratch, self.sandbox_mode, uid=instance_uid(instance_id),
+                          read_only=(*runtime_paths(root), *service.read_only_paths))
+        sandbox.prepare_scratch()
         _write_json(folder / "instance.json", {
             "root": str(root), "scratch": str(scratch), "sandbox": sandbox.mode,
+            "uid": sandbox.uid, "read_only": list(sandbox.read_only),
             "command": service.command, "env": stored_env,
             "secret_keys": sorted(secret_env),  # names only, never values
         })
@@ -427,7 +437,10 @@ class LocalCompute:
         full.update(env or {})
         full.update({k: v for k, v in info["env"].items() if k == "HOST" or k == "PORT"
                      or k.startswith("KILN_")})
-        return Sandbox(root, scratch, mode).run(command, full, timeout)
+        uid = info.get("uid")
+        sandbox = Sandbox(root, scratch, mode, uid=uid if isinstance(uid, int) else None,
+                          read_only=tuple(str(p) for p in info.get("read_only") or ()))
+        return sandbox.run(command, full, timeout)
 
     # ------------------------------------------------------------------ internals
 

@@ -1,12 +1,23 @@
-"""Run a command with the image read-only and only a scratch folder writable.
+"""Run an instance's command isolated from the host, kiln's state and the other instances.
 
-With bubblewrap the whole filesystem is bound read-only (the image root included, at its own path
-so the venv's absolute paths keep working), the scratch folder is bound writable, /dev, /proc and
-/tmp are fresh, and the network namespace is shared so loopback addresses stay reachable. Without
-bubblewrap the command runs as a plain process; the image store's files are already read-only.
+With bubblewrap an instance is a process that
+- runs as an unprivileged uid of its own (kiln as root: a per-instance uid, reached through
+  `setpriv`, in a user namespace made by `unshare --user`; kiln as a user: bwrap's own user
+  namespace), with no capabilities and `no_new_privs`;
+- has its own pid and ipc namespaces: it sees only its own processes, and when the namespace's
+  init (bwrap) goes, the kernel kills everything left in it (no `setsid` escape from terminate);
+- sees a new root holding only the system paths an app needs (`SYSTEM_PATHS`, a few `ETC_PATHS`,
+  the base Python the image's venv links to, and any `read_only_paths` of the service), all
+  read-only; its image read-only at its own path (the venv's absolute paths keep working); its
+  scratch folder writable; a fresh /dev, /proc and a private /tmp; an /etc/passwd naming only
+  itself. `.kiln/`, other instances' folders, /root, /home, /etc/shadow are simply not there;
+- shares the host's network namespace, so it can bind its own loopback address.
 
-bwrap stays as the parent of the command (it is the process group leader); `--info-fd` tells us
-the pid of the command itself, which is the pid kiln records and observes.
+Without bubblewrap the command runs as a plain process (the store's files are still read-only);
+that mode is for machines without user namespaces and isolates nothing.
+
+The pid kiln records is the app's (host view): bwrap's `--info-fd` names the namespace's init, and
+the app is that init's only child. The outer bwrap leads the process group.
 """
 
 from __future__ import annotations
@@ -19,8 +30,10 @@ import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -30,16 +43,57 @@ from kiln.platforms.base import ExecResult
 
 SandboxMode = Literal["bwrap", "none"]
 
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+"""Programs and shared libraries, bound read-only (symlinks, as on merged-/usr, are copied)."""
+ETC_PATHS = ("/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/host.conf",
+             "/etc/gai.conf", "/etc/localtime", "/etc/timezone", "/etc/ssl",
+             "/etc/ca-certificates", "/etc/ca-certificates.conf", "/etc/pki", "/etc/mime.types",
+             "/etc/protocols", "/etc/services", "/etc/ld.so.cache", "/etc/ld.so.conf",
+             "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/os-release", "/etc/debian_version")
+"""Name resolution, TLS roots, time zone, the dynamic linker's cache: what an app reads in /etc.
+Everything else in /etc (shadow, sudoers, ssh keys, the host's passwd) stays out."""
+UID_BASE, UID_RANGE = 300_000, 65_536
+"""Instance uids when kiln runs as root: above the usual subuid ranges (100000-165535)."""
+
+
+def instance_uid(instance_id: str) -> int:
+    """The unprivileged uid an instance runs as (kiln as root); stable, so `exec` can reuse it."""
+    return UID_BASE + zlib.crc32(instance_id.encode()) % UID_RANGE
+
+
+def runtime_paths(root: Path) -> list[str]:
+    """The base interpreter's prefix the image's venv links to (`home` in pyvenv.cfg), when it
+    lies outside the system paths (pyenv, uv or a build under /root or /opt)."""
+    try:
+        cfg = (root / ".venv" / "pyvenv.cfg").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    for line in cfg.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "home" and value.strip():
+            prefix = Path(value.strip()).resolve().parent
+            if not _covered(str(prefix), SYSTEM_PATHS):
+                return [str(prefix)]
+    return []
+
+
+def _covered(path: str, by: Sequence[str]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in by)
+
 
 @functools.cache
 def bwrap_works() -> bool:
-    """True when bwrap is installed and can create a mount namespace here."""
-    path = shutil.which("bwrap")
-    if path is None:
+    """True when bwrap is installed and the whole isolation chain works here."""
+    if shutil.which("bwrap") is None:
+        return False
+    if os.geteuid() == 0 and not (shutil.which("setpriv") and shutil.which("unshare")):
         return False
     try:
-        done = subprocess.run([path, "--ro-bind", "/", "/", "--dev", "/dev", "true"],
-                              capture_output=True, timeout=10, check=False)
+        with tempfile.TemporaryDirectory(prefix="kiln-probe-") as scratch:
+            probe = Sandbox(Path("/usr"), Path(scratch), "bwrap", uid=UID_BASE)
+            with probe.prepared("true", None) as (argv, fds):
+                done = subprocess.run(argv, capture_output=True, timeout=10, check=False,
+                                      pass_fds=fds, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0
@@ -52,7 +106,8 @@ def choose(mode: Literal["auto", "bwrap", "none"]) -> SandboxMode:
         return "bwrap"
     if mode == "bwrap":
         raise PlatformError("bubblewrap (bwrap) is not usable on this machine",
-                            hint="install bubblewrap or use sandbox='auto'")
+                            hint="install bubblewrap (and util-linux's setpriv/unshare) "
+                                 "or use sandbox='auto'")
     return "none"
 
 
@@ -63,24 +118,98 @@ class Sandbox:
     scratch: Path
     """The instance's writable folder (HOME, TMPDIR)."""
     mode: SandboxMode
+    uid: int | None = None
+    """The uid to run as when kiln is root (default: derived from the scratch folder's name)."""
+    read_only: tuple[str, ...] = ()
+    """Extra host paths bound read-only (the base Python's prefix, a service's own choices)."""
 
-    def argv(self, command: str, info_fd: int | None = None) -> list[str]:
-        # bash execs a lone simple command itself, so the app is the process we record.
-        inner = [shutil.which("bash") or "/bin/bash", "-c", command]
+    @property
+    def run_uid(self) -> int:
+        if os.geteuid() != 0:
+            return os.geteuid()
+        return self.uid if self.uid is not None else instance_uid(self.scratch.parent.name)
+
+    def prepare_scratch(self) -> None:
+        """Hand the scratch folder (and its tmp) to the instance's uid."""
+        if self.mode != "bwrap" or os.geteuid() != 0:
+            return
+        uid = self.run_uid
+        for path in (self.scratch, self.scratch / "tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(path, uid, uid)
+                os.chmod(path, 0o700)
+
+    @contextlib.contextmanager
+    def prepared(self, command: str,
+                 info_fd: int | None) -> Iterator[tuple[list[str], tuple[int, ...]]]:
+        """(argv, fds to pass) for the command; the generated /etc/passwd and /etc/group go
+        through pipes bwrap reads at start-up (closed on exit)."""
+        inner = ["/bin/bash", "-c", command]
         if self.mode == "none":
-            return inner
+            yield [shutil.which("bash") or "/bin/bash", "-c", command], ()
+            return
+        uid = self.run_uid
+        passwd = (f"root:x:0:0::/:/usr/sbin/nologin\napp:x:{uid}:{uid}:kiln instance:"
+                  f"{self.scratch}:/bin/sh\nnobody:x:65534:65534::/:/usr/sbin/nologin\n")
+        group = f"root:x:0:\napp:x:{uid}:\nnogroup:x:65534:\n"
+        fds: list[int] = []
+        try:
+            data_fds = [_data_pipe(passwd), _data_pipe(group)]
+            fds += data_fds
+            argv = self._bwrap_argv(uid, data_fds, info_fd)
+            if os.geteuid() == 0:
+                # bwrap (as root) built the view; now become the instance's uid for good, in a
+                # user namespace of its own, with no capabilities and no way to regain any.
+                argv += [shutil.which("setpriv") or "setpriv", f"--reuid={uid}",
+                         f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+                         "--bounding-set=-all", "--no-new-privs", "--",
+                         shutil.which("unshare") or "unshare", "--user", f"--map-user={uid}",
+                         f"--map-group={uid}", "--"]
+            yield [*argv, *inner], (*fds, *([info_fd] if info_fd is not None else []))
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _bwrap_argv(self, uid: int, data_fds: list[int], info_fd: int | None) -> list[str]:
         root, scratch = str(self.root), str(self.scratch)
-        argv = [shutil.which("bwrap") or "bwrap",
-                "--ro-bind", "/", "/",
-                "--dev", "/dev",
-                "--proc", "/proc",
-                "--tmpfs", "/tmp",
-                "--ro-bind", root, root,
-                "--bind", scratch, scratch,
-                "--chdir", root]
+        argv = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc",
+                "--unshare-uts", "--hostname", "kiln-instance"]
+        if os.geteuid() == 0:
+            # Keep only what setpriv needs to switch uid; it drops those too.
+            argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        else:
+            argv += ["--unshare-user", "--disable-userns", "--uid", str(uid), "--gid", str(uid),
+                     "--cap-drop", "ALL"]
+        for path in SYSTEM_PATHS:
+            if os.path.islink(path):
+                argv += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                argv += ["--ro-bind", path, path]
+        argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                 "--perms", "0755", "--dir", "/etc"]
+        for path in ETC_PATHS:
+            if os.path.lexists(path) and os.path.exists(path):
+                argv += ["--ro-bind", path, path]
+        argv += ["--perms", "0644", "--ro-bind-data", str(data_fds[0]), "/etc/passwd",
+                 "--perms", "0644", "--ro-bind-data", str(data_fds[1]), "/etc/group"]
+        made: set[str] = {"/", "/tmp", "/etc", "/dev", "/proc", *SYSTEM_PATHS}
+        extra = [p for p in self.read_only if os.path.exists(p)]
+        for path, how in [*((p, "--ro-bind") for p in extra), (root, "--ro-bind"),
+                          (scratch, "--bind")]:
+            if _covered(path, SYSTEM_PATHS):
+                continue
+            for parent in reversed(Path(path).parents):
+                name = str(parent)
+                if name not in made and not _covered(name, [*SYSTEM_PATHS, *extra]):
+                    argv += ["--perms", "0755", "--dir", name]  # bwrap's own would be 0700
+                    made.add(name)
+            argv += [how, path, path]
+            made.add(path)
+        argv += ["--chdir", root]
         if info_fd is not None:
             argv += ["--info-fd", str(info_fd)]
-        return [*argv, "--", *inner]
+        return [*argv, "--"]
 
     def spawn(self, command: str, env: Mapping[str, str],
               log: IO[bytes]) -> tuple[subprocess.Popen[bytes], int]:
@@ -89,17 +218,16 @@ class Sandbox:
         Returns the Popen (the group leader) and the pid of the command itself.
         """
         read_fd = write_fd = -1
-        pass_fds: tuple[int, ...] = ()
         if self.mode == "bwrap":
             read_fd, write_fd = os.pipe()
-            pass_fds = (write_fd,)
         try:
-            proc = subprocess.Popen(
-                self.argv(command, write_fd if self.mode == "bwrap" else None),
-                cwd=self.root, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds,
-            )
+            with self.prepared(command, write_fd if write_fd >= 0 else None) as (argv, fds):
+                proc = subprocess.Popen(
+                    argv, cwd=self.root, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True, pass_fds=fds)
         except OSError as exc:
+            if read_fd >= 0:
+                os.close(read_fd)
             raise PlatformError(f"cannot start instance command in {self.root}: {exc}") from exc
         finally:
             if write_fd >= 0:
@@ -107,17 +235,22 @@ class Sandbox:
         if self.mode == "none":
             return proc, proc.pid
         try:
-            child = _read_child_pid(read_fd, proc, deadline=time.monotonic() + 10.0)
+            init = _read_child_pid(read_fd, proc, deadline=time.monotonic() + 10.0)
         finally:
             os.close(read_fd)
-        return proc, child if child is not None else proc.pid
+        if init is None:
+            return proc, proc.pid
+        app = _first_child(init, proc, deadline=time.monotonic() + 10.0)
+        return proc, app if app is not None else init
 
     def run(self, command: str, env: Mapping[str, str], timeout: float) -> ExecResult:
         """Run to completion, capturing output; the whole process group dies on timeout."""
         try:
-            proc = subprocess.Popen(self.argv(command), cwd=self.root, env=dict(env),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
+            with self.prepared(command, None) as (argv, fds):
+                proc = subprocess.Popen(argv, cwd=self.root, env=dict(env),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, start_new_session=True,
+                                        pass_fds=fds)
         except OSError as exc:
             raise PlatformError(f"cannot run command in {self.root}: {exc}") from exc
         try:
@@ -130,6 +263,16 @@ class Sandbox:
                               err.decode(errors="replace") + note)
         return ExecResult(proc.returncode, out.decode(errors="replace"),
                           err.decode(errors="replace"))
+
+
+def _data_pipe(text: str) -> int:
+    """A pipe's read end already holding `text` (small: fits the pipe buffer)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, text.encode())
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 def _read_child_pid(fd: int, proc: subprocess.Popen[bytes], deadline: float) -> int | None:
@@ -149,6 +292,25 @@ def _read_child_pid(fd: int, proc: subprocess.Popen[bytes], deadline: float) -> 
     except (ValueError, UnicodeDecodeError):
         return None
     return pid if isinstance(pid, int) else None
+
+
+def _first_child(pid: int, proc: subprocess.Popen[bytes], deadline: float) -> int | None:
+    """The namespace init's child: the sandboxed command (it execs through to the app)."""
+    path = f"/proc/{pid}/task/{pid}/children"
+    pause = 0.001
+    while time.monotonic() < deadline:
+        try:
+            with open(path, encoding="ascii") as fh:
+                children = fh.read().split()
+        except OSError:
+            return None
+        if children:
+            return int(children[0])
+        if proc.poll() is not None:
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+    return None
 
 
 def kill_group(pgid: int, sig: signal.Signals) -> None:
