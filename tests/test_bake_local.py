@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from kiln.bake import LocalBuilder, get_image, list_images, remove_images
-from kiln.errors import BakeError, NotFound
+from kiln.bake.imagestore import integrity_problem
+from kiln.errors import BakeError, ImageTampered, NotFound
 from kiln.platforms.base import Image, StepEvent
 from kiln.spec.models import ImageSpec
 from kiln.state.lock import pid_alive
@@ -334,3 +335,52 @@ def test_get_and_remove_images(builder: LocalBuilder, store: Store, home: Path,
     # the removed image bakes again from the step cache
     again, events = bake(builder, "gc", spec({"copy": "k"}), tmp_path)
     assert again.digest == drop.digest and final(events)[1] == "cached"
+
+
+# ---------------------------------------------------------------- integrity at every use
+
+
+def test_a_tampered_image_is_refused_and_rebuilt(builder: LocalBuilder, store: Store,
+                                                 tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print('v1')\n")
+    s = spec({"copy": "app/", "to": "app/"})
+    image, _ = bake(builder, "guarded", s, tmp_path)
+    target = root_of(image) / "app" / "main.py"
+    assert integrity_problem(image) is None
+    builder.verify(image, "launch it")
+    # Same bytes, new metadata: the fast path misses, a full re-hash clears it and reseals.
+    os.utime(target, (1, 1))
+    assert integrity_problem(image) is None
+    seal = json.loads((Path(image.ref) / "seal.json").read_text())["entries"]
+    assert seal["app/main.py"][3] == 1_000_000_000
+    # New bytes: refused, with an event, and a plan no longer calls it unchanged.
+    target.chmod(0o644)
+    target.write_text("print('evil')\n")
+    problem = integrity_problem(image)
+    assert problem is not None and "modified after sealing" in problem
+    with pytest.raises(ImageTampered, match=r"modified after sealing\); refused to launch it"):
+        builder.verify(image, "launch it")
+    assert store.one("SELECT * FROM events WHERE kind = 'image.tampered' ORDER BY id DESC")
+    assert builder.resolve("guarded", s, base_dir=tmp_path) is None
+    # A bake rebuilds it: same digest, original content, intact again.
+    # (From the last step's snapshot in the cache, which the tampering did not touch.)
+    again, _ = bake(builder, "guarded", s, tmp_path)
+    assert again.digest == image.digest
+    assert "rebuilding" in store.one("SELECT message FROM events WHERE kind = 'image.tampered' "
+                                     "ORDER BY id DESC LIMIT 1")["message"]
+    assert target.read_text() == "print('v1')\n"
+    assert integrity_problem(again) is None and integrity_problem(again, full=True) is None
+
+
+def test_an_added_or_removed_file_is_caught_by_the_fast_path(builder: LocalBuilder,
+                                                             tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print('v1')\n")
+    image, _ = bake(builder, "guarded2", spec({"copy": "app/", "to": "app/"}), tmp_path)
+    app = root_of(image) / "app"
+    app.chmod(0o755)
+    (app / "extra.py").write_text("x = 1\n")
+    assert integrity_problem(image) is not None
+    (app / "extra.py").unlink()
+    assert integrity_problem(image) is None  # the tree hashes right again (and is resealed)

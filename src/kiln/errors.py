@@ -39,6 +39,10 @@ class BakeError(KilnError):
     """A bake step failed or its inputs are missing."""
 
 
+class ImageTampered(KilnError):
+    """A sealed image's files no longer match its digest; it is refused until rebaked."""
+
+
 class VerifyError(KilnError):
     """An image's checks failed or could not run."""
 

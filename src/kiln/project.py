@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.errors import KilnError, NotFound, RolledBack
+from kiln.errors import ImageTampered, KilnError, NotFound, RolledBack
 from kiln.platforms.base import Image, Instance, Release, StepEvent
 from kiln.platforms.instance_rows import from_row
 from kiln.platforms.registry import get_platform
@@ -156,8 +156,14 @@ class Project:
             self.service(n)
         return list(names)
 
-    def image(self, digest: str) -> Image:
-        return self.platform.image(digest)
+    def image(self, digest: str, use: str = "launch it") -> Image:
+        """The stored image with this digest, verified against it before `use` (a tampered
+        image is refused with ImageTampered when the builder can check it)."""
+        image = self.platform.image(digest)
+        verify = getattr(self.builder, "verify", None)
+        if verify is not None:
+            verify(image, use)
+        return image
 
     # ------------------------------------------------------------ bake
 
@@ -654,8 +660,8 @@ class Project:
 
     def _rollback_image(self, service: str, target: Release) -> Image:
         """The target's image, or why it cannot be rolled back to and what can."""
-        try:
-            return self.image(target.image_digest)
+        try:  # ImageTampered (not caught here) when its files changed since sealing
+            return self.image(target.image_digest, use=f"roll {service} back to {target.id}")
         except NotFound:
             pass
         have = []
@@ -663,7 +669,7 @@ class Project:
             try:
                 rel = load_release(self.store, rid)
                 self.image(rel.image_digest)
-            except NotFound:
+            except (NotFound, ImageTampered):
                 continue
             if rid != target.id:
                 have.append(rid)

@@ -8,6 +8,7 @@ row is garbage from a bake killed between its rename and its row; `remove_images
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln.errors import NotFound
+from kiln.errors import ImageTampered, NotFound
 from kiln.platforms.base import Image
 from kiln.state.store import Store
 
@@ -152,14 +153,81 @@ def seal_readonly(root: Path) -> None:
 
 def verify_image(store: Store, digest: str) -> str | None:
     """Re-hash a sealed image; a one-line problem if its tree no longer matches its digest."""
+    return integrity_problem(get_image(store, digest), full=True)
+
+
+# ---------------------------------------------------------------- integrity at every use
+#
+# Re-hashing an image before each use costs a read of every byte (a venv: tens of MB). The
+# fast path compares every entry's lstat against what it was right after sealing: inode, size,
+# mode, mtime and ctime (which no user can set back without changing the clock). Any difference
+# (a rewritten, chmod-ed, added or removed file, a copied or restored store) means a full
+# re-hash against the digest; a tree that still hashes right gets a fresh record.
+
+SEAL_FILE = "seal.json"
+
+
+def _stats(root: Path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in (".", *dirnames, *filenames):
+            path = os.path.join(dirpath, name) if name != "." else dirpath
+            st = os.lstat(path)
+            rel = os.path.relpath(path, root)
+            out[rel] = [st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns]
+    return out
+
+
+def write_seal(folder: Path) -> None:
+    """Record the sealed tree's metadata (call once the tree is read-only and in place)."""
+    tmp = folder / (SEAL_FILE + ".tmp")
+    tmp.write_text(json.dumps({"format": 1, "entries": _stats(folder / "root")}))
+    os.replace(tmp, folder / SEAL_FILE)
+
+
+def _seal_matches(folder: Path) -> bool:
+    try:
+        recorded = json.loads((folder / SEAL_FILE).read_text())
+        return bool(recorded.get("format") == 1
+                    and recorded.get("entries") == _stats(folder / "root"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def integrity_problem(image: Image, *, full: bool = False) -> str | None:
+    """None when the image's tree still matches its digest, else one line saying how not.
+    `full` skips the metadata fast path and always re-hashes."""
     from kiln.bake.hashing import tree_digest
     from kiln.bake.venv import digest_override
 
-    image = get_image(store, digest)
-    root = Path(image.ref) / "root"
+    folder = Path(image.ref)
+    root = folder / "root"
+    label = f"image {image.name} {image.digest[:19]}"
     if not root.is_dir():
-        return f"image {image.name} {digest}: folder {root} is missing"
-    now = tree_digest(root, digest_override).digest
+        return f"{label}: folder {root} is missing"
+    if not full and _seal_matches(folder):
+        return None
+    try:
+        now = tree_digest(root, digest_override).digest
+    except OSError as exc:
+        return f"{label}: cannot be read ({exc})"
     if now != image.digest:
-        return f"image {image.name} {digest}: tree now hashes to {now} (modified after sealing)"
+        return f"{label}: its files now hash to {now[:19]} (modified after sealing)"
+    if os.access(folder, os.W_OK):
+        with contextlib.suppress(OSError):
+            write_seal(folder)
     return None
+
+
+def ensure_intact(image: Image, store: Store | None, *, use: str) -> None:
+    """Refuse (ImageTampered, plus an `image.tampered` event) an image whose tree no longer
+    matches its digest. `use` names what was about to happen (launch, rollback, test...)."""
+    problem = integrity_problem(image)
+    if problem is None:
+        return
+    if store is not None:
+        store.event("image.tampered", f"refused to {use}: {problem}",
+                    data={"digest": image.digest, "use": use})
+    raise ImageTampered(f"{problem}; refused to {use}",
+                        hint="`kiln bake` rebuilds it from its steps")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 import platform
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -86,7 +87,14 @@ class LocalBuilder:
         row = imagestore.find_by_key(self.store, plan[-1].key)
         if row is None:
             return None
-        return Image(name=name, digest=row["digest"], ref=row["ref"], env=_image_env(spec))
+        image = Image(name=name, digest=row["digest"], ref=row["ref"], env=_image_env(spec))
+        if imagestore.integrity_problem(image) is not None:
+            return None  # tampered: a bake must rebuild it, so it is not "unchanged"
+        return image
+
+    def verify(self, image: Image, use: str) -> None:
+        """Refuse an image whose files no longer match its digest (ImageTampered)."""
+        imagestore.ensure_intact(image, self.store, use=use)
 
     # ------------------------------------------------------------------ build
 
@@ -98,6 +106,8 @@ class LocalBuilder:
         env = _image_env(spec)
         if not no_cache:
             row = imagestore.find_by_key(self.store, plan[-1].key)
+            if row is not None and not self._intact_or_discard(row, name, env):
+                row = None
             if row is not None:
                 for p in plan:
                     emit(StepEvent(p.index, total, p.description, "cached", 0.0, p.key))
@@ -105,6 +115,18 @@ class LocalBuilder:
                 return Image(name=name, digest=row["digest"], ref=row["ref"], env=env)
         with self._bake_lock() as work:
             return self._build_locked(name, spec, runtime, plan, env, work, no_cache, emit)
+
+    def _intact_or_discard(self, row: sqlite3.Row, name: str, env: dict[str, str]) -> bool:
+        """A cached image is reused only if it still matches its digest; a tampered one is
+        removed (its folder; the row is refreshed by the rebuild) so this bake rebuilds it."""
+        image = Image(name=name, digest=row["digest"], ref=row["ref"], env=env)
+        problem = imagestore.integrity_problem(image)
+        if problem is None:
+            return True
+        self.store.event("image.tampered", f"rebuilding: {problem}",
+                         data={"digest": image.digest, "use": "cache"})
+        imagestore.force_rmtree(Path(image.ref))
+        return False
 
     def _build_locked(self, name: str, spec: ImageSpec, runtime: venv.Runtime,
                       plan: list[_Planned], env: dict[str, str], work: Path, no_cache: bool,
@@ -236,10 +258,13 @@ class LocalBuilder:
             "created_at": time.time(),
         })
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_dir():
+        if target.is_dir() and imagestore.integrity_problem(
+                Image(name, tree.digest, str(target))) is None:
             imagestore.force_rmtree(folder)  # same tree already sealed: keep the first
         else:
+            imagestore.force_rmtree(target)  # absent, or tampered: replace it
             os.replace(folder, target)
+            imagestore.write_seal(target)
         return imagestore.record_image(self.store, name=name, digest=tree.digest,
                                        ref=str(target), key=key, env=env,
                                        size=tree.size)

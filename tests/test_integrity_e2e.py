@@ -1,0 +1,76 @@
+"""Image integrity at every use, through the real `kiln` command: after a file under
+.kiln/images/<digest>/root/ is rewritten, rollback refuses (one line, an event), plan no longer
+calls the service unchanged, and test, bake and a heal deploy rebuild the image first."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from kiln.testing.project import Proj
+
+pytestmark = pytest.mark.e2e
+
+
+def ok(p: Proj, *args: str) -> str:
+    res = p.kiln(*args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def current_digest(p: Proj) -> str:
+    items = json.loads(ok(p, "images", "--json"))
+    return str(items[0]["digest"])
+
+
+def behaviour(p: Proj, digest: str) -> Path:
+    return (p.dir / ".kiln" / "images" / digest.removeprefix("sha256:") / "root" / "app"
+            / "behaviour.json")
+
+
+def tamper(p: Proj, digest: str) -> Path:
+    target = behaviour(p, digest)
+    target.chmod(target.stat().st_mode | stat.S_IWUSR)  # as root, read-only bits don't stop us
+    target.write_text('{"version": "evil"}')
+    return target
+
+
+def events(p: Proj, kind: str) -> list[str]:
+    with sqlite3.connect(p.dir / ".kiln" / "state.db") as conn:
+        return [r[0] for r in conn.execute("SELECT message FROM events WHERE kind = ?", (kind,))]
+
+
+def test_a_tampered_image_is_refused_or_rebuilt_by_every_command(proj: Proj) -> None:
+    ok(proj, "deploy")
+    first = current_digest(proj)
+    proj.behave(version="2")
+    ok(proj, "deploy")
+    second = current_digest(proj)
+    assert first != second
+
+    tamper(proj, first)
+    res = proj.kiln("rollback", "web")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "modified after sealing" in res.stderr and "refused to roll web back" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert any("refused to roll web back" in m for m in events(proj, "image.tampered"))
+
+    target = tamper(proj, second)
+    plan = json.loads(ok(proj, "plan", "--json"))
+    assert plan[0]["action"] != "unchanged" and plan[0]["bake"] == "needed", plan
+    ok(proj, "test")
+    assert "evil" not in target.read_text()
+
+    tamper(proj, second)
+    ok(proj, "bake")
+    assert "evil" not in target.read_text()
+
+    tamper(proj, second)
+    proj.kiln("destroy")  # nothing runs: the next deploy launches from the image again
+    ok(proj, "deploy")
+    assert "evil" not in target.read_text()
+    assert sum("rebuilding" in m for m in events(proj, "image.tampered")) == 3
