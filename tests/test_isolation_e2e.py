@@ -16,6 +16,7 @@ import pytest
 
 from kiln.platforms.base import Image, Instance, Release
 from kiln.platforms.local.compute import LocalCompute
+from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.sandbox import bwrap_works
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
@@ -91,6 +92,12 @@ def host(tmp_path: Path, image: Image) -> Iterator[Host]:
         h.store.close()
 
 
+def pid_of(inst: Instance) -> int:
+    pid = LocalHandle.of(inst).pid
+    assert pid is not None
+    return pid
+
+
 def _uid_of(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Uid:"):
@@ -119,8 +126,7 @@ def test_shadow_is_not_readable(host: Host) -> None:
 
 def test_no_privilege_and_no_capabilities(host: Host) -> None:
     api = host.launch("api", "pw-api")
-    assert api.pid is not None
-    assert _uid_of(api.pid) != 0  # seen from the host: not root
+    assert _uid_of(pid_of(api)) != 0  # seen from the host: not root
     out = host.sh(api, "id -u; grep -E '^Cap(Eff|Prm)' /proc/self/status; "
                        "grep NoNewPrivs /proc/self/status")
     lines = out.stdout.split("\n")
@@ -142,9 +148,8 @@ def test_other_instances_and_kiln_state_are_out_of_sight(host: Host) -> None:
     (host.project / "db-secret").write_text("file-secret-value")
     api = host.launch("api", "pw-api")
     other = host.launch("billing", "pw-billing")
-    assert other.pid is not None
     probes = [
-        f"tr '\\0' '\\n' < /proc/{other.pid}/environ",
+        f"tr '\\0' '\\n' < /proc/{pid_of(other)}/environ",
         "cat /proc/*/environ",
         f"cat {host.home}/state.db",
         f"ls {host.home}",
@@ -169,13 +174,12 @@ def test_other_instances_and_kiln_state_are_out_of_sight(host: Host) -> None:
 def test_terminate_kills_processes_that_left_the_session(host: Host) -> None:
     api = host.launch("api", "pw-api",
                       command="setsid sleep 300 </dev/null >/dev/null 2>&1 & exec python app.py")
-    assert api.pid is not None
-    wait_for(lambda: len(_pidns_members(api.pid or 0)) >= 3, 10.0, 0.02,
+    wait_for(lambda: len(_pidns_members(pid_of(api))) >= 3, 10.0, 0.02,
              what="the escaped sleeper to start")
-    members = _pidns_members(api.pid)
+    members = _pidns_members(pid_of(api))
     sleeper = [p for p in members
                if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"sleep")]
-    assert sleeper and os.getsid(sleeper[0]) != os.getsid(api.pid)  # it did leave the session
+    assert sleeper and os.getsid(sleeper[0]) != os.getsid(pid_of(api))  # it did leave the session
     host.compute.terminate(api, timeout=5.0)
     for pid in members:
         stat_path = Path(f"/proc/{pid}/stat")
@@ -200,10 +204,9 @@ def test_extra_read_only_paths_from_the_spec(host: Host, tmp_path: Path) -> None
 
 def test_the_recorded_pid_is_the_app_and_observed(host: Host) -> None:
     api = host.launch("api", "pw-api")
-    assert api.pid is not None
-    assert Path(f"/proc/{api.pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"python",
+    assert Path(f"/proc/{pid_of(api)}/cmdline").read_bytes().split(b"\0")[:2] == [b"python",
                                                                               b"app.py"]
-    os.kill(api.pid, 9)
+    os.kill(pid_of(api), 9)
     wait_for(lambda: not host.compute.observe([api])[0].alive, 10.0, 0.02,
              what="the killed app to be observed dead")
     started = time.monotonic()
