@@ -12,8 +12,9 @@ from kiln.testing.project import Proj, make_project, teardown
 
 
 @pytest.fixture
-def proj(tmp_path: Path) -> Iterator[Proj]:
-    p = make_project(tmp_path)
+def proj(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proj]:
+    # `@pytest.mark.parametrize("proj", ["traefik", "haproxy"], indirect=True)`: one per router
+    p = make_project(tmp_path, router=getattr(request, "param", "traefik"))
     try:
         yield p
     finally:

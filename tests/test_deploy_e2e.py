@@ -14,12 +14,16 @@ from kiln.testing.project import KILN, Proj, wait_for
 
 pytestmark = pytest.mark.e2e
 
+BOTH_ROUTERS = pytest.mark.parametrize("proj", ["traefik", "haproxy"], indirect=True)
+"""The zero-failure tests run behind either router."""
+
 
 def deploy_ok(p: Proj, *args: str) -> None:
     res = p.kiln("deploy", *args)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@BOTH_ROUTERS
 def test_first_deploy_then_canary_to_100_under_load(proj: Proj) -> None:
     deploy_ok(proj)
     assert list(proj.weights().values()) == [100]
@@ -47,6 +51,7 @@ def test_unchanged_deploy_does_nothing(proj: Proj) -> None:
     assert '"unchanged"' in plan.stdout
 
 
+@BOTH_ROUTERS
 def test_health_gate_rolls_back_and_traffic_stays(proj: Proj) -> None:
     deploy_ok(proj)
     proj.write(health_path="/never-healthy", deadline="3s")
@@ -124,6 +129,7 @@ def test_abort_rolls_back_paused_canary(proj: Proj) -> None:
     "      strategy: rolling\n      max_surge: 0\n      max_unavailable: 1\n"
     "      drain_timeout: 3s\n",
 ])
+@BOTH_ROUTERS
 def test_blue_green_and_rolling_under_load(proj: Proj, strategy: str) -> None:
     proj.write(rollout=strategy)
     deploy_ok(proj)
@@ -136,6 +142,7 @@ def test_blue_green_and_rolling_under_load(proj: Proj, strategy: str) -> None:
     assert proj.alive_instances() == 3
 
 
+@BOTH_ROUTERS
 def test_rollback_to_previous_release(proj: Proj) -> None:
     deploy_ok(proj)
     proj.behave(version="2")

@@ -29,6 +29,7 @@ KILN = str(Path(sys.executable).parent / "kiln")
 
 SPEC = """\
 project: {project}
+router: {router}
 images:
   web:
     base: python
@@ -69,6 +70,7 @@ def free_port() -> int:
 class Proj:
     dir: Path
     port: int
+    router: str = "traefik"
 
     @property
     def listen(self) -> str:
@@ -80,6 +82,7 @@ class Proj:
         extra = "".join(f"      - {t}\n" for t in tests or [])
         (self.dir / "kiln.yaml").write_text(SPEC.format(tests=extra,
             project=self.dir.name.replace("_", "-")[:30].strip("-") or "e2e", port=self.port,
+            router=self.router,
             replicas=replicas, rollout=rollout, health_path=health_path, deadline=deadline))
 
     def behave(self, **kw: object) -> None:
@@ -127,22 +130,23 @@ def teardown(proj: Proj) -> None:
     for pid in proj.live_pids():
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
-    pidfile = proj.dir / ".kiln" / "router" / "traefik.pid"
-    if pidfile.exists():
-        try:
-            data = pidfile.read_text().split()
-            pid = int(json.loads(pidfile.read_text())["pid"]) if pidfile.read_text().startswith(
-                "{") else int(data[0])
-            os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError, KeyError, IndexError):
-            pass
+    for pidfile in (proj.dir / ".kiln" / "router" / "traefik.pid",
+                    proj.dir / ".kiln" / "haproxy" / "haproxy.pid"):
+        if pidfile.exists():
+            try:
+                data = pidfile.read_text().split()
+                pid = int(json.loads(pidfile.read_text())["pid"]) \
+                    if pidfile.read_text().startswith("{") else int(data[0])
+                os.kill(pid, signal.SIGKILL)
+            except (OSError, ValueError, KeyError, IndexError):
+                pass
 
 
-def make_project(parent: Path, example: Path | None = None) -> Proj:
+def make_project(parent: Path, example: Path | None = None, router: str = "traefik") -> Proj:
     """A project folder under `parent` with the example app and a free listen port."""
     folder = parent / "shop"
     shutil.copytree(example or (ROOT / "examples" / "shop" / "app"), folder / "app")
-    p = Proj(folder, free_port())
+    p = Proj(folder, free_port(), router)
     p.write()
     return p
 
