@@ -103,11 +103,11 @@ CASES: list[tuple[str, str, list[str]]] = [
      ["kiln.yaml:20:13: services.api.listen: 127.0.0.1:8080 is already used by service web"]),
     ("unknown step", edit("      - run: pip", "      - rum: pip"),
      ["kiln.yaml:7:9: images.web.steps[1]: unknown step; expected one of copy, run, env, "
-      "workdir; did you mean 'run'?"]),
+      "workdir, ansible, puppet; did you mean 'run'?"]),
     ("step that is not a mapping", edit("      - run: pip install -r app/requirements.txt",
                                         "      - pip install"),
      ["kiln.yaml:7:9: images.web.steps[1]: expected a step: a mapping with one of copy, run, "
-      "env, workdir, got 'pip install'"]),
+      "env, workdir, ansible, puppet, got 'pip install'"]),
     ("bad field inside a step names that field", edit("        to: app/", "        to: [a]"),
      ["kiln.yaml:6:13: images.web.steps[0].to: expected a string, got a list"]),
     ("unknown check", edit("      - command: python", "      - cmd: python"),

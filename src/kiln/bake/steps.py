@@ -21,7 +21,7 @@ from typing import Any
 
 from kiln.bake.hashing import content_hash, iter_files
 from kiln.errors import BakeError
-from kiln.spec.models import CopyStep, EnvStep, RunStep, Step
+from kiln.spec.models import AnsibleStep, CopyStep, EnvStep, PuppetStep, RunStep, Step
 from kiln.state.lock import pid_alive, pid_start_time
 
 SKIP_NAMES = frozenset({".git", ".kiln", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache"})
@@ -50,6 +50,10 @@ def describe(step: Step) -> str:
         return f"run: {text}{more}"
     if isinstance(step, EnvStep):
         return "env " + ", ".join(sorted(step.env))
+    if isinstance(step, AnsibleStep):
+        return f"ansible {step.ansible.playbook}"
+    if isinstance(step, PuppetStep):
+        return f"puppet {step.puppet.manifest}"
     return f"workdir {step.workdir}"
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -148,7 +150,54 @@ class WorkdirStep(_Model):
     workdir: str
 
 
-STEP_KEYS = ("copy", "run", "env", "workdir")
+def _project_path(value: str) -> str:
+    """A path relative to kiln.yaml that stays inside the project (existence is checked at bake)."""
+    norm = posixpath.normpath(value)
+    if value.startswith("/") or norm == ".." or norm.startswith("../"):
+        raise ValueError(f"expected a path inside the project, relative to kiln.yaml, got {value!r}")
+    return value
+
+
+def _path_list(value: Any) -> Any:
+    """One path or a list of them ('a:b' like Ansible's and Puppet's own search paths)."""
+    if isinstance(value, str):
+        return [part for part in value.split(":") if part]
+    return value
+
+
+ProjectPath = Annotated[str, Field(min_length=1), AfterValidator(_project_path)]
+ProjectPaths = Annotated[list[ProjectPath], BeforeValidator(_path_list),
+                         WithJsonSchema({"anyOf": [{"type": "string"},
+                                                   {"type": "array", "items": {"type": "string"}}],
+                                         "description": "path(s) relative to kiln.yaml"})]
+
+
+class AnsibleStep(_Model):
+    """Apply an Ansible playbook to the image being built (podman platform)."""
+
+    class Spec(_Model):
+        playbook: ProjectPath
+        extra_vars: dict[str, Any] = Field(default_factory=dict)
+        roles_path: ProjectPaths = Field(default_factory=list)
+        """Extra role folders; the playbook's own roles/ folder is always searched."""
+        timeout: Duration = 1800.0
+
+    ansible: Spec
+
+
+class PuppetStep(_Model):
+    """`puppet apply` a manifest inside the image being built (podman platform)."""
+
+    class Spec(_Model):
+        manifest: ProjectPath
+        modulepath: ProjectPaths = Field(default_factory=list)
+        timeout: Duration = 1800.0
+
+    puppet: Spec
+
+
+PROVISIONER_KEYS = ("ansible", "puppet")
+STEP_KEYS = ("copy", "run", "env", "workdir", *PROVISIONER_KEYS)
 _STEP_CLASSES: dict[type[_Model], str] = {}
 
 
@@ -165,11 +214,14 @@ Step = Annotated[
     Annotated[CopyStep, Tag("copy")]
     | Annotated[RunStep, Tag("run")]
     | Annotated[EnvStep, Tag("env")]
-    | Annotated[WorkdirStep, Tag("workdir")],
+    | Annotated[WorkdirStep, Tag("workdir")]
+    | Annotated[AnsibleStep, Tag("ansible")]
+    | Annotated[PuppetStep, Tag("puppet")],
     Discriminator(_step_kind, custom_error_type="unknown_step",
                   custom_error_message="unknown step; expected one of " + ", ".join(STEP_KEYS)),
 ]
-_STEP_CLASSES.update({CopyStep: "copy", RunStep: "run", EnvStep: "env", WorkdirStep: "workdir"})
+_STEP_CLASSES.update({CopyStep: "copy", RunStep: "run", EnvStep: "env", WorkdirStep: "workdir",
+                      AnsibleStep: "ansible", PuppetStep: "puppet"})
 
 
 # ---------------------------------------------------------------- image tests
@@ -421,6 +473,12 @@ class Spec(_Model):
         if self.platform == "aws" and self.aws is None:
             problems.append("aws: platform aws needs an aws: block with at least region, "
                             "subnets and base_ami")
+        if self.platform != "podman":
+            problems += [f"images.{name}.steps[{i}]: {kind} steps run on platform podman "
+                         f"(this project uses {self.platform})"
+                         for name, image in self.images.items()
+                         for i, step in enumerate(image.steps)
+                         if (kind := _step_kind(step)) in PROVISIONER_KEYS]
         listens: dict[str, str] = {}
         for name, svc in self.services.items():
             if svc.image not in self.images:
