@@ -73,6 +73,8 @@ def main() -> int:
         load = None
         kiln(work, "history", "web")
         kiln(work, "status")
+        events = json.loads(subprocess.run([KILN, "history", "web", "--json"], cwd=work,
+                                           capture_output=True, text=True).stdout)["events"]
         reports = sorted((work / ".kiln" / "reports").glob("*.html"))
         say("summary")
         print(f"load: {stats.summary()}")
@@ -88,7 +90,15 @@ def main() -> int:
             print(f"report of the rolled-back canary: {reports[-1]}")
         failures = stats.failed - stats.statuses.get(500, 0)
         print(f"failed requests other than v3's injected 500s: {failures}")
-        return 0
+        v3_weights = [int(e["data"]["weight"]) for e in events
+                      if e["kind"] == "rollout.step" and "web-r3" in e["message"]]
+        print(f"most traffic v3 ever had: {max(v3_weights, default=0)}% "
+              f"(its first step: {v3_weights[0] if v3_weights else '-'}%)")
+        checks = [e for e in events if e["kind"] == "judge.crosscheck"]
+        agree = all(e["data"].get("agree") for e in checks)
+        print(f"judge's access-log counts vs the router's counters: {len(checks)} rollouts, "
+              + ("all agree" if agree else "DISAGREE"))
+        return 0 if agree and v3_weights and max(v3_weights) == v3_weights[0] else 1
     finally:
         if load is not None:
             load.stop()
