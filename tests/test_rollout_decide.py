@@ -285,3 +285,17 @@ def test_rolling_rollback_restores_the_old_release_first() -> None:
     assert s.phase == "drain_new" and a == [SetWeights({"b": 0, "a": 100})]
     s, (a,) = run(s, r, obs(6, new_alive=1, new_healthy=1, old_alive=2, old_healthy=2))
     assert s.phase == "done" and TerminateRelease("b") in a and s.outcome == "failed"
+
+
+def test_steps_promoted_without_evidence_are_not_called_passed() -> None:
+    r = canary((10, 5), (50, 5), analysis=Analysis(on_no_data="promote"))
+    s = start("canary", "b", "a", 3, 0.0)
+    judging = Verdict("undecided", "0 canary requests")
+    s, trail = run(s, r, obs(0), obs(1), obs(7, verdict=judging), obs(13, verdict=judging))
+    assert any(isinstance(a, Record) and "on_no_data promote" in a.message for a in trail[2])
+    assert s.phase == "drain_old" and s.outcome == "promoted"
+    assert s.reason == "all steps done: 2 without evidence (on_no_data promote)"
+    s2 = start("canary", "b", "a", 3, 0.0)
+    ok = Verdict("pass", "within the margins")
+    s2, _ = run(s2, r, obs(0), obs(1), obs(7, verdict=ok), obs(13, verdict=ok))
+    assert s2.reason == "all steps passed"

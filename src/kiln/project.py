@@ -738,7 +738,15 @@ class Project:
             rollout = {"id": ro["id"], "strategy": ro["strategy"], "from": ro["from_release"],
                        "to": ro["to_release"], "phase": ro["phase"], "step": st.step,
                        "steps": len(spec.rollout.steps), "outcome": ro["outcome"],
-                       "reason": ro["reason"], "waiting": st.waiting}
+                       "reason": ro["reason"], "waiting": st.waiting,
+                       "driven_by": None}
+            if ro["phase"] not in SETTLED:
+                from kiln.state.controller import running
+                from kiln.state.lock import live_holder
+
+                holder, ctl = live_holder(self.store), running(self.store)
+                rollout["driven_by"] = (holder.describe() if holder else
+                                        ctl.describe() if ctl else None)
         current = self.current_release(name)
         return {"service": name, "listen": spec.listen,
                 "current": current.id if current else None,

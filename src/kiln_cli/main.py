@@ -247,6 +247,9 @@ def deploy(
     no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
     force: Annotated[bool, typer.Option("--force", help="Deploy again an image and config that "
                                                          "was just rolled back.")] = False,
+    detach: Annotated[bool, typer.Option(
+        "--detach", "-d", help="Return once the rollout is under way; it goes on in the "
+                               "background (follow it with `kiln status --watch`).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Bake, test and roll out what changed; returns when the rollout has settled."""
@@ -255,6 +258,17 @@ def deploy(
 
     def body() -> None:
         proj = project()
+        if detach:
+            from kiln_cli.detach import deploy_detached
+
+            args = [*(["-f", str(OPTS.file)] if OPTS.file else []), "deploy", *(services or []),
+                    *(["--skip-tests"] if skip_tests else []), *(["--no-cache"] if no_cache else []),
+                    *(["--force"] if force else [])]
+            code = deploy_detached(args, Path.cwd(), proj.home, proj.status,
+                                   lambda line: print(line, flush=True))
+            if code:
+                raise typer.Exit(code)
+            return
         printer = DeployPrinter(out(), quiet=as_json)
         result = proj.deploy(services, skip_tests=skip_tests, on_event=printer,
                              no_cache=no_cache, force=force)
@@ -268,12 +282,24 @@ def deploy(
 
 
 @app.command()
-def status(service: Annotated[str | None, typer.Argument()] = None, as_json: JsonOpt = False
+def status(service: Annotated[str | None, typer.Argument()] = None, as_json: JsonOpt = False,
+           watch: Annotated[bool, typer.Option(
+               "--watch", "-w", help="Follow open rollouts until they settle (exit 3 if one "
+                                     "was rolled back).")] = False,
            ) -> None:
     """Releases, weights, instances and the rollout step of each service."""
     from kiln_cli.render import status_view
 
     def body() -> None:
+        if watch:
+            from kiln_cli.detach import watch as follow
+
+            proj = project()
+            code = follow(lambda: proj.status(service), lambda line: print(line, flush=True))
+            out().print(status_view(proj.status(service)))
+            if code:
+                raise typer.Exit(code)
+            return
         data = project().status(service)
         if as_json:
             print_json(data)

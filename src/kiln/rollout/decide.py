@@ -221,8 +221,9 @@ def _health(s: Status, obs: Observation, r: Rollout, health_deadline: float
 
 
 def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[Action]]:
+    s.waiting = None
     if s.step >= len(r.steps):
-        return _full(s, obs, r, "all steps passed")
+        return _full(s, obs, r, _steps_summary(s))
     weight = r.steps[s.step].weight
     assert s.old is not None
     s.weights = {s.new: weight, s.old: 100 - weight}
@@ -231,6 +232,24 @@ def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[A
     return s, [SetWeights(dict(s.weights)),
                Record("rollout.step", f"step {s.step + 1}/{len(r.steps)}: {weight}% to {s.new}",
                       {"step": s.step, "weight": weight})]
+
+
+def _steps_summary(s: Status) -> str:
+    """How the steps ended, in true words: 'passed' only for steps the judge passed."""
+    ends: dict[int, str] = {}
+    for d in s.decisions:
+        if d.outcome in ("pass", "undecided", "promote"):
+            ends[d.step] = d.outcome
+    unjudged = sum(1 for o in ends.values() if o == "undecided")
+    manual = sum(1 for o in ends.values() if o == "promote")
+    if not unjudged and not manual:
+        return "all steps passed"
+    parts = []
+    if unjudged:
+        parts.append(f"{unjudged} without evidence (on_no_data promote)")
+    if manual:
+        parts.append(f"{manual} promoted by the user")
+    return "all steps done: " + ", ".join(parts)
 
 
 def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
@@ -276,8 +295,11 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
     if on_no_data == "promote":
         s.decisions.append(Decision(obs.now, s.step, weight, "undecided", v.reason,
                                     _plain(v.figures)))
+        note = Record("rollout.undecided", f"step {s.step + 1}: {weight}% undecided after its "
+                      f"pause ({v.reason}); on_no_data promote: going on", _plain(v.figures))
         s.step += 1
-        return _enter_step(s, obs, r)
+        s, actions = _enter_step(s, obs, r)
+        return s, [note, *actions]
     # on_no_data pause: keep judging (a later pass advances, a fail rolls back) until the
     # progress deadline, then give up and roll back.
     deadline = s.step_started + pause + r.progress_deadline

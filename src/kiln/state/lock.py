@@ -58,6 +58,17 @@ CONTROLLER_COMMAND = "kiln serve"
 """The lock command of `kiln serve`'s passes: held for a pass only, so others wait, not fail."""
 
 
+def live_holder(store: Store) -> LockInfo | None:
+    """Who holds the project lock now, if that process is still alive (status uses it to say
+    whether an open rollout is being driven or waits for `kiln deploy` to resume it)."""
+    row = store.one("SELECT * FROM lock WHERE id = 1")
+    if row is None:
+        return None
+    if row["host"] == socket.gethostname() and not pid_alive(row["pid"], row["pid_start"]):
+        return None
+    return LockInfo(row["pid"], row["host"], row["command"], row["started_at"])
+
+
 @contextmanager
 def project_lock(store: Store, command: str,
                  warn: Callable[[str], None] | None = None,

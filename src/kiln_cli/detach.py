@@ -1,0 +1,105 @@
+"""`kiln deploy --detach` and `kiln status --watch`: a rollout that goes on without a terminal.
+
+`--detach` runs the same deploy in a background process (its own session, output to a log file
+under `.kiln/logs/`), shows that output until the rollout is under way (a canary step or a
+rolling batch — the long part), then returns. `kiln status --watch` follows a rollout, whoever
+drives it, until it settles; if nobody drives it any more, `kiln deploy` resumes it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+UNDER_WAY = ("step", "roll", "drain_old")
+SETTLED = ("done", "standby")
+BAD = ("rolled_back", "failed", "aborted")
+
+
+def _kiln_command() -> list[str]:
+    exe = Path(sys.argv[0])
+    if exe.name == "kiln" and exe.is_file():
+        return [str(exe)]
+    return [sys.executable, "-c", "from kiln_cli.main import run; run()"]
+
+
+def _rollouts(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["service"]: s["rollout"] for s in status["services"] if s.get("rollout")}
+
+
+def deploy_detached(args: Sequence[str], cwd: Path, home: Path,
+                    status: Callable[[], dict[str, Any]], echo: Callable[[str], None],
+                    poll: float = 0.3) -> int:
+    """Start `kiln <args>` in the background; return 0 once one of its rollouts is under way
+    (or the background deploy's exit code if it ends first)."""
+    before = {name: ro["id"] for name, ro in _rollouts(status()).items()}
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*_kiln_command(), *args], cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "COLUMNS": "120"})
+    shown = 0
+
+    def show() -> None:
+        nonlocal shown
+        data = log.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end > shown:
+            for line in data[shown:end].decode("utf-8", "replace").splitlines():
+                echo(line)
+            shown = end
+
+    while True:
+        show()
+        code = proc.poll()
+        if code is not None:
+            show()
+            return code
+        for name, ro in _rollouts(status()).items():
+            mine = ro["id"] != before.get(name) or ro["phase"] not in SETTLED
+            if mine and ro["phase"] in UNDER_WAY:
+                echo(f"{name}: rollout #{ro['id']} goes on in the background (pid {proc.pid}); "
+                     f"follow it with `kiln status --watch`; output: {log}")
+                return 0
+        time.sleep(poll)
+
+
+def watch(status: Callable[[], dict[str, Any]], echo: Callable[[str], None],
+          poll: float = 0.5, timeout: float = 24 * 3600.0) -> int:
+    """Print each change of the services' rollouts until none is open; 3 if one that was open
+    ended rolled back, failed or aborted, 1 if an open rollout has nobody driving it."""
+    seen: dict[str, str] = {}
+    watched: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        open_ = False
+        for name, ro in _rollouts(status()).items():
+            if ro["phase"] not in SETTLED:
+                open_ = True
+                watched.add(name)
+            line = (f"{name}: rollout #{ro['id']} {ro['from'] or '(none)'} -> {ro['to']}: "
+                    f"{ro['phase']} (step {min(ro['step'] + 1, ro['steps'])}/{ro['steps']}) "
+                    f"{ro['waiting'] or ro['outcome'] or ''}").rstrip()
+            if seen.get(name) != line:
+                echo(line)
+                seen[name] = line
+            if ro["phase"] not in SETTLED and ro.get("driven_by") is None:
+                echo(f"{name}: no kiln command is driving rollout #{ro['id']}; "
+                     "`kiln deploy` resumes it")
+                return 1
+        if not open_:
+            outcomes = {name: ro["outcome"] for name, ro in _rollouts(status()).items()
+                        if name in watched}
+            for name, outcome in outcomes.items():
+                echo(f"{name}: settled: {outcome}")
+            return 3 if any(o in BAD for o in outcomes.values()) else 0
+        if time.monotonic() > deadline:
+            return 1
+        time.sleep(poll)
