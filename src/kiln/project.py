@@ -94,6 +94,8 @@ class Project:
 
         path = find_spec(Path.cwd(), spec_file)
         loaded = load_spec(path)
+        for line in loaded.spec.warnings():
+            (warn or (lambda msg: None))(f"{loaded.path}: {line}")
         return cls(loaded.spec, loaded.path, loaded.base_dir, default_home(loaded.base_dir), warn)
 
     # ------------------------------------------------------------ plumbing
@@ -103,6 +105,10 @@ class Project:
         if self._store is None:
             self._store = Store.open(self.home)
         return self._store
+
+    def backup_state(self, reason: str) -> None:
+        """A copy of state.db in .kiln/backups before a change (kept: the newest 10)."""
+        self.store.backup(reason)
 
     def close(self) -> None:
         if self._store is not None:
@@ -424,10 +430,23 @@ class Project:
         names = self._services(services)
         result = DeployResult()
         with self.locked("deploy " + " ".join(names)):
+            for name in names:  # a taken address is refused before any bake, test or process
+                self.router.check_listen(name, self.service(name).listen)
+            self.backup_state("deploy")
             self._sweep()
+            is_running = getattr(self.router, "is_running", None)
+            started_router = is_running is not None and not is_running()
             self.router.ensure_running()
-            for name in names:
-                result.services.append(self._deploy_one(name, skip_tests, emit, no_cache, force))
+            try:
+                for name in names:
+                    result.services.append(self._deploy_one(name, skip_tests, emit, no_cache,
+                                                            force))
+            except BaseException:
+                # A deploy that fails before anything serves leaves no router of its own behind.
+                if started_router and self.store.one(
+                        "SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
+                    self.router.stop()
+                raise
         return result
 
     def deploy_image(self, service: str, digest: str, *, force: bool = False,

@@ -128,7 +128,9 @@ def validate(file: FileOpt = None) -> None:
     from kiln.spec.loader import find_spec, load_spec
 
     def body() -> None:
-        load_spec(find_spec(Path.cwd(), file or OPTS.file))
+        loaded = load_spec(find_spec(Path.cwd(), file or OPTS.file))
+        for line in loaded.spec.warnings():
+            warn(f"{loaded.path}: {line}")
         sys.stdout.write("ok\n")
 
     guard(body)

@@ -291,11 +291,25 @@ class Reconciler:
                 time.sleep(self.tick)
         return status
 
+    def _keep_router(self) -> None:
+        """The router is part of the rollout: a router that died (SIGKILL, OOM) is restarted
+        with its recorded routing in the very next pass, then the rollout goes on by its rules
+        (its failed requests count against whichever release they hit)."""
+        is_running = getattr(self.env.router, "is_running", None)
+        if is_running is None or is_running():
+            return
+        began = time.monotonic()
+        self.env.router.ensure_running()
+        self.env.store.event("router.restarted",
+                             f"the router was not running; restarted with its routing in "
+                             f"{time.monotonic() - began:.2f}s", service=self.name)
+
     def step(self, status: Status, on_status: Callable[[Status], None] | None = None
              ) -> tuple[Status, bool]:
         """One pass: signal, observe, decide, act, persist. Returns the new status and whether
         it acted (a controller drives many rollouts by calling this in turn)."""
         status = self._take_signal(status)
+        self._keep_router()
         obs = self.observe(status)
         new_status, actions = decide(status, obs, self.service.rollout,
                                      self.service.health.deadline)

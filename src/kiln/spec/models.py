@@ -48,12 +48,52 @@ def parse_duration(value: Any) -> float:
         seconds = _finite(value, "expected a duration like 500ms, 30s or 5m")
         if seconds < 0:
             raise ValueError("expected a non-negative duration")
-        return seconds
+        return _capped(seconds)
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m:
-            return _finite(float(m.group(1)) * _UNITS[m.group(2)], "duration too large")
+            return _capped(_finite(float(m.group(1)) * _UNITS[m.group(2)],
+                                   "duration too large"))
     raise ValueError(f"expected a duration like 500ms, 30s or 5m, got {value!r}")
+
+
+MAX_DURATION = 30 * 24 * 3600.0
+"""No pause, timeout or deadline kiln waits on is longer than 30 days (`99999999999h` is a typo)."""
+
+
+def _capped(seconds: float) -> float:
+    if seconds > MAX_DURATION:
+        raise ValueError(f"duration {format_duration(seconds)} is longer than the 30 days "
+                         "kiln accepts (720h)")
+    return seconds
+
+
+def positive(seconds: float, what: str) -> float:
+    if seconds <= 0:
+        raise ValueError(f"{what} must be above 0, got {format_duration(seconds)}")
+    return seconds
+
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_ENV_VALUE = 32 * 1024
+"""Bytes per environment value (Linux allows 128 KiB per string; a 200 KB value fails exec)."""
+RISKY_ENV = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP",
+             "PYTHONHOME", "PYTHONINSPECT", "BASH_ENV", "ENV", "PATH")
+"""Keys that change what code runs: allowed, but `validate` warns about them."""
+
+
+def check_env(env: dict[str, str], what: str) -> dict[str, str]:
+    """Names a process can receive (no `=`, no NUL, shell-like), values without NUL, capped."""
+    for key, value in env.items():
+        if not ENV_NAME_RE.match(key):
+            raise ValueError(f"{what} name {key!r}: expected letters, digits and _ "
+                             "(not starting with a digit)")
+        if "\0" in value:
+            raise ValueError(f"{what} {key}: value contains a NUL byte")
+        if len(value.encode()) > MAX_ENV_VALUE:
+            raise ValueError(f"{what} {key}: value is {len(value.encode())} bytes, at most "
+                             f"{MAX_ENV_VALUE} allowed")
+    return env
 
 
 def format_duration(seconds: float) -> str:
@@ -130,6 +170,20 @@ class CopyStep(_Model):
     source: str = Field(alias="copy", min_length=1)
     to: str = "."
 
+    @field_validator("source")
+    @classmethod
+    def _inside_project(cls, v: str) -> str:
+        parts = [p for p in v.replace("\\", "/").split("/") if p not in ("", ".")]
+        depth = 0
+        for part in parts:
+            depth += -1 if part == ".." else 1
+            if depth < 0:
+                break
+        if v.startswith("/") or depth < 0 or "\0" in v:
+            raise ValueError(f"copy source {v!r} is outside the project: expected a path "
+                             "relative to kiln.yaml's folder")
+        return v
+
 
 class RunStep(_Model):
     """Run a shell command with the image root as working directory."""
@@ -142,6 +196,11 @@ class EnvStep(_Model):
     """Set environment variables for later `run` steps and for instances."""
 
     env: dict[str, str]
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v, "env")
 
 
 class WorkdirStep(_Model):
@@ -322,6 +381,11 @@ class Health(_Model):
     deadline: Duration = 30.0
     """How long new instances may take to become healthy before the rollout rolls back."""
 
+    @field_validator("interval", "timeout", "deadline")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        return positive(v, "a health check interval, timeout or deadline")
+
 
 class RolloutStep(_Model):
     weight: int = Field(ge=0, le=100)
@@ -403,6 +467,11 @@ class Rollout(_Model):
     def _check(self) -> Rollout:
         if self.strategy == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
             raise ValueError("rolling needs max_surge or max_unavailable above 0")
+        for before, after in zip(self.steps, self.steps[1:], strict=False):
+            if after.weight < before.weight:
+                raise ValueError(f"steps: weight goes down from {before.weight} to "
+                                 f"{after.weight}; each step must keep or raise the canary's "
+                                 "share (use `kiln abort` to take it back)")
         return self
 
 
@@ -428,9 +497,25 @@ class ServiceSpec(_Model):
                     if isinstance(x, int | float | bool) else x for k, x in v.items()}
         return v
 
+    @field_validator("env", mode="after")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v, "env")
+
+    @field_validator("stop_timeout")
+    @classmethod
+    def _stop_timeout(cls, v: float) -> float:
+        return positive(v, "stop_timeout")
+
+    def env_warnings(self) -> list[str]:
+        """Keys that change which code runs (LD_PRELOAD, PYTHONPATH...): allowed, but said."""
+        return [f"env {k} changes what code the instance runs; make sure it is meant"
+                for k in [*self.env, *self.secrets] if k in RISKY_ENV]
+
     @field_validator("secrets")
     @classmethod
     def _secret_refs(cls, v: dict[str, str]) -> dict[str, str]:
+        check_env({k: "" for k in v}, "secret")
         for key, ref in v.items():
             if not re.match(r"^(env|file):.+$", ref):
                 raise ValueError(f"secret {key}: expected env:NAME or file:PATH, got {ref!r}")
@@ -493,3 +578,14 @@ class Spec(_Model):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def warnings(self) -> list[str]:
+        """Legal but worth a second look (env keys like LD_PRELOAD), one line each."""
+        out = [f"services.{name}.{w}" for name, svc in self.services.items()
+               for w in svc.env_warnings()]
+        for name, img in self.images.items():
+            for step in img.steps:
+                if isinstance(step, EnvStep):
+                    out += [f"images.{name}: env {k} changes what code runs; make sure it is "
+                            "meant" for k in step.env if k in RISKY_ENV]
+        return out

@@ -157,7 +157,8 @@ class Store:
     @classmethod
     def open(cls, home: Path) -> Store:
         try:
-            home.mkdir(parents=True, exist_ok=True)
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private(home, 0o700)
             probe = home / f".probe-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -166,20 +167,51 @@ class Store:
                 f"state directory {home} is not writable: {exc.strerror or exc}",
                 hint="set KILN_HOME to a writable folder",
             ) from exc
+        db = home / "state.db"
+        _refuse_lost_state(home, db)
         try:
-            conn = sqlite3.connect(
-                home / "state.db", timeout=30.0, isolation_level=None, check_same_thread=False
-            )
+            fd = os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            conn = sqlite3.connect(db, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
+            check = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            if check != ["ok"]:
+                conn.close()
+                raise StateError(f"state database {db} is damaged ({check[0]})",
+                                 hint=_recovery(home))
+            for path in (db, home / "state.db-wal", home / "state.db-shm"):
+                _private(path, 0o600)
             store = cls(conn, home)
             store._migrate()
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open state database {home / 'state.db'}: {exc}") from exc
+            raise StateError(f"cannot open state database {db}: {exc}",
+                             hint=_recovery(home)) from exc
+        except OSError as exc:
+            raise StateError(f"cannot open state database {db}: {exc.strerror or exc}") from exc
         return store
+
+    def backup(self, reason: str, keep: int = 10) -> Path:
+        """A consistent copy of the database (SQLite's online backup) in home/backups, taken
+        before each migration and each deploy; the newest `keep` are kept."""
+        folder = self.home / "backups"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        path = folder / f"state-{stamp}-{int(time.time() * 1000) % 1000:03d}-{reason}.db"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        target = sqlite3.connect(path)
+        try:
+            self.conn.backup(target)
+        finally:
+            target.close()
+        for old in sorted(folder.glob("state-*.db"))[:-keep]:
+            old.unlink(missing_ok=True)
+        return path
 
     def close(self) -> None:
         self.conn.close()
@@ -191,6 +223,8 @@ class Store:
                 f"state database schema v{version} is newer than this kiln (v{SCHEMA_VERSION})",
                 hint="upgrade kiln",
             )
+        if 0 < version < SCHEMA_VERSION:
+            self.backup(f"v{version}-migration")
         for number in range(version, SCHEMA_VERSION):
             with self.tx() as c:
                 c.executescript_in_tx(MIGRATIONS[number])
@@ -225,6 +259,41 @@ class Store:
             return self.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
         return self.query("SELECT * FROM events WHERE service = ? ORDER BY id DESC LIMIT ?",
                           (service, limit))
+
+
+def _private(path: Path, mode: int) -> None:
+    """State, logs and keys are the operator's alone (0700 folders, 0600 files)."""
+    try:
+        if path.exists() and path.stat().st_uid == os.geteuid():
+            os.chmod(path, mode)
+    except OSError:
+        pass
+
+
+def _recovery(home: Path) -> str:
+    backups = sorted((home / "backups").glob("state-*.db")) if (home / "backups").is_dir() else []
+    if backups:
+        return (f"restore the newest backup: cp {backups[-1]} {home / 'state.db'} "
+                f"(and remove {home / 'state.db-wal'}), then `kiln drift`")
+    return (f"no backup in {home / 'backups'}: move {home} away and deploy again "
+            "(stop what still runs first)")
+
+
+def _refuse_lost_state(home: Path, db: Path) -> None:
+    """An empty or missing state.db beside images or instance folders was truncated or deleted:
+    starting afresh would renumber releases and overwrite reports while instances still run."""
+    try:
+        empty = not db.exists() or db.stat().st_size == 0
+    except OSError:
+        return
+    if not empty:
+        return
+    leftovers = [name for name in ("images", "instances")
+                 if (home / name).is_dir() and any((home / name).iterdir())]
+    if leftovers:
+        raise StateError(f"state database {db} is {'empty' if db.exists() else 'missing'} but "
+                         f"{home} still holds {' and '.join(leftovers)}: it was truncated or "
+                         "deleted", hint=_recovery(home))
 
 
 class _Tx:

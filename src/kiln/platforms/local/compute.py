@@ -125,33 +125,45 @@ class LocalCompute:
             c.event("instance.launch", f"launching {instance_id} on {host}:{service.port}",
                     service=service_name,
                     data={"instance": instance_id, "release": release.id, "kind": kind})
-        scratch = folder / "scratch"
-        (scratch / "tmp").mkdir(parents=True, exist_ok=True)
-        base = environment.base_env(root, scratch, os.environ)
-        kiln = environment.kiln_vars(host, service.port, service_name, release.id, instance_id)
-        stored_env = environment.instance_env(base=base, image_env=image.env,
-                                              service_env=service.env, extra_env={}, kiln=kiln)
-        full_env = environment.instance_env(base=base, image_env=image.env,
-                                            service_env=service.env, extra_env=secret_env,
-                                            kiln=kiln)
-        sandbox = Sandbox(root, scratch, self.sandbox_mode, uid=instance_uid(instance_id),
-                          read_only=(*runtime_paths(root), *service.read_only_paths))
-        sandbox.prepare_scratch()
-        _write_json(folder / "instance.json", {
-            "root": str(root), "scratch": str(scratch), "sandbox": sandbox.mode,
-            "uid": sandbox.uid, "read_only": list(sandbox.read_only),
-            "command": service.command, "env": stored_env,
-            "secret_keys": sorted(secret_env),  # names only, never values
-        })
-        with open(folder / "log", "ab") as log:
-            proc, pid = sandbox.spawn(service.command, full_env, log)
-        self._procs[instance_id] = proc
-        pid_start = pid_start_time(pid) or _EXITED
-        _write_json(folder / "pid", {"pid": pid, "pid_start": pid_start, "pgid": proc.pid,
-                                     "pgid_start": pid_start_time(proc.pid) or _EXITED})
-        handle = LocalHandle(pid, pid_start, str(folder)).to_map()
-        with self.store.tx() as c:
-            instance_rows.set_handle(c, instance_id, handle)
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            scratch = folder / "scratch"
+            (scratch / "tmp").mkdir(parents=True, exist_ok=True)
+            base = environment.base_env(root, scratch, os.environ)
+            kiln = environment.kiln_vars(host, service.port, service_name, release.id, instance_id)
+            stored_env = environment.instance_env(base=base, image_env=image.env,
+                                                  service_env=service.env, extra_env={}, kiln=kiln)
+            full_env = environment.instance_env(base=base, image_env=image.env,
+                                                service_env=service.env, extra_env=secret_env,
+                                                kiln=kiln)
+            sandbox = Sandbox(root, scratch, self.sandbox_mode, uid=instance_uid(instance_id),
+                              read_only=(*runtime_paths(root), *service.read_only_paths))
+            sandbox.prepare_scratch()
+            _write_json(folder / "instance.json", {
+                "root": str(root), "scratch": str(scratch), "sandbox": sandbox.mode,
+                "uid": sandbox.uid, "read_only": list(sandbox.read_only),
+                "command": service.command, "env": stored_env,
+                "secret_keys": sorted(secret_env),  # names only, never values
+            })
+            with os.fdopen(os.open(folder / "log", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                   0o600), "ab") as log:
+                proc, pid = sandbox.spawn(service.command, full_env, log)
+            self._procs[instance_id] = proc
+            pid_start = pid_start_time(pid) or _EXITED
+            _write_json(folder / "pid", {"pid": pid, "pid_start": pid_start, "pgid": proc.pid,
+                                         "pgid_start": pid_start_time(proc.pid) or _EXITED})
+            handle = LocalHandle(pid, pid_start, str(folder)).to_map()
+            with self.store.tx() as c:
+                instance_rows.set_handle(c, instance_id, handle)
+        except BaseException:
+            # A launch that fails half-way leaves neither a process nor a live row behind.
+            if proc is not None:
+                kill_group(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5.0)
+            with contextlib.suppress(Exception):
+                set_state(self.store, instance_id, "dead")
+            raise
         return Instance(id=instance_id, service=service_name, release_id=release.id, host=host,
                         port=service.port, handle=handle)
 

@@ -1,0 +1,93 @@
+"""State that was truncated, swapped or damaged is refused with one line naming the recovery;
+backups are taken before migrations and deploys; state and logs are the operator's alone."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from kiln.errors import StateError
+from kiln.state.store import Store
+
+
+def make(home: Path) -> None:
+    store = Store.open(home)
+    store.event("test", "something happened")
+    store.close()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_permissions(tmp_path: Path) -> None:
+    home = tmp_path / ".kiln"
+    make(home)
+    assert mode(home) == 0o700
+    assert mode(home / "state.db") == 0o600
+
+
+def test_a_truncated_state_beside_instances_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / ".kiln"
+    make(home)
+    (home / "instances" / "web-r1-abc").mkdir(parents=True)
+    Store.open(home).backup("deploy")
+    (home / "state.db").write_bytes(b"")
+    (home / "state.db-wal").unlink(missing_ok=True)
+    with pytest.raises(StateError) as info:
+        Store.open(home)
+    text = str(info.value)
+    assert "is empty" in text and "truncated or deleted" in text
+    assert "restore the newest backup: cp " in text and "\n" not in text
+    assert (home / "state.db").stat().st_size == 0  # nothing was written over it
+
+
+def test_a_damaged_page_is_refused_with_the_recovery(tmp_path: Path) -> None:
+    home = tmp_path / ".kiln"
+    store = Store.open(home)
+    with store.tx() as c:
+        for i in range(300):
+            c.event("fill", "x" * 200 + str(i))
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = bytearray((home / "state.db").read_bytes())
+    page = 4096
+    data[page * 3:page * 4] = b"\xde\xad\xbe\xef" * (page // 4)  # one garbage page
+    (home / "state.db").write_bytes(bytes(data))
+    with pytest.raises(StateError) as info:
+        Store.open(home)
+    assert "state.db" in str(info.value)
+    assert "backup" in str(info.value) or "move" in str(info.value)
+
+
+def test_not_a_database_at_all(tmp_path: Path) -> None:
+    home = tmp_path / ".kiln"
+    home.mkdir()
+    (home / "state.db").write_bytes(b"garbage" * 1000)
+    with pytest.raises(StateError, match="cannot open state database"):
+        Store.open(home)
+
+
+def test_backups_are_consistent_and_bounded(tmp_path: Path) -> None:
+    home = tmp_path / ".kiln"
+    store = Store.open(home)
+    paths = [store.backup("deploy", keep=3) for _ in range(5)]
+    kept = sorted((home / "backups").glob("state-*.db"))
+    assert len(kept) == 3 and kept[-1] == paths[-1]
+    assert mode(kept[-1]) == 0o600
+    with sqlite3.connect(kept[-1]) as conn:
+        assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    store.close()
+
+
+def test_migration_takes_a_backup(tmp_path: Path) -> None:
+    home = tmp_path / ".kiln"
+    make(home)
+    with sqlite3.connect(home / "state.db") as conn:
+        conn.execute("PRAGMA user_version=3")  # as if an older kiln wrote it
+        conn.execute("DROP TABLE IF EXISTS controller")
+    Store.open(home).close()
+    assert list((home / "backups").glob("state-*-v3-migration.db"))
