@@ -89,33 +89,85 @@ class VersionWatch:
         conn.close()
 
 
-def overhead(runs: int) -> dict[str, float]:
-    deploys, anchors, to_full = [], [], []
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _router_pid(proj: Proj) -> int | None:
+    import json
+
+    for pidfile in (proj.dir / ".kiln" / "router" / "traefik.pid",
+                    proj.dir / ".kiln" / "haproxy" / "haproxy.pid"):
+        try:
+            return int(json.loads(pidfile.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+class PeakRSS:
+    """Samples a process's RSS every 20 ms until it exits; keeps the peak (kB)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and Path(f"/proc/{self.pid}").exists():
+            self.peak = max(self.peak, _rss_kb(self.pid))
+            time.sleep(0.02)
+
+
+def overhead(runs: int, router: str = "traefik") -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {k: [] for k in (
+        "anchor_healthy_s", "deploy_wall_s", "to_100_s", "overhead_s", "deploy_rss_mb",
+        "router_rss_mb")}
     for i in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
-            proj = make_project(Path(tmp))
+            proj = make_project(Path(tmp), router=router)
             proj.write(rollout=CANARY0)
             try:
                 assert proj.kiln("deploy").returncode == 0
-                anchors.append(app_start_to_healthy(proj))
+                anchor = app_start_to_healthy(proj)
                 proj.behave(version=f"v{i + 2}")
                 assert proj.kiln("bake").returncode == 0  # bake is not rollout overhead
                 watch = VersionWatch(proj.listen, f"v{i + 2}")
                 watch.thread.start()
                 t0 = time.perf_counter()
-                res = proj.kiln("deploy", "--skip-tests")
+                deploy = subprocess.Popen([KILN, "deploy", "--skip-tests"], cwd=proj.dir,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True)
+                peak = PeakRSS(deploy.pid)
+                text, _ = deploy.communicate(timeout=180)
                 t1 = time.perf_counter()
                 watch.stop.set()
                 watch.thread.join()
-                assert res.returncode == 0, res.stdout + res.stderr
-                deploys.append(t1 - t0)
-                to_full.append(watch.last_old - t0)
+                peak.thread.join(timeout=5)
+                assert deploy.returncode == 0, text
+                rpid = _router_pid(proj)
+                out["anchor_healthy_s"].append(anchor)
+                out["deploy_wall_s"].append(t1 - t0)
+                out["to_100_s"].append(watch.last_old - t0)
+                out["overhead_s"].append(watch.last_old - t0 - anchor)
+                out["deploy_rss_mb"].append(peak.peak / 1024)
+                out["router_rss_mb"].append(_rss_kb(rpid) / 1024 if rpid else 0.0)
             finally:
                 teardown(proj)
-    a = statistics.median(anchors)
-    return {"anchor_healthy_s": a, "deploy_wall_s": statistics.median(deploys),
-            "to_100_s": statistics.median(to_full),
-            "overhead_s": statistics.median(to_full) - a}
+    return out
+
+
+def spread(values: list[float], unit: str = "s") -> str:
+    """min / median / max."""
+    return (f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f} {unit}"
+            if values else "-")
 
 
 SCENARIOS = ["canary deploy", "promote", "abort", "rollback", "blue-green switch",
@@ -199,15 +251,28 @@ def zero_failures(rate: float, per_scenario: float) -> list[tuple[str, str, floa
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer runs, shorter load")
+    ap.add_argument("--runs", type=int, default=0, help="overhead runs (default 3; 1 with --quick)")
+    ap.add_argument("--router", action="append", choices=["traefik", "haproxy"],
+                    help="router(s) for the overhead part (default: both)")
+    ap.add_argument("--overhead-only", action="store_true")
     args = ap.parse_args()
-    runs = 1 if args.quick else 3
-    print("## Rollout overhead (canary, zero pauses, 3 replicas)")
-    o = overhead(runs)
-    print(f"| app start-to-healthy (anchor) | {o['anchor_healthy_s']:.2f} s |")
-    print(f"| deploy start -> 100% new | {o['to_100_s']:.2f} s |")
-    print(f"| overhead (difference) | {o['overhead_s']:.2f} s (target <= 1.0 s) |")
-    print(f"| whole `kiln deploy` wall time (incl. drain, startup) | {o['deploy_wall_s']:.2f} s |")
-    print()
+    args.router = args.router or ["traefik", "haproxy"]
+    runs = args.runs or (1 if args.quick else 3)
+    for router in args.router:
+        print(f"## Rollout overhead on {router} (canary, zero pauses, 3 replicas; "
+              f"min / median / max of {runs})")
+        o = overhead(runs, router)
+        print("| figure | value |\n|---|---|")
+        print(f"| app start-to-healthy (anchor) | {spread(o['anchor_healthy_s'])} |")
+        print(f"| deploy start -> 100% new | {spread(o['to_100_s'])} |")
+        print(f"| overhead (difference, per run) | {spread(o['overhead_s'])} |")
+        print(f"| whole `kiln deploy` wall time (incl. drain, startup) | "
+              f"{spread(o['deploy_wall_s'])} |")
+        print(f"| peak RSS of `kiln deploy` | {spread(o['deploy_rss_mb'], 'MB')} |")
+        print(f"| router RSS after the rollout | {spread(o['router_rss_mb'], 'MB')} |")
+        print(flush=True)
+    if args.overhead_only:
+        return 0
     print("## Zero failed requests under load")
     rows = zero_failures(rate=150, per_scenario=5 if args.quick else 25)
     total = failed = 0

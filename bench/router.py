@@ -1,12 +1,14 @@
-"""Router overhead: requests/s and p50/p99 through Traefik vs direct to one instance, same run.
+"""Router throughput: requests/s and p50/p99 through Traefik, kiln's HAProxy driver and a raw
+HAProxy on the same config, against the backend direct, same run.
 
-The backend is the demo shop app (stdlib ThreadingHTTPServer) in a subprocess on loopback; the
-router is kiln's TraefikRouter with that one instance at weight 100. Load is wrk (2 threads,
-32 connections, bounded duration), direct first (the anchor), then through Traefik, for each
-round. Prints a markdown table and the ratios against the direct anchor, and writes the figures
-to bench/results/router-<time>.json.
+The backend is a tiny C server (bench/fastserver.c, built with gcc; `--backend app` for the demo
+shop app instead), so the router is the bottleneck. kiln's TraefikRouter and HAProxyRouter each
+route one service to it at weight 100; the raw HAProxy runs the very config file the driver
+rendered, started by hand (the driver's anchor: it must reach >= 0.9x of it). Load is wrk
+(2 threads, 32 connections, bounded duration), the targets interleaved in each round. Prints
+min / median / max and the ratios, and writes bench/results/router-<time>.json.
 
-    .venv/bin/python bench/router.py [--duration 5] [--rounds 1]
+    .venv/bin/python bench/router.py [--duration 5] [--rounds 3] [--backend fast|app]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kiln.platforms.base import Backend
+from kiln.platforms.local.haproxy_router import HAProxyRouter
 from kiln.platforms.local.router import TraefikRouter
 from kiln.platforms.local.traefik_process import free_port, http_get
 from kiln.spec.models import ServiceSpec
@@ -115,47 +119,121 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+FAST_SERVER = ROOT / "bench" / "fastserver.c"
+
+
+def start_fast(address: str, build_dir: Path) -> subprocess.Popen[bytes]:
+    """The tiny C backend (bench/fastserver.c), compiled with gcc into `build_dir`."""
+    binary = build_dir / "fastserver"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(FAST_SERVER)], check=True)
+    host, _, port = address.rpartition(":")
+    proc = subprocess.Popen([str(binary), host, port], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while http_get(f"http://{address}/", timeout=0.5)[0] != 200:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"the fast backend did not answer on {address}")
+        time.sleep(0.02)
+    return proc
+
+
+def start_raw_haproxy(router: HAProxyRouter, listen: str, home: Path) -> subprocess.Popen[bytes]:
+    """HAProxy on the config kiln's driver rendered (same frontend, backend, servers, log
+    format), started by hand on another port and admin socket: the driver's anchor."""
+    text = router.config_path.read_text()
+    bound = re.search(r"^\s+bind (\S+)$", text, re.M)
+    assert bound is not None
+    text = text.replace(f"bind {bound.group(1)}", f"bind {listen}")
+    text = text.replace(str(router.socket_path), str(home / "raw.sock"))
+    cfg = home / "raw.cfg"
+    cfg.write_text(text)
+    with open(home / "raw-access.log", "ab") as log:
+        proc = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=log,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while http_get(f"http://{listen}/", timeout=0.5)[0] != 200:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("raw haproxy did not start")
+        time.sleep(0.02)
+    return proc
+
+
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    """min / median / max."""
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--backend", choices=["fast", "app"], default="fast",
+                    help="fast: bench/fastserver.c (gcc); app: the demo shop app (Python)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
 
     backend = f"127.0.0.2:{free_port('127.0.0.2')}"
-    listen = f"127.0.0.1:{free_port()}"
+    listens = {t: f"127.0.0.1:{free_port()}" for t in ("traefik", "haproxy", "haproxy-raw")}
     home = Path(tempfile.mkdtemp(prefix="kiln-bench-router-"))
-    router = TraefikRouter(home, "bench")
-    app = start_app(backend)
+    traefik = TraefikRouter(home / "t", "bench")
+    haproxy = HAProxyRouter(home / "h", "bench")
+    app = start_fast(backend, home) if args.backend == "fast" else start_app(backend)
+    raw: subprocess.Popen[bytes] | None = None
     results: list[Result] = []
     try:
-        svc = ServiceSpec(image="app", command="python -m app", listen=listen)
-        router.set_backends("web", svc, [Backend("web-r1", 100, [backend])])
-        for url in (f"http://{backend}/", f"http://{listen}/"):  # warm both paths up
-            wrk(url, 1, args.threads, args.connections)
-        for rnd in range(1, args.rounds + 1):
-            for target, addr in (("direct", backend), ("traefik", listen)):
+        for name, router in (("traefik", traefik), ("haproxy", haproxy)):
+            svc = ServiceSpec(image="app", command="x", listen=listens[name],
+                              health={"path": "/", "interval": "1s"})
+            router.set_backends("web", svc, [Backend("web-r1", 100, [backend])])
+        raw = start_raw_haproxy(haproxy, listens["haproxy-raw"], home)
+        targets = {"direct": backend, **listens}
+        for addr in targets.values():  # warm every path up
+            wrk(f"http://{addr}/", 1, args.threads, args.connections)
+        for rnd in range(1, args.rounds + 1):  # interleaved, so drift hits all alike
+            for target, addr in targets.items():
                 out = wrk(f"http://{addr}/", args.duration, args.threads, args.connections)
                 results.append(parse_wrk(target, rnd, out))
     finally:
-        router.stop()
+        traefik.stop()
+        haproxy.stop()
+        if raw is not None:
+            os.killpg(raw.pid, signal.SIGKILL)
+            raw.wait()
         stop_app(app)
         shutil.rmtree(home, ignore_errors=True)
 
-    def mean(target: str, field: str) -> float:
-        vals: list[float] = [getattr(r, field) for r in results if r.target == target]
-        return float(sum(vals)) / len(vals)
+    def vals(target: str, field: str) -> list[float]:
+        return [float(getattr(r, field)) for r in results if r.target == target]
 
-    ratios = {f: mean("traefik", f) / mean("direct", f) for f in ("rps", "p50_ms", "p99_ms")}
-    print(f"Router overhead: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, "
-          f"demo shop app (1 instance), Traefik {router_version()}, {os.cpu_count()} CPUs\n")
+    def med(target: str, field: str) -> float:
+        return statistics.median(vals(target, field))
+
+    print(f"Router throughput: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, "
+          f"{args.rounds} interleaved rounds, backend {args.backend}, Traefik {router_version()}, "
+          f"{haproxy_version()}, {os.cpu_count()} CPUs\n")
     print(table(results))
-    print()
-    print("| ratio traefik/direct | req/s | p50 | p99 |\n|---|---|---|---|")
-    print(f"| | {ratios['rps']:.2f}x | {ratios['p50_ms']:.2f}x | {ratios['p99_ms']:.2f}x |")
+    print("\n| target | req/s min / median / max | p99 ms min / median / max | errors |")
+    print("|---|---|---|---|")
+    for t in targets:
+        print(f"| {t} | {spread(vals(t, 'rps'))} | {spread(vals(t, 'p99_ms'), '{:.2f}')} | "
+              f"{int(sum(vals(t, 'errors')))} |")
+    ratios = {
+        "haproxy driver / raw haproxy (req/s)": med("haproxy", "rps") / med("haproxy-raw", "rps"),
+        "traefik / raw haproxy (req/s)": med("traefik", "rps") / med("haproxy-raw", "rps"),
+        "traefik / haproxy driver (req/s)": med("traefik", "rps") / med("haproxy", "rps"),
+        "traefik / direct (req/s)": med("traefik", "rps") / med("direct", "rps"),
+        "haproxy driver / direct (req/s)": med("haproxy", "rps") / med("direct", "rps"),
+        "traefik / haproxy driver (p99)": med("traefik", "p99_ms") / med("haproxy", "p99_ms"),
+        "traefik / raw haproxy (p99)": med("traefik", "p99_ms") / med("haproxy-raw", "p99_ms"),
+    }
+    print("\n| ratio (medians) | value |\n|---|---|")
+    for k, v in ratios.items():
+        print(f"| {k} | {v:.2f}x |")
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"router-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -163,6 +241,12 @@ def main() -> int:
                                 "ratios": ratios}, indent=2))
     print(f"\nwritten to {path.relative_to(ROOT)}")
     return 1 if any(r.errors for r in results) else 0
+
+
+def haproxy_version() -> str:
+    res = subprocess.run(["haproxy", "-v"], capture_output=True, text=True, timeout=10)
+    m = re.search(r"version (\S+)", res.stdout)
+    return f"HAProxy {m.group(1) if m else '?'}"
 
 
 def router_version() -> str:

@@ -33,6 +33,8 @@ from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
 
 LIVE_STATES = ("starting", "running", "draining")
+FAST_TICK = 0.02
+"""Seconds between passes while waiting on health or a drain (a probe, not a timer)."""
 
 
 class JudgeFn(Protocol):
@@ -288,7 +290,10 @@ class Reconciler:
                                 f"(phase {status.phase})")
             status, acted = self.step(status, on_status)
             if not acted and status.phase not in until:
-                time.sleep(self.tick)
+                # Judging a step or holding a standby is measured in seconds; everything else
+                # waits on a probe (health, drain) and moves on as soon as it answers.
+                slow = status.phase in ("step", "standby")
+                time.sleep(self.tick if slow else min(self.tick, FAST_TICK))
         return status
 
     def _keep_router(self) -> None:

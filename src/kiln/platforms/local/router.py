@@ -251,7 +251,7 @@ class TraefikRouter:
                     f"Traefik did not apply the routing of service {service_name} within "
                     f"{self.apply_deadline:.0f}s: wanted {want}, it serves {seen}"
                     + (f"\n{tail}" if tail else ""))
-            time.sleep(0.03)
+            time.sleep(0.01)
 
     def _api(self, admin: str, path: str) -> dict[str, Any] | None:
         status, body = traefik_process.http_get(f"http://{admin}{path}", timeout=2.0)
