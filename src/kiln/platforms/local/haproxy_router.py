@@ -312,10 +312,24 @@ class HAProxyRouter:
                     cmds.append(f"set server {be}/{s.name} state ready")
         gone = [name for name in live if name not in {s.name for s in servers}]
         cmds += [f"set server {be}/{name} state maint" for name in gone]
-        out = self.api.run(*[c for c in cmds if c])
+        out = self.api.run(*cmds)
         self._check_answer(out)
-        if gone:  # refused while a connection (in flight or idle) remains: retried next time
-            self.api.run(*[f"del server {be}/{name}" for name in gone])
+        if gone:
+            self.collect(service_name)
+
+    def collect(self, service_name: str) -> int:
+        """Delete the service's servers that left the routing (in maintenance); HAProxy refuses
+        while one still holds a connection, in flight or idle, so this is retried by later
+        changes and by verify(). Returns how many are still waiting."""
+        svc = self._load_state()["services"].get(service_name) or {}
+        keep = {s.name for s in self._wanted(svc)[0]} if svc else set()
+        be = hc.backend_name(service_name)
+        gone = [st.name for st in self._stats() if st.backend == be and st.name not in keep
+                and st.status.startswith("MAINT")]
+        if not gone:
+            return 0
+        out = self.api.run(*[f"del server {be}/{name}" for name in gone])
+        return len(gone) - out.count("Server deleted.")
 
     @staticmethod
     def _check_answer(out: str) -> None:
@@ -356,6 +370,7 @@ class HAProxyRouter:
         if svc is None:
             return {}
         try:
+            self.collect(service_name)
             return self._served(service_name, svc)
         except PlatformError:
             return {}
