@@ -51,7 +51,9 @@ def main() -> int:
     shutil.copytree(ROOT / "examples" / "shop", work, dirs_exist_ok=True)
     port = os.environ.get("KILN_DEMO_PORT", "8080")
     spec = work / "kiln.yaml"
-    spec.write_text(spec.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+    router = os.environ.get("KILN_DEMO_ROUTER", "traefik")  # traefik | haproxy
+    spec.write_text(spec.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+                    .replace("platform: local\n", f"platform: local\nrouter: {router}\n"))
     listen = f"127.0.0.1:{port}"
     times: dict[str, float] = {}
     load: Load | None = None
