@@ -3,8 +3,11 @@ late samples, the Prometheus cross-check with counter resets, the series kept fo
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
+from kiln.analysis.accesslog import AccessLogSource
 from kiln.analysis.live import CounterTrack, LiveJudge, prometheus_counts
 from kiln.platforms.base import Sample
 from kiln.platforms.fake.metrics import FakeMetricSource
@@ -159,3 +162,25 @@ def test_crosscheck_after_a_router_restart() -> None:
 
 def test_no_counter_no_crosscheck() -> None:
     assert LiveJudge(FakeMetricSource(), "web", Analysis()).crosscheck() is None
+
+
+def test_a_dropped_access_log_line_is_reported(tmp_path: Path) -> None:
+    """The real reader on a real file: 40 requests counted by the router, 39 lines logged."""
+    log = tmp_path / "access.log"
+    log.write_text("")
+    source = AccessLogSource(log, lambda addr: None)
+    counter = Counter()
+    judge = LiveJudge(source, "web", Analysis(), counter=counter)
+    status = rollout(judge)
+    t0 = time.time()
+    lines = [json.dumps({"ServiceName": "kiln-web-r2@file", "DownstreamStatus": 200,
+                         "Duration": 1_500_000_000 if i % 10 == 0 else 2_000_000,
+                         "StartUTC": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t0 + i))
+                         + "Z"}) + "\n" for i in range(40)]
+    with log.open("a") as f:
+        f.writelines(lines[:25] + lines[26:])  # line 25 never reaches the log
+    counter.add("web-r2", 40)
+    judge(status, t0 + 41)
+    check = judge.crosscheck(catch_up=0.3)
+    assert check is not None and not check["agree"]
+    assert check["releases"]["web-r2"] == {"prometheus": 40, "access_log": 39, "lost": 1}

@@ -126,6 +126,9 @@ def status_view(data: dict[str, Any]) -> RenderableType:
             parts.append(Text(f"  rollout #{ro['id']} {ro['strategy']} {ro['from'] or '-'} -> "
                               f"{ro['to']}: {ro['phase']} (step {ro['step'] + 1}/{ro['steps']})"
                               f" {ro['outcome'] or ''} {ro['waiting'] or ro['reason'] or ''}"))
+            if ro["phase"] not in ("done", "standby") and not ro.get("driven_by", True):
+                parts.append(Text("  nothing is driving this rollout now (the figures above are "
+                                  "from when it stopped): `kiln deploy` resumes it"))
         table = Table(box=None, pad_edge=False)
         for col in ("RELEASE", "WEIGHT", "INSTANCE", "ADDRESS", "HANDLE", "STATE", "HEALTH"):
             table.add_column(col)
