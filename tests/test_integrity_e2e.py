@@ -74,3 +74,29 @@ def test_a_tampered_image_is_refused_or_rebuilt_by_every_command(proj: Proj) -> 
     ok(proj, "deploy")
     assert "evil" not in target.read_text()
     assert sum("rebuilding" in m for m in events(proj, "image.tampered")) == 3
+
+
+def test_drift_reports_processes_and_a_router_the_state_does_not_know(proj: Proj) -> None:
+    ok(proj, "deploy")
+    pids = proj.live_pids()
+    with sqlite3.connect(proj.dir / ".kiln" / "state.db") as conn:  # as if the state was lost
+        conn.execute("UPDATE instances SET state = 'stopped'")
+        conn.execute("DELETE FROM routes")
+    res = proj.kiln("drift", "--json")
+    assert res.returncode == 1, res.stdout + res.stderr
+    items = json.loads(res.stdout)
+    unknown = [i for i in items if i["kind"] == "unknown-process"]
+    assert len(unknown) == len(pids) == 3, items
+    assert {i["kind"] for i in items} >= {"unknown-process", "unknown-router"}
+    ok(proj, "destroy")
+    assert proj.live_pids() == [], "destroy stops what the state forgot too"
+
+
+def test_kiln_test_does_not_demand_the_services_secrets(proj: Proj) -> None:
+    spec = proj.dir / "kiln.yaml"
+    spec.write_text(spec.read_text().replace(
+        "    replicas:", "    secrets: {DB_PASSWORD: env:KILN_E2E_UNSET_SECRET}\n    replicas:"))
+    res = proj.kiln("test")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "DB_PASSWORD left out of the test instance" in res.stderr
+    assert "KILN_E2E_UNSET_SECRET is not set" in res.stderr

@@ -9,7 +9,8 @@ from kiln.rollout.executor import instances_of
 
 
 def detect(project: Project) -> list[dict[str, Any]]:
-    """Each item: kind (dead-instance | router | tampered-image), service, detail."""
+    """Each item: kind (dead-instance | router | tampered-image | unknown-process |
+    unknown-router), service, detail."""
     items: list[dict[str, Any]] = []
     store = project.store
     for name in project.spec.services:
@@ -35,6 +36,17 @@ def detect(project: Project) -> list[dict[str, Any]]:
                 if want != got:
                     items.append({"kind": "router", "service": name,
                                   "detail": f"router serves {got}, state says {want}"})
+    orphans = getattr(project.compute, "orphans", None)
+    for name, pid, _start in orphans() if orphans is not None else []:
+        items.append({"kind": "unknown-process", "service": None,
+                      "detail": f"process {pid} of instance {name} runs but the state does not "
+                                "record it (the next `kiln deploy` or `kiln destroy` stops it)"})
+    is_running = getattr(project.router, "is_running", None)
+    if is_running is not None and is_running() and store.one(
+            "SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
+        items.append({"kind": "unknown-router", "service": None,
+                      "detail": "a router runs but the state records no routing "
+                                "(`kiln destroy` stops it)"})
     live = store.query(
         "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r ON r.id = i.release_id "
         "WHERE i.state IN ('starting','running','draining')")

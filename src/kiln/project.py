@@ -798,6 +798,7 @@ class Project:
         names = self._services(services)
         stopped: list[str] = []
         with self.locked("destroy " + " ".join(names)):
+            self._sweep()  # also stops processes the state no longer records
             for name in names:
                 spec = self.service(name)
                 self.router.remove_service(name)

@@ -27,3 +27,18 @@ def resolve_secrets(service_name: str, service: ServiceSpec, base_dir: Path) -> 
                 raise KilnError(f"services.{service_name}.secrets.{key}: cannot read {path}: "
                                 f"{exc.strerror}") from exc
     return out
+
+
+def available_secrets(service_name: str, service: ServiceSpec,
+                      base_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """For image tests, which must not need production secrets: the ones that resolve here,
+    and one line per secret left out (and why)."""
+    out: dict[str, str] = {}
+    missing: list[str] = []
+    for key, ref in service.secrets.items():
+        one = service.model_copy(update={"secrets": {key: ref}})
+        try:
+            out.update(resolve_secrets(service_name, one, base_dir))
+        except KilnError as exc:
+            missing.append(f"{key} left out of the test instance ({exc.message})")
+    return out, missing

@@ -123,8 +123,9 @@ def status_view(data: dict[str, Any]) -> RenderableType:
         parts.append(head)
         ro = svc.get("rollout")
         if ro:
+            step = min(ro['step'] + 1, ro['steps'])  # past the last step once it is done
             parts.append(Text(f"  rollout #{ro['id']} {ro['strategy']} {ro['from'] or '-'} -> "
-                              f"{ro['to']}: {ro['phase']} (step {ro['step'] + 1}/{ro['steps']})"
+                              f"{ro['to']}: {ro['phase']} (step {step}/{ro['steps']})"
                               f" {ro['outcome'] or ''} {ro['waiting'] or ro['reason'] or ''}"))
             if ro["phase"] not in ("done", "standby") and not ro.get("driven_by", True):
                 parts.append(Text("  nothing is driving this rollout now (the figures above are "

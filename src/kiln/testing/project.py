@@ -128,6 +128,8 @@ def teardown(proj: Proj) -> None:
     with contextlib.suppress(Exception):  # teardown must go on
         proj.kiln("destroy", timeout=60)
     for pid in proj.live_pids():
+        with contextlib.suppress(OSError):  # the app: its sandbox's pid namespace dies with it
+            os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
     for pidfile in (proj.dir / ".kiln" / "router" / "traefik.pid",

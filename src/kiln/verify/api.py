@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.errors import NotFound, VerifyError
 from kiln.platforms.base import Image
-from kiln.secrets import resolve_secrets
+from kiln.secrets import available_secrets
 from kiln.spec.models import ServiceSpec
 from kiln.verify.attest import attest, latest_attestation
 from kiln.verify.digest import suite_digest
@@ -36,7 +36,10 @@ def run_suite(project: Project, image_name: str, image: Image,
               on_line: Callable[[str], None] | None = None) -> SuiteResult:
     spec = project.spec.images[image_name]
     name, svc = _service_for(project, image_name)
-    secrets = resolve_secrets(name, svc, project.base_dir) if svc else {}
+    # Tests get the service's secrets that resolve here; a missing one is said, not fatal.
+    secrets, missing = available_secrets(name, svc, project.base_dir) if svc else ({}, [])
+    for line in missing:
+        project.warn(f"{image_name}: {line}")
     suite = run_checks(image, spec, compute=project.compute, service_name=name, service=svc,
                        base_dir=project.base_dir, env=secrets,
                        on_result=(lambda r: on_line(_line(r))) if on_line else None)

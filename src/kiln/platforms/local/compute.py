@@ -391,25 +391,35 @@ class LocalCompute:
                 if not self.observe([inst])[0].alive:
                     set_state(self.store, inst.id, "dead")
                     changes.append(f"{inst.id}: process is gone, marked dead")
-        base = self.home / "instances"
-        if base.is_dir():
-            for folder in sorted(base.iterdir()):
-                info = _read_json(folder / "pid")
-                if not info:
-                    continue
-                known = rows.get(folder.name)
-                pid, start = info.get("pid"), info.get("pid_start")
-                if not (isinstance(pid, int) and isinstance(start, str)):
-                    continue
-                live_row = (known is not None and known["state"] in LIVE_STATES
-                            and LocalHandle.of(from_row(known)).pid == pid)
-                if not live_row and pid_alive(pid, start):
-                    ghost = Instance(id=folder.name, service=known["service"] if known else "?",
-                                     release_id=known["release_id"] if known else "?",
-                                     host="", port=0, handle=LocalHandle(pid, start).to_map())
-                    self.terminate(ghost, timeout=2.0)
-                    changes.append(f"{folder.name}: stopped orphan process {pid}")
+        for name, pid, start in self.orphans():
+            known = rows.get(name)
+            ghost = Instance(id=name, service=known["service"] if known else "?",
+                             release_id=known["release_id"] if known else "?",
+                             host="", port=0, handle=LocalHandle(pid, start).to_map())
+            self.terminate(ghost, timeout=2.0)
+            changes.append(f"{name}: stopped orphan process {pid}")
         return changes
+
+    def orphans(self) -> list[tuple[str, int, str]]:
+        """(instance folder, pid, start) of processes that run but that no live row records:
+        kiln was killed before recording them, or the state was swapped or lost."""
+        found: list[tuple[str, int, str]] = []
+        base = self.home / "instances"
+        if not base.is_dir():
+            return found
+        for folder in sorted(base.iterdir()):
+            info = _read_json(folder / "pid")
+            if not info:
+                continue
+            pid, start = info.get("pid"), info.get("pid_start")
+            if not (isinstance(pid, int) and isinstance(start, str)):
+                continue
+            known = get_row(self.store, folder.name)
+            live_row = (known is not None and known["state"] in LIVE_STATES
+                        and LocalHandle.of(from_row(known)).pid == pid)
+            if not live_row and pid_alive(pid, start):
+                found.append((folder.name, pid, start))
+        return found
 
     def gc_folders(self) -> list[str]:
         """Remove the folders (logs, scratch) of instances that are stopped or dead and whose
