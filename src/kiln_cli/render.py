@@ -37,7 +37,10 @@ class StepPrinter:
         self.quiet = quiet
 
     def __call__(self, image: str, ev: StepEvent) -> None:
-        if self.quiet or ev.status == "running":
+        if self.quiet or (ev.status == "running" and not ev.output):
+            return
+        if ev.output:
+            self.console.print(Text(f"      {ev.output}", style="dim"), soft_wrap=True)
             return
         style = _STYLE.get(ev.status, "")
         where = "base" if ev.index == 0 else f"{ev.index}/{ev.total}"
@@ -60,6 +63,10 @@ class DeployPrinter:
             return
         t = f"[dim]{time.monotonic() - self.t0:6.1f}s[/]"
         if ev.kind == "bake" and ev.step is not None:
+            if ev.step.output:
+                self.console.print(Text(f"         {ev.step.output}", style="dim"),
+                                   soft_wrap=True)
+                return
             if ev.step.status == "running":
                 return
             style = _STYLE.get(ev.step.status, "")

@@ -117,6 +117,8 @@ class StepEvent:
     status: Literal["running", "ran", "cached", "failed"]
     duration: float = 0.0
     key: str = ""
+    output: str = ""
+    """One line a running step printed (ansible/puppet steps stream theirs), else empty."""
 
 
 class Compute(Protocol):

@@ -130,8 +130,12 @@ def apply(plan: Plan, wc: WorkContainer, *, on_line: OnLine, where: str) -> None
         argv += ["--modulepath", plan.modulepath]
     argv.append(plan.manifest_in_container)
     volumes = [(path, target) for path, target, _ in plan.mounts]
-    done = wc.run(argv, volumes=volumes, timeout=plan.step.puppet.timeout,
-                  on_line=lambda line: on_line(to_project_paths(line, plan.mounts)))
+
+    def line(text: str) -> None:
+        if not _RUNTIME.search(text):  # buildah's note of exit 2, which is success here
+            on_line(to_project_paths(text, plan.mounts))
+
+    done = wc.run(argv, volumes=volumes, timeout=plan.step.puppet.timeout, on_line=line)
     wc.shell(f"rm -rf {VARDIR}", timeout=60)
     if done.code is None:
         raise BakeError(f"{where} timed out after {plan.step.puppet.timeout:g}s")
@@ -176,6 +180,7 @@ def to_project_paths(line: str, mounts: list[tuple[Path, str, str]]) -> str:
     return line
 
 
+_RUNTIME = re.compile(r"^(?:Error: )?while running runtime: exit status \d+$")
 _NOT_PUPPETS = ("Failed to apply catalog", "while running runtime")
 """'Error:' lines that only repeat the failure (puppet's summary, buildah's exit status)."""
 _ERROR = re.compile(r"^(?:\x1b\[[0-9;]*m)?Error:\s*(.*?)(?:\x1b\[0m)?$")

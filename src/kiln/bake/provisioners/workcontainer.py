@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kiln.bake.provisioners.process import Finished, OnLine, stream
 from kiln.errors import BakeError
+from kiln.state.lock import pid_alive
 
 PREFIX = "kiln-provision-"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -48,6 +49,17 @@ def _run(argv: Sequence[str], what: str, timeout: float = 300.0) -> str:
     return out.stdout.strip()
 
 
+def sweep(exe: str) -> None:
+    """Remove the working containers a killed kiln left (their name holds its dead pid)."""
+    with contextlib.suppress(BakeError):
+        names = _run([exe, "containers", "--format", "{{.ContainerName}}"],
+                     "cannot list working containers", timeout=60).split()
+        for name in names:
+            pid = name.removeprefix(PREFIX).partition("-")[0]
+            if name.startswith(PREFIX) and pid.isdigit() and not pid_alive(int(pid), None):
+                _run([exe, "rm", name], f"cannot remove working container {name}")
+
+
 class WorkContainer:
     """One buildah working container. Open it with `WorkContainer.open`."""
 
@@ -64,6 +76,7 @@ class WorkContainer:
         reach the same archive the host does (nothing listens in a working container).
         """
         exe = buildah()
+        sweep(exe)
         name = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         _run([exe, "from", "--quiet", "--pull-never", f"--network={network}", "--name", name,
               image], f"cannot open image {image} for provisioning")
