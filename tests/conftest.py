@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,3 +37,16 @@ def moto(moto_session: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServe
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_base_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Base environments are shared between the session's projects (as between a user's), but
+    never with the user's own ~/.cache/kiln."""
+    before = os.environ.get("KILN_CACHE")
+    os.environ["KILN_CACHE"] = str(tmp_path_factory.mktemp("kiln-cache"))
+    yield
+    if before is None:
+        os.environ.pop("KILN_CACHE", None)
+    else:
+        os.environ["KILN_CACHE"] = before

@@ -384,3 +384,33 @@ def test_an_added_or_removed_file_is_caught_by_the_fast_path(builder: LocalBuild
     assert integrity_problem(image) is not None
     (app / "extra.py").unlink()
     assert integrity_problem(image) is None  # the tree hashes right again (and is resealed)
+
+
+def test_a_second_project_reuses_the_shared_base_environment(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    monkeypatch.setenv("KILN_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print('hi')\n")
+    s = spec({"copy": "app/", "to": "app/"})
+    digests, bases = [], []
+    for project in ("one", "two"):
+        home = tmp_path / project
+        store = Store.open(home)
+        try:
+            image, events = bake(LocalBuilder(store, home), "shared", s, tmp_path)
+        finally:
+            store.close()
+        digests.append(image.digest)
+        bases.append([e for e in events if e.index == 0][-1])
+    assert bases[0].status == "ran" and bases[1].status == "cached", bases
+    assert "shared cache" in bases[1].description
+    assert digests[0] == digests[1], "the shared base gives the same image"
+    assert bases[1].duration < bases[0].duration
+
+
+def test_run_step_output_is_streamed_line_by_line(builder: LocalBuilder, tmp_path: Path) -> None:
+    s = spec({"run": "for i in 1 2 3; do echo line-$i; done"})
+    _, events = bake(builder, "stream", s, tmp_path)
+    lines = [e.output for e in events if e.status == "running" and e.output]
+    assert lines == ["line-1", "line-2", "line-3"]

@@ -117,7 +117,7 @@ def test_help_and_version(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [["frobnicate"], ["--frobnicate"], ["bake", "--frobnicate"],
-                                  ["history"]])
+                                  ["history", "web", "extra"]])
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
     assert kiln(*args, cwd=tmp_path).code == 2
 

@@ -211,7 +211,7 @@ class Project:
         row = self.store.one(
             "SELECT to_release, from_release, outcome, phase FROM rollouts WHERE service = ? "
             "AND outcome IS NOT NULL ORDER BY id DESC LIMIT 1", (service,))
-        if row is None:
+        if row is None or self.destroyed(service):
             return None
         if row["outcome"] == "promoted":
             return load_release(self.store, row["to_release"])
@@ -220,6 +220,16 @@ class Project:
             return None
         # A rolled-back rollout leaves the one before it serving.
         return load_release(self.store, rid)
+
+    def destroyed(self, service: str) -> bool:
+        """`kiln destroy` stopped the service and nothing was rolled out since."""
+        gone = self.store.one("SELECT MAX(time) AS t FROM events WHERE service = ? AND kind = "
+                              "'service.destroyed'", (service,))
+        if gone is None or gone["t"] is None:
+            return False
+        last = self.store.one("SELECT MAX(started_at) AS t FROM rollouts WHERE service = ?",
+                              (service,))
+        return last is None or last["t"] is None or float(last["t"]) < float(gone["t"])
 
     def live_releases(self, service: str) -> list[str]:
         """Releases that went live (promoted rollouts, rollbacks included), most recent first."""
@@ -267,7 +277,8 @@ class Project:
                 "status_json, started_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
                 (service, status.old, status.new, strategy, status.phase,
                  json.dumps(status.to_json()), now, now))
-            c.event("rollout.started", f"{strategy} {status.old or '-'} -> {status.new}",
+            c.event("rollout.started", f"{strategy} {status.old} -> {status.new}" if status.old
+                    else f"first release {status.new}",
                     service=service)
             assert cur.lastrowid is not None
             return int(cur.lastrowid)
@@ -546,9 +557,10 @@ class Project:
             emit(DeployEvent(name, "status", st.waiting or st.phase, status=st))
 
         rid = self._start_rollout(name, spec, new, current, strategy)
+        how = strategy or spec.rollout.strategy
         emit(DeployEvent(name, "release",
-                         f"{strategy or spec.rollout.strategy} "
-                         f"{current.id if current else '(none)'} -> {new.id}"))
+                         f"{how} {current.id} -> {new.id}" if current else
+                         f"first release {new.id}: live once healthy"))
         if self.detach:
             return ServiceResult(name, new.id, "started", f"rollout #{rid} started", rid,
                                  seconds=time.monotonic() - t0)
@@ -637,8 +649,11 @@ class Project:
                     lambda s: emit(DeployEvent(service, "status", s.waiting or s.phase, status=s)))
         except LockHeld:
             # A running deploy owns the rollout; it picks the signal up on its next pass.
-            return ServiceResult(service, None, "signalled", f"sent {signal} to rollout #{rid}",
-                                 rid)
+            words = {"promote": "kiln promote", "promote_full": "kiln promote --full",
+                     "abort": "kiln abort"}[signal]
+            row = self.store.one("SELECT to_release FROM rollouts WHERE id = ?", (rid,))
+            return ServiceResult(service, str(row["to_release"]) if row else None, "signalled",
+                                 f"`{words}` handed to the deploy driving rollout #{rid}", rid)
         return ServiceResult(service, st.new, st.outcome or "failed", st.reason, rid,
                              self.write_report(service, rid), time.monotonic() - t0)
 
@@ -754,10 +769,16 @@ class Project:
         rollout = None
         if ro is not None:
             st = Status.from_json(json.loads(ro["status_json"]))
+            done = ro["phase"] == "done"
+            steps = len(spec.rollout.steps) if ro["strategy"] == "canary" else 0
             rollout = {"id": ro["id"], "strategy": ro["strategy"], "from": ro["from_release"],
-                       "to": ro["to_release"], "phase": ro["phase"], "step": st.step,
-                       "steps": len(spec.rollout.steps), "outcome": ro["outcome"],
-                       "reason": ro["reason"], "waiting": st.waiting,
+                       "to": ro["to_release"], "phase": ro["phase"],
+                       "step": min(st.step + 1, steps), "steps": steps,
+                       "outcome": ro["outcome"], "reason": ro["reason"],
+                       "waiting": None if done else st.waiting,
+                       "judge": None if done else st.judge_line,
+                       "until": st.deadline if ro["phase"] in ("health", "roll", "restore")
+                       and st.deadline else None,
                        "driven_by": None}
             if ro["phase"] not in SETTLED:
                 from kiln.state.controller import running
@@ -767,9 +788,14 @@ class Project:
                 rollout["driven_by"] = (holder.describe() if holder else
                                         ctl.describe() if ctl else None)
         current = self.current_release(name)
+        dev = [{"id": r["id"], "address": f"{r['host']}:{r['port']}", "state": r["state"]}
+               for r in self.store.query(
+                   "SELECT * FROM instances WHERE service = ? AND kind = 'dev' AND state IN "
+                   "('starting','running') ORDER BY created_at", (name,))]
         return {"service": name, "listen": spec.listen,
                 "current": current.id if current else None,
-                "releases": list(releases.values()), "rollout": rollout}
+                "destroyed": self.destroyed(name),
+                "releases": list(releases.values()), "rollout": rollout, "dev": dev}
 
     def history(self, service: str) -> list[dict[str, Any]]:
         self.service(service)

@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from kiln_cli.progress import OUTCOME_WORDS
+from kiln_cli.render import rollout_summary
+
 UNDER_WAY = ("step", "roll", "drain_old")
 SETTLED = ("done", "standby")
 BAD = ("rolled_back", "failed", "aborted")
@@ -84,9 +87,7 @@ def watch(status: Callable[[], dict[str, Any]], echo: Callable[[str], None],
             if ro["phase"] not in SETTLED:
                 open_ = True
                 watched.add(name)
-            line = (f"{name}: rollout #{ro['id']} {ro['from'] or '(none)'} -> {ro['to']}: "
-                    f"{ro['phase']} (step {min(ro['step'] + 1, ro['steps'])}/{ro['steps']}) "
-                    f"{ro['waiting'] or ro['outcome'] or ''}").rstrip()
+            line = f"{name}: {rollout_summary(ro)}"
             if seen.get(name) != line:
                 echo(line)
                 seen[name] = line
@@ -98,7 +99,7 @@ def watch(status: Callable[[], dict[str, Any]], echo: Callable[[str], None],
             outcomes = {name: ro["outcome"] for name, ro in _rollouts(status()).items()
                         if name in watched}
             for name, outcome in outcomes.items():
-                echo(f"{name}: settled: {outcome}")
+                echo(f"{name}: settled: {OUTCOME_WORDS.get(outcome, outcome)}")
             return 3 if any(o in BAD for o in outcomes.values()) else 0
         if time.monotonic() > deadline:
             return 1

@@ -48,7 +48,15 @@ def out() -> Console:
         from rich.console import Console
 
         _console = Console(highlight=False)
+        if not _console.is_terminal:
+            _console.soft_wrap = True  # piped: whole lines, never wrapped at 80 columns
     return _console
+
+
+def width() -> int | None:
+    """The terminal's width for tables, or None when piped (full lines)."""
+    console = out()
+    return console.width if console.is_terminal else None
 
 
 def err() -> Console:
@@ -168,13 +176,16 @@ def bake(
     as_json: JsonOpt = False,
 ) -> None:
     """Bake images; unchanged steps come from the cache."""
-    from kiln_cli.render import StepPrinter
+    from kiln_cli.progress import StepPrinter
 
     def body() -> None:
         proj = project()
         printer = StepPrinter(out(), quiet=as_json)
         t0 = time.perf_counter()
-        built = proj.bake(images, no_cache=no_cache, progress=printer)
+        try:
+            built = proj.bake(images, no_cache=no_cache, progress=printer)
+        finally:
+            printer.area.stop()
         if as_json:
             print_json([{"name": i.name, "digest": i.digest, "ref": i.ref} for i in built])
             return
@@ -194,7 +205,7 @@ def images_cmd(as_json: JsonOpt = False) -> None:
         if as_json:
             print_json(rows)
         else:
-            out().print(images_table(rows))
+            out().print(images_table(rows, width()))
 
     guard(body)
 
@@ -206,7 +217,7 @@ def test(
 ) -> None:
     """Bake if needed, launch a throwaway instance, run the image's checks, dispose of it."""
     from kiln.verify.api import test_images
-    from kiln_cli.render import test_line
+    from kiln_cli.progress import test_line
 
     def body() -> None:
         proj = project()
@@ -256,7 +267,7 @@ def deploy(
 ) -> None:
     """Bake, test and roll out what changed; returns when the rollout has settled."""
     from kiln import raise_for
-    from kiln_cli.render import DeployPrinter
+    from kiln_cli.progress import DeployPrinter
 
     def body() -> None:
         proj = project()
@@ -272,8 +283,14 @@ def deploy(
                 raise typer.Exit(code)
             return
         printer = DeployPrinter(out(), quiet=as_json)
-        result = proj.deploy(services, skip_tests=skip_tests, on_event=printer,
-                             no_cache=no_cache, force=force)
+        try:
+            result = proj.deploy(services, skip_tests=skip_tests, on_event=printer,
+                                 no_cache=no_cache, force=force)
+        except KeyboardInterrupt:
+            printer.stop()
+            raise interrupted(proj) from None
+        finally:
+            printer.stop()
         if as_json:
             print_json([vars(s) for s in result.services])
         else:
@@ -283,8 +300,30 @@ def deploy(
     guard(body)
 
 
+def interrupted(proj: kiln.Project) -> typer.Exit:
+    """^C during a rollout: say where traffic stands and how to go on (exit 130)."""
+    lines = ["interrupted"]
+    try:
+        data = proj.status()
+    except Exception:  # the state may be mid-change; the plain message still helps
+        data = {"services": []}
+    for svc in data["services"]:
+        ro = svc.get("rollout") or {}
+        weights = ", ".join(f"{r['release']} {r['weight']}%" for r in svc["releases"]
+                            if r["weight"]) or "no release"
+        name = svc["service"]
+        if ro and ro.get("phase") not in ("done", None):
+            lines.append(f"{name}: rollout #{ro['id']} stopped in {ro['phase']}; traffic: "
+                         f"{weights}. `kiln deploy {name}` resumes it, `kiln abort {name}` "
+                         f"rolls it back, `kiln status {name} --watch` follows it")
+        else:
+            lines.append(f"{name}: traffic: {weights}")
+    return fail("\n  ".join(lines), 130)
+
+
 @app.command()
-def status(service: Annotated[str | None, typer.Argument()] = None, as_json: JsonOpt = False,
+def status(service: Annotated[str | None, typer.Argument(help="Service (default: all).")] = None,
+           as_json: JsonOpt = False,
            watch: Annotated[bool, typer.Option(
                "--watch", "-w", help="Follow open rollouts until they settle (exit 3 if one "
                                      "was rolled back).")] = False,
@@ -298,7 +337,7 @@ def status(service: Annotated[str | None, typer.Argument()] = None, as_json: Jso
 
             proj = project()
             code = follow(lambda: proj.status(service), lambda line: print(line, flush=True))
-            out().print(status_view(proj.status(service)))
+            out().print(status_view(proj.status(service), width()))
             if code:
                 raise typer.Exit(code)
             return
@@ -306,38 +345,50 @@ def status(service: Annotated[str | None, typer.Argument()] = None, as_json: Jso
         if as_json:
             print_json(data)
         else:
-            out().print(status_view(data))
+            out().print(status_view(data, width()))
 
     guard(body)
 
 
 @app.command()
-def history(service: str, as_json: JsonOpt = False) -> None:
+def history(service: Annotated[str | None, typer.Argument(
+                help="Service (default: the only one).")] = None,
+            as_json: JsonOpt = False) -> None:
     """Every rollout of a service: release, outcome and why."""
     from kiln_cli.render import history_table
 
     def body() -> None:
         proj = project()
-        rows = proj.history(service)
+        name = proj.only_service(service)
+        rows = proj.history(name)
         if as_json:
-            print_json({"rollouts": rows, "events": proj.events(service)})
+            print_json({"rollouts": rows, "events": proj.events(name)})
         else:
-            out().print(history_table(rows))
+            out().print(history_table(rows, width()))
 
     guard(body)
 
 
-def _control(fn: Callable[[kiln.Project], Any], as_json: bool) -> None:
+def _control(fn: Callable[[kiln.Project, Callable[[kiln.DeployEvent], None]], Any],
+             as_json: bool) -> None:
     from kiln import raise_for
     from kiln.project import DeployResult
-    from kiln_cli.render import DeployPrinter
+    from kiln_cli.progress import DeployPrinter
 
     def body() -> None:
-        res = fn(project())
+        proj = project()
+        printer = DeployPrinter(out(), quiet=as_json)
+        try:
+            res = fn(proj, printer)
+        except KeyboardInterrupt:
+            printer.stop()
+            raise interrupted(proj) from None
+        finally:
+            printer.stop()
         if as_json:
             print_json(vars(res))
         else:
-            DeployPrinter(out()).summary(DeployResult([res]))
+            printer.summary(DeployResult([res]))
         if res.outcome in ("rolled_back", "failed"):
             raise_for(DeployResult([res]))
 
@@ -349,13 +400,13 @@ def promote(service: str,
             full: Annotated[bool, typer.Option("--full", help="Skip the remaining steps.")] = False,
             as_json: JsonOpt = False) -> None:
     """Let a paused canary go on to its next step."""
-    _control(lambda p: p.promote(service, full=full), as_json)
+    _control(lambda p, ev: p.promote(service, full=full, on_event=ev), as_json)
 
 
 @app.command()
 def abort(service: str, as_json: JsonOpt = False) -> None:
     """Roll back an in-progress rollout: traffic back to the stable release."""
-    _control(lambda p: p.abort(service), as_json)
+    _control(lambda p, ev: p.abort(service, on_event=ev), as_json)
 
 
 @app.command()
@@ -363,7 +414,7 @@ def rollback(service: str,
              to: Annotated[str | None, typer.Option("--to", help="Release id, e.g. web-r2.")] = None,
              as_json: JsonOpt = False) -> None:
     """Roll out a retained earlier release (a new rollout: immutable too)."""
-    _control(lambda p: p.rollback(service, to), as_json)
+    _control(lambda p, ev: p.rollback(service, to, on_event=ev), as_json)
 
 
 @app.command()

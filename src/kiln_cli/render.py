@@ -6,17 +6,13 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rich.console import Console, Group, RenderableType
-from rich.table import Table
+from rich.console import Group, RenderableType
 from rich.text import Text
 
-if TYPE_CHECKING:
-    from kiln.platforms.base import StepEvent
-    from kiln.project import DeployEvent, DeployResult
-
-_STYLE = {"ran": "green", "cached": "cyan", "failed": "red", "running": "yellow"}
+from kiln_cli.progress import OUTCOME_WORDS, PHASE_WORDS, clock
+from kiln_cli.tables import Column, layout
 
 
 def _short(digest: str | None) -> str:
@@ -26,150 +22,100 @@ def _short(digest: str | None) -> str:
 def _ago(ts: float | None) -> str:
     if not ts:
         return "-"
-    return datetime.fromtimestamp(ts).strftime("%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts).strftime("%m-%d %H:%M")
 
 
-class StepPrinter:
-    """Prints one line per finished bake step: ran / cached, with its duration."""
-
-    def __init__(self, console: Console, quiet: bool = False) -> None:
-        self.console = console
-        self.quiet = quiet
-
-    def __call__(self, image: str, ev: StepEvent) -> None:
-        if self.quiet or (ev.status == "running" and not ev.output):
-            return
-        if ev.output:
-            self.console.print(Text(f"      {ev.output}", style="dim"), soft_wrap=True)
-            return
-        style = _STYLE.get(ev.status, "")
-        where = "base" if ev.index == 0 else f"{ev.index}/{ev.total}"
-        self.console.print(
-            f"  {image} \\[{where}] [{style}]{ev.status:>6}[/] "
-            f"{ev.duration:6.2f}s  {ev.description}", soft_wrap=True)
-
-
-class DeployPrinter:
-    """Live progress of a deploy: bake steps, checks, rollout phases and weights."""
-
-    def __init__(self, console: Console, quiet: bool = False) -> None:
-        self.console = console
-        self.quiet = quiet
-        self.t0 = time.monotonic()
-        self._last = ""
-
-    def __call__(self, ev: DeployEvent) -> None:
-        if self.quiet:
-            return
-        t = f"[dim]{time.monotonic() - self.t0:6.1f}s[/]"
-        if ev.kind == "bake" and ev.step is not None:
-            if ev.step.output:
-                self.console.print(Text(f"         {ev.step.output}", style="dim"),
-                                   soft_wrap=True)
-                return
-            if ev.step.status == "running":
-                return
-            style = _STYLE.get(ev.step.status, "")
-            self.console.print(f"{t} {ev.service} bake [{style}]{ev.step.status}[/] "
-                               f"{ev.step.description}", soft_wrap=True)
-            return
-        if ev.kind == "status" and ev.status is not None:
-            st = ev.status
-            weights = " ".join(f"{k}={v}%" for k, v in st.weights.items())
-            # One line per change of phase, weights or reason; live counts don't make new lines.
-            line = f"{st.phase} {weights} {(st.waiting or '').split('(')[0]}".strip()
-            if line == self._last:
-                return
-            self._last = line
-            self.console.print(f"{t} {ev.service} [bold]{st.phase}[/] {weights} "
-                               f"[dim]{st.waiting or ''}[/]", soft_wrap=True)
-            return
-        self.console.print(Text.from_markup(f"{t} {ev.service} {ev.kind}: ").append(
-            test_line(ev.message)), soft_wrap=True)
-
-    def summary(self, result: DeployResult) -> None:
-        for s in result.services:
-            color = {"promoted": "green", "healed": "green", "unchanged": "cyan",
-                     "signalled": "cyan"}.get(
-                s.outcome, "red")
-            self.console.print(f"[bold]{s.service}[/]: [{color}]{s.outcome}[/] "
-                               f"{s.release or ''} {('— ' + s.reason) if s.reason else ''} "
-                               f"[dim]({s.seconds:.1f}s)[/]", soft_wrap=True)
-            if s.report:
-                self.console.print(f"  report: {s.report}")
-
-
-_MARKS = {"pass": "green", "FAIL": "bold red", "passed": "green", "failed": "bold red"}
-
-
-def test_line(line: str) -> Text:
-    """A plain line from the library, with pass/FAIL words coloured (never parsed as markup)."""
-    text = Text(line)
-    for word, style in _MARKS.items():
-        text.highlight_words([f" {word} ", f" {word}:"], style=style)
-    return text
-
-
-def images_table(rows: Sequence[dict[str, Any]]) -> Table:
-    table = Table(box=None, pad_edge=False)
-    for col in ("IMAGE", "DIGEST", "CREATED", "SIZE", "TESTS"):
-        table.add_column(col)
+def images_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> Group:
+    cols = [Column("IMAGE"), Column("DIGEST"), Column("CREATED", 1), Column("SIZE", 2),
+            Column("TESTS")]
+    cells = []
     for r in rows:
         verdict = r.get("verdict", "untested")
         color = {"passed": "green", "failed": "red"}.get(verdict, "yellow")
-        table.add_row(r["name"], _short(r["digest"]), _ago(r["created_at"]),
-                      f"{r.get('size', 0) / 1e6:.1f} MB", f"[{color}]{verdict}[/]")
-    return table
+        cells.append([r["name"], _short(r["digest"]), _ago(r["created_at"]),
+                      f"{r.get('size', 0) / 1e6:.1f} MB", Text(verdict, style=color)])
+    return layout(cols, cells, width)
 
 
-def status_view(data: dict[str, Any]) -> RenderableType:
+def rollout_summary(ro: dict[str, Any], now: float | None = None) -> str:
+    """One line about a service's latest rollout, in words."""
+    move = f"{ro['from']} -> {ro['to']}" if ro["from"] else f"first release {ro['to']}"
+    head = f"rollout #{ro['id']} {ro['strategy']} {move}: "
+    if ro["phase"] == "done":
+        outcome = OUTCOME_WORDS.get(ro["outcome"] or "", ro["outcome"] or "done")
+        return head + outcome + (f" — {ro['reason']}" if ro.get("reason") else "")
+    where = PHASE_WORDS.get(ro["phase"], ro["phase"])
+    if ro["phase"] == "step" and ro.get("steps"):
+        where = f"canary step {ro['step']}/{ro['steps']}"
+    parts = [head + where]
+    if ro.get("waiting"):
+        parts.append(f"— {ro['waiting']}")
+    until = ro.get("until") or 0.0
+    now = time.time() if now is None else now
+    if until > now:
+        parts.append(f"({clock(until - now)} left)")
+    judge = ro.get("judge") or ""
+    if judge and judge.partition(": ")[2] not in (ro.get("waiting") or ""):
+        parts.append(f"judge: {judge}")
+    return " ".join(parts)
+
+
+def status_view(data: dict[str, Any], width: int | None = None,
+                now: float | None = None) -> RenderableType:
     parts: list[RenderableType] = []
     for svc in data["services"]:
-        head = Text.from_markup(f"[bold]{svc['service']}[/] on {svc['listen']}  "
-                                f"current: {svc['current'] or '-'}")
-        parts.append(head)
+        if svc.get("destroyed"):
+            parts.append(Text.from_markup(
+                f"[bold]{svc['service']}[/] on {svc['listen']}: destroyed, nothing runs "
+                f"(`kiln deploy {svc['service']}` starts it again)"))
+            continue
+        parts.append(Text.from_markup(f"[bold]{svc['service']}[/] on {svc['listen']}  "
+                                      f"current: {svc['current'] or '-'}"))
         ro = svc.get("rollout")
         if ro:
-            step = min(ro['step'] + 1, ro['steps'])  # past the last step once it is done
-            parts.append(Text(f"  rollout #{ro['id']} {ro['strategy']} {ro['from'] or '-'} -> "
-                              f"{ro['to']}: {ro['phase']} (step {step}/{ro['steps']})"
-                              f" {ro['outcome'] or ''} {ro['waiting'] or ro['reason'] or ''}"))
+            parts.append(Text("  " + rollout_summary(ro, now)))
             if ro["phase"] not in ("done", "standby") and not ro.get("driven_by", True):
                 parts.append(Text("  nothing is driving this rollout now (the figures above are "
                                   "from when it stopped): `kiln deploy` resumes it"))
-        table = Table(box=None, pad_edge=False)
-        for col in ("RELEASE", "WEIGHT", "INSTANCE", "ADDRESS", "HANDLE", "STATE", "HEALTH"):
-            table.add_column(col)
+        cols = [Column("RELEASE"), Column("WEIGHT"), Column("INSTANCE"), Column("ADDRESS", 1),
+                Column("HANDLE", 2), Column("STATE", 3), Column("HEALTH")]
+        cells: list[list[str | Text]] = []
         for rel in svc["releases"]:
             first = True
             for inst in rel["instances"] or [None]:
-                cells = [rel["release"] if first else "", f"{rel['weight']}%" if first else ""]
+                head = [rel["release"] if first else "", f"{rel['weight']}%" if first else ""]
                 first = False
                 if inst is None:
-                    table.add_row(*cells, "-", "-", "-", "-", "-")
+                    cells.append([*head, "-", "-", "-", "-", "-"])
                     continue
-                health = "[green]healthy[/]" if inst["healthy"] else (
-                    "[yellow]unhealthy[/]" if inst["alive"] else "[red]dead[/]")
-                table.add_row(*cells, inst["id"], inst["address"], inst["label"] or "-",
-                              inst["state"], health)
-        parts.append(table)
+                health = Text("healthy", "green") if inst["healthy"] else (
+                    Text("unhealthy", "yellow") if inst["alive"] else Text("dead", "red"))
+                cells.append([*head, inst["id"], inst["address"], inst["label"] or "-",
+                              inst["state"], health])
+        parts.append(layout(cols, cells, width))
+        dev = svc.get("dev") or []
+        if dev:
+            parts.append(Text("  dev instances (kiln up): " + ", ".join(
+                f"{d['id']} at {d['address']}" for d in dev)))
     return Group(*parts)
 
 
-def history_table(rows: Sequence[dict[str, Any]]) -> Table:
-    table = Table(box=None, pad_edge=False)
-    for col in ("#", "RELEASE", "FROM", "STRATEGY", "OUTCOME", "STARTED", "IMAGE"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("NOTE", overflow="fold", ratio=1)
+def history_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> Group:
+    cols = [Column("#"), Column("RELEASE"), Column("FROM", 2), Column("STRATEGY", 3),
+            Column("OUTCOME"), Column("STARTED", 1), Column("IMAGE", 4)]
+    cells: list[list[str | Text]] = []
+    notes = []
     for r in rows:
         color = {"promoted": "green"}.get(r["outcome"] or "", "red" if r["outcome"] else "yellow")
         note = r["reason"] or ""
         if r.get("skip_tests"):
             note = ("tests skipped (--skip-tests); " + note).strip("; ")
-        table.add_row(str(r["rollout"]), r["release"], r["from"] or "-", r["strategy"],
-                      f"[{color}]{r['outcome'] or r['phase']}[/]", _ago(r["started_at"]),
-                      _short(r["image"]), note)
-    return table
+        word = OUTCOME_WORDS.get(r["outcome"] or "", r["outcome"] or PHASE_WORDS.get(
+            r["phase"], r["phase"]))
+        cells.append([str(r["rollout"]), r["release"], r["from"] or "-", r["strategy"],
+                      Text(word, style=color), _ago(r["started_at"]), _short(r["image"])])
+        notes.append(note)
+    return layout(cols, cells, width, notes)
 
 
 def show_logs(paths: Sequence[tuple[str, Path]], *, follow: bool, lines: int) -> None:
@@ -206,5 +152,5 @@ def show_logs(paths: Sequence[tuple[str, Path]], *, follow: bool, lines: int) ->
             fh.close()
 
 
-__all__ = ["DeployPrinter", "StepPrinter", "history_table", "images_table", "show_logs",
-           "status_view", "test_line"]
+__all__ = ["history_table", "images_table", "show_logs",
+           "status_view"]

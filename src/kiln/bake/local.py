@@ -19,6 +19,7 @@ Step 0 is the base (the venv); user steps are 1..N. Every tree is built at the s
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import platform
 import sqlite3
@@ -156,13 +157,20 @@ class LocalBuilder:
             began = time.monotonic()
             try:
                 if p.step is None:
+                    shared = None if no_cache else shared_base(runtime, p.key)
+                    if shared is not None:
+                        _clone(shared, root)
+                        self._snapshot(name, p, plan, root, work)
+                        emit(StepEvent(p.index, total, p.description + " (shared cache)",
+                                       "cached", time.monotonic() - began, p.key))
+                        continue
                     root.mkdir()
                     venv.create_venv(runtime, root / ".venv", step_env)
                 elif isinstance(p.step, CopyStep):
                     assert p.source is not None
                     steps.do_copy(p.step, p.source, root, _where(p, total))
                 elif isinstance(p.step, RunStep):
-                    self._run(p, total, p.step, cwd, step_env, work)
+                    self._run(p, total, p.step, cwd, step_env, work, emit)
                 else:
                     step_env, cwd = _apply_context(p.step, step_env, cwd, root)
                 if p.changes_tree:
@@ -177,15 +185,23 @@ class LocalBuilder:
                                time.monotonic() - began, p.key))
                 raise BakeError(f"{_where(p, total)} failed: {exc}") from exc
             self._snapshot(name, p, plan, root, work)
+            if p.step is None:
+                keep_shared_base(runtime, p.key, root)
             emit(StepEvent(p.index, total, p.description, "ran", time.monotonic() - began, p.key))
         return self._seal(name, spec, runtime, plan[-1].key, env, folder)
 
     def _run(self, p: _Planned, total: int, step: RunStep, cwd: Path, env: dict[str, str],
-             work: Path) -> None:
+             work: Path, emit: Progress) -> None:
         cwd.mkdir(parents=True, exist_ok=True)
         log = work / "step.log"
+        began = time.monotonic()
+
+        def line(text: str) -> None:
+            emit(StepEvent(p.index, total, p.description, "running", time.monotonic() - began,
+                           p.key, output=text))
+
         code = steps.run_command(step.run, cwd=cwd, env=env, timeout=step.timeout, log=log,
-                                 pidfile=self.home / "tmp" / "step.pid")
+                                 pidfile=self.home / "tmp" / "step.pid", on_output=line)
         out = steps.tail(log)
         if code is None:
             raise BakeError(f"{_where(p, total)} timed out after {step.timeout:g}s"
@@ -315,6 +331,44 @@ def _apply_context(step: Step | None, env: dict[str, str], cwd: Path,
 
 def _where(p: _Planned, total: int) -> str:
     return f"step {p.index}/{total} ({p.description})"
+
+
+def shared_cache_dir() -> Path:
+    """Where baked base environments are shared between projects: $KILN_CACHE, else
+    $XDG_CACHE_HOME/kiln, else ~/.cache/kiln."""
+    explicit = os.environ.get("KILN_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "kiln"
+
+
+def _shared_path(runtime: venv.Runtime, key: str) -> Path:
+    # Keyed by the interpreter too: a venv points at the interpreter it was made from.
+    which = hashlib.sha256(f"{runtime.executable}\0{key}".encode()).hexdigest()[:32]
+    return shared_cache_dir() / "base" / which
+
+
+def shared_base(runtime: venv.Runtime, key: str) -> Path | None:
+    """A base environment another project already made with this interpreter, if any."""
+    path = _shared_path(runtime, key)
+    return path / "tree" if (path / "complete").exists() else None
+
+
+def keep_shared_base(runtime: venv.Runtime, key: str, root: Path) -> None:
+    """Offer a freshly made base environment to other projects (best effort, atomic)."""
+    target = _shared_path(runtime, key)
+    if (target / "complete").exists():
+        return
+    staging = target.parent / f".tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        staging.mkdir(parents=True)
+        _clone(root, staging / "tree")
+        (staging / "complete").write_text(runtime.executable + "\n")
+        os.rename(staging, target)
+    except (OSError, BakeError):
+        if staging.exists():
+            imagestore.force_rmtree(staging)
 
 
 def _clone(src: Path, dst: Path) -> None:

@@ -15,7 +15,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +146,10 @@ def base_env(root: Path, scratch: Path) -> dict[str, str]:
 
 
 def run_command(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float,
-                log: Path, pidfile: Path) -> int | None:
-    """Run `bash -c command`; exit code, or None on timeout. Output goes to `log`.
+                log: Path, pidfile: Path,
+                on_output: Callable[[str], None] | None = None) -> int | None:
+    """Run `bash -c command`; exit code, or None on timeout. Output goes to `log`, and each
+    line to `on_output` as it is written (progress for the user, like BuildKit's).
 
     The command runs in its own session so the whole tree it starts is killed on timeout, on
     KeyboardInterrupt, and when it leaves background processes behind. `pidfile` records the
@@ -159,14 +161,39 @@ def run_command(command: str, *, cwd: Path, env: Mapping[str, str], timeout: flo
                                 start_new_session=True)
     pidfile.write_text(f"{proc.pid} {pid_start_time(proc.pid) or ''}\n")
     try:
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        if on_output is None:
+            try:
+                return proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        return _wait_streaming(proc, log, timeout, on_output)
     finally:
         _killpg(proc.pid)
         proc.wait()
         pidfile.unlink(missing_ok=True)
+
+
+def _wait_streaming(proc: subprocess.Popen[bytes], log: Path, timeout: float,
+                    on_output: Callable[[str], None]) -> int | None:
+    """Wait for `proc`, handing every complete line its log gains to `on_output`."""
+    deadline = time.monotonic() + timeout
+    pending = b""
+    with open(log, "rb") as fh:
+        while True:
+            try:
+                code: int | None = proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                code = None
+            pending += fh.read()
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                on_output(line.decode("utf-8", "replace").rstrip("\r"))
+            if code is not None:
+                if pending:
+                    on_output(pending.decode("utf-8", "replace"))
+                return code
+            if time.monotonic() > deadline:
+                return None
 
 
 def _killpg(pgid: int) -> None:

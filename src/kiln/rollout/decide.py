@@ -88,6 +88,8 @@ class Status:
     judge: dict[str, Any] = field(default_factory=dict)
     """Where the judge's evidence starts (log cursor, router counters), so a resumed rollout
     judges every request since it began."""
+    judge_line: str | None = None
+    """The judge's latest view of the current step, one line (live progress; not a decision)."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -178,7 +180,7 @@ def decide(s: Status, obs: Observation, rollout: Rollout, health_deadline: float
     if s.phase == "done":
         return s, []
     if s.abort_requested and s.phase not in ("rollback", "restore", "drain_new", "standby"):
-        return _rollback(s, obs, "aborted", "aborted by the user")
+        return _rollback(s, obs, "aborted", "`kiln abort`")
     handler = _PHASES[s.phase]
     return handler(s, obs, rollout, health_deadline)
 
@@ -206,7 +208,7 @@ def _health(s: Status, obs: Observation, r: Rollout, health_deadline: float
             return _rollback(s, obs, "failed",
                              f"health gate: {obs.new_healthy}/{s.replicas} new instances healthy "
                              f"within {health_deadline:g}s")
-        s.waiting = f"health: {obs.new_healthy}/{s.replicas} new instances healthy"
+        s.waiting = f"{obs.new_healthy}/{s.replicas} new instances healthy"
         return s, []
     s.waiting = None
     if s.old is None:
@@ -228,6 +230,7 @@ def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[A
     assert s.old is not None
     s.weights = {s.new: weight, s.old: 100 - weight}
     s.step_started = obs.now
+    s.judge_line = None
     s.promote_requested = False
     return s, [SetWeights(dict(s.weights)),
                Record("rollout.step", f"step {s.step + 1}/{len(r.steps)}: {weight}% to {s.new}",
@@ -260,12 +263,14 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
                          f"{s.replicas - obs.new_alive} new instance(s) died during step "
                          f"{s.step + 1}")
     v = obs.verdict
+    if v is not None:
+        s.judge_line = f"{v.outcome}: {v.reason}"
     if v is not None and v.outcome == "fail":
         s.decisions.append(Decision(obs.now, s.step, weight, "fail", v.reason, _plain(v.figures)))
         return _rollback(s, obs, "rolled_back", v.reason, _plain(v.figures))
     if s.promote_full:
         s.decisions.append(Decision(obs.now, s.step, weight, "promote", "kiln promote --full"))
-        return _full(s, obs, r, "promoted by the user (--full)")
+        return _full(s, obs, r, "`kiln promote --full`")
     pause = r.steps[s.step].pause
     elapsed = obs.now - s.step_started
     if s.promote_requested:

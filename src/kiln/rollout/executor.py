@@ -6,6 +6,7 @@ is written only after a pass's actions succeeded and every action is idempotent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -98,6 +99,7 @@ class Reconciler:
         self.judge = judge
         self.tick = tick
         self._healthy: set[str] = set()
+        self._saved = 0.0
 
     # ------------------------------------------------------------ persistence
 
@@ -320,7 +322,13 @@ class Reconciler:
                                      self.service.health.deadline)
         self.act(new_status, actions)
         changed = new_status.to_json() != status.to_json()
+        # The judge's live line changes on every pass under traffic: persist it once a second.
+        live_only = changed and not actions and dataclasses.replace(
+            new_status, judge_line=status.judge_line).to_json() == status.to_json()
+        if live_only and time.monotonic() - self._saved < 1.0:
+            changed = False
         if changed or actions:
+            self._saved = time.monotonic()
             self.save(new_status, status.phase)
             if on_status:
                 on_status(new_status)
