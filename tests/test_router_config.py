@@ -24,12 +24,14 @@ def test_static_config_is_loopback_quiet_and_fast() -> None:
                                        listens={"web": "127.0.0.1:8080", "api": "127.0.0.2:80"},
                                        dynamic_dir=Path("/h/dyn"), access_log=Path("/h/a.log"))
     assert cfg["global"] == {"checkNewVersion": False, "sendAnonymousUsage": False}
-    assert cfg["entryPoints"] == {"traefik": {"address": "127.0.0.1:9000"},
+    assert cfg["entryPoints"] == {"traefik": {"address": "127.0.0.1:9000", "observability": {
+                                      "accessLogs": False, "metrics": False, "tracing": False}},
                                   "kiln-api": {"address": "127.0.0.2:80"},
                                   "kiln-web": {"address": "127.0.0.1:8080"}}
     assert cfg["providers"]["providersThrottleDuration"] == "100ms"
     assert cfg["providers"]["file"] == {"directory": "/h/dyn", "watch": True}
     assert cfg["metrics"]["prometheus"]["addServicesLabels"] is True
+    assert cfg["api"]["insecure"] is False and cfg["metrics"]["prometheus"]["manualRouting"]
     assert cfg["accessLog"]["format"] == "json"
     assert cfg["accessLog"]["bufferingSize"] == 0
 

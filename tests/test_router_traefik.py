@@ -320,7 +320,7 @@ def test_config_files_are_replaced_atomically(router: TraefikRouter,
         watcher.join(timeout=5)
     dynamic = router.dynamic_dir.resolve()
     assert written and not [p for p in written if p.parent == dynamic]
-    assert seen == {"web.yml"}
+    assert seen == {"web.yml", "_admin.yml"}  # never a temporary file
     assert router.verify("web") == {"web-r1": 10, "web-r2": 90}
 
 
@@ -348,3 +348,19 @@ def test_traefik_dying_at_start_reports_its_log(router: TraefikRouter,
     with pytest.raises(PlatformError, match=r"(?s)traefik exited at start.*notaport"):
         router.set_backends("web", spec(free_port()), [Backend("web-r1", 100, [a])])
     assert not router.is_running()
+
+
+def test_the_admin_api_and_metrics_need_the_projects_password(
+        router: TraefikRouter, backend: Callable[[str, str], str]) -> None:
+    a = backend("a", "127.0.0.2")
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 100, [a])])
+    from kiln.platforms.local.traefik_process import http_get
+
+    for path in ("/api/rawdata", "/api/http/services", "/metrics"):
+        assert http_get(router.admin_url + path)[0] == 401, path
+        assert http_get(router.admin_url + path,
+                        headers={"Authorization": "Basic a2lsbjp3cm9uZw=="})[0] == 401
+        assert http_get(router.admin_url + path, headers=router.admin_headers)[0] == 200
+    assert http_get(router.admin_url + "/ping")[0] == 200  # liveness stays open
+    assert router.verify("web") == {"web-r1": 100}

@@ -305,6 +305,7 @@ class Project:
         admin = getattr(self.router, "admin_url", None)
         if not isinstance(admin, str):
             return None
+        headers = dict(getattr(self.router, "admin_headers", None) or {})
 
         def count() -> dict[str, int]:
             import urllib.request
@@ -312,7 +313,8 @@ class Project:
             from kiln.analysis.live import prometheus_counts
 
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            with opener.open(f"{admin}/metrics", timeout=2) as resp:
+            with opener.open(urllib.request.Request(f"{admin}/metrics", headers=headers),
+                             timeout=2) as resp:
                 return prometheus_counts(resp.read().decode())
 
         return count

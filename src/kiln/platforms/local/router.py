@@ -35,6 +35,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -159,8 +160,12 @@ class TraefikRouter:
         if not admin or (admin != (running.admin if running else None)
                          and not traefik_process.port_free(admin)):
             state["admin"] = f"127.0.0.1:{traefik_process.free_port()}"
+        if not state.get("admin_password"):
+            state["admin_password"] = secrets.token_urlsafe(24)
         self.dynamic_dir.mkdir(parents=True, exist_ok=True)
         self._save_state(state)
+        self._write_atomic(self.dynamic_dir / traefik_config.ADMIN_FILE,
+                           _yaml_text(traefik_config.admin_config(state["admin_password"])))
         static = traefik_config.static_config(admin=state["admin"], listens=listens,
                                               dynamic_dir=self.dynamic_dir,
                                               access_log=self.access_log_path)
@@ -184,8 +189,15 @@ class TraefikRouter:
 
     @property
     def admin_url(self) -> str:
-        """Base URL of the internal entrypoint: /ping, /api, /metrics."""
+        """Base URL of the internal entrypoint: /ping, /api, /metrics (the last two need
+        `admin_headers`)."""
         return f"http://{self._load_state()['admin']}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Basic auth for /api and /metrics (the password lives in the 0700 state folder)."""
+        return traefik_config.admin_auth_header(str(self._load_state().get("admin_password")
+                                                    or ""))
 
     def check_listen(self, service_name: str, listen: str) -> None:
         """Refuse early (before any instance starts) a listen address another process holds."""
@@ -254,7 +266,8 @@ class TraefikRouter:
             time.sleep(0.01)
 
     def _api(self, admin: str, path: str) -> dict[str, Any] | None:
-        status, body = traefik_process.http_get(f"http://{admin}{path}", timeout=2.0)
+        status, body = traefik_process.http_get(f"http://{admin}{path}", timeout=2.0,
+                                                headers=self.admin_headers)
         if status != 200:
             return None
         try:
