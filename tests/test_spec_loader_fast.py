@@ -12,7 +12,7 @@ from ruamel.yaml import YAML
 from kiln.errors import SpecError
 from kiln.spec import loader, yaml_syntax
 from kiln.spec.loader import load_spec
-from kiln.spec.yaml_tree import NodeTree, compose
+from kiln.spec.yaml_tree import FALLBACK, NodeTree, compose, fast_plain
 
 SCALARS = ["yes", "no", "on", "off", "y", "true", "False", "TRUE", "null", "~", "", "Null", "1",
            "-1", "+1", "017", "0o17", "0x1F", "0b101", "1_000", "1.5", "1e3", "1.0e+3", ".5",
@@ -45,6 +45,31 @@ def test_values_typed_like_ruamel_yaml_1_2(scalar: str) -> None:
     root = compose(text)
     assert root is not None
     assert _norm(NodeTree(root, 1000).plain()["k"]) == _norm(expected)
+    fast = fast_plain(text, 1000)
+    assert fast is not FALLBACK
+    assert _norm(fast["k"]) == _norm(expected)
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shop" / "kiln.yaml"
+ANCHORS = "a: &x {p: 1, q: [1, 2, &y three]}\nb: *x\nc: [*y, *x]\nd: !!str 5\ne: ''\n"
+
+
+@pytest.mark.parametrize("text", [EXAMPLE.read_text(), ANCHORS], ids=["example", "anchors"])
+def test_fast_path_gives_what_the_node_tree_gives(text: str) -> None:
+    root = compose(text)
+    assert root is not None
+    assert fast_plain(text, 1000) == NodeTree(root, 1000).plain()
+
+
+@pytest.mark.parametrize("text", [
+    "a: 1\na: 2\n", "a: !foo 1\n", "<<: {a: 1}\nb: 2\n", "1: x\n", "- a\n", "x\n", "",
+    "a: &r [*r]\n", "a: 1\n---\nb: 2\n", "a: [\n", "a: 0b_\n",
+    "a: " + "[" * 70 + "]" * 70 + "\n",
+    "a: &a [1, 1, 1, 1]\nb: &b [*a, *a, *a, *a]\nc: [*b, *b, *b, *b]\n",
+], ids=["duplicate", "tag", "merge", "int key", "list", "scalar", "empty", "recursive",
+        "two documents", "syntax", "bad int", "deep", "bomb"])
+def test_fast_path_leaves_odd_files_to_the_node_tree(text: str) -> None:
+    assert fast_plain(text, 50) is FALLBACK
 
 
 def test_merge_keys_lose_to_explicit_ones_and_earlier_merges_win() -> None:

@@ -28,7 +28,18 @@ from pydantic.fields import FieldInfo
 from kiln.errors import SpecError
 from kiln.spec.models import CHECK_KEYS, NAME_RE, STEP_KEYS, Spec
 from kiln.spec.yaml_syntax import offset_pos, syntax_error
-from kiln.spec.yaml_tree import DuplicateKey, Loc, NodeTree, Pos, TooBig, compose, count_nodes, no_gc
+from kiln.spec.yaml_tree import (
+    FALLBACK,
+    DuplicateKey,
+    Loc,
+    NodeTree,
+    Pos,
+    TooBig,
+    compose,
+    count_nodes,
+    fast_plain,
+    no_gc,
+)
 from kiln.spec.yaml_tree import describe as _describe
 
 __all__ = ["MAX_FILE_BYTES", "MAX_NODES", "SPEC_FILENAME", "LoadedSpec", "find_spec", "load_spec",
@@ -96,6 +107,13 @@ def parse_spec(text: str, filename: str = SPEC_FILENAME) -> Spec:
 
 
 def _parse_spec(text: str, filename: str) -> Spec:
+    _check_nodes(text, filename)
+    plain = fast_plain(text, _max_values(text))
+    if plain is not FALLBACK:
+        try:
+            return Spec.model_validate(plain, strict=True)  # YAML has real types: no "3" -> 3
+        except ValidationError:
+            pass  # the node tree below finds where each problem is
     tree = _parse_yaml(text, filename)
     if tree is None:
         raise SpecError([f"{filename}:1:1: the file is empty; expected a mapping with "
@@ -122,7 +140,11 @@ def _parse_spec(text: str, filename: str) -> Spec:
     raise SpecError([_line(filename, pos, path, msg) for pos, path, msg in lines])
 
 
-def _parse_yaml(text: str, filename: str) -> NodeTree | None:
+def _max_values(text: str) -> int:
+    return max(MAX_VALUES, len(text) // _MIN_NODE_BYTES)
+
+
+def _check_nodes(text: str, filename: str) -> None:
     if _node_bound(text) > MAX_NODES:
         try:
             nodes = count_nodes(text, MAX_NODES)
@@ -131,13 +153,16 @@ def _parse_yaml(text: str, filename: str) -> NodeTree | None:
         if nodes > MAX_NODES:
             raise SpecError([f"{filename}:1:1: too many YAML nodes (more than {MAX_NODES}); "
                              "a kiln.yaml is expected to be far smaller"])
+
+
+def _parse_yaml(text: str, filename: str) -> NodeTree | None:
     try:
         root = compose(text)
     except yaml.YAMLError as exc:
         raise SpecError([syntax_error(text, filename, exc)]) from None
     if root is None:
         return None
-    return NodeTree(root, max_values=max(MAX_VALUES, len(text) // _MIN_NODE_BYTES))
+    return NodeTree(root, max_values=_max_values(text))
 
 
 def _node_bound(text: str) -> int:

@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-__all__ = ["DuplicateKey", "Loc", "NodeTree", "Pos", "TooBig", "compose", "count_nodes", "no_gc"]
+__all__ = ["FALLBACK", "DuplicateKey", "Loc", "NodeTree", "Pos", "TooBig", "compose", "count_nodes",
+           "fast_plain", "no_gc"]
 
 Loc = tuple[str | int, ...]
 Pos = tuple[int, int]
@@ -112,6 +113,131 @@ def compose(text: str) -> Node | None:
         return node
     finally:
         loader.dispose()
+
+
+_WORDS: dict[str, Any] = {
+    **{w: True for w in ("true", "True", "TRUE")}, **{w: False for w in ("false", "False", "FALSE")},
+    **{w: None for w in ("", "~", "null", "Null", "NULL")}}
+"""Plain scalars that the core schema types by their exact text."""
+_NUMERIC_FIRST = frozenset("-+.0123456789")
+FALLBACK: Any = object()
+_WORDS["<<"] = FALLBACK  # a merge key, or a merge tag where a value goes: the node tree decides
+"""fast_plain's answer when the file needs the node tree (odd YAML, or to say what is wrong)."""
+_SCALAR_TAGS = {_STR, _INT, _FLOAT, _BOOL, _NULL, _TIMESTAMP}
+
+
+def fast_plain(text: str, max_values: int, max_depth: int = 64) -> Any:
+    """Plain data straight from libyaml's events, without building nodes: the fast path for
+    ordinary files. Anything unusual (custom tags, merge keys, non-text or duplicate keys,
+    recursive aliases, alias bombs, deep nesting, syntax errors, a non-mapping top level)
+    returns FALLBACK, and the node tree then gives the same data or the exact problem."""
+    loader = _Loader(text)
+    get: Any = loader.get_event
+    scalar_ev, alias_ev = yaml.ScalarEvent, yaml.AliasEvent
+    map_start, seq_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
+    map_end, seq_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
+    anchors: dict[str, tuple[Any, int]] = {}
+    # (container, is_map, pending key, anchor, count at start) per open collection
+    stack: list[tuple[Any, bool, Any, str | None, int]] = []
+    cur: Any = None
+    is_map = False
+    key: Any = None
+    root: Any = FALLBACK
+    count = 0
+    try:
+        with no_gc():
+            get(), get()  # stream start, document start (or stream end: an empty file)
+            while True:
+                ev = get()
+                cls = ev.__class__
+                if cls is scalar_ev:
+                    count += 1
+                    tag = ev.tag
+                    value: Any = ev.value
+                    if tag is None or tag == "!":
+                        if not ev.implicit[0]:  # quoted: text
+                            pass
+                        elif value in _WORDS:
+                            value = _WORDS[value]
+                        elif value.isdigit():
+                            value = int(value)
+                        elif value and value[0] in _NUMERIC_FIRST:
+                            for rtag, rx in _BY_FIRST[value[0]]:
+                                if rx.match(value):
+                                    value = _typed(rtag, value)
+                                    break
+                    elif tag in _SCALAR_TAGS:
+                        value = _typed(tag, value)
+                    else:
+                        return FALLBACK
+                    if value is FALLBACK:
+                        return FALLBACK
+                    if ev.anchor is not None:
+                        anchors[ev.anchor] = (value, 1)
+                elif cls is alias_ev:
+                    found = anchors.get(ev.anchor)
+                    if found is None:  # undefined, or an ancestor still open: recursive
+                        return FALLBACK
+                    value, size = found
+                    count += size
+                elif cls is map_start or cls is seq_start:
+                    count += 1
+                    if ev.tag not in (None, "!", _MAP, _SEQ) or len(stack) >= max_depth:
+                        return FALLBACK
+                    new: Any = {} if cls is map_start else []
+                    stack.append((cur, is_map, key, ev.anchor, count))
+                    cur, is_map, key = new, cls is map_start, None
+                    continue
+                elif cls is map_end or cls is seq_end:
+                    value = cur
+                    cur, is_map, key, anchor, started = stack.pop()
+                    if anchor is not None:
+                        anchors[anchor] = (value, count - started + 1)
+                    if not stack:
+                        root = value
+                        break
+                else:  # document end of a scalar-only document, or anything unexpected
+                    return FALLBACK
+                if count > max_values:
+                    return FALLBACK
+                if cur is None:  # a scalar or alias at the top level
+                    return FALLBACK
+                if not is_map:
+                    cur.append(value)
+                elif key is None:
+                    if value.__class__ is not str or value == "<<":
+                        return FALLBACK  # non-text or merge key: the node tree says what to do
+                    key = value
+                else:
+                    if key in cur:
+                        return FALLBACK
+                    cur[key] = value
+                    key = None
+            if not isinstance(get(), yaml.DocumentEndEvent) or \
+                    not isinstance(get(), yaml.StreamEndEvent):
+                return FALLBACK  # a second document: the composer words that error
+    except (yaml.YAMLError, IndexError):
+        return FALLBACK
+    finally:
+        loader.dispose()
+    return root if isinstance(root, dict) else FALLBACK
+
+
+def _typed(tag: str, text: str) -> Any:
+    try:
+        if tag == _INT:
+            return _int(text)
+        if tag == _FLOAT:
+            return _float(text)
+        if tag == _BOOL:
+            return text.lower() == "true"
+        if tag == _NULL:
+            return None
+        if tag == _MERGE:
+            return "<<"
+    except ValueError:
+        return FALLBACK
+    return text  # str, and a timestamp kept as the text it was
 
 
 class TooBig(Exception):
