@@ -23,10 +23,14 @@ def plan(project: Project, services: Sequence[str] | None = None) -> list[dict[s
     items: list[dict[str, Any]] = []
     names = list(services) if services else list(project.spec.services)
     resolve = getattr(project.builder, "resolve", None)
+    resolved: dict[str, Any] = {}  # many services share an image: hash its inputs once
     for name in names:
         spec = project.service(name)
         img_spec = project.spec.images[spec.image]
-        image = resolve(spec.image, img_spec, base_dir=project.base_dir) if resolve else None
+        if spec.image not in resolved:
+            resolved[spec.image] = resolve(spec.image, img_spec, base_dir=project.base_dir) \
+                if resolve else None
+        image = resolved[spec.image]
         current = project.current_release(name)
         cfg = config_digest(spec)
         open_row = project.store.one(
