@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import boto3
 
 from kiln.platforms.aws.client import Aws
+from kiln.project import Project
 from kiln.spec.aws import AwsSettings
 from kiln.testing.moto import REGION, MotoServer
 
@@ -28,3 +30,67 @@ def settings(moto: MotoServer, **over: Any) -> AwsSettings:
 
 def aws(moto: MotoServer, **over: Any) -> Aws:
     return Aws(settings(moto, **over))
+
+
+SPEC = """\
+project: shop
+platform: aws
+aws:
+  region: {region}
+  subnets: [{subnets}]
+  instance_type: t3.micro
+  base_ami: {{owner: "099720109477", name: "ubuntu/images/hvm-ssd/ubuntu-*"}}
+  tags: {{team: shop}}
+images:
+  web:
+    steps:
+      - copy: app/
+        to: app/
+services:
+  web:
+    image: web
+    command: python3 -m app
+    listen: 80
+    replicas: 3
+    health: {{path: /healthz, deadline: 30s}}
+    rollout:
+      strategy: {strategy}
+      steps: [{{weight: 10, pause: {pause}}}, {{weight: 50, pause: {pause}}}]
+      drain_timeout: 0s
+{analysis}"""
+
+ANALYSIS = """\
+      analysis: {min_requests: 200, max_error_rate_increase: 1%, on_no_data: pause}
+"""
+
+
+def write_project(folder: Path, moto: MotoServer, *, strategy: str = "canary",
+                  pause: str = "0s", analysis: bool = False, version: str = "1") -> Path:
+    (folder / "app").mkdir(parents=True, exist_ok=True)
+    (folder / "app" / "__main__.py").write_text(f"VERSION = {version!r}\n")
+    (folder / "kiln.yaml").write_text(SPEC.format(
+        region=REGION, subnets=", ".join(subnets(moto)), strategy=strategy, pause=pause,
+        analysis=ANALYSIS if analysis else ""))
+    return folder / "kiln.yaml"
+
+
+def open_project(path: Path) -> Project:
+    from kiln.spec.loader import load_spec
+
+    loaded = load_spec(path)
+    return Project(loaded.spec, loaded.path, loaded.base_dir, loaded.base_dir / ".kiln")
+
+
+def listener_weights(moto: MotoServer) -> dict[str, int]:
+    """release -> weight read straight from the ALB listener (not through kiln)."""
+    elbv2 = boto3.client("elbv2", region_name=REGION, endpoint_url=moto.url)
+    out: dict[str, int] = {}
+    for lb in elbv2.describe_load_balancers()["LoadBalancers"]:
+        for listener in elbv2.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]:
+            for action in listener["DefaultActions"]:
+                for g in action.get("ForwardConfig", {}).get("TargetGroups", []):
+                    tags = elbv2.describe_tags(ResourceArns=[g["TargetGroupArn"]])
+                    release = {x["Key"]: x["Value"] for x in
+                               tags["TagDescriptions"][0]["Tags"]}["kiln:release"]
+                    out[release] = int(g["Weight"])
+    return out

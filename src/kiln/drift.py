@@ -47,6 +47,9 @@ def detect(project: Project) -> list[dict[str, Any]]:
         items.append({"kind": "unknown-router", "service": None,
                       "detail": "a router runs but the state records no routing "
                                 "(`kiln destroy` stops it)"})
+    own = getattr(project.platform, "drift", None)  # aws: AMIs of instances, missing ASGs
+    if own is not None:
+        items.extend(own())
     live = store.query(
         "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r ON r.id = i.release_id "
         "WHERE i.state IN ('starting','running','draining')")

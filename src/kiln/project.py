@@ -125,8 +125,9 @@ class Project:
         """The spec's platform (found by name in the registry); its parts are built on first use."""
         if self._platform is None:
             try:
-                self._platform = get_platform(self.spec.platform, self.store, self.home,
-                                              self.spec.project, router=self.spec.router)
+                self._platform = get_platform(
+                    self.spec.platform, self.store, self.home, self.spec.project,
+                    router=self.spec.router, settings=getattr(self.spec, self.spec.platform, None))
             except KilnError as exc:
                 raise KilnError(f"{self.spec_path}: platform: {exc}", hint=exc.hint) from exc
         return self._platform
@@ -294,6 +295,9 @@ class Project:
     def _judge(self, service: str, spec: ServiceSpec) -> Any:
         if spec.rollout.analysis is None:
             return None
+        own = getattr(self.platform, "make_judge", None)  # e.g. aws: CloudWatch aggregates
+        if own is not None:
+            return own(service, spec.rollout.analysis)
         from kiln.analysis.live import make_judge
 
         metrics = self.metrics

@@ -16,6 +16,7 @@ from kiln.state.store import Store
 
 PLATFORMS: dict[str, str] = {
     "local": "kiln.platforms.local:LocalPlatform",
+    "aws": "kiln.platforms.aws:AwsPlatform",
 }
 """name -> "module:Class". A name in the spec's `platform:` Literal but not here is refused."""
 
@@ -25,22 +26,24 @@ def names() -> list[str]:
 
 
 def get_platform(name: str, store: Store, home: Path, project: str, *,
-                 router: str = "traefik") -> Platform:
+                 router: str = "traefik", settings: object | None = None) -> Platform:
     """The platform called `name` for one project (KilnError naming the known ones if unknown).
 
     `router` (the spec's `router:` key) is passed on as a keyword only when it is not the default
     Traefik, so a platform that routes no other way needs no such parameter; one that does not
-    take it refuses the choice here with one line.
+    take it refuses the choice here with one line. `settings` (the spec's block named after the
+    platform, e.g. `aws:`) is passed as a keyword when there is one.
     """
     target = PLATFORMS.get(name)
     if target is None:
         raise KilnError(f"platform {name!r} is not available (platforms: {', '.join(names())})")
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
+    options: dict[str, object] = {} if settings is None else {"settings": settings}
     if router == "traefik":
-        platform: Platform = cls(store, home, project)
+        platform: Platform = cls(store, home, project, **options)
     elif "router" in inspect.signature(cls).parameters:
-        platform = cls(store, home, project, router=router)
+        platform = cls(store, home, project, router=router, **options)
     else:
         raise KilnError(f"router {router!r} is not available on platform {name!r}")
     return platform

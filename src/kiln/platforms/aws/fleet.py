@@ -1,0 +1,335 @@
+"""Per-release resources (launch template, Auto Scaling group, target group) and the project's
+shared ones (ALB and its security groups), each found by a deterministic name so that a rerun
+after a crash finds what the killed run created instead of creating it twice.
+
+Why a launch template per release (not one template with a version per release): a release is
+disposed of in one `delete_launch_template` call, and moto lacks DeleteLaunchTemplateVersions;
+see docs/decisions/aws-fleet-per-release.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.errors import PlatformError
+from kiln.platforms.aws import tags as t
+from kiln.platforms.aws.bake import ROOT
+from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
+from kiln.platforms.aws.preflight import Network, network
+from kiln.platforms.base import Image, Release
+from kiln.spec.models import ServiceSpec
+
+
+def _short(*parts: str) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Names:
+    """AWS names of one project's resources (target group and ALB names cap at 32 characters)."""
+
+    project: str
+
+    @property
+    def alb(self) -> str:
+        return f"kiln-{self.project[:18]}-{_short(self.project)}"
+
+    @property
+    def alb_group(self) -> str:
+        return f"kiln-{self.project}-alb"
+
+    @property
+    def fleet_group(self) -> str:
+        return f"kiln-{self.project}-fleet"
+
+    def target_group(self, release_id: str) -> str:
+        service, _, number = release_id.rpartition("-")
+        return f"kiln-{_short(self.project, service)}-{number}"[:32]
+
+    def asg(self, release_id: str) -> str:
+        return f"kiln-{self.project}-{release_id}"
+
+    def launch_template(self, release_id: str) -> str:
+        return f"kiln-{self.project}-{release_id}"
+
+
+def user_data(service_name: str, service: ServiceSpec, env: dict[str, str]) -> str:
+    """First-boot script: a systemd unit running the service's command in the image root."""
+    unit = f"kiln-{service_name}"
+    lines = [f"{k}={v}" for k, v in sorted(env.items())]
+    lines += ["HOST=0.0.0.0", f"PORT={service.port}"]
+    env_file = "\n".join(lines)
+    script = f"""#!/bin/sh
+set -e
+touch /opt/kiln/env
+cat > /etc/{unit}.env <<'KILN_ENV'
+{env_file}
+KILN_ENV
+cat > /etc/systemd/system/{unit}.service <<'KILN_UNIT'
+[Unit]
+Description=kiln service {service_name}
+After=network-online.target
+[Service]
+WorkingDirectory={ROOT}
+EnvironmentFile=/opt/kiln/env
+EnvironmentFile=/etc/{unit}.env
+Environment=PATH={ROOT}/.venv/bin:/usr/local/bin:/usr/bin:/bin
+ExecStart=/bin/sh -c {shlex.quote(service.command)}
+Restart=always
+KillSignal=SIGTERM
+TimeoutStopSec={int(service.stop_timeout)}
+[Install]
+WantedBy=multi-user.target
+KILN_UNIT
+systemctl daemon-reload
+systemctl enable --now {unit}
+"""
+    return base64.b64encode(script.encode()).decode()
+
+
+class Fleet:
+    """Creates, finds and deletes the project's resources. Every method is idempotent."""
+
+    def __init__(self, aws: Aws, project: str) -> None:
+        self.aws, self.project = aws, project
+        self.names = Names(project)
+        self._network: Network | None = None
+        self._tg: dict[str, str] = {}
+
+    @property
+    def net(self) -> Network:
+        if self._network is None:
+            self._network = network(self.aws)
+        return self._network
+
+    def _tags(self, role: str, **kiln: str) -> dict[str, str]:
+        return t.tags(self.project, role, self.aws.settings.tags, **kiln)
+
+    # ------------------------------------------------------------ security groups
+
+    def group(self, name: str, role: str, description: str) -> str:
+        with translated(f"security group {name}"):
+            found = self.aws.ec2.describe_security_groups(Filters=[
+                {"Name": "group-name", "Values": [name]},
+                {"Name": "vpc-id", "Values": [self.net.vpc_id]}])["SecurityGroups"]
+            if found:
+                if t.from_list(found[0].get("Tags")).get(t.PROJECT) != self.project:
+                    raise PlatformError(f"aws: security group {name} ({found[0]['GroupId']}) "
+                                        f"exists but is not kiln's (no {t.PROJECT}={self.project} "
+                                        "tag); refusing to use it")
+                return str(found[0]["GroupId"])
+            out = self.aws.ec2.create_security_group(
+                GroupName=name, VpcId=self.net.vpc_id, Description=description,
+                TagSpecifications=[t.spec("security-group", self._tags(role))])
+        return str(out["GroupId"])
+
+    def allow(self, group: str, port: int, source_group: str | None = None) -> None:
+        perm: dict[str, Any] = {"IpProtocol": "tcp", "FromPort": port, "ToPort": port}
+        if source_group:
+            perm["UserIdGroupPairs"] = [{"GroupId": source_group}]
+        else:
+            perm["IpRanges"] = [{"CidrIp": "0.0.0.0/0"}]
+        from botocore.exceptions import ClientError
+
+        with translated(f"opening port {port} on {group}"):
+            try:
+                self.aws.ec2.authorize_security_group_ingress(GroupId=group,
+                                                              IpPermissions=[perm])
+            except ClientError as exc:
+                if error_code(exc) != "InvalidPermission.Duplicate":
+                    raise
+
+    def fleet_group(self) -> str:
+        return self.group(self.names.fleet_group, "fleet",
+                          "kiln instances: reachable from the project's ALB only")
+
+    def alb_group(self) -> str:
+        return self.group(self.names.alb_group, "alb", "kiln ALB listeners")
+
+    # ------------------------------------------------------------ the ALB
+
+    def find_alb(self) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        with translated("looking up the load balancer"):
+            try:
+                lbs = self.aws.elbv2.describe_load_balancers(Names=[self.names.alb])
+            except ClientError as exc:
+                if error_code(exc) == "LoadBalancerNotFound":
+                    return None
+                raise
+            lb: dict[str, Any] = lbs["LoadBalancers"][0]
+            owner = self.elbv2_tags(lb["LoadBalancerArn"]).get(t.PROJECT)
+        if owner != self.project:
+            raise PlatformError(f"aws: load balancer {self.names.alb} exists but is not kiln's "
+                                f"(no {t.PROJECT}={self.project} tag); refusing to change it")
+        return lb
+
+    def alb(self) -> dict[str, Any]:
+        found = self.find_alb()
+        if found is not None:
+            return found
+        group = self.alb_group()
+        with translated("creating the load balancer"):
+            out = self.aws.elbv2.create_load_balancer(
+                Name=self.names.alb, Subnets=list(self.net.subnets), SecurityGroups=[group],
+                Scheme="internet-facing", Type="application", IpAddressType="ipv4",
+                Tags=t.as_list(self._tags("alb")))
+        lb: dict[str, Any] = out["LoadBalancers"][0]
+        return lb
+
+    def elbv2_tags(self, arn: str) -> dict[str, str]:
+        with translated("reading tags"):
+            desc = self.aws.elbv2.describe_tags(ResourceArns=[arn])["TagDescriptions"]
+        return t.from_list(desc[0].get("Tags")) if desc else {}
+
+    # ------------------------------------------------------------ per release
+
+    def target_group(self, release_id: str, service_name: str | None = None,
+                     service: ServiceSpec | None = None) -> str | None:
+        """The release's target group ARN; created when `service` is given and it is missing."""
+        if release_id in self._tg:
+            return self._tg[release_id]
+        name = self.names.target_group(release_id)
+        from botocore.exceptions import ClientError
+
+        with translated(f"target group {name}"):
+            try:
+                found = self.aws.elbv2.describe_target_groups(Names=[name])["TargetGroups"]
+            except ClientError as exc:
+                if error_code(exc) != "TargetGroupNotFound":
+                    raise
+                found = []
+            if found:
+                arn = str(found[0]["TargetGroupArn"])
+            elif service is None or service_name is None:
+                return None
+            else:
+                h = service.health
+                out = self.aws.elbv2.create_target_group(
+                    Name=name, Protocol="HTTP", Port=service.port, VpcId=self.net.vpc_id,
+                    TargetType="instance", HealthCheckProtocol="HTTP", HealthCheckPath=h.path,
+                    HealthCheckIntervalSeconds=max(5, min(300, int(h.interval))),
+                    HealthCheckTimeoutSeconds=max(2, min(120, int(h.timeout))),
+                    HealthyThresholdCount=2, UnhealthyThresholdCount=2,
+                    Matcher={"HttpCode": "200-399"},
+                    Tags=t.as_list(self._tags("release", service=service_name,
+                                              release=release_id)))
+                arn = str(out["TargetGroups"][0]["TargetGroupArn"])
+                # Draining is the deregistration delay: ALB finishes in-flight requests first.
+                self.aws.elbv2.modify_target_group_attributes(TargetGroupArn=arn, Attributes=[{
+                    "Key": "deregistration_delay.timeout_seconds",
+                    "Value": str(int(service.rollout.drain_timeout))}])
+        self._tg[release_id] = arn
+        return arn
+
+    def launch_template(self, service_name: str, service: ServiceSpec, release: Release,
+                        image: Image) -> str:
+        name = self.names.launch_template(release.id)
+        from botocore.exceptions import ClientError
+
+        with translated(f"launch template {name}"):
+            try:
+                found = self.aws.ec2.describe_launch_templates(
+                    LaunchTemplateNames=[name])["LaunchTemplates"]
+            except ClientError as exc:
+                if not is_missing(exc) and "NotFound" not in error_code(exc):
+                    raise
+                found = []
+            if found:
+                return str(found[0]["LaunchTemplateId"])
+            s = self.aws.settings
+            kiln_tags = self._tags("release", service=service_name, release=release.id,
+                                   image=image.digest[7:23])
+            data: dict[str, Any] = {
+                "ImageId": image.ref, "InstanceType": s.instance_type,
+                "SecurityGroupIds": [self.fleet_group(), *s.security_groups],
+                "UserData": user_data(service_name, service, {**image.env, **service.env}),
+                "TagSpecifications": [t.spec("instance", kiln_tags | {
+                    "Name": f"kiln-{self.project}-{release.id}"}), t.spec("volume", kiln_tags)],
+            }
+            if s.instance_profile:
+                data["IamInstanceProfile"] = {"Name": s.instance_profile}
+            if s.key_name:
+                data["KeyName"] = s.key_name
+            out = self.aws.ec2.create_launch_template(
+                LaunchTemplateName=name, VersionDescription=release.id, LaunchTemplateData=data,
+                TagSpecifications=[t.spec("launch-template", kiln_tags)])
+        return str(out["LaunchTemplate"]["LaunchTemplateId"])
+
+    def asg(self, release_id: str) -> dict[str, Any] | None:
+        with translated("looking up the Auto Scaling group"):
+            groups = self.aws.autoscaling.describe_auto_scaling_groups(
+                AutoScalingGroupNames=[self.names.asg(release_id)])["AutoScalingGroups"]
+        return dict(groups[0]) if groups else None
+
+    def ensure_asg(self, service_name: str, service: ServiceSpec, release: Release,
+                   image: Image) -> dict[str, Any]:
+        found = self.asg(release.id)
+        if found is not None:
+            return found
+        tg = self.target_group(release.id, service_name, service)
+        lt = self.launch_template(service_name, service, release, image)
+        fleet = self.fleet_group()
+        lb = self.alb()
+        self.allow(fleet, service.port, source_group=(lb.get("SecurityGroups") or [None])[0])
+        kiln_tags = self._tags("release", service=service_name, release=release.id)
+        name = self.names.asg(release.id)
+        with translated(f"creating the Auto Scaling group {name}"):
+            self.aws.autoscaling.create_auto_scaling_group(
+                AutoScalingGroupName=name,
+                LaunchTemplate={"LaunchTemplateId": lt, "Version": "1"},
+                MinSize=0, MaxSize=64, DesiredCapacity=0,
+                VPCZoneIdentifier=",".join(self.net.subnets), TargetGroupARNs=[tg],
+                HealthCheckType="ELB", HealthCheckGracePeriod=int(service.health.deadline),
+                Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": False,
+                       "ResourceId": name, "ResourceType": "auto-scaling-group"}
+                      for k, v in kiln_tags.items()])
+        made = self.asg(release.id)
+        assert made is not None
+        return made
+
+    def dispose(self, release_id: str) -> None:
+        """Delete the release's ASG (and its instances), target group and launch template."""
+        from botocore.exceptions import ClientError
+
+        name = self.names.asg(release_id)
+        with translated(f"deleting {name}"):
+            if self.asg(release_id) is not None:
+                try:
+                    self.aws.autoscaling.delete_auto_scaling_group(AutoScalingGroupName=name,
+                                                                   ForceDelete=True)
+                except ClientError as exc:
+                    if not is_missing(exc):
+                        raise
+            tg = self.target_group(release_id)
+            if tg is not None:
+                self._delete_target_group(tg)
+            self._tg.pop(release_id, None)
+            try:
+                self.aws.ec2.delete_launch_template(
+                    LaunchTemplateName=self.names.launch_template(release_id))
+            except ClientError as exc:
+                if "NotFound" not in error_code(exc) and not is_missing(exc):
+                    raise
+
+    def _delete_target_group(self, arn: str, timeout: float = 120.0) -> None:
+        """A target group in a listener's action is 'in use' until the router drops it."""
+        from botocore.exceptions import ClientError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.aws.elbv2.delete_target_group(TargetGroupArn=arn)
+                return
+            except ClientError as exc:
+                if is_missing(exc):
+                    return
+                if error_code(exc) != "ResourceInUse" or time.monotonic() > deadline:
+                    raise
+            time.sleep(1.0)

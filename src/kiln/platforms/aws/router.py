@@ -1,0 +1,184 @@
+"""The router on AWS: one ALB per project, one listener per service (its `listen:` port), whose
+forward action lists the releases' target groups with their weights (ForwardConfig). Canary,
+blue-green and rolling are weight changes of that one action; `verify` reads them back.
+
+A listener, load balancer or security group without the project's `kiln:project` tag is never
+changed: kiln refuses with one line instead of taking over someone else's routing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from kiln.errors import PlatformError
+from kiln.platforms.aws import tags as t
+from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
+from kiln.platforms.aws.fleet import Fleet
+from kiln.platforms.base import Backend
+from kiln.spec.models import ServiceSpec
+from kiln.state.store import Store
+
+
+def listen_port(listen: str) -> int:
+    return int(listen.rpartition(":")[2])
+
+
+class AlbRouter:
+    def __init__(self, aws: Aws, store: Store, project: str, fleet: Fleet) -> None:
+        self.aws, self.store, self.project, self.fleet = aws, store, project, fleet
+
+    def ensure_running(self) -> None:
+        self.fleet.alb()
+
+    # ------------------------------------------------------------ listeners
+
+    def _listeners(self, lb_arn: str) -> list[dict[str, Any]]:
+        with translated("listing listeners"):
+            listeners = self.aws.elbv2.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"]
+            arns = [x["ListenerArn"] for x in listeners]
+            tagged = {}
+            if arns:
+                for d in self.aws.elbv2.describe_tags(ResourceArns=arns)["TagDescriptions"]:
+                    tagged[d["ResourceArn"]] = t.from_list(d.get("Tags"))
+        for x in listeners:
+            x["kiln_tags"] = tagged.get(x["ListenerArn"], {})
+        return list(listeners)
+
+    def _listener(self, service_name: str, port: int | None) -> dict[str, Any] | None:
+        """The service's listener; refuses a listener on its port that kiln does not own."""
+        lb = self.fleet.find_alb()
+        if lb is None:
+            return None
+        for x in self._listeners(lb["LoadBalancerArn"]):
+            tags = x["kiln_tags"]
+            mine = tags.get(t.PROJECT) == self.project and tags.get(t.SERVICE) == service_name
+            if port is not None and x["Port"] == port and not mine:
+                owner = (f"service {tags[t.SERVICE]}" if tags.get(t.PROJECT) == self.project
+                         else "not kiln's: no kiln:project tag" if t.PROJECT not in tags
+                         else f"project {tags[t.PROJECT]}")
+                raise PlatformError(f"aws: the listener on port {port} of {self.fleet.names.alb} "
+                                    f"belongs to {owner}; refusing to change it")
+            if mine:
+                return x
+        return None
+
+    def check_listen(self, service_name: str, listen: str) -> None:
+        self._listener(service_name, listen_port(listen))
+
+    def set_backends(self, service_name: str, service: ServiceSpec,
+                     backends: Sequence[Backend]) -> None:
+        port = listen_port(service.listen)
+        lb = self.fleet.alb()
+        groups = lb.get("SecurityGroups") or []
+        if groups:
+            self.fleet.allow(groups[0], port)
+        targets: list[dict[str, Any]] = []
+        for b in backends:
+            arn = self.fleet.target_group(b.release_id)
+            if arn is None:
+                raise PlatformError(f"aws: release {b.release_id} has no target group")
+            targets.append({"TargetGroupArn": arn, "Weight": b.weight})
+        live = [x for x in targets if x["Weight"] > 0] or targets
+        action = [{"Type": "forward", "ForwardConfig": {
+            "TargetGroups": live, "TargetGroupStickinessConfig": {"Enabled": False}}}]
+        listener = self._listener(service_name, port)
+        with translated(f"routing {service_name} on port {port}"):
+            if listener is None:
+                self.aws.elbv2.create_listener(
+                    LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port,
+                    DefaultActions=action,
+                    Tags=t.as_list(t.tags(self.project, "listener", self.aws.settings.tags,
+                                          service=service_name)))
+            else:
+                self.aws.elbv2.modify_listener(ListenerArn=listener["ListenerArn"],
+                                               DefaultActions=action)
+        self._deregister_draining(backends)
+
+    def _deregister_draining(self, backends: Sequence[Backend]) -> None:
+        """Instances kiln retired leave their target group: the deregistration delay drains
+        them (the ALB stops sending new requests and lets in-flight ones finish)."""
+        for b in backends:
+            rows = self.store.query("SELECT id, port FROM instances WHERE release_id = ? AND "
+                                    "state = 'draining'", (b.release_id,))
+            arn = self.fleet.target_group(b.release_id)
+            if rows and arn:
+                with translated(f"draining {b.release_id}"):
+                    self.aws.elbv2.deregister_targets(
+                        TargetGroupArn=arn, Targets=[{"Id": r["id"], "Port": r["port"]}
+                                                     for r in rows])
+
+    def remove_service(self, service_name: str) -> None:
+        listener = self._listener(service_name, None)
+        if listener is not None:
+            with translated(f"removing the listener of {service_name}"):
+                self.aws.elbv2.delete_listener(ListenerArn=listener["ListenerArn"])
+
+    def verify(self, service_name: str) -> dict[str, int]:
+        """release_id -> weight, read back from the listener's forward action."""
+        listener = self._listener(service_name, None)
+        if listener is None:
+            return {}
+        arns: dict[str, int] = {}
+        for action in listener.get("DefaultActions", []):
+            for g in action.get("ForwardConfig", {}).get("TargetGroups", []):
+                arns[g["TargetGroupArn"]] = int(g.get("Weight", 1))
+            if action.get("TargetGroupArn") and not action.get("ForwardConfig"):
+                arns[action["TargetGroupArn"]] = 1
+        if not arns:
+            return {}
+        with translated("reading target group tags"):
+            desc = self.aws.elbv2.describe_tags(ResourceArns=list(arns))["TagDescriptions"]
+        out = {}
+        for d in desc:
+            release = t.from_list(d.get("Tags")).get(t.RELEASE, d["ResourceArn"])
+            out[release] = arns[d["ResourceArn"]]
+        return out
+
+    # ------------------------------------------------------------ teardown
+
+    def stop(self) -> None:
+        """Nothing runs any more: delete the project's listeners, ALB, groups and leftovers."""
+        from botocore.exceptions import ClientError
+
+        from kiln.platforms.aws.inventory import tagged
+
+        lb = self.fleet.find_alb()
+        with translated("deleting the load balancer"):
+            if lb is not None:
+                for x in self._listeners(lb["LoadBalancerArn"]):
+                    self.aws.elbv2.delete_listener(ListenerArn=x["ListenerArn"])
+                self.aws.elbv2.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+            inv = tagged(self.aws, self.project)
+            for name in inv["auto-scaling-group"]:
+                self.fleet.dispose(name.removeprefix(f"kiln-{self.project}-"))
+            for arn in inv["target-group"]:
+                try:
+                    self.aws.elbv2.delete_target_group(TargetGroupArn=arn)
+                except ClientError as exc:
+                    if not is_missing(exc):
+                        raise
+            for lt in inv["launch-template"]:
+                self.aws.ec2.delete_launch_template(LaunchTemplateName=lt)
+            groups = self.aws.ec2.describe_security_groups(
+                Filters=[*t.filters(self.project), {"Name": f"tag:{t.ROLE}",
+                                                    "Values": ["alb", "fleet"]}])["SecurityGroups"]
+            # The fleet group refers to the ALB's: drop the rules, then the groups.
+            for g in groups:
+                if g.get("IpPermissions"):
+                    self.aws.ec2.revoke_security_group_ingress(GroupId=g["GroupId"],
+                                                               IpPermissions=g["IpPermissions"])
+            for g in groups:
+                deadline = time.monotonic() + 300.0
+                while True:
+                    try:
+                        self.aws.ec2.delete_security_group(GroupId=g["GroupId"])
+                        break
+                    except ClientError as exc:
+                        if is_missing(exc):
+                            break
+                        if (error_code(exc) != "DependencyViolation"
+                                or time.monotonic() > deadline):
+                            raise
+                        time.sleep(2.0)
