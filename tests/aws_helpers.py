@@ -52,7 +52,7 @@ services:
     command: python3 -m app
     listen: 80
     replicas: 3
-    health: {{path: /healthz, deadline: 30s}}
+    health: {{path: /healthz, deadline: {deadline}}}
     rollout:
       strategy: {strategy}
       steps: [{{weight: 10, pause: {pause}}}, {{weight: 50, pause: {pause}}}]
@@ -65,12 +65,14 @@ ANALYSIS = """\
 
 
 def write_project(folder: Path, moto: MotoServer, *, strategy: str = "canary",
-                  pause: str = "0s", analysis: bool = False, version: str = "1") -> Path:
+                  pause: str = "0s", analysis: bool = False, version: str = "1",
+                  deadline: str = "30s", listen: int = 80) -> Path:
     (folder / "app").mkdir(parents=True, exist_ok=True)
     (folder / "app" / "__main__.py").write_text(f"VERSION = {version!r}\n")
     (folder / "kiln.yaml").write_text(SPEC.format(
         region=REGION, subnets=", ".join(subnets(moto)), strategy=strategy, pause=pause,
-        analysis=ANALYSIS if analysis else ""))
+        analysis=ANALYSIS if analysis else "", deadline=deadline).replace(
+            "listen: 80", f"listen: {listen}"))
     return folder / "kiln.yaml"
 
 

@@ -29,6 +29,7 @@ from kiln.platforms.aws import tags as t
 from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
 from kiln.platforms.aws.preflight import Network, base_ami, network
 from kiln.platforms.base import Image, StepEvent
+from kiln.rollout.executor import env_fault
 from kiln.spec.models import CopyStep, EnvStep, ImageSpec, RunStep, Step, WorkdirStep
 from kiln.state.store import Store
 
@@ -244,6 +245,7 @@ class AmiBuilder:
         try:
             tmp.group = self._group(attempt)
             tmp.instance = self._launch(p, tmp.group, attempt)
+            env_fault()("bake:launched")  # test-only SIGKILL point (KILN_FAULT)
             self._wait_state(tmp.instance, "running")
             self._steps(tmp.instance, p, emit)
             tmp.image = self._image(name, p, tmp.instance)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kiln.errors import PlatformError
-from kiln.platforms.aws.client import Aws, translated
+from kiln.platforms.aws.client import Aws, is_missing, translated
 from kiln.platforms.aws.fleet import Fleet
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
 from kiln.platforms.instance_rows import from_row, insert, set_state
@@ -115,14 +115,16 @@ class AwsCompute:
         from botocore.exceptions import ClientError
 
         with translated(f"terminating {instance.id}"):
-            try:
+            member = self.aws.autoscaling.describe_auto_scaling_instances(
+                InstanceIds=[instance.id]).get("AutoScalingInstances", [])
+            if member and member[0].get("LifecycleState") not in GONE_LIFECYCLE:
                 self.aws.autoscaling.terminate_instance_in_auto_scaling_group(
                     InstanceId=instance.id, ShouldDecrementDesiredCapacity=True)
-            except ClientError:  # not (or no longer) in its group: terminate it directly
+            elif not member:  # no longer in its group (someone removed it): terminate directly
                 try:
                     self.aws.ec2.terminate_instances(InstanceIds=[instance.id])
                 except ClientError as exc:
-                    if "NotFound" not in str(exc):
+                    if not is_missing(exc):
                         raise
         set_state(self.store, instance.id, "stopped")
         left = self.store.one(

@@ -22,21 +22,27 @@ def detect(aws: Aws, store: Store, fleet: Fleet) -> list[dict[str, Any]]:
         "WHERE i.kind = 'service' AND i.state IN ('starting','running','draining')")
     if not rows:
         return items
+    groups = {rel: fleet.asg(rel) for rel in sorted({r["release_id"] for r in rows})}
+    ids = {r["id"] for r in rows}
+    for group in groups.values():  # members kiln never recorded are checked too
+        ids.update(i["InstanceId"] for i in (group or {}).get("Instances", []))
     with translated("describing instances for drift"):
-        res = aws.ec2.describe_instances(
-            Filters=[{"Name": "instance-id", "Values": [r["id"] for r in rows]}])
-    running = {i["InstanceId"]: i for r in res["Reservations"] for i in r["Instances"]}
-    for row in rows:
-        inst = running.get(row["id"])
-        if inst is None or inst["State"]["Name"] not in ("pending", "running"):
-            continue  # the generic check reports dead instances
-        if row["ami"] and inst.get("ImageId") != row["ami"]:
-            items.append({"kind": "ami", "service": row["service"],
-                          "detail": f"{row['id']} runs {inst.get('ImageId')}, but its release "
-                                    f"{row['release_id']} is {row['ami']}"})
-    for release in sorted({(r["service"], r["release_id"]) for r in rows}):
-        if fleet.asg(release[1]) is None:
-            items.append({"kind": "asg", "service": release[0],
-                          "detail": f"Auto Scaling group {fleet.names.asg(release[1])} of "
-                                    f"{release[1]} is missing"})
+        res = aws.ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": sorted(ids)}])
+    running = {i["InstanceId"]: i for r in res["Reservations"] for i in r["Instances"]
+               if i["State"]["Name"] in ("pending", "running")}
+    ami = {r["release_id"]: r["ami"] for r in rows}
+    service = {r["release_id"]: r["service"] for r in rows}
+    for release, group in groups.items():
+        if group is None:
+            items.append({"kind": "asg", "service": service[release],
+                          "detail": f"Auto Scaling group {fleet.names.asg(release)} of "
+                                    f"{release} is missing"})
+        members = {i["InstanceId"] for i in (group or {}).get("Instances", [])}
+        members |= {r["id"] for r in rows if r["release_id"] == release}
+        for iid in sorted(members):
+            inst = running.get(iid)
+            if inst is not None and ami[release] and inst.get("ImageId") != ami[release]:
+                items.append({"kind": "ami", "service": service[release],
+                              "detail": f"{iid} runs {inst.get('ImageId')}, but its release "
+                                        f"{release} is {ami[release]}"})
     return items

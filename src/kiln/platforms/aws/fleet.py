@@ -309,7 +309,7 @@ class Fleet:
                         raise
             tg = self.target_group(release_id)
             if tg is not None:
-                self._delete_target_group(tg)
+                self._delete_target_group(tg, timeout=0.0)
             self._tg.pop(release_id, None)
             try:
                 self.aws.ec2.delete_launch_template(
@@ -330,6 +330,9 @@ class Fleet:
             except ClientError as exc:
                 if is_missing(exc):
                     return
-                if error_code(exc) != "ResourceInUse" or time.monotonic() > deadline:
+                if error_code(exc) != "ResourceInUse":
                     raise
+                if time.monotonic() > deadline:
+                    return  # still routed to (not by kiln: kiln routes away first); left for stop
+
             time.sleep(1.0)

@@ -51,18 +51,19 @@ class AlbRouter:
         lb = self.fleet.find_alb()
         if lb is None:
             return None
+        found = None
         for x in self._listeners(lb["LoadBalancerArn"]):
             tags = x["kiln_tags"]
             mine = tags.get(t.PROJECT) == self.project and tags.get(t.SERVICE) == service_name
-            if port is not None and x["Port"] == port and not mine:
+            if mine:
+                found = x
+            elif port is not None and x["Port"] == port:
                 owner = (f"service {tags[t.SERVICE]}" if tags.get(t.PROJECT) == self.project
                          else "not kiln's: no kiln:project tag" if t.PROJECT not in tags
                          else f"project {tags[t.PROJECT]}")
                 raise PlatformError(f"aws: the listener on port {port} of {self.fleet.names.alb} "
                                     f"belongs to {owner}; refusing to change it")
-            if mine:
-                return x
-        return None
+        return found
 
     def check_listen(self, service_name: str, listen: str) -> None:
         self._listener(service_name, listen_port(listen))
@@ -92,7 +93,7 @@ class AlbRouter:
                     Tags=t.as_list(t.tags(self.project, "listener", self.aws.settings.tags,
                                           service=service_name)))
             else:
-                self.aws.elbv2.modify_listener(ListenerArn=listener["ListenerArn"],
+                self.aws.elbv2.modify_listener(ListenerArn=listener["ListenerArn"], Port=port,
                                                DefaultActions=action)
         self._deregister_draining(backends)
 
