@@ -13,13 +13,13 @@ from kiln.spec.aws import AwsSettings
 from kiln.state.store import Store
 
 if TYPE_CHECKING:
-    from kiln.platforms.base import Image
     from kiln.platforms.aws.bake import AmiBuilder
     from kiln.platforms.aws.client import Aws
     from kiln.platforms.aws.compute import AwsCompute
     from kiln.platforms.aws.fleet import Fleet
     from kiln.platforms.aws.metrics import CloudWatchJudge
     from kiln.platforms.aws.router import AlbRouter
+    from kiln.platforms.base import Image
     from kiln.spec.models import Analysis
 
 

@@ -11,7 +11,6 @@ template with it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -77,7 +76,6 @@ class AwsCompute:
                 inst = Instance(iid, service_name, release.id, host, service.port,
                                 handle={"instance": iid,
                                         "asg": self.fleet.names.asg(release.id)})
-                c.execute("DELETE FROM instances WHERE id = ? AND state = 'starting'", (iid,))
                 insert(c, inst, kind="service")
                 c.event("instance.launch", f"launching {iid} ({host}:{service.port}) in "
                         f"{self.fleet.names.asg(release.id)}", service=service_name,
