@@ -41,6 +41,7 @@ aws:
   instance_type: t3.micro
   base_ami: {{owner: "099720109477", name: "ubuntu/images/hvm-ssd/ubuntu-*"}}
   tags: {{team: shop}}
+  metrics_period: 1
 images:
   web:
     steps:

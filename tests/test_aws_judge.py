@@ -4,6 +4,7 @@ release would produce them, roll a bad canary back and promote a good one."""
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -25,11 +26,13 @@ from kiln.testing.moto import REGION, MotoServer
 @contextmanager
 def alb_metrics(moto: MotoServer, error_rate: dict[str, float]) -> Iterator[None]:
     """Every 0.2 s, for each release whose target group exists: 50 requests, its share of 5xx,
-    50 ms mean latency, as the ALB would report them to CloudWatch. Stopped on exit."""
+    40-60 ms mean latency, as the ALB would report them to CloudWatch (at a 1 s period, the
+    spec's metrics_period, so the test takes seconds, not minutes). Stopped on exit."""
     names = Names("shop")
     elbv2 = boto3.client("elbv2", region_name=REGION, endpoint_url=moto.url)
     cw = boto3.client("cloudwatch", region_name=REGION, endpoint_url=moto.url)
     stop = threading.Event()
+    rng = random.Random(7)
 
     def feed() -> None:
         while not stop.is_set():
@@ -49,7 +52,8 @@ def alb_metrics(moto: MotoServer, error_rate: dict[str, float]) -> Iterator[None
                         {"MetricName": "HTTPCode_Target_5XX_Count", "Dimensions": dims,
                          "Timestamp": now, "Value": round(50 * rate), "Unit": "Count"},
                         {"MetricName": "TargetResponseTime", "Dimensions": dims,
-                         "Timestamp": now, "Value": 0.05, "Unit": "Seconds"}])
+                         "Timestamp": now, "Value": rng.uniform(0.04, 0.06),
+                         "Unit": "Seconds"}])
             except (ClientError, IndexError):
                 pass
             stop.wait(0.2)

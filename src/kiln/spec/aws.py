@@ -49,6 +49,9 @@ class AwsSettings(_Model):
     """Added to every resource kiln creates (kiln's own `kiln:*` tags win)."""
     endpoint_url: str | None = None
     """Any AWS-compatible endpoint (moto in the tests); AWS_ENDPOINT_URL works too."""
+    metrics_period: int = Field(60, ge=1, le=3600)
+    """Seconds per CloudWatch datapoint the judge reads. ALB metrics come per minute; a smaller
+    period only makes sense for high-resolution metrics (and for moto in the tests)."""
     builder_timeout: float = Field(1800.0, gt=0)
     """Seconds a bake may take on the builder before it is abandoned and cleaned up."""
 

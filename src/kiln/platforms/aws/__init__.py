@@ -68,7 +68,8 @@ class AwsPlatform:
     def make_judge(self, service: str, analysis: Analysis) -> CloudWatchJudge:
         from kiln.platforms.aws.metrics import CloudWatchJudge, CloudWatchSource
 
-        return CloudWatchJudge(CloudWatchSource(self.aws, self.fleet), service, analysis)
+        source = CloudWatchSource(self.aws, self.fleet, period=self.settings.metrics_period)
+        return CloudWatchJudge(source, service, analysis)
 
     def drift(self) -> list[dict[str, Any]]:
         from kiln.platforms.aws.drift import detect

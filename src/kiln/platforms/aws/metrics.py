@@ -11,6 +11,7 @@ Only Sum, Average and SampleCount are used: moto (and some accounts' dashboards)
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,10 @@ class CloudWatchJudge:
         self._failed: Verdict | None = None
         self._key: tuple[str, str] | None = None
         self.looks = 0
+
+    def start_info(self) -> dict[str, Any]:
+        """Where the evidence begins: only a time (CloudWatch keeps the data, no cursor)."""
+        return {"time": time.time(), "source": "cloudwatch"}
 
     def __call__(self, status: Status, now: float) -> Verdict | None:
         self.series.note(now, status)
