@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from json_contract import conforms
 from kiln.testing.load import Load
 from kiln.testing.project import KILN, Proj, wait_for
 
@@ -38,7 +39,7 @@ def test_gc_keeps_recent_releases_and_rollback_to_a_collected_one_is_refused(pro
     assert len(images(proj)) == 3
     res = proj.kiln("gc", "--keep", "1", "--json")
     assert res.returncode == 0, res.stderr
-    removed = json.loads(res.stdout)
+    removed = conforms("gc", res.stdout)
     # --keep 1 still keeps the previous live release: the rollback target.
     assert len(removed["images"]) == 1
     assert removed["kept"]["web"] == {"web-r3": "current", "web-r2": "previous (rollback target)"}
@@ -63,8 +64,10 @@ def abort_a_canary(proj: Proj, version: str) -> None:
                               stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: "kiln promote" in proj.kiln("status").stdout, timeout=60)
-        res = proj.kiln("abort", "web")
+        res = proj.kiln("abort", "web", "--json")
         assert res.returncode == 0, res.stdout + res.stderr
+        result = conforms("result", res.stdout)
+        assert result["release"] and result["rollout_id"], result
         out, err = deploy.communicate(timeout=60)
         assert deploy.returncode == 3, out + err
     finally:
@@ -217,18 +220,20 @@ def test_a_dead_instance_is_healed_with_the_same_image_and_no_new_release(proj: 
     assert res.returncode == 0, res.stderr
     assert "heal" in res.stdout and "1/2 instances of web-r1 alive" in res.stdout, res.stdout
     assert "no new release" in res.stdout, res.stdout
+    conforms("plan", proj.kiln("plan", "--json").stdout)
     res = proj.kiln("deploy", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
-    (svc,) = json.loads(res.stdout)
+    (svc,) = conforms("deploy", res.stdout)
     assert svc["outcome"] == "healed" and svc["release"] == "web-r1", svc
     assert proj.alive_instances() == 2 and sorted(before)[1] in proj.live_pids()
-    status = proj.status()["services"][0]
+    status = conforms("status", proj.kiln("status", "--json").stdout)["services"][0]
     assert status["current"] == "web-r1"
     (rel,) = status["releases"]
     assert rel["weight"] == 100 and len(rel["instances"]) == 2
     assert all(i["healthy"] for i in rel["instances"])
-    rollouts = json.loads(proj.kiln("history", "web", "--json").stdout)["rollouts"]
+    rollouts = conforms("history", proj.kiln("history", "--json").stdout)["rollouts"]
     assert [r["release"] for r in rollouts] == ["web-r1"], "no new release, no canary"
+    assert rollouts[0]["report"] and Path(rollouts[0]["report"]).exists()
     # The router serves both instances: requests reach the new one too.
     ids = {i["id"] for i in rel["instances"]}
     seen: set[str] = set()
@@ -248,7 +253,7 @@ def test_a_failing_image_test_shows_the_instance_log_and_kiln_logs_reaches_it(pr
     assert "log of test instance" in res.stdout, res.stdout
     assert "JSONDecodeError" in res.stdout, "the traceback's cause is shown, not only its last line"
     res = proj.kiln("test", "--json")
-    (result,) = json.loads(res.stdout)
+    (result,) = conforms("test", res.stdout)
     assert any("JSONDecodeError" in line for line in result["log_tail"])
     # deploy: the gate refuses, says where the log is, and shows it.
     res = proj.kiln("deploy")
@@ -260,7 +265,7 @@ def test_a_failing_image_test_shows_the_instance_log_and_kiln_logs_reaches_it(pr
         assert res.returncode == 0, res.stderr
         assert "JSONDecodeError" in res.stdout and "web-test-" in res.stdout, res.stdout
     res = proj.kiln("logs", "--json", "-n", "3")
-    (src,) = json.loads(res.stdout)
+    (src,) = conforms("logs", res.stdout)
     assert src["kind"] == "test" and len(src["lines"]) == 3
 
 

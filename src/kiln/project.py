@@ -777,7 +777,7 @@ class Project:
             st = Status.from_json(json.loads(ro["status_json"]))
             done = ro["phase"] == "done"
             steps = len(spec.rollout.steps) if ro["strategy"] == "canary" else 0
-            rollout = {"id": ro["id"], "strategy": ro["strategy"], "from": ro["from_release"],
+            rollout = {"rollout_id": ro["id"], "strategy": ro["strategy"], "from": ro["from_release"],
                        "to": ro["to_release"], "phase": ro["phase"],
                        "step": min(st.step + 1, steps), "steps": steps,
                        "outcome": ro["outcome"], "reason": ro["reason"],
@@ -810,12 +810,14 @@ class Project:
                                    (service,)):
             rel = self.store.one("SELECT * FROM releases WHERE id = ?", (ro["to_release"],))
             out.append({
-                "rollout": ro["id"], "release": ro["to_release"], "from": ro["from_release"],
+                "rollout_id": ro["id"], "release": ro["to_release"], "from": ro["from_release"],
                 "strategy": ro["strategy"], "phase": ro["phase"], "outcome": ro["outcome"],
                 "reason": ro["reason"], "started_at": ro["started_at"],
                 "finished_at": ro["finished_at"],
                 "image": rel["image_digest"] if rel else None,
                 "skip_tests": bool(rel["skip_tests"]) if rel else False,
+                "report": str(report) if (report := self.home / "reports" /
+                                          f"rollout-{ro['id']}.html").exists() else None,
             })
         return out
 

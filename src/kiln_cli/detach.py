@@ -40,7 +40,7 @@ def deploy_detached(args: Sequence[str], cwd: Path, home: Path,
                     poll: float = 0.3) -> int:
     """Start `kiln <args>` in the background; return 0 once one of its rollouts is under way
     (or the background deploy's exit code if it ends first)."""
-    before = {name: ro["id"] for name, ro in _rollouts(status()).items()}
+    before = {name: ro["rollout_id"] for name, ro in _rollouts(status()).items()}
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
@@ -66,9 +66,9 @@ def deploy_detached(args: Sequence[str], cwd: Path, home: Path,
             show()
             return code
         for name, ro in _rollouts(status()).items():
-            mine = ro["id"] != before.get(name) or ro["phase"] not in SETTLED
+            mine = ro["rollout_id"] != before.get(name) or ro["phase"] not in SETTLED
             if mine and ro["phase"] in UNDER_WAY:
-                echo(f"{name}: rollout #{ro['id']} goes on in the background (pid {proc.pid}); "
+                echo(f"{name}: rollout #{ro['rollout_id']} goes on in the background (pid {proc.pid}); "
                      f"follow it with `kiln status --watch`; output: {log}")
                 return 0
         time.sleep(poll)
@@ -92,7 +92,7 @@ def watch(status: Callable[[], dict[str, Any]], echo: Callable[[str], None],
                 echo(line)
                 seen[name] = line
             if ro["phase"] not in SETTLED and ro.get("driven_by") is None:
-                echo(f"{name}: no kiln command is driving rollout #{ro['id']}; "
+                echo(f"{name}: no kiln command is driving rollout #{ro['rollout_id']}; "
                      "`kiln deploy` resumes it")
                 return 1
         if not open_:

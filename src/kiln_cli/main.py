@@ -77,21 +77,48 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def json_mode() -> bool:
+    """--json was given to this command (then errors go to stdout as JSON too)."""
+    args = sys.argv[1:]
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+def json_error(kind: str, message: str, code: int, hint: str | None = None,
+               problems: list[str] | None = None) -> typer.Exit:
+    """The error document of docs/json.md, on stdout; the one line still goes to stderr."""
+    doc: dict[str, Any] = {"error": {"kind": kind, "message": message, "hint": hint,
+                                     "exit_code": code}}
+    if problems is not None:
+        doc["error"]["problems"] = problems
+    print_json(doc)
+    return fail(f"{'rolled back' if kind == 'RolledBack' else 'error'}: {message}"
+                + (f" ({hint})" if hint else ""), code)
+
+
 def guard(fn: Callable[[], T]) -> T:
-    """Run a command body: KilnError -> one line + its exit code; ^C -> 130."""
+    """Run a command body: KilnError -> one line + its exit code; ^C -> 130. With --json the
+    error is also a JSON document on stdout, so a script reads one stream."""
     import kiln
 
     try:
         return fn()
     except kiln.SpecError as exc:
+        if json_mode():
+            print_json({"error": {"kind": "SpecError", "message": exc.problems[0] if
+                                  exc.problems else str(exc), "hint": None,
+                                  "exit_code": exc.exit_code, "problems": exc.problems}})
         for line in exc.problems:
             sys.stderr.write(f"{line}\n")
         raise typer.Exit(exc.exit_code) from None
-    except kiln.RolledBack as exc:
-        raise fail(f"rolled back: {exc}", exc.exit_code) from None
     except kiln.KilnError as exc:
+        if json_mode():
+            raise json_error(type(exc).__name__, exc.message, exc.exit_code, exc.hint) from None
+        if isinstance(exc, kiln.RolledBack):
+            raise fail(f"rolled back: {exc}", exc.exit_code) from None
         raise fail(f"error: {exc}", exc.exit_code) from None
     except KeyboardInterrupt:
+        if json_mode():
+            raise json_error("Interrupted", "interrupted", 130) from None
         raise fail("interrupted", 130) from None
 
 
@@ -131,15 +158,19 @@ def main(
 
 
 @app.command()
-def validate(file: FileOpt = None) -> None:
+def validate(file: FileOpt = None, as_json: JsonOpt = False) -> None:
     """Check kiln.yaml; print ok or every problem as file:line:col: path: message."""
     from kiln.spec.loader import find_spec, load_spec
 
     def body() -> None:
         loaded = load_spec(find_spec(Path.cwd(), file or OPTS.file))
-        for line in loaded.spec.warnings():
-            warn(f"{loaded.path}: {line}")
-        sys.stdout.write("ok\n")
+        warnings = [f"{loaded.path}: {line}" for line in loaded.spec.warnings()]
+        for line in warnings:
+            warn(line)
+        if as_json:
+            print_json({"ok": True, "file": str(loaded.path), "warnings": warnings})
+        else:
+            sys.stdout.write("ok\n")
 
     guard(body)
 
@@ -266,7 +297,6 @@ def deploy(
     as_json: JsonOpt = False,
 ) -> None:
     """Bake, test and roll out what changed; returns when the rollout has settled."""
-    from kiln import raise_for
     from kiln_cli.progress import DeployPrinter
 
     def body() -> None:
@@ -295,9 +325,19 @@ def deploy(
             print_json([vars(s) for s in result.services])
         else:
             printer.summary(result)
-        raise_for(result)
+        exit_for(result)
 
     guard(body)
+
+
+def exit_for(result: kiln.DeployResult) -> None:
+    """Exit 3 (one line on stderr) when a service was rolled back; the result is already out."""
+    from kiln import RolledBack, raise_for
+
+    try:
+        raise_for(result)
+    except RolledBack as exc:
+        raise fail(f"rolled back: {exc}", exc.exit_code) from None
 
 
 def interrupted(proj: kiln.Project) -> typer.Exit:
@@ -313,7 +353,7 @@ def interrupted(proj: kiln.Project) -> typer.Exit:
                             if r["weight"]) or "no release"
         name = svc["service"]
         if ro and ro.get("phase") not in ("done", None):
-            lines.append(f"{name}: rollout #{ro['id']} stopped in {ro['phase']}; traffic: "
+            lines.append(f"{name}: rollout #{ro['rollout_id']} stopped in {ro['phase']}; traffic: "
                          f"{weights}. `kiln deploy {name}` resumes it, `kiln abort {name}` "
                          f"rolls it back, `kiln status {name} --watch` follows it")
         else:
@@ -371,7 +411,6 @@ def history(service: Annotated[str | None, typer.Argument(
 
 def _control(fn: Callable[[kiln.Project, Callable[[kiln.DeployEvent], None]], Any],
              as_json: bool) -> None:
-    from kiln import raise_for
     from kiln.project import DeployResult
     from kiln_cli.progress import DeployPrinter
 
@@ -390,7 +429,7 @@ def _control(fn: Callable[[kiln.Project, Callable[[kiln.DeployEvent], None]], An
         else:
             printer.summary(DeployResult([res]))
         if res.outcome in ("rolled_back", "failed"):
-            raise_for(DeployResult([res]))
+            exit_for(DeployResult([res]))
 
     guard(body)
 
@@ -418,12 +457,27 @@ def rollback(service: str,
 
 
 @app.command()
-def destroy(services: Annotated[list[str] | None, typer.Argument()] = None) -> None:
+def destroy(services: Annotated[list[str] | None, typer.Argument(
+                help="Services (default: all).")] = None,
+            yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation "
+                                              "(it is only asked on a terminal).")] = False,
+            as_json: JsonOpt = False) -> None:
     """Stop a service's instances (and the router when nothing is left)."""
 
     def body() -> None:
-        stopped = project().destroy(services)
-        out().print(f"stopped {len(stopped)} instance(s)")
+        proj = project()
+        names = list(services or proj.spec.services)
+        if not yes and sys.stdin.isatty() and out().is_terminal:
+            for name in names:
+                proj.service(name)
+            if not typer.confirm(f"Stop every instance of {', '.join(names)} in project "
+                                 f"{proj.spec.project}? Traffic to them stops", default=False):
+                raise fail("destroy: nothing was stopped", 1)
+        stopped = proj.destroy(services)
+        if as_json:
+            print_json({"services": names, "stopped": stopped})
+        else:
+            out().print(f"stopped {len(stopped)} instance(s)")
 
     guard(body)
 
@@ -480,8 +534,11 @@ def gc(keep: Annotated[int, typer.Option("--keep", help="Live releases to retain
 
 
 @app.command()
-def up(service: Annotated[str | None, typer.Argument()] = None,
-       detach: Annotated[bool, typer.Option("--detach", "-d")] = False) -> None:
+def up(service: Annotated[str | None, typer.Argument(
+           help="Service (default: the only one).")] = None,
+       detach: Annotated[bool, typer.Option("--detach", "-d", help="Return at once instead of "
+                                            "following the instance's log.")] = False,
+       as_json: JsonOpt = False) -> None:
     """Start a dev instance of the exact baked image and follow its logs."""
     from kiln.dev import dev_up
     from kiln_cli.render import show_logs
@@ -489,6 +546,10 @@ def up(service: Annotated[str | None, typer.Argument()] = None,
     def body() -> None:
         proj = project()
         inst, log = dev_up(proj, service)
+        if as_json:
+            print_json({"service": inst.service, "instance": inst.id, "url": inst.url,
+                        "log": str(log)})
+            return
         out().print(f"[bold]{inst.service}[/] dev instance {inst.id} at {inst.url}")
         if not detach:
             out().print("following logs; ^C stops following (the instance keeps running; "
@@ -499,11 +560,18 @@ def up(service: Annotated[str | None, typer.Argument()] = None,
 
 
 @app.command()
-def down() -> None:
+def down(as_json: JsonOpt = False) -> None:
     """Dispose of dev instances."""
     from kiln.dev import dev_down
 
-    guard(lambda: out().print(f"stopped {len(dev_down(project()))} dev instance(s)"))
+    def body() -> None:
+        stopped = dev_down(project())
+        if as_json:
+            print_json({"stopped": stopped})
+        else:
+            out().print(f"stopped {len(stopped)} dev instance(s)")
+
+    guard(body)
 
 
 @app.command("exec", context_settings={"allow_extra_args": True,

@@ -40,7 +40,7 @@ def images_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> Gr
 def rollout_summary(ro: dict[str, Any], now: float | None = None) -> str:
     """One line about a service's latest rollout, in words."""
     move = f"{ro['from']} -> {ro['to']}" if ro["from"] else f"first release {ro['to']}"
-    head = f"rollout #{ro['id']} {ro['strategy']} {move}: "
+    head = f"rollout #{ro['rollout_id']} {ro['strategy']} {move}: "
     if ro["phase"] == "done":
         outcome = OUTCOME_WORDS.get(ro["outcome"] or "", ro["outcome"] or "done")
         return head + outcome + (f" — {ro['reason']}" if ro.get("reason") else "")
@@ -112,7 +112,7 @@ def history_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> G
             note = ("tests skipped (--skip-tests); " + note).strip("; ")
         word = OUTCOME_WORDS.get(r["outcome"] or "", r["outcome"] or PHASE_WORDS.get(
             r["phase"], r["phase"]))
-        cells.append([str(r["rollout"]), r["release"], r["from"] or "-", r["strategy"],
+        cells.append([str(r["rollout_id"]), r["release"], r["from"] or "-", r["strategy"],
                       Text(word, style=color), _ago(r["started_at"]), _short(r["image"])])
         notes.append(note)
     return layout(cols, cells, width, notes)
