@@ -498,8 +498,11 @@ def load_report_data(store: Any, home: Path, service: str, rollout_id: int) -> R
             data.steps.append(StepDecision(rel_t, int(d.get("step") or 0),
                                            int(d.get("weight") or 0), outcome,
                                            str(d.get("reason") or ""), figures))
-            data.decisions.append(Decision(rel_t, f"judge: {outcome} at {d.get('weight', '?')}%",
-                                           outcome))
+            by_hand = outcome == "promote"  # `kiln promote` or the dashboard's button
+            label = (f"promoted by hand at {d.get('weight', '?')}%" if by_hand
+                     else f"judge: {outcome} at {d.get('weight', '?')}%")
+            data.decisions.append(Decision(rel_t, label, "info" if by_hand else outcome))
+    data.decisions.sort(key=lambda d: d.t)
     if hasattr(store, "query"):
         for rel in (baseline, canary):
             if rel is None:

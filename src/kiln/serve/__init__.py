@@ -129,6 +129,7 @@ def serve(project: Project, listen: str = "127.0.0.1:8600", *,
         server.app = App(board, metrics, token, act, lambda: Store.open(home), report, host,
                          server.server_address[1])
         board.refresh(True)
+        board.prober.start()
         web = threading.Thread(target=server.serve_forever, name="kiln-serve-http",
                                kwargs={"poll_interval": 0.5}, daemon=True)
         web.start()
@@ -138,6 +139,7 @@ def serve(project: Project, listen: str = "127.0.0.1:8600", *,
         try:
             controller.run()
         finally:
+            board.prober.stop.set()
             server.app.stopping.set()
             with board.cond:
                 board.cond.notify_all()

@@ -23,8 +23,56 @@ from kiln.rollout.executor import instances_of
 if TYPE_CHECKING:
     from kiln.project import Project
 
-HEALTH_EVERY = 5.0
-"""Seconds between the dashboard's own health probes of each instance (display only)."""
+HEALTH_EVERY = 10.0
+"""Seconds between the dashboard's own health probes of each instance (display only; routing
+decisions use the controller's and the router's checks)."""
+
+
+class Prober:
+    """Probes every instance's health path now and then, off the controller's thread."""
+
+    def __init__(self, on_change: Callable[[], None], every: float = HEALTH_EVERY) -> None:
+        self.every = every
+        self.on_change = on_change
+        self.targets: dict[str, tuple[str, int, str, float]] = {}
+        self.results: dict[str, bool] = {}
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="kiln-serve-probe", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def want(self, targets: dict[str, tuple[str, int, str, float]]) -> None:
+        with self._lock:
+            self.targets = targets
+
+    def healthy(self, instance_id: str) -> bool | None:
+        with self._lock:
+            return self.results.get(instance_id)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every if self.results else 0.5):
+            with self._lock:
+                targets = dict(self.targets)
+            results = {iid: _probe(*t) for iid, t in targets.items()}
+            with self._lock:
+                changed, self.results = results != self.results, results
+            if changed:
+                self.on_change()
+
+
+def _probe(host: str, port: int, path: str, timeout: float) -> bool:
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path if path.startswith("/") else "/" + path)
+        return 200 <= conn.getresponse().status < 300
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -49,9 +97,10 @@ class Board:
         self.changed_at = time.time()
         self._data_version = -1
         self._live: dict[str, Live] = {}
-        self._health: dict[str, tuple[float, bool]] = {}
         self._next_live = 0.0
-        self._next_health = 0.0
+        self._probed = threading.Event()
+        self.prober = Prober(self._probed.set)
+        self._targets: dict[str, tuple[str, int, str, float]] = {}
 
     def snapshot(self) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self.cond:
@@ -67,14 +116,12 @@ class Board:
         """Rebuild if anything moved; True when the published state changed."""
         now = time.monotonic()
         dv = int(self.project.store.one("PRAGMA data_version")[0])  # type: ignore[index]
-        due = (acted or dv != self._data_version or now >= self._next_health
+        due = (acted or dv != self._data_version or self._probed.is_set()
                or (self._live and now >= self._next_live))
         if not due:
             return False
         self._data_version = dv
-        if now >= self._next_health:
-            self._next_health = now + HEALTH_EVERY
-            self._health.clear()
+        self._probed.clear()
         if now >= self._next_live:
             self._next_live = now + 1.0
         state = self.build()
@@ -94,7 +141,9 @@ class Board:
     def build(self) -> dict[str, Any]:
         p = self.project
         store = p.store
+        self._targets = {}
         services = [self._service(name) for name in p.spec.services]
+        self.prober.want(self._targets)
         events = [{"time": r["time"], "service": r["service"], "kind": r["kind"],
                    "message": r["message"]} for r in store.events(None, 60)]
         router = store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is not None
@@ -130,10 +179,13 @@ class Board:
             health = self._release_health(rid) or spec.health
             for inst in insts:
                 state = next((str(g["state"]) for g in group if g["id"] == inst.id), "")
+                self._targets[inst.id] = (inst.host, inst.port, health.path, health.timeout)
+                probed = self.prober.healthy(inst.id)
                 rel["instances"].append({
                     "id": inst.id, "address": inst.address, "state": state,
                     "alive": alive.get(inst.id, False),
-                    "healthy": alive.get(inst.id, False) and self._healthy(inst, health)})
+                    "healthy": alive.get(inst.id, False) and (
+                        probed if probed is not None else state == "running")})
         for rid, rel in releases.items():
             row = store.one("SELECT number, image_digest FROM releases WHERE id = ?", (rid,))
             if row is not None:
@@ -218,10 +270,3 @@ class Board:
             return ServiceSpec.model_validate(json.loads(row["config_json"])).health
         except ValueError:
             return None
-
-    def _healthy(self, inst: Any, health: Any) -> bool:
-        cached = self._health.get(inst.id)
-        if cached is None:
-            cached = (time.time(), bool(self.project.compute.healthy(inst, health)))
-            self._health[inst.id] = cached
-        return cached[1]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, EnsureInstances, SetWeights, Status
 from kiln.rollout.executor import Reconciler, instances_of, load_release
 from kiln.spec.models import ServiceSpec
@@ -57,10 +58,10 @@ class Controller:
                  drift_every: float = 60.0, on_pass: Callable[[bool], None] | None = None
                  ) -> None:
         self.project = project
-        # A death is seen within a quarter of the shortest health interval, so a replacement is
-        # in rotation within 2 health intervals + its start time.
+        # A death is seen within half the shortest health interval, so a replacement is in
+        # rotation within 2 health intervals + its start time.
         intervals = [s.health.interval for s in project.spec.services.values()]
-        self.tick = min([tick, *(i / 4 for i in intervals)])
+        self.tick = min([tick, *(i / 2 for i in intervals)])
         self.drift_every = drift_every
         self.on_pass = on_pass or (lambda acted: None)
         self.driven: dict[int, Driven] = {}
@@ -68,6 +69,11 @@ class Controller:
         self.metrics = metrics
         self.drift: dict[str, Any] = {"at": None, "items": []}
         self._next_drift = time.monotonic() + min(5.0, drift_every)
+        self._next_router = 0.0
+        self._next_heal_check = 0.0
+        self.heal_every = max(self.tick, min(intervals, default=1.0) / 2)
+        """Instances are observed every half health interval: a death is seen within one."""
+        self._specs: dict[str, ServiceSpec] = {}
         self._next_beat = 0.0
         self.stop = threading.Event()
 
@@ -115,23 +121,47 @@ class Controller:
     # ------------------------------------------------------------------ observe (no lock)
 
     def _todo(self) -> list[tuple[str, str]]:
+        """What needs the lock this pass. Rollouts are read every pass (one query); instances
+        are observed every half health interval; the router once a second."""
         store = self.project.store
+        now = time.monotonic()
         out: list[tuple[str, str]] = []
-        if self._router_down():
-            out.append(("router", ""))
+        if now >= self._next_router:
+            self._next_router = now + 1.0
+            if self._router_down():
+                out.append(("router", ""))
+        latest = {str(r["service"]): r for r in store.query(
+            "SELECT id, service, phase, status_json FROM rollouts WHERE id IN "
+            "(SELECT MAX(id) FROM rollouts GROUP BY service)")}
+        check = now >= self._next_heal_check
+        if check:
+            self._next_heal_check = now + self.heal_every
+        currents = self._currents() if check else {}
+        candidates: dict[str, list[Any]] = {}
         for name in self.project.spec.services:
-            row = store.one("SELECT id, phase, status_json FROM rollouts WHERE service = ? "
-                            "ORDER BY id DESC LIMIT 1", (name,))
+            row = latest.get(name)
             if row is not None and row["phase"] not in SETTLED:
                 out.append(("rollout", name))
-                continue
-            if row is not None and row["phase"] == "standby":
-                st = Status.from_json(json.loads(row["status_json"]))
-                if time.time() >= st.standby_until:
-                    out.append(("standby", name))
-                    continue
-            if self._needs_heal(name):
+            elif row is not None and row["phase"] == "standby" and time.time() >= Status.from_json(
+                    json.loads(row["status_json"])).standby_until:
+                out.append(("standby", name))
+            elif name in self.healing:
                 out.append(("heal", name))
+            elif name in currents:
+                candidates[name] = []
+        if candidates:
+            for r in store.query("SELECT * FROM instances WHERE kind = 'service' AND state IN "
+                                 "('starting','running') ORDER BY created_at, id"):
+                if currents.get(str(r["service"])) == r["release_id"] and r["service"] in candidates:
+                    candidates[str(r["service"])].append(from_row(r))
+            # None left: destroyed, or never launched; not ours to bring back.
+            candidates = {k: v for k, v in candidates.items() if v}
+            flat = [i for insts in candidates.values() for i in insts]
+            alive = {o.instance_id: o.alive for o in self.project.compute.observe(flat)}
+            for name, insts in candidates.items():
+                want = self._release_spec(currents[name]).replicas
+                if len(insts) < want or not all(alive.get(i.id, False) for i in insts):
+                    out.append(("heal", name))
         return out
 
     def _router_down(self) -> bool:
@@ -140,16 +170,16 @@ class Controller:
         is_running = getattr(self.project.router, "is_running", None)
         return is_running is not None and not is_running()
 
-    def _needs_heal(self, name: str) -> bool:
-        current = self._current(name)
-        if current is None:
-            return False
-        insts = instances_of(self.project.store, current, ("starting", "running"))
-        if not insts:
-            return False  # destroyed, or never launched by a rollout: not ours to bring back
-        alive = [o.alive for o in self.project.compute.observe(insts)]
-        spec = self._release_spec(current)
-        return not all(alive) or len(insts) < spec.replicas or name in self.healing
+    def _currents(self) -> dict[str, str]:
+        """service -> its current release (the last settled rollout's target, or its origin)."""
+        out: dict[str, str] = {}
+        for r in self.project.store.query(
+                "SELECT service, to_release, from_release, outcome FROM rollouts WHERE id IN "
+                "(SELECT MAX(id) FROM rollouts WHERE outcome IS NOT NULL GROUP BY service)"):
+            rel = r["to_release"] if r["outcome"] == "promoted" else r["from_release"]
+            if rel is not None:
+                out[str(r["service"])] = str(rel)
+        return out
 
     def _current(self, name: str) -> str | None:
         row = self.project.store.one(
@@ -160,14 +190,20 @@ class Controller:
         return str(row["to_release"]) if row["outcome"] == "promoted" else row["from_release"]
 
     def _release_spec(self, release_id: str) -> ServiceSpec:
-        """How the release runs (its own recorded config, not today's spec)."""
+        """How the release runs (its own recorded config, not today's spec; releases never
+        change, so it is read once)."""
+        cached = self._specs.get(release_id)
+        if cached is not None:
+            return cached
         row = self.project.store.one("SELECT service, config_json FROM releases WHERE id = ?",
                                      (release_id,))
         assert row is not None
         try:
-            return ServiceSpec.model_validate(json.loads(row["config_json"]))
+            spec = ServiceSpec.model_validate(json.loads(row["config_json"]))
         except ValueError:
-            return self.project.service(str(row["service"]))
+            spec = self.project.service(str(row["service"]))
+        self._specs[release_id] = spec
+        return spec
 
     # ------------------------------------------------------------------ act (under the lock)
 
@@ -276,8 +312,9 @@ class Controller:
                         f"{took}", name, {"instances": joined, "release": current})
             self.metrics.actions.labels("instance_in_rotation").inc()
             acted = True
-        elif name in self.healing and not instances_of(store, current, ("starting",)):
-            self.healing.pop(name, None)
+        elif (name in self.healing and not instances_of(store, current, ("starting",))
+              and len(instances_of(store, current, ("running",))) >= spec.replicas):
+            self.healing.pop(name, None)  # healed some other way (e.g. `kiln deploy`)
         return acted
 
     def _healer(self, name: str, release_id: str, spec: ServiceSpec) -> Reconciler:

@@ -158,4 +158,5 @@ color:#fff;font-weight:600;cursor:pointer}button.bad{background:#c92a2a;border-c
 select{padding:4px;margin-right:4px}.waiting{color:#e67700}.warn{background:#fff3bf;padding:8px 12px;
 border-radius:8px}.bad,.fail{color:#c92a2a}.pass{color:#2b8a3e}.events td{font-size:12px}
 .events{display:block;max-height:360px;overflow-y:auto}details{margin-top:8px}
+button.bad{color:#fff}
 """

@@ -3,6 +3,7 @@
 (function () {
   "use strict";
   var holders = {};
+  window.KilnDashboard = {holders: holders};
   function csrf() {
     var m = document.querySelector('meta[name="kiln-csrf"]');
     return m ? m.content : "";
@@ -32,14 +33,18 @@
   }
   place(JSON.parse(document.getElementById("kiln-charts").textContent));
   if (!window.EventSource) return;
+  var lastBoard = null;
   var es = new EventSource("/events");
   es.addEventListener("board", function (ev) {
     var d = JSON.parse(ev.data), board = document.getElementById("board");
-    var open = openDetails(board);
-    board.innerHTML = d.board.split("__KILN_CSRF__").join(csrf());
-    for (var svc in open) {
-      var det = board.querySelector('[data-service="' + svc + '"] details');
-      if (det) det.open = true;
+    if (d.board !== lastBoard) {  // charts move every second; the rest only on a change
+      lastBoard = d.board;
+      var open = openDetails(board);
+      board.innerHTML = d.board.split("__KILN_CSRF__").join(csrf());
+      for (var svc in open) {
+        var det = board.querySelector('[data-service="' + svc + '"] details');
+        if (det) det.open = true;
+      }
     }
     place(JSON.parse(d.charts));
     document.getElementById("live").textContent = "version " + d.version;

@@ -42,7 +42,9 @@
 
   function axes(yLabel, yFmt) {
     return [
-      {label: "time since the rollout started", values: function (u, vs) { return vs.map(fmtT); }},
+      {label: "time since the rollout started", incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600,
+                                                         900, 1800, 3600, 7200],
+       values: function (u, vs) { return vs.map(fmtT); }},
       {label: yLabel, size: 62, values: function (u, vs) { return vs.map(yFmt); }}
     ];
   }

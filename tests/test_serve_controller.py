@@ -1,0 +1,172 @@
+"""The controller's passes against the in-memory fake platform: it replaces a dead instance from
+the same release (taken out of the router first, routed only once healthy), restarts a dead
+router, drives a rollout another call started, and ends a blue-green standby when it is due."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.errors import NotFound
+from kiln.platforms.base import Image
+from kiln.platforms.fake.builder import FakeBuilder
+from kiln.platforms.fake.compute import FakeCompute
+from kiln.platforms.fake.router import FakeRouter
+from kiln.project import Project
+from kiln.rollout.executor import instances_of
+from kiln.serve.board import Board
+from kiln.serve.controller import Controller
+from kiln.serve.metrics import ServeMetrics
+from kiln.serve.pages import fragments
+from kiln.spec.models import Spec
+from kiln.state.store import Store
+
+
+@dataclass
+class FakePlatform:
+    compute: FakeCompute
+    builder: FakeBuilder = field(default_factory=FakeBuilder)
+    router: FakeRouter = field(default_factory=FakeRouter)
+    metrics: Any = None
+
+    def image(self, digest: str) -> Image:
+        for name, d in self.builder.built:
+            if d == digest:
+                return Image(name=name, digest=d, ref=f"fake://{name}")
+        raise NotFound(f"image {digest} not found")
+
+    def verify_image(self, digest: str) -> str | None:
+        return None
+
+
+def spec(rollout: dict[str, Any], version: str = "1") -> Spec:
+    return Spec.model_validate({
+        "project": "ctl",
+        "images": {"web": {"base": "python", "steps": [{"env": {"VERSION": version}}]}},
+        "services": {"web": {"image": "web", "command": "python -m app", "listen": "127.0.0.1:9",
+                             "replicas": 2, "rollout": rollout,
+                             "health": {"interval": "1s", "deadline": "5s"}}}})
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / ".kiln"
+
+
+def project(tmp_path: Path, sp: Spec, platform: FakePlatform) -> Project:
+    return Project(sp, tmp_path / "kiln.yaml", tmp_path, tmp_path / ".kiln",
+                   platform=platform)  # type: ignore[arg-type]
+
+
+def controller(proj: Project) -> Controller:
+    return Controller(proj, ServeMetrics(lambda: Store.open(proj.home)), tick=0.01)
+
+
+def passes(ctl: Controller, until: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ctl._next_heal_check = 0.0  # observe every pass: the test does not wait for the clock
+        ctl.reconcile_once()
+        if until():
+            return
+        time.sleep(0.01)
+    raise AssertionError("the controller did not get there")
+
+
+def kinds(proj: Project) -> list[str]:
+    return [str(r["kind"]) for r in proj.store.query("SELECT kind FROM events ORDER BY id")]
+
+
+CANARY = {"strategy": "canary", "steps": [{"weight": 50, "pause": 0}], "drain_timeout": "0s"}
+
+
+def test_dead_instance_is_replaced_from_the_same_release(tmp_path: Path) -> None:
+    platform = FakePlatform(FakeCompute())
+    proj = project(tmp_path, spec(CANARY), platform)
+    platform.compute.store = proj.store
+    assert proj.deploy().services[0].outcome == "promoted"
+    first = instances_of(proj.store, "web-r1")
+    ctl = controller(proj)
+    ctl.reconcile_once()
+    assert "instance.died" not in kinds(proj)  # nothing to do: nothing done
+    platform.compute.die(first[0])
+    platform.compute.unhealthy_releases.add("web-r1")  # the replacement starts unhealthy
+    ctl._next_heal_check = 0.0
+    ctl.reconcile_once()
+    ctl.reconcile_once()
+    # The dead one is out of the router at once; its replacement is not in before it is healthy.
+    assert platform.router.servers("web", "web-r1") == [first[1].address]
+    (new,) = instances_of(proj.store, "web-r1", ("starting",))
+    platform.compute.set_healthy(new, True)
+    passes(ctl, lambda: len(platform.router.servers("web", "web-r1")) == 2)
+    now = instances_of(proj.store, "web-r1", ("running",))
+    assert first[1] in now and first[0] not in now and len(now) == 2
+    assert proj.store.one("SELECT COUNT(*) AS n FROM releases")["n"] == 1  # type: ignore[index]
+    assert [k for k in kinds(proj) if k.startswith("instance.") and k != "instance.launch"] == [
+        "instance.died", "instance.replaced", "instance.in_rotation"]
+    proj.close()
+
+
+def test_replacement_that_keeps_dying_is_retried_with_a_delay(tmp_path: Path) -> None:
+    platform = FakePlatform(FakeCompute())
+    proj = project(tmp_path, spec(CANARY), platform)
+    platform.compute.store = proj.store
+    proj.deploy()
+    ctl = controller(proj)
+    platform.compute.exit_releases.add("web-r1")  # from now on, new instances exit at once
+    platform.compute.die(instances_of(proj.store, "web-r1")[0])
+    for _ in range(20):
+        ctl._next_heal_check = 0.0
+        ctl.reconcile_once()
+    launches = [c for c in platform.compute.calls if c[0] == "launch"]
+    assert 2 <= len(launches) - 1 <= 3, launches  # 1 s, then 2 s between tries: not a busy loop
+    proj.close()
+
+
+def test_dead_router_is_restarted(tmp_path: Path) -> None:
+    platform = FakePlatform(FakeCompute())
+    proj = project(tmp_path, spec(CANARY), platform)
+    platform.compute.store = proj.store
+    proj.deploy()
+    platform.router.running = False
+    platform.router.is_running = lambda: platform.router.running  # type: ignore[attr-defined]
+    ctl = controller(proj)
+    ctl.reconcile_once()
+    assert platform.router.running and "router.restarted" in kinds(proj)
+    proj.close()
+
+
+def test_controller_drives_a_handed_rollout_and_ends_the_standby_on_time(tmp_path: Path) -> None:
+    blue_green = {"strategy": "blue-green", "scale_down_delay": "1s", "drain_timeout": "0s"}
+    platform = FakePlatform(FakeCompute())
+    proj = project(tmp_path, spec(blue_green), platform)
+    platform.compute.store = proj.store
+    proj.deploy()
+    # The dashboard's deploy: it only starts the rollout; the controller drives it.
+    starter = project(tmp_path, spec(blue_green, version="2"), platform)
+    starter.detach = True
+    started = starter.deploy().services[0]
+    assert started.outcome == "started" and started.release == "web-r2"
+    ctl = controller(proj)
+    board = Board(proj, fragments)
+    passes(ctl, lambda: proj.store.one("SELECT phase FROM rollouts WHERE id = 2")["phase"]  # type: ignore[index]
+           == "standby")
+    board.refresh(True)
+    _, state, frags = board.snapshot()
+    ro = state["services"][0]["rollout"]
+    assert ro["phase"] == "standby" and ro["outcome"] == "promoted" and "standby ends" in frags["board"]
+    assert instances_of(proj.store, "web-r1")  # the old set waits at weight 0
+    until = float(ro["standby_until"])
+    passes(ctl, lambda: time.time() >= until and "standby.ended" in kinds(proj))
+    ended = proj.store.one("SELECT time FROM events WHERE kind = 'standby.ended'")
+    assert ended is not None and until <= float(ended["time"]) <= until + 1.0
+    assert instances_of(proj.store, "web-r1") == []
+    assert "controller.rollout_settled" in kinds(proj)
+    assert (tmp_path / ".kiln" / "reports" / "rollout-2.html").exists()
+    proj.close()
+    starter.close()
