@@ -63,6 +63,15 @@ def project(tmp_path: Path, sp: Spec, platform: FakePlatform) -> Project:
                    platform=platform)  # type: ignore[arg-type]
 
 
+def deployed(tmp_path: Path, rollout: dict[str, Any]) -> tuple[Project, FakePlatform]:
+    """v1 of the service live on the fake platform."""
+    platform = FakePlatform(FakeCompute())
+    proj = project(tmp_path, spec(rollout), platform)
+    platform.compute.store = proj.store
+    assert proj.deploy().services[0].outcome == "promoted"
+    return proj, platform
+
+
 def controller(proj: Project) -> Controller:
     return Controller(proj, ServeMetrics(lambda: Store.open(proj.home)), tick=0.01)
 
@@ -86,10 +95,7 @@ CANARY = {"strategy": "canary", "steps": [{"weight": 50, "pause": 0}], "drain_ti
 
 
 def test_dead_instance_is_replaced_from_the_same_release(tmp_path: Path) -> None:
-    platform = FakePlatform(FakeCompute())
-    proj = project(tmp_path, spec(CANARY), platform)
-    platform.compute.store = proj.store
-    assert proj.deploy().services[0].outcome == "promoted"
+    proj, platform = deployed(tmp_path, CANARY)
     first = instances_of(proj.store, "web-r1")
     ctl = controller(proj)
     ctl.reconcile_once()
@@ -113,10 +119,7 @@ def test_dead_instance_is_replaced_from_the_same_release(tmp_path: Path) -> None
 
 
 def test_replacement_that_keeps_dying_is_retried_with_a_delay(tmp_path: Path) -> None:
-    platform = FakePlatform(FakeCompute())
-    proj = project(tmp_path, spec(CANARY), platform)
-    platform.compute.store = proj.store
-    proj.deploy()
+    proj, platform = deployed(tmp_path, CANARY)
     ctl = controller(proj)
     platform.compute.exit_releases.add("web-r1")  # from now on, new instances exit at once
     platform.compute.die(instances_of(proj.store, "web-r1")[0])
@@ -129,10 +132,7 @@ def test_replacement_that_keeps_dying_is_retried_with_a_delay(tmp_path: Path) ->
 
 
 def test_dead_router_is_restarted(tmp_path: Path) -> None:
-    platform = FakePlatform(FakeCompute())
-    proj = project(tmp_path, spec(CANARY), platform)
-    platform.compute.store = proj.store
-    proj.deploy()
+    proj, platform = deployed(tmp_path, CANARY)
     platform.router.running = False
     platform.router.is_running = lambda: platform.router.running  # type: ignore[attr-defined]
     ctl = controller(proj)
@@ -143,10 +143,7 @@ def test_dead_router_is_restarted(tmp_path: Path) -> None:
 
 def test_controller_drives_a_handed_rollout_and_ends_the_standby_on_time(tmp_path: Path) -> None:
     blue_green = {"strategy": "blue-green", "scale_down_delay": "1s", "drain_timeout": "0s"}
-    platform = FakePlatform(FakeCompute())
-    proj = project(tmp_path, spec(blue_green), platform)
-    platform.compute.store = proj.store
-    proj.deploy()
+    proj, platform = deployed(tmp_path, blue_green)
     # The dashboard's deploy: it only starts the rollout; the controller drives it.
     starter = project(tmp_path, spec(blue_green, version="2"), platform)
     starter.detach = True
