@@ -167,3 +167,26 @@ def test_controller_drives_a_handed_rollout_and_ends_the_standby_on_time(tmp_pat
     assert (tmp_path / ".kiln" / "reports" / "rollout-2.html").exists()
     proj.close()
     starter.close()
+
+
+def test_dashboard_deploy_of_a_baked_image_and_rollback_only_start_rollouts(tmp_path: Path) -> None:
+    proj, platform = deployed(tmp_path, CANARY)
+    v2 = project(tmp_path, spec(CANARY, version="2"), platform)
+    v2.deploy()  # web-r2 live, web-r1 retained
+    ui = project(tmp_path, spec(CANARY, version="2"), platform)
+    ui.detach = True
+    res = ui.rollback("web", "web-r1")
+    assert res.outcome == "started" and res.release == "web-r1"
+    with pytest.raises(Exception, match="in progress"):
+        ui.rollback("web", "web-r1")
+    ctl = controller(proj)
+    passes(ctl, lambda: proj.current_release("web").id == "web-r1")  # type: ignore[union-attr]
+    v1_digest = platform.builder.built[0][1]
+    v2_digest = next(d for _, d in platform.builder.built if d != v1_digest)
+    res = ui.deploy_image("web", v2_digest)
+    assert res.outcome == "started"
+    passes(ctl, lambda: proj.current_release("web").image_digest == v2_digest)  # type: ignore[union-attr]
+    with pytest.raises(NotFound):
+        ui.deploy_image("web", "sha256:" + "0" * 64)
+    for p in (proj, v2, ui):
+        p.close()
