@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 
 from kiln.testing.load import Load
-from kiln.testing.project import Proj, wait_for
+from kiln.testing.project import KILN, Proj, wait_for
 from kiln.testing.serve import ServeProc
 
 pytestmark = pytest.mark.e2e
@@ -88,4 +89,30 @@ def test_standby_ends_on_time_and_a_typed_deploy_is_handed_over(proj: Proj) -> N
         assert until <= ended <= until + 2.0
         wait_for(lambda: proj.alive_instances() == 1, timeout=10)
         assert srv.status()["services"][0]["rollout"]["phase"] == "done"
+    assert proj.weights() == {"web-r2": 100}
+
+
+def test_controller_resumes_a_rollout_whose_deploy_was_killed(proj: Proj) -> None:
+    proj.write(rollout="      strategy: canary\n      steps:\n        - {weight: 30}\n"
+                       "      drain_timeout: 2s\n", replicas=1)
+    assert proj.kiln("deploy").returncode == 0
+    proj.behave(version="2")
+    deploy = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "kiln promote" in proj.kiln("status").stdout, timeout=90,
+                 what="the canary waiting for promote")
+        deploy.kill()  # the terminal that drove the rollout is gone
+        deploy.wait(10)
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+            deploy.wait()
+    with ServeProc(proj.dir) as srv:
+        code, body = srv.post("/api/services/web/promote", token=srv.token)
+        assert code == 200 and body["outcome"] == "signalled", body
+        wait_for(lambda: srv.events("controller.rollout_settled"), timeout=60,
+                 what="the resumed rollout settled")
+        assert srv.status()["services"][0]["current"] == "web-r2"
+        assert srv.events("lock.takeover")  # the killed deploy's lock
     assert proj.weights() == {"web-r2": 100}
