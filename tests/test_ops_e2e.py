@@ -244,6 +244,14 @@ def test_a_dead_instance_is_healed_with_the_same_image_and_no_new_release(proj: 
             break
     assert seen == ids
     assert "up to date" in proj.kiln("plan").stdout
+    assert proj.kiln("plan", "--detailed-exitcode").returncode == 0
+    # plan names what changed: spec keys, and the files of copy steps.
+    proj.write(replicas=3)
+    (proj.dir / "app" / "server.py").write_text((proj.dir / "app" / "server.py").read_text()
+                                                 + "\n# changed\n")
+    res = proj.kiln("plan", "--detailed-exitcode")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "replicas: 2 -> 3" in res.stdout and "app/server.py" in res.stdout, res.stdout
 
 
 def test_a_failing_image_test_shows_the_instance_log_and_kiln_logs_reaches_it(proj: Proj) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from kiln.bake.hashing import iter_files
+from kiln.bake.steps import skip_name
 from kiln.errors import KilnError
 from kiln.project import Project, config_digest
 from kiln.rollout.executor import instances_of
+from kiln.spec.models import CopyStep, ServiceSpec
 
 
 def _known_bad(project: Project, name: str, digest: str, cfg: str) -> str | None:
@@ -16,6 +21,64 @@ def _known_bad(project: Project, name: str, digest: str, cfg: str) -> str | None
     except KilnError as exc:
         return str(exc)
     return None
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def changed_keys(project: Project, release_id: str, spec: ServiceSpec) -> list[str]:
+    """Spec keys that differ from the running release's (`replicas: 2 -> 3`, `env.GREETING`).
+    Secret values are never shown, only their names."""
+    row = project.store.one("SELECT config_json FROM releases WHERE id = ?", (release_id,))
+    if row is None:
+        return []
+    old = _flat({k: v for k, v in json.loads(row["config_json"]).items() if k != "rollout"})
+    new = _flat(spec.model_dump(mode="json", by_alias=True, exclude={"rollout"}))
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            short = len(repr(old.get(key))) + len(repr(new.get(key))) < 60
+            out.append(f"{key}: {old.get(key, '-')} -> {new.get(key, '-')}"
+                       if short and not key.startswith(("env.", "secrets.")) else key)
+    return out
+
+
+def changed_files(project: Project, image_name: str, digest: str, limit: int = 50) -> list[str]:
+    """Files of the image's copy steps that differ from the running image's (+ new, - gone)."""
+    try:
+        root = Path(project.image(digest).ref) / "root"
+    except KilnError:
+        return []
+    if not root.is_dir():
+        return []
+    out: list[str] = []
+    for step in project.spec.images[image_name].steps:
+        if not isinstance(step, CopyStep):
+            continue
+        src = (project.base_dir / step.source).resolve()
+        dest = root / step.to.strip("/")
+        pairs = [(step.source, src, dest)] if src.is_file() else [
+            (str(Path(step.source) / rel), path, dest / rel)
+            for rel, path in iter_files(src, skip_name) if path.is_file()] if src.is_dir() else []
+        for shown, path, there in pairs:
+            if not there.is_file():
+                out.append(f"+{shown}")
+            elif path.read_bytes() != there.read_bytes():
+                out.append(shown)
+        if src.is_dir() and dest.is_dir():
+            mine = {rel for rel, _ in iter_files(src, skip_name)}
+            for rel, path in iter_files(dest, skip_name):
+                if rel not in mine and path.is_file():
+                    out.append(f"-{Path(step.source) / rel}")
+        if len(out) >= limit:
+            break
+    return out[:limit]
 
 
 def plan(project: Project, services: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -46,8 +109,9 @@ def plan(project: Project, services: Sequence[str] | None = None) -> list[dict[s
             item.update(action="resume",
                         detail=f"rollout #{open_row['id']} was interrupted in {open_row['phase']}")
         elif current is None:
-            item.update(action="create", detail=f"first release: {spec.replicas} instance(s), "
-                                                f"live once healthy")
+            gone = "destroyed earlier; " if project.destroyed(name) else ""
+            item.update(action="create", detail=f"{gone}first release: {spec.replicas} "
+                                                f"instance(s), live once healthy")
         elif image is not None and image.digest == current.image_digest \
                 and cfg == current.config_digest:
             alive = sum(1 for o in project.compute.observe(instances_of(project.store, current.id))
@@ -64,9 +128,16 @@ def plan(project: Project, services: Sequence[str] | None = None) -> list[dict[s
         else:
             why = []
             if image is None or image.digest != current.image_digest:
-                why.append("image changed" if image else "image inputs changed (bake needed)")
+                files = changed_files(project, spec.image, current.image_digest)
+                item["files"] = files
+                what = f" ({', '.join(files[:5])}{', …' if len(files) > 5 else ''})" \
+                    if files else ""
+                why.append(("image changed" if image else "image inputs changed (bake needed)")
+                           + what)
             if cfg != current.config_digest:
-                why.append("config changed")
+                keys = changed_keys(project, current.id, spec)
+                item["keys"] = keys
+                why.append("config changed" + (f" ({'; '.join(keys)})" if keys else ""))
             steps = ", ".join(f"{s.weight}%" for s in spec.rollout.steps)
             item.update(action="replace",
                         detail=f"{'; '.join(why)}: {spec.rollout.strategy} "

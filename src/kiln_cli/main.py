@@ -31,6 +31,9 @@ app = typer.Typer(
 
 T = TypeVar("T")
 
+# Help shows an argument's metavar (SERVICE, [IMAGE]...), not its Python type (<list[str]>).
+setattr(typer.core.TyperArgument, "display_type_rich", lambda self, ctx: None)  # noqa: B010
+
 
 class _Opts:
     file: Path | None = None
@@ -122,6 +125,12 @@ def guard(fn: Callable[[], T]) -> T:
         raise fail("interrupted", 130) from None
 
 
+def use_file(file: Path | None) -> None:
+    """`-f/--file` works after the command name too (kiln deploy -f other.yaml)."""
+    if file is not None:
+        OPTS.file = file
+
+
 def project() -> kiln.Project:
     import kiln
 
@@ -140,7 +149,9 @@ def version_cb(value: bool) -> None:
         raise typer.Exit(0)
 
 
-FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default: ./kiln.yaml).")]
+_FILE_HELP = "Spec file (default: ./kiln.yaml)."
+FileOpt = Annotated[Path | None, typer.Option("--file", "-f", metavar="PATH", help=_FILE_HELP)]
+FileLongOpt = Annotated[Path | None, typer.Option("--file", metavar="PATH", help=_FILE_HELP)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (see docs/json.md).")]
 
 
@@ -202,11 +213,14 @@ def init(folder: Annotated[Path, typer.Argument(help="Folder to create the proje
 
 @app.command()
 def bake(
-    images: Annotated[list[str] | None, typer.Argument(help="Images to bake (default: all).")] = None,
+    images: Annotated[list[str] | None, typer.Argument(
+        metavar="[IMAGE]...", help="Images to bake (default: all).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every step.")] = False,
     as_json: JsonOpt = False,
+    file: FileOpt = None,
 ) -> None:
     """Bake images; unchanged steps come from the cache."""
+    use_file(file)
     from kiln_cli.progress import StepPrinter
 
     def body() -> None:
@@ -227,8 +241,10 @@ def bake(
 
 
 @app.command("images")
-def images_cmd(as_json: JsonOpt = False) -> None:
+def images_cmd(as_json: JsonOpt = False,
+        file: FileOpt = None) -> None:
     """List the image store with each image's test verdict."""
+    use_file(file)
     from kiln_cli.render import images_table
 
     def body() -> None:
@@ -243,10 +259,13 @@ def images_cmd(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def test(
-    images: Annotated[list[str] | None, typer.Argument(help="Images to test (default: all).")] = None,
+    images: Annotated[list[str] | None, typer.Argument(
+        metavar="[IMAGE]...", help="Images to test (default: all).")] = None,
     as_json: JsonOpt = False,
+    file: FileOpt = None,
 ) -> None:
     """Bake if needed, launch a throwaway instance, run the image's checks, dispose of it."""
+    use_file(file)
     from kiln.verify.api import test_images
     from kiln_cli.progress import test_line
 
@@ -266,37 +285,51 @@ def test(
 
 
 @app.command()
-def plan(services: Annotated[list[str] | None, typer.Argument()] = None,
-         as_json: JsonOpt = False) -> None:
+def plan(services: Annotated[list[str] | None, typer.Argument(
+             metavar="[SERVICE]...", help="Services (default: all).")] = None,
+         as_json: JsonOpt = False,
+         detailed_exitcode: Annotated[bool, typer.Option(
+             "--detailed-exitcode", help="Exit 0 when nothing would change, 2 when deploy "
+                                         "would change something (1 on errors).")] = False,
+         file: FileOpt = None) -> None:
     """Show what deploy would do, without doing it."""
+    use_file(file)
+    from rich.text import Text
+
     from kiln.plan import plan as make_plan
 
     def body() -> None:
         items = make_plan(project(), services)
         if as_json:
             print_json(items)
-            return
-        for it in items:
-            out().print(f"[bold]{it['service']}[/]: {it['action']}  {it['detail']}")
+        else:
+            for it in items:
+                out().print(Text(f"{it['service']}: ", style="bold").append(
+                    f"{it['action']}  {it['detail']}"), soft_wrap=True)
+        if detailed_exitcode and any(it["action"] != "unchanged" for it in items):
+            raise typer.Exit(2)
 
     guard(body)
 
 
 @app.command()
 def deploy(
-    services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
+    services: Annotated[list[str] | None, typer.Argument(metavar="[SERVICE]...",
+                                                         help="Services (default: all).")] = None,
     skip_tests: Annotated[bool, typer.Option("--skip-tests",
                                              help="Deploy without a passing attestation "
                                                   "(recorded in history).")] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every step.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Deploy again an image and config that "
                                                          "was just rolled back.")] = False,
     detach: Annotated[bool, typer.Option(
         "--detach", "-d", help="Return once the rollout is under way; it goes on in the "
                                "background (follow it with `kiln status --watch`).")] = False,
     as_json: JsonOpt = False,
+    file: FileOpt = None,
 ) -> None:
     """Bake, test and roll out what changed; returns when the rollout has settled."""
+    use_file(file)
     from kiln_cli.progress import DeployPrinter
 
     def body() -> None:
@@ -362,13 +395,16 @@ def interrupted(proj: kiln.Project) -> typer.Exit:
 
 
 @app.command()
-def status(service: Annotated[str | None, typer.Argument(help="Service (default: all).")] = None,
+def status(service: Annotated[str | None, typer.Argument(metavar="[SERVICE]",
+                                                        help="Service (default: all).")] = None,
            as_json: JsonOpt = False,
            watch: Annotated[bool, typer.Option(
                "--watch", "-w", help="Follow open rollouts until they settle (exit 3 if one "
                                      "was rolled back).")] = False,
+    file: FileOpt = None,
            ) -> None:
     """Releases, weights, instances and the rollout step of each service."""
+    use_file(file)
     from kiln_cli.render import status_view
 
     def body() -> None:
@@ -392,9 +428,11 @@ def status(service: Annotated[str | None, typer.Argument(help="Service (default:
 
 @app.command()
 def history(service: Annotated[str | None, typer.Argument(
-                help="Service (default: the only one).")] = None,
-            as_json: JsonOpt = False) -> None:
+                metavar="[SERVICE]", help="Service (default: the only one).")] = None,
+            as_json: JsonOpt = False,
+        file: FileOpt = None) -> None:
     """Every rollout of a service: release, outcome and why."""
+    use_file(file)
     from kiln_cli.render import history_table
 
     def body() -> None:
@@ -435,34 +473,44 @@ def _control(fn: Callable[[kiln.Project, Callable[[kiln.DeployEvent], None]], An
 
 
 @app.command()
-def promote(service: str,
+def promote(service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service.")],
             full: Annotated[bool, typer.Option("--full", help="Skip the remaining steps.")] = False,
-            as_json: JsonOpt = False) -> None:
+            as_json: JsonOpt = False,
+        file: FileOpt = None) -> None:
     """Let a paused canary go on to its next step."""
+    use_file(file)
     _control(lambda p, ev: p.promote(service, full=full, on_event=ev), as_json)
 
 
 @app.command()
-def abort(service: str, as_json: JsonOpt = False) -> None:
+def abort(service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service.")],
+          as_json: JsonOpt = False,
+        file: FileOpt = None) -> None:
     """Roll back an in-progress rollout: traffic back to the stable release."""
+    use_file(file)
     _control(lambda p, ev: p.abort(service, on_event=ev), as_json)
 
 
 @app.command()
-def rollback(service: str,
-             to: Annotated[str | None, typer.Option("--to", help="Release id, e.g. web-r2.")] = None,
-             as_json: JsonOpt = False) -> None:
+def rollback(service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service.")],
+             to: Annotated[str | None, typer.Option("--to", metavar="RELEASE",
+                                                    help="Release id, e.g. web-r2.")] = None,
+             as_json: JsonOpt = False,
+        file: FileOpt = None) -> None:
     """Roll out a retained earlier release (a new rollout: immutable too)."""
+    use_file(file)
     _control(lambda p, ev: p.rollback(service, to, on_event=ev), as_json)
 
 
 @app.command()
 def destroy(services: Annotated[list[str] | None, typer.Argument(
-                help="Services (default: all).")] = None,
+                metavar="[SERVICE]...", help="Services (default: all).")] = None,
             yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation "
                                               "(it is only asked on a terminal).")] = False,
-            as_json: JsonOpt = False) -> None:
+            as_json: JsonOpt = False,
+        file: FileOpt = None) -> None:
     """Stop a service's instances (and the router when nothing is left)."""
+    use_file(file)
 
     def body() -> None:
         proj = project()
@@ -484,20 +532,22 @@ def destroy(services: Annotated[list[str] | None, typer.Argument(
 
 @app.command()
 def logs(service: Annotated[str | None, typer.Argument(
-             help="Service (default: the only one).")] = None,
+             metavar="[SERVICE]", help="Service (default: the only one).")] = None,
          follow: Annotated[bool, typer.Option("--follow", "-f",
                                               help="Keep printing new lines (^C stops).")] = False,
          instance: Annotated[str | None, typer.Option(
-             "--instance", help="One instance, by id or id prefix (any kind, also stopped).")
+             "--instance", metavar="ID", help="One instance, by id or id prefix (any kind, also stopped).")
          ] = None,
          test: Annotated[bool, typer.Option(
              "--test", help="The image test instance (the newest one, also when stopped).")
          ] = False,
          dev: Annotated[bool, typer.Option("--dev", help="Dev instances (`kiln up`).")] = False,
-         lines: Annotated[int, typer.Option("--lines", "-n", help="Lines of each log to show.")
+         lines: Annotated[int, typer.Option("--lines", "-n", metavar="N", help="Lines of each log to show.")
                           ] = 50,
-         as_json: JsonOpt = False) -> None:
+         as_json: JsonOpt = False,
+        file: FileLongOpt = None) -> None:
     """Show (or follow) instance logs: the running ones, else the newest (a failed test's)."""
+    use_file(file)
     from kiln_cli.render import show_logs
 
     def body() -> None:
@@ -516,10 +566,12 @@ def logs(service: Annotated[str | None, typer.Argument(
 
 
 @app.command()
-def gc(keep: Annotated[int, typer.Option("--keep", help="Live releases to retain per service "
+def gc(keep: Annotated[int, typer.Option("--keep", metavar="N", help="Live releases to retain per service "
                                                     "(the current and previous always are).")] = 3,
-       as_json: JsonOpt = False) -> None:
+       as_json: JsonOpt = False,
+        file: FileOpt = None) -> None:
     """Remove images no retained release needs, and dead instance folders."""
+    use_file(file)
     from kiln.gc import collect
 
     def body() -> None:
@@ -535,11 +587,13 @@ def gc(keep: Annotated[int, typer.Option("--keep", help="Live releases to retain
 
 @app.command()
 def up(service: Annotated[str | None, typer.Argument(
-           help="Service (default: the only one).")] = None,
+           metavar="[SERVICE]", help="Service (default: the only one).")] = None,
        detach: Annotated[bool, typer.Option("--detach", "-d", help="Return at once instead of "
                                             "following the instance's log.")] = False,
-       as_json: JsonOpt = False) -> None:
+       as_json: JsonOpt = False,
+        file: FileOpt = None) -> None:
     """Start a dev instance of the exact baked image and follow its logs."""
+    use_file(file)
     from kiln.dev import dev_up
     from kiln_cli.render import show_logs
 
@@ -560,8 +614,10 @@ def up(service: Annotated[str | None, typer.Argument(
 
 
 @app.command()
-def down(as_json: JsonOpt = False) -> None:
+def down(as_json: JsonOpt = False,
+        file: FileOpt = None) -> None:
     """Dispose of dev instances."""
+    use_file(file)
     from kiln.dev import dev_down
 
     def body() -> None:
@@ -576,7 +632,9 @@ def down(as_json: JsonOpt = False) -> None:
 
 @app.command("exec", context_settings={"allow_extra_args": True,
                                        "ignore_unknown_options": True})
-def exec_cmd(service: str, command: Annotated[list[str], typer.Argument()]) -> None:
+def exec_cmd(service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service.")],
+             command: Annotated[list[str], typer.Argument(metavar="-- COMMAND...",
+                                                          help="What to run.")]) -> None:
     """Run a command in an instance's environment: kiln exec web -- python -V"""
     import shlex
 
@@ -592,8 +650,10 @@ def exec_cmd(service: str, command: Annotated[list[str], typer.Argument()]) -> N
 
 
 @app.command()
-def drift(as_json: JsonOpt = False) -> None:
+def drift(as_json: JsonOpt = False,
+        file: FileOpt = None) -> None:
     """Compare what runs with what the state says should run."""
+    use_file(file)
     from kiln.drift import detect
 
     def body() -> None:
@@ -613,12 +673,16 @@ def drift(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def serve(
-    listen: Annotated[str, typer.Option("--listen", help="Loopback HOST:PORT of the dashboard "
+    listen: Annotated[str, typer.Option(
+        "--listen", metavar="HOST:PORT", help="Loopback HOST:PORT of the dashboard "
                                         "(port 0: any free port).")] = "127.0.0.1:8600",
-    drift_every: Annotated[float, typer.Option("--drift-every", help="Seconds between drift "
+    drift_every: Annotated[float, typer.Option(
+        "--drift-every", metavar="SECONDS", help="Seconds between drift "
                                                "checks.")] = 60.0,
+    file: FileOpt = None,
 ) -> None:
     """Run the project's controller and dashboard until SIGTERM; everything keeps serving after."""
+    use_file(file)
     import signal
     import threading
 
