@@ -84,7 +84,7 @@ def test_cloudwatch_judge(moto: MotoServer, tmp_path: Path, canary_errors: float
         rollout = second.history("web")[-1]
         assert rollout["outcome"] == outcome
         row = second.store.one("SELECT status_json FROM rollouts WHERE id = ?",
-                               (rollout["rollout"],))
+                               (rollout["rollout_id"],))
         assert row is not None
         decisions = json.loads(row["status_json"])["decisions"]
         # Every step was decided on CloudWatch's numbers: enough requests on both sides.
