@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +20,21 @@ def proj(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proj]:
     p = make_project(tmp_path, router=getattr(request, "param", "traefik"))
     try:
         yield p
+        # Every judged rollout of every e2e test: the judge saw every request the router counted.
+        lost = judge_losses(p.dir / ".kiln" / "state.db")
+        assert not lost, f"the judge's access log missed requests the router counted: {lost}"
     finally:
         teardown(p)
+
+
+def judge_losses(db: Path) -> list[dict[str, object]]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT data_json FROM events WHERE kind = 'judge.crosscheck'"
+                            ).fetchall()
+    checks = [json.loads(r[0]) for r in rows]
+    return [c for c in checks if not c.get("agree", True)]
 
 
 @pytest.fixture(scope="session")
