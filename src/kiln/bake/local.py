@@ -64,6 +64,10 @@ class LocalBuilder:
     # ------------------------------------------------------------------ plan
 
     def _plan(self, spec: ImageSpec, base_dir: Path) -> tuple[venv.Runtime, list[_Planned]]:
+        if not isinstance(spec.base, str):
+            raise BakeError(f"base: {{debian: {spec.base.debian}}} needs platform: podman",
+                            hint="the local platform's base is a Python runtime like 'python' "
+                                 "or 'python3.11'")
         runtime = venv.resolve_base(spec.base)
         base_def = runtime.definition(spec.base)
         key = step_key("", base_def, {"kind": "base"})

@@ -17,6 +17,7 @@ from kiln.state.store import Store
 PLATFORMS: dict[str, str] = {
     "local": "kiln.platforms.local:LocalPlatform",
     "aws": "kiln.platforms.aws:AwsPlatform",
+    "podman": "kiln.platforms.podman:PodmanPlatform",
 }
 """name -> "module:Class". A name in the spec's `platform:` Literal but not here is refused."""
 

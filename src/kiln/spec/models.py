@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from kiln.spec.aws import AwsSettings
+from kiln.spec.podman import DebianBase, Resources
 
 NAME_RE = r"^[a-z][a-z0-9-]{0,39}$"
 
@@ -366,7 +367,9 @@ _CHECK_CLASSES.update({HttpCheck: "http", CommandCheck: "command", PortCheck: "p
 
 
 class ImageSpec(_Model):
-    base: str = "python"
+    base: str | DebianBase = "python"
+    """local: a Python runtime for the image's venv; podman: an image reference podman has, or
+    {debian: SUITE, packages: [...]} built from the Debian archive."""
     steps: list[Step] = Field(default_factory=list)
     tests: list[Check] = Field(default_factory=list)
 
@@ -488,6 +491,9 @@ class ServiceSpec(_Model):
     stop_timeout: Duration = 10.0
     read_only_paths: list[str] = Field(default_factory=list)
     """Host paths bound read-only into a local instance's sandbox, beyond the system paths."""
+    resources: Resources = Field(default_factory=lambda: Resources())
+    capabilities: list[Annotated[str, Field(pattern=r"^[A-Z_]+$")]] = Field(default_factory=list)
+    """podman: capabilities the app needs beyond none (e.g. NET_BIND_SERVICE)."""
 
     @field_validator("env", mode="before")
     @classmethod

@@ -222,8 +222,11 @@ def _run_one(index: int, check: Check, *, compute: Compute, target: _Target,
                                           f"{target.health_error}"))
     if isinstance(check, TestinfraCheck):
         path = (base_dir / check.testinfra).resolve()
+        # A platform with a testinfra backend of its own (podman://) is reached through it.
+        own_host = getattr(compute, "testinfra_host", None)
         out = run_testinfra(path, run=_exec_fn(compute, instance, target.extra_env),
-                            instance=instance, timeout=check.timeout)
+                            instance=instance, timeout=check.timeout,
+                            hosts=own_host(instance) if own_host is not None else None)
         return CheckResult(index, kind, description, out.passed, out.detail,
                            time.monotonic() - start, out.cases)
     if isinstance(check, HttpCheck):

@@ -44,10 +44,11 @@ class TestinfraOutcome:
 
 
 def run_testinfra(path: Path, *, run: ExecFn, instance: Instance,
-                  timeout: float) -> TestinfraOutcome:
+                  timeout: float, hosts: str | None = None) -> TestinfraOutcome:
     """`python -m pytest <path> --hosts=kiln://<id>`, killed after `timeout` seconds.
 
     `run(command, timeout)` executes in the instance's environment (the `host` fixture uses it).
+    `hosts` replaces kiln:// with a testinfra backend of the platform's own (podman://NAME).
     """
     if not path.exists():
         return TestinfraOutcome(False, f"testinfra path {path} does not exist")
@@ -60,7 +61,7 @@ def run_testinfra(path: Path, *, run: ExecFn, instance: Instance,
             env = _child_env(instance, sock, timeout)
             argv = [sys.executable, "-m", "pytest", str(path), "-c", str(ini),
                     "--rootdir", str(path if path.is_dir() else path.parent),
-                    "-p", PLUGIN, "-p", "no:cacheprovider", f"--hosts=kiln://{instance.id}",
+                    "-p", PLUGIN, "-p", "no:cacheprovider", f"--hosts={hosts or 'kiln://' + instance.id}",
                     f"--junitxml={junit}", "-q", "--no-header", "-rN"]
             proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

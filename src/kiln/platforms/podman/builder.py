@@ -1,0 +1,233 @@
+"""The Builder seam on podman: kiln's steps -> a generated Containerfile -> `podman build`.
+
+Two caches, one inside the other. kiln's input key (base image id, each step's definition, the
+content of every copy source; the same chain as the local bake) finds a finished image without
+running podman build at all, so a no-op bake reruns nothing. When an input changed, podman's own
+layer cache (`--layers`) reruns only the steps from the first changed one on. The image's
+identity is its OCI image id ('sha256:<hex>' of its config), recorded with the input key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from kiln.bake import imagestore, steps
+from kiln.bake.hashing import iter_files, step_key
+from kiln.errors import BakeError, PlatformError
+from kiln.platforms.base import Image, StepEvent
+from kiln.platforms.podman import containerfile, debian_base, engine
+from kiln.spec.models import CopyStep, EnvStep, ImageSpec
+from kiln.state.store import Store
+
+Progress = Callable[[StepEvent], None]
+_STEP_RE = re.compile(r"^STEP (\d+)/(\d+): ")
+_CACHED_RE = re.compile(r"^--> Using cache ")
+_DONE_RE = re.compile(r"^--> [0-9a-f]{6,}")
+PULL_TIMEOUT = 120.0
+_FIXED_MTIME = int(steps.SOURCE_DATE_EPOCH)
+
+
+class PodmanBuilder:
+    def __init__(self, store: Store, home: Path, project: str) -> None:
+        self.store, self.home, self.project = store, home, project
+
+    # ------------------------------------------------------------------ plan
+
+    def base_id(self, spec: ImageSpec, say: Callable[[str], None] | None = None) -> str:
+        """The base image's id: a Debian build (made once), or an image podman has or pulls."""
+        if not isinstance(spec.base, str):
+            return debian_base.ensure(spec.base, self.home / "podman" / "tmp", say)
+        ref = spec.base
+        found = engine.image_id(ref)
+        if found is not None:
+            return found
+        proc = engine.run(["pull", "--quiet", ref], timeout=PULL_TIMEOUT, check=False)
+        found = engine.image_id(ref) if proc.returncode == 0 else None
+        if found is None:
+            raise BakeError(f"base image {ref!r} not found: podman has no such image and could "
+                            f"not pull it ({engine.last_line(proc.stderr)})",
+                            hint="`podman images` lists the images here; "
+                                 "base: {debian: bookworm, packages: [python3]} builds one from "
+                                 "the Debian archive")
+        return found
+
+    def keys(self, spec: ImageSpec, base_dir: Path, base: str) -> list[str]:
+        """The cache key after each step (the last one identifies the image)."""
+        base_def = {"podman_base": base}
+        key = step_key("", base_def, {"kind": "base"})
+        out = []
+        for i, step in enumerate(spec.steps):
+            inputs = ""
+            if isinstance(step, CopyStep):
+                where = f"images.steps[{i}]"
+                inputs = steps.copy_inputs_hash(steps.copy_source(step, base_dir, where))
+            key = step_key(key, base_def, steps.definition(step), inputs)
+            out.append(key)
+        return out or [key]
+
+    def _known(self, key: str) -> Image | None:
+        """The newest image recorded under `key` that podman still has."""
+        for row in self.store.query("SELECT * FROM images WHERE key = ? ORDER BY created_at DESC",
+                                    (key,)):
+            if engine.image_id(row["ref"]) == row["digest"]:
+                return Image(name=row["name"], digest=row["digest"], ref=row["ref"])
+        return None
+
+    def resolve(self, name: str, spec: ImageSpec, *, base_dir: Path) -> Image | None:
+        """The image these inputs already made, without building (for `kiln plan`)."""
+        base = self._base_if_present(spec)
+        if base is None:
+            return None
+        found = self._known(self.keys(spec, base_dir, base)[-1])
+        return None if found is None else Image(name, found.digest, found.ref, _image_env(spec))
+
+    def _base_if_present(self, spec: ImageSpec) -> str | None:
+        ref = spec.base if isinstance(spec.base, str) else debian_base.tag(spec.base)
+        return engine.image_id(ref)
+
+    # ------------------------------------------------------------------ build
+
+    def build(self, name: str, spec: ImageSpec, *, base_dir: Path, no_cache: bool = False,
+              progress: Progress | None = None) -> Image:
+        emit = progress or (lambda _e: None)
+        total = len(spec.steps)
+        base = self.base_id(spec, say=lambda m: emit(StepEvent(0, total, m, "running")))
+        keys = self.keys(spec, base_dir, base)
+        env = _image_env(spec)
+        if not no_cache:
+            found = self._known(keys[-1])
+            if found is not None:
+                for i, step in enumerate(spec.steps, start=1):
+                    emit(StepEvent(i, total, steps.describe(step), "cached", 0.0, keys[i - 1]))
+                return Image(name=name, digest=found.digest, ref=found.ref, env=env)
+        context = self.home / "podman" / "build" / name
+        shutil.rmtree(context, ignore_errors=True)
+        context.mkdir(parents=True)
+        try:
+            staged = _stage(spec, base_dir, context)
+            text = containerfile.render(base, spec.steps, staged,
+                                        {"kiln.image": name, "kiln.key": keys[-1]}, name)
+            (context / "Containerfile").write_text(text)
+            tag = f"localhost/kiln/{self.project}-{name}:{keys[-1][:16]}"
+            self._podman_build(context, tag, spec, keys, no_cache, emit)
+        finally:
+            shutil.rmtree(context, ignore_errors=True)
+        data = engine.inspect("image", tag)
+        if data is None:
+            raise BakeError(f"image {name}: podman build finished but {tag} is missing")
+        digest = str(data["Id"])
+        digest = digest if digest.startswith("sha256:") else f"sha256:{digest}"
+        return imagestore.record_image(self.store, name=name, digest=digest, ref=digest,
+                                       key=keys[-1], env=env, size=int(data.get("Size") or 0))
+
+    def _podman_build(self, context: Path, tag: str, spec: ImageSpec, keys: list[str],
+                      no_cache: bool, emit: Progress) -> None:
+        total = len(spec.steps)
+        argv = [engine.binary(), "build", "--layers", "--pull=never", "--format", "oci",
+                "-f", str(context / "Containerfile"), "-t", tag]
+        if no_cache:
+            argv.append("--no-cache")
+        argv.append(str(context))
+        timeout = sum(getattr(s, "timeout", 0.0) for s in spec.steps) + 300.0
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        current: int | None = None
+        started = time.monotonic()
+        tail: list[str] = []
+        deadline = time.monotonic() + timeout
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                tail = [*tail, line][-20:]
+                m = _STEP_RE.match(line)
+                if m:
+                    current = int(m.group(1)) - containerfile.PREAMBLE
+                    started = time.monotonic()
+                    if 1 <= current <= total:
+                        emit(StepEvent(current, total, steps.describe(spec.steps[current - 1]),
+                                       "running", 0.0, keys[current - 1]))
+                    if current == 1:
+                        tail = []
+                    continue
+                if current is not None and 1 <= current <= total and (
+                        _CACHED_RE.match(line) or _DONE_RE.match(line)):
+                    status: Literal["cached", "ran"] = (
+                        "cached" if _CACHED_RE.match(line) else "ran")
+                    emit(StepEvent(current, total, steps.describe(spec.steps[current - 1]),
+                                   status, time.monotonic() - started, keys[current - 1]))
+                    current = None
+                    tail = []
+                if time.monotonic() > deadline:
+                    os.killpg(proc.pid, 9)
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            code = proc.wait()
+        except BaseException:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise
+        if code == 0:
+            return
+        if current is not None and 1 <= current <= total:
+            step = spec.steps[current - 1]
+            emit(StepEvent(current, total, steps.describe(step), "failed",
+                           time.monotonic() - started, keys[current - 1]))
+            detail = "\n".join(ln for ln in tail if ln.strip() and not _STEP_RE.match(ln))
+            raise BakeError(f"step {current}/{total} ({steps.describe(step)}) failed: "
+                            f"{engine.last_line(detail)}"
+                            + (f"\n{detail}" if detail else ""))
+        raise PlatformError(f"podman build of {tag} failed: {engine.last_line(chr(10).join(tail))}")
+
+
+def _stage(spec: ImageSpec, base_dir: Path, context: Path) -> dict[int, containerfile.Staged]:
+    """Copy every copy step's source into context/<step>/ (skipping .git, .kiln, caches), with a
+    fixed mtime so podman's cache sees only content."""
+    staged: dict[int, containerfile.Staged] = {}
+    for i, step in enumerate(spec.steps, start=1):
+        if not isinstance(step, CopyStep):
+            continue
+        source = steps.copy_source(step, base_dir, f"images.steps[{i - 1}]")
+        folder = context / str(i)
+        folder.mkdir()
+        if source.is_dir():
+            for rel, path in iter_files(source, steps.skip_name):
+                _copy(path, folder / rel)
+            staged[i] = containerfile.Staged(str(i), True, source.name)
+        else:
+            _copy(source, folder / source.name)
+            staged[i] = containerfile.Staged(f"{i}/{source.name}", False, source.name)
+        for dirpath, dirnames, filenames in os.walk(folder, topdown=False):
+            for entry in (*filenames, *dirnames):
+                os.utime(os.path.join(dirpath, entry), (_FIXED_MTIME, _FIXED_MTIME),
+                         follow_symlinks=False)
+        os.utime(folder, (_FIXED_MTIME, _FIXED_MTIME))
+    return staged
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if src.is_symlink():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        dst.mkdir(parents=True, exist_ok=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        dst.chmod(0o755 if src.stat().st_mode & 0o111 else 0o644)
+
+
+def _image_env(spec: ImageSpec) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for step in spec.steps:
+        if isinstance(step, EnvStep):
+            env.update(step.env)
+    return env

@@ -1,0 +1,339 @@
+"""Instances as podman containers, each published on its own loopback address.
+
+A container runs the image read-only (`--read-only`, tmpfs for /scratch and /tmp), as an
+unprivileged user (65534) with no capabilities beyond the service's `capabilities`, no new
+privileges, catatonit as pid 1 (signals reach the app), the service's cpu/memory limits, and its
+port published only on the instance's 127.x.y.z address (`-p 127.x.y.z:PORT:PORT`): the router
+never reaches it through podman's 10.88.0.0/16 bridge. `podman logs -f` copies its output into the
+instance folder's `log`, so `kiln logs` and the health gate read the same plain file as on the
+local platform.
+
+Liveness is read from /proc (the container's main pid and its start time, recorded at launch), so
+a reconcile pass does not call podman for every instance; podman is asked only when that is
+unknown. The row is written before `podman run`, with the container's name in its handle, so a
+kiln killed between the two leaves a container `sweep()` finds by its labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import urllib.error
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from kiln.errors import NotFound, PlatformError
+from kiln.platforms import instance_rows
+from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
+from kiln.platforms.instance_rows import KINDS, LIVE_STATES, from_row, get_row, list_rows, set_state
+from kiln.platforms.local import addresses, environment
+from kiln.platforms.local.compute import LocalCompute
+from kiln.platforms.podman import containerfile, engine
+from kiln.platforms.podman.handle import PodmanHandle
+from kiln.spec.models import ServiceSpec
+from kiln.state.lock import pid_alive, pid_start_time
+from kiln.state.store import Store
+
+Kind = Literal["service", "test", "dev"]
+USER = "65534:65534"
+"""nobody:nogroup: instances never run as root unless an image says otherwise... it cannot."""
+SCRATCH = "/scratch"
+RUN_TIMEOUT = 120.0
+
+
+class PodmanCompute(LocalCompute):
+    """The Compute seam on podman. Health probing, `wait_healthy` and the bookkeeping of rows
+    are the local platform's (inherited); starting, observing, stopping and exec are podman's."""
+
+    def __init__(self, store: Store, home: Path, project: str) -> None:
+        super().__init__(store, home, project, sandbox="none")
+        self.scope = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
+        self._followers: dict[str, subprocess.Popen[bytes]] = {}
+
+    def container_name(self, instance_id: str) -> str:
+        return f"kiln-{self.project}-{self.scope}-{instance_id}"
+
+    # ------------------------------------------------------------------ launch
+
+    def launch(
+        self, service_name: str, service: ServiceSpec, release: Release, image: Image, count: int,
+        *, env: Mapping[str, str], kind: Kind = "service",
+    ) -> list[Instance]:
+        if kind not in KINDS:
+            raise PlatformError(f"instance kind {kind!r} is not one of {', '.join(KINDS)}")
+        if engine.image_id(image.ref) != image.digest:
+            raise NotFound(f"image {image.name} ({image.digest[:19]}) is missing from podman's "
+                           "storage", hint="run kiln bake again")
+        started: list[Instance] = []
+        try:
+            for _ in range(count):
+                started.append(self._start(service_name, service, release, image, env, kind))
+        except BaseException:
+            for inst in started:
+                self.terminate(inst, timeout=2.0)
+            raise
+        return started
+
+    def _start(self, service_name: str, service: ServiceSpec, release: Release, image: Image,
+               secret_env: Mapping[str, str], kind: Kind) -> Instance:
+        instance_id = f"{release.id}-{secrets.token_hex(3)}"
+        folder = self.folder(instance_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = self.container_name(instance_id)
+        with self.store.tx() as c:
+            counter = c.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+            taken = {r[0] for r in c.execute(
+                "SELECT host FROM instances WHERE state IN ({})".format(
+                    ",".join("?" * len(LIVE_STATES))), LIVE_STATES)}
+            host = addresses.allocate(f"{self.project}@{self.home.resolve()}", service.port,
+                                      counter, taken)
+            handle = PodmanHandle(name, workdir=str(folder))
+            instance_rows.insert(c, Instance(instance_id, service_name, release.id, host,
+                                             service.port, handle.to_map()), kind=kind)
+            c.event("instance.launch", f"launching {instance_id} on {host}:{service.port}",
+                    service=service_name,
+                    data={"instance": instance_id, "release": release.id, "kind": kind,
+                          "container": name})
+        kiln = environment.kiln_vars("0.0.0.0", service.port, service_name, release.id,
+                                     instance_id)
+        base = {"HOME": SCRATCH, "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1"}
+        plain = environment.instance_env(base=base, image_env={}, service_env=service.env,
+                                         extra_env={}, kiln=kiln)
+        argv = self.run_argv(name, instance_id, kind, service, host, image, plain,
+                             secret_keys=sorted(secret_env))
+        # Secret values reach podman through its environment (`-e NAME`), never its argv.
+        proc = engine.run(argv, timeout=RUN_TIMEOUT, check=False,
+                          env={**os.environ, **secret_env}, what=f"podman run of {instance_id}")
+        container_id = proc.stdout.strip()[:12]
+        if proc.returncode != 0:
+            set_state(self.store, instance_id, "dead")
+            engine.run(["rm", "-f", name], check=False)
+            reason = engine.last_line(proc.stderr)
+            if "address already in use" in reason:
+                reason += f" (another process holds {host}:{service.port})"
+            raise PlatformError(f"{instance_id}: podman could not start the container: {reason}")
+        self._follow_log(name, folder / "log")
+        pid, start = self._main_pid(name)
+        handle = PodmanHandle(name, container_id, pid, start, str(folder))
+        with self.store.tx() as c:
+            instance_rows.set_handle(c, instance_id, handle.to_map())
+        return Instance(instance_id, service_name, release.id, host, service.port,
+                        handle.to_map())
+
+    def run_argv(self, name: str, instance_id: str, kind: str, service: ServiceSpec, host: str,
+                 image: Image, env: Mapping[str, str], secret_keys: Sequence[str]) -> list[str]:
+        """The `podman run` arguments of one instance (pure, so the hardening is table-tested)."""
+        argv = ["run", "-d", "--name", name, "--init",
+                "--label", f"kiln.project={self.project}", "--label", f"kiln.scope={self.scope}",
+                "--label", f"kiln.instance={instance_id}", "--label", f"kiln.kind={kind}",
+                "--read-only", "--tmpfs", f"{SCRATCH}:rw,nosuid,nodev,size=64m,mode=1777",
+                "--user", USER, "--cap-drop=all", "--security-opt", "no-new-privileges",
+                "--publish", f"{host}:{service.port}:{service.port}",
+                "--workdir", containerfile.ROOT, "--log-driver", "k8s-file",
+                "--pull=never"]
+        for cap in service.capabilities:
+            argv += ["--cap-add", cap]
+        if service.resources.cpus is not None:
+            argv += ["--cpus", f"{service.resources.cpus:g}"]
+        if service.resources.memory is not None:
+            argv += ["--memory", str(service.resources.memory)]
+        for key, value in env.items():
+            argv += ["--env", f"{key}={value}"]
+        for key in secret_keys:
+            argv += ["--env", key]
+        return [*argv, image.ref, "/bin/sh", "-c", service.command]
+
+    def _follow_log(self, name: str, log: Path) -> None:
+        """`podman logs -f` into the instance's log file; it ends when the container does."""
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([engine.binary(), "logs", "-f", name], stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self._followers[name] = proc
+
+    def _main_pid(self, name: str) -> tuple[int | None, str | None]:
+        data = engine.inspect("container", name)
+        state = (data or {}).get("State") or {}
+        pid = int(state.get("Pid") or 0)
+        if pid <= 0:
+            return None, None
+        return pid, pid_start_time(pid)
+
+    # ------------------------------------------------------------------ observe
+
+    def observe(self, instances: Sequence[Instance]) -> list[Observed]:
+        self._reap_followers()
+        out = []
+        for inst in instances:
+            handle = self._handle(inst)
+            if handle.pid is not None and handle.pid_start is not None:
+                alive = pid_alive(handle.pid, handle.pid_start)
+            else:
+                alive = bool(handle.name) and self._running(handle.name)
+            out.append(Observed(inst.id, alive))
+        return out
+
+    def _handle(self, inst: Instance) -> PodmanHandle:
+        handle = PodmanHandle.of(inst)
+        if handle.pid is None or not handle.name:
+            row = get_row(self.store, inst.id)
+            if row is not None:
+                handle = PodmanHandle.of(from_row(row))
+        return handle
+
+    def _running(self, name: str) -> bool:
+        data = engine.inspect("container", name)
+        return bool(data and (data.get("State") or {}).get("Running"))
+
+    def _probe(self, instance: Instance, path: str, timeout: float) -> tuple[bool, str]:
+        url = instance.url + (path if path.startswith("/") else "/" + path)
+        try:
+            with self._opener.open(url, timeout=timeout) as resp:
+                status = int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return False, f"GET {path} answered {exc.code}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return False, f"GET {path} failed: {getattr(exc, 'reason', exc)}"
+        return 200 <= status < 300, f"GET {path} answered {status}"
+
+    def _exit_reason(self, inst: Instance) -> str:
+        handle = self._handle(inst)
+        data = engine.inspect("container", handle.name) if handle.name else None
+        state = (data or {}).get("State") or {}
+        if state and not state.get("Running"):
+            how = f"exited with code {state.get('ExitCode')}"
+            if state.get("OOMKilled"):
+                how += " (killed: out of memory)"
+        else:
+            how = "is not running"
+        self._sync_log(inst)
+        return f"{inst.id} {how}" + self._tail_note(inst)
+
+    def _sync_log(self, inst: Instance) -> None:
+        """Wait briefly for the log follower of a stopped container to write its last lines."""
+        proc = self._followers.get(self._handle(inst).name)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=2.0)
+
+    # ------------------------------------------------------------------ terminate
+
+    def terminate(self, instance: Instance, timeout: float) -> None:
+        """`podman stop -t` (SIGTERM, then SIGKILL after `timeout`), then remove the container
+        (its output is already in the instance's log). Idempotent."""
+        handle = self._handle(instance)
+        if handle.name:
+            engine.run(["stop", "-t", str(max(0, round(timeout))), handle.name],
+                       timeout=timeout + 60.0, check=False)
+            self._sync_log(instance)
+            engine.run(["rm", "-f", "--volumes", handle.name], timeout=60.0, check=False)
+        row = get_row(self.store, instance.id)
+        if row is not None and row["state"] != "stopped":
+            with self.store.tx() as c:
+                c.execute("UPDATE instances SET state = 'stopped', stopped_at = ? WHERE id = ?",
+                          (time.time(), instance.id))
+                c.event("instance.stop", f"stopped {instance.id}", service=instance.service,
+                        data={"instance": instance.id})
+        self._followers.pop(handle.name, None)
+
+    # ------------------------------------------------------------------ sweep
+
+    def containers(self) -> dict[str, dict[str, str]]:
+        """This project's containers (by name): their instance label and state."""
+        proc = engine.run(["ps", "-a", "--filter", f"label=kiln.scope={self.scope}",
+                           "--format", "json"], timeout=60.0)
+        out: dict[str, dict[str, str]] = {}
+        for item in json.loads(proc.stdout or "[]"):
+            names = item.get("Names") or []
+            labels = item.get("Labels") or {}
+            if names:
+                out[str(names[0])] = {"instance": str(labels.get("kiln.instance", "")),
+                                      "state": str(item.get("State", ""))}
+        return out
+
+    def sweep(self) -> list[str]:
+        """Rows whose container is gone become 'dead'; containers of this project that no live
+        row owns (kiln killed before recording, or a row marked stopped) are removed."""
+        changes: list[str] = []
+        rows = {r["id"]: r for r in list_rows(self.store, None, KINDS, None)}
+        for row in rows.values():
+            if row["state"] in LIVE_STATES:
+                inst = from_row(row)
+                if not self.observe([inst])[0].alive:
+                    set_state(self.store, inst.id, "dead")
+                    changes.append(f"{inst.id}: process is gone, marked dead")
+        for name, info in self.containers().items():
+            known = rows.get(info["instance"])
+            if known is not None and known["state"] in LIVE_STATES and \
+                    PodmanHandle.of(from_row(known)).name == name:
+                continue
+            # Not owned by a live row: a dead instance's leftover (removed quietly) or, while
+            # it still runs, an orphan of a kiln killed mid-launch (stopped and reported).
+            engine.run(["rm", "-f", "-t", "2", name], timeout=60.0, check=False)
+            if info["state"] == "running":
+                changes.append(f"{info['instance'] or name}: stopped orphan container {name}")
+        return changes
+
+    def gc_folders(self) -> list[str]:
+        base = self.home / "instances"
+        removed: list[str] = []
+        if not base.is_dir():
+            return removed
+        for folder in sorted(base.iterdir()):
+            row = get_row(self.store, folder.name)
+            if row is not None and row["state"] in LIVE_STATES:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+        return removed
+
+    # ------------------------------------------------------------------ exec
+
+    def exec(self, instance: Instance, command: str, *, timeout: float,
+             env: Mapping[str, str] | None = None) -> ExecResult:
+        """`podman exec` as the container's user, in the image root, with the instance's env.
+        A command that outlives `timeout` is killed and reported with exit code 124."""
+        handle = self._handle(instance)
+        if not handle.name:
+            raise NotFound(f"instance {instance.id} has no container")
+        argv = [engine.binary(), "exec", "--workdir", containerfile.ROOT]
+        for key in sorted(env or {}):
+            argv += ["--env", key]
+        argv += [handle.name, "/bin/sh", "-c", command]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            out, err = proc.communicate()
+            note = f"\nkiln: command timed out after {timeout:g}s and was killed\n"
+            return ExecResult(124, out.decode(errors="replace"),
+                              err.decode(errors="replace") + note)
+        if proc.returncode in (125, 126, 127) and b"no such container" in err.lower():
+            raise NotFound(f"instance {instance.id}: container {handle.name} is gone")
+        return ExecResult(proc.returncode, out.decode(errors="replace"),
+                          err.decode(errors="replace"))
+
+    def testinfra_host(self, instance: Instance) -> str:
+        """testinfra's own podman backend reaches the container directly."""
+        return f"podman://{self._handle(instance).name}"
+
+    # ------------------------------------------------------------------ internals
+
+    def _reap(self) -> None:
+        self._reap_followers()
+
+    def _reap_followers(self) -> None:
+        for proc in self._followers.values():
+            proc.poll()

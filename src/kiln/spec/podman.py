@@ -1,0 +1,54 @@
+"""Shapes of kiln.yaml used by `platform: podman`: a Debian base built from the archive, and a
+container's resource limits. Pure: whether the suite or packages exist is found out by the bake."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DebianBase(_Model):
+    """`base: {debian: bookworm, packages: [python3]}`: a minbase root file system from the
+    Debian archive (mmdebstrap), imported as a base image and cached by these inputs."""
+
+    debian: str = Field(pattern=r"^[a-z][a-z0-9-]{1,30}$")
+    packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+$")]] = Field(
+        default_factory=list)
+
+
+def parse_memory(value: Any) -> Any:
+    """'256M', '1g', '512MiB' or a number of bytes -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 256M or 1G")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _MEMORY_RE.match(value)
+        if m:
+            unit = (m.group(2) or "").lower()[:1]
+            return int(float(m.group(1)) * _UNITS[unit])
+    raise ValueError(f"expected a size like 256M or 1G, got {value!r}")
+
+
+class Resources(_Model):
+    """Limits of one instance (podman: --cpus, --memory; the local platform does not limit)."""
+
+    cpus: float | None = Field(None, gt=0, le=1024)
+    memory: Annotated[int | None, BeforeValidator(parse_memory)] = None
+    """Bytes; written like 256M or 1G."""
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_floor(cls, v: int | None) -> int | None:
+        if v is not None and v < 6 * 1024 * 1024:
+            raise ValueError(f"memory must be at least 6M (podman's floor), got {v} bytes")
+        return v
