@@ -65,3 +65,15 @@ def shared_base_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         os.environ.pop("KILN_CACHE", None)
     else:
         os.environ["KILN_CACHE"] = before
+
+
+@pytest.fixture(scope="session")
+def podman_base(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The shared Debian base image for podman tests: built once (per machine: podman keeps it
+    under its tag), skipped where podman cannot run containers."""
+    from kiln.testing.podman import ensure_base, unusable
+
+    reason = unusable()
+    if reason is not None:
+        pytest.skip(reason)
+    return ensure_base(tmp_path_factory.mktemp("podman-base"))

@@ -24,8 +24,12 @@ from kiln.platforms.local.addresses import address_for
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.sandbox import bwrap_works
-from kiln.spec.models import Health, ServiceSpec
+from kiln.platforms.podman.builder import PodmanBuilder
+from kiln.platforms.podman.compute import PodmanCompute
+from kiln.platforms.podman.handle import PodmanHandle
+from kiln.spec.models import Health, ImageSpec, ServiceSpec
 from kiln.state.store import Store
+from kiln.testing.podman import BASE, remove_containers
 
 PORT = 28080
 HEALTH = Health(path="/healthz", timeout=1.0, deadline=10.0)
@@ -53,6 +57,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def on_term(*_):
     with open(os.path.join(os.environ["HOME"], "terminated"), "w") as fh:
         fh.write("SIGTERM")
+    print("terminated by SIGTERM", flush=True)
     sys.exit(0)
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "ignore-term" else on_term)
@@ -111,7 +116,7 @@ def _service(mode: str) -> ServiceSpec:
 
 class _Base:
     store: Store
-    compute: LocalCompute | FakeCompute
+    compute: LocalCompute | FakeCompute | PodmanCompute
     image: Image
 
     def launch(self, n: int, mode: str = "ok", **kw: object) -> list[Instance]:
@@ -130,6 +135,10 @@ class _Base:
     def reused(self, inst: Instance) -> Instance:
         """The same instance as if its process id now named another process."""
         raise NotImplementedError
+
+    def bind_host(self, inst: Instance) -> str:
+        """The HOST the app is told to bind."""
+        return inst.host
 
     def env_of(self, inst: Instance) -> dict[str, str]:
         raise NotImplementedError
@@ -165,6 +174,35 @@ class FakeHarness(_Base):
         return self.fake.env_of(inst)
 
 
+class PodmanHarness(_Base):
+    def __init__(self, tmp_path: Path, image: Image) -> None:
+        self.home = tmp_path / "home"
+        self.store = Store.open(self.home)
+        self.image = image
+        self.podman = PodmanCompute(self.store, self.home, f"ct-{tmp_path.name[-12:]}")
+        self.compute = self.podman
+
+    def kill(self, inst: Instance) -> None:
+        subprocess.run(["podman", "kill", PodmanHandle.of(inst).name], capture_output=True,
+                       check=True, timeout=60)
+
+    def reused(self, inst: Instance) -> Instance:
+        return replace(inst, handle={**inst.handle, "pid_start": "1"})
+
+    def got_sigterm(self, inst: Instance) -> bool:
+        return "terminated by SIGTERM" in self.podman.log_path(inst).read_text()
+
+    def env_of(self, inst: Instance) -> dict[str, str]:
+        return LocalHarness.env_of(self, inst)  # type: ignore[arg-type]
+
+    def bind_host(self, inst: Instance) -> str:
+        return "0.0.0.0"  # inside the container; podman publishes it on inst.host
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        remove_containers(self.podman.container_name(""))
+
+
 class LocalHarness(_Base):
     def __init__(self, tmp_path: Path, image_dir: Path, sandbox: str = "auto") -> None:
         self.home = tmp_path / "home"
@@ -191,11 +229,29 @@ class LocalHarness(_Base):
         return env
 
 
-@pytest.fixture(params=["fake", pytest.param("local", marks=pytest.mark.e2e)])
+@pytest.fixture(scope="session")
+def podman_image(tmp_path_factory: pytest.TempPathFactory, podman_base: str) -> Image:
+    """APP baked by the podman builder on the shared Debian base (`python` is python3)."""
+    folder = tmp_path_factory.mktemp("podman-app")
+    (folder / "app.py").write_text(APP)
+    home = folder / ".kiln"
+    store = Store.open(home)
+    try:
+        spec = ImageSpec.model_validate({"base": BASE.model_dump(), "steps": [
+            {"copy": "app.py"}, {"env": {"IMAGE_VAR": "1", "SHARED": "image"}}]})
+        return PodmanBuilder(store, home, "ctest").build("web", spec, base_dir=folder)
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=["fake", pytest.param("local", marks=pytest.mark.e2e),
+                        pytest.param("podman", marks=pytest.mark.e2e)])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[_Base]:
     h: _Base
     if request.param == "fake":
         h = FakeHarness(tmp_path)
+    elif request.param == "podman":
+        h = PodmanHarness(tmp_path, request.getfixturevalue("podman_image"))
     else:
         h = LocalHarness(tmp_path, request.getfixturevalue("image_dir"))
     try:
@@ -268,7 +324,7 @@ def test_env_has_kiln_vars_and_layers_in_order(harness: _Base) -> None:
     (inst,) = harness.launch(1)
     harness.compute.wait_healthy([inst], HEALTH)
     env = harness.env_of(inst)
-    assert env["HOST"] == inst.host and env["PORT"] == str(PORT)
+    assert env["HOST"] == harness.bind_host(inst) and env["PORT"] == str(PORT)
     assert env["KILN_SERVICE"] == "web"
     assert env["KILN_RELEASE"] == "web-ok"
     assert env["KILN_INSTANCE"] == inst.id
@@ -278,7 +334,7 @@ def test_env_has_kiln_vars_and_layers_in_order(harness: _Base) -> None:
     result = harness.compute.exec(inst, "env", timeout=10)
     assert result.exit_code == 0
     assert f"KILN_INSTANCE={inst.id}" in result.stdout
-    assert f"HOST={inst.host}" in result.stdout
+    assert f"HOST={harness.bind_host(inst)}" in result.stdout
 
 
 def test_a_command_that_exits_at_once_is_reported_quickly(harness: _Base) -> None:
@@ -286,10 +342,10 @@ def test_a_command_that_exits_at_once_is_reported_quickly(harness: _Base) -> Non
     started = time.monotonic()
     ok, failed = harness.compute.wait_healthy(insts, HEALTH, deadline=20.0)
     assert ok == [] and len(failed) == 2
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < (5.0 if isinstance(harness, PodmanHarness) else 2.0)
     reason = harness.compute.failure_reason(failed[0])
     assert "exited with code" in reason
-    if isinstance(harness, LocalHarness):
+    if not isinstance(harness, FakeHarness):
         assert "exited with code 3" in reason and "boom: cannot start" in reason
 
 
@@ -317,6 +373,8 @@ def test_terminate_kills_an_app_that_ignores_sigterm(harness: _Base) -> None:
     assert not harness.got_sigterm(inst)
     if isinstance(harness, LocalHarness):
         assert 0.3 <= time.monotonic() - started < 3.0
+    elif isinstance(harness, PodmanHarness):
+        assert time.monotonic() - started < 15.0
     else:
         assert isinstance(harness, FakeHarness)
         assert harness.fake.stop_signal(inst) == "sigkill"
@@ -446,6 +504,10 @@ from pathlib import Path
 from kiln.platforms.base import Image, Release
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.local.handle import LocalHandle
+from kiln.platforms.podman.builder import PodmanBuilder
+from kiln.platforms.podman.compute import PodmanCompute
+from kiln.platforms.podman.handle import PodmanHandle
+from kiln.testing.podman import BASE, remove_containers
 from kiln.spec.models import ServiceSpec
 from kiln.state.store import Store
 home, ref, project, port = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.project import Project
-from kiln.rollout.executor import instances_of
+from kiln.rollout.executor import instances_of, load_release
 
 
 def detect(project: Project) -> list[dict[str, Any]]:
-    """Each item: kind (dead-instance | router | tampered-image | unknown-process |
-    unknown-router), service, detail."""
+    """Each item: kind (dead-instance | tampered-instance | router | tampered-image |
+    unknown-process | unknown-router), service, detail."""
     items: list[dict[str, Any]] = []
     store = project.store
     for name in project.spec.services:
@@ -18,11 +18,17 @@ def detect(project: Project) -> list[dict[str, Any]]:
                   for r in store.query("SELECT * FROM routes WHERE service = ?", (name,))}
         for release_id in routes:
             insts = instances_of(store, release_id)
+            tampered = getattr(project.compute, "tampered", None)  # a container vs its image
             for inst, obs in zip(insts, project.compute.observe(insts), strict=True):
                 if not obs.alive:
                     items.append({"kind": "dead-instance", "service": name,
                                   "detail": f"{inst.id} ({inst.address}) is recorded as running "
                                             f"but its process is gone"})
+                elif tampered is not None:
+                    problem = tampered(inst, load_release(store, release_id).image_digest)
+                    if problem:
+                        items.append({"kind": "tampered-instance", "service": name,
+                                      "detail": problem})
         if routes:
             try:
                 served = project.router.verify(name)

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -46,6 +47,20 @@ USER = "65534:65534"
 """nobody:nogroup: instances never run as root unless an image says otherwise... it cannot."""
 SCRATCH = "/scratch"
 RUN_TIMEOUT = 120.0
+_PODMAN_OWN = frozenset({"/etc", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run",
+                         "/run/.containerenv", "/tmp", "/var", "/var/tmp", "/dev", "/proc", "/sys",
+                         SCRATCH})
+"""Paths `podman diff` lists for every container (mount points podman made), never drift."""
+
+
+_SHELL_SYNTAX = re.compile(r"[;&|()`<>\n]|\$\(|^\s*\w+=|^\s*(exec|if|for|while|case|until)\b")
+
+
+def exec_form(command: str) -> str:
+    """`exec COMMAND` when COMMAND is one simple command, so the app (not sh) is the process
+    catatonit signals: dash does not exec a lone command by itself, as bash does. Anything with
+    shell syntax (lists, pipes, redirections, assignments first) runs as written."""
+    return command if _SHELL_SYNTAX.search(command) else f"exec {command}"
 
 
 class PodmanCompute(LocalCompute):
@@ -149,7 +164,7 @@ class PodmanCompute(LocalCompute):
             argv += ["--env", f"{key}={value}"]
         for key in secret_keys:
             argv += ["--env", key]
-        return [*argv, image.ref, "/bin/sh", "-c", service.command]
+        return [*argv, image.ref, "/bin/sh", "-c", exec_form(service.command)]
 
     def _follow_log(self, name: str, log: Path) -> None:
         """`podman logs -f` into the instance's log file; it ends when the container does."""
@@ -324,6 +339,28 @@ class PodmanCompute(LocalCompute):
             raise NotFound(f"instance {instance.id}: container {handle.name} is gone")
         return ExecResult(proc.returncode, out.decode(errors="replace"),
                           err.decode(errors="replace"))
+
+    def tampered(self, instance: Instance, image_digest: str) -> str | None:
+        """`kiln drift`: None when the container runs the release's image unchanged; else what
+        differs (another image, or files `podman diff` finds beyond podman's own mount points)."""
+        handle = self._handle(instance)
+        data = engine.inspect("container", handle.name) if handle.name else None
+        if data is None:
+            return None  # gone: the dead-instance check reports it
+        image = str(data.get("Image", ""))
+        if image.removeprefix("sha256:") != image_digest.removeprefix("sha256:"):
+            return f"{instance.id} runs image {image[:12]}, not its release's {image_digest[:19]}"
+        proc = engine.run(["diff", "--format", "json", handle.name], timeout=60.0, check=False)
+        try:
+            changes = json.loads(proc.stdout or "{}")
+        except ValueError:
+            return None
+        found = sorted(f"{kind} {path}" for kind, paths in changes.items() for path in paths or []
+                       if path not in _PODMAN_OWN)
+        if found:
+            return (f"{instance.id}: files differ from its image: {', '.join(found[:5])}"
+                    + (f" and {len(found) - 5} more" if len(found) > 5 else ""))
+        return None
 
     def testinfra_host(self, instance: Instance) -> str:
         """testinfra's own podman backend reaches the container directly."""

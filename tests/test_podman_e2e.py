@@ -1,0 +1,93 @@
+"""End to end on podman: the podman-shop example bakes from a Debian base, passes its tests
+(testinfra's podman backend), canaries a good release and has a bad one rolled back by the judge
+under load, with no failed request but the bad release's own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.testing.load import Load, LoadStats
+from kiln.testing.podman import make_project, project_name, teardown_project
+from kiln.testing.project import Proj, wait_for
+
+pytestmark = pytest.mark.e2e
+
+JUDGED = """\
+      strategy: canary
+      steps:
+        - {weight: 20, pause: 20s}
+        - {weight: 50, pause: 4s}
+      analysis: {max_error_rate_increase: 0.02, max_latency_increase: 50%, min_requests: 50,
+                 on_no_data: pause}
+      drain_timeout: 3s
+"""
+
+
+@pytest.fixture
+def shop(tmp_path: Path, podman_base: str) -> Iterator[Proj]:
+    p = make_project(tmp_path, rollout=JUDGED)
+    try:
+        yield p
+    finally:
+        teardown_project(p)
+
+
+def containers(p: Proj) -> list[str]:
+    out = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True,
+                         text=True, timeout=60).stdout.split()
+    return sorted(n for n in out if n.startswith(f"kiln-{project_name(p)}-"))
+
+
+def deploy_under_load(p: Proj) -> tuple[subprocess.CompletedProcess[str], LoadStats]:
+    with Load(p.listen, rate=120, max_seconds=100, keep_body=40) as load:
+        wait_for(lambda: load.stats.sent > 50, timeout=20)
+        res = p.kiln("deploy", timeout=150)
+    return res, load.stats
+
+
+def failed_outside(stats: LoadStats, bad_version: str) -> int:
+    """Failed requests not answered by the bad release itself (its injected 500s)."""
+    own = sum(n for body, n in stats.bodies.items() if f"(version {bad_version})" in body
+              and "injected error" in body)
+    non_2xx = sum(n for status, n in stats.statuses.items() if not 200 <= status < 300)
+    return stats.conn_errors + non_2xx - own
+
+
+def test_podman_shop_canaries_a_good_release_and_rolls_back_a_bad_one(shop: Proj) -> None:
+    res = shop.kiln("deploy", timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "testinfra" in res.stdout and "4 passed" in "".join(res.stdout.split("\n"))
+    assert shop.weights() == {"web-r1": 100}
+    first = containers(shop)
+    assert len(first) == 3
+
+    shop.behave(version="2")
+    res, stats = deploy_under_load(shop)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert stats.failed == 0 and stats.sent > 500, stats.summary()
+    assert shop.weights() == {"web-r2": 100}
+    second = containers(shop)
+    assert len(second) == 3 and not set(second) & set(first)  # the old ones are disposed of
+
+    shop.behave(version="3", error_rate=0.3)
+    res, stats = deploy_under_load(shop)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert failed_outside(stats, "3") == 0, stats.summary() + str(stats.error_samples)
+    assert shop.weights() == {"web-r2": 100}
+    assert containers(shop) == second
+    hist = json.loads(shop.kiln("history", "web", "--json").stdout)
+    last = hist["rollouts"][-1]
+    assert last["release"] == "web-r3" and last["outcome"] == "rolled_back", last
+    assert "5xx" in str(last["reason"])
+
+    status = shop.status()["services"][0]
+    inst = status["releases"][0]["instances"][0]
+    assert inst["label"].startswith("container ") and inst["handle"]["name"].startswith("kiln-")
+    assert inst["address"].startswith("127.") and not inst["address"].startswith("127.0.0.1:")
+    drift = shop.kiln("drift", "--json")
+    assert drift.returncode == 0 and json.loads(drift.stdout) == [], drift.stdout
