@@ -59,7 +59,7 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float
 def podman_base(work: Path) -> str | None:
     """Import a tiny rootfs (dash, echo via the shell, libc) as BASE_TAG; None if impossible."""
     if shutil.which("podman") is None:
-        return "podman is not installed (run scripts/podman-setup.sh)"
+        return "podman is not installed (run ./scripts/setup as root)"
     rootfs = work / "rootfs"
     files = ["/bin/dash"]
     libs = subprocess.run(["ldd", "/bin/dash"], capture_output=True, text=True, check=False)

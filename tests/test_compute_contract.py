@@ -543,3 +543,32 @@ def test_gc_removes_only_folders_of_stopped_instances(local: LocalHarness) -> No
     assert local.local.gc_folders() == [drop.id]
     assert local.local.folder(keep.id).is_dir()
     assert not local.local.folder(drop.id).exists()
+
+
+@pytest.mark.e2e
+def test_a_container_is_locked_down_as_launched(tmp_path: Path, podman_image: Image) -> None:
+    h = PodmanHarness(tmp_path, podman_image)
+    try:
+        svc = ServiceSpec.model_validate({**_service("ok").model_dump(by_alias=True),
+                                          "resources": {"cpus": 0.5, "memory": "96M"}})
+        release = Release("web-ok", "web", 1, podman_image.digest, "c")
+        (inst,) = h.podman.launch("web", svc, release, podman_image, 1, env={"TOKEN": "t0k"})
+        h.podman.wait_healthy([inst], HEALTH)
+        out = subprocess.run(["podman", "inspect", PodmanHandle.of(inst).name],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        data = json.loads(out)[0]
+        host = data["HostConfig"]
+        assert host["ReadonlyRootfs"] is True
+        assert host["Memory"] == 96 * 1024 * 1024 and host["NanoCpus"] == 500_000_000
+        assert data["Config"]["User"] == "65534:65534"
+        assert data["EffectiveCaps"] in (None, [])
+        bindings = host["PortBindings"][f"{PORT}/tcp"]
+        assert bindings == [{"HostIp": inst.host, "HostPort": str(PORT)}]
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert "t0k" not in ps  # secrets never on a command line
+        assert h.env_of(inst)["TOKEN"] == "t0k"
+        result = h.podman.exec(inst, "touch /app/x", timeout=10)
+        assert result.exit_code != 0 and "Read-only file system" in result.stderr
+    finally:
+        h.cleanup()
+        h.store.close()
