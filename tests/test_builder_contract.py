@@ -4,6 +4,7 @@ steps reach the image, a failing step is a BakeError naming it, and a missing co
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,9 @@ def folder(tmp_path: Path) -> Path:
     """A project folder with files to copy; its name (the image's) is unique per test."""
     app = tmp_path / f"img{abs(hash(tmp_path)) % 10**8}"
     (app / "app").mkdir(parents=True)
-    (app / "app" / "main.py").write_text("print('v1')\n")
-    (app / "notes.txt").write_text("one\n")
+    # Unique content: podman's layer cache outlives test runs, and a first bake must run.
+    (app / "app" / "main.py").write_text(f"print('v1')  # {uuid.uuid4()}\n")
+    (app / "notes.txt").write_text(f"one {uuid.uuid4()}\n")
     return app
 
 
@@ -85,7 +87,7 @@ def test_same_inputs_same_image_nothing_rerun(platform: tuple[Builder, Any],
 def test_a_late_edit_reruns_only_the_steps_after_it(platform: tuple[Builder, Any],
                                                    folder: Path) -> None:
     first, _ = bake(platform, folder, *STEPS)
-    (folder / "notes.txt").write_text("two\n")
+    (folder / "notes.txt").write_text(f"two {uuid.uuid4()}\n")
     second, statuses = bake(platform, folder, *STEPS)
     assert second.digest != first.digest
     assert statuses == ["cached", "cached", "cached", "ran"]
@@ -116,3 +118,36 @@ def test_a_missing_copy_source_is_a_bake_error(platform: tuple[Builder, Any],
                                                folder: Path) -> None:
     with pytest.raises(BakeError, match=r"copy source 'nope/' not found"):
         bake(platform, folder, {"copy": "nope/", "to": "app/"})
+
+
+@pytest.mark.e2e
+def test_podman_runs_provisioner_steps_between_containerfile_runs(
+        store_home: tuple[Store, Path], podman_base: str, folder: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A puppet/ansible step splits the Containerfile: the steps before it are built, the
+    provisioner gets that image and the steps after it build on what it committed. (The
+    provisioner itself, kiln.bake.provisioners, is tested on its own; here it tags its input.)"""
+    import subprocess
+
+    from kiln.bake import provisioners
+
+    seen: list[str] = []
+
+    def provision(prepared: provisioners.Prepared, *, image: str, tag: str,
+                  on_line: object = None) -> str:
+        seen.append(image)
+        subprocess.run(["podman", "tag", image, tag], check=True, capture_output=True)
+        return subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", tag],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    monkeypatch.setattr(provisioners, "provision", provision)
+    (folder / "site.pp").write_text("notify { 'hi': }\n")
+    store, home = store_home
+    platform = (PodmanBuilder(store, home, "bcontract"), BASE.model_dump())
+    steps = [{"copy": "app/", "to": "app/"}, {"puppet": {"manifest": "site.pp"}},
+             {"run": "test -f app/main.py"}]
+    image, statuses = bake(platform, folder, *steps)
+    assert statuses == ["ran", "ran", "ran"] and len(seen) == 1
+    assert seen[0] != podman_base  # it got the image with the copy step in it
+    again, statuses = bake(platform, folder, *steps)
+    assert again.digest == image.digest and statuses == ["cached"] * 3 and len(seen) == 1

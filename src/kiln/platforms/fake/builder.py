@@ -1,9 +1,9 @@
 """FakeBuilder: a Builder without files, for testing the core (plan, deploy) without baking.
 
 The digest hashes the base, the steps and the copied files, so the same inputs give the same
-image and any edit gives a new one, like a real bake; a step is 'cached' when the same base and steps up to it were
-built before (an edit reruns only the steps from it on); copy sources must exist like in a real
-bake; `fail` makes the named images fail like a broken last step.
+image and any edit gives a new one, like a real bake; a step is 'cached' when the same base and
+steps up to it were built before (an edit reruns only the steps from it on); copy sources must
+exist like in a real bake; `fail` makes the named images fail like a broken last step.
 """
 
 from __future__ import annotations

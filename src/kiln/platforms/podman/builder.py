@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from kiln.bake import imagestore, steps
+from kiln.bake import imagestore, provisioners, steps
 from kiln.bake.hashing import iter_files, step_key
 from kiln.errors import BakeError, PlatformError
 from kiln.platforms.base import Image, StepEvent
@@ -64,11 +64,15 @@ class PodmanBuilder:
         key = step_key("", base_def, {"kind": "base"})
         out = []
         for i, step in enumerate(spec.steps):
+            where = f"images.steps[{i}]"
             inputs = ""
+            definition = steps.definition(step)
             if isinstance(step, CopyStep):
-                where = f"images.steps[{i}]"
                 inputs = steps.copy_inputs_hash(steps.copy_source(step, base_dir, where))
-            key = step_key(key, base_def, steps.definition(step), inputs)
+            elif provisioners.is_provisioner(step):
+                definition = provisioners.definition(step)
+                inputs = provisioners.prepare(step, base_dir, where).inputs
+            key = step_key(key, base_def, definition, inputs)
             out.append(key)
         return out or [key]
 
@@ -107,18 +111,20 @@ class PodmanBuilder:
                 for i, step in enumerate(spec.steps, start=1):
                     emit(StepEvent(i, total, steps.describe(step), "cached", 0.0, keys[i - 1]))
                 return Image(name=name, digest=found.digest, ref=found.ref, env=env)
-        context = self.home / "podman" / "build" / name
-        shutil.rmtree(context, ignore_errors=True)
-        context.mkdir(parents=True)
-        try:
-            staged = _stage(spec, base_dir, context)
-            text = containerfile.render(base, spec.steps, staged,
-                                        {"kiln.image": name, "kiln.key": keys[-1]}, name)
-            (context / "Containerfile").write_text(text)
-            tag = f"localhost/kiln/{self.project}-{name}:{keys[-1][:16]}"
-            self._podman_build(context, tag, spec, keys, no_cache, emit)
-        finally:
-            shutil.rmtree(context, ignore_errors=True)
+        tag = f"localhost/kiln/{self.project}-{name}:{keys[-1][:16]}"
+        labels = {"kiln.image": name, "kiln.key": keys[-1]}
+        image = base
+        run: list[int] = []  # step numbers (1-based) of the Containerfile being gathered
+        for i, step in enumerate(spec.steps, start=1):
+            if not provisioners.is_provisioner(step):
+                run.append(i)
+                continue
+            if run:
+                image = self._segment(name, spec, base_dir, image, run, keys, None, no_cache,
+                                      emit)
+                run = []
+            image = self._provision(name, spec, base_dir, image, i, keys, no_cache, emit)
+        self._segment(name, spec, base_dir, image, run, keys, (tag, labels), no_cache, emit)
         data = engine.inspect("image", tag)
         if data is None:
             raise BakeError(f"image {name}: podman build finished but {tag} is missing")
@@ -127,8 +133,54 @@ class PodmanBuilder:
         return imagestore.record_image(self.store, name=name, digest=digest, ref=digest,
                                        key=keys[-1], env=env, size=int(data.get("Size") or 0))
 
-    def _podman_build(self, context: Path, tag: str, spec: ImageSpec, keys: list[str],
-                      no_cache: bool, emit: Progress) -> None:
+    def _segment(self, name: str, spec: ImageSpec, base_dir: Path, base: str, numbers: list[int],
+                 keys: list[str], final: tuple[str, dict[str, str]] | None, no_cache: bool,
+                 emit: Progress) -> str:
+        """`podman build` of the steps `numbers` on `base`; the image's id. The last segment
+        carries the labels and the image's tag; the others are tagged by their last key."""
+        tag, labels = final or (
+            f"localhost/kiln/{self.project}-{name}-step:{keys[numbers[-1] - 1][:16]}", {})
+        context = self.home / "podman" / "build" / name
+        shutil.rmtree(context, ignore_errors=True)
+        context.mkdir(parents=True)
+        try:
+            staged = _stage(spec, base_dir, context, numbers)
+            text = containerfile.render(base, [spec.steps[i - 1] for i in numbers], staged,
+                                        labels, name, numbers)
+            (context / "Containerfile").write_text(text)
+            self._podman_build(context, tag, spec, numbers, keys, no_cache, emit)
+        finally:
+            shutil.rmtree(context, ignore_errors=True)
+        found = engine.image_id(tag)
+        if found is None:
+            raise BakeError(f"image {name}: podman build finished but {tag} is missing")
+        return found
+
+    def _provision(self, name: str, spec: ImageSpec, base_dir: Path, base: str, number: int,
+                   keys: list[str], no_cache: bool, emit: Progress) -> str:
+        """An ansible or puppet step in a buildah working container on `base` (see
+        kiln.bake.provisioners), its result tagged by the step's key and reused while it lasts."""
+        step = spec.steps[number - 1]
+        assert provisioners.is_provisioner(step)
+        total, key, desc = len(spec.steps), keys[number - 1], steps.describe(step)
+        tag = f"localhost/kiln/{self.project}-{name}-step:{key[:16]}"
+        found = None if no_cache else engine.image_id(tag)
+        if found is not None:
+            emit(StepEvent(number, total, desc, "cached", 0.0, key))
+            return found
+        emit(StepEvent(number, total, desc, "running", 0.0, key))
+        started = time.monotonic()
+        prepared = provisioners.prepare(step, base_dir, f"images.{name}.steps[{number - 1}]")
+        try:
+            image = provisioners.provision(prepared, image=base, tag=tag)
+        except BakeError:
+            emit(StepEvent(number, total, desc, "failed", time.monotonic() - started, key))
+            raise
+        emit(StepEvent(number, total, desc, "ran", time.monotonic() - started, key))
+        return image if image.startswith("sha256:") else f"sha256:{image}"
+
+    def _podman_build(self, context: Path, tag: str, spec: ImageSpec, numbers: list[int],
+                      keys: list[str], no_cache: bool, emit: Progress) -> None:
         total = len(spec.steps)
         argv = [engine.binary(), "build", "--layers", "--pull=never", "--format", "oci",
                 "-f", str(context / "Containerfile"), "-t", tag]
@@ -149,12 +201,12 @@ class PodmanBuilder:
                 tail = [*tail, line][-20:]
                 m = _STEP_RE.match(line)
                 if m:
-                    current = int(m.group(1)) - containerfile.PREAMBLE
+                    nth = int(m.group(1)) - containerfile.PREAMBLE  # 1-based within the run
+                    current = numbers[nth - 1] if 1 <= nth <= len(numbers) else None
                     started = time.monotonic()
-                    if 1 <= current <= total:
+                    if current is not None:
                         emit(StepEvent(current, total, steps.describe(spec.steps[current - 1]),
                                        "running", 0.0, keys[current - 1]))
-                    if current == 1:
                         tail = []
                     continue
                 if current is not None and 1 <= current <= total and (
@@ -188,11 +240,13 @@ class PodmanBuilder:
         raise PlatformError(f"podman build of {tag} failed: {engine.last_line(chr(10).join(tail))}")
 
 
-def _stage(spec: ImageSpec, base_dir: Path, context: Path) -> dict[int, containerfile.Staged]:
-    """Copy every copy step's source into context/<step>/ (skipping .git, .kiln, caches), with a
-    fixed mtime so podman's cache sees only content."""
+def _stage(spec: ImageSpec, base_dir: Path, context: Path,
+           numbers: list[int]) -> dict[int, containerfile.Staged]:
+    """Copy the source of every copy step among `numbers` into context/<step>/ (skipping .git,
+    .kiln, caches), with a fixed mtime so podman's cache sees only content."""
     staged: dict[int, containerfile.Staged] = {}
-    for i, step in enumerate(spec.steps, start=1):
+    for i in numbers:
+        step = spec.steps[i - 1]
         if not isinstance(step, CopyStep):
             continue
         source = steps.copy_source(step, base_dir, f"images.steps[{i - 1}]")

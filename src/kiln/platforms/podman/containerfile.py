@@ -42,10 +42,15 @@ def in_root(path: str, where: str, what: str) -> str:
 
 
 def render(base: str, steps: Sequence[Step], staged: dict[int, Staged],
-           labels: dict[str, str], image_name: str = "image") -> str:
-    """The Containerfile; `staged[i]` is the context location of step i's copy source (1-based)."""
+           labels: dict[str, str], image_name: str = "image",
+           numbers: Sequence[int] | None = None) -> str:
+    """The Containerfile; `staged[i]` is the context location of step i's copy source (1-based).
+
+    `numbers` are the steps' 1-based numbers in the image spec when `steps` is a run of them
+    (the steps between two provisioner steps); by default 1, 2, 3...
+    """
     lines = [f"FROM {base}", f"WORKDIR {ROOT}"]
-    for i, step in enumerate(steps, start=1):
+    for i, step in zip(numbers or range(1, len(steps) + 1), steps, strict=True):
         where = f"images.{image_name}.steps[{i - 1}]"
         lines.append(instruction(step, staged.get(i), where))
     if labels:
@@ -71,5 +76,6 @@ def instruction(step: Step, staged: Staged | None, where: str) -> str:
                 raise BakeError(f"{where}: env {key} has a line break, which a Containerfile "
                                 "cannot carry")
         return "ENV " + " ".join(f"{k}={json.dumps(v)}" for k, v in step.env.items())
-    assert isinstance(step, WorkdirStep)
-    return f"WORKDIR {in_root(step.workdir, where, 'workdir')}"
+    if isinstance(step, WorkdirStep):
+        return f"WORKDIR {in_root(step.workdir, where, 'workdir')}"
+    raise BakeError(f"{where}: a {type(step).__name__} is not a Containerfile instruction")
