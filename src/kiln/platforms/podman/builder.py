@@ -144,7 +144,7 @@ class PodmanBuilder:
         shutil.rmtree(context, ignore_errors=True)
         context.mkdir(parents=True)
         try:
-            staged = _stage(spec, base_dir, context, numbers)
+            staged = stage(spec, base_dir, context, numbers)
             text = containerfile.render(base, [spec.steps[i - 1] for i in numbers], staged,
                                         labels, name, numbers)
             (context / "Containerfile").write_text(text)
@@ -240,7 +240,7 @@ class PodmanBuilder:
         raise PlatformError(f"podman build of {tag} failed: {engine.last_line(chr(10).join(tail))}")
 
 
-def _stage(spec: ImageSpec, base_dir: Path, context: Path,
+def stage(spec: ImageSpec, base_dir: Path, context: Path,
            numbers: list[int]) -> dict[int, containerfile.Staged]:
     """Copy the source of every copy step among `numbers` into context/<step>/ (skipping .git,
     .kiln, caches), with a fixed mtime so podman's cache sees only content."""
