@@ -572,3 +572,22 @@ def test_a_container_is_locked_down_as_launched(tmp_path: Path, podman_image: Im
     finally:
         h.cleanup()
         h.store.close()
+
+
+@pytest.mark.e2e
+def test_a_container_no_live_row_records_is_an_orphan(tmp_path: Path,
+                                                      podman_image: Image) -> None:
+    h = PodmanHarness(tmp_path, podman_image)
+    try:
+        (inst,) = h.launch(1)
+        assert h.podman.orphans() == []
+        with h.store.tx() as c:  # as if the state had lost it
+            c.execute("UPDATE instances SET state = 'stopped' WHERE id = ?", (inst.id,))
+        (orphan,) = h.podman.orphans()
+        assert orphan[0] == inst.id and orphan[1] > 0
+        name = PodmanHandle.of(inst).name
+        assert f"{inst.id}: stopped orphan container {name}" in h.podman.sweep()
+        assert h.podman.orphans() == [] and not h.compute.observe([inst])[0].alive
+    finally:
+        h.cleanup()
+        h.store.close()

@@ -297,6 +297,21 @@ class PodmanCompute(LocalCompute):
                 changes.append(f"{info['instance'] or name}: stopped orphan container {name}")
         return changes
 
+    def orphans(self) -> list[tuple[str, int, str]]:
+        """(instance, pid, start) of this project's running containers that no live row records
+        (`kiln drift` reports them, `sweep()` removes them)."""
+        found: list[tuple[str, int, str]] = []
+        for name, info in self.containers().items():
+            if info["state"] != "running":
+                continue
+            known = get_row(self.store, info["instance"])
+            if known is not None and known["state"] in LIVE_STATES and \
+                    PodmanHandle.of(from_row(known)).name == name:
+                continue
+            pid, start = self._main_pid(name)
+            found.append((info["instance"] or name, pid or 0, start or ""))
+        return found
+
     def gc_folders(self) -> list[str]:
         base = self.home / "instances"
         removed: list[str] = []
