@@ -105,6 +105,7 @@ def test_second_deploy_while_one_runs_exits_4(proj: Proj) -> None:
         second = proj.kiln("deploy")
         assert second.returncode == 4, second.stdout + second.stderr
         assert "deploy" in second.stderr and "pid" in second.stderr
+        assert "kiln promote web" in second.stderr and "kiln abort web" in second.stderr
         # promote is a signal the running deploy picks up.
         assert proj.kiln("promote", "web").returncode == 0
         out, err = first.communicate(timeout=60)

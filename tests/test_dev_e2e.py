@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 from pathlib import Path
@@ -37,6 +38,18 @@ def test_up_exec_down(proj: Proj) -> None:
     # exec passes the command's exit code through.
     code = proj.kiln("exec", "web", "--", "python", "-c", "raise SystemExit(5)")
     assert code.returncode == 5, code.stdout + code.stderr
+
+    # `kiln up` again: the source changed (version 8), so the instance is replaced; once more
+    # with nothing changed, it is reused. Never a pile-up.
+    urls = []
+    for _ in range(2):
+        again = proj.kiln("up", "web", "--json", timeout=60)
+        assert again.returncode == 0, again.stdout + again.stderr
+        urls.append(json.loads(again.stdout)["url"].rstrip("/"))
+        assert len(proj.live_pids()) == 1
+    assert urls[0] != url and urls[1] == urls[0], (url, urls)
+    dev = proj.status()["services"][0]["dev"]
+    assert len(dev) == 1 and urls[0].endswith(dev[0]["address"]), dev
 
     # `kiln logs` reaches dev instances (the only service is the default).
     logs = proj.kiln("logs", "--dev", "-n", "5")

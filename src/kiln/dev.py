@@ -19,8 +19,17 @@ def dev_up(project: Project, service: str | None) -> tuple[Instance, Path]:
     with project.locked(f"up {name}"):
         image = project.builder.build(spec.image, project.spec.images[spec.image],
                                       base_dir=project.base_dir)
-        release = Release(f"{name}-dev", name, 0, image.digest, config_digest(spec))
+        cfg = config_digest(spec)
+        # The release id names the image and config, so `kiln up` again finds its instance.
+        release = Release(f"{name}-dev-{image.digest[7:15]}{cfg[7:11]}", name, 0, image.digest,
+                          cfg)
         compute = project.compute
+        mine = [i for i in dev_instances(project) if i.service == name]
+        running = {i.id for i, o in zip(mine, compute.observe(mine), strict=True) if o.alive}
+        for old in mine:
+            if old.release_id == release.id and old.id in running:
+                return old, compute.log_path(old)  # already up: no second instance
+            compute.terminate(old, spec.stop_timeout)  # an older image or config: replaced
         launch = compute.launch
         (inst,) = launch(name, spec, release, image, 1,
                          env=resolve_secrets(name, spec, project.base_dir), kind="dev")

@@ -99,6 +99,17 @@ def project_lock(store: Store, command: str,
                 c.execute("DELETE FROM lock WHERE id = 1 AND pid = ?", (me.pid,))
 
 
+def _lock_hint(command: str) -> str:
+    """What to do about a held lock; a deploy is often just waiting in a canary step."""
+    verb, _, names = command.partition(" ")
+    if verb == "deploy":
+        svc = names.split()[0] if names.split() else "SERVICE"
+        return (f"it may be waiting in a canary step: `kiln promote {svc}` or `kiln abort "
+                f"{svc}` decide it (the running deploy picks them up), `kiln status {svc}` "
+                "shows where it is; or wait for it to finish")
+    return "wait for it to finish, or stop it"
+
+
 class _HeldByController(Exception):
     pass
 
@@ -124,8 +135,7 @@ def _acquire(store: Store, me: LockInfo, my_start: str | None,
                     raise _HeldByController()
                 else:
                     raise LockHeld(f"another kiln command holds the project lock: "
-                                   f"{holder.describe()}",
-                                   hint="wait for it to finish, or kill it")
+                                   f"{holder.describe()}", hint=_lock_hint(holder.command))
         if not nested:
             c.execute(
                 "INSERT OR REPLACE INTO lock(id, pid, pid_start, host, command, started_at) "
