@@ -100,6 +100,8 @@ class Fleet:
         self.names = Names(project)
         self._network: Network | None = None
         self._tg: dict[str, str] = {}
+        self._alb: dict[str, Any] | None = None  # found once per process (kiln holds the lock)
+        self._allowed: set[tuple[str, int, str | None]] = set()
 
     @property
     def net(self) -> Network:
@@ -134,6 +136,8 @@ class Fleet:
             perm["UserIdGroupPairs"] = [{"GroupId": source_group}]
         else:
             perm["IpRanges"] = [{"CidrIp": "0.0.0.0/0"}]
+        if (group, port, source_group) in self._allowed:
+            return
         from botocore.exceptions import ClientError
 
         with translated(f"opening port {port} on {group}"):
@@ -143,6 +147,7 @@ class Fleet:
             except ClientError as exc:
                 if error_code(exc) != "InvalidPermission.Duplicate":
                     raise
+        self._allowed.add((group, port, source_group))
 
     def fleet_group(self) -> str:
         return self.group(self.names.fleet_group, "fleet",
@@ -154,6 +159,8 @@ class Fleet:
     # ------------------------------------------------------------ the ALB
 
     def find_alb(self) -> dict[str, Any] | None:
+        if self._alb is not None:
+            return self._alb
         from botocore.exceptions import ClientError
 
         with translated("looking up the load balancer"):
@@ -168,6 +175,7 @@ class Fleet:
         if owner != self.project:
             raise PlatformError(f"aws: load balancer {self.names.alb} exists but is not kiln's "
                                 f"(no {t.PROJECT}={self.project} tag); refusing to change it")
+        self._alb = lb
         return lb
 
     def alb(self) -> dict[str, Any]:
@@ -181,7 +189,12 @@ class Fleet:
                 Scheme="internet-facing", Type="application", IpAddressType="ipv4",
                 Tags=t.as_list(self._tags("alb")))
         lb: dict[str, Any] = out["LoadBalancers"][0]
+        self._alb = lb
         return lb
+
+    def forget(self) -> None:
+        """Drop what this process remembers (after the ALB is deleted)."""
+        self._alb, self._tg, self._allowed = None, {}, set()
 
     def elbv2_tags(self, arn: str) -> dict[str, str]:
         with translated("reading tags"):
@@ -312,8 +325,10 @@ class Fleet:
                 self._delete_target_group(tg, timeout=0.0)
             self._tg.pop(release_id, None)
             try:
-                self.aws.ec2.delete_launch_template(
-                    LaunchTemplateName=self.names.launch_template(release_id))
+                found = self.aws.ec2.describe_launch_templates(
+                    LaunchTemplateNames=[self.names.launch_template(release_id)])
+                for lt in found["LaunchTemplates"]:
+                    self.aws.ec2.delete_launch_template(LaunchTemplateId=lt["LaunchTemplateId"])
             except ClientError as exc:
                 if "NotFound" not in error_code(exc) and not is_missing(exc):
                     raise

@@ -151,6 +151,7 @@ class AlbRouter:
                 for x in self._listeners(lb["LoadBalancerArn"]):
                     self.aws.elbv2.delete_listener(ListenerArn=x["ListenerArn"])
                 self.aws.elbv2.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+                self.fleet.forget()
             inv = tagged(self.aws, self.project)
             for name in inv["auto-scaling-group"]:
                 self.fleet.dispose(name.removeprefix(f"kiln-{self.project}-"))
