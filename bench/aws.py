@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from aws_helpers import open_project, write_project  # noqa: E402
-
 from kiln.platforms.aws.bake import SsmRunner  # noqa: E402
 from kiln.platforms.aws.client import Aws  # noqa: E402
 from kiln.platforms.aws.fleet import Names  # noqa: E402
@@ -148,10 +147,9 @@ def leak_audit(moto: MotoServer, folder: Path) -> dict[str, Any]:
 
     path = write_project(folder, moto)
     deploys = failed = killed = 0
-    version = 0
     t0 = time.perf_counter()
     for i in range(20):
-        version += 1
+        version = i + 1
         write_project(folder, moto, version=str(version))
         if i in (3, 9, 15):  # SIGKILL mid-operation, then the rerun converges
             fault = {3: "bake:launched", 9: "launched", 15: "routed"}[i]
