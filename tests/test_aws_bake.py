@@ -73,8 +73,10 @@ def test_bake_tags_reuse_and_cleanup(moto: MotoServer, project_dir: Path) -> Non
     assert aws.calls["ec2:TerminateInstances"] == 1 and aws.calls["ec2:DeleteSecurityGroup"] == 1
     assert temporary(aws) == []
 
-    # Same inputs: the tagged AMI is reused, no builder is launched.
+    # Same inputs: the tagged AMI is reused, no builder is launched (and plan sees it).
     again = builder(project_dir, make_aws(moto))
+    resolved = again.resolve("web", SPEC, base_dir=project_dir)
+    assert resolved is not None and resolved.ref == image.ref
     assert again.build("web", SPEC, base_dir=project_dir).ref == image.ref
     assert again.aws.calls["ec2:RunInstances"] == 0
     # A changed input bakes a new AMI.

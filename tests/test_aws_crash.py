@@ -13,8 +13,9 @@ from kiln.testing.moto import MotoServer
 from kiln.testing.project import KILN
 
 
-def kiln(folder: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ}
+def kiln(folder: Path, *args: str, fault: str | None = None,
+         drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     if fault:
         env["KILN_FAULT"] = fault
     return subprocess.run([KILN, *args], cwd=folder, capture_output=True, text=True, timeout=300,
@@ -49,3 +50,22 @@ def test_sigkill_at_each_boundary_converges_without_leaks(moto: MotoServer,
     assert done.returncode == 0, done.stdout + done.stderr
     left = tagged(open_project(tmp_path / "kiln.yaml").platform.aws, "shop")
     assert {k: v for k, v in left.items() if v and k not in ("image", "snapshot")} == {}
+
+
+def test_bad_input_through_the_cli_is_one_line(moto: MotoServer, tmp_path: Path) -> None:
+    path = write_project(tmp_path, moto)
+    text = path.read_text()
+    first_subnet = text.split("subnets: [")[1].split(",")[0]
+    path.write_text(text.replace(first_subnet, "subnet-0123456789abcdef0"))
+    res = kiln(tmp_path, "deploy")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "aws.subnets:" in res.stderr and "does not exist" in res.stderr
+    assert len([line for line in res.stderr.splitlines() if line.strip()]) == 1, res.stderr
+    path.write_text(text)
+    res = kiln(tmp_path, "deploy",
+               drop=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "no AWS credentials found" in res.stderr
+    assert len([line for line in res.stderr.splitlines() if line.strip()]) <= 2, res.stderr
+    inv = tagged(open_project(path).platform.aws, "shop")
+    assert sum(len(v) for v in inv.values()) == 0

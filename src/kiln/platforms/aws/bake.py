@@ -213,6 +213,15 @@ class AmiBuilder:
             return None
         return max(usable, key=lambda i: str(i.get("CreationDate", "")))
 
+    def resolve(self, name: str, spec: ImageSpec, *, base_dir: Path) -> Image | None:
+        """The AMI a bake would return if it is already baked (for `kiln plan`); no launch."""
+        p = plan(spec, base_dir, base_ami(self.aws), self.aws.settings.instance_type)
+        found = self.find(p.key)
+        if found is None:
+            return None
+        env = {k: v for s in spec.steps if isinstance(s, EnvStep) for k, v in s.env.items()}
+        return Image(name=name, digest=p.digest, ref=str(found["ImageId"]), env=env)
+
     def build(self, name: str, spec: ImageSpec, *, base_dir: Path, no_cache: bool = False,
               progress: Progress | None = None) -> Image:
         emit = progress or (lambda _e: None)
