@@ -7,7 +7,7 @@ calls counted by botocore's before-call hook. Floor = the calls a hand-written s
 the same change (create TG + attribute, launch template, ASG at 3, one describe of the ASG, one
 of target health, three listener changes, then delete r1's ASG, TG and launch template), run
 against the same moto server. Several runs; min/median/max.
-R2 (leaks): 20 deploys, 5 failed bakes (step 2 fails on the builder) and 3 SIGKILLs of
+R2 (leaks): 20 deploys, 5 failed bakes (the last step fails on the builder) and 3 SIGKILLs of
 `kiln deploy` (in a bake, after launching, after routing) each followed by a rerun, then
 `kiln destroy`: every resource tagged kiln:project is accounted for (the live release's fleet
 and the retained AMIs) or gone. Leaks = tagged resources that are neither.
@@ -124,14 +124,16 @@ def floor_rollout(moto: MotoServer, folder: Path) -> tuple[int, float]:
     return n, took  # the caller resets moto
 
 
-class FailSecond(SsmRunner):
-    def __init__(self) -> None:
-        self.n = 0
+class FailLast(SsmRunner):
+    """The bake's last step fails on the builder (after it was launched and ran the others)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.n = steps, 0
 
     def run(self, aws: Aws, instance_id: str, lines: Sequence[str], timeout: float
             ) -> tuple[bool, str]:
         self.n += 1
-        return (False, "Failed: injected") if self.n == 2 else super().run(
+        return (False, "Failed: injected") if self.n == self.steps else super().run(
             aws, instance_id, lines, timeout)
 
 
@@ -163,8 +165,8 @@ def leak_audit(moto: MotoServer, folder: Path) -> dict[str, Any]:
         if i % 4 == 1:  # a failed bake of a changed image between deploys
             write_project(folder, moto, version=f"{version}-broken")
             with closing(open_project(path)) as project:
-                project.platform.builder.runner = FailSecond()
                 spec: ImageSpec = project.spec.images["web"]
+                project.platform.builder.runner = FailLast(len(spec.steps))
                 try:
                     project.platform.builder.build("web", spec, base_dir=folder)
                 except BakeError:
@@ -202,7 +204,10 @@ def main() -> None:
     args = parser.parse_args()
     with moto_server() as moto:
         os.environ.update(moto.env())
-        k_calls, k_time, f_calls, f_time = [], [], [], []
+        k_calls: list[float] = []
+        k_time: list[float] = []
+        f_calls: list[float] = []
+        f_time: list[float] = []
         by_op: Counter[str] = Counter()
         for _ in range(args.runs):
             moto.reset()
@@ -216,13 +221,14 @@ def main() -> None:
                 n, t = floor_rollout(moto, Path(d))
             f_calls.append(n)
             f_time.append(t)
-        print(f"R1 canary of 3 instances, 2 steps, on moto ({args.runs} runs, min/median/max)")
-        print(f"  kiln : {fmt(k_calls)} API calls, {fmt(k_time)} s")
-        print(f"  floor: {fmt(f_calls)} API calls, {fmt(f_time)} s")
-        print(f"  ratio: calls x{statistics.median(k_calls) / statistics.median(f_calls):.1f}, "
-              f"wall time x{statistics.median(k_time) / statistics.median(f_time):.1f}")
-        print("  kiln's calls by operation (last run):",
-              ", ".join(f"{k.split(':')[1]} {v}" for k, v in by_op.most_common()))
+        if args.runs:
+            print(f"R1 canary of 3 instances, 2 steps, on moto ({args.runs} runs, min/median/max)")
+            print(f"  kiln : {fmt(k_calls)} API calls, {fmt(k_time)} s")
+            print(f"  floor: {fmt(f_calls)} API calls, {fmt(f_time)} s")
+            print(f"  ratio: calls x{statistics.median(k_calls) / statistics.median(f_calls):.1f}, "
+                  f"wall time x{statistics.median(k_time) / statistics.median(f_time):.1f}")
+            print("  kiln's calls by operation (last run):",
+                  ", ".join(f"{k.split(':')[1]} {v}" for k, v in by_op.most_common()))
         if not args.skip_leaks:
             moto.reset()
             with tempfile.TemporaryDirectory() as d:
