@@ -274,3 +274,27 @@ def test_access_log_gives_the_judge_samples_per_release(
     assert all(t0 - 1 < s.time < time.time() + 1 for s in samples)
     # Sample.time is the completion time: the slow request, sent last, ends last.
     assert slow[0].time == max(s.time for s in samples)
+
+
+@pytest.mark.e2e
+def test_switching_router_stops_the_other(tmp_path: Path,
+                                          backend: Callable[[str, str], str]) -> None:
+    from kiln.platforms.local.routers import make_router
+
+    a = backend("a", "127.0.0.2")
+    svc = spec(free_port())
+    first = make_router("haproxy", tmp_path, "test")
+    try:
+        first.set_backends("web", svc, [Backend("web-r1", 100, [a])])
+        assert first.is_running()
+        second = make_router("traefik", tmp_path, "test")
+        assert isinstance(second, TraefikRouter)
+        assert not first.is_running()  # it held the listen address
+        second.set_backends("web", svc, [Backend("web-r1", 100, [a])])
+        assert hits(svc.listen, 3) == Counter({"a": 3})
+        second.stop()
+    finally:
+        for r in (first, TraefikRouter(tmp_path, "test")):
+            running = read_pidfile(r.pid_path)
+            if running is not None and pid_alive(running.pid, running.start):
+                os.kill(running.pid, signal.SIGKILL)

@@ -43,8 +43,6 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend
 from kiln.platforms.local import tcp_table, traefik_config, traefik_process
@@ -56,6 +54,8 @@ APPLY_DEADLINE = 10.0
 
 
 def _yaml_text(data: dict[str, Any]) -> str:
+    from ruamel.yaml import YAML  # only when the config changes: not on every kiln start
+
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
     buf = StringIO()

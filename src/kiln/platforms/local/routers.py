@@ -8,22 +8,34 @@ a switch leaves nothing half-shared. The new router learns the routing at the ne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from kiln.platforms.local.haproxy_router import HAProxyRouter
-from kiln.platforms.local.router import TraefikRouter
+from kiln.platforms.local.traefik_process import read_pidfile
+
+if TYPE_CHECKING:
+    from kiln.platforms.local.haproxy_router import HAProxyRouter
+    from kiln.platforms.local.router import TraefikRouter
 
 RouterKind = Literal["traefik", "haproxy"]
 
+_PIDFILES = {"traefik": ("router", "traefik.pid"), "haproxy": ("haproxy", "haproxy.pid")}
+
+
+def _make(kind: RouterKind, home: Path, project: str) -> TraefikRouter | HAProxyRouter:
+    if kind == "haproxy":
+        from kiln.platforms.local.haproxy_router import HAProxyRouter
+
+        return HAProxyRouter(home, project)
+    from kiln.platforms.local.router import TraefikRouter
+
+    return TraefikRouter(home, project)
+
 
 def make_router(kind: RouterKind, home: Path, project: str) -> TraefikRouter | HAProxyRouter:
-    """The project's router; the other kind is stopped if it still runs (it holds the ports)."""
-    wanted: TraefikRouter | HAProxyRouter
-    other: TraefikRouter | HAProxyRouter
-    if kind == "haproxy":
-        wanted, other = HAProxyRouter(home, project), TraefikRouter(home, project)
-    else:
-        wanted, other = TraefikRouter(home, project), HAProxyRouter(home, project)
-    if other.is_running():
-        other.stop()
-    return wanted
+    """The project's router; the other kind is stopped if it still runs (it holds the ports).
+    Only the router in use is imported, unless the other one is found running."""
+    other: RouterKind = "traefik" if kind == "haproxy" else "haproxy"
+    running = read_pidfile(home.joinpath(*_PIDFILES[other]))
+    if running is not None and running.alive():
+        _make(other, home, project).stop()
+    return _make(kind, home, project)
