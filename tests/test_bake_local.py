@@ -239,8 +239,10 @@ def test_failing_step_names_itself_and_leaves_the_store_unchanged(
 def test_missing_copy_source_names_step_and_path(builder: LocalBuilder, tmp_path: Path) -> None:
     with pytest.raises(BakeError, match=r"step 1/1 \(copy nothere/ -> app/\).*'nothere/'"):
         bake(builder, "missing", spec({"copy": "nothere/", "to": "app/"}), tmp_path)
+    # `../` is refused by the spec; a symlink that leaves the project is refused by the builder
+    (tmp_path / "escape").symlink_to("/etc")
     with pytest.raises(BakeError, match="outside"):
-        bake(builder, "missing", spec({"copy": "../"}), tmp_path)
+        bake(builder, "missing", spec({"copy": "escape"}), tmp_path)
 
 
 def test_step_timeout(builder: LocalBuilder, tmp_path: Path) -> None:

@@ -187,8 +187,8 @@ def test_rolling_rollback_restores_old_capacity_under_load(proj: Proj) -> None:
     def replaced_one() -> int | None:
         with sqlite3.connect(db) as conn:
             rows = conn.execute(
-                "SELECT pid FROM instances WHERE release_id = 'web-r2' AND state = 'running' "
-                "AND pid IS NOT NULL").fetchall()
+                "SELECT json_extract(handle_json, '$.pid') FROM instances WHERE release_id = 'web-r2' "
+                "AND state = 'running' AND json_extract(handle_json, '$.pid') IS NOT NULL").fetchall()
             gone = conn.execute("SELECT COUNT(*) FROM instances WHERE release_id = 'web-r1' "
                                 "AND state = 'stopped'").fetchone()[0]
         return int(rows[0][0]) if rows and gone >= 1 else None
