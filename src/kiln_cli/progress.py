@@ -202,7 +202,9 @@ class DeployPrinter:
             self._last = key
             self.area.show(None)
             line = Text(self._stamp(), style="dim").append(f"{service} ")
-            line.append(PHASE_WORDS.get(st.phase, st.phase), style="bold").append(f" {weights}")
+            line.append(PHASE_WORDS.get(st.phase, st.phase), style="bold")
+            if weights:
+                line.append(f" {weights}")
             if st.waiting:
                 line.append(f" — {st.waiting}", style="dim")
             self.area.print(line)
