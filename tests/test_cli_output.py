@@ -41,13 +41,17 @@ def piped(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           timeout=120, check=False)
 
 
-def on_terminal(*args: str, cwd: Path, cols: int = 80, timeout: float = 60) -> tuple[int, str]:
-    """Run kiln with stdout on a pseudo-terminal of `cols` columns; (exit code, screen text)."""
+def on_terminal(*args: str, cwd: Path, cols: int = 80, timeout: float = 60,
+                answer: bytes | None = None) -> tuple[int, str]:
+    """Run kiln with stdout on a pseudo-terminal of `cols` columns; (exit code, screen text).
+    With `answer`, stdin is the terminal too and `answer` is typed into it."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, cols, 0, 0))
     proc = subprocess.Popen([str(KILN), *args], cwd=cwd, env=env(), stdout=slave, stderr=slave,
-                            stdin=subprocess.DEVNULL)
+                            stdin=slave if answer is not None else subprocess.DEVNULL)
     os.close(slave)
+    if answer is not None:
+        os.write(master, answer)
     chunks = []
     deadline = time.monotonic() + timeout
     try:
@@ -187,3 +191,12 @@ def test_bake_output_collapses_on_success_and_shows_on_failure(tmp_path: Path) -
     for i in range(1, 31):
         assert f"out-line-{i}\n" in both, both
     assert "exit code 3" in res.stderr
+
+
+def test_destroy_asks_on_a_terminal_and_yes_skips_the_question(with_history: Path) -> None:
+    code, screen = on_terminal("destroy", cwd=with_history, answer=b"n\n")
+    assert code == 1, screen
+    assert "Stop every instance of web" in screen and "nothing was stopped" in screen, screen
+    code, screen = on_terminal("destroy", "--yes", cwd=with_history, answer=b"")
+    assert code == 0 and "stopped 0 instance(s)" in screen, screen
+    assert "Stop every instance" not in screen

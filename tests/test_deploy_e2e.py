@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -111,6 +112,21 @@ def test_second_deploy_while_one_runs_exits_4(proj: Proj) -> None:
         out, err = first.communicate(timeout=60)
         assert first.returncode == 0, out + err
     assert proj.weights() == {"web-r2": 100}
+
+
+def test_ctrl_c_says_where_traffic_stands_and_how_to_go_on(proj: Proj) -> None:
+    with paused_canary(proj, 10) as first:
+        wait_for(lambda: "kiln promote" in proj.kiln("status").stdout, timeout=60)
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert "web: rollout #2 stopped in step; traffic: " in err, err
+    assert "web-r2 10%" in err and "web-r1 90%" in err, err
+    assert "`kiln deploy web` resumes it" in err and "`kiln abort web`" in err, err
+    res = proj.kiln("abort", "web")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert proj.weights() == {"web-r1": 100}
 
 
 def test_abort_rolls_back_paused_canary(proj: Proj) -> None:

@@ -140,9 +140,16 @@ def test_logs_show_instance_output(proj: Proj) -> None:
 
 def test_destroy_stops_everything(proj: Proj) -> None:
     deploy_ok(proj)
-    res = proj.kiln("destroy")
+    res = proj.kiln("destroy", "--json")
     assert res.returncode == 0, res.stderr
+    assert len(conforms("destroy", res.stdout)["stopped"]) == 3
     assert proj.alive_instances() == 0
+    # status and plan say the service is gone, not that web-r1 is current.
+    assert "destroyed, nothing runs" in proj.kiln("status").stdout
+    svc = proj.status()["services"][0]
+    assert svc["destroyed"] and svc["current"] is None
+    res = proj.kiln("plan")
+    assert "create" in res.stdout and "destroyed earlier" in res.stdout, res.stdout
     pidfile = proj.dir / ".kiln" / "router" / "traefik.pid"
     assert not pidfile.exists() or not _alive(pidfile)
 
