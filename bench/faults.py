@@ -14,8 +14,9 @@ under a steady load of 100 req/s on the listen address, `--runs` times (default 
 
 Recovery is what an operator does: run `kiln deploy` again (a killed deploy) or let the running
 one go on, then run it once more until it settles. Reported per fault: failed requests (non-2xx
-and connection errors), time to recover (fault -> the listen address serves again and the
-rollout has settled), orphans (instance processes or a router that the state does not record;
+and connection errors), serving again after (fault -> the last failed probe of a 20 ms prober on
+the listen address; 0 when it never stopped), settled after (fault -> the rollout settled and the
+address serves), orphans (instance processes or a router that the state does not record;
 must be 0) and wrong state rows (`kiln drift` items: live rows without a process, routes the
 router does not serve...; must be 0). min / median / max over the runs.
 
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +64,7 @@ RATE = 100.0
 class Outcome:
     failed: int
     sent: int
+    outage: float
     recover: float
     orphans: int
     wrong_rows: int
@@ -75,6 +78,30 @@ def serves(proj: Proj) -> bool:
             return int(resp.status) == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+class Prober:
+    """GETs the listen address every 20 ms from the fault on; the last failure it saw is when
+    the service served again (0 when it never stopped)."""
+
+    def __init__(self, proj: Proj) -> None:
+        self.proj = proj
+        self.start = time.monotonic()
+        self.last_failure: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not serves(self.proj):
+                self.last_failure = time.monotonic()
+            time.sleep(0.02)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return 0.0 if self.last_failure is None else self.last_failure - self.start
 
 
 def db_rows(proj: Proj, sql: str) -> list[tuple[object, ...]]:
@@ -147,6 +174,7 @@ def one_run(proj: Proj, fault: str, version: int) -> Outcome:
             point = fault.removeprefix("deploy@")
             killed = proj.kiln("deploy", env={"KILN_FAULT": point}, timeout=180)
             fault_at = time.monotonic()
+            prober = Prober(proj)
             if killed.returncode != -9:
                 notes.append(f"fault point {point} not reached (exit {killed.returncode})")
             final = settle(proj, time.monotonic() + 180)
@@ -165,6 +193,7 @@ def one_run(proj: Proj, fault: str, version: int) -> Outcome:
                                          "LIMIT 1")
                 old = str(old_rows[0][0])
                 fault_at = time.monotonic()
+                prober = Prober(proj)
                 if fault == "deploy@mid-step":
                     deploy.send_signal(signal.SIGKILL)
                 elif fault == "canary-instance":
@@ -195,11 +224,13 @@ def one_run(proj: Proj, fault: str, version: int) -> Outcome:
             notes.append(f"did not settle: {final.stderr.strip()[-200:]}")
         wait_for(lambda: serves(proj), timeout=30, interval=0.02, what="serving again")
         recover = time.monotonic() - fault_at
+        outage = prober.stop()
         sent = load.stats.sent
         wait_for(lambda: load.stats.sent > sent + 50, timeout=20)
     wrong, why = wrong_rows(proj)
     notes += why
-    return Outcome(load.stats.failed, load.stats.sent, recover, orphans(proj), wrong, notes)
+    return Outcome(load.stats.failed, load.stats.sent, outage, recover, orphans(proj), wrong,
+                   notes)
 
 
 def fmt(values: list[float], unit: str = "") -> str:
@@ -231,21 +262,24 @@ def main() -> int:
                 for run in range(args.runs):
                     out = one_run(proj, fault, version=run + 2)
                     outcomes.append(out)
-                    print(f"{fault} run {run + 1}: {out.failed}/{out.sent} failed, recovered in "
-                          f"{out.recover:.2f}s, orphans {out.orphans}, wrong rows "
+                    print(f"{fault} run {run + 1}: {out.failed}/{out.sent} failed, serving "
+                          f"again after {out.outage:.2f}s, settled after {out.recover:.2f}s, "
+                          f"orphans {out.orphans}, wrong rows "
                           f"{out.wrong_rows} {'; '.join(out.notes)}", flush=True)
             finally:
                 teardown(proj)
             failed = [float(o.failed) for o in outcomes]
             rows.append(f"| {fault} | {len(outcomes)} | {fmt(failed)} | "
+                        f"{fmt([o.outage for o in outcomes], ' s')} | "
                         f"{fmt([o.recover for o in outcomes], ' s')} | "
                         f"{sum(o.orphans for o in outcomes)} | "
                         f"{sum(o.wrong_rows for o in outcomes)} |")
             all_ok &= all(o.orphans == 0 and o.wrong_rows == 0 for o in outcomes)
     print(f"\nfaults under {RATE:.0f} req/s, canary 10%/50% with 1 s pauses, 3 replicas "
           "(failed requests and recovery: min / median / max)\n")
-    print("| fault | runs | failed requests | time to recover | orphans | wrong rows |")
-    print("|---|---|---|---|---|---|")
+    print("| fault | runs | failed requests | serving again after | settled after | orphans | "
+          "wrong rows |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0 if all_ok else 1
 

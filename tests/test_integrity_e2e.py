@@ -100,3 +100,26 @@ def test_kiln_test_does_not_demand_the_services_secrets(proj: Proj) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "DB_PASSWORD left out of the test instance" in res.stderr
     assert "KILN_E2E_UNSET_SECRET is not set" in res.stderr
+
+
+def test_a_taken_listen_address_is_refused_before_the_bake(proj: Proj) -> None:
+    import socket
+    import time
+
+    from kiln.platforms.local.traefik_process import read_pidfile
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", proj.port))
+        s.listen()
+        began = time.monotonic()
+        res = proj.kiln("deploy")
+        took = time.monotonic() - began
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"127.0.0.1:{proj.port}" in res.stderr and "Traceback" not in res.stderr
+    images = proj.dir / ".kiln" / "images"
+    assert not images.exists() or not any(images.iterdir()), "refused before any bake"
+    running = read_pidfile(proj.dir / ".kiln" / "router" / "traefik.pid")
+    assert running is None or not running.alive(), "no router left behind"
+    assert proj.alive_instances() == 0
+    assert took < 30

@@ -212,3 +212,28 @@ def test_the_recorded_pid_is_the_app_and_observed(host: Host) -> None:
     started = time.monotonic()
     host.compute.terminate(api, timeout=5.0)
     assert time.monotonic() - started < 3.0
+
+
+def test_a_launch_that_fails_half_way_leaves_no_process_or_live_row(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kiln.platforms.local.compute as compute_module
+
+    real = compute_module._write_json
+    spawned: list[int] = []
+
+    def fail_on_pidfile(path: Path, data: dict[str, object]) -> None:
+        if path.name == "pid":
+            spawned.append(int(str(data["pid"])))
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(compute_module, "_write_json", fail_on_pidfile)
+    with pytest.raises(OSError, match="No space left"):
+        host.launch("api", "pw-api")
+    assert spawned
+    stat_path = Path(f"/proc/{spawned[0]}/stat")
+    wait_for(lambda: not stat_path.exists()
+             or stat_path.read_text().rsplit(")", 1)[1].split()[0] in "ZX",
+             5.0, 0.02, what="the half-launched process to be gone")
+    states = {r["state"] for r in host.store.query("SELECT state FROM instances")}
+    assert states == {"dead"}
