@@ -42,6 +42,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.bake.imagestore import force_rmtree
 from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.traefik_process import read_pidfile
 from kiln.state.lock import pid_alive
@@ -164,6 +165,10 @@ def settle(proj: Proj, deadline: float) -> subprocess.CompletedProcess[str]:
         time.sleep(0.5)  # lock held by the deploy still running, say: try again
 
 
+def deploy_result(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", "")
+
+
 def one_run(proj: Proj, fault: str, version: int) -> Outcome:
     proj.behave(version=str(version))
     notes: list[str] = []
@@ -214,12 +219,19 @@ def one_run(proj: Proj, fault: str, version: int) -> Outcome:
                         (proj.dir / ".kiln" / side).unlink(missing_ok=True)
                 _out, err = deploy.communicate(timeout=180)
                 if deploy.returncode not in (0, 3, -9):
-                    notes.append(f"deploy exit {deploy.returncode}: {err.strip()[-160:]}")
+                    first = next((line for line in err.splitlines() if "error" in line),
+                                 err.strip()[-160:])
+                    notes.append(f"deploy exit {deploy.returncode}: {first[:400]}")
             finally:
                 if deploy.poll() is None:
                     deploy.kill()
                     deploy.wait()
-            final = settle(proj, time.monotonic() + 180)
+            if deploy.returncode == 3:
+                notes.append("rolled back")
+            # A deploy that settled (promoted or rolled back) is the recovery; a killed or
+            # failed one is run again.
+            final = deploy_result(deploy) if deploy.returncode in (0, 3) else settle(
+                proj, time.monotonic() + 180)
         if final.returncode not in (0, 3):
             notes.append(f"did not settle: {final.stderr.strip()[-200:]}")
         wait_for(lambda: serves(proj), timeout=30, interval=0.02, what="serving again")
@@ -249,7 +261,8 @@ def main() -> int:
         ap.error(f"unknown fault(s): {', '.join(sorted(unknown))}; known: {', '.join(FAULTS)}")
     rows = []
     all_ok = True
-    with tempfile.TemporaryDirectory(prefix="kiln-faults-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="kiln-faults-")
+    try:
         for fault in faults:
             outcomes: list[Outcome] = []
             proj = make_project(Path(tmp) / fault.replace("@", "-").replace(":", "-"))
@@ -275,6 +288,8 @@ def main() -> int:
                         f"{sum(o.orphans for o in outcomes)} | "
                         f"{sum(o.wrong_rows for o in outcomes)} |")
             all_ok &= all(o.orphans == 0 and o.wrong_rows == 0 for o in outcomes)
+    finally:
+        force_rmtree(Path(tmp))  # sealed images are read-only: tempfile's cleanup loops on them
     print(f"\nfaults under {RATE:.0f} req/s, canary 10%/50% with 1 s pauses, 3 replicas "
           "(failed requests and recovery: min / median / max)\n")
     print("| fault | runs | failed requests | serving again after | settled after | orphans | "

@@ -91,3 +91,18 @@ def test_migration_takes_a_backup(tmp_path: Path) -> None:
         conn.execute("DROP TABLE IF EXISTS controller")
     Store.open(home).close()
     assert list((home / "backups").glob("state-*-v3-migration.db"))
+
+
+def test_a_state_replaced_under_a_running_command_is_not_written_to(tmp_path: Path) -> None:
+    home = tmp_path / ".kiln"
+    store = Store.open(home)
+    copy = store.backup("deploy")
+    swap = home / "state.db.swap"
+    swap.write_bytes(copy.read_bytes())
+    swap.replace(home / "state.db")
+    with pytest.raises(StateError, match="was replaced while this command ran"):
+        store.event("late", "would be lost")
+    store.close()
+    again = Store.open(home)  # the next command works on what is there now
+    again.event("next", "fine")
+    again.close()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kiln.errors import KilnError
 from kiln.platforms.base import Backend, Compute, Image, Instance, MetricSource, Release, Router
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import (
@@ -287,7 +288,6 @@ class Reconciler:
         deadline = time.monotonic() + timeout
         while status.phase not in until:
             if time.monotonic() > deadline:
-                from kiln.errors import KilnError
                 raise KilnError(f"rollout of {self.name} did not settle within {timeout:.0f}s "
                                 f"(phase {status.phase})")
             status, acted = self.step(status, on_status)
@@ -306,7 +306,12 @@ class Reconciler:
         if is_running is None or is_running():
             return
         began = time.monotonic()
-        self.env.router.ensure_running()
+        try:
+            self.env.router.ensure_running()
+        except KilnError as exc:  # e.g. its port not free yet: the next pass tries again
+            self.env.store.event("router.restart_failed", f"restarting the router failed: "
+                                 f"{exc.message.splitlines()[0]}", service=self.name)
+            return
         self.env.store.event("router.restarted",
                              f"the router was not running; restarted with its routing in "
                              f"{time.monotonic() - began:.2f}s", service=self.name)

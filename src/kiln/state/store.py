@@ -153,6 +153,7 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, home: Path) -> None:
         self.conn = conn
         self.home = home
+        self._file = _identity(home / "state.db")
 
     @classmethod
     def open(cls, home: Path) -> Store:
@@ -195,6 +196,15 @@ class Store:
             raise StateError(f"cannot open state database {db}: {exc.strerror or exc}") from exc
         return store
 
+    def check_same_file(self) -> None:
+        """Refuse to write once state.db was replaced under this process (restored from a
+        backup, swapped, deleted): the writes would go to a file nobody reads any more."""
+        now = _identity(self.home / "state.db")
+        if self._file is not None and now != self._file:
+            raise StateError(f"state database {self.home / 'state.db'} was replaced while this "
+                             "command ran; nothing more was written",
+                             hint="run the command again: it reconciles with what now runs")
+
     def backup(self, reason: str, keep: int = 10) -> Path:
         """A consistent copy of the database (SQLite's online backup) in home/backups, taken
         before each migration and each deploy; the newest `keep` are kept."""
@@ -233,6 +243,7 @@ class Store:
     @contextmanager
     def tx(self) -> Iterator[_Tx]:
         """One write transaction (BEGIN IMMEDIATE): all or nothing."""
+        self.check_same_file()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield _Tx(self.conn)
@@ -259,6 +270,14 @@ class Store:
             return self.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
         return self.query("SELECT * FROM events WHERE service = ? ORDER BY id DESC LIMIT ?",
                           (service, limit))
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _private(path: Path, mode: int) -> None:
