@@ -91,3 +91,16 @@ def test_podman_shop_canaries_a_good_release_and_rolls_back_a_bad_one(shop: Proj
     assert inst["address"].startswith("127.") and not inst["address"].startswith("127.0.0.1:")
     drift = shop.kiln("drift", "--json")
     assert drift.returncode == 0 and json.loads(drift.stdout) == [], drift.stdout
+
+    # Tampering from outside (the root is read-only inside): drift names the container.
+    name = inst["handle"]["name"]
+    merged = subprocess.run(["podman", "mount", name], capture_output=True, text=True,
+                            check=True, timeout=60).stdout.strip()
+    try:
+        (Path(merged) / "app" / "app" / "backdoor.py").write_text("print('pwned')\n")
+    finally:
+        subprocess.run(["podman", "umount", name], capture_output=True, timeout=60)
+    drift = shop.kiln("drift", "--json")
+    assert drift.returncode == 1, drift.stdout + drift.stderr
+    items = [i for i in json.loads(drift.stdout) if i["kind"] == "tampered-instance"]
+    assert len(items) == 1 and "added /app/app/backdoor.py" in items[0]["detail"], drift.stdout
