@@ -70,19 +70,10 @@ class LocalBuilder:
                                  "or 'python3.11'")
         runtime = venv.resolve_base(spec.base)
         base_def = runtime.definition(spec.base)
-        key = step_key("", base_def, {"kind": "base"})
+        base_key = step_key("", base_def, {"kind": "base"})
         plan = [_Planned(0, None, f"base {spec.base} ({runtime.implementation} "
-                                  f"{runtime.version})", key)]
-        total = len(spec.steps)
-        for i, step in enumerate(spec.steps, start=1):
-            desc = steps.describe(step)
-            where = f"step {i}/{total} ({desc})"
-            source, inputs = None, ""
-            if isinstance(step, CopyStep):
-                source = steps.copy_source(step, base_dir, where)
-                steps.inside(Path("/"), step.to, "copy destination", where)
-                inputs = steps.copy_inputs_hash(source)
-            key = step_key(key, base_def, steps.definition(step), inputs)
+                                  f"{runtime.version})", base_key)]
+        for i, step, desc, key, source in steps.chain(spec.steps, base_dir, base_def, base_key):
             plan.append(_Planned(i, step, desc, key, source))
         return runtime, plan
 

@@ -15,11 +15,11 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kiln.bake.hashing import content_hash, iter_files
+from kiln.bake.hashing import content_hash, iter_files, step_key
 from kiln.errors import BakeError
 from kiln.spec.models import AnsibleStep, CopyStep, EnvStep, PuppetStep, RunStep, Step
 from kiln.state.lock import pid_alive, pid_start_time
@@ -224,3 +224,20 @@ def tail(log: Path, lines: int = TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(data.decode("utf-8", "replace").rstrip().splitlines()[-lines:])
+
+
+def chain(spec_steps: Sequence[Step], base_dir: Path, base_def: dict[str, Any], key: str
+          ) -> Iterator[tuple[int, Step, str, str, Path | None]]:
+    """(index, step, description, cache key, copy source) of each step, keys chained from the
+    base's `key`: a step's key covers everything before it and the hash of its copy inputs."""
+    total = len(spec_steps)
+    for i, step in enumerate(spec_steps, start=1):
+        desc = describe(step)
+        where = f"step {i}/{total} ({desc})"
+        source, inputs = None, ""
+        if isinstance(step, CopyStep):
+            source = copy_source(step, base_dir, where)
+            inside(Path("/"), step.to, "copy destination", where)
+            inputs = copy_inputs_hash(source)
+        key = step_key(key, base_def, definition(step), inputs)
+        yield i, step, desc, key, source

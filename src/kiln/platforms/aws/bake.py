@@ -63,20 +63,14 @@ class BakePlan:
 def plan(spec: ImageSpec, base_dir: Path, base: str, instance_type: str) -> BakePlan:
     """Pure apart from hashing copy sources: the keys that decide reuse."""
     base_def = {"platform": "aws", "ami": base, "instance_type": instance_type, "root": ROOT}
-    key = step_key("", base_def, {"kind": "base"})
+    base_key = step_key("", base_def, {"kind": "base"})
     out = []
-    total = len(spec.steps)
-    for i, step in enumerate(spec.steps, start=1):
-        desc = steps.describe(step)
-        where = f"step {i}/{total} ({desc})"
-        source, inputs = None, ""
-        if isinstance(step, CopyStep):
-            source = steps.copy_source(step, base_dir, where)
-            steps.inside(Path("/"), step.to, "copy destination", where)
-            inputs = steps.copy_inputs_hash(source)
-        key = step_key(key, base_def, steps.definition(step), inputs)
+    for i, step, desc, key, source in steps.chain(spec.steps, base_dir, base_def, base_key):
+        if not isinstance(step, CopyStep | RunStep | EnvStep | WorkdirStep):
+            raise BakeError(f"step {i}/{len(spec.steps)} ({desc}): not supported on platform aws "
+                            "yet (copy, run, env and workdir steps are)")
         out.append(PlannedStep(i, step, desc, key, source))
-    return BakePlan(base, tuple(out), key)
+    return BakePlan(base, tuple(out), out[-1].key if out else base_key)
 
 
 def _tarball(source: Path) -> bytes:
