@@ -265,3 +265,67 @@ def test_ansible_parse_error_comes_with_file_and_line() -> None:
 @pytest.mark.parametrize("line", ["", "[WARNING]: x", "{not json", '{"no_event": 1}', "[1, 2]"])
 def test_ansible_other_lines_are_not_events(line: str) -> None:
     assert ansible.parse_event(line) is None
+
+
+# ---------------------------------------------------------------- podman: runs between provisioners
+
+
+def test_a_run_after_a_provisioner_starts_in_the_workdir_the_steps_before_set() -> None:
+    from kiln.platforms.podman import containerfile
+
+    before = [step({"workdir": "srv"}), step({"run": "true"}), step({"workdir": "/opt/x"}),
+              step({"ansible": {"playbook": "bake/site.yml"}})]
+    assert containerfile.workdir_after([]) == containerfile.ROOT
+    assert containerfile.workdir_after(before[:2]) == "/app/srv"
+    assert containerfile.workdir_after(before) == "/opt/x"
+    text = containerfile.render("sha256:abc", [step({"run": "pwd"})], {}, {}, "web", [5],
+                                containerfile.workdir_after(before))
+    assert text.splitlines()[:2] == ["FROM sha256:abc", "WORKDIR /opt/x"]
+
+
+class _Image:
+    """Stands in for a working container whose shell answers with fixed exit codes."""
+
+    name = "kiln-provision-test"
+
+    def __init__(self, codes: list[int]) -> None:
+        self.codes = codes
+        self.ran: list[list[str]] = []
+
+    def run(self, argv: list[str], **_: Any) -> Any:
+        from kiln.bake.provisioners.process import Finished
+
+        self.ran.append(argv)
+        return Finished(self.codes.pop(0), ["E: Unable to locate package puppet-agent"], [])
+
+    def shell(self, script: str, **_: Any) -> Any:
+        return self.run(["/bin/sh", "-c", script])
+
+
+@pytest.mark.parametrize(("codes", "message"), [
+    ([10], "step 2/3 (puppet bake/site.pp): puppet is not in the image and the image has no "
+           "apt-get to install it (add puppet to the base's packages)"),
+    ([12], "step 2/3 (puppet bake/site.pp): cannot install puppet from the Debian archive: "
+           "E: Unable to locate package puppet-agent (add puppet to the base's packages)"),
+    ([0, 4, 0], "step 2/3 (puppet bake/site.pp) failed: some resources failed "
+                "(puppet apply exit code 4)"),
+])
+def test_puppet_missing_or_failing_is_one_line(tmp_path: Path, codes: list[int],
+                                               message: str) -> None:
+    (tmp_path / "bake").mkdir()
+    (tmp_path / "bake/site.pp").write_text("notify { 'hi': }\n")
+    plan = puppet.prepare(step({"puppet": {"manifest": "bake/site.pp"}}), tmp_path, "step 2/3")
+    with pytest.raises(BakeError) as err:
+        puppet.apply(plan, _Image(codes), on_line=lambda _l: None,  # type: ignore[arg-type]
+                     where="step 2/3 (puppet bake/site.pp)")
+    assert str(err.value) == message
+
+
+def test_ansible_needs_python_in_the_image(tmp_path: Path) -> None:
+    s = _ansible_project(tmp_path)
+    plan = ansible.prepare(s, tmp_path, "step 2/3")
+    with pytest.raises(BakeError) as err:
+        ansible.apply(plan, _Image([1]), on_line=lambda _l: None,  # type: ignore[arg-type]
+                      where="step 2/3 (ansible bake/site.yml)")
+    assert str(err.value).startswith("step 2/3 (ansible bake/site.yml): ansible needs "
+                                      "/usr/bin/python3 in the image, which it lacks")

@@ -145,8 +145,9 @@ class PodmanBuilder:
         context.mkdir(parents=True)
         try:
             staged = stage(spec, base_dir, context, numbers)
+            before = spec.steps[:numbers[0] - 1] if numbers else spec.steps
             text = containerfile.render(base, [spec.steps[i - 1] for i in numbers], staged,
-                                        labels, name, numbers)
+                                        labels, name, numbers, containerfile.workdir_after(before))
             (context / "Containerfile").write_text(text)
             self._podman_build(context, tag, spec, numbers, keys, no_cache, emit)
         finally:
@@ -172,7 +173,8 @@ class PodmanBuilder:
         started = time.monotonic()
         prepared = provisioners.prepare(step, base_dir, f"images.{name}.steps[{number - 1}]")
         try:
-            image = provisioners.provision(prepared, image=base, tag=tag)
+            image = provisioners.provision(prepared, image=base, tag=tag, on_line=lambda line: emit(
+                StepEvent(number, total, desc, "running", time.monotonic() - started, key, line)))
         except BakeError:
             emit(StepEvent(number, total, desc, "failed", time.monotonic() - started, key))
             raise

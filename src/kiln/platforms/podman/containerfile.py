@@ -41,15 +41,25 @@ def in_root(path: str, where: str, what: str) -> str:
     return full
 
 
+def workdir_after(steps: Sequence[Step]) -> str:
+    """The working directory once `steps` ran: where a run that follows them starts."""
+    workdir = ROOT
+    for i, step in enumerate(steps):
+        if isinstance(step, WorkdirStep):
+            workdir = in_root(step.workdir, f"steps[{i}]", "workdir")
+    return workdir
+
+
 def render(base: str, steps: Sequence[Step], staged: dict[int, Staged],
            labels: dict[str, str], image_name: str = "image",
-           numbers: Sequence[int] | None = None) -> str:
+           numbers: Sequence[int] | None = None, workdir: str = ROOT) -> str:
     """The Containerfile; `staged[i]` is the context location of step i's copy source (1-based).
 
     `numbers` are the steps' 1-based numbers in the image spec when `steps` is a run of them
-    (the steps between two provisioner steps); by default 1, 2, 3...
+    (the steps between two provisioner steps); by default 1, 2, 3... `workdir`: where the run
+    starts (`workdir_after` the steps before it).
     """
-    lines = [f"FROM {base}", f"WORKDIR {ROOT}"]
+    lines = [f"FROM {base}", f"WORKDIR {workdir}"]
     for i, step in zip(numbers or range(1, len(steps) + 1), steps, strict=True):
         where = f"images.{image_name}.steps[{i - 1}]"
         lines.append(instruction(step, staged.get(i), where))
