@@ -91,7 +91,7 @@ def apply(plan: Plan, wc: WorkContainer, *, on_line: OnLine, where: str) -> None
         (tmp / "inventory").write_text(
             f"[kiln]\n{HOST} ansible_connection={CONNECTION} ansible_host={wc.name} "
             f"ansible_python_interpreter={INTERPRETER}\n")
-        (tmp / "vars.json").write_text(json.dumps(plan.step.ansible.extra_vars))
+        (tmp / "vars.json").write_text(json.dumps(plan.step.ansible.extra_vars, default=str))
         env = {
             "PATH": f"{exe.parent}:{SYSTEM_PATH}",
             "HOME": str(Path.home()),
