@@ -149,3 +149,15 @@ services:
     assert write(tmp_path, monkeypatch, text) == [
         "kiln.yaml:5:3: services.web.replicas: expected at least 1, got 0",
         "kiln.yaml:12:15: services.api.replicas: expected an integer, got 'nope'"]
+
+
+def test_a_stored_release_config_validates_again() -> None:
+    """A release keeps its service config as JSON (model_dump); the rollout reads it back for the
+    release's own health check. Refusing it silently checked the old release the new way."""
+    import json
+
+    from kiln.spec.models import ServiceSpec
+
+    svc = ServiceSpec(image="web", command="x", listen="127.0.0.1:8080")
+    stored = json.dumps(svc.model_dump(mode="json", by_alias=True))
+    assert ServiceSpec.model_validate(json.loads(stored)) == svc

@@ -26,7 +26,10 @@ class DebianBase(_Model):
 
 
 def parse_memory(value: Any) -> Any:
-    """'256M', '1g', '512MiB' or a number of bytes -> bytes."""
+    """'256M', '1g', '512MiB' or a number of bytes -> bytes; None (no limit) stays None, so a
+    release's stored config (dumped with memory: null) validates again."""
+    if value is None:
+        return None
     if isinstance(value, bool):
         raise ValueError("expected a size like 256M or 1G")
     if isinstance(value, int):
