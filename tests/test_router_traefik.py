@@ -21,7 +21,7 @@ import pytest
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend
-from kiln.platforms.local import router as router_module
+from kiln.platforms.local import router_files as router_module  # where router.json and configs are written
 from kiln.platforms.local import traefik_config
 from kiln.platforms.local.router import TraefikRouter
 from kiln.platforms.local.traefik_process import free_port, read_pidfile

@@ -19,15 +19,12 @@ accepting and finishes what it serves: SIGUSR1).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,7 @@ from kiln.errors import PlatformError
 from kiln.platforms.base import Backend
 from kiln.platforms.local import haproxy_config as hc
 from kiln.platforms.local import traefik_process as proc
+from kiln.platforms.local.router_files import RouterFiles
 from kiln.platforms.local.traefik_process import Running
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.lock import pid_start_time
@@ -80,7 +78,7 @@ class RuntimeAPI:
             return False
 
 
-class HAProxyRouter:
+class HAProxyRouter(RouterFiles):
     """Router seam on HAProxy. Every method is safe to call again after a crash."""
 
     def __init__(self, home: Path, project: str, *, apply_deadline: float = APPLY_DEADLINE,
@@ -90,6 +88,7 @@ class HAProxyRouter:
         self.dir = self.home / "haproxy"
         self.config_path = self.dir / "haproxy.cfg"
         self.state_path = self.dir / "router.json"
+        self.staging_dir = self.dir
         self.health_map = self.dir / "health.map"
         self.socket_path = self.dir / "admin.sock"
         self.pid_path = self.dir / "haproxy.pid"
@@ -98,39 +97,6 @@ class HAProxyRouter:
         self.apply_deadline = apply_deadline
         self.start_deadline = start_deadline
         self.api = RuntimeAPI(self.socket_path)
-
-    # ------------------------------------------------------------------ state files
-
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        data.setdefault("project", self.project)
-        data.setdefault("services", {})
-        return data
-
-    def _write_atomic(self, target: Path, text: str) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-
-    def _save_state(self, state: dict[str, Any]) -> None:
-        self._write_atomic(self.state_path, json.dumps(state, indent=2, sort_keys=True))
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
     @staticmethod
     def _backends(svc: dict[str, Any]) -> list[Backend]:
@@ -146,14 +112,6 @@ class HAProxyRouter:
         backends, health = self._backends(svc), self._health(svc)
         return (hc.servers(backends, health), hc.health_paths(backends, health),
                 hc.check_timeout(backends, health))
-
-    @staticmethod
-    def _listens(state: dict[str, Any]) -> dict[str, str]:
-        return {name: str(svc["listen"]) for name, svc in state["services"].items()}
-
-    def _running(self) -> Running | None:
-        running = proc.read_pidfile(self.pid_path)
-        return running if running is not None and running.alive() else None
 
     # ------------------------------------------------------------------ process
 

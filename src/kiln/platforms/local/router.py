@@ -32,20 +32,18 @@ Facts the rest of kiln relies on (measured with Traefik v3.7 on this machine):
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from io import StringIO
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend
 from kiln.platforms.local import tcp_table, traefik_config, traefik_process
+from kiln.platforms.local.router_files import RouterFiles
 from kiln.platforms.local.traefik_process import Running
 from kiln.spec.models import ServiceSpec
 
@@ -63,8 +61,10 @@ def _yaml_text(data: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-class TraefikRouter:
+class TraefikRouter(RouterFiles):
     """Router seam on the local platform. Every method is safe to call again after a crash."""
+
+    state_defaults: ClassVar[Mapping[str, Any]] = {"admin": ""}
 
     def __init__(self, home: Path, project: str, *, apply_deadline: float = APPLY_DEADLINE,
                  start_deadline: float = START_DEADLINE) -> None:
@@ -80,50 +80,6 @@ class TraefikRouter:
         self.access_log_path = self.dir / "access.log"
         self.apply_deadline = apply_deadline
         self.start_deadline = start_deadline
-
-    # ------------------------------------------------------------------ state files
-
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        data.setdefault("project", self.project)
-        data.setdefault("admin", "")
-        data.setdefault("services", {})
-        return data
-
-    def _save_state(self, state: dict[str, Any]) -> None:
-        self._write_atomic(self.state_path, json.dumps(state, indent=2, sort_keys=True))
-
-    def _write_atomic(self, target: Path, text: str) -> None:
-        """Write beside the target's folder, fsync, then rename in (never a partial file)."""
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.staging_dir / f".{target.name}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialize router changes between kiln processes (e.g. `status` while `deploy`)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    @staticmethod
-    def _listens(state: dict[str, Any]) -> dict[str, str]:
-        return {name: str(svc["listen"]) for name, svc in state["services"].items()}
-
-    def _running(self) -> Running | None:
-        running = traefik_process.read_pidfile(self.pid_path)
-        return running if running is not None and running.alive() else None
 
     # ------------------------------------------------------------------ process
 

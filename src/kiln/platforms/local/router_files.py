@@ -1,0 +1,70 @@
+"""What both local routers (Traefik, HAProxy) keep on disk: `router.json`, written atomically under
+an inter-process lock, and the pidfile of the live process."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kiln.platforms.local import traefik_process
+from kiln.platforms.local.traefik_process import Running
+
+
+class RouterFiles:
+    """Base of a local router: `dir`, `state_path`, `pid_path` and `staging_dir` are set by it."""
+
+    project: str
+    dir: Path
+    state_path: Path
+    pid_path: Path
+    staging_dir: Path
+    state_defaults: ClassVar[Mapping[str, Any]] = {}
+    """Top-level keys (beyond project and services) a fresh router.json starts with."""
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data.setdefault("project", self.project)
+        for key, value in self.state_defaults.items():
+            data.setdefault(key, value)
+        data.setdefault("services", {})
+        return data
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        self._write_atomic(self.state_path, json.dumps(state, indent=2, sort_keys=True))
+
+    def _write_atomic(self, target: Path, text: str) -> None:
+        """Write in the staging folder, fsync, then rename in (never a partial file)."""
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.staging_dir / f".{target.name}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialize router changes between kiln processes (e.g. `status` while `deploy`)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _listens(state: dict[str, Any]) -> dict[str, str]:
+        return {name: str(svc["listen"]) for name, svc in state["services"].items()}
+
+    def _running(self) -> Running | None:
+        running = traefik_process.read_pidfile(self.pid_path)
+        return running if running is not None and running.alive() else None
