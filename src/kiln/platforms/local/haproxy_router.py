@@ -201,17 +201,6 @@ class HAProxyRouter(RouterFiles):
                 proc.stop_pid(running.pid, running.start, timeout=12.0, sig=signal.SIGUSR1)
             self.pid_path.unlink(missing_ok=True)
 
-    def is_running(self) -> bool:
-        return self._running() is not None
-
-    def check_listen(self, service_name: str, listen: str) -> None:
-        running = self._running()
-        if running is not None and listen in set(running.listens.values()):
-            return
-        if not proc.port_free_soon(listen):
-            raise PlatformError(f"{listen} (services.{service_name}.listen) is already in use by "
-                                "another process")
-
     # ------------------------------------------------------------------ routing
 
     def set_backends(self, service_name: str, service: ServiceSpec,

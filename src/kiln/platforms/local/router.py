@@ -140,9 +140,6 @@ class TraefikRouter(RouterFiles):
                 traefik_process.stop_pid(running.pid, running.start, timeout=12.0)
             self.pid_path.unlink(missing_ok=True)
 
-    def is_running(self) -> bool:
-        return self._running() is not None
-
     @property
     def admin_url(self) -> str:
         """Base URL of the internal entrypoint: /ping, /api, /metrics (the last two need
@@ -154,15 +151,6 @@ class TraefikRouter(RouterFiles):
         """Basic auth for /api and /metrics (the password lives in the 0700 state folder)."""
         return traefik_config.admin_auth_header(str(self._load_state().get("admin_password")
                                                     or ""))
-
-    def check_listen(self, service_name: str, listen: str) -> None:
-        """Refuse early (before any instance starts) a listen address another process holds."""
-        running = self._running()
-        if running is not None and listen in set(running.listens.values()):
-            return
-        if not traefik_process.port_free_soon(listen):
-            raise PlatformError(f"{listen} (services.{service_name}.listen) is already in use by "
-                                "another process")
 
     # ------------------------------------------------------------------ routing
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from kiln.errors import PlatformError
 from kiln.platforms.local import traefik_process
 from kiln.platforms.local.traefik_process import Running
 
@@ -68,3 +69,15 @@ class RouterFiles:
     def _running(self) -> Running | None:
         running = traefik_process.read_pidfile(self.pid_path)
         return running if running is not None and running.alive() else None
+
+    def is_running(self) -> bool:
+        return self._running() is not None
+
+    def check_listen(self, service_name: str, listen: str) -> None:
+        """Refuse early (before any instance starts) a listen address another process holds."""
+        running = self._running()
+        if running is not None and listen in set(running.listens.values()):
+            return
+        if not traefik_process.port_free_soon(listen):
+            raise PlatformError(f"{listen} (services.{service_name}.listen) is already in use by "
+                                "another process")
