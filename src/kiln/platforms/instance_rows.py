@@ -7,9 +7,11 @@ platform's own handle as JSON (`handle_json`), which only that platform interpre
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 
 from kiln.platforms.base import Instance
 from kiln.state.store import Store, Tx
@@ -80,3 +82,18 @@ def set_state(store: Store, instance_id: str, state: str) -> None:
     with store.tx() as c:
         c.execute("UPDATE instances SET state = ?, stopped_at = COALESCE(?, stopped_at) "
                   "WHERE id = ?", (state, stopped, instance_id))
+
+
+def gc_folders(store: Store, base: Path, in_use: Callable[[Path], bool] = lambda _: False) -> list[str]:
+    """Remove the instance folders under `base` whose row is not live and that `in_use` does not
+    claim (e.g. a process still running); call under the project lock. Returns the removed ids."""
+    removed: list[str] = []
+    if not base.is_dir():
+        return removed
+    for folder in sorted(base.iterdir()):
+        row = get_row(store, folder.name)
+        if (row is not None and row["state"] in LIVE_STATES) or in_use(folder):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    return removed

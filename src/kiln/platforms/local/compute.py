@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -424,21 +423,12 @@ class LocalCompute:
     def gc_folders(self) -> list[str]:
         """Remove the folders (logs, scratch) of instances that are stopped or dead and whose
         process is gone; call under the project lock. Returns the removed instance ids."""
-        base = self.home / "instances"
-        removed: list[str] = []
-        if not base.is_dir():
-            return removed
-        for folder in sorted(base.iterdir()):
-            row = get_row(self.store, folder.name)
-            if row is not None and row["state"] in LIVE_STATES:
-                continue
+        def process_alive(folder: Path) -> bool:
             info = _read_json(folder / "pid") or {}
             pid, start = info.get("pid"), info.get("pid_start")
-            if isinstance(pid, int) and isinstance(start, str) and pid_alive(pid, start):
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder.name)
-        return removed
+            return isinstance(pid, int) and isinstance(start, str) and pid_alive(pid, start)
+
+        return instance_rows.gc_folders(self.store, self.home / "instances", process_alive)
 
     # ------------------------------------------------------------------ exec
 

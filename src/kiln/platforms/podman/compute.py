@@ -22,7 +22,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -313,17 +312,7 @@ class PodmanCompute(LocalCompute):
         return found
 
     def gc_folders(self) -> list[str]:
-        base = self.home / "instances"
-        removed: list[str] = []
-        if not base.is_dir():
-            return removed
-        for folder in sorted(base.iterdir()):
-            row = get_row(self.store, folder.name)
-            if row is not None and row["state"] in LIVE_STATES:
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder.name)
-        return removed
+        return instance_rows.gc_folders(self.store, self.home / "instances")
 
     # ------------------------------------------------------------------ exec
 
