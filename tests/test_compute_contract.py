@@ -591,3 +591,32 @@ def test_a_container_no_live_row_records_is_an_orphan(tmp_path: Path,
     finally:
         h.cleanup()
         h.store.close()
+
+
+@pytest.mark.e2e
+def test_a_compound_command_drains_on_sigterm_in_a_container(tmp_path: Path,
+                                                             podman_image: Image) -> None:
+    """`podman stop` reaches the app of `cd x && A=1 app` (dash would die of SIGTERM and take
+    the container down under the app), and a simple command with assignments is exec'd."""
+    h = PodmanHarness(tmp_path, podman_image)
+    try:
+        release = Release("web-ok", "web", 1, podman_image.digest, "c")
+        compound = _service("ok").model_copy(update={
+            "command": "cd /app && MARK=compound python app.py ok", "stop_timeout": 30.0})
+        (inst,) = h.podman.launch("web", compound, release, podman_image, 1, env={})
+        ok, _ = h.podman.wait_healthy([inst], HEALTH)
+        assert ok == [inst] and h.env_of(inst)["MARK"] == "compound"
+        began = time.monotonic()
+        h.podman.terminate(inst, timeout=30.0)
+        assert time.monotonic() - began < 10.0  # the app exited on SIGTERM, no SIGKILL at 30 s
+        assert h.got_sigterm(inst)
+        simple = _service("ok").model_copy(update={"command": "MARK='a b' python app.py ok"})
+        (inst,) = h.podman.launch("web", simple, release, podman_image, 1, env={})
+        h.podman.wait_healthy([inst], HEALTH)
+        assert h.env_of(inst)["MARK"] == "a b"
+        top = subprocess.run(["podman", "top", PodmanHandle.of(inst).name, "args"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        assert [ln.split()[0] for ln in top.splitlines()[1:]] == ["/run/podman-init", "python"]
+    finally:
+        h.cleanup()
+        h.store.close()

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from kiln.errors import BakeError
 from kiln.platforms.base import Image
 from kiln.platforms.podman import containerfile, debian_base
-from kiln.platforms.podman.compute import PodmanCompute, exec_form
+from kiln.platforms.podman.compute import PodmanCompute, container_command, exec_form
 from kiln.spec.models import ImageSpec, ServiceSpec
 from kiln.spec.podman import DebianBase, Resources
 from kiln.state.store import Store
@@ -68,15 +68,35 @@ def test_an_env_value_with_a_line_break_is_refused() -> None:
 @pytest.mark.parametrize(("command", "expected"), [
     ("python -m app", "exec python -m app"),
     ("gunicorn -b 0.0.0.0:8000 app:wsgi", "exec gunicorn -b 0.0.0.0:8000 app:wsgi"),
-    ("migrate && python -m app", "migrate && python -m app"),
-    ("python -m app | tee log", "python -m app | tee log"),
-    ("FOO=1 python -m app", "FOO=1 python -m app"),
-    ("python -m app > /scratch/log", "python -m app > /scratch/log"),
+    ("FOO=1 python -m app", "FOO=1 exec python -m app"),
+    ("A='x y' B=\"q \\\" r\" C= python app.py", "A='x y' B=\"q \\\" r\" C= exec python app.py"),
+    ("python -c 'import a; a.run()'", "exec python -c 'import a; a.run()'"),
     ("exec python -m app", "exec python -m app"),
-    ("echo $(date); python -m app", "echo $(date); python -m app"),
+    ("A=1 exec python -m app", "A=1 exec python -m app"),
+    ("migrate && python -m app", None),
+    ("cd srv && python -m app", None),
+    ("python -m app | tee log", None),
+    ("python -m app > /scratch/log", None),
+    ("python -m app &", None),
+    ("(python -m app)", None),
+    ("echo $(date); python -m app", None),
+    ("echo `date`", None),
+    ("python -m app\necho done", None),
+    ("if true; then python -m app; fi", None),
+    ("! python -m app", None),
+    ("FOO=1", None),
+    ("python -c 'unbalanced", None),
 ])
-def test_a_lone_command_is_execed(command: str, expected: str) -> None:
+def test_a_simple_command_is_execed(command: str, expected: str | None) -> None:
     assert exec_form(command) == expected
+
+
+def test_a_compound_command_runs_under_a_group_forwarding_init() -> None:
+    assert container_command("python -m app") == ["/bin/sh", "-c", "exec python -m app"]
+    argv = container_command("cd srv && python -m app")
+    assert argv[:5] == ["/run/podman-init", "-g", "--", "/bin/sh", "-c"]
+    assert argv[5].startswith("trap exit HUP INT QUIT TERM;")
+    assert argv[5].endswith("\ncd srv && python -m app")
 
 
 def test_containers_are_locked_down_and_published_on_their_address(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import subprocess
 import time
 import urllib.error
@@ -52,14 +53,60 @@ _PODMAN_OWN = frozenset({"/etc", "/etc/hosts", "/etc/hostname", "/etc/resolv.con
 """Paths `podman diff` lists for every container (mount points podman made), never drift."""
 
 
-_SHELL_SYNTAX = re.compile(r"[;&|()`<>\n]|\$\(|^\s*\w+=|^\s*(exec|if|for|while|case|until)\b")
+INIT = "/run/podman-init"
+"""Where `podman run --init` mounts its init (catatonit) in the container (podman-run(1))."""
+_FORWARD_TRAPS = "trap exit HUP INT QUIT TERM; trap : USR1 USR2 ALRM"
+"""The shell of a compound command outlives a forwarded signal until the app it waits for has
+exited (a trap runs only after the foreground command, POSIX), then stops: no next command of a
+list starts once the container was told to stop."""
+_ASSIGNMENTS = re.compile(r"""\s*(?:[A-Za-z_]\w*=   # NAME=, then the value's words:
+                            (?:[^\s'"\\]|\\.|'[^']*'|"(?:[^"\\]|\\.)*")*(?:\s+|$))*""", re.X)
+_KEYWORD = re.compile(r"(if|then|for|while|until|case|function|select|time|!|\{|\[\[)(\s|$)")
+_OPERATOR = frozenset("();<>|&")
 
 
-def exec_form(command: str) -> str:
-    """`exec COMMAND` when COMMAND is one simple command, so the app (not sh) is the process
-    catatonit signals: dash does not exec a lone command by itself, as bash does. Anything with
-    shell syntax (lists, pipes, redirections, assignments first) runs as written."""
-    return command if _SHELL_SYNTAX.search(command) else f"exec {command}"
+def _compound(command: str) -> bool:
+    """Shell syntax beyond one simple command: lists, pipes, redirections, subshells,
+    substitutions (quoted text does not count: `python -c 'a; b'` is one command)."""
+    if "\n" in command or "`" in command or "$(" in command:
+        return True
+    lexer = shlex.shlex(command, posix=False, punctuation_chars=True)
+    try:
+        return any(tok and set(tok) <= _OPERATOR for tok in lexer)
+    except ValueError:  # an unbalanced quote: sh will say what is wrong
+        return True
+
+
+def exec_form(command: str) -> str | None:
+    """COMMAND with `exec` before its command word when it is one simple command (leading
+    assignments stay in front: `A=1 exec python app.py` exports A to the app, POSIX 2.14), so
+    the app replaces sh and is the process catatonit signals; None for anything else."""
+    if _compound(command):
+        return None
+    match = _ASSIGNMENTS.match(command)
+    end = match.end() if match else 0
+    head, rest = command[:end], command[end:]
+    if not rest.strip() or _KEYWORD.match(rest):
+        return None
+    if re.match(r"exec(\s|$)", rest):
+        return command
+    return f"{head}exec {rest}"
+
+
+def container_command(command: str) -> list[str]:
+    """The container's command (after `--init`'s catatonit) for a service command.
+
+    A simple command runs as `sh -c 'exec COMMAND'`: dash does not exec a lone command by
+    itself, and catatonit must signal the app, not the shell. A compound one (`cd x && app`,
+    pipes, lists) cannot be exec'd; dash does not forward SIGTERM to its children and dies of
+    it, so catatonit would see its child exit and end the container under the app (SIGKILL, no
+    drain). So it runs under a second catatonit with -g, which forwards every signal to the
+    shell's whole process group (the shell and the app in it), while the shell waits for the
+    app (`_FORWARD_TRAPS`)."""
+    simple = exec_form(command)
+    if simple is not None:
+        return ["/bin/sh", "-c", simple]
+    return [INIT, "-g", "--", "/bin/sh", "-c", f"{_FORWARD_TRAPS}\n{command}"]
 
 
 class PodmanCompute(LocalCompute):
@@ -163,7 +210,7 @@ class PodmanCompute(LocalCompute):
             argv += ["--env", f"{key}={value}"]
         for key in secret_keys:
             argv += ["--env", key]
-        return [*argv, image.ref, "/bin/sh", "-c", exec_form(service.command)]
+        return [*argv, image.ref, *container_command(service.command)]
 
     def _follow_log(self, name: str, log: Path) -> None:
         """`podman logs -f` into the instance's log file; it ends when the container does."""
