@@ -44,7 +44,7 @@ def image_dir(home: Path, digest: str) -> Path:
 
 def _image(row: sqlite3.Row, name: str | None = None) -> Image:
     return Image(name=name or row["name"], digest=row["digest"], ref=row["ref"],
-                 env=json.loads(row["env_json"]))
+                 env=json.loads(row["env_json"]), workdir=row["workdir"])
 
 
 def find_by_key(store: Store, key: str) -> sqlite3.Row | None:
@@ -56,19 +56,19 @@ def find_by_key(store: Store, key: str) -> sqlite3.Row | None:
 
 
 def record_image(store: Store, *, name: str, digest: str, ref: str, key: str,
-                 env: Mapping[str, str], size: int) -> Image:
+                 env: Mapping[str, str], size: int, workdir: str = "") -> Image:
     """Insert (or refresh) the row of a sealed image. Only called after its folder is in place."""
     env_json = json.dumps(dict(env), sort_keys=True)
     with store.tx() as c:
         c.execute(
-            "INSERT INTO images(digest, name, ref, key, env_json, size, created_at) "
-            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
+            "INSERT INTO images(digest, name, ref, key, env_json, workdir, size, created_at) "
+            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
             "name = excluded.name, ref = excluded.ref, key = excluded.key, "
-            "env_json = excluded.env_json, size = excluded.size",
-            (digest, name, ref, key, env_json, size, time.time()),
+            "env_json = excluded.env_json, workdir = excluded.workdir, size = excluded.size",
+            (digest, name, ref, key, env_json, workdir, size, time.time()),
         )
         c.event("image.baked", f"baked image {name} {digest[:19]}", data={"digest": digest})
-    return Image(name=name, digest=digest, ref=ref, env=dict(env))
+    return Image(name=name, digest=digest, ref=ref, env=dict(env), workdir=workdir)
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -83,7 +83,8 @@ class LocalBuilder:
         row = imagestore.find_by_key(self.store, plan[-1].key)
         if row is None:
             return None
-        image = Image(name=name, digest=row["digest"], ref=row["ref"], env=_image_env(spec))
+        image = Image(name=name, digest=row["digest"], ref=row["ref"], env=_image_env(spec),
+                      workdir=steps.final_workdir(spec.steps, name))
         if imagestore.integrity_problem(image) is not None:
             return None  # tampered: a bake must rebuild it, so it is not "unchanged"
         return image
@@ -108,7 +109,8 @@ class LocalBuilder:
                 for p in plan:
                     emit(StepEvent(p.index, total, p.description, "cached", 0.0, p.key))
                 self._touch([p.key for p in plan])
-                return Image(name=name, digest=row["digest"], ref=row["ref"], env=env)
+                return Image(name=name, digest=row["digest"], ref=row["ref"], env=env,
+                             workdir=steps.final_workdir(spec.steps, name))
         with self._bake_lock() as work:
             return self._build_locked(name, spec, runtime, plan, env, work, no_cache, emit)
 
@@ -258,11 +260,20 @@ class LocalBuilder:
     def _seal(self, name: str, spec: ImageSpec, runtime: venv.Runtime, key: str,
               env: dict[str, str], folder: Path) -> Image:
         root = folder / "root"
+        workdir = steps.final_workdir(spec.steps, name)
+        if workdir:  # created if no step made it, as Dockerfile WORKDIR does
+            try:
+                (root / workdir).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BakeError(f"images.{name}: workdir {workdir!r} cannot be a folder in the "
+                                f"image: {exc.strerror}",
+                                hint="point the last workdir step at a folder") from exc
         tree = tree_digest(root, venv.digest_override)
         imagestore.seal_readonly(root)
         target = imagestore.image_dir(self.home, tree.digest)
         imagestore.write_manifest(folder, {
-            "name": name, "digest": tree.digest, "key": key, "env": env, "base": spec.base,
+            "name": name, "digest": tree.digest, "key": key, "env": env, "workdir": workdir,
+            "base": spec.base,
             "python": runtime.version, "implementation": runtime.implementation,
             "platform": platform.machine(), "size": tree.size, "files": tree.files,
             "steps": [s.model_dump(mode="json", by_alias=True) for s in spec.steps],
@@ -278,7 +289,7 @@ class LocalBuilder:
             imagestore.write_seal(target)
         return imagestore.record_image(self.store, name=name, digest=tree.digest,
                                        ref=str(target), key=key, env=env,
-                                       size=tree.size)
+                                       size=tree.size, workdir=workdir)
 
     # ------------------------------------------------------------------ lock and sweep
 

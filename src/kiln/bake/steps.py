@@ -21,7 +21,7 @@ from typing import Any
 
 from kiln.bake.hashing import content_hash, iter_files, step_key
 from kiln.errors import BakeError
-from kiln.spec.models import AnsibleStep, CopyStep, EnvStep, PuppetStep, RunStep, Step
+from kiln.spec.models import AnsibleStep, CopyStep, EnvStep, PuppetStep, RunStep, Step, WorkdirStep
 from kiln.state.lock import pid_alive, pid_start_time
 
 SKIP_NAMES = frozenset({".git", ".kiln", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache"})
@@ -72,6 +72,18 @@ def inside(root: Path, rel: str, what: str, where: str) -> Path:
         raise BakeError(f"{where}: {what} {rel!r} leaves the image",
                         hint="use a path inside the image, relative to its root")
     return root if norm == "." else root / norm
+
+
+def final_workdir(image_steps: Sequence[Step], image_name: str) -> str:
+    """Where the service starts (as Dockerfile WORKDIR): the last `workdir` step's path relative
+    to the image root, normalised; "" for the root itself (no workdir step)."""
+    workdir = ""
+    for i, step in enumerate(image_steps):
+        if isinstance(step, WorkdirStep):
+            where = f"images.{image_name}.steps[{i}]"
+            rel = inside(Path("/"), step.workdir, "workdir", where).relative_to("/")
+            workdir = "" if str(rel) == "." else rel.as_posix()
+    return workdir
 
 
 def copy_source(step: CopyStep, base_dir: Path, where: str) -> Path:

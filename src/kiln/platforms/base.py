@@ -24,6 +24,10 @@ class Image:
     """Where the platform finds it: a store folder (local), an image id (podman), an AMI (aws)."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Environment set by `env` steps; instances get it under the service's own env."""
+    workdir: str = ""
+    """Where the service command and `exec` start, set by the last `workdir` step (as a
+    Dockerfile's WORKDIR): relative to the image root on local, a container path on podman;
+    "" is the image root."""
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,10 @@ MIGRATIONS: list[str] = [
         heartbeat REAL NOT NULL
     );
     """,
+    # 5: an image records where its service starts (its last `workdir` step)
+    """
+    ALTER TABLE images ADD COLUMN workdir TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

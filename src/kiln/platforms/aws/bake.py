@@ -214,7 +214,8 @@ class AmiBuilder:
         if found is None:
             return None
         env = {k: v for s in spec.steps if isinstance(s, EnvStep) for k, v in s.env.items()}
-        return Image(name=name, digest=p.digest, ref=str(found["ImageId"]), env=env)
+        return Image(name=name, digest=p.digest, ref=str(found["ImageId"]), env=env,
+                     workdir=steps.final_workdir(spec.steps, name))
 
     def build(self, name: str, spec: ImageSpec, *, base_dir: Path, no_cache: bool = False,
               progress: Progress | None = None) -> Image:
@@ -237,7 +238,7 @@ class AmiBuilder:
         from kiln.bake.imagestore import record_image
 
         return record_image(self.store, name=name, digest=p.digest, ref=ami, key=p.key, env=env,
-                            size=0)
+                            size=0, workdir=steps.final_workdir(spec.steps, name))
 
     # ------------------------------------------------------------ the bake
 

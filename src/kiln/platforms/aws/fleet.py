@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import posixpath
 import shlex
 import time
 from dataclasses import dataclass
@@ -58,15 +59,19 @@ class Names:
         return f"kiln-{self.project}-{release_id}"
 
 
-def user_data(service_name: str, service: ServiceSpec, env: dict[str, str]) -> str:
-    """First-boot script: a systemd unit running the service's command in the image root."""
+def user_data(service_name: str, service: ServiceSpec, env: dict[str, str],
+              workdir: str = "") -> str:
+    """First-boot script: a systemd unit running the service's command in the image's workdir
+    (relative to the image root; "" is the root)."""
     unit = f"kiln-{service_name}"
+    cwd = posixpath.join(ROOT, workdir) if workdir else ROOT
     lines = [f"{k}={v}" for k, v in sorted(env.items())]
     lines += ["HOST=0.0.0.0", f"PORT={service.port}"]
     env_file = "\n".join(lines)
     script = f"""#!/bin/sh
 set -e
 touch /opt/kiln/env
+mkdir -p {shlex.quote(cwd)}
 cat > /etc/{unit}.env <<'KILN_ENV'
 {env_file}
 KILN_ENV
@@ -75,7 +80,7 @@ cat > /etc/systemd/system/{unit}.service <<'KILN_UNIT'
 Description=kiln service {service_name}
 After=network-online.target
 [Service]
-WorkingDirectory={ROOT}
+WorkingDirectory={cwd}
 EnvironmentFile=/opt/kiln/env
 EnvironmentFile=/etc/{unit}.env
 Environment=PATH={ROOT}/.venv/bin:/usr/local/bin:/usr/bin:/bin
@@ -262,7 +267,8 @@ class Fleet:
             data: dict[str, Any] = {
                 "ImageId": image.ref, "InstanceType": s.instance_type,
                 "SecurityGroupIds": [self.fleet_group(), *s.security_groups],
-                "UserData": user_data(service_name, service, {**image.env, **service.env}),
+                "UserData": user_data(service_name, service, {**image.env, **service.env},
+                                      image.workdir),
                 "TagSpecifications": [t.spec("instance", kiln_tags | {
                     "Name": f"kiln-{self.project}-{release.id}"}), t.spec("volume", kiln_tags)],
             }

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from kiln.bake.steps import final_workdir
 from kiln.errors import BakeError
 from kiln.platforms.base import Image, StepEvent
 from kiln.spec.models import CopyStep, EnvStep, ImageSpec
@@ -56,4 +57,5 @@ class FakeBuilder:
             if isinstance(step, EnvStep):
                 env.update(step.env)
         self.built.append((name, digest))
-        return Image(name=name, digest=digest, ref=f"fake://{name}/{digest[7:19]}", env=env)
+        return Image(name=name, digest=digest, ref=f"fake://{name}/{digest[7:19]}", env=env,
+                     workdir=final_workdir(spec.steps, name))

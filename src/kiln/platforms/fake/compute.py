@@ -38,6 +38,8 @@ class FakeProcess:
     exit_code: int | None = None
     stop: Literal["", "sigterm", "sigkill"] = ""
     log: list[str] = field(default_factory=list)
+    cwd: str = "/"
+    """Where the 'process' runs: the image's workdir under a pretend root `/`."""
 
 
 class FakeCompute:
@@ -106,7 +108,8 @@ class FakeCompute:
                         **kiln_vars(host, service.port, service_name, release.id, instance_id)}
             proc = FakeProcess(inst, kind, full_env,
                                healthy=release.id not in self.unhealthy_releases,
-                               ignores_sigterm=release.id in self.ignore_sigterm_releases)
+                               ignores_sigterm=release.id in self.ignore_sigterm_releases,
+                               cwd="/" + image.workdir)
             if release.id in self.exit_releases:
                 proc.alive, proc.exit_code = False, 1
                 proc.log.append(f"{service.command}: exited with code 1")
@@ -151,6 +154,8 @@ class FakeCompute:
             return self.exec_handler(instance, command, full)
         if command.strip() == "env":
             return ExecResult(0, "".join(f"{k}={v}\n" for k, v in sorted(full.items())), "")
+        if command.strip() == "pwd":
+            return ExecResult(0, proc.cwd + "\n", "")
         return ExecResult(0, "", "")
 
     def log_path(self, instance: Instance) -> Path:

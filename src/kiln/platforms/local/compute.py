@@ -93,6 +93,10 @@ class LocalCompute:
         if not root.is_dir():
             raise NotFound(f"image {image.name} ({image.digest[:19]}) is missing from the store: "
                            f"{root} does not exist", hint="run kiln bake again")
+        if image.workdir and not (root / image.workdir).is_dir():
+            raise PlatformError(f"image {image.name} ({image.digest[:19]}): its workdir "
+                                f"{image.workdir!r} is not a folder in the image",
+                                hint="run kiln bake --no-cache to rebuild it")
         started: list[Instance] = []
         try:
             for _ in range(count):
@@ -136,11 +140,13 @@ class LocalCompute:
                                                 service_env=service.env, extra_env=secret_env,
                                                 kiln=kiln)
             sandbox = Sandbox(root, scratch, self.sandbox_mode, uid=instance_uid(instance_id),
-                              read_only=(*runtime_paths(root), *service.read_only_paths))
+                              read_only=(*runtime_paths(root), *service.read_only_paths),
+                              workdir=image.workdir)
             sandbox.prepare_scratch()
             _write_json(folder / "instance.json", {
                 "root": str(root), "scratch": str(scratch), "sandbox": sandbox.mode,
                 "uid": sandbox.uid, "read_only": list(sandbox.read_only),
+                "workdir": sandbox.workdir,
                 "command": service.command, "env": stored_env,
                 "secret_keys": sorted(secret_env),  # names only, never values
             })
@@ -451,7 +457,8 @@ class LocalCompute:
                      or k.startswith("KILN_")})
         uid = info.get("uid")
         sandbox = Sandbox(root, scratch, mode, uid=uid if isinstance(uid, int) else None,
-                          read_only=tuple(str(p) for p in info.get("read_only") or ()))
+                          read_only=tuple(str(p) for p in info.get("read_only") or ()),
+                          workdir=str(info.get("workdir") or ""))
         return sandbox.run(command, full, timeout)
 
     # ------------------------------------------------------------------ internals

@@ -114,7 +114,7 @@ def choose(mode: Literal["auto", "bwrap", "none"]) -> SandboxMode:
 @dataclass(frozen=True)
 class Sandbox:
     root: Path
-    """The image root: read-only, the command's working directory."""
+    """The image root: read-only."""
     scratch: Path
     """The instance's writable folder (HOME, TMPDIR)."""
     mode: SandboxMode
@@ -122,6 +122,12 @@ class Sandbox:
     """The uid to run as when kiln is root (default: derived from the scratch folder's name)."""
     read_only: tuple[str, ...] = ()
     """Extra host paths bound read-only (the base Python's prefix, a service's own choices)."""
+    workdir: str = ""
+    """The command's working directory, relative to `root` (the image's last `workdir` step)."""
+
+    @property
+    def cwd(self) -> Path:
+        return self.root / self.workdir if self.workdir else self.root
 
     @property
     def run_uid(self) -> int:
@@ -206,7 +212,7 @@ class Sandbox:
                     made.add(name)
             argv += [how, path, path]
             made.add(path)
-        argv += ["--chdir", root]
+        argv += ["--chdir", str(self.cwd)]
         if info_fd is not None:
             argv += ["--info-fd", str(info_fd)]
         return [*argv, "--"]
@@ -223,12 +229,12 @@ class Sandbox:
         try:
             with self.prepared(command, write_fd if write_fd >= 0 else None) as (argv, fds):
                 proc = subprocess.Popen(
-                    argv, cwd=self.root, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
+                    argv, cwd=self.cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True, pass_fds=fds)
         except OSError as exc:
             if read_fd >= 0:
                 os.close(read_fd)
-            raise PlatformError(f"cannot start instance command in {self.root}: {exc}") from exc
+            raise PlatformError(f"cannot start instance command in {self.cwd}: {exc}") from exc
         finally:
             if write_fd >= 0:
                 os.close(write_fd)
@@ -247,12 +253,12 @@ class Sandbox:
         """Run to completion, capturing output; the whole process group dies on timeout."""
         try:
             with self.prepared(command, None) as (argv, fds):
-                proc = subprocess.Popen(argv, cwd=self.root, env=dict(env),
+                proc = subprocess.Popen(argv, cwd=self.cwd, env=dict(env),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, start_new_session=True,
                                         pass_fds=fds)
         except OSError as exc:
-            raise PlatformError(f"cannot run command in {self.root}: {exc}") from exc
+            raise PlatformError(f"cannot run command in {self.cwd}: {exc}") from exc
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

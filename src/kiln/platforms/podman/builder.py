@@ -90,7 +90,8 @@ class PodmanBuilder:
         if base is None:
             return None
         found = self._known(self.keys(spec, base_dir, base)[-1])
-        return None if found is None else Image(name, found.digest, found.ref, _image_env(spec))
+        return None if found is None else Image(name, found.digest, found.ref, _image_env(spec),
+                                                containerfile.workdir_after(spec.steps))
 
     def _base_if_present(self, spec: ImageSpec) -> str | None:
         ref = spec.base if isinstance(spec.base, str) else debian_base.tag(spec.base)
@@ -110,7 +111,8 @@ class PodmanBuilder:
             if found is not None:
                 for i, step in enumerate(spec.steps, start=1):
                     emit(StepEvent(i, total, steps.describe(step), "cached", 0.0, keys[i - 1]))
-                return Image(name=name, digest=found.digest, ref=found.ref, env=env)
+                return Image(name=name, digest=found.digest, ref=found.ref, env=env,
+                             workdir=containerfile.workdir_after(spec.steps))
         tag = f"localhost/kiln/{self.project}-{name}:{keys[-1][:16]}"
         labels = {"kiln.image": name, "kiln.key": keys[-1]}
         image = base
@@ -131,7 +133,8 @@ class PodmanBuilder:
         digest = str(data["Id"])
         digest = digest if digest.startswith("sha256:") else f"sha256:{digest}"
         return imagestore.record_image(self.store, name=name, digest=digest, ref=digest,
-                                       key=keys[-1], env=env, size=int(data.get("Size") or 0))
+                                       key=keys[-1], env=env, size=int(data.get("Size") or 0),
+                                       workdir=containerfile.workdir_after(spec.steps))
 
     def _segment(self, name: str, spec: ImageSpec, base_dir: Path, base: str, numbers: list[int],
                  keys: list[str], final: tuple[str, dict[str, str]] | None, no_cache: bool,

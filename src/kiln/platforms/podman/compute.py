@@ -198,7 +198,7 @@ class PodmanCompute(LocalCompute):
                 "--read-only", "--tmpfs", f"{SCRATCH}:rw,nosuid,nodev,size=64m,mode=1777",
                 "--user", USER, "--cap-drop=all", "--security-opt", "no-new-privileges",
                 "--publish", f"{host}:{service.port}:{service.port}",
-                "--workdir", containerfile.ROOT, "--log-driver", "k8s-file",
+                "--workdir", image.workdir or containerfile.ROOT, "--log-driver", "k8s-file",
                 "--pull=never"]
         for cap in service.capabilities:
             argv += ["--cap-add", cap]
@@ -365,12 +365,12 @@ class PodmanCompute(LocalCompute):
 
     def exec(self, instance: Instance, command: str, *, timeout: float,
              env: Mapping[str, str] | None = None) -> ExecResult:
-        """`podman exec` as the container's user, in the image root, with the instance's env.
+        """`podman exec` as the container's user, in its workdir, with the instance's env.
         A command that outlives `timeout` is killed and reported with exit code 124."""
         handle = self._handle(instance)
         if not handle.name:
             raise NotFound(f"instance {instance.id} has no container")
-        argv = [engine.binary(), "exec", "--workdir", containerfile.ROOT]
+        argv = [engine.binary(), "exec"]  # in the container's workdir (the image's)
         for key in sorted(env or {}):
             argv += ["--env", key]
         argv += [handle.name, "/bin/sh", "-c", command]
