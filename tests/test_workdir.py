@@ -124,3 +124,11 @@ def test_a_local_workdir_no_step_created_exists_in_the_image(tmp_path: Path) -> 
         assert (Path(image.ref) / "root" / "data" / "run").is_dir()
     finally:
         store.close()
+
+
+def test_an_aws_instance_unit_starts_in_the_images_workdir() -> None:
+    from kiln.platforms.aws.fleet import user_data
+
+    service = ServiceSpec(image="web", command="python app.py", port=8000, listen="127.0.0.1:9")
+    assert "WorkingDirectory=/opt/kiln/root/srv/web\n" in user_data("web", service, {}, "srv/web")
+    assert "WorkingDirectory=/opt/kiln/root\n" in user_data("web", service, {})
