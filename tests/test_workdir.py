@@ -127,8 +127,15 @@ def test_a_local_workdir_no_step_created_exists_in_the_image(tmp_path: Path) -> 
 
 
 def test_an_aws_instance_unit_starts_in_the_images_workdir() -> None:
+    import base64
+
     from kiln.platforms.aws.fleet import user_data
 
     service = ServiceSpec(image="web", command="python app.py", port=8000, listen="127.0.0.1:9")
-    assert "WorkingDirectory=/opt/kiln/root/srv/web\n" in user_data("web", service, {}, "srv/web")
-    assert "WorkingDirectory=/opt/kiln/root\n" in user_data("web", service, {})
+
+    def script(*workdir: str) -> str:
+        return base64.b64decode(user_data("web", service, {}, *workdir)).decode()
+
+    assert "WorkingDirectory=/opt/kiln/root/srv/web\n" in script("srv/web")
+    assert "mkdir -p /opt/kiln/root/srv/web\n" in script("srv/web")
+    assert "WorkingDirectory=/opt/kiln/root\n" in script()
