@@ -89,6 +89,7 @@ def test_migration_takes_a_backup(tmp_path: Path) -> None:
     with sqlite3.connect(home / "state.db") as conn:
         conn.execute("PRAGMA user_version=3")  # as if an older kiln wrote it
         conn.execute("DROP TABLE IF EXISTS controller")
+        conn.execute("ALTER TABLE images DROP COLUMN workdir")
     Store.open(home).close()
     assert list((home / "backups").glob("state-*-v3-migration.db"))
 
