@@ -3,7 +3,7 @@ weights read back from the listener, health gate from target health, disposal, d
 
 from __future__ import annotations
 
-import threading
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,11 @@ from botocore.exceptions import ClientError
 from aws_helpers import listener_weights, open_project, write_project
 from kiln import drift, gc
 from kiln.errors import PlatformError
-from kiln.platforms.aws.fleet import Names
+from kiln.platforms.aws.compute import AwsCompute
 from kiln.platforms.aws.inventory import tagged
+from kiln.platforms.base import Instance
 from kiln.project import DeployEvent
+from kiln.spec.models import Health
 from kiln.testing.moto import REGION, MotoServer
 
 UBUNTU_AMI = "ami-785db401"  # one of moto's bundled public AMIs, not the base filter's newest
@@ -64,41 +66,34 @@ def client(moto: MotoServer, service: str) -> Any:
     return boto3.client(service, region_name=REGION, endpoint_url=moto.url)
 
 
-def test_unhealthy_targets_fail_the_health_gate(moto: MotoServer, tmp_path: Path) -> None:
+def test_unhealthy_targets_fail_the_health_gate(moto: MotoServer, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """On moto a registered, running instance is 'healthy' (moto runs no health checks); one
-    that is not registered is 'unused'. Deregistering r2's targets makes r2 unhealthy."""
+    that is not registered is 'unused'. Every health probe of an r2 instance first deregisters
+    it (through moto's API), so r2 is never healthy: no race with the gate's first probe."""
     path = write_project(tmp_path, moto)
     project = open_project(path)
-    stop = threading.Event()
     try:
         project.deploy()
         write_project(tmp_path, moto, version="2", deadline="3s")
         elbv2 = client(moto, "elbv2")
+        probe = AwsCompute.healthy
 
-        def unregister() -> None:
-            while not stop.is_set():
-                try:
-                    tg = elbv2.describe_target_groups(
-                        Names=[Names("shop").target_group("web-r2")])["TargetGroups"][0]
-                    arn = tg["TargetGroupArn"]
-                    targets = [d["Target"] for d in elbv2.describe_target_health(
-                        TargetGroupArn=arn)["TargetHealthDescriptions"]]
-                    if targets:
-                        elbv2.deregister_targets(TargetGroupArn=arn, Targets=targets)
-                except (ClientError, IndexError):
-                    pass
-                stop.wait(0.05)
+        def unhealthy_r2(self: AwsCompute, instance: Instance, health: Health) -> bool:
+            tg = self.fleet.target_group(instance.release_id)
+            if instance.release_id == "web-r2" and tg is not None:
+                with contextlib.suppress(ClientError):  # already deregistered
+                    elbv2.deregister_targets(TargetGroupArn=tg, Targets=[
+                        {"Id": instance.id, "Port": instance.port}])
+            return probe(self, instance, health)
 
-        thread = threading.Thread(target=unregister, daemon=True)
-        thread.start()
+        monkeypatch.setattr(AwsCompute, "healthy", unhealthy_r2)
         result = open_project(path).deploy().services[0]
-        stop.set()
-        thread.join(10)
         assert result.outcome == "failed" and "healthy" in (result.reason or ""), result
         assert listener_weights(moto) == {"web-r1": 100}
         assert tagged(project.platform.aws, "shop")["auto-scaling-group"] == ["kiln-shop-web-r1"]
     finally:
-        stop.set()
+        monkeypatch.undo()
         project.destroy()
         project.close()
 
