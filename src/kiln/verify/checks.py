@@ -16,8 +16,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from kiln.errors import KilnError
 from kiln.platforms.base import ExecResult, Instance
 from kiln.spec.models import Check, CommandCheck, FileCheck, HttpCheck, PortCheck, TestinfraCheck
 from kiln.verify.results import CheckKind
@@ -109,36 +110,81 @@ def image_path(root: Path, path: str) -> Path:
     return root / os.path.normpath("/" + path.lstrip("/")).lstrip("/")
 
 
-def check_file(spec: FileCheck.Spec, root: Path) -> Outcome:
-    """exists / mode (octal) / contains, read from the image tree (not a running instance)."""
-    if not root.is_dir():
-        return Outcome(False, f"image tree {root} not found (file checks read the image store)")
-    target = image_path(root, spec.path)
+@dataclass(frozen=True)
+class FileStat:
+    """What a file check needs of a file in an image (symlinks followed)."""
+
+    mode: int
+    """st_mode: file type and permission bits."""
+    size: int
+
+
+class ImageFiles(Protocol):
+    """An image's filesystem as file checks read it: a folder here, or a platform's own image
+    (podman reads its OCI images through an unstarted container). Paths are the check's own."""
+
+    def stat(self, path: str) -> FileStat | None:
+        """None when there is no such file; OSError or KilnError when it cannot be read."""
+        ...
+
+    def read(self, path: str) -> bytes:
+        """The content of a regular file."""
+        ...
+
+
+class TreeFiles:
+    """An image tree in the local image store (paths are under the tree, `..` stops at it)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def stat(self, path: str) -> FileStat | None:
+        try:
+            st = image_path(self.root, path).stat()
+        except FileNotFoundError:
+            return None
+        return FileStat(st.st_mode, st.st_size)
+
+    def read(self, path: str) -> bytes:
+        return image_path(self.root, path).read_bytes()
+
+
+def check_file(spec: FileCheck.Spec, root: Path | ImageFiles) -> Outcome:
+    """exists / mode (octal) / contains, read from the image (not a running instance): a local
+    image tree (`root` a folder) or a platform's ImageFiles."""
+    if isinstance(root, Path):
+        if not root.is_dir():
+            return Outcome(False, f"image tree {root} not found (file checks read the image store)")
+        root = TreeFiles(root)
     try:
-        st = target.stat()
-    except FileNotFoundError:
+        st = root.stat(spec.path)
+    except (OSError, KilnError) as exc:
+        return Outcome(False, f"{spec.path}: {_reason(exc)}")
+    if st is None:
         if not spec.exists:
             return Outcome(True, f"{spec.path} is absent")
         return Outcome(False, f"{spec.path} does not exist in the image")
-    except OSError as exc:
-        return Outcome(False, f"{spec.path}: {exc.strerror or exc}")
     if not spec.exists:
         return Outcome(False, f"{spec.path} exists, expected it absent")
     if spec.mode is not None:
         want = int(spec.mode, 8)
-        have = stat.S_IMODE(st.st_mode)
+        have = stat.S_IMODE(st.mode)
         if have != want:
             return Outcome(False, f"{spec.path}: mode {have:04o}, expected {want:04o}")
     if spec.contains is not None:
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.mode):
             return Outcome(False, f"{spec.path} is not a regular file, cannot check contents")
         try:
-            data = target.read_bytes()
-        except OSError as exc:
-            return Outcome(False, f"{spec.path}: {exc.strerror or exc}")
+            data = root.read(spec.path)
+        except (OSError, KilnError) as exc:
+            return Outcome(False, f"{spec.path}: {_reason(exc)}")
         if spec.contains.encode() not in data:
             return Outcome(False, f"{spec.path} does not contain {spec.contains!r}")
-    return Outcome(True, f"{spec.path} ok ({stat.S_IMODE(st.st_mode):04o}, {st.st_size} bytes)")
+    return Outcome(True, f"{spec.path} ok ({stat.S_IMODE(st.mode):04o}, {st.size} bytes)")
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 # ------------------------------------------------------------------ command

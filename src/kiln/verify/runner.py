@@ -13,6 +13,7 @@ else passes its own `service`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import time
@@ -82,26 +83,15 @@ def run_checks(
     started = time.time()
     digest = suite_digest(image_spec, base_dir)
     tests = list(image_spec.tests)
-    root = Path(image.ref) / "root"
     target = _Target(extra_env=dict(env or {}))
     results: list[CheckResult] = []
     launch_spec = service or _idle_service(image.name)
-    try:
-        if any(ck.needs_instance(c) for c in tests):
-            try:
-                target.instance = _launch(compute, service_name, launch_spec, image, release,
-                                          env or {})
-            except KilnError as exc:
-                target.launch_error = f"could not launch a test instance: {exc}"
-        for index, check in enumerate(tests):
-            result = _run_one(index, check, compute=compute, target=target, service=service,
-                              launch_spec=launch_spec, root=root, base_dir=base_dir)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-    finally:
-        if target.instance is not None:
-            _dispose(compute, target.instance, launch_spec.stop_timeout)
+    with contextlib.ExitStack() as stack:
+        root = _image_files(compute, image, stack) if any(
+            isinstance(c, FileCheck) for c in tests) else Path(image.ref) / "root"
+        _run_all(tests, image, compute=compute, target=target, service_name=service_name,
+                 service=service, launch_spec=launch_spec, release=release, env=env or {},
+                 root=root, base_dir=base_dir, results=results, on_result=on_result)
     tail: tuple[str, ...] = ()
     if target.instance is not None and not all(r.passed for r in results):
         tail = log_lines(compute, target.instance, LOG_TAIL)
@@ -115,6 +105,57 @@ def run_checks(
         healthy_at=target.healthy_at,
         instance_id=target.instance.id if target.instance else None,
     )
+
+
+def _run_all(tests: list[Check], image: Image, *, compute: Compute, target: _Target,
+             service_name: str, service: ServiceSpec | None, launch_spec: ServiceSpec,
+             release: Release | None, env: Mapping[str, str], root: Path | ck.ImageFiles,
+             base_dir: Path, results: list[CheckResult],
+             on_result: Callable[[CheckResult], None] | None) -> None:
+    """Launch the instance if a check needs one, run every check in order, dispose of it."""
+    try:
+        if any(ck.needs_instance(c) for c in tests):
+            try:
+                target.instance = _launch(compute, service_name, launch_spec, image, release,
+                                          env)
+            except KilnError as exc:
+                target.launch_error = f"could not launch a test instance: {exc}"
+        for index, check in enumerate(tests):
+            result = _run_one(index, check, compute=compute, target=target, service=service,
+                              launch_spec=launch_spec, root=root, base_dir=base_dir)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        if target.instance is not None:
+            _dispose(compute, target.instance, launch_spec.stop_timeout)
+
+
+def _image_files(compute: Compute, image: Image,
+                 stack: contextlib.ExitStack) -> Path | ck.ImageFiles:
+    """Where file checks read the image: the platform's own reader when it has one (podman's
+    images are not folders), else the local image store's tree."""
+    opener = getattr(compute, "image_files", None)
+    if opener is None:
+        return Path(image.ref) / "root"
+    try:
+        files: ck.ImageFiles = stack.enter_context(opener(image))
+    except KilnError as exc:
+        return _Unreadable(f"cannot read image {image.name}: {exc}")
+    return files
+
+
+class _Unreadable:
+    """ImageFiles of an image that could not be opened: every file check says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def stat(self, path: str) -> ck.FileStat | None:
+        raise KilnError(self.reason)
+
+    def read(self, path: str) -> bytes:
+        raise KilnError(self.reason)
 
 
 def _idle_service(image_name: str) -> ServiceSpec:
@@ -196,7 +237,8 @@ def _log_tail(compute: Compute, instance: Instance) -> str:
 
 
 def _run_one(index: int, check: Check, *, compute: Compute, target: _Target,
-             service: ServiceSpec | None, launch_spec: ServiceSpec, root: Path,
+             service: ServiceSpec | None, launch_spec: ServiceSpec,
+             root: Path | ck.ImageFiles,
              base_dir: Path) -> CheckResult:
     kind, description = ck.kind_of(check), ck.describe(check)
     start = time.monotonic()

@@ -26,7 +26,7 @@ import shlex
 import subprocess
 import time
 import urllib.error
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +38,7 @@ from kiln.platforms.local import addresses, environment
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.podman import containerfile, engine
 from kiln.platforms.podman.handle import PodmanHandle
+from kiln.platforms.podman.image_files import ContainerFiles
 from kiln.spec.models import ServiceSpec
 from kiln.state.lock import pid_alive, pid_start_time
 from kiln.state.store import Store
@@ -46,6 +47,10 @@ Kind = Literal["service", "test", "dev"]
 USER = "65534:65534"
 """nobody:nogroup: instances never run as root unless an image says otherwise... it cannot."""
 SCRATCH = "/scratch"
+FILES_KIND = "files"
+"""The kiln.kind label of the unstarted container file checks read an image through."""
+FILES_GRACE = 3600.0
+"""A file-check container younger than this is in use by a running `kiln test`: sweep leaves it."""
 RUN_TIMEOUT = 120.0
 _PODMAN_OWN = frozenset({"/etc", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run",
                          "/run/.containerenv", "/tmp", "/var", "/var/tmp", "/dev", "/proc", "/sys",
@@ -317,7 +322,9 @@ class PodmanCompute(LocalCompute):
             labels = item.get("Labels") or {}
             if names:
                 out[str(names[0])] = {"instance": str(labels.get("kiln.instance", "")),
-                                      "state": str(item.get("State", ""))}
+                                      "state": str(item.get("State", "")),
+                                      "kind": str(labels.get("kiln.kind", "")),
+                                      "created": str(item.get("Created", 0))}
         return out
 
     def sweep(self) -> list[str]:
@@ -335,6 +342,8 @@ class PodmanCompute(LocalCompute):
             known = rows.get(info["instance"])
             if known is not None and known["state"] in LIVE_STATES and \
                     PodmanHandle.of(from_row(known)).name == name:
+                continue
+            if info["kind"] == FILES_KIND and _age(info["created"]) < FILES_GRACE:
                 continue
             # Not owned by a live row: a dead instance's leftover (removed quietly) or, while
             # it still runs, an orphan of a kiln killed mid-launch (stopped and reported).
@@ -413,6 +422,15 @@ class PodmanCompute(LocalCompute):
                     + (f" and {len(found) - 5} more" if len(found) > 5 else ""))
         return None
 
+    @contextlib.contextmanager
+    def image_files(self, image: Image) -> Iterator[ContainerFiles]:
+        """The image's own filesystem for file checks (read through an unstarted container)."""
+        name = self.container_name(f"files-{secrets.token_hex(3)}")
+        with ContainerFiles.of(image.ref, name, ["--label", f"kiln.project={self.project}",
+                                                 "--label", f"kiln.scope={self.scope}",
+                                                 "--label", f"kiln.kind={FILES_KIND}"]) as files:
+            yield files
+
     def testinfra_host(self, instance: Instance) -> str:
         """testinfra's own podman backend reaches the container directly."""
         return f"podman://{self._handle(instance).name}"
@@ -425,3 +443,11 @@ class PodmanCompute(LocalCompute):
     def _reap_followers(self) -> None:
         for proc in self._followers.values():
             proc.poll()
+
+
+def _age(created: str) -> float:
+    """Seconds since `podman ps`'s Created (unix seconds); infinite when unknown."""
+    try:
+        return time.time() - float(created)
+    except ValueError:
+        return float("inf")
