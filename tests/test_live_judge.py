@@ -1,5 +1,6 @@
 """The live judge's bookkeeping: every request since the rollout began (also after a restart),
-late samples, the Prometheus cross-check with counter resets, the series kept for the report."""
+late samples, the cross-check with the router's counters (restarts, removed servers), the
+series kept for the report."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from kiln.analysis.accesslog import AccessLogSource
-from kiln.analysis.live import CounterTrack, LiveJudge, prometheus_counts
-from kiln.platforms.base import Sample
+from kiln.analysis.live import CounterTrack, LiveJudge
+from kiln.platforms.base import RequestCounts, Sample
 from kiln.platforms.fake.metrics import FakeMetricSource
+from kiln.platforms.local.traefik_config import prometheus_counts
 from kiln.rollout.decide import Status, start
 from kiln.spec.models import Analysis
 
@@ -34,16 +38,21 @@ def reqs(release: str, n: int, t0: float, err: bool = False) -> list[Sample]:
 
 
 class Counter:
-    """A router counter the test moves by hand."""
+    """A router counter the test moves by hand; `restart()` is a new router process."""
 
     def __init__(self, **counts: int) -> None:
         self.counts = {k.replace("_", "-"): v for k, v in counts.items()}
+        self.epoch = 1
 
-    def __call__(self) -> dict[str, int]:
-        return dict(self.counts)
+    def __call__(self) -> RequestCounts:
+        return RequestCounts(str(self.epoch), dict(self.counts), "test")
 
     def add(self, release: str, n: int) -> None:
         self.counts[release] = self.counts.get(release, 0) + n
+
+    def restart(self) -> None:
+        self.epoch += 1
+        self.counts = {}
 
 
 def rollout(judge: LiveJudge) -> Status:
@@ -64,7 +73,7 @@ def test_crosscheck_agrees_and_reports_a_dropped_line() -> None:
     judge(status, t0 + 1)
     check = judge.crosscheck(catch_up=0.2)
     assert check is not None and check["agree"], check
-    assert check["releases"]["web-r2"] == {"prometheus": 20, "access_log": 20, "lost": 0}
+    assert check["releases"]["web-r2"] == {"router": 20, "access_log": 20, "lost": 0}
     assert check["releases"]["web-r1"]["access_log"] == 20  # not the 50 before the rollout
     # One request the router counted never reached the log: reported, not hidden.
     counter.add("web-r2", 1)
@@ -134,12 +143,45 @@ def test_a_restarted_judge_replays_the_rollout_from_its_start() -> None:
     assert check is not None and check["agree"], check
 
 
-def test_counter_reset_is_never_negative() -> None:
-    track = CounterTrack({"web-r1": 100})
-    track.observe({"web-r1": 130})
-    track.observe({"web-r1": 4})   # router restarted: counting from 0 again
-    track.observe({"web-r1": 10})
-    assert track.total["web-r1"] == 30 + 4 + 6 and track.resets == 1
+def rc(epoch: str, **counts: int) -> RequestCounts:
+    return RequestCounts(epoch, {k.replace("_", "-"): v for k, v in counts.items()}, "test")
+
+
+@pytest.mark.parametrize(("start", "readings", "total", "resets"), [
+    # plain increase over the rollout
+    (rc("a", web_r1=100), [rc("a", web_r1=130), rc("a", web_r1=150)], {"web-r1": 50}, 0),
+    # router restarted (new process, counting from 0): old increase + new count
+    (rc("a", web_r1=100), [rc("a", web_r1=130), rc("b", web_r1=4), rc("b", web_r1=10)],
+     {"web-r1": 40}, 1),
+    # restarted and already past the old value before anyone looked: still a restart
+    (rc("a", web_r1=100), [rc("b", web_r1=150)], {"web-r1": 150}, 1),
+    # restarted twice
+    (rc("a", web_r1=10), [rc("a", web_r1=20), rc("b", web_r1=5), rc("c", web_r1=7)],
+     {"web-r1": 22}, 2),
+    # a release whose servers were removed drops out of the reading: it keeps its count
+    (rc("a", web_r1=100, web_r2=0), [rc("a", web_r1=160, web_r2=40), rc("a", web_r2=90)],
+     {"web-r1": 60, "web-r2": 90}, 0),
+    # a release that appears during the rollout counts from 0
+    (rc("a", web_r1=100), [rc("a", web_r1=110, web_r2=7)], {"web-r1": 10, "web-r2": 7}, 0),
+    # a dip within one process (a request being redispatched elsewhere) is not a restart
+    (rc("a", web_r2=50), [rc("a", web_r2=53), rc("a", web_r2=52), rc("a", web_r2=60)],
+     {"web-r2": 10}, 0),
+    # a removed release across a restart: what the old process counted stays
+    (rc("a", web_r1=100), [rc("a", web_r1=140), rc("b", web_r2=3)], {"web-r1": 40, "web-r2": 3},
+     1),
+    # no start reading (router was down): everything counted since
+    (None, [rc("a", web_r1=5), rc("a", web_r1=9)], {"web-r1": 9}, 0),
+    # a status from before epochs were recorded: the first process seen is the start's
+    (rc("", web_r1=100), [rc("a", web_r1=120)], {"web-r1": 20}, 0),
+    # never negative
+    (rc("a", web_r1=100), [rc("a", web_r1=90)], {"web-r1": 0}, 0),
+])
+def test_counter_track(start: RequestCounts | None, readings: list[RequestCounts],
+                       total: dict[str, int], resets: int) -> None:
+    track = CounterTrack(start)
+    for reading in readings:
+        track.observe(reading)
+    assert track.total == total and track.resets == resets
 
 
 def test_crosscheck_after_a_router_restart() -> None:
@@ -152,12 +194,13 @@ def test_crosscheck_after_a_router_restart() -> None:
     counter.add("web-r2", 30)
     judge(status, t0 + 0.5)
     judge.crosscheck(catch_up=0.0)  # observes 30
-    counter.counts["web-r2"] = 5     # restart, then 5 more requests
+    counter.restart()                # then 5 more requests
+    counter.add("web-r2", 5)
     source.feed(reqs("web-r2", 5, t0 + 1))
     judge(status, t0 + 2)
     check = judge.crosscheck(catch_up=0.2)
     assert check is not None and check["agree"], check
-    assert check["releases"]["web-r2"]["prometheus"] == 35 and check["resets"] == 1
+    assert check["releases"]["web-r2"]["router"] == 35 and check["resets"] == 1
 
 
 def test_no_counter_no_crosscheck() -> None:
@@ -183,4 +226,4 @@ def test_a_dropped_access_log_line_is_reported(tmp_path: Path) -> None:
     judge(status, t0 + 41)
     check = judge.crosscheck(catch_up=0.3)
     assert check is not None and not check["agree"]
-    assert check["releases"]["web-r2"] == {"prometheus": 40, "access_log": 39, "lost": 1}
+    assert check["releases"]["web-r2"] == {"router": 40, "access_log": 39, "lost": 1}

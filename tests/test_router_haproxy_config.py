@@ -66,6 +66,42 @@ def test_parse_stat() -> None:
         ("w-r1.a:1", 256, "UP", 2, "a:1"), ("w-r2.b:1", 28, "MAINT", 0, "b:1")]
 
 
+@pytest.mark.parametrize(("row", "ended"), [
+    ({"stot": "24", "wretr": "0", "wredis": "0", "scur": "0"}, 24),  # 200s, 500s, 502s, aborts
+    ({"stot": "19", "wretr": "0", "wredis": "19", "scur": "0"}, 0),  # dead: all sent elsewhere
+    ({"stot": "3", "wretr": "2", "wredis": "0", "scur": "0"}, 1),    # retried here, then a 503
+    ({"stot": "30", "wretr": "1", "wredis": "2", "scur": "4"}, 23),  # 4 still in flight
+    ({"stot": "1", "wretr": "0", "wredis": "0", "scur": "2"}, 0),    # never negative
+    ({"stot": "", "scur": None}, 0),                                  # empty fields
+])
+def test_ended_requests(row: dict[str, str | None], ended: int) -> None:
+    assert hc.ended_requests(row) == ended
+
+
+def test_parse_stat_counts_ended_requests() -> None:
+    assert [s.ended for s in hc.parse_stat(STAT)] == [10 - 2, 0]
+
+
+def st(name: str, ended: int) -> hc.ServerStat:
+    return hc.ServerStat("kiln-web", name, name.partition(".")[2], 256, "UP", 0, ended)
+
+
+@pytest.mark.parametrize(("stats", "retired", "folded", "counts"), [
+    ([st("w-r1.a:1", 5), st("w-r1.b:1", 7), st("w-r2.c:1", 1)], {}, {}, {"w-r1": 12, "w-r2": 1}),
+    # a deleted server's last count stays with its release
+    ([st("w-r1.b:1", 7)], {"w-r1.a:1": 5}, {}, {"w-r1": 12}),
+    # deleted, then its release gone entirely
+    ([st("w-r2.c:1", 3)], {"w-r1.a:1": 5, "w-r1.b:1": 7}, {}, {"w-r1": 12, "w-r2": 3}),
+    # a retired entry whose server is live again (its delete was refused): the live one counts
+    ([st("w-r1.a:1", 6)], {"w-r1.a:1": 5}, {}, {"w-r1": 6}),
+    # a server added again after its delete: its old count was folded into the release
+    ([st("w-r1.a:1", 2)], {}, {"w-r1": 5}, {"w-r1": 7}),
+])
+def test_release_counts(stats: list[hc.ServerStat], retired: dict[str, int],
+                        folded: dict[str, int], counts: dict[str, int]) -> None:
+    assert hc.release_counts(stats, retired, folded) == counts
+
+
 def test_served_weights() -> None:
     backends = [Backend("w-r1", 90, ["a:1"]), Backend("w-r2", 10, ["b:1"])]
     expected = hc.servers(backends, H)

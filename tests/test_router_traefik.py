@@ -41,7 +41,9 @@ def _handler(name: str) -> type[BaseHTTPRequestHandler]:
             if self.path.startswith("/slow"):
                 time.sleep(float(self.path.rpartition("/")[2] or 0.5))
             body = name.encode()
-            self.send_response(200)
+            # /status/500: that status (a release's 5xx is still a request it served)
+            code = int(self.path.rpartition("/")[2]) if self.path.startswith("/status/") else 200
+            self.send_response(code)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -303,25 +303,8 @@ class Project:
         metrics = self.metrics
         if metrics is None:
             return None
-        return make_judge(metrics, service, spec.rollout.analysis, self._prometheus_counter())
-
-    def _prometheus_counter(self) -> Callable[[], dict[str, int]] | None:
-        admin = getattr(self.router, "admin_url", None)
-        if not isinstance(admin, str):
-            return None
-        headers = dict(getattr(self.router, "admin_headers", None) or {})
-
-        def count() -> dict[str, int]:
-            import urllib.request
-
-            from kiln.analysis.live import prometheus_counts
-
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            with opener.open(urllib.request.Request(f"{admin}/metrics", headers=headers),
-                             timeout=2) as resp:
-                return prometheus_counts(resp.read().decode())
-
-        return count
+        # The router's own request counters, for the cross-check with the access log.
+        return make_judge(metrics, service, spec.rollout.analysis, self.router.request_counts)
 
     def rollout_driver(self, service: str, rollout_id: int) -> tuple[Reconciler, Any]:
         """The reconciler of one rollout and its live judge (None when unjudged): call
@@ -346,11 +329,12 @@ class Project:
         save_series(self.home, rollout_id, judge)
         check = judge.crosscheck()
         if check is not None:
-            lost = ", ".join(f"{r}: {c['lost']} of {c['prometheus']}"
+            check["rollout"] = rollout_id
+            lost = ", ".join(f"{r}: {c['lost']} of {c['router']}"
                              for r, c in check["releases"].items() if c["lost"])
             self.store.event(
                 "judge.crosscheck",
-                "access log and Prometheus counters "
+                f"access log and {check['counter']}'s request counters "
                 + ("agree" if check["agree"] else f"DISAGREE: lines missing ({lost})"),
                 service=service, data=check)
             if not check["agree"]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from kiln.analysis.judge import Judge
-from kiln.platforms.base import MetricSource, Sample
+from kiln.platforms.base import MetricSource, RequestCounts, Sample
 from kiln.rollout.decide import Status, Verdict
 from kiln.spec.models import Analysis
 
@@ -55,25 +55,6 @@ class Series:
         return {"seconds": seconds, "weights": self.weights, "phases": self.phases}
 
 
-def prometheus_counts(text: str) -> dict[str, int]:
-    """release_id -> requests, from Traefik's `traefik_service_requests_total` per leaf service."""
-    counts: dict[str, int] = defaultdict(int)
-    for line in text.splitlines():
-        if not line.startswith("traefik_service_requests_total{"):
-            continue
-        labels, _, value = line.rpartition(" ")
-        marker = 'service="kiln-'
-        at = labels.find(marker)
-        if at < 0:
-            continue
-        name = labels[at + len(marker):].split('"', 1)[0].removesuffix("@file")
-        try:
-            counts[name] += int(float(value))
-        except ValueError:
-            continue
-    return dict(counts)
-
-
 @runtime_checkable
 class LogSource(Protocol):
     """A metric source read like a log: a JSON-able cursor, every record exactly once."""
@@ -92,23 +73,37 @@ COUNTER_EVERY = 2.0
 
 
 class CounterTrack:
-    """Increase of per-release counters over a rollout, across counter resets (a restarted
-    router starts them at 0): like Prometheus' increase(), never negative."""
+    """Increase of the router's per-release request counters over a rollout.
 
-    def __init__(self, start: dict[str, int] | None) -> None:
-        self.prev: dict[str, int] = dict(start or {})
-        self.total: dict[str, int] = defaultdict(int)
+    Per router process (`RequestCounts.epoch`): the last reading minus the first (the rollout's
+    start, or 0 for a process started since). A restarted router (a new epoch, counters back at
+    0) adds what the new process counts to what the old one had counted; a release missing from
+    a reading (its counter went with its servers) keeps its last count; a dip within one process
+    (HAProxy redispatching a failed request) is not mistaken for a restart.
+    """
+
+    def __init__(self, start: RequestCounts | None) -> None:
+        self.epoch: str | None = (start.epoch or None) if start is not None else None
+        self.base: dict[str, int] = dict(start.releases) if start is not None else {}
+        self.last: dict[str, int] = dict(self.base)
+        self.before: dict[str, int] = defaultdict(int)
+        """What earlier router processes counted since the start."""
         self.resets = 0
 
-    def observe(self, counts: dict[str, int]) -> None:
-        for release, c in counts.items():
-            p = self.prev.get(release, 0)
-            if c >= p:
-                self.total[release] += c - p
-            else:  # reset: everything since the restart is new
-                self.total[release] += c
-                self.resets += 1
-            self.prev[release] = c
+    def observe(self, counts: RequestCounts) -> None:
+        if self.epoch is not None and counts.epoch != self.epoch:
+            for release, n in self.last.items():
+                self.before[release] += n - self.base.get(release, 0)
+            self.base, self.last = {}, {}
+            self.resets += 1
+        self.epoch = counts.epoch
+        self.last.update(counts.releases)
+
+    @property
+    def total(self) -> dict[str, int]:
+        releases = set(self.before) | set(self.last)
+        return {r: max(0, self.before.get(r, 0) + self.last.get(r, 0) - self.base.get(r, 0))
+                for r in releases}
 
 
 class LiveJudge:
@@ -121,7 +116,7 @@ class LiveJudge:
     """
 
     def __init__(self, metrics: MetricSource, service: str, analysis: Analysis,
-                 counter: Callable[[], dict[str, int]] | None = None) -> None:
+                 counter: Callable[[], RequestCounts | None] | None = None) -> None:
         self.metrics = metrics
         self.service = service
         self.analysis = analysis
@@ -147,7 +142,8 @@ class LiveJudge:
             info["cursor"] = self.metrics.position()
         counts = self._count()
         if counts is not None:
-            info["counts"] = counts
+            info["counts"] = dict(counts.releases)
+            info["counts_epoch"] = counts.epoch
         return info
 
     def _begin(self, status: Status) -> None:
@@ -157,9 +153,8 @@ class LiveJudge:
         self._watermark = self._since
         self._cursor = info.get("cursor")
         if self.counter is not None:
-            start = info.get("counts")
             now = self._count()
-            self._counts = CounterTrack(start if isinstance(start, dict) else now)
+            self._counts = CounterTrack(_start_counts(info, now))
             if now is not None:
                 self._counts.observe(now)
             self._counted_at = time.monotonic()
@@ -213,7 +208,7 @@ class LiveJudge:
             return None
         return self._judge.verdict(now)
 
-    def _count(self) -> dict[str, int] | None:
+    def _count(self) -> RequestCounts | None:
         if self.counter is None:
             return None
         try:
@@ -222,7 +217,7 @@ class LiveJudge:
             return None
 
     def crosscheck(self, catch_up: float = CATCH_UP) -> dict[str, Any] | None:
-        """Access-log samples vs the router's Prometheus counters over the rollout, per release.
+        """Access-log samples vs the router's own counters over the rollout, per release.
 
         The counters are read first, then the log is read until it has caught up with them
         (bounded by `catch_up` seconds): a request that ends in between is logged but not yet
@@ -234,7 +229,7 @@ class LiveJudge:
         if end is None:
             return None
         self._counts.observe(end)
-        counted = dict(self._counts.total)
+        counted = self._counts.total
         deadline = time.monotonic() + catch_up
 
         def lost() -> dict[str, int]:
@@ -250,16 +245,30 @@ class LiveJudge:
                 break
             time.sleep(0.1)
         missing = lost()
-        out: dict[str, Any] = {"releases": {}, "agree": not missing, "resets": self._counts.resets}
+        out: dict[str, Any] = {"releases": {}, "agree": not missing, "counter": end.source,
+                               "resets": self._counts.resets}
         for release in sorted(set(counted) | set(self.seen)):
-            out["releases"][release] = {"prometheus": counted.get(release, 0),
+            out["releases"][release] = {"router": counted.get(release, 0),
                                         "access_log": self.seen.get(release, 0),
                                         "lost": missing.get(release, 0)}
         return out
 
 
+def _start_counts(info: dict[str, Any], now: RequestCounts | None) -> RequestCounts | None:
+    """The counters persisted at the rollout's start; a status written before epochs were
+    recorded is taken as the router process seen now."""
+    start = info.get("counts")
+    if not isinstance(start, dict):
+        return now
+    epoch = info.get("counts_epoch")
+    if not isinstance(epoch, str):
+        epoch = now.epoch if now is not None else ""
+    return RequestCounts(epoch, {str(k): int(v) for k, v in start.items()},
+                         now.source if now is not None else "")
+
+
 def make_judge(metrics: MetricSource, service: str, analysis: Analysis,
-               counter: Callable[[], dict[str, int]] | None = None) -> LiveJudge:
+               counter: Callable[[], RequestCounts | None] | None = None) -> LiveJudge:
     return LiveJudge(metrics, service, analysis, counter)
 
 

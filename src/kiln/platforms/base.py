@@ -99,6 +99,22 @@ class Sample:
     error: bool  # 5xx or connection failure
 
 
+@dataclass(frozen=True)
+class RequestCounts:
+    """The router's own count of the requests that ended on each release, for the judge's
+    cross-check against the access log (one line per request, whatever its status).
+
+    Counted since the router process `epoch` names started: a restarted router starts again at
+    0 with a new epoch. Within an epoch a release's count does not shrink when its servers are
+    removed (it may dip briefly while a failed request is redispatched to another release).
+    """
+
+    epoch: str
+    releases: Mapping[str, int]
+    source: str
+    """Whose counters, for people: 'traefik', 'haproxy', 'fake'."""
+
+
 class Builder(Protocol):
     def build(
         self,
@@ -177,6 +193,11 @@ class Router(Protocol):
 
     def verify(self, service_name: str) -> dict[str, int]:
         """release_id -> weight the router really serves."""
+        ...
+
+    def request_counts(self) -> RequestCounts | None:
+        """Requests ended per release by the running router (None: not running, or it keeps
+        no counters kiln can read)."""
         ...
 
     def stop(self) -> None: ...

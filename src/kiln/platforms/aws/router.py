@@ -16,7 +16,7 @@ from kiln.errors import PlatformError
 from kiln.platforms.aws import tags as t
 from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
 from kiln.platforms.aws.fleet import Fleet
-from kiln.platforms.base import Backend
+from kiln.platforms.base import Backend, RequestCounts
 from kiln.spec.models import ServiceSpec
 from kiln.state.store import Store
 
@@ -136,6 +136,11 @@ class AlbRouter:
             release = t.from_list(d.get("Tags")).get(t.RELEASE, d["ResourceArn"])
             out[release] = arns[d["ResourceArn"]]
         return out
+
+    def request_counts(self) -> RequestCounts | None:
+        """None: the ALB's only counts are CloudWatch's, which the AWS judge reads already
+        (one source, nothing to cross-check against)."""
+        return None
 
     # ------------------------------------------------------------ teardown
 

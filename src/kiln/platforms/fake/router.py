@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kiln.errors import PlatformError
-from kiln.platforms.base import Backend
+from kiln.platforms.base import Backend, RequestCounts
 from kiln.spec.models import ServiceSpec
 
 
@@ -30,6 +30,9 @@ class FakeRouter:
       release left rotation counts one down (so a drain loop converges), unless `stuck` holds it
     - `crash()`: the router process dies; verify() serves nothing until ensure_running()
     - `calls`: every mutating call, for assertions ("set web {'web-r1': 100}")
+    - `serve(service, n)`: n requests through the router, split by weight, counted per release
+      (`request_counts`) like a real router's counters: they survive a release's removal and
+      start again at 0 (a new epoch) when the router restarts
     """
 
     def __init__(self) -> None:
@@ -41,6 +44,7 @@ class FakeRouter:
         self.inflight: dict[str, int] = {}
         self.stuck: set[str] = set()
         self.calls: list[str] = []
+        self.counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ knobs
 
@@ -60,12 +64,33 @@ class FakeRouter:
             raise PlatformError(f"{listen} (services.{service_name}.listen) is already in use by "
                                 "another process")
 
+    def serve(self, service_name: str, n: int) -> dict[str, int]:
+        """n requests to the service, spread over its releases by weight (largest remainder);
+        returns how many each release got."""
+        weights = self.verify(service_name)
+        total = sum(weights.values())
+        if n <= 0 or total == 0:
+            return {}
+        exact = {rid: n * w / total for rid, w in weights.items()}
+        got = {rid: int(x) for rid, x in exact.items()}
+        for rid in sorted(exact, key=lambda r: got[r] - exact[r])[:n - sum(got.values())]:
+            got[rid] += 1
+        for rid, k in got.items():
+            self.counts[rid] = self.counts.get(rid, 0) + k
+        return {rid: k for rid, k in got.items() if k}
+
+    def request_counts(self) -> RequestCounts | None:
+        if not self.running:
+            return None
+        return RequestCounts(f"fake-{self.starts}", dict(self.counts), "fake")
+
     def ensure_running(self) -> None:
         if self.running:
             return
         self._check_listens({n: r.listen for n, r in self.routes.items()})
         self.running = True
         self.starts += 1
+        self.counts = {}  # a new process counts from 0
 
     def set_backends(self, service_name: str, service: ServiceSpec,
                      backends: Sequence[Backend]) -> None:

@@ -161,6 +161,8 @@ class ServerStat:
     weight: int
     status: str  # UP, DOWN, MAINT, "no check", ...
     current: int  # requests in flight (scur)
+    ended: int = 0
+    """Requests that ended on this server (`ended_requests`): one access-log line each."""
 
 
 def parse_stat(text: str) -> list[ServerStat]:
@@ -175,7 +177,40 @@ def parse_stat(text: str) -> list[ServerStat]:
         out.append(ServerStat(
             backend=row.get("pxname") or "", name=row.get("svname") or "",
             address=row.get("addr") or "", weight=_int(row.get("weight")),
-            status=(row.get("status") or "").split(" ")[0], current=_int(row.get("scur"))))
+            status=(row.get("status") or "").split(" ")[0], current=_int(row.get("scur")),
+            ended=ended_requests(row)))
+    return out
+
+
+def ended_requests(row: Mapping[str, str | None]) -> int:
+    """Requests whose stream ended on this server: the ones its access-log lines name.
+
+    `stot` counts a stream at every connection attempt to the server (HAProxy's
+    srv_inc_sess_ctr), whatever comes of it: a 5xx, a 502 from a server that closed, a client
+    that aborted. An attempt that was retried on the same server (`wretr`) or redispatched to
+    another one (`wredis`, counted on the server switched away from) is not where the request
+    ended; one still in flight (`scur`) has no log line yet. `req_tot` and the `hrsp_*` counters
+    only count responses the server sent, so they miss the 502s and aborts (measured with
+    HAProxy 2.6; docs/decisions/router-request-counters.md).
+    """
+    return max(0, _int(row.get("stot")) - _int(row.get("wretr")) - _int(row.get("wredis"))
+               - _int(row.get("scur")))
+
+
+def release_counts(stats: Sequence[ServerStat], retired: Mapping[str, int],
+                   folded: Mapping[str, int]) -> dict[str, int]:
+    """release_id -> requests ended on its servers: live servers' counters, plus the last
+    counts of servers deleted since (`retired`, by server name; a live server of the same name
+    is newer and counts itself), plus `folded` (retired counts of servers added again)."""
+    out: dict[str, int] = dict(folded)
+    live = {st.name for st in stats}
+    for st in stats:
+        rid = release_of_server(st.name)
+        out[rid] = out.get(rid, 0) + st.ended
+    for name, n in retired.items():
+        if name not in live:
+            rid = release_of_server(name)
+            out[rid] = out.get(rid, 0) + n
     return out
 
 

@@ -4,8 +4,9 @@ its runtime API (the admin socket), never reloaded for a weight or server change
 Layout under `<home>/haproxy/`: `haproxy.cfg` (rendered from `router.json` at every start, so a
 restarted HAProxy serves the recorded routing), `router.json` (each service's listen address,
 releases, weights, servers and health), `health.map` (release -> health path), `admin.sock`,
-`haproxy.pid`, `haproxy.log` (its own messages) and `access.log` (its stdout: one JSON line per
-request, see haproxy_config.LOG_FORMAT).
+`haproxy.pid`, `haproxy.log` (its own messages), `access.log` (its stdout: one JSON line per
+request, see haproxy_config.LOG_FORMAT) and `counts.json` (the last request counts of servers
+deleted by the live process, so a release's count survives its servers: `request_counts`).
 
 How a change is applied (set_backends): new servers are added (`add server`, then `enable
 health` and `enable server`), weights set (`set server ... weight`), then servers that left are
@@ -19,6 +20,7 @@ accepting and finishes what it serves: SIGUSR1).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import PlatformError
-from kiln.platforms.base import Backend
+from kiln.platforms.base import Backend, RequestCounts
 from kiln.platforms.local import haproxy_config as hc
 from kiln.platforms.local import traefik_process as proc
 from kiln.platforms.local.router_files import RouterFiles
@@ -94,6 +96,7 @@ class HAProxyRouter(RouterFiles):
         self.pid_path = self.dir / "haproxy.pid"
         self.log_path = self.dir / "haproxy.log"
         self.access_log_path = self.dir / "access.log"
+        self.counts_path = self.dir / "counts.json"
         self.apply_deadline = apply_deadline
         self.start_deadline = start_deadline
         self.api = RuntimeAPI(self.socket_path)
@@ -248,6 +251,9 @@ class HAProxyRouter(RouterFiles):
         for rid, path in sorted(paths.items()):
             verb = "set" if f" {rid} " in maps else "add"
             cmds.append(f"{verb} map {self.health_map} {rid} {path}")
+        added = [s.name for s in servers if s.name not in live]
+        if added:
+            self._fold_retired(added)
         for s in servers:
             if s.name not in live:
                 cmds += [f"add server {be}/{s.name} {s.address} weight {s.weight} check "
@@ -262,21 +268,87 @@ class HAProxyRouter(RouterFiles):
         out = self.api.run(*cmds)
         self._check_answer(out)
         if gone:
-            self.collect(service_name)
+            self._collect(service_name)
 
     def collect(self, service_name: str) -> int:
         """Delete the service's servers that left the routing (in maintenance); HAProxy refuses
         while one still holds a connection, in flight or idle, so this is retried by later
         changes and by verify(). Returns how many are still waiting."""
+        with self._locked():
+            return self._collect(service_name)
+
+    def _collect(self, service_name: str) -> int:
         svc = self._load_state()["services"].get(service_name) or {}
         keep = {s.name for s in self._wanted(svc)[0]} if svc else set()
         be = hc.backend_name(service_name)
-        gone = [st.name for st in self._stats() if st.backend == be and st.name not in keep
+        gone = [st for st in self._stats() if st.backend == be and st.name not in keep
                 and st.status.startswith("MAINT")]
         if not gone:
             return 0
-        out = self.api.run(*[f"del server {be}/{name}" for name in gone])
+        # A server in maintenance gets no new request: its count is final. Written down before
+        # the delete, so a crash in between never loses it (a live server counts itself).
+        self._retire({st.name: st.ended for st in gone})
+        out = self.api.run(*[f"del server {be}/{st.name}" for st in gone])
         return len(gone) - out.count("Server deleted.")
+
+    # ------------------------------------------------------------------ request counters
+
+    def _epoch(self) -> str | None:
+        running = self._running()
+        return f"{running.pid}:{running.start}" if running is not None else None
+
+    def _ledger(self, epoch: str) -> dict[str, dict[str, int]]:
+        """counts.json of this HAProxy process (another process's counts are gone with it)."""
+        try:
+            data = json.loads(self.counts_path.read_text())
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, dict) or data.get("epoch") != epoch:
+            return {"retired": {}, "folded": {}}
+        return {key: {str(k): int(v) for k, v in (data.get(key) or {}).items()}
+                for key in ("retired", "folded")}
+
+    def _save_ledger(self, epoch: str, ledger: dict[str, dict[str, int]]) -> None:
+        self._write_atomic(self.counts_path, json.dumps({"epoch": epoch, **ledger},
+                                                        sort_keys=True))
+
+    def _retire(self, counts: dict[str, int]) -> None:
+        epoch = self._epoch()
+        if epoch is None:
+            return
+        ledger = self._ledger(epoch)
+        ledger["retired"].update(counts)
+        self._save_ledger(epoch, ledger)
+
+    def _fold_retired(self, names: list[str]) -> None:
+        """A deleted server added again starts at 0: its retired count moves to its release."""
+        epoch = self._epoch()
+        if epoch is None:
+            return
+        ledger = self._ledger(epoch)
+        moved = [n for n in names if n in ledger["retired"]]
+        if not moved:
+            return
+        for name in moved:
+            rid = hc.release_of_server(name)
+            ledger["folded"][rid] = ledger["folded"].get(rid, 0) + ledger["retired"].pop(name)
+        self._save_ledger(epoch, ledger)
+
+    def request_counts(self) -> RequestCounts | None:
+        """Requests ended per release since this HAProxy started (`show stat`, see
+        haproxy_config.ended_requests), including servers deleted since (counts.json).
+        None when HAProxy is not running or the router is busy for more than 2 s."""
+        try:
+            with self._locked(timeout=2.0):  # never half a delete: stats and ledger agree
+                epoch = self._epoch()
+                if epoch is None:
+                    return None
+                stats = self._stats()
+                ledger = self._ledger(epoch)
+        except PlatformError:
+            return None
+        return RequestCounts(epoch, hc.release_counts(stats, ledger["retired"],
+                                                      ledger["folded"]), "haproxy")
 
     @staticmethod
     def _check_answer(out: str) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kiln.errors import PlatformError
-from kiln.platforms.base import Backend
+from kiln.platforms.base import Backend, RequestCounts
 from kiln.platforms.local import tcp_table, traefik_config, traefik_process
 from kiln.platforms.local.router_files import RouterFiles
 from kiln.platforms.local.traefik_process import Running
@@ -277,6 +277,22 @@ class TraefikRouter(RouterFiles):
                 raise PlatformError(f"Traefik still routes service {service_name} "
                                     f"{self.apply_deadline:.0f}s after its config was removed")
             time.sleep(0.03)
+
+    def request_counts(self) -> RequestCounts | None:
+        """Traefik's Prometheus `traefik_service_requests_total` per release; the epoch is the
+        process (pid and start time), so a restart (counters back at 0) is told from a drop.
+        A removed release's series stays until a later configuration change drops it."""
+        running = self._running()
+        if running is None:
+            return None
+        status, body = traefik_process.http_get(f"http://{running.admin}/metrics", timeout=2.0,
+                                                headers=self.admin_headers)
+        after = self._running()
+        if status != 200 or after is None or after.pid != running.pid:
+            return None  # not answering, or restarted while asked: no reading this time
+        return RequestCounts(f"{running.pid}:{running.start}",
+                             traefik_config.prometheus_counts(body.decode("utf-8", "replace")),
+                             "traefik")
 
     # ------------------------------------------------------------------ draining
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,11 +53,24 @@ class RouterFiles:
         os.replace(tmp, target)
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialize router changes between kiln processes (e.g. `status` while `deploy`)."""
+    def _locked(self, timeout: float | None = None) -> Iterator[None]:
+        """Serialize router changes between kiln processes (e.g. `status` while `deploy`).
+        With `timeout`, PlatformError when another holds the lock that long."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            if timeout is None:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            else:
+                give_up = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > give_up:
+                            raise PlatformError(f"{self.dir}: the router is busy (lock held "
+                                                f"for {timeout:g}s)") from None
+                        time.sleep(0.01)
             try:
                 yield
             finally:

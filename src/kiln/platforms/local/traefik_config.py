@@ -185,3 +185,23 @@ def weights_from_api(weighted: Mapping[str, Any] | None, leaves: Sequence[str],
         rid = by_key.get(name, name.removeprefix("kiln-"))
         out[rid] = int(entry.get("weight", 1))
     return out
+
+
+def prometheus_counts(text: str) -> dict[str, int]:
+    """release_id -> requests, from `traefik_service_requests_total` per leaf service (Traefik
+    counts a request when it ends, whatever its status: one per access-log line)."""
+    counts: dict[str, int] = {}
+    marker = 'service="kiln-'
+    for line in text.splitlines():
+        if not line.startswith("traefik_service_requests_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        at = labels.find(marker)
+        if at < 0:
+            continue
+        name = labels[at + len(marker):].split('"', 1)[0].removesuffix("@file")
+        try:
+            counts[name] = counts.get(name, 0) + int(float(value))
+        except ValueError:
+            continue
+    return counts
