@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from kiln.testing.load import Load
 
@@ -44,6 +45,29 @@ def behave(work: Path, **kw: object) -> None:
     data = json.loads(path.read_text())
     data.update(kw)
     path.write_text(json.dumps(data) + "\n")
+
+
+def crosscheck_summary(router: str, events: list[dict[str, Any]]) -> bool:
+    """One line per router: how many judged rollouts had their counts cross-checked, and how
+    many of those agreed. A judged rollout without a cross-check is a failure: no evidence is
+    not agreement."""
+    judged = {e["data"]["rollout"] for e in events
+              if e["kind"] == "rollout.started" and e["data"].get("judged")}
+    checks = [e["data"] for e in events if e["kind"] == "judge.crosscheck"]
+    by_counter: dict[str, list[dict[str, Any]]] = {}
+    for c in checks:
+        by_counter.setdefault(str(c.get("counter") or router), []).append(c)
+    for counter, group in sorted(by_counter.items()) or [(router, [])]:
+        agreed = sum(1 for c in group if c.get("agree"))
+        print(f"judge's access-log counts vs {counter}'s request counters: {len(group)} "
+              f"cross-checks, {agreed} agree"
+              + ("" if agreed == len(group) else f", {len(group) - agreed} DISAGREE"))
+    unchecked = sorted(judged - {c.get("rollout") for c in checks})
+    if unchecked:
+        print(f"FAIL: {len(unchecked)} of {len(judged)} judged rollouts have no cross-check "
+              f"(rollouts {', '.join(f'#{r}' for r in unchecked)}): nothing shows the judge "
+              "saw every request")
+    return bool(judged) and not unchecked and all(c.get("agree") for c in checks)
 
 
 def main() -> int:
@@ -96,11 +120,8 @@ def main() -> int:
                       if e["kind"] == "rollout.step" and "web-r3" in e["message"]]
         print(f"most traffic v3 ever had: {max(v3_weights, default=0)}% "
               f"(its first step: {v3_weights[0] if v3_weights else '-'}%)")
-        checks = [e for e in events if e["kind"] == "judge.crosscheck"]
-        agree = all(e["data"].get("agree") for e in checks)
-        print(f"judge's access-log counts vs the router's counters: {len(checks)} rollouts, "
-              + ("all agree" if agree else "DISAGREE"))
-        return 0 if agree and v3_weights and max(v3_weights) == v3_weights[0] else 1
+        counts_ok = crosscheck_summary(router, events)
+        return 0 if counts_ok and v3_weights and max(v3_weights) == v3_weights[0] else 1
     finally:
         if load is not None:
             load.stop()

@@ -278,10 +278,11 @@ class Project:
                 "status_json, started_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
                 (service, status.old, status.new, strategy, status.phase,
                  json.dumps(status.to_json()), now, now))
+            assert cur.lastrowid is not None
             c.event("rollout.started", f"{strategy} {status.old} -> {status.new}" if status.old
                     else f"first release {status.new}",
-                    service=service)
-            assert cur.lastrowid is not None
+                    service=service, data={"rollout": int(cur.lastrowid),
+                                           "judged": judge is not None})
             return int(cur.lastrowid)
 
     def rollout_env(self, service: str, spec: ServiceSpec) -> Env:
