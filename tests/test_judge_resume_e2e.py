@@ -97,8 +97,8 @@ def test_killed_mid_step_resumes_with_all_the_evidence(proj: Proj) -> None:
     assert check["agree"], check
     canary = check["releases"]["web-r2"]
     # Equal but for requests that ended while the counters were being read (load goes on).
-    assert canary["prometheus"] > 0, check
-    assert canary["prometheus"] <= canary["access_log"] <= canary["prometheus"] + 50, check
+    assert canary["router"] > 0, check
+    assert canary["router"] <= canary["access_log"] <= canary["router"] + 50, check
     assert "missing requests" not in out and "DISAGREE" not in out
     print(f"\nresumed verdict counted {counted} canary requests ({before_restart} before the "
           f"kill); crosscheck {check['releases']}")
