@@ -25,12 +25,16 @@ For J1 an "oracle SPRT" row: Wald's test knowing both true error rates, at kiln'
 J6 (the price of evidence): A/A, 1% 5xx on both sides, allowed +1 point, canary 20 req/s:
 canary requests until a step passes, against the references' 1,200 (the end of their interval).
 
-Run: .venv/bin/python bench/judge.py [--runs 1000]
+`--alpha A` reruns the scenarios that use the default analysis with `alpha: A` (the false-alarm
+budget): how exposure trades against rollbacks at the limits (docs/decisions/judge-exposure-floor.md).
+
+Run: .venv/bin/python bench/judge.py [--runs 1000] [--alpha 0.01] [--only J1 J3b]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,6 +237,8 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> s
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=20240501)
     ap.add_argument("--only", nargs="*", help="scenario names, e.g. J5 J6")
+    ap.add_argument("--alpha", type=float, default=None,
+                    help="alpha of the scenarios on the default analysis (J1-J4, J3b)")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     rows = ["| scenario | judge | rollbacks | passes | fail exposure median | fail exposure p90 "
@@ -241,10 +247,13 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> s
     for i, sc in enumerate(SCENARIOS):
         if args.only and sc.name not in args.only:
             continue
+        if args.alpha is not None and sc.analysis == Analysis():
+            sc = dataclasses.replace(sc, analysis=Analysis(alpha=args.alpha))
         res = simulate(sc, args.runs, args.seed + i)
         rows += comparison(res, sc) if sc.references else kiln_only(res, sc)
     table = "\n".join(rows)
-    out(f"runs per scenario: {args.runs}, seed {args.seed}; lognormal latency median "
+    alpha = "" if args.alpha is None else f", alpha {args.alpha:g} on J1-J4/J3b"
+    out(f"runs per scenario: {args.runs}, seed {args.seed}{alpha}; lognormal latency median "
         f"{MEDIAN * 1000:.0f} ms sigma {SIGMA}; one look per second")
     out(table)
     out(f"elapsed {time.perf_counter() - start:.1f} s")

@@ -31,6 +31,7 @@ from kiln.rollout.decide import (
     Verdict,
     decide,
 )
+from kiln.rollout.release_config import release_health
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
 
@@ -265,13 +266,7 @@ class Reconciler:
         self.env.fault("routed")
 
     def _release_health(self, release_id: str) -> Health | None:
-        row = self.env.store.one("SELECT config_json FROM releases WHERE id = ?", (release_id,))
-        if row is None:
-            return None
-        try:
-            return ServiceSpec.model_validate(json.loads(row["config_json"])).health
-        except ValueError:  # a release written by an older kiln: fall back to the spec's
-            return None
+        return release_health(self.env.store, release_id)
 
     def _retire(self, release_id: str, count: int, status: Status) -> None:
         running = instances_of(self.env.store, release_id, ("running", "starting"))

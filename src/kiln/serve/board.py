@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.analysis.live import Series
 from kiln.analysis.report import chart_payload, load_report_data, phase_label
+from kiln.errors import StateError
 from kiln.rollout.decide import SETTLED, Status
 from kiln.rollout.executor import instances_of
 
@@ -260,13 +261,9 @@ class Board:
         return chart_payload(data, now=time.time())
 
     def _release_health(self, release_id: str) -> Any:
-        from kiln.spec.models import ServiceSpec
+        from kiln.rollout.release_config import release_health
 
-        row = self.project.store.one("SELECT config_json FROM releases WHERE id = ?",
-                                     (release_id,))
-        if row is None:
-            return None
         try:
-            return ServiceSpec.model_validate(json.loads(row["config_json"])).health
-        except ValueError:
-            return None
+            return release_health(self.project.store, release_id)
+        except StateError:
+            return None  # the dashboard shows the release without its health check

@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kiln.errors import StateError
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, EnsureInstances, SetWeights, Status
 from kiln.rollout.executor import Reconciler, instances_of, load_release
+from kiln.rollout.release_config import release_spec
 from kiln.spec.models import ServiceSpec
 from kiln.state.controller import heartbeat
 from kiln.state.lock import CONTROLLER_COMMAND, try_lock, unlock
@@ -195,13 +197,9 @@ class Controller:
         cached = self._specs.get(release_id)
         if cached is not None:
             return cached
-        row = self.project.store.one("SELECT service, config_json FROM releases WHERE id = ?",
-                                     (release_id,))
-        assert row is not None
-        try:
-            spec = ServiceSpec.model_validate(json.loads(row["config_json"]))
-        except ValueError:
-            spec = self.project.service(str(row["service"]))
+        spec = release_spec(self.project.store, release_id)
+        if spec is None:
+            raise StateError(f"release {release_id} is not in the state")
         self._specs[release_id] = spec
         return spec
 

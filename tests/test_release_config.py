@@ -1,0 +1,67 @@
+"""A release runs with the configuration recorded with it; one that no longer loads is an error
+naming the release, never a silent fall back to today's spec (which health-checked an old
+release on a new path: 503s)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.errors import StateError
+from kiln.rollout.release_config import release_health, release_spec
+from kiln.spec.models import ServiceSpec
+from kiln.state.store import Store
+
+GOOD = ServiceSpec(image="web", command="python -m app", port=8000, listen="127.0.0.1:8080",
+                   health={"path": "/old-health"}).model_dump(mode="json", by_alias=True)
+
+
+def store_with(tmp_path: Path, config: Any) -> Store:
+    store = Store.open(tmp_path / ".kiln")
+    text = config if isinstance(config, str) else json.dumps(config)
+    with store.tx() as c:
+        c.execute("INSERT INTO releases(id, service, number, image_digest, config_digest, "
+                  "config_json, created_at) VALUES ('web-r1','web',1,'sha256:x','c',?,?)",
+                  (text, time.time()))
+    return store
+
+
+def test_a_release_loads_the_config_it_was_made_with(tmp_path: Path) -> None:
+    store = store_with(tmp_path, GOOD)
+    spec = release_spec(store, "web-r1")
+    assert spec is not None and spec.health.path == "/old-health"
+    health = release_health(store, "web-r1")
+    assert health is not None and health.path == "/old-health"
+    assert release_spec(store, "web-r9") is None and release_health(store, "web-r9") is None
+    store.close()
+
+
+def test_a_rule_added_since_stops_the_spec_but_not_routing(tmp_path: Path) -> None:
+    """A key today's kiln refuses (here: a negative replica count): the full spec is an error
+    naming the release and the key; its health check still loads for routing."""
+    store = store_with(tmp_path, {**GOOD, "replicas": -1})
+    with pytest.raises(StateError, match=r"release web-r1: its recorded configuration does not "
+                                         r"load \(replicas: "):
+        release_spec(store, "web-r1")
+    health = release_health(store, "web-r1")
+    assert health is not None and health.path == "/old-health"
+    store.close()
+
+
+@pytest.mark.parametrize(("config", "match"), [
+    ("{not json", "is not JSON"),
+    ("[1, 2]", "is not a mapping"),
+    ({**GOOD, "health": {"path": "/x", "timeout": "forever"}},
+     r"recorded health check does not load \(timeout: "),
+])
+def test_a_broken_record_is_one_line_naming_the_release(tmp_path: Path, config: Any,
+                                                        match: str) -> None:
+    store = store_with(tmp_path, config)
+    with pytest.raises(StateError, match=match) as info:
+        release_health(store, "web-r1")
+    assert "web-r1" in str(info.value) and "\n" not in str(info.value)
+    store.close()
