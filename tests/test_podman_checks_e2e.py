@@ -71,8 +71,11 @@ def test_file_checks_read_the_podman_image(proj: Proj) -> None:
                            "--format", "{{.Names}}"], capture_output=True, text=True,
                           timeout=60).stdout.split()
     assert not [n for n in left if n.startswith(f"kiln-{proj_name(proj)}-")]
-    subprocess.run(["podman", "rmi", suite["digest"].removeprefix("sha256:")],
-                   capture_output=True, timeout=120)
+    tag = f"localhost/kiln/{proj_name(proj)}-web"
+    names = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", tag],
+                           capture_output=True, text=True, timeout=60).stdout.split()
+    if names:  # by name: the same image id may carry another project's tag too
+        subprocess.run(["podman", "rmi", *names], capture_output=True, timeout=120)
 
 
 def proj_name(p: Proj) -> str:

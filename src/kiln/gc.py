@@ -3,7 +3,8 @@
 Retention counts releases that were live (the target of a promoted rollout), newest first: an
 aborted or rolled-back release never pushes a rollback target out. The current and the previous
 live release are kept whatever `keep` says, and so is every release with instances or an open
-rollout. An image is removed only when no retained release needs it.
+rollout. An image is removed only when no retained release needs it. Then the platform's step
+cache (podman's `-step` tags) loses what no remaining image and no unfinished bake needs.
 """
 
 from __future__ import annotations
@@ -75,12 +76,15 @@ def collect(project: Project, keep: int = 3) -> dict[str, Any]:
                                "(SELECT MAX(created_at) FROM images WHERE name = i.name)"):
             keep_digests.add(row["digest"])
         removed = project.platform.remove_images(keep_digests)
+        # Then the step cache's intermediate images (podman's `-step` tags) nothing needs now.
+        steps = project.platform.remove_build_cache()
         folders = []
         for row in store.query("SELECT id FROM instances WHERE state IN ('stopped','dead')"):
             folder = project.home / "instances" / row["id"]
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
                 folders.append(row["id"])
-        store.event("gc", f"removed {len(removed)} image(s), {len(folders)} instance folder(s)",
-                    data={"images": removed, "kept": kept})
-    return {"images": removed, "instances": folders, "kept": kept}
+        store.event("gc", f"removed {len(removed)} image(s), {len(steps)} step image(s), "
+                          f"{len(folders)} instance folder(s)",
+                    data={"images": removed, "steps": steps, "kept": kept})
+    return {"images": removed, "steps": steps, "instances": folders, "kept": kept}

@@ -579,7 +579,8 @@ def gc(keep: Annotated[int, typer.Option("--keep", metavar="N", help="Live relea
         if as_json:
             print_json(res)
         else:
-            out().print(f"removed {len(res['images'])} image(s), "
+            steps = f"{len(res['steps'])} step image(s), " if res["steps"] else ""
+            out().print(f"removed {len(res['images'])} image(s), {steps}"
                         f"{len(res['instances'])} instance folder(s)")
 
     guard(body)

@@ -238,3 +238,8 @@ class Platform(Protocol):
     def remove_images(self, keep: set[str]) -> list[str]:
         """Delete every image whose digest is not in `keep` (rows and platform copies)."""
         ...
+
+    def remove_build_cache(self) -> list[str]:
+        """After `remove_images`: delete the intermediate images of the platform's step cache
+        that no remaining image and no unfinished bake needs; one name per removed entry."""
+        ...

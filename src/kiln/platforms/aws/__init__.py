@@ -95,3 +95,7 @@ class AwsPlatform:
 
         remove_images(self.aws, self.store, self.project, keep)
         return forget(self.store, self.home, keep)
+
+    def remove_build_cache(self) -> list[str]:
+        """An AMI bake keeps no intermediate images."""
+        return []

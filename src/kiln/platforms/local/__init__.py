@@ -85,3 +85,7 @@ class LocalPlatform:
         from kiln.bake.imagestore import remove_images
 
         return remove_images(self.store, self.home, keep)
+
+    def remove_build_cache(self) -> list[str]:
+        """Nothing yet: the local step snapshots (home/cache/<key>) are not collected."""
+        return []

@@ -49,3 +49,9 @@ class PodmanPlatform(LocalPlatform):
         from kiln.platforms.podman.images import remove
 
         return remove(self.store, keep)
+
+    def remove_build_cache(self) -> list[str]:
+        """The `-step` tags of the builder's step cache that nothing needs any more."""
+        from kiln.platforms.podman.images import remove_step_images
+
+        return remove_step_images(self.store, self.project)

@@ -22,7 +22,7 @@ from kiln.bake import imagestore, provisioners, steps
 from kiln.bake.hashing import iter_files, step_key
 from kiln.errors import BakeError, PlatformError
 from kiln.platforms.base import Image, StepEvent
-from kiln.platforms.podman import containerfile, debian_base, engine
+from kiln.platforms.podman import containerfile, debian_base, engine, images
 from kiln.spec.models import CopyStep, EnvStep, ImageSpec
 from kiln.state.store import Store
 
@@ -142,7 +142,7 @@ class PodmanBuilder:
         """`podman build` of the steps `numbers` on `base`; the image's id. The last segment
         carries the labels and the image's tag; the others are tagged by their last key."""
         tag, labels = final or (
-            f"localhost/kiln/{self.project}-{name}-step:{keys[numbers[-1] - 1][:16]}", {})
+            f"{images.step_repository(self.project, name)}:{keys[numbers[-1] - 1][:16]}", {})
         context = self.home / "podman" / "build" / name
         shutil.rmtree(context, ignore_errors=True)
         context.mkdir(parents=True)
@@ -167,7 +167,7 @@ class PodmanBuilder:
         step = spec.steps[number - 1]
         assert provisioners.is_provisioner(step)
         total, key, desc = len(spec.steps), keys[number - 1], steps.describe(step)
-        tag = f"localhost/kiln/{self.project}-{name}-step:{key[:16]}"
+        tag = f"{images.step_repository(self.project, name)}:{key[:16]}"
         found = None if no_cache else engine.image_id(tag)
         if found is not None:
             emit(StepEvent(number, total, desc, "cached", 0.0, key))
