@@ -60,7 +60,7 @@ def crosscheck_summary(router: str, events: list[dict[str, Any]]) -> bool:
     for counter, group in sorted(by_counter.items()) or [(router, [])]:
         agreed = sum(1 for c in group if c.get("agree"))
         print(f"judge's access-log counts vs {counter}'s request counters: {len(group)} "
-              f"cross-checks, {agreed} agree"
+              f"cross-check{'' if len(group) == 1 else 's'}, {agreed} agree"
               + ("" if agreed == len(group) else f", {len(group) - agreed} DISAGREE"))
     unchecked = sorted(judged - {c.get("rollout") for c in checks})
     if unchecked:

@@ -248,6 +248,8 @@ class LiveJudge:
         out: dict[str, Any] = {"releases": {}, "agree": not missing, "counter": end.source,
                                "resets": self._counts.resets}
         for release in sorted(set(counted) | set(self.seen)):
+            if not counted.get(release) and not self.seen.get(release):
+                continue  # e.g. a release removed before this rollout, still in the counters
             out["releases"][release] = {"router": counted.get(release, 0),
                                         "access_log": self.seen.get(release, 0),
                                         "lost": missing.get(release, 0)}
