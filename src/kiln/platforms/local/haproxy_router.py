@@ -389,7 +389,9 @@ class HAProxyRouter(RouterFiles):
         if svc is None:
             return {}
         try:
-            self.collect(service_name)
+            # Not while another process changes the routing: the next change collects then.
+            with contextlib.suppress(PlatformError), self._locked(timeout=0.2):
+                self._collect(service_name)
             return self._served(service_name, svc)
         except PlatformError:
             return {}
