@@ -65,3 +65,27 @@ def test_a_broken_record_is_one_line_naming_the_release(tmp_path: Path, config: 
         release_health(store, "web-r1")
     assert "web-r1" in str(info.value) and "\n" not in str(info.value)
     store.close()
+
+
+def _digest_of(data: dict[str, Any]) -> str:
+    import hashlib
+
+    blob = json.dumps({k: v for k, v in data.items() if k != "rollout"}, sort_keys=True)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def test_a_field_added_by_a_kiln_upgrade_is_not_a_config_change(tmp_path: Path) -> None:
+    """A release recorded by an older kiln lacks today's `stop_timeout` (and its digest was taken
+    without it): today's spec with the default is the same config; a real edit is not."""
+    from kiln.platforms.base import Release
+    from kiln.rollout.release_config import config_digest, same_config
+
+    old = {k: v for k, v in GOOD.items() if k != "stop_timeout"}
+    store = store_with(tmp_path, old)
+    release = Release("web-r1", "web", 1, "sha256:x", _digest_of(old))
+    today = ServiceSpec.model_validate(GOOD)
+    assert config_digest(today) != release.config_digest  # the digest alone would redeploy
+    assert same_config(store, release, config_digest(today))
+    edited = ServiceSpec.model_validate({**GOOD, "env": {"GREETING": "hi"}})
+    assert not same_config(store, release, config_digest(edited))
+    store.close()

@@ -12,6 +12,7 @@ from kiln.bake.steps import skip_name
 from kiln.errors import KilnError
 from kiln.project import Project, config_digest
 from kiln.rollout.executor import instances_of
+from kiln.rollout.release_config import same_config
 from kiln.spec.models import CopyStep, ServiceSpec
 
 
@@ -113,7 +114,7 @@ def plan(project: Project, services: Sequence[str] | None = None) -> list[dict[s
             item.update(action="create", detail=f"{gone}first release: {spec.replicas} "
                                                 f"instance(s), live once healthy")
         elif image is not None and image.digest == current.image_digest \
-                and cfg == current.config_digest:
+                and same_config(project.store, current, cfg):
             alive = sum(1 for o in project.compute.observe(instances_of(project.store, current.id))
                         if o.alive)
             if alive >= spec.replicas:
@@ -134,7 +135,7 @@ def plan(project: Project, services: Sequence[str] | None = None) -> list[dict[s
                     if files else ""
                 why.append(("image changed" if image else "image inputs changed (bake needed)")
                            + what)
-            if cfg != current.config_digest:
+            if not same_config(project.store, current, cfg):
                 keys = changed_keys(project, current.id, spec)
                 item["keys"] = keys
                 why.append("config changed" + (f" ({'; '.join(keys)})" if keys else ""))

@@ -5,7 +5,6 @@ The CLI only calls these methods and renders what they return; progress arrives 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +19,7 @@ from kiln.platforms.instance_rows import from_row
 from kiln.platforms.registry import get_platform
 from kiln.rollout.decide import SETTLED, Status, start
 from kiln.rollout.executor import Env, Reconciler, env_fault, instances_of, load_release
+from kiln.rollout.release_config import config_digest, same_config
 from kiln.secrets import resolve_secrets
 from kiln.spec.models import ServiceSpec, Spec
 from kiln.state.lock import project_lock
@@ -64,13 +64,6 @@ class DeployResult:
     @property
     def rolled_back(self) -> list[ServiceResult]:
         return [s for s in self.services if s.outcome in ("rolled_back", "failed", "aborted")]
-
-
-def config_digest(service: ServiceSpec) -> str:
-    """What makes a release besides its image: how it is run. Rollout settings are not part of it."""
-    data = service.model_dump(mode="json", by_alias=True, exclude={"rollout"})
-    blob = json.dumps(data, sort_keys=True).encode()
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
 class Project:
@@ -492,7 +485,8 @@ class Project:
         self._gate(name, spec, image, skip_tests, emit)
         cfg = config_digest(spec)
         current = self.current_release(name)
-        if current and current.image_digest == image.digest and current.config_digest == cfg:
+        if current and current.image_digest == image.digest \
+                and same_config(self.store, current, cfg):
             from kiln.rollout.heal import needs_heal
 
             alive, routed = needs_heal(self._env(name, spec), current, spec.replicas)

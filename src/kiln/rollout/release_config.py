@@ -9,16 +9,39 @@ a silent fallback; routing, which needs only the health check, loads just that p
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 from pydantic import ValidationError
 
 from kiln.errors import StateError
+from kiln.platforms.base import Release
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
 
 HINT = "kiln deploy makes a new release from today's kiln.yaml; kiln history lists the releases"
+
+
+def config_digest(service: ServiceSpec) -> str:
+    """What makes a release besides its image: how it is run. Rollout settings are not part of it."""
+    data = service.model_dump(mode="json", by_alias=True, exclude={"rollout"})
+    blob = json.dumps(data, sort_keys=True).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def same_config(store: Store, release: Release, cfg: str) -> bool:
+    """Whether `release` runs with the config whose digest is `cfg`. The recorded digest was taken
+    under the kiln that made the release; a field added since (with its default) changes a new
+    digest but not how the release runs, so the recorded config is also read under today's
+    model: upgrading kiln alone never makes a new release."""
+    if cfg == release.config_digest:
+        return True
+    try:
+        spec = release_spec(store, release.id)
+    except StateError:
+        return False
+    return spec is not None and config_digest(spec) == cfg
 
 
 def _recorded(store: Store, release_id: str) -> dict[str, Any] | None:
