@@ -70,14 +70,17 @@ def test_judged_rollout_behind_haproxy_counts_every_request(proj: Proj) -> None:
     first = proj.kiln("deploy")
     assert first.returncode == 0, first.stdout + first.stderr
     proj.behave(version="2")
-    with Load(proj.listen, rate=100, workers=16, max_seconds=120) as load:
+    with Load(proj.listen, rate=100, workers=16, max_seconds=120, keep_body=40) as load:
         wait_for(lambda: load.stats.sent > 50)
         with contextlib.ExitStack() as stack:
             deploy = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)
             stack.callback(lambda: deploy.poll() is None and deploy.kill())
             wait_for(lambda: step_started(proj), timeout=90, what="the canary step")
-            time.sleep(2.5)  # a counter reading or two of this HAProxy process
+            # Well into the step: the canary has served (and HAProxy counted) a good share.
+            wait_for(lambda: sum(n for body, n in load.stats.bodies.items()
+                                 if "version 2" in body) >= 150, timeout=30,
+                     what="canary traffic")
             killed = kill_haproxy(proj)
             # The next reconcile pass starts HAProxy again; the rollout goes on.
             wait_for(lambda: (r := read_pidfile(proj.dir / ".kiln" / "haproxy" / "haproxy.pid"))
