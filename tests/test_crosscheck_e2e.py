@@ -12,28 +12,30 @@ import os
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+import test_router_contract as contract
 from kiln.analysis.accesslog import AccessLogSource
 from kiln.analysis.live import LiveJudge
 from kiln.platforms.base import Backend
-from kiln.platforms.local.haproxy_router import HAProxyRouter
-from kiln.platforms.local.router import TraefikRouter
+from kiln.platforms.fake.router import FakeRouter
 from kiln.platforms.local.traefik_process import free_port, read_pidfile
 from kiln.rollout.decide import Status, start
 from kiln.spec.models import Analysis
-from kiln.state.lock import pid_alive
 from kiln.testing.load import Load
 from kiln.testing.project import KILN, Proj, wait_for
-from test_router_traefik import _handler, _Server, get, spec
+from test_judge_resume_e2e import crosschecks
+from test_router_contract import AnyRouter
+from test_router_traefik import get, spec
 
 pytestmark = pytest.mark.e2e
+
+router = contract.router  # the router contract's fixtures: a real router, backends in threads
+backend = contract.backend
 
 JUDGED = """\
       strategy: canary
@@ -42,13 +44,6 @@ JUDGED = """\
       analysis: {max_error_rate_increase: 0.02, min_requests: 50, on_no_data: rollback}
       drain_timeout: 3s
 """
-
-
-def crosschecks(p: Proj) -> list[dict[str, Any]]:
-    with sqlite3.connect(p.dir / ".kiln" / "state.db") as conn:
-        rows = conn.execute("SELECT data_json FROM events WHERE kind = 'judge.crosscheck' "
-                            "ORDER BY id").fetchall()
-    return [json.loads(r[0]) for r in rows]
 
 
 def step_started(p: Proj) -> bool:
@@ -106,34 +101,10 @@ def test_judged_rollout_behind_haproxy_counts_every_request(proj: Proj) -> None:
 
 # ---------------------------------------------------------------- a line missing from the log
 
-AnyRouter = TraefikRouter | HAProxyRouter
-
-
-@pytest.fixture
-def live_router(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyRouter]:
-    r: AnyRouter = (HAProxyRouter if request.param == "haproxy" else TraefikRouter)(
-        tmp_path / "home", "test")
-    try:
-        yield r
-    finally:
-        try:
-            r.stop()
-        finally:
-            running = read_pidfile(r.pid_path)
-            if running is not None and pid_alive(running.pid, running.start):
-                os.kill(running.pid, signal.SIGKILL)
-
-
-def backend(name: str, host: str, started: list[_Server]) -> str:
-    srv = _Server((host, 0), _handler(name))
-    started.append(srv)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return f"{host}:{srv.server_address[1]}"
-
-
-def judged(router: AnyRouter) -> tuple[LiveJudge, Status]:
-    judge = LiveJudge(AccessLogSource(router.access_log_path, lambda addr: None), "web",
-                      Analysis(), counter=router.request_counts)
+def judged(live: AnyRouter) -> tuple[LiveJudge, Status]:
+    assert not isinstance(live, FakeRouter)
+    judge = LiveJudge(AccessLogSource(live.access_log_path, lambda addr: None), "web",
+                      Analysis(), counter=live.request_counts)
     status = start("canary", "web-r2", "web-r1", 1, time.time(), judge.start_info())
     status.phase = "step"
     return judge, status
@@ -157,37 +128,31 @@ def drop_line(log: Path, release: str, after: int) -> None:
         f.truncate()
 
 
-@pytest.mark.parametrize("live_router", ["traefik", "haproxy"], indirect=True)
-def test_a_line_removed_from_the_access_log_is_reported_lost(live_router: AnyRouter) -> None:
-    router = live_router
-    started: list[_Server] = []
-    try:
-        a, b = backend("a", "127.0.0.2", started), backend("b", "127.0.0.3", started)
-        svc = spec(free_port())
-        router.set_backends("web", svc, [Backend("web-r1", 50, [a]),
-                                         Backend("web-r2", 50, [b])])
-        # Every request logged: the counts agree.
-        judge, status = judged(router)
-        requests(svc.listen, 30)
-        judge(status, time.time())
-        check = judge.crosscheck(catch_up=3.0)
-        assert check is not None and check["agree"], check
-        assert sum(c["router"] for c in check["releases"].values()) == 30, check
-        # One line of the next 30 never reaches the log: reported, naming its release.
-        judge, status = judged(router)
-        at = os.stat(router.access_log_path).st_size
-        requests(svc.listen, 30)
-        source = AccessLogSource(router.access_log_path, lambda addr: None)
-        wait_for(lambda: len(source.read("web", [*source.position()[:2], at])[0]) >= 30)
-        drop_line(router.access_log_path, "web-r2", at)
-        judge(status, time.time())
-        check = judge.crosscheck(catch_up=1.0)
-        assert check is not None and not check["agree"], check
-        assert check["releases"]["web-r2"]["lost"] == 1, check
-        assert check["releases"]["web-r1"]["lost"] == 0, check
-        assert check["releases"]["web-r2"]["router"] == \
-            check["releases"]["web-r2"]["access_log"] + 1, check
-    finally:
-        for srv in started:
-            srv.shutdown()
-            srv.server_close()
+@pytest.mark.parametrize("router", ["traefik", "haproxy"], indirect=True)
+def test_a_line_removed_from_the_access_log_is_reported_lost(
+        router: AnyRouter, backend: Callable[[str, str], str]) -> None:
+    assert not isinstance(router, FakeRouter)
+    a, b = backend("a", "127.0.0.2"), backend("b", "127.0.0.3")
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 50, [a]), Backend("web-r2", 50, [b])])
+    # Every request logged: the counts agree.
+    judge, status = judged(router)
+    requests(svc.listen, 30)
+    judge(status, time.time())
+    check = judge.crosscheck(catch_up=3.0)
+    assert check is not None and check["agree"], check
+    assert sum(c["router"] for c in check["releases"].values()) == 30, check
+    # One line of the next 30 never reaches the log: reported, naming its release.
+    judge, status = judged(router)
+    at = os.stat(router.access_log_path).st_size
+    requests(svc.listen, 30)
+    source = AccessLogSource(router.access_log_path, lambda addr: None)
+    wait_for(lambda: len(source.read("web", [*source.position()[:2], at])[0]) >= 30)
+    drop_line(router.access_log_path, "web-r2", at)
+    judge(status, time.time())
+    check = judge.crosscheck(catch_up=1.0)
+    assert check is not None and not check["agree"], check
+    assert check["releases"]["web-r2"]["lost"] == 1, check
+    assert check["releases"]["web-r1"]["lost"] == 0, check
+    assert check["releases"]["web-r2"]["router"] == \
+        check["releases"]["web-r2"]["access_log"] + 1, check

@@ -264,6 +264,11 @@ def send(router: AnyRouter, listen: str, n: int) -> Counter[str]:
     for _ in range(n):
         with contextlib.suppress(OSError, http.client.HTTPException):
             get(listen)
+    return logged_after(source, cursor, n)
+
+
+def logged_after(source: AccessLogSource, cursor: list[int], n: int) -> Counter[str]:
+    """release -> lines after `cursor`, once there are `n` of them."""
     logged: Counter[str] = Counter()
 
     def all_logged() -> bool:
@@ -372,16 +377,7 @@ def test_request_counts_match_the_log_for_failures(
         with socket.create_connection((host, int(port)), timeout=5) as conn:
             conn.sendall(b"GET /slow/0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
             time.sleep(0.1)
-    logged: Counter[str] = Counter()
-
-    def all_logged() -> bool:
-        nonlocal cursor
-        samples, cursor = source.read("web", cursor)
-        logged.update(s.release_id for s in samples)
-        return sum(logged.values()) >= n + 3
-
-    wait_for(all_logged, what="access-log lines")
-    counted(router, start, logged)
+    counted(router, start, logged_after(source, cursor, n + 3))
 
 
 @pytest.mark.parametrize("router", REAL, indirect=True)
