@@ -90,11 +90,33 @@ def test_gc_removes_step_images_nothing_needs(tmp_path: Path, project: str) -> N
         v1_puppet = puppet_tag("notify { 'v1': }\n")
         assert v1_puppet in before
 
-        images.remove(store, {v1.digest, v2.digest})  # both retained: their steps stay
+        images.remove(store, {v1.digest, v2.digest}, project)  # both retained: their steps stay
         assert images.remove_step_images(store, project) == []
-        images.remove(store, {v2.digest})  # v1 collected: only its own puppet image goes
+        images.remove(store, {v2.digest}, project)  # v1 collected: only its own puppet image goes
         assert images.remove_step_images(store, project) == [v1_puppet]
         assert step_tags(project) == before - {v1_puppet}
         assert podman("image", "inspect", "--format", "{{.Id}}", v2.ref).strip() in v2.digest
     finally:
         store.close()
+
+
+def test_gc_untags_an_image_another_project_shares(tmp_path: Path, project: str) -> None:
+    """The same inputs bake the same image id in two projects; gc of one removes its own tag
+    (podman refuses `rmi ID` for an image with two tags) and leaves the other's image."""
+    (tmp_path / "app.txt").write_text("shared\n")
+    spec = ImageSpec.model_validate({"base": BASE.model_dump(), "steps": [{"copy": "app.txt"}]})
+    mine, theirs = Store.open(tmp_path / "a"), Store.open(tmp_path / "b")
+    try:
+        a = PodmanBuilder(mine, tmp_path / "a", project).build("web", spec, base_dir=tmp_path)
+        b = PodmanBuilder(theirs, tmp_path / "b", f"{project}-b").build("web", spec,
+                                                                        base_dir=tmp_path)
+        assert a.digest == b.digest
+        assert images.remove(mine, set(), project) == [a.digest]
+        out = podman("images", "--format", "{{.Repository}}", "--filter", f"id={a.digest[7:]}")
+        assert out.split() == [f"localhost/kiln/{project}-b-web"]
+        assert images.remove(theirs, set(), f"{project}-b") == [b.digest]
+        assert subprocess.run(["podman", "image", "exists", b.digest[7:]],
+                              timeout=60).returncode == 1
+    finally:
+        mine.close()
+        theirs.close()

@@ -48,7 +48,7 @@ class PodmanPlatform(LocalPlatform):
     def remove_images(self, keep: set[str]) -> list[str]:
         from kiln.platforms.podman.images import remove
 
-        return remove(self.store, keep)
+        return remove(self.store, keep, self.project)
 
     def remove_build_cache(self) -> list[str]:
         """The `-step` tags of the builder's step cache that nothing needs any more."""

@@ -113,7 +113,7 @@ class PodmanBuilder:
                     emit(StepEvent(i, total, steps.describe(step), "cached", 0.0, keys[i - 1]))
                 return Image(name=name, digest=found.digest, ref=found.ref, env=env,
                              workdir=containerfile.workdir_after(spec.steps))
-        tag = f"localhost/kiln/{self.project}-{name}:{keys[-1][:16]}"
+        tag = images.image_tag(self.project, name, keys[-1])
         labels = {"kiln.image": name, "kiln.key": keys[-1]}
         image = base
         run: list[int] = []  # step numbers (1-based) of the Containerfile being gathered

@@ -20,19 +20,35 @@ def verify(store: Store, digest: str) -> str | None:
     return None
 
 
-def remove(store: Store, keep: set[str]) -> list[str]:
-    """`podman rmi` every kiln image not in `keep` (one still used by a container stays in
-    podman's storage; its row goes), then delete their rows."""
-    removed = [str(r["digest"]) for r in store.query("SELECT digest, ref FROM images")
-               if r["digest"] not in keep]
-    for digest in removed:
-        engine.run(["rmi", digest.removeprefix("sha256:")], timeout=120.0, check=False)
+def remove(store: Store, keep: set[str], project: str) -> list[str]:
+    """`podman rmi` every kiln image not in `keep` by this project's tag (one still used by a
+    container stays in podman's storage; its row goes), then delete their rows.
+
+    By tag, not id: podman refuses to delete by id an image with more than one tag, and the same
+    inputs give the same image id in two projects (staging and production baked from one
+    source) or two image names; untagging ours leaves the image to the other tags' owners and
+    deletes it when ours was the last."""
+    rows = [r for r in store.query("SELECT digest, name, key FROM images")
+            if r["digest"] not in keep]
+    for row in rows:
+        digest = str(row["digest"])
+        tag = image_tag(project, str(row["name"]), str(row["key"]))
+        # The tag may have moved to a newer build of the same key (--no-cache): then the old
+        # image is reached by its id only.
+        target = tag if engine.image_id(tag) == digest else digest.removeprefix("sha256:")
+        engine.run(["rmi", target], timeout=120.0, check=False)
+    removed = [str(r["digest"]) for r in rows]
     with store.tx() as c:
         for digest in removed:
             c.execute("DELETE FROM images WHERE digest = ?", (digest,))
         if removed:
             c.event("image.removed", f"removed {len(removed)} image(s)", data={"digests": removed})
     return removed
+
+
+def image_tag(project: str, name: str, key: str) -> str:
+    """The tag the podman builder gives the image baked for `key`."""
+    return f"localhost/kiln/{project}-{name}:{key[:16]}"
 
 
 def step_repository(project: str, name: str) -> str:
