@@ -4,7 +4,8 @@ router's own `verify()` read-back (what every rollout pass already pays), same r
 Each router (Traefik, HAProxy) routes one service of two releases with `--servers` servers each
 (stdlib backends in threads), after `--requests` requests through it so its counters are not
 empty. Per round, `--calls` readings of each, interleaved; prints min / median / max per call and
-the ratio to verify(), and the share of time a reading every 2 s (COUNTER_EVERY) costs.
+the ratio to verify(), and the share of time a reading every 2 s (COUNTER_EVERY) costs; writes
+bench/results/counters-<time>.json.
 
     .venv/bin/python bench/counters.py [--rounds 5] [--calls 100] [--servers 3]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import json
 import os
 import signal
 import statistics
@@ -127,6 +129,10 @@ def main() -> int:
                         f"every {COUNTER_EVERY:g}s: {share:.3%} of the time")
     print("per call, min / median / max of the rounds' medians:")
     print("\n".join(rows))
+    out = Path(__file__).resolve().parent / "results" / f"counters-{int(time.time())}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "ms_per_call": results}, indent=2))
+    print(f"raw numbers: {out}")
     return 0
 
 
