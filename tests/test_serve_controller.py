@@ -131,6 +131,56 @@ def test_replacement_that_keeps_dying_is_retried_with_a_delay(tmp_path: Path) ->
     proj.close()
 
 
+def _probe_now(ctl: Controller) -> None:
+    ctl._next_heal_check = 0.0
+    ctl._next_probe.clear()  # one health check per pass: the test does not wait for the clock
+    ctl.reconcile_once()
+
+
+def test_an_instance_alive_but_unhealthy_is_replaced_after_the_threshold(tmp_path: Path) -> None:
+    """Alive but failing its health check (hung, lost its database): after
+    `unhealthy_threshold` (3) failed checks in a row it leaves the router, is stopped, and a
+    replacement of the same release joins once healthy. Two failures and a pass reset it."""
+    proj, platform = deployed(tmp_path, CANARY)
+    first = instances_of(proj.store, "web-r1")
+    ctl = controller(proj)
+    platform.compute.set_healthy(first[0], False)
+    _probe_now(ctl)
+    _probe_now(ctl)
+    assert ctl.failing[first[0].id] == 2
+    platform.compute.set_healthy(first[0], True)
+    _probe_now(ctl)
+    assert ctl.failing[first[0].id] == 0 and "instance.unhealthy" not in kinds(proj)
+    platform.compute.set_healthy(first[0], False)
+    for _ in range(3):
+        _probe_now(ctl)
+    assert "instance.unhealthy" in kinds(proj)
+    assert platform.compute.stop_signal(first[0]) == "sigterm"  # stopped, gracefully
+    assert first[0].address not in platform.router.servers("web", "web-r1")
+    passes(ctl, lambda: len(platform.router.servers("web", "web-r1")) == 2)
+    now = instances_of(proj.store, "web-r1", ("running",))
+    assert first[1] in now and first[0] not in now and len(now) == 2
+    assert proj.store.one("SELECT COUNT(*) AS n FROM releases")["n"] == 1  # type: ignore[index]
+    proj.close()
+
+
+def test_when_every_instance_is_unhealthy_one_is_replaced_at_a_time(tmp_path: Path) -> None:
+    """A shared dependency down makes every instance fail: the controller does not stop them
+    all at once; it replaces one and waits for that replacement before the next."""
+    proj, platform = deployed(tmp_path, CANARY)
+    first = instances_of(proj.store, "web-r1")
+    ctl = controller(proj)
+    platform.compute.unhealthy_releases.add("web-r1")  # replacements fail too
+    for inst in first:
+        platform.compute.set_healthy(inst, False)
+    for _ in range(8):
+        _probe_now(ctl)
+    stopped = [i for i in first if platform.compute.stop_signal(i)]
+    assert len(stopped) == 1, stopped
+    assert len(platform.router.servers("web", "web-r1")) == 1  # the other one still routed
+    proj.close()
+
+
 def test_dead_router_is_restarted(tmp_path: Path) -> None:
     proj, platform = deployed(tmp_path, CANARY)
     platform.router.running = False

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln.errors import StateError
+from kiln.platforms.base import Instance
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, EnsureInstances, SetWeights, Status
 from kiln.rollout.executor import Reconciler, instances_of, load_release
@@ -76,6 +77,9 @@ class Controller:
         self.heal_every = max(self.tick, min(intervals, default=1.0) / 2)
         """Instances are observed every half health interval: a death is seen within one."""
         self._specs: dict[str, ServiceSpec] = {}
+        self.failing: dict[str, int] = {}
+        """Instance id -> health checks failed in a row (instances in rotation, alive)."""
+        self._next_probe: dict[str, float] = {}
         self._next_beat = 0.0
         self.stop = threading.Event()
 
@@ -161,10 +165,40 @@ class Controller:
             flat = [i for insts in candidates.values() for i in insts]
             alive = {o.instance_id: o.alive for o in self.project.compute.observe(flat)}
             for name, insts in candidates.items():
-                want = self._release_spec(currents[name]).replicas
-                if len(insts) < want or not all(alive.get(i.id, False) for i in insts):
+                spec = self._release_spec(currents[name])
+                short = len(insts) < spec.replicas
+                if short or not all(alive.get(i.id, False) for i in insts) \
+                        or self._probe(name, spec, insts):
                     out.append(("heal", name))
         return out
+
+    def _probe(self, name: str, spec: ServiceSpec, insts: list[Instance]) -> bool:
+        """Health-check the release's instances once per health interval; True when one has
+        failed `unhealthy_threshold` checks in a row (alive, but not serving: replace it)."""
+        now = time.monotonic()
+        if now < self._next_probe.get(name, 0.0):
+            return False
+        self._next_probe[name] = now + spec.health.interval
+        running = {str(r["id"]) for r in self.project.store.query(
+            "SELECT id FROM instances WHERE service = ? AND kind = 'service' AND state = "
+            "'running'", (name,))}
+        for gone in [i for i in self.failing if i.startswith(f"{name}-") and i not in running]:
+            del self.failing[gone]
+        sick = False
+        for inst in insts:
+            if inst.id in running:
+                ok = self.project.compute.healthy(inst, spec.health)
+                self.failing[inst.id] = 0 if ok else self.failing.get(inst.id, 0) + 1
+                sick = sick or self.failing[inst.id] >= spec.health.unhealthy_threshold
+        return sick
+
+    def _sick(self, name: str, spec: ServiceSpec, insts: list[Instance]) -> list[Instance]:
+        """At most one unhealthy instance at a time, and none while a replacement is pending:
+        if every instance fails (a dependency is down), they are not all killed at once."""
+        if name in self.healing:
+            return []
+        limit = spec.health.unhealthy_threshold
+        return [i for i in insts if self.failing.get(i.id, 0) >= limit][:1]
 
     def _router_down(self) -> bool:
         if self.project.store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
@@ -256,6 +290,8 @@ class Controller:
         insts = instances_of(store, current, ("starting", "running"))
         observed = compute.observe(insts)
         dead = [i for i, o in zip(insts, observed, strict=True) if not o.alive]
+        sick = self._sick(name, spec, [i for i, o in zip(insts, observed, strict=True)
+                                       if o.alive])
         rec = self._healer(name, current, spec)
         routes = {r["release_id"]: int(r["weight"]) for r in
                   store.query("SELECT release_id, weight FROM routes WHERE service = ?", (name,))}
@@ -270,6 +306,20 @@ class Controller:
                             data={"instance": inst.id, "release": current})
             rec.act(rec.load(), [SetWeights(routes)])  # out of the router at once
             self.metrics.actions.labels("instance_died").inc()
+            acted = True
+        for inst in sick:
+            checks = self.failing.pop(inst.id, 0)
+            with store.tx() as c:
+                c.execute("UPDATE instances SET state = 'draining' WHERE id = ? AND state = "
+                          "'running'", (inst.id,))
+                c.event("instance.unhealthy", f"{inst.id} ({inst.address}) failed {checks} "
+                        f"health checks in a row; replacing it from the same image",
+                        service=name, data={"instance": inst.id, "release": current,
+                                            "checks": checks})
+            rec.act(rec.load(), [SetWeights(routes)])  # out of the router before it stops
+            compute.terminate(inst, spec.stop_timeout)
+            dead.append(inst)
+            self.metrics.actions.labels("instance_unhealthy").inc()
             acted = True
         live = len(insts) - len(dead)
         heal = self.healing.get(name)

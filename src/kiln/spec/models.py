@@ -383,6 +383,9 @@ class Health(_Model):
     timeout: Duration = 1.0
     deadline: Duration = 30.0
     """How long new instances may take to become healthy before the rollout rolls back."""
+    unhealthy_threshold: int = Field(default=3, ge=1, le=100)
+    """Failed checks in a row after which `kiln serve` replaces an instance that is still
+    running (as ALB's UnhealthyThresholdCount, Kubernetes' failureThreshold)."""
 
     @field_validator("interval", "timeout", "deadline")
     @classmethod
