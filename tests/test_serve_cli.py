@@ -3,6 +3,7 @@ project (a second one exits 4), SIGTERM stops it cleanly and removes its token."
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 from pathlib import Path
@@ -35,6 +36,15 @@ def test_one_controller_per_project_and_sigterm_cleans_up(tmp_path: Path) -> Non
         assert second.returncode == 4, second.stdout + second.stderr
         assert "another controller runs for this project" in second.stderr
         assert f"pid {first.proc.pid}" in second.stderr
+        shown = subprocess.run([KILN, "status", "--json"], cwd=folder, capture_output=True,
+                               text=True, timeout=60)
+        assert json.loads(shown.stdout)["controller"]["pid"] == first.proc.pid, shown.stdout
+        text = subprocess.run([KILN, "status"], cwd=folder, capture_output=True, text=True,
+                              timeout=60).stdout
+        assert f"controller: kiln serve (pid {first.proc.pid}" in text, text
         assert first.stop() == 0
+    after = subprocess.run([KILN, "status", "--json"], cwd=folder, capture_output=True,
+                           text=True, timeout=60)
+    assert json.loads(after.stdout)["controller"] is None
     assert not token.exists()
     assert any("keep serving" in line for line in first.output)

@@ -706,8 +706,14 @@ class Project:
         """What runs, per service. Takes no lock; its one side effect is the router's keep-alive:
         a router that died is restarted with the routing it had (any kiln command does that)."""
         names = self._services([service] if service else None)
+        from kiln.state.controller import running
+
+        ctl = running(self.store)
         out: dict[str, Any] = {"project": self.spec.project, "services": [],
-                               "router": self._router_alive()}
+                               "router": self._router_alive(),
+                               "controller": None if ctl is None else {
+                                   "pid": ctl.pid, "host": ctl.host, "listen": ctl.listen,
+                                   "started_at": ctl.started_at}}
         for name in names:
             out["services"].append(self._service_status(name))
         return out

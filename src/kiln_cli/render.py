@@ -63,6 +63,11 @@ def rollout_summary(ro: dict[str, Any], now: float | None = None) -> str:
 def status_view(data: dict[str, Any], width: int | None = None,
                 now: float | None = None) -> RenderableType:
     parts: list[RenderableType] = []
+    ctl = data.get("controller")
+    if ctl:
+        parts.append(Text(f"controller: kiln serve (pid {ctl['pid']} on {ctl['host']}, "
+                          f"dashboard http://{ctl['listen']}) drives rollouts and replaces dead "
+                          "or unhealthy instances"))
     for svc in data["services"]:
         if svc.get("destroyed"):
             parts.append(Text.from_markup(
