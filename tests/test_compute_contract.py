@@ -620,3 +620,23 @@ def test_a_compound_command_drains_on_sigterm_in_a_container(tmp_path: Path,
     finally:
         h.cleanup()
         h.store.close()
+
+
+@pytest.mark.e2e
+def test_the_file_check_container_is_swept_only_once_stale(tmp_path: Path, podman_image: Image,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unstarted container file checks read the image through belongs to a `kiln test` still
+    running until it is an hour old; then `sweep()` removes it (a killed kiln left it)."""
+    from kiln.platforms.podman import compute as podman_compute
+
+    h = PodmanHarness(tmp_path, podman_image)
+    try:
+        with h.podman.image_files(podman_image) as files:
+            assert files.stat("app.py") is not None and b"SIGTERM" in files.read("app.py")
+            assert h.podman.sweep() == [] and files.container in h.podman.containers()
+            monkeypatch.setattr(podman_compute, "FILES_GRACE", 0.0)
+            h.podman.sweep()
+            assert files.container not in h.podman.containers()
+    finally:
+        h.cleanup()
+        h.store.close()

@@ -12,6 +12,7 @@ from kiln.errors import BakeError
 from kiln.platforms.base import Image
 from kiln.platforms.podman import containerfile, debian_base
 from kiln.platforms.podman.compute import PodmanCompute, container_command, exec_form
+from kiln.platforms.podman.image_files import container_path
 from kiln.spec.models import ImageSpec, ServiceSpec
 from kiln.spec.podman import DebianBase, Resources
 from kiln.state.store import Store
@@ -152,3 +153,11 @@ def test_a_debian_base_on_the_local_platform_names_podman(tmp_path: Path) -> Non
             LocalBuilder(store, tmp_path).build("web", spec, base_dir=tmp_path)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("path", "inside"), [
+    ("app.cfg", "/app/app.cfg"), ("etc/x", "/app/etc/x"), ("/etc/os-release", "/etc/os-release"),
+    ("../etc/passwd", "/etc/passwd"), ("../../../x", "/x"), ("//a", "/a"), (".", "/app"),
+])
+def test_file_check_paths_are_under_the_image_root_or_absolute(path: str, inside: str) -> None:
+    assert container_path(path) == inside
