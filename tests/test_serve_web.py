@@ -40,7 +40,7 @@ STATE: dict[str, Any] = {
                                      "state": "running", "alive": True, "healthy": True}]},
                      {"release": "web-r2", "weight": 10, "image": "sha256:" + "b" * 64,
                       "instances": []}],
-        "rollout": {"rollout": 2, "release": "web-r2", "from": "web-r1", "strategy": "canary",
+        "rollout": {"rollout_id": 2, "release": "web-r2", "from": "web-r1", "strategy": "canary",
                     "phase": "step", "outcome": None, "reason": None, "step": 0, "steps": 2,
                     "weights": {"web-r1": 90, "web-r2": 10}, "waiting": "waiting for promote",
                     "open": True, "standby_until": None, "phase_label": "canary step 1 (10%)",

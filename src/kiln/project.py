@@ -788,11 +788,13 @@ class Project:
                 "destroyed": self.destroyed(name),
                 "releases": list(releases.values()), "rollout": rollout, "dev": dev}
 
-    def history(self, service: str) -> list[dict[str, Any]]:
+    def history(self, service: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The service's rollouts, oldest first (the last `limit` of them when given)."""
         self.service(service)
         out = []
-        for ro in self.store.query("SELECT * FROM rollouts WHERE service = ? ORDER BY id",
-                                   (service,)):
+        for ro in self.store.query(
+                "SELECT * FROM (SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC "
+                "LIMIT ?) ORDER BY id", (service, -1 if limit is None else limit)):
             rel = self.store.one("SELECT * FROM releases WHERE id = ?", (ro["to_release"],))
             out.append({
                 "rollout_id": ro["id"], "release": ro["to_release"], "from": ro["from_release"],

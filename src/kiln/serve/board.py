@@ -191,12 +191,7 @@ class Board:
             row = store.one("SELECT number, image_digest FROM releases WHERE id = ?", (rid,))
             if row is not None:
                 rel["image"], rel["number"] = row["image_digest"], row["number"]
-        history = [{"rollout": r["id"], "release": r["to_release"], "from": r["from_release"],
-                    "strategy": r["strategy"], "phase": r["phase"], "outcome": r["outcome"],
-                    "reason": r["reason"], "started_at": r["started_at"],
-                    "finished_at": r["finished_at"]}
-                   for r in store.query("SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC "
-                                        "LIMIT 20", (name,))]
+        history = p.history(name, limit=20)[::-1]  # the rows of `kiln history --json`, newest first
         current = p.current_release(name)
         retained = [{"release": r["id"], "image": r["image_digest"]} for r in store.query(
             "SELECT r.id, r.image_digest FROM releases r JOIN images i ON i.digest = "
@@ -216,7 +211,7 @@ class Board:
         if last is None:
             return None
         row = self.project.store.one("SELECT status_json FROM rollouts WHERE id = ?",
-                                     (last["rollout"],))
+                                     (last["rollout_id"],))
         st = Status.from_json(json.loads(row["status_json"])) if row else None
         if st is None:
             return None
@@ -231,7 +226,7 @@ class Board:
                              for d in st.decisions[-20:]],
                "chart": None}
         if open_:
-            out["chart"] = self._chart(name, int(last["rollout"]), st)
+            out["chart"] = self._chart(name, int(last["rollout_id"]), st)
         else:
             self._live.pop(name, None)
         return out

@@ -38,6 +38,13 @@ def _instances(rel: dict[str, Any]) -> str:
     return " ".join(out) or '<span class="muted">none</span>'
 
 
+def _from_to(r: dict[str, Any]) -> str:
+    """'web-r1 → web-r2', or 'first release web-r1' (as the CLI words it)."""
+    if not r["from"]:
+        return f"first release {e(r['release'])}"
+    return f"{e(r['from'])} → {e(r['release'])}"
+
+
 def service_card(s: dict[str, Any]) -> str:
     name = s["service"]
     rel_rows = "".join(
@@ -64,8 +71,8 @@ def service_card(s: dict[str, Any]) -> str:
             f'<td class="{e(d["outcome"])}">{e(d["outcome"])}</td><td>{e(d["reason"])}</td></tr>'
             for d in ro["decisions"])
         rollout = (
-            f'<p>rollout #{ro["rollout"]} {e(ro["strategy"])} {e(ro["from"] or "(none)")} → '
-            f'{e(ro["release"])}: {state}{step}{standby}</p>'
+            f'<p>rollout #{ro["rollout_id"]} {e(ro["strategy"])} {_from_to(ro)}: '
+            f'{state}{step}{standby}</p>'
             + (f'<p class="waiting">{e(ro["waiting"])}</p>' if ro["waiting"] else "")
             + (f'<p class="muted">{e(ro["reason"])}</p>' if ro["reason"] and not ro["open"] else "")
             + buttons
@@ -82,8 +89,8 @@ def service_card(s: dict[str, Any]) -> str:
     deploy = (_form(name, "deploy", "Deploy image", f'<select name="image">{images}</select>')
               if images else "")
     hist = "".join(
-        f'<tr><td><a href="/reports/{r["rollout"]}">#{r["rollout"]}</a></td>'
-        f'<td>{e(r["from"] or "(none)")} → {e(r["release"])}</td><td>{e(r["strategy"])}</td>'
+        f'<tr><td><a href="/reports/{r["rollout_id"]}">#{r["rollout_id"]}</a></td>'
+        f'<td>{_from_to(r)}</td><td>{e(r["strategy"])}</td>'
         f'<td>{e(OUTCOMES.get(r["outcome"] or "", r["outcome"] or "") or phase_label(r["phase"]))}'
         f'</td><td>{_when(r["started_at"])}</td><td>{e(r["reason"])}</td></tr>'
         for r in s["history"])
