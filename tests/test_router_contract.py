@@ -185,6 +185,37 @@ def test_out_of_rotation_drains(router: AnyRouter, backend: Callable[[str, str],
 # ------------------------------------------------------------------ real routers only
 
 
+@pytest.mark.parametrize("router", ALL, indirect=True)
+def test_server_status_is_the_routers_own_health_verdict(
+        router: AnyRouter, backend: Callable[[str, str], str]) -> None:
+    """What `kiln serve` replaces unhealthy instances by: UP for a server that answers its
+    health check, DOWN once it stops answering (it is then out of the balancing too)."""
+    a = servers(router, backend)[0]
+    if isinstance(router, FakeRouter):
+        b = "127.0.0.3:1"
+
+        def stop_b() -> None:
+            router.down.add(b)
+    else:
+        srv = _Server(("127.0.0.3", 0), _handler("b"))
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        b = f"127.0.0.3:{srv.server_address[1]}"
+
+        def stop_b() -> None:
+            srv.shutdown()
+            srv.server_close()
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 100, [a, b])])
+    up = {f"http://{a}": "UP", f"http://{b}": "UP"}
+    wait_for(lambda: {k: v.split()[0] for k, v in router.server_status("web-r1").items()} == up,
+             timeout=10, what="both servers UP")
+    stop_b()
+    wait_for(lambda: router.server_status("web-r1").get(f"http://{b}", "").startswith("DOWN"),
+             timeout=10, what="the stopped server DOWN")
+    assert router.server_status("web-r1")[f"http://{a}"].startswith("UP")
+    assert router.server_status("web-r2") == {}
+
+
 @pytest.mark.parametrize("router", REAL, indirect=True)
 def test_traffic_follows_weights(router: AnyRouter, backend: Callable[[str, str], str]) -> None:
     a, b = servers(router, backend)

@@ -138,20 +138,20 @@ def _probe_now(ctl: Controller) -> None:
 
 
 def test_an_instance_alive_but_unhealthy_is_replaced_after_the_threshold(tmp_path: Path) -> None:
-    """Alive but failing its health check (hung, lost its database): after
-    `unhealthy_threshold` (3) failed checks in a row it leaves the router, is stopped, and a
-    replacement of the same release joins once healthy. Two failures and a pass reset it."""
+    """Alive but failing the router's health check (hung, lost its database): after
+    `unhealthy_threshold` (3) DOWN verdicts in a row it leaves the router, is stopped, and a
+    replacement of the same release joins once healthy. Two DOWNs and an UP reset it."""
     proj, platform = deployed(tmp_path, CANARY)
     first = instances_of(proj.store, "web-r1")
     ctl = controller(proj)
-    platform.compute.set_healthy(first[0], False)
+    platform.router.down.add(first[0].address)
     _probe_now(ctl)
     _probe_now(ctl)
     assert ctl.failing[first[0].id] == 2
-    platform.compute.set_healthy(first[0], True)
+    platform.router.down.clear()
     _probe_now(ctl)
     assert ctl.failing[first[0].id] == 0 and "instance.unhealthy" not in kinds(proj)
-    platform.compute.set_healthy(first[0], False)
+    platform.router.down.add(first[0].address)
     for _ in range(3):
         _probe_now(ctl)
     assert "instance.unhealthy" in kinds(proj)
@@ -171,8 +171,7 @@ def test_when_every_instance_is_unhealthy_one_is_replaced_at_a_time(tmp_path: Pa
     first = instances_of(proj.store, "web-r1")
     ctl = controller(proj)
     platform.compute.unhealthy_releases.add("web-r1")  # replacements fail too
-    for inst in first:
-        platform.compute.set_healthy(inst, False)
+    platform.router.down.update(i.address for i in first)
     for _ in range(8):
         _probe_now(ctl)
     stopped = [i for i in first if platform.compute.stop_signal(i)]

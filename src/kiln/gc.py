@@ -4,7 +4,8 @@ Retention counts releases that were live (the target of a promoted rollout), new
 aborted or rolled-back release never pushes a rollback target out. The current and the previous
 live release are kept whatever `keep` says, and so is every release with instances or an open
 rollout. An image is removed only when no retained release needs it. Then the platform's step
-cache (podman's `-step` tags) loses what no remaining image and no unfinished bake needs.
+cache (local snapshots, podman's `-step` tags) loses what no remaining image and no unfinished
+bake needs.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def collect(project: Project, keep: int = 3) -> dict[str, Any]:
                                "(SELECT MAX(created_at) FROM images WHERE name = i.name)"):
             keep_digests.add(row["digest"])
         removed = project.platform.remove_images(keep_digests)
-        # Then the step cache's intermediate images (podman's `-step` tags) nothing needs now.
+        # Then the step cache (local snapshots, podman's `-step` tags) nothing needs now.
         steps = project.platform.remove_build_cache()
         folders = []
         for row in store.query("SELECT id FROM instances WHERE state IN ('stopped','dead')"):

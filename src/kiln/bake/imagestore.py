@@ -64,7 +64,8 @@ def record_image(store: Store, *, name: str, digest: str, ref: str, key: str,
             "INSERT INTO images(digest, name, ref, key, env_json, workdir, size, created_at) "
             "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
             "name = excluded.name, ref = excluded.ref, key = excluded.key, "
-            "env_json = excluded.env_json, workdir = excluded.workdir, size = excluded.size",
+            "env_json = excluded.env_json, workdir = excluded.workdir, size = excluded.size, "
+            "created_at = excluded.created_at",  # the newest bake of a name is the cache's
             (digest, name, ref, key, env_json, workdir, size, time.time()),
         )
         c.event("image.baked", f"baked image {name} {digest[:19]}", data={"digest": digest})

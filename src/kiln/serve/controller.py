@@ -168,28 +168,34 @@ class Controller:
                 spec = self._release_spec(currents[name])
                 short = len(insts) < spec.replicas
                 if short or not all(alive.get(i.id, False) for i in insts) \
-                        or self._probe(name, spec, insts):
+                        or self._probe(name, spec, currents[name], insts):
                     out.append(("heal", name))
         return out
 
-    def _probe(self, name: str, spec: ServiceSpec, insts: list[Instance]) -> bool:
-        """Health-check the release's instances once per health interval; True when one has
-        failed `unhealthy_threshold` checks in a row (alive, but not serving: replace it)."""
+    def _probe(self, name: str, spec: ServiceSpec, release_id: str,
+               insts: list[Instance]) -> bool:
+        """Read the router's own health verdict on the release's servers once per health
+        interval (as an ASG with ELB health checks does: the balancer already checks every
+        server at that interval, so kiln sends no probes of its own); True when an instance
+        was DOWN `unhealthy_threshold` readings in a row (alive, not serving: replace it).
+        A router without verdicts (AWS: the ASG replaces unhealthy targets itself) skips it."""
+        verdicts = getattr(self.project.router, "server_status", None)
         now = time.monotonic()
-        if now < self._next_probe.get(name, 0.0):
+        if verdicts is None or now < self._next_probe.get(name, 0.0):
             return False
         self._next_probe[name] = now + spec.health.interval
-        running = {str(r["id"]) for r in self.project.store.query(
-            "SELECT id FROM instances WHERE service = ? AND kind = 'service' AND state = "
-            "'running'", (name,))}
-        for gone in [i for i in self.failing if i.startswith(f"{name}-") and i not in running]:
+        seen: dict[str, str] = verdicts(release_id)
+        ids = {i.id for i in insts}
+        for gone in [i for i in self.failing if i.startswith(f"{name}-") and i not in ids]:
             del self.failing[gone]
         sick = False
         for inst in insts:
-            if inst.id in running:
-                ok = self.project.compute.healthy(inst, spec.health)
-                self.failing[inst.id] = 0 if ok else self.failing.get(inst.id, 0) + 1
-                sick = sick or self.failing[inst.id] >= spec.health.unhealthy_threshold
+            verdict = seen.get(f"http://{inst.address}")
+            if verdict is None or verdict.startswith("MAINT"):
+                continue  # not in the router (starting, draining) or held by an operator
+            down = verdict.startswith("DOWN")
+            self.failing[inst.id] = self.failing.get(inst.id, 0) + 1 if down else 0
+            sick = sick or self.failing[inst.id] >= spec.health.unhealthy_threshold
         return sick
 
     def _sick(self, name: str, spec: ServiceSpec, insts: list[Instance]) -> list[Instance]:

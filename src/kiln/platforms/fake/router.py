@@ -30,6 +30,8 @@ class FakeRouter:
       release left rotation counts one down (so a drain loop converges), unless `stuck` holds it
     - `crash()`: the router process dies; verify() serves nothing until ensure_running()
     - `calls`: every mutating call, for assertions ("set web {'web-r1': 100}")
+    - `down`: server addresses ("host:port") the router's own health check finds failing
+      (`server_status` says DOWN for them, UP for the others)
     - `serve(service, n)`: n requests through the router, split by weight, counted per release
       (`request_counts`) like a real router's counters: they survive a release's removal and
       start again at 0 (a new epoch) when the router restarts
@@ -45,6 +47,7 @@ class FakeRouter:
         self.stuck: set[str] = set()
         self.calls: list[str] = []
         self.counts: dict[str, int] = {}
+        self.down: set[str] = set()
 
     # ------------------------------------------------------------------ knobs
 
@@ -133,6 +136,14 @@ class FakeRouter:
         route = self.routes.get(service_name)
         b = route.backends.get(release_id) if route else None
         return list(b.servers) if b else []
+
+    def server_status(self, release_id: str) -> dict[str, str]:
+        """The router's health verdict per server URL, as Traefik's and HAProxy's."""
+        if not self.running:
+            return {}
+        return {f"http://{s}": "DOWN" if s in self.down else "UP"
+                for r in self.routes.values() for rid, b in r.backends.items()
+                if rid == release_id for s in b.servers}
 
     def in_rotation(self, release_id: str) -> bool:
         return any(b.weight > 0 for r in self.routes.values()

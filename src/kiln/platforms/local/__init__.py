@@ -87,5 +87,7 @@ class LocalPlatform:
         return remove_images(self.store, self.home, keep)
 
     def remove_build_cache(self) -> list[str]:
-        """Nothing yet: the local step snapshots (home/cache/<key>) are not collected."""
-        return []
+        """Step snapshots (home/cache/<key>) on no kept image's chain and no unfinished bake's."""
+        from kiln.bake.stepcache import remove_unused
+
+        return remove_unused(self.store, self.home)

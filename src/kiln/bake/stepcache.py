@@ -1,0 +1,65 @@
+"""Garbage collection of the local builder's step cache (home/cache/<key>: the tree after each
+step, which is what makes a rebake after an edit rerun only the steps from the edit on).
+
+A snapshot is kept when it lies on the step chain of an image that is still in the store (so
+rebuilding any kept image, or editing its last steps, stays fast) or when it is newer than the
+newest image of its name (a bake that failed or is still running: its retry resumes there).
+Everything else goes, row and folder; a folder shared by an `env`/`workdir` step and its parent
+goes only with the last row naming it. The bake lock is taken so no bake restores a snapshot
+while it is removed; if a bake holds it, nothing is removed this time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+from kiln.bake.imagestore import force_rmtree
+from kiln.state.store import Store
+
+
+def _chains(store: Store) -> set[str]:
+    """Every step key on the chain of an image in the store."""
+    parent = {str(r["key"]): r["parent_key"] for r in store.query(
+        "SELECT key, parent_key FROM steps")}
+    keep: set[str] = set()
+    for row in store.query("SELECT key FROM images"):
+        key: str | None = str(row["key"])
+        while key is not None and key not in keep:
+            keep.add(key)
+            key = parent.get(key)
+    return keep
+
+
+def remove_unused(store: Store, home: Path) -> list[str]:
+    """Remove snapshots no kept image and no unfinished bake needs; returns what was removed
+    ('<image>: <step> (<key>)')."""
+    lock = home / "tmp" / "bake.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []  # a bake runs: its snapshots are in use
+        try:
+            return _remove(store, home)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remove(store: Store, home: Path) -> list[str]:
+    keep = _chains(store)
+    newest = {str(r["name"]): float(r["t"]) for r in store.query(
+        "SELECT name, MAX(created_at) AS t FROM images GROUP BY name")}
+    gone = [r for r in store.query("SELECT * FROM steps ORDER BY created_at")
+            if str(r["key"]) not in keep
+            and float(r["created_at"]) <= newest.get(str(r["image_name"]), float("inf"))]
+    if not gone:
+        return []
+    with store.tx() as c:
+        for r in gone:
+            c.execute("DELETE FROM steps WHERE key = ?", (r["key"],))
+    still = {str(r["snapshot"]) for r in store.query("SELECT snapshot FROM steps")}
+    for snapshot in {str(r["snapshot"]) for r in gone} - still:
+        force_rmtree(home / snapshot)
+    return [f"{r['image_name']}: {r['description']} ({str(r['key'])[:12]})" for r in gone]
