@@ -189,8 +189,12 @@ def test_out_of_rotation_drains(router: AnyRouter, backend: Callable[[str, str],
 def test_server_status_is_the_routers_own_health_verdict(
         router: AnyRouter, backend: Callable[[str, str], str]) -> None:
     """What `kiln serve` replaces unhealthy instances by: UP for a server that answers its
-    health check, DOWN once it stops answering (it is then out of the balancing too)."""
+    health check, DOWN once it stops answering (it is then out of the balancing too).
+    `server_statuses` reads every release asked in one call (Traefik: through every page of
+    its service list) and says the same as `server_status` of each."""
     a = servers(router, backend)[0]
+    if isinstance(router, TraefikRouter):
+        router.status_page = 1  # one service per page: the reading goes through every page
     if isinstance(router, FakeRouter):
         b = "127.0.0.3:1"
 
@@ -206,14 +210,27 @@ def test_server_status_is_the_routers_own_health_verdict(
             srv.server_close()
     svc = spec(free_port())
     router.set_backends("web", svc, [Backend("web-r1", 100, [a, b])])
+    router.set_backends("api", spec(free_port()), [Backend("api-r1", 100, [a])])
     up = {f"http://{a}": "UP", f"http://{b}": "UP"}
     wait_for(lambda: {k: v.split()[0] for k, v in router.server_status("web-r1").items()} == up,
              timeout=10, what="both servers UP")
+    wait_for(lambda: bool(router.server_status("api-r1")), timeout=10, what="api-r1 checked")
     stop_b()
     wait_for(lambda: router.server_status("web-r1").get(f"http://{b}", "").startswith("DOWN"),
              timeout=10, what="the stopped server DOWN")
     assert router.server_status("web-r1")[f"http://{a}"].startswith("UP")
     assert router.server_status("web-r2") == {}
+
+    def verdicts(by_url: dict[str, str]) -> dict[str, str]:
+        return {url: v.split()[0] for url, v in by_url.items()}
+
+    many = router.server_statuses(["web-r1", "api-r1", "web-r2"])
+    assert {rid: verdicts(v) for rid, v in many.items()} == {
+        "web-r1": {f"http://{a}": "UP", f"http://{b}": "DOWN"},
+        "api-r1": {f"http://{a}": "UP"}, "web-r2": {}}
+    assert {rid: verdicts(router.server_status(rid)) for rid in many} == {
+        rid: verdicts(v) for rid, v in many.items()}
+    assert router.server_statuses([]) == {}
 
 
 @pytest.mark.parametrize("router", REAL, indirect=True)

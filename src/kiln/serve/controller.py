@@ -164,38 +164,45 @@ class Controller:
             candidates = {k: v for k, v in candidates.items() if v}
             flat = [i for insts in candidates.values() for i in insts]
             alive = {o.instance_id: o.alive for o in self.project.compute.observe(flat)}
+            whole: dict[str, tuple[ServiceSpec, str, list[Instance]]] = {}
             for name, insts in candidates.items():
                 spec = self._release_spec(currents[name])
                 short = len(insts) < spec.replicas
-                if short or not all(alive.get(i.id, False) for i in insts) \
-                        or self._probe(name, spec, currents[name], insts):
+                if short or not all(alive.get(i.id, False) for i in insts):
                     out.append(("heal", name))
+                else:
+                    whole[name] = (spec, currents[name], insts)
+            sick = self._probe(whole)
+            out += [("heal", name) for name in whole if name in sick]
         return out
 
-    def _probe(self, name: str, spec: ServiceSpec, release_id: str,
-               insts: list[Instance]) -> bool:
-        """Read the router's own health verdict on the release's servers once per health
+    def _probe(self, services: dict[str, tuple[ServiceSpec, str, list[Instance]]]) -> set[str]:
+        """Read the router's own health verdict on each release's servers once per health
         interval (as an ASG with ELB health checks does: the balancer already checks every
-        server at that interval, so kiln sends no probes of its own); True when an instance
-        was DOWN `unhealthy_threshold` readings in a row (alive, not serving: replace it).
-        A router without verdicts (AWS: the ASG replaces unhealthy targets itself) skips it."""
-        verdicts = getattr(self.project.router, "server_status", None)
+        server at that interval, so kiln sends no probes of its own), for every service due in
+        one router call; the services with an instance DOWN `unhealthy_threshold` readings in a
+        row (alive, not serving: replace it). A router without verdicts (AWS: the ASG replaces
+        unhealthy targets itself) skips it."""
+        verdicts = getattr(self.project.router, "server_statuses", None)
         now = time.monotonic()
-        if verdicts is None or now < self._next_probe.get(name, 0.0):
-            return False
-        self._next_probe[name] = now + spec.health.interval
-        seen: dict[str, str] = verdicts(release_id)
-        ids = {i.id for i in insts}
-        for gone in [i for i in self.failing if i.startswith(f"{name}-") and i not in ids]:
-            del self.failing[gone]
-        sick = False
-        for inst in insts:
-            verdict = seen.get(f"http://{inst.address}")
-            if verdict is None or verdict.startswith("MAINT"):
-                continue  # not in the router (starting, draining) or held by an operator
-            down = verdict.startswith("DOWN")
-            self.failing[inst.id] = self.failing.get(inst.id, 0) + 1 if down else 0
-            sick = sick or self.failing[inst.id] >= spec.health.unhealthy_threshold
+        due = {n: v for n, v in services.items() if now >= self._next_probe.get(n, 0.0)}
+        if verdicts is None or not due:
+            return set()
+        seen: dict[str, dict[str, str]] = verdicts(sorted({rel for _, rel, _ in due.values()}))
+        sick: set[str] = set()
+        for name, (spec, release_id, insts) in due.items():
+            self._next_probe[name] = now + spec.health.interval
+            ids = {i.id for i in insts}
+            for gone in [i for i in self.failing if i.startswith(f"{name}-") and i not in ids]:
+                del self.failing[gone]
+            for inst in insts:
+                verdict = seen.get(release_id, {}).get(f"http://{inst.address}")
+                if verdict is None or verdict.startswith("MAINT"):
+                    continue  # not in the router (starting, draining) or held by an operator
+                down = verdict.startswith("DOWN")
+                self.failing[inst.id] = self.failing.get(inst.id, 0) + 1 if down else 0
+                if self.failing[inst.id] >= spec.health.unhealthy_threshold:
+                    sick.add(name)
         return sick
 
     def _sick(self, name: str, spec: ServiceSpec, insts: list[Instance]) -> list[Instance]:

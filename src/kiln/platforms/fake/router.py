@@ -139,11 +139,19 @@ class FakeRouter:
 
     def server_status(self, release_id: str) -> dict[str, str]:
         """The router's health verdict per server URL, as Traefik's and HAProxy's."""
+        return self.server_statuses([release_id])[release_id]
+
+    def server_statuses(self, release_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """`server_status` of many releases in one call (each asked release has an entry)."""
+        out: dict[str, dict[str, str]] = {rid: {} for rid in release_ids}
         if not self.running:
-            return {}
-        return {f"http://{s}": "DOWN" if s in self.down else "UP"
-                for r in self.routes.values() for rid, b in r.backends.items()
-                if rid == release_id for s in b.servers}
+            return out
+        for r in self.routes.values():
+            for rid, b in r.backends.items():
+                if rid in out:
+                    out[rid].update({f"http://{s}": "DOWN" if s in self.down else "UP"
+                                     for s in b.servers})
+        return out
 
     def in_rotation(self, release_id: str) -> bool:
         return any(b.weight > 0 for r in self.routes.values()

@@ -398,10 +398,19 @@ class HAProxyRouter(RouterFiles):
 
     def server_status(self, release_id: str) -> dict[str, str]:
         """HAProxy's health verdict per server URL ('UP'/'DOWN'/'MAINT')."""
+        return self.server_statuses([release_id])[release_id]
+
+    def server_statuses(self, release_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """`server_status` of many releases from one `show stat` (each asked release has an
+        entry): what `kiln serve` reads once per pass for every service."""
+        out: dict[str, dict[str, str]] = {rid: {} for rid in release_ids}
         if self._running() is None:
-            return {}
-        return {f"http://{st.name.partition('.')[2]}": st.status
-                for st in self._stats() if hc.release_of_server(st.name) == release_id}
+            return out
+        for st in self._stats():
+            verdicts = out.get(hc.release_of_server(st.name))
+            if verdicts is not None:
+                verdicts[f"http://{st.name.partition('.')[2]}"] = st.status
+        return out
 
     def remove_service(self, service_name: str) -> None:
         """Drop the service's routing; its frontend stops accepting now, goes at the next start."""

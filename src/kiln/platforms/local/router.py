@@ -65,6 +65,8 @@ class TraefikRouter(RouterFiles):
     """Router seam on the local platform. Every method is safe to call again after a crash."""
 
     state_defaults: ClassVar[Mapping[str, Any]] = {"admin": ""}
+    status_page: int = 200
+    """Services per page of /api/http/services read by `server_statuses`."""
 
     def __init__(self, home: Path, project: str, *, apply_deadline: float = APPLY_DEADLINE,
                  start_deadline: float = START_DEADLINE) -> None:
@@ -254,6 +256,30 @@ class TraefikRouter(RouterFiles):
                          f"/api/http/services/{traefik_config.release_key(release_id)}@file")
         status = (leaf or {}).get("serverStatus") or {}
         return {str(k): str(v) for k, v in status.items()}
+
+    def server_statuses(self, release_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """`server_status` of many releases in one admin call (`/api/http/services` lists every
+        service with its verdicts; a further page only past `status_page` kiln services): what
+        `kiln serve` reads once per pass for all its services. Each asked release has an entry."""
+        out: dict[str, dict[str, str]] = {rid: {} for rid in release_ids}
+        running = self._running()
+        if running is None:
+            return out
+        for page in range(1, 1000):
+            status, body = traefik_process.http_get(
+                f"http://{running.admin}/api/http/services?search=kiln-&per_page="
+                f"{self.status_page}&page={page}", timeout=2.0, headers=self.admin_headers)
+            try:
+                services = json.loads(body) if status == 200 else []
+            except ValueError:
+                services = []
+            if not isinstance(services, list):
+                break
+            out.update(traefik_config.statuses_from_api(
+                [s for s in services if isinstance(s, dict)], release_ids))
+            if len(services) < self.status_page:
+                break
+        return out
 
     def remove_service(self, service_name: str) -> None:
         """Drop the service's routing. Its entrypoint is released at the next restart."""

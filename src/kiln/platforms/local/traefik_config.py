@@ -187,6 +187,20 @@ def weights_from_api(weighted: Mapping[str, Any] | None, leaves: Sequence[str],
     return out
 
 
+def statuses_from_api(services: Sequence[Mapping[str, Any]],
+                      release_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """release_id -> {server URL: verdict} from a page of /api/http/services (every service
+    with its `serverStatus`); asked releases the page does not hold are left out."""
+    by_name = {f"{release_key(rid)}@file": rid for rid in release_ids}
+    out: dict[str, dict[str, str]] = {}
+    for svc in services:
+        rid = by_name.get(str(svc.get("name", "")))
+        if rid is not None:
+            status = svc.get("serverStatus") or {}
+            out[rid] = {str(k): str(v) for k, v in status.items()}
+    return out
+
+
 def prometheus_counts(text: str) -> dict[str, int]:
     """release_id -> requests, from `traefik_service_requests_total` per leaf service (Traefik
     counts a request when it ends, whatever its status: one per access-log line)."""
