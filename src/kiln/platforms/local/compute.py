@@ -89,6 +89,20 @@ class LocalCompute:
         """
         if kind not in KINDS:
             raise PlatformError(f"instance kind {kind!r} is not one of {', '.join(KINDS)}")
+        self._check_image(image)
+        started: list[Instance] = []
+        try:
+            for _ in range(count):
+                started.append(self._launch_one(service_name, service, release, image, env,
+                                                kind))
+        except BaseException:
+            for inst in started:
+                self.terminate(inst, timeout=2.0)
+            raise
+        return started
+
+    def _check_image(self, image: Image) -> None:
+        """A clear error before anything starts when the image cannot run."""
         root = Path(image.ref) / "root"
         if not root.is_dir():
             raise NotFound(f"image {image.name} ({image.digest[:19]}) is missing from the store: "
@@ -97,22 +111,13 @@ class LocalCompute:
             raise PlatformError(f"image {image.name} ({image.digest[:19]}): its workdir "
                                 f"{image.workdir!r} is not a folder in the image",
                                 hint="run kiln bake --no-cache to rebuild it")
-        started: list[Instance] = []
-        try:
-            for _ in range(count):
-                started.append(self._launch_one(service_name, service, release, image, root,
-                                                env, kind))
-        except BaseException:
-            for inst in started:
-                self.terminate(inst, timeout=2.0)
-            raise
-        return started
 
-    def _launch_one(self, service_name: str, service: ServiceSpec, release: Release,
-                    image: Image, root: Path, secret_env: Mapping[str, str],
-                    kind: Kind) -> Instance:
-        instance_id = f"{release.id}-{secrets.token_hex(3)}"
-        folder = self.folder(instance_id)
+    def _insert_launching(self, instance_id: str, service_name: str, service: ServiceSpec,
+                          release: Release, kind: Kind, handle: Mapping[str, str],
+                          **data: str) -> str:
+        """The row of an instance about to start (state 'starting', before its process exists,
+        so a crash between the two leaves something `sweep()` finds) on a free loopback address,
+        and its launch event, in one transaction. Returns the address."""
         with self.store.tx() as c:
             counter = c.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
             taken = {r[0] for r in c.execute(
@@ -124,10 +129,19 @@ class LocalCompute:
                                       counter, taken)
             instance_rows.insert(c, Instance(
                 id=instance_id, service=service_name, release_id=release.id, host=host,
-                port=service.port, handle=LocalHandle(workdir=str(folder)).to_map()), kind=kind)
+                port=service.port, handle=handle), kind=kind)
             c.event("instance.launch", f"launching {instance_id} on {host}:{service.port}",
                     service=service_name,
-                    data={"instance": instance_id, "release": release.id, "kind": kind})
+                    data={"instance": instance_id, "release": release.id, "kind": kind, **data})
+        return host
+
+    def _launch_one(self, service_name: str, service: ServiceSpec, release: Release,
+                    image: Image, secret_env: Mapping[str, str], kind: Kind) -> Instance:
+        instance_id = f"{release.id}-{secrets.token_hex(3)}"
+        folder = self.folder(instance_id)
+        root = Path(image.ref) / "root"
+        host = self._insert_launching(instance_id, service_name, service, release, kind,
+                                      LocalHandle(workdir=str(folder)).to_map())
         proc: subprocess.Popen[bytes] | None = None
         try:
             scratch = folder / "scratch"

@@ -34,7 +34,7 @@ from kiln.errors import NotFound, PlatformError
 from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
 from kiln.platforms.instance_rows import KINDS, LIVE_STATES, from_row, get_row, list_rows, set_state
-from kiln.platforms.local import addresses, environment
+from kiln.platforms.local import environment
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.podman import containerfile, engine
 from kiln.platforms.podman.handle import PodmanHandle
@@ -128,45 +128,20 @@ class PodmanCompute(LocalCompute):
 
     # ------------------------------------------------------------------ launch
 
-    def launch(
-        self, service_name: str, service: ServiceSpec, release: Release, image: Image, count: int,
-        *, env: Mapping[str, str], kind: Kind = "service",
-    ) -> list[Instance]:
-        if kind not in KINDS:
-            raise PlatformError(f"instance kind {kind!r} is not one of {', '.join(KINDS)}")
+    def _check_image(self, image: Image) -> None:
         if engine.image_id(image.ref) != image.digest:
             raise NotFound(f"image {image.name} ({image.digest[:19]}) is missing from podman's "
                            "storage", hint="run kiln bake again")
-        started: list[Instance] = []
-        try:
-            for _ in range(count):
-                started.append(self._start(service_name, service, release, image, env, kind))
-        except BaseException:
-            for inst in started:
-                self.terminate(inst, timeout=2.0)
-            raise
-        return started
 
-    def _start(self, service_name: str, service: ServiceSpec, release: Release, image: Image,
-               secret_env: Mapping[str, str], kind: Kind) -> Instance:
+    def _launch_one(self, service_name: str, service: ServiceSpec, release: Release,
+                    image: Image, secret_env: Mapping[str, str], kind: Kind) -> Instance:
         instance_id = f"{release.id}-{secrets.token_hex(3)}"
         folder = self.folder(instance_id)
         folder.mkdir(parents=True, exist_ok=True)
         name = self.container_name(instance_id)
-        with self.store.tx() as c:
-            counter = c.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
-            taken = {r[0] for r in c.execute(
-                "SELECT host FROM instances WHERE state IN ({})".format(
-                    ",".join("?" * len(LIVE_STATES))), LIVE_STATES)}
-            host = addresses.allocate(f"{self.project}@{self.home.resolve()}", service.port,
-                                      counter, taken)
-            handle = PodmanHandle(name, workdir=str(folder))
-            instance_rows.insert(c, Instance(instance_id, service_name, release.id, host,
-                                             service.port, handle.to_map()), kind=kind)
-            c.event("instance.launch", f"launching {instance_id} on {host}:{service.port}",
-                    service=service_name,
-                    data={"instance": instance_id, "release": release.id, "kind": kind,
-                          "container": name})
+        host = self._insert_launching(instance_id, service_name, service, release, kind,
+                                      PodmanHandle(name, workdir=str(folder)).to_map(),
+                                      container=name)
         kiln = environment.kiln_vars("0.0.0.0", service.port, service_name, release.id,
                                      instance_id)
         base = {"HOME": SCRATCH, "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1",
