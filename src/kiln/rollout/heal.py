@@ -2,20 +2,69 @@
 
 Nothing about the release changes, so there is nothing to canary: the missing instances are
 launched, each must pass the health check before the router is given it (the same gate as a
-rollout), and then the router serves every running instance of the release again. Running it
-again after a kill converges: alive-but-unrouted instances count toward the replicas and are
-health-checked and routed like new ones.
+rollout), and then the router serves every running instance of the release again.
+
+One mechanism, two drivers: `heal_step` does one non-blocking pass (observe; take the dead and
+the unhealthy out of rotation; launch what is missing; admit the healthy; stop what is not
+healthy within `health.deadline`). `kiln serve`'s controller calls it once per pass with its own
+liveness inputs and retry policy; `heal` (for `kiln deploy`) calls it in a loop until the release
+is whole, or gives up. Running it again after a kill converges: alive-but-unrouted instances count
+toward the replicas and are health-checked and routed like new ones.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from kiln.platforms.base import Instance, Release
 from kiln.rollout.executor import Env, Reconciler, instances_of
 from kiln.spec.models import ServiceSpec
+
+
+@dataclass
+class HealState:
+    """One heal in progress (kept by its driver between passes)."""
+
+    release: str
+    since: float
+    """When the heal began (the driver's clock)."""
+    gate_from: float = 0.0
+    """The health deadline runs from the last launch (or from `since`)."""
+    launched: list[str] = field(default_factory=list)
+    """Ids of the instances this heal launched."""
+
+    def __post_init__(self) -> None:
+        self.gate_from = self.gate_from or self.since
+
+
+@dataclass
+class HealPass:
+    """What one `heal_step` did."""
+
+    died: list[Instance] = field(default_factory=list)
+    """Were in rotation, found dead: marked dead and taken out of the router."""
+    lost: list[Instance] = field(default_factory=list)
+    """Were waiting for their health check and died."""
+    retired: list[Instance] = field(default_factory=list)
+    """Alive but unhealthy (the driver's verdict): taken out of the router, then stopped."""
+    launched: list[Instance] = field(default_factory=list)
+    admitted: list[Instance] = field(default_factory=list)
+    """Passed their health check: running and in rotation."""
+    expired: list[Instance] = field(default_factory=list)
+    """Not healthy within the deadline: stopped."""
+    pending: int = 0
+    """Alive, still waiting for their health check."""
+    running: int = 0
+    """Alive and in rotation."""
+    done: bool = False
+    """`replicas` instances in rotation and none pending: the heal is over."""
+
+    @property
+    def acted(self) -> bool:
+        return bool(self.died or self.lost or self.retired or self.launched or self.admitted
+                    or self.expired)
 
 
 @dataclass
@@ -31,58 +80,111 @@ def needs_heal(env: Env, release: Release, replicas: int) -> tuple[int, int]:
     """(alive instances, of which in rotation) for the release."""
     insts = instances_of(env.store, release.id, ("starting", "running"))
     alive = [i for i, o in zip(insts, env.compute.observe(insts), strict=True) if o.alive]
-    routed = sum(1 for i in alive if _state(env, i.id) == "running")
-    return len(alive), routed
+    return len(alive), sum(1 for i in alive if i.id in _running(env, release.id))
 
 
-def _state(env: Env, instance_id: str) -> str | None:
-    row = env.store.one("SELECT state FROM instances WHERE id = ?", (instance_id,))
-    return str(row["state"]) if row else None
+def _running(env: Env, release_id: str) -> set[str]:
+    return {i.id for i in instances_of(env.store, release_id, ("running",))}
 
 
-def heal(env: Env, name: str, service: ServiceSpec, release: Release,
-         progress: Callable[[str], None] | None = None, tick: float = 0.1) -> HealResult:
-    """Bring `release` back to `service.replicas` healthy, routed instances."""
-    say = progress or (lambda line: None)
-    existing = instances_of(env.store, release.id, ("starting", "running"))
-    alive = [i for i, o in zip(existing, env.compute.observe(existing), strict=True) if o.alive]
-    missing = max(service.replicas - len(alive), 0)
-    launched: list[Instance] = []
-    if missing:
-        launched = env.compute.launch(name, service, release, env.images(release.image_digest),
-                                      missing, env=env.secrets)
-    pending = [i for i in alive + launched if _state(env, i.id) != "running"]
-    t0 = time.monotonic()
-    deadline = t0 + service.health.deadline
-    last = ""
-    while pending:
-        for inst, seen in zip(list(pending), env.compute.observe(pending), strict=True):
-            if not seen.alive:
-                return _give_up(env, service, launched, inst,
-                                f"replacement instance {inst.id} exited before becoming healthy")
-            if env.compute.healthy(inst, service.health):
-                with env.store.tx() as c:
-                    c.execute("UPDATE instances SET state = 'running' WHERE id = ? "
-                              "AND state = 'starting'", (inst.id,))
-                pending.remove(inst)
-        now = time.monotonic()
-        if pending and now > deadline:
-            return _give_up(env, service, launched, pending[0],
-                            f"health gate: {pending[0].id} not healthy within "
-                            f"{service.health.deadline:g}s")
-        line = (f"health: {service.replicas - len(pending)}/{service.replicas} healthy "
-                f"({now - t0:.0f}s of {service.health.deadline:g}s)")
-        if pending and line != last:
-            say(line)
-            last = line
-        if pending:
-            time.sleep(tick)
+def heal_step(env: Env, name: str, spec: ServiceSpec, release: Release, state: HealState,
+              now: float, *, sick: Sequence[Instance] = (), launch: bool = True) -> HealPass:
+    """One pass; never waits. `sick`: alive instances to replace (the driver's health verdict);
+    `launch`: whether to launch what is missing now (the driver's retry policy)."""
+    out = HealPass()
+    insts = instances_of(env.store, release.id, ("starting", "running"))
+    running = _running(env, release.id)
+    alive: list[Instance] = []
+    for inst, seen in zip(insts, env.compute.observe(insts), strict=True):
+        if seen.alive:
+            alive.append(inst)
+        else:
+            (out.died if inst.id in running else out.lost).append(inst)
+    sick_ids = {i.id for i in sick}
+    out.retired = [i for i in alive if i.id in sick_ids]
+    alive = [i for i in alive if i.id not in sick_ids]
+    if out.died or out.lost:
+        with env.store.tx() as c:
+            for inst in out.died + out.lost:
+                c.execute("UPDATE instances SET state = 'dead', stopped_at = ? WHERE id = ? "
+                          "AND state IN ('starting','running')", (time.time(), inst.id))
+    if out.died or out.retired:
+        retire(env, name, spec, release, out.retired)  # out of the router at once
+    missing = spec.replicas - len(alive)
+    if missing > 0 and launch:
+        out.launched = env.compute.launch(name, spec, release, env.images(release.image_digest),
+                                          missing, env=env.secrets)
+        env.fault("launched")
+        state.launched += [i.id for i in out.launched]
+        state.gate_from = now
+    for inst in [i for i in alive if i.id not in running] + out.launched:
+        if now - state.gate_from > spec.health.deadline:
+            env.compute.terminate(inst, spec.stop_timeout)
+            out.expired.append(inst)
+        elif env.compute.healthy(inst, spec.health):
+            with env.store.tx() as c:
+                c.execute("UPDATE instances SET state = 'running' WHERE id = ? "
+                          "AND state = 'starting'", (inst.id,))
+            out.admitted.append(inst)
+        else:
+            out.pending += 1
+    if out.admitted:
+        route(env, name, spec, release)
+    out.running = sum(1 for i in alive if i.id in running) + len(out.admitted)
+    out.done = out.pending == 0 and out.running >= spec.replicas
+    return out
+
+
+def route(env: Env, name: str, spec: ServiceSpec, release: Release) -> None:
+    """Give the router the release's running instances at the service's recorded weights (all
+    of the traffic when the release has none)."""
     weights = {r["release_id"]: int(r["weight"]) for r in env.store.query(
         "SELECT release_id, weight FROM routes WHERE service = ?", (name,))}
     if weights.get(release.id, 0) == 0:
         weights = {release.id: 100}
-    Reconciler(env, name, service, 0).route(weights)
-    ids = [i.id for i in launched]
+    Reconciler(env, name, spec, 0).route(weights)
+
+
+def retire(env: Env, name: str, spec: ServiceSpec, release: Release,
+           insts: Sequence[Instance]) -> None:
+    """Take instances out of the router first, then stop them (gracefully)."""
+    with env.store.tx() as c:
+        for inst in insts:
+            c.execute("UPDATE instances SET state = 'draining' WHERE id = ? AND state IN "
+                      "('starting','running')", (inst.id,))
+    route(env, name, spec, release)
+    for inst in insts:
+        env.compute.terminate(inst, spec.stop_timeout)
+
+
+def heal(env: Env, name: str, service: ServiceSpec, release: Release,
+         progress: Callable[[str], None] | None = None, tick: float = 0.1) -> HealResult:
+    """Bring `release` back to `service.replicas` healthy, routed instances; give up (stopping
+    what this heal launched) when a replacement dies or is not healthy within the deadline."""
+    say = progress or (lambda line: None)
+    state = HealState(release.id, time.monotonic())
+    deadline = service.health.deadline
+    last = ""
+    while True:
+        now = time.monotonic()
+        res = heal_step(env, name, service, release, state, now)
+        if res.lost:
+            return _give_up(env, name, service, release, state, res.lost[0],
+                            f"replacement instance {res.lost[0].id} exited before becoming "
+                            f"healthy")
+        if res.expired:
+            return _give_up(env, name, service, release, state, res.expired[0],
+                            f"health gate: {res.expired[0].id} not healthy within {deadline:g}s")
+        if res.done:
+            break
+        line = (f"health: {max(service.replicas - res.pending, 0)}/{service.replicas} healthy "
+                f"({now - state.gate_from:.0f}s of {deadline:g}s)")
+        if line != last:
+            say(line)
+            last = line
+        time.sleep(tick)
+    route(env, name, service, release)
+    ids = state.launched
     reason = (f"replaced {len(ids)} dead instance(s) of {release.id} with the same image"
               if ids else f"{release.id}: instances put back into rotation")
     env.store.event("release.healed", reason, service=name,
@@ -90,11 +192,13 @@ def heal(env: Env, name: str, service: ServiceSpec, release: Release,
     return HealResult(True, ids, reason)
 
 
-def _give_up(env: Env, service: ServiceSpec, launched: list[Instance], culprit: Instance,
-             reason: str) -> HealResult:
-    """Stop what this heal started; the instances already serving are left as they are."""
-    for inst in launched:
-        env.compute.terminate(inst, service.stop_timeout)
+def _give_up(env: Env, name: str, service: ServiceSpec, release: Release, state: HealState,
+             culprit: Instance, reason: str) -> HealResult:
+    """Stop what this heal started (out of the router first); the instances that were serving
+    before it are left as they are."""
+    ours = [i for i in instances_of(env.store, release.id) if i.id in state.launched]
+    if ours:
+        retire(env, name, service, release, ours)
     env.store.event("release.heal_failed", reason, service=culprit.service,
                     data={"release": culprit.release_id, "instance": culprit.id})
-    return HealResult(False, [i.id for i in launched], reason, culprit)
+    return HealResult(False, list(state.launched), reason, culprit)

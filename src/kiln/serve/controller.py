@@ -14,14 +14,15 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kiln.errors import StateError
 from kiln.platforms.base import Instance
 from kiln.platforms.instance_rows import from_row
-from kiln.rollout.decide import SETTLED, EnsureInstances, SetWeights, Status
+from kiln.rollout.decide import SETTLED, Status
 from kiln.rollout.executor import Reconciler, instances_of, load_release
+from kiln.rollout.heal import HealState, heal_step
 from kiln.rollout.release_config import release_spec
 from kiln.spec.models import ServiceSpec
 from kiln.state.controller import heartbeat
@@ -42,16 +43,13 @@ class Driven:
 
 
 @dataclass
-class Healing:
-    """An instance launched to replace a dead one, waiting for its health check."""
+class Healing(HealState):
+    """A heal in progress for one service, with the controller's retry policy: replacements
+    that die too, or are not healthy in time, are retried with a growing delay (1, 2, 4 ... 60 s)
+    instead of the deploy's give-up."""
 
-    release: str
-    since: float
-    died: list[str] = field(default_factory=list)
     attempts: int = 0
-    launched_at: float = 0.0
     next_try: float = 0.0
-    """Replacements that die too are retried with a growing delay (1, 2, 4 ... 60 s)."""
 
 
 class Controller:
@@ -295,97 +293,57 @@ class Controller:
         return True
 
     def _do_heal(self, name: str) -> bool:
+        """One heal pass (kiln.rollout.heal.heal_step) with the controller's own liveness
+        verdicts (`_sick`) and retry policy; every change it made is an event."""
         current = self._current(name)
         if current is None:
             return False
-        store, compute = self.project.store, self.project.compute
+        store = self.project.store
         spec = self._release_spec(current)
-        insts = instances_of(store, current, ("starting", "running"))
-        observed = compute.observe(insts)
-        dead = [i for i, o in zip(insts, observed, strict=True) if not o.alive]
-        sick = self._sick(name, spec, [i for i, o in zip(insts, observed, strict=True)
-                                       if o.alive])
-        rec = self._healer(name, current, spec)
-        routes = {r["release_id"]: int(r["weight"]) for r in
-                  store.query("SELECT release_id, weight FROM routes WHERE service = ?", (name,))}
-        acted = False
-        if dead:
-            with store.tx() as c:
-                for inst in dead:
-                    c.execute("UPDATE instances SET state = 'dead', stopped_at = ? WHERE id = ? "
-                              "AND state IN ('starting','running')", (time.time(), inst.id))
-                    c.event("instance.died", f"{inst.id} ({inst.address}) died; replacing it "
-                            f"from the same image", service=name,
-                            data={"instance": inst.id, "release": current})
-            rec.act(rec.load(), [SetWeights(routes)])  # out of the router at once
-            self.metrics.actions.labels("instance_died").inc()
-            acted = True
-        for inst in sick:
-            checks = self.failing.pop(inst.id, 0)
-            with store.tx() as c:
-                c.execute("UPDATE instances SET state = 'draining' WHERE id = ? AND state = "
-                          "'running'", (inst.id,))
-                c.event("instance.unhealthy", f"{inst.id} ({inst.address}) failed {checks} "
-                        f"health checks in a row; replacing it from the same image",
-                        service=name, data={"instance": inst.id, "release": current,
-                                            "checks": checks})
-            rec.act(rec.load(), [SetWeights(routes)])  # out of the router before it stops
-            compute.terminate(inst, spec.stop_timeout)
-            dead.append(inst)
-            self.metrics.actions.labels("instance_unhealthy").inc()
-            acted = True
-        live = len(insts) - len(dead)
+        release = load_release(store, current)
+        sick = self._sick(name, spec, instances_of(store, current, ("running",)))
+        checks = {i.id: self.failing.pop(i.id, 0) for i in sick}
+        now = time.time()
         heal = self.healing.get(name)
-        if live < spec.replicas and (heal is None or time.time() >= heal.next_try):
-            heal = self.healing.setdefault(name, Healing(current, time.time()))
-            heal.died += [i.id for i in dead]
+        if heal is None or heal.release != current:
+            heal = Healing(current, now)
+        res = heal_step(self.project.rollout_env(name, spec), name, spec, release, heal, now,
+                        sick=sick, launch=now >= heal.next_try)
+        for inst in res.died + res.lost:
+            self._event("instance.died", f"{inst.id} ({inst.address}) died; replacing it from "
+                        "the same image", name, {"instance": inst.id, "release": current})
+        if res.died or res.lost:
+            self.metrics.actions.labels("instance_died").inc()
+        for inst in res.retired:
+            self._event("instance.unhealthy", f"{inst.id} ({inst.address}) failed "
+                        f"{checks[inst.id]} health checks in a row; replacing it from the same "
+                        "image", name, {"instance": inst.id, "release": current,
+                                        "checks": checks[inst.id]})
+            self.metrics.actions.labels("instance_unhealthy").inc()
+        if res.launched:
             heal.attempts += 1
-            heal.launched_at = time.time()
-            heal.next_try = time.time() + (min(60.0, 2.0 ** (heal.attempts - 2))
-                                           if heal.attempts > 1 else 0.0)
-            rec.act(rec.load(), [EnsureInstances(current, spec.replicas)])
-            self._event("instance.replaced", f"launched {spec.replicas - live} instance(s) of "
+            heal.next_try = now + (min(60.0, 2.0 ** (heal.attempts - 2))
+                                   if heal.attempts > 1 else 0.0)
+            self._event("instance.replaced", f"launched {len(res.launched)} instance(s) of "
                         f"{current} (same image, no new release)", name,
-                        {"release": current, "count": spec.replicas - live,
+                        {"release": current, "count": len(res.launched),
                          "attempt": heal.attempts})
             self.metrics.actions.labels("instance_launched").inc()
-            acted = True
-        # Starting instances join the rotation once their own health check passes.
-        joined = []
-        for inst in instances_of(store, current, ("starting",)):
-            if heal is not None and time.time() - heal.launched_at > spec.health.deadline:
-                compute.terminate(inst, spec.stop_timeout)
-                self._event("instance.unhealthy", f"{inst.id} not healthy within "
-                            f"{spec.health.deadline:.0f}s; stopped it, will retry", name,
-                            {"instance": inst.id})
-                acted = True
-                continue
-            if compute.healthy(inst, spec.health):
-                with store.tx() as c:
-                    c.execute("UPDATE instances SET state = 'running' WHERE id = ? AND "
-                              "state = 'starting'", (inst.id,))
-                joined.append(inst.id)
-        if joined:
-            rec.act(rec.load(), [SetWeights(routes)])
-            done = self.healing.pop(name, None)
-            took = f" {time.time() - done.since:.1f}s after the death" if done else ""
-            self._event("instance.in_rotation", f"{', '.join(joined)} healthy and in rotation"
-                        f"{took}", name, {"instances": joined, "release": current})
+        for inst in res.expired:
+            self._event("instance.unhealthy", f"{inst.id} not healthy within "
+                        f"{spec.health.deadline:.0f}s; stopped it, will retry", name,
+                        {"instance": inst.id})
+        if res.admitted:
+            joined = [i.id for i in res.admitted]
+            self._event("instance.in_rotation", f"{', '.join(joined)} healthy and in rotation "
+                        f"{time.time() - heal.since:.1f}s after the death", name,
+                        {"instances": joined, "release": current})
             self.metrics.actions.labels("instance_in_rotation").inc()
-            acted = True
-        elif (name in self.healing and not instances_of(store, current, ("starting",))
-              and len(instances_of(store, current, ("running",))) >= spec.replicas):
-            self.healing.pop(name, None)  # healed some other way (e.g. `kiln deploy`)
-        return acted
-
-    def _healer(self, name: str, release_id: str, spec: ServiceSpec) -> Reconciler:
-        """A reconciler over the service's last rollout, to launch and route like a rollout."""
-        row = self.project.store.one("SELECT id FROM rollouts WHERE service = ? ORDER BY id DESC "
-                                     "LIMIT 1", (name,))
-        assert row is not None
-        load_release(self.project.store, release_id)
-        env = self.project.rollout_env(name, spec)
-        return Reconciler(env, name, spec, int(row["id"]))
+        if res.done:
+            self.healing.pop(name, None)
+        else:
+            self.healing[name] = heal
+        return res.acted
 
     def _run_drift(self) -> None:
         from kiln.drift import detect
