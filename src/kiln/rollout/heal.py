@@ -88,9 +88,11 @@ def _running(env: Env, release_id: str) -> set[str]:
 
 
 def heal_step(env: Env, name: str, spec: ServiceSpec, release: Release, state: HealState,
-              now: float, *, sick: Sequence[Instance] = (), launch: bool = True) -> HealPass:
+              now: float, *, sick: Sequence[Instance] = (), launch: bool = True,
+              on_out: Callable[[HealPass], None] | None = None) -> HealPass:
     """One pass; never waits. `sick`: alive instances to replace (the driver's health verdict);
-    `launch`: whether to launch what is missing now (the driver's retry policy)."""
+    `launch`: whether to launch what is missing now (the driver's retry policy); `on_out` is
+    told what left the rotation before anything new is launched (its events come first)."""
     out = HealPass()
     insts = instances_of(env.store, release.id, ("starting", "running"))
     running = _running(env, release.id)
@@ -110,6 +112,8 @@ def heal_step(env: Env, name: str, spec: ServiceSpec, release: Release, state: H
                           "AND state IN ('starting','running')", (time.time(), inst.id))
     if out.died or out.retired:
         retire(env, name, spec, release, out.retired)  # out of the router at once
+    if on_out is not None and (out.died or out.lost or out.retired):
+        on_out(out)
     missing = spec.replicas - len(alive)
     if missing > 0 and launch:
         out.launched = env.compute.launch(name, spec, release, env.images(release.image_digest),

@@ -22,7 +22,7 @@ from kiln.platforms.base import Instance
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, Status
 from kiln.rollout.executor import Reconciler, instances_of, load_release
-from kiln.rollout.heal import HealState, heal_step
+from kiln.rollout.heal import HealPass, HealState, heal_step
 from kiln.rollout.release_config import release_spec
 from kiln.spec.models import ServiceSpec
 from kiln.state.controller import heartbeat
@@ -307,19 +307,23 @@ class Controller:
         heal = self.healing.get(name)
         if heal is None or heal.release != current:
             heal = Healing(current, now)
+        self.healing[name] = heal  # kept if the pass fails half-way: its retry delay holds
+
+        def out_of_rotation(res: HealPass) -> None:
+            for inst in res.died + res.lost:
+                self._event("instance.died", f"{inst.id} ({inst.address}) died; replacing it "
+                            "from the same image", name, {"instance": inst.id, "release": current})
+            if res.died or res.lost:
+                self.metrics.actions.labels("instance_died").inc()
+            for inst in res.retired:
+                self._event("instance.unhealthy", f"{inst.id} ({inst.address}) failed "
+                            f"{checks[inst.id]} health checks in a row; replacing it from the "
+                            "same image", name, {"instance": inst.id, "release": current,
+                                                 "checks": checks[inst.id]})
+                self.metrics.actions.labels("instance_unhealthy").inc()
+
         res = heal_step(self.project.rollout_env(name, spec), name, spec, release, heal, now,
-                        sick=sick, launch=now >= heal.next_try)
-        for inst in res.died + res.lost:
-            self._event("instance.died", f"{inst.id} ({inst.address}) died; replacing it from "
-                        "the same image", name, {"instance": inst.id, "release": current})
-        if res.died or res.lost:
-            self.metrics.actions.labels("instance_died").inc()
-        for inst in res.retired:
-            self._event("instance.unhealthy", f"{inst.id} ({inst.address}) failed "
-                        f"{checks[inst.id]} health checks in a row; replacing it from the same "
-                        "image", name, {"instance": inst.id, "release": current,
-                                        "checks": checks[inst.id]})
-            self.metrics.actions.labels("instance_unhealthy").inc()
+                        sick=sick, launch=now >= heal.next_try, on_out=out_of_rotation)
         if res.launched:
             heal.attempts += 1
             heal.next_try = now + (min(60.0, 2.0 ** (heal.attempts - 2))
@@ -340,9 +344,7 @@ class Controller:
                         {"instances": joined, "release": current})
             self.metrics.actions.labels("instance_in_rotation").inc()
         if res.done:
-            self.healing.pop(name, None)
-        else:
-            self.healing[name] = heal
+            del self.healing[name]
         return res.acted
 
     def _run_drift(self) -> None:
