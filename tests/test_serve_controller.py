@@ -131,6 +131,26 @@ def test_replacement_that_keeps_dying_is_retried_with_a_delay(tmp_path: Path) ->
     proj.close()
 
 
+def test_a_replacement_not_healthy_in_time_is_stopped_and_retried(tmp_path: Path) -> None:
+    proj, platform = deployed(tmp_path, CANARY)
+    ctl = controller(proj)
+    platform.compute.unhealthy_releases.add("web-r1")  # replacements run, never healthy
+    platform.compute.die(instances_of(proj.store, "web-r1")[0])
+    ctl._next_heal_check = 0.0
+    ctl.reconcile_once()
+    (late,) = instances_of(proj.store, "web-r1", ("starting",))
+    ctl.healing["web"].gate_from -= 6.0  # the 5 s health deadline has passed
+    ctl.reconcile_once()
+    assert platform.compute.stop_signal(late) == "sigterm"
+    assert any("not healthy within 5s" in str(r["message"]) for r in proj.store.query(
+        "SELECT message FROM events WHERE kind = 'instance.unhealthy'"))
+    platform.compute.unhealthy_releases.clear()
+    passes(ctl, lambda: len(platform.router.servers("web", "web-r1")) == 2)
+    assert late not in instances_of(proj.store, "web-r1", ("running",))
+    assert "web" not in ctl.healing
+    proj.close()
+
+
 def _probe_now(ctl: Controller) -> None:
     ctl._next_heal_check = 0.0
     ctl._next_probe.clear()  # one health check per pass: the test does not wait for the clock
