@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from kiln.platforms.base import Image, StepEvent
 from kiln.spec.models import ImageSpec
 from kiln.state.lock import pid_alive
 from kiln.state.store import Store
+from kiln.testing.project import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -273,15 +273,6 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_killed_bake_leaves_no_partial_image_and_next_bake_works(
         builder: LocalBuilder, store: Store, home: Path, tmp_path: Path) -> None:
     (tmp_path / "x").write_text("x")
@@ -291,7 +282,8 @@ def test_killed_bake_leaves_no_partial_image_and_next_bake_works(
     step_pid: list[int] = []
     try:
         wait_for(lambda: (marker.exists() and (home / "tmp" / "step.pid").exists())
-                 or child.poll() is not None, 120, "the sleep step to start")
+                 or child.poll() is not None, timeout=120, interval=0.02,
+                 what="the sleep step to start")
         assert child.poll() is None, "the bake ended before it could be killed"
         step_pid.append(int((home / "tmp" / "step.pid").read_text().split()[0]))
         child.send_signal(signal.SIGKILL)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from kiln.platforms.podman.handle import PodmanHandle
 from kiln.spec.models import Health, ImageSpec, ServiceSpec
 from kiln.state.store import Store
 from kiln.testing.podman import BASE, remove_containers
+from kiln.testing.project import wait_for
 
 PORT = 28080
 HEALTH = Health(path="/healthz", timeout=1.0, deadline=10.0)
@@ -78,17 +79,6 @@ def pid_of(inst: Instance) -> int:
     pid = LocalHandle.of(inst).pid
     assert pid is not None
     return pid
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    pause = 0.005
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
-    return check()
 
 
 @pytest.fixture(scope="session")
@@ -308,7 +298,7 @@ def test_observe_sees_a_killed_process_as_dead(harness: _Base) -> None:
     a, b = harness.launch(2)
     harness.compute.wait_healthy([a, b], HEALTH)
     harness.kill(a)
-    assert wait_until(lambda: not harness.compute.observe([a])[0].alive)
+    wait_for(lambda: not harness.compute.observe([a])[0].alive, what="the killed instance dead")
     assert harness.compute.observe([b])[0].alive
     assert harness.compute.sweep() == [f"{a.id}: process is gone, marked dead"]
 
@@ -411,7 +401,8 @@ def test_the_recorded_pid_is_the_app_itself(local: LocalHarness, image_dir: Path
     pid = pid_of(inst)
     cmdline = Path(f"/proc/{pid}/cmdline")
     # bwrap reports the pid before the sandboxed child has exec'd bash, then the app:
-    assert wait_until(lambda: cmdline.read_bytes().split(b"\0")[:2] == [b"python", b"app.py"])
+    wait_for(lambda: cmdline.read_bytes().split(b"\0")[:2] == [b"python", b"app.py"],
+             interval=0.01, what="the app's own command line")
     exe = os.readlink(f"/proc/{pid}/exe")
     assert Path(exe).resolve() == (image_dir / "root/.venv/bin/python").resolve()
     assert os.getpgid(pid) != os.getpgid(0)  # own session: outlives kiln's ^C
@@ -442,8 +433,9 @@ def test_crash_before_the_pid_is_recorded_leaves_no_orphan(local: LocalHarness) 
     assert local.compute.observe([from_state])[0].alive is False
     changes = local.compute.sweep()
     assert f"{inst.id}: stopped orphan process {pid}" in changes
-    assert wait_until(lambda: not Path(f"/proc/{pid}").exists()
-                      or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3])
+    wait_for(lambda: not Path(f"/proc/{pid}").exists()
+             or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3],
+             what="the orphan process gone")
     assert local.compute.list_instances("web") == []
 
 
