@@ -18,7 +18,9 @@ from kiln.platforms.fake.builder import FakeBuilder
 from kiln.platforms.podman.builder import PodmanBuilder
 from kiln.spec.models import ImageSpec
 from kiln.state.store import Store
-from kiln.testing.podman import BASE
+from kiln.testing.podman import BASE, remove_images
+
+PROJECT = "bcontract"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,15 @@ def platform(request: pytest.FixtureRequest,
     if request.param == "local":
         return LocalBuilder(store, home), "python"
     request.getfixturevalue("podman_base")
-    return PodmanBuilder(store, home, "bcontract"), BASE.model_dump()
+    request.getfixturevalue("podman_images")
+    return PodmanBuilder(store, home, PROJECT), BASE.model_dump()
+
+
+@pytest.fixture
+def podman_images(folder: Path) -> Iterator[None]:
+    """The images (and step-cache tags) a podman test bakes leave podman's storage after it."""
+    yield
+    remove_images(PROJECT, folder.name)
 
 
 def bake(platform: tuple[Builder, Any], folder: Path, *steps: dict[str, Any],
@@ -122,7 +132,7 @@ def test_a_missing_copy_source_is_a_bake_error(platform: tuple[Builder, Any],
 
 @pytest.mark.e2e
 def test_podman_runs_provisioner_steps_between_containerfile_runs(
-        store_home: tuple[Store, Path], podman_base: str, folder: Path,
+        store_home: tuple[Store, Path], podman_base: str, folder: Path, podman_images: None,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A puppet/ansible step splits the Containerfile: the steps before it are built, the
     provisioner gets that image and the steps after it build on what it committed. (The
@@ -143,7 +153,7 @@ def test_podman_runs_provisioner_steps_between_containerfile_runs(
     monkeypatch.setattr(provisioners, "provision", provision)
     (folder / "site.pp").write_text("notify { 'hi': }\n")
     store, home = store_home
-    platform = (PodmanBuilder(store, home, "bcontract"), BASE.model_dump())
+    platform = (PodmanBuilder(store, home, PROJECT), BASE.model_dump())
     steps = [{"copy": "app/", "to": "app/"}, {"puppet": {"manifest": "site.pp"}},
              {"run": "test -f app/main.py"}]
     image, statuses = bake(platform, folder, *steps)

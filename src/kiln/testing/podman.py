@@ -5,12 +5,13 @@ teardown that removes every container a project left behind."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-from kiln.platforms.podman import debian_base
+from kiln.platforms.podman import debian_base, images
 from kiln.spec.podman import DebianBase
 from kiln.testing.project import ROOT, Proj, free_port, teardown
 
@@ -49,6 +50,37 @@ def remove_containers(name_prefix: str) -> None:
     names = [n for n in proc.stdout.split() if n.startswith(name_prefix)]
     if names:
         subprocess.run([podman, "rm", "-f", "-t", "0", *names], capture_output=True, timeout=120)
+
+
+def remove_images(project: str, name: str) -> None:
+    """Take the project's image `name` out of podman's storage: every tag the podman builder
+    gave it (bakes and step cache), the untagged bakes a --no-cache rebuild left (its label),
+    then the untagged layers under them, leaf first. By tag and without --force, so an image
+    another name, a container or another image's layers still use stays."""
+    podman = shutil.which("podman")
+    if podman is None:
+        return
+    repos = {images.image_repository(project, name), images.step_repository(project, name)}
+    proc = subprocess.run([podman, "images", "-a", "--format", "json"], capture_output=True,
+                          text=True, timeout=120)
+    listing = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+    by_id = {str(i["Id"]): i for i in listing if isinstance(i, dict) and "Id" in i}
+    tags = [str(n) for i in by_id.values() for n in i.get("Names") or []
+            if str(n).rpartition(":")[0] in repos]
+    tops = [ident for ident, i in by_id.items()
+            if {str(n) for n in i.get("Names") or []} <= set(tags)
+            and (i.get("Names") or (i.get("Labels") or {}).get("kiln.image") == name)]
+    layers: set[str] = set()
+    for ident in tops:
+        while ident in by_id and ident not in layers and set(by_id[ident].get("Names") or []) \
+                <= set(tags):
+            layers.add(ident)
+            ident = str(by_id[ident].get("ParentId") or "")
+    if tags:
+        subprocess.run([podman, "rmi", *tags], capture_output=True, timeout=120)
+    # Newest first: an image is made after the one it is built on, and goes before it.
+    for ident in sorted(layers, key=lambda i: -float(by_id[i].get("Created") or 0)):
+        subprocess.run([podman, "rmi", ident], capture_output=True, timeout=120)
 
 
 def make_project(parent: Path, *, rollout: str | None = None, replicas: int = 3) -> Proj:

@@ -48,13 +48,18 @@ def remove(store: Store, keep: set[str], project: str) -> list[str]:
 
 def image_tag(project: str, name: str, key: str) -> str:
     """The tag the podman builder gives the image baked for `key`."""
-    return f"localhost/kiln/{project}-{name}:{key[:16]}"
+    return f"{image_repository(project, name)}:{key[:16]}"
+
+
+def image_repository(project: str, name: str) -> str:
+    """Where the podman builder tags every bake of the project's image `name` (one tag a key)."""
+    return f"localhost/kiln/{project}-{name}"
 
 
 def step_repository(project: str, name: str) -> str:
     """Where the podman builder tags the intermediate images of its step cache (the image before
     an ansible/puppet step, and the one that step committed), each under its step's key."""
-    return f"localhost/kiln/{project}-{name}-step"
+    return f"{image_repository(project, name)}-step"
 
 
 def remove_step_images(store: Store, project: str) -> list[str]:
