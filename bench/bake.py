@@ -30,15 +30,20 @@ BASE_TAG = "localhost/kiln-bench-base:latest"
 STEPS = 10
 
 
+def write_part(folder: Path, i: int) -> None:
+    """folder/part<i>: the 20 files (50 lines each) one copy step of the bench image copies."""
+    src = folder / f"part{i}"
+    src.mkdir(parents=True)
+    for j in range(20):
+        (src / f"f{j}.txt").write_text(f"part {i} file {j}\n" * 50)
+
+
 def make_project(folder: Path) -> None:
     """kiln.yaml and the equivalent Containerfile over the same files."""
     yaml = ["project: benchbake", "images:", "  bench:", "    steps:"]
     containerfile = [f"FROM {BASE_TAG}", "WORKDIR /app"]
     for i in range(STEPS // 2):
-        src = folder / f"part{i}"
-        src.mkdir(parents=True)
-        for j in range(20):
-            (src / f"f{j}.txt").write_text(f"part {i} file {j}\n" * 50)
+        write_part(folder, i)
         yaml += [f"      - copy: part{i}/", f"        to: part{i}/",
                  f"      - run: echo step{i} > step{i}.txt"]
         containerfile += [f"COPY part{i}/ part{i}/", f"RUN echo step{i} > step{i}.txt"]

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bake import timed  # bench/bake.py: one subprocess, timed, its failure in one line
+from bake import timed, write_part  # bench/bake.py: a timed subprocess; the bench's files
 from kiln.bake import LocalBuilder
 from kiln.platforms.base import Image, Release
 from kiln.platforms.local.compute import LocalCompute
@@ -38,7 +38,7 @@ from kiln.spec.models import Health, ImageSpec, ServiceSpec
 from kiln.state.store import Store
 from kiln.testing.load import Load
 from kiln.testing.podman import BASE, ensure_base, make_project, teardown_project, unusable
-from kiln.testing.project import wait_for
+from kiln.testing.project import judged_canary, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 KILN = REPO / ".venv" / "bin" / "kiln"
@@ -63,10 +63,7 @@ def bake_project(folder: Path) -> None:
     yaml = ["project: benchpodman", "platform: podman", "images:", "  bench:",
             f"    base: {base}", "    steps:"]
     for i in range(STEPS // 2):
-        src = folder / f"part{i}"
-        src.mkdir(parents=True)
-        for j in range(20):
-            (src / f"f{j}.txt").write_text(f"part {i} file {j}\n" * 50)
+        write_part(folder, i)
         yaml += [f"      - copy: part{i}/", f"        to: part{i}/",
                  f"      - run: echo step{i} > /tmp/step{i}.txt && cp /tmp/step{i}.txt ."]
     (folder / "kiln.yaml").write_text("\n".join(yaml) + "\n")
@@ -117,15 +114,7 @@ def bench_noop_bake(work: Path, runs: int) -> dict[str, object]:
 
 # ---------------------------------------------------------------------- 2. canary under load
 
-CANARY = """\
-      strategy: canary
-      steps:
-        - {weight: 10, pause: 15s}
-        - {weight: 50, pause: 15s}
-      analysis: {max_error_rate_increase: 0.02, max_latency_increase: 50%, min_requests: 50,
-                 on_no_data: pause}
-      drain_timeout: 3s
-"""
+CANARY = judged_canary([(10, "15s"), (50, "15s")])
 
 
 def bench_canary(work: Path, rate: float, minimum: int) -> dict[str, object]:

@@ -12,19 +12,11 @@ from pathlib import Path
 import pytest
 
 from kiln.testing.load import Load, LoadStats
-from kiln.testing.project import KILN, Proj, wait_for
+from kiln.testing.project import KILN, Proj, judged_canary, wait_for
 
 pytestmark = pytest.mark.e2e
 
-JUDGED = """\
-      strategy: canary
-      steps:
-        - {weight: 20, pause: 20s}
-        - {weight: 50, pause: 10s}
-      analysis: {max_error_rate_increase: 0.02, max_latency_increase: 25%, min_requests: 50,
-                 on_no_data: pause}
-      drain_timeout: 3s
-"""
+JUDGED = judged_canary([(20, "20s"), (50, "10s")], max_latency_increase="25%")
 PAUSES = 30.0  # seconds of pauses in JUDGED: a sequential judge decides well before
 
 

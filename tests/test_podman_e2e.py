@@ -13,19 +13,11 @@ import pytest
 
 from kiln.testing.load import Load, LoadStats
 from kiln.testing.podman import make_project, project_name, teardown_project
-from kiln.testing.project import Proj, wait_for
+from kiln.testing.project import Proj, judged_canary, wait_for
 
 pytestmark = pytest.mark.e2e
 
-JUDGED = """\
-      strategy: canary
-      steps:
-        - {weight: 20, pause: 20s}
-        - {weight: 50, pause: 4s}
-      analysis: {max_error_rate_increase: 0.02, max_latency_increase: 50%, min_requests: 50,
-                 on_no_data: pause}
-      drain_timeout: 3s
-"""
+JUDGED = judged_canary([(20, "20s"), (50, "4s")])
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,6 +58,17 @@ CANARY_FAST = """\
         - {weight: 50, pause: 0s}
       drain_timeout: 3s
 """
+
+
+def judged_canary(steps: Sequence[tuple[int, str]], *, max_latency_increase: str = "50%",
+                  drain_timeout: str = "3s") -> str:
+    """The rollout block (indented for `services.web.rollout`) of a canary the judge decides:
+    (weight, pause) steps, at most 2 points more errors, >= 50 requests, pause without data."""
+    lines = "".join(f"        - {{weight: {w}, pause: {p}}}\n" for w, p in steps)
+    return (f"      strategy: canary\n      steps:\n{lines}"
+            f"      analysis: {{max_error_rate_increase: 0.02, max_latency_increase: "
+            f"{max_latency_increase}, min_requests: 50,\n                 on_no_data: pause}}\n"
+            f"      drain_timeout: {drain_timeout}\n")
 
 
 def free_port() -> int:
