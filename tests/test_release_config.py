@@ -89,3 +89,33 @@ def test_a_field_added_by_a_kiln_upgrade_is_not_a_config_change(tmp_path: Path) 
     edited = ServiceSpec.model_validate({**GOOD, "env": {"GREETING": "hi"}})
     assert not same_config(store, release, config_digest(edited))
     store.close()
+
+
+def test_a_release_launches_with_the_env_and_workdir_it_was_made_with(tmp_path: Path) -> None:
+    """Two images with the same files but other env/workdir steps share one image row (keyed
+    by the files' digest; the last bake's env wins there): each release keeps its own."""
+    from kiln.platforms.base import Image, Release
+    from kiln.rollout.release_config import release_image
+
+    store = store_with(tmp_path, GOOD)
+    with store.tx() as c:
+        c.execute("UPDATE releases SET image_env_json = ?, image_workdir = ? WHERE id = 'web-r1'",
+                  (json.dumps({"ROLE": "web"}), "srv"))
+        c.execute("INSERT INTO releases(id, service, number, image_digest, config_digest, "
+                  "config_json, created_at) VALUES ('web-r0','web',0,'sha256:x','c','{}',0)")
+    shared = Image("worker", "sha256:x", "/x", env={"ROLE": "worker"}, workdir="")
+    r1 = release_image(store, lambda d: shared, Release("web-r1", "web", 1, "sha256:x", "c"))
+    assert r1.env == {"ROLE": "web"} and r1.workdir == "srv" and r1.digest == "sha256:x"
+    old = release_image(store, lambda d: shared, Release("web-r0", "web", 0, "sha256:x", "c"))
+    assert old == shared  # a release made before releases recorded it: the store's row
+    store.close()
+
+
+def test_a_new_release_records_its_images_env_and_workdir(tmp_path: Path) -> None:
+    from test_serve_controller import CANARY, deployed
+
+    proj, _ = deployed(tmp_path, CANARY)  # the fake image has an env step VERSION=1
+    row = proj.store.one("SELECT image_env_json, image_workdir FROM releases WHERE id = 'web-r1'")
+    assert row is not None
+    assert json.loads(row["image_env_json"]) == {"VERSION": "1"} and row["image_workdir"] == ""
+    proj.close()

@@ -90,6 +90,8 @@ def test_migration_takes_a_backup(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version=3")  # as if an older kiln wrote it
         conn.execute("DROP TABLE IF EXISTS controller")
         conn.execute("ALTER TABLE images DROP COLUMN workdir")
+        conn.execute("ALTER TABLE releases DROP COLUMN image_env_json")
+        conn.execute("ALTER TABLE releases DROP COLUMN image_workdir")
     Store.open(home).close()
     assert list((home / "backups").glob("state-*-v3-migration.db"))
 

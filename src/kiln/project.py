@@ -243,10 +243,11 @@ class Project:
             rid = f"{service}-r{number}"
             c.execute(
                 "INSERT INTO releases(id, service, number, image_digest, config_digest, "
-                "config_json, created_at, skip_tests) VALUES (?,?,?,?,?,?,?,?)",
+                "config_json, created_at, skip_tests, image_env_json, image_workdir) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (rid, service, number, image.digest, cfg,
                  json.dumps(spec.model_dump(mode="json", by_alias=True)), time.time(),
-                 int(skip_tests)))
+                 int(skip_tests), json.dumps(dict(image.env), sort_keys=True), image.workdir))
             c.event("release.created", f"{rid}: image {image.digest[:19]}", service=service,
                     data={"image": image.digest, "config": cfg, "skip_tests": skip_tests})
         return Release(rid, service, number, image.digest, cfg)

@@ -31,7 +31,7 @@ from kiln.rollout.decide import (
     Verdict,
     decide,
 )
-from kiln.rollout.release_config import release_health
+from kiln.rollout.release_config import release_health, release_image
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
 
@@ -247,7 +247,7 @@ class Reconciler:
         if missing <= 0:
             return
         release = load_release(self.env.store, release_id)
-        image = self.env.images(release.image_digest)
+        image = release_image(self.env.store, self.env.images, release)
         self.env.compute.launch(self.name, self.service, release, image, missing,
                                 env=self.env.secrets)
         self.env.fault("launched")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from kiln.platforms.base import Instance, Release
 from kiln.rollout.executor import Env, Reconciler, instances_of
+from kiln.rollout.release_config import release_image
 from kiln.spec.models import ServiceSpec
 
 
@@ -116,8 +117,9 @@ def heal_step(env: Env, name: str, spec: ServiceSpec, release: Release, state: H
         on_out(out)
     missing = spec.replicas - len(alive)
     if missing > 0 and launch:
-        out.launched = env.compute.launch(name, spec, release, env.images(release.image_digest),
-                                          missing, env=env.secrets)
+        out.launched = env.compute.launch(name, spec, release,
+                                          release_image(env.store, env.images, release), missing,
+                                          env=env.secrets)
         env.fault("launched")
         state.launched += [i.id for i in out.launched]
         state.gate_from = now

@@ -9,14 +9,16 @@ a silent fallback; routing, which needs only the health check, loads just that p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from kiln.errors import StateError
-from kiln.platforms.base import Release
+from kiln.platforms.base import Image, Release
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
 
@@ -88,3 +90,17 @@ def release_health(store: Store, release_id: str) -> Health | None:
     except ValidationError as exc:
         raise StateError(f"release {release_id}: its recorded health check does not load "
                          f"({_first_error(exc)})", hint=HINT) from exc
+
+
+def release_image(store: Store, images: Callable[[str], Image], release: Release) -> Image:
+    """The image `release` launches: its digest's image with the env and workdir the release
+    was made with. The image store keys images by their files' digest, so two images with the
+    same files and other `env`/`workdir` steps share a row (the last bake's); the release's own
+    record says which it was."""
+    image = images(release.image_digest)
+    row = store.one("SELECT image_env_json, image_workdir FROM releases WHERE id = ?",
+                    (release.id,))
+    if row is None or row["image_env_json"] is None:
+        return image  # made before releases recorded it
+    return dataclasses.replace(image, env=json.loads(row["image_env_json"]),
+                               workdir=str(row["image_workdir"] or ""))

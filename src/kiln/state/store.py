@@ -146,6 +146,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE images ADD COLUMN workdir TEXT NOT NULL DEFAULT '';
     """,
+    # 6: a release records its image's env and workdir: two images with the same files (one row,
+    # keyed by digest) may set different ones (NULL: a release made before this)
+    """
+    ALTER TABLE releases ADD COLUMN image_env_json TEXT;
+    ALTER TABLE releases ADD COLUMN image_workdir TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
