@@ -127,6 +127,8 @@ def main() -> int:
             load.stop()
         say("cleaning up: kiln destroy")
         subprocess.call([KILN, "destroy"], cwd=work)
+        # The folder stays for its reports (their path is printed above); nothing runs there.
+        print(f"the demo's folder is kept for its reports: rm -rf {work}")
 
 
 if __name__ == "__main__":
