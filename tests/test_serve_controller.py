@@ -264,9 +264,10 @@ def test_dashboard_deploy_of_a_baked_image_and_rollback_only_start_rollouts(tmp_
 def test_one_router_reading_per_pass_for_every_service(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The router's verdicts on every service due are read in one call (20 services: one admin
-    API call, not 20), and a DOWN server is still told apart per service."""
+    API call, not 20), and a DOWN server is still told apart per service, also when one service's
+    name starts with another's (`web`, `web-api`)."""
     two = spec(CANARY).model_dump(mode="json", exclude_unset=True)
-    two["services"]["api"] = {**two["services"]["web"], "listen": "127.0.0.1:10"}
+    two["services"]["web-api"] = {**two["services"]["web"], "listen": "127.0.0.1:10"}
     platform = FakePlatform(FakeCompute())
     proj = project(tmp_path, Spec.model_validate(two), platform)
     platform.compute.store = proj.store
@@ -280,13 +281,13 @@ def test_one_router_reading_per_pass_for_every_service(tmp_path: Path,
 
     monkeypatch.setattr(platform.router, "server_statuses", spy)
     ctl = controller(proj)
-    api = instances_of(proj.store, "api-r1")
+    api = instances_of(proj.store, "web-api-r1")
     platform.router.down.add(api[0].address)
     _probe_now(ctl)
     _probe_now(ctl)
-    assert reads == [["api-r1", "web-r1"]] * 2
+    assert reads == [["web-api-r1", "web-r1"]] * 2
     assert {i: n for i, n in ctl.failing.items() if n} == {api[0].id: 2}
     _probe_now(ctl)
     assert [r["service"] for r in proj.store.query(
-        "SELECT service FROM events WHERE kind = 'instance.unhealthy'")] == ["api"]
+        "SELECT service FROM events WHERE kind = 'instance.unhealthy'")] == ["web-api"]
     proj.close()

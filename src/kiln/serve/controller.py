@@ -76,6 +76,8 @@ class Controller:
         """Instances are observed every half health interval: a death is seen within one."""
         self._specs: dict[str, ServiceSpec] = {}
         self.failing: dict[str, int] = {}
+        self._watched: dict[str, set[str]] = {}
+        """Service -> the instances its last probe counted (to forget those that are gone)."""
         """Instance id -> health checks failed in a row (instances in rotation, alive)."""
         self._next_probe: dict[str, float] = {}
         self._next_beat = 0.0
@@ -191,8 +193,9 @@ class Controller:
         for name, (spec, release_id, insts) in due.items():
             self._next_probe[name] = now + spec.health.interval
             ids = {i.id for i in insts}
-            for gone in [i for i in self.failing if i.startswith(f"{name}-") and i not in ids]:
-                del self.failing[gone]
+            for gone in self._watched.get(name, set()) - ids:  # by id: `web` vs `web-api-r1-…`
+                self.failing.pop(gone, None)
+            self._watched[name] = ids
             for inst in insts:
                 verdict = seen.get(release_id, {}).get(f"http://{inst.address}")
                 if verdict is None or verdict.startswith("MAINT"):
