@@ -80,3 +80,31 @@ def test_one_step_takes_the_dead_out_and_admits_only_the_healthy(tmp_path: Path)
     assert len(platform.router.servers("web", "web-r1")) == 2
     assert heal_step(env, "web", spec, release, state, 2.0).acted is False
     proj.close()
+
+
+def test_a_heal_that_gives_up_keeps_the_replacements_already_serving(tmp_path: Path) -> None:
+    """Two dead; one replacement becomes healthy and joins, the other never does: the heal
+    fails on the deadline, stops the late one, and keeps the one that serves."""
+    proj, platform = deployed(tmp_path, CANARY)
+    first = instances_of(proj.store, "web-r1")
+    for inst in first:
+        platform.compute.die(inst)
+    platform.compute.unhealthy_releases.add("web-r1")
+    spec = proj.service("web")
+    spec = spec.model_copy(update={"health": spec.health.model_copy(update={"deadline": 0.5})})
+
+    def first_replacement_recovers(_line: str) -> None:
+        new = [p.instance for p in platform.compute.procs.values()
+               if p.instance.release_id == "web-r1" and p.instance not in first]
+        if new:
+            platform.compute.set_healthy(new[0], True)
+
+    res = heal(proj.rollout_env("web", spec), "web", spec, load_release(proj.store, "web-r1"),
+               progress=first_replacement_recovers, tick=0.02)
+    assert not res.ok and "not healthy within 0.5s" in res.reason, res
+    serving = instances_of(proj.store, "web-r1", ("running",))
+    assert len(serving) == 1 and serving[0].id == res.launched[0], (serving, res.launched)
+    assert platform.router.servers("web", "web-r1") == [serving[0].address]
+    assert platform.compute.stop_signal(res.failed) == "sigterm"  # type: ignore[arg-type]
+    assert not platform.compute.stop_signal(serving[0])
+    proj.close()

@@ -200,9 +200,11 @@ def heal(env: Env, name: str, service: ServiceSpec, release: Release,
 
 def _give_up(env: Env, name: str, service: ServiceSpec, release: Release, state: HealState,
              culprit: Instance, reason: str) -> HealResult:
-    """Stop what this heal started (out of the router first); the instances that were serving
-    before it are left as they are."""
-    ours = [i for i in instances_of(env.store, release.id) if i.id in state.launched]
+    """Stop what this heal started and is not serving yet (out of the router first); the
+    instances serving (from before, or replacements already admitted) are left as they are:
+    fewer than `replicas` serve, but no fewer than before the give-up."""
+    ours = [i for i in instances_of(env.store, release.id, ("starting",))
+            if i.id in state.launched]
     if ours:
         retire(env, name, service, release, ours)
     env.store.event("release.heal_failed", reason, service=culprit.service,
