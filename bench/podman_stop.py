@@ -26,6 +26,7 @@ from pathlib import Path
 
 from kiln.platforms.podman.compute import container_command
 from kiln.testing.podman import ensure_base, unusable
+from kiln.testing.project import wait_for
 
 APP = ("import signal, sys, time\n"
        "def term(*_):\n"
@@ -50,11 +51,8 @@ def one(base: str, argv: list[str]) -> tuple[float, bool]:
     try:
         podman("run", "-d", "--name", name, "--init", "--user", "65534:65534", "--read-only",
                "--log-driver", "k8s-file", "-e", f"APP={APP}", base, *argv).check_returncode()
-        deadline = time.monotonic() + 30
-        while "up" not in podman("logs", name).stdout:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start: {podman('logs', name).stderr}")
-            time.sleep(0.05)
+        wait_for(lambda: "up" in podman("logs", name).stdout, timeout=30,
+                 what=f"{name} started")
         began = time.monotonic()
         podman("stop", "-t", "10", name).check_returncode()
         took = time.monotonic() - began

@@ -83,7 +83,7 @@ class LocalBuilder:
         row = imagestore.find_by_key(self.store, plan[-1].key)
         if row is None:
             return None
-        image = Image(name=name, digest=row["digest"], ref=row["ref"], env=_image_env(spec),
+        image = Image(name=name, digest=row["digest"], ref=row["ref"], env=steps.image_env(spec.steps),
                       workdir=steps.final_workdir(spec.steps, name))
         if imagestore.integrity_problem(image) is not None:
             return None  # tampered: a bake must rebuild it, so it is not "unchanged"
@@ -100,7 +100,7 @@ class LocalBuilder:
         emit = progress or (lambda _e: None)
         runtime, plan = self._plan(spec, base_dir)
         total = len(spec.steps)
-        env = _image_env(spec)
+        env = steps.image_env(spec.steps)
         if not no_cache:
             row = imagestore.find_by_key(self.store, plan[-1].key)
             if row is not None and not self._intact_or_discard(row, name, env):
@@ -316,14 +316,6 @@ class LocalBuilder:
         for entry in tmp.iterdir():
             if entry.name == "work" or entry.name.startswith(("snap-", "old-")):
                 imagestore.force_rmtree(entry)
-
-
-def _image_env(spec: ImageSpec) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for step in spec.steps:
-        if isinstance(step, EnvStep):
-            env.update(step.env)
-    return env
 
 
 def _apply_context(step: Step | None, env: dict[str, str], cwd: Path,

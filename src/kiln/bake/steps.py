@@ -74,6 +74,15 @@ def inside(root: Path, rel: str, what: str, where: str) -> Path:
     return root if norm == "." else root / norm
 
 
+def image_env(image_steps: Sequence[Step]) -> dict[str, str]:
+    """The environment the image's `env` steps set (later steps win): instances get it."""
+    env: dict[str, str] = {}
+    for step in image_steps:
+        if isinstance(step, EnvStep):
+            env.update(step.env)
+    return env
+
+
 def final_workdir(image_steps: Sequence[Step], image_name: str) -> str:
     """Where the service starts (as Dockerfile WORKDIR): the last `workdir` step's path relative
     to the image root, normalised; "" for the root itself (no workdir step)."""

@@ -213,7 +213,7 @@ class AmiBuilder:
         found = self.find(p.key)
         if found is None:
             return None
-        env = {k: v for s in spec.steps if isinstance(s, EnvStep) for k, v in s.env.items()}
+        env = steps.image_env(spec.steps)
         return Image(name=name, digest=p.digest, ref=str(found["ImageId"]), env=env,
                      workdir=steps.final_workdir(spec.steps, name))
 
@@ -223,7 +223,7 @@ class AmiBuilder:
         settings = self.aws.settings
         _ = self.net  # region and subnets first: bad input fails before anything is created
         p = plan(spec, base_dir, base_ami(self.aws), settings.instance_type)
-        env = {k: v for s in spec.steps if isinstance(s, EnvStep) for k, v in s.env.items()}
+        env = steps.image_env(spec.steps)
         total = len(p.steps)
         found = None if no_cache else self.find(p.key)
         if found is not None:

@@ -13,10 +13,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.bake.steps import final_workdir
+from kiln.bake.steps import final_workdir, image_env
 from kiln.errors import BakeError
 from kiln.platforms.base import Image, StepEvent
-from kiln.spec.models import CopyStep, EnvStep, ImageSpec
+from kiln.spec.models import CopyStep, ImageSpec
 
 
 class FakeBuilder:
@@ -52,10 +52,7 @@ class FakeBuilder:
         if name in self.fail:
             raise BakeError(f"step {total}/{total} failed with exit code 1")
         digest = "sha256:" + prefix.hexdigest()
-        env: dict[str, str] = {}
-        for step in spec.steps:
-            if isinstance(step, EnvStep):
-                env.update(step.env)
         self.built.append((name, digest))
-        return Image(name=name, digest=digest, ref=f"fake://{name}/{digest[7:19]}", env=env,
+        return Image(name=name, digest=digest, ref=f"fake://{name}/{digest[7:19]}",
+                     env=image_env(spec.steps),
                      workdir=final_workdir(spec.steps, name))

@@ -228,15 +228,20 @@ class LocalCompute:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             return False, f"GET {path} failed: {reason}"
-        if 200 <= status < 300:
-            pid, _start, pgid, _leader = self._identity(instance)
-            address = f"{instance.host}:{instance.port}"
-            group = (lambda: group_members(pgid)) if pgid is not None else None
-            if pid is not None and tcp_table.holds_listener(pid, address, group) is False:
-                return False, (f"GET {path} answered {status}, but not from {instance.id}: "
-                               f"another process listens on {address}")
-            return True, f"GET {path} answered {status}"
-        return False, f"GET {path} answered {status}"
+        if not 200 <= status < 300:
+            return False, f"GET {path} answered {status}"
+        if self._listener_is_not_ours(instance):
+            return False, (f"GET {path} answered {status}, but not from {instance.id}: "
+                           f"another process listens on {instance.host}:{instance.port}")
+        return True, f"GET {path} answered {status}"
+
+    def _listener_is_not_ours(self, instance: Instance) -> bool:
+        """A healthy answer counts only if the instance's own process group holds the listener
+        (another process may have taken a freed address)."""
+        pid, _start, pgid, _leader = self._identity(instance)
+        group = (lambda: group_members(pgid)) if pgid is not None else None
+        address = f"{instance.host}:{instance.port}"
+        return pid is not None and tcp_table.holds_listener(pid, address, group) is False
 
     def wait_healthy(
         self, instances: Sequence[Instance], health: Health, deadline: float | None = None,

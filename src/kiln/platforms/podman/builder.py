@@ -23,7 +23,7 @@ from kiln.bake.hashing import iter_files, step_key
 from kiln.errors import BakeError, PlatformError
 from kiln.platforms.base import Image, StepEvent
 from kiln.platforms.podman import containerfile, debian_base, engine, images
-from kiln.spec.models import CopyStep, EnvStep, ImageSpec
+from kiln.spec.models import CopyStep, ImageSpec
 from kiln.state.store import Store
 
 Progress = Callable[[StepEvent], None]
@@ -90,7 +90,7 @@ class PodmanBuilder:
         if base is None:
             return None
         found = self._known(self.keys(spec, base_dir, base)[-1])
-        return None if found is None else Image(name, found.digest, found.ref, _image_env(spec),
+        return None if found is None else Image(name, found.digest, found.ref, steps.image_env(spec.steps),
                                                 containerfile.workdir_after(spec.steps))
 
     def _base_if_present(self, spec: ImageSpec) -> str | None:
@@ -105,7 +105,7 @@ class PodmanBuilder:
         total = len(spec.steps)
         base = self.base_id(spec, say=lambda m: emit(StepEvent(0, total, m, "running")))
         keys = self.keys(spec, base_dir, base)
-        env = _image_env(spec)
+        env = steps.image_env(spec.steps)
         if not no_cache:
             found = self._known(keys[-1])
             if found is not None:
@@ -284,9 +284,3 @@ def _copy(src: Path, dst: Path) -> None:
         dst.chmod(0o755 if src.stat().st_mode & 0o111 else 0o644)
 
 
-def _image_env(spec: ImageSpec) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for step in spec.steps:
-        if isinstance(step, EnvStep):
-            env.update(step.env)
-    return env
