@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import SpecError
-from kiln.spec.loader import LoadedSpec, find_spec, load_spec
+from kiln.spec.loader import LoadedSpec, find_spec, found_above, load_spec
 from kiln.spec.models import CommandCheck, CopyStep, HttpCheck, RunStep
 
 VALID = """\
@@ -188,7 +188,24 @@ def test_find_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sub = tmp_path / "sub"
     sub.mkdir()
     (sub / "kiln.yaml").write_text(VALID)
-    assert find_spec(sub, None) == sub / "kiln.yaml"
+    assert find_spec(sub, None) == Path("sub/kiln.yaml")
+
+
+def test_find_spec_in_parent_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As git finds its repository: the nearest kiln.yaml above, named relative to the cwd."""
+    (tmp_path / "kiln.yaml").write_text(VALID)
+    deep = tmp_path / "app" / "src"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    found = find_spec(None, None)
+    assert found == Path("../../kiln.yaml")
+    assert found.resolve() == (tmp_path / "kiln.yaml").resolve()
+    assert found_above(found)
+    monkeypatch.chdir(tmp_path)
+    assert not found_above(find_spec(None, None))
+    (tmp_path / "app" / "kiln.yaml").write_text(VALID)  # the nearest one wins
+    monkeypatch.chdir(deep)
+    assert find_spec(None, None) == Path("../kiln.yaml")
 
 
 def test_valid_spec_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

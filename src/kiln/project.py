@@ -83,9 +83,11 @@ class Project:
 
     @classmethod
     def open(cls, spec_file: Path | None = None, warn: Warn | None = None) -> Project:
-        from kiln.spec.loader import find_spec, load_spec
+        from kiln.spec.loader import find_spec, found_above, load_spec
 
         path = find_spec(Path.cwd(), spec_file)
+        if found_above(path):
+            (warn or (lambda msg: None))(f"using {path} (found in a folder above this one)")
         loaded = load_spec(path)
         for line in loaded.spec.warnings():
             (warn or (lambda msg: None))(f"{loaded.path}: {line}")
@@ -174,6 +176,7 @@ class Project:
             if n not in self.spec.images:
                 known = ", ".join(sorted(self.spec.images)) or "none"
                 raise NotFound(f"{self.spec_path}: no image named {n!r} (images: {known})")
+        self._check_sources(names)
         out = []
         with self.locked("bake " + " ".join(names)):
             for n in names:
@@ -181,6 +184,17 @@ class Project:
                 out.append(self.builder.build(n, self.spec.images[n], base_dir=self.base_dir,
                                               no_cache=no_cache, progress=cb))
         return out
+
+    def _check_sources(self, names: list[str]) -> None:
+        """Files the steps read exist, else one file:line error each (before anything runs)."""
+        from kiln.spec.files import check_files
+        from kiln.spec.loader import LoadedSpec
+
+        try:
+            text = self.spec_path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError):
+            text = ""  # positions fall back to 1:1; the check itself needs only the spec
+        check_files(LoadedSpec(self.spec, self.spec_path, self.base_dir, text), names)
 
     def list_images(self) -> list[dict[str, Any]]:
         from kiln.bake.imagestore import list_images

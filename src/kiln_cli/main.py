@@ -171,10 +171,15 @@ def main(
 @app.command()
 def validate(file: FileOpt = None, as_json: JsonOpt = False) -> None:
     """Check kiln.yaml; print ok or every problem as file:line:col: path: message."""
-    from kiln.spec.loader import find_spec, load_spec
+    from kiln.spec.files import check_files
+    from kiln.spec.loader import find_spec, found_above, load_spec
 
     def body() -> None:
-        loaded = load_spec(find_spec(Path.cwd(), file or OPTS.file))
+        path = find_spec(Path.cwd(), file or OPTS.file)
+        if found_above(path):
+            warn(f"using {path} (found in a folder above this one)")
+        loaded = load_spec(path)
+        check_files(loaded)
         warnings = [f"{loaded.path}: {line}" for line in loaded.spec.warnings()]
         for line in warnings:
             warn(line)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import types
 from dataclasses import dataclass
@@ -42,8 +43,8 @@ from kiln.spec.yaml_tree import (
 )
 from kiln.spec.yaml_tree import describe as _describe
 
-__all__ = ["MAX_FILE_BYTES", "MAX_NODES", "SPEC_FILENAME", "LoadedSpec", "find_spec", "load_spec",
-           "parse_spec"]
+__all__ = ["MAX_FILE_BYTES", "MAX_NODES", "SPEC_FILENAME", "LoadedSpec", "find_spec", "found_above",
+           "line_at", "load_spec", "parse_spec"]
 
 SPEC_FILENAME = "kiln.yaml"
 MAX_FILE_BYTES = 16 * 1024 * 1024  # a 4 MB spec (8,000 services) loads in about a second
@@ -64,19 +65,38 @@ class LoadedSpec:
 
 
 def find_spec(start: Path | None = None, explicit: Path | None = None) -> Path:
-    """The spec to use: `explicit` (-f) as given, else kiln.yaml in `start` (default: cwd).
+    """The spec to use: `explicit` (-f) as given, else kiln.yaml in `start` (default: cwd) or the
+    nearest folder above it that has one, as git finds its repository.
 
-    In the cwd the path stays relative, so messages read `kiln.yaml:3:5: ...`.
+    The path stays relative to the cwd (`kiln.yaml`, `../../kiln.yaml`) so messages read
+    `kiln.yaml:3:5: ...` in the project folder and still point at the right file from below it.
     """
     if explicit is not None:
         return explicit
-    here = start is None or start.resolve() == Path.cwd().resolve()
-    path = Path(SPEC_FILENAME) if here or start is None else start / SPEC_FILENAME
-    if not path.is_file():
-        err = SpecError([f"{path}: file not found"])
-        err.hint = "run `kiln init` to create one, or pass -f FILE"
-        raise err
-    return path
+    origin = (start or Path.cwd()).resolve()
+    for folder in (origin, *origin.parents):
+        candidate = folder / SPEC_FILENAME
+        if candidate.is_file():
+            return _relative(candidate)
+    err = SpecError([f"{_relative(origin / SPEC_FILENAME)}: file not found (nor in any folder "
+                     "above it)"])
+    err.hint = "run `kiln init` to create one, or pass -f FILE"
+    raise err
+
+
+def _relative(path: Path) -> Path:
+    """`path` relative to the cwd when it is below the cwd or in one of its parents, else as is."""
+    try:
+        rel = Path(os.path.relpath(path, Path.cwd()))
+    except ValueError:
+        return path
+    ups = [part == ".." for part in rel.parts[:-1]]
+    return rel if all(ups) or not any(ups) else path
+
+
+def found_above(path: Path) -> bool:
+    """Whether find_spec found `path` in a folder above the cwd (commands then say where)."""
+    return path.parent != Path(".") and not path.is_absolute() and path.parts[0] == ".."
 
 
 def load_spec(path: Path) -> LoadedSpec:
@@ -395,6 +415,14 @@ def _fmt_path(loc: Loc) -> str:
         else:
             text += f".{el}" if text else el
     return text
+
+
+def line_at(loaded: LoadedSpec, loc: Loc, message: str) -> str:
+    """`file:line:col: path: message` for a problem found after loading (the node tree is only
+    built here, when there is something to report)."""
+    tree = _parse_yaml(loaded.text, str(loaded.path))
+    pos = tree.position(loc) if tree is not None else (1, 1)
+    return _line(str(loaded.path), pos, _fmt_path(loc), message)
 
 
 def _line(filename: str, pos: Pos, path: str, message: str) -> str:
