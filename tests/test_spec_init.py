@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from kiln.errors import KilnError
-from kiln.spec.init import init_project, project_name
+from kiln.spec.init import free_port, init_project, project_name
 from kiln.spec.loader import load_spec
 
 
@@ -57,3 +58,31 @@ def test_init_rejects_bad_name(tmp_path: Path) -> None:
     ("Ünïcode", "unicode"), ("x" * 60, "x" * 40), ("a--b", "a-b")])
 def test_project_name(tmp_path: Path, folder: str, name: str) -> None:
     assert project_name(tmp_path / folder) == name
+
+
+def test_free_port_skips_a_taken_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        assert free_port(taken) != taken
+        assert free_port(taken, avoid=frozenset({taken + 1})) not in (taken, taken + 1)
+
+
+def test_init_writes_ports_that_are_free(tmp_path: Path) -> None:
+    """A starter spec whose listen port is taken would fail at its first deploy."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        held.bind(("127.0.0.1", 8080))
+        held.listen()
+    except OSError:
+        pass  # something else already holds 8080: init must avoid it all the same
+    try:
+        init_project(tmp_path)
+        svc = load_spec(tmp_path / "kiln.yaml").spec.services["web"]
+        listen_port = int(svc.listen.rsplit(":", 1)[1])
+        assert listen_port != 8080 and listen_port != svc.port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", listen_port))  # free when init wrote it
+    finally:
+        held.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import unicodedata
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -26,10 +27,27 @@ def project_name(folder: Path) -> str:
     return name or "app"
 
 
+def free_port(preferred: int, avoid: frozenset[int] = frozenset(), host: str = "127.0.0.1",
+              tries: int = 200) -> int:
+    """`preferred` if nothing listens there on `host`, else the next free port above it: a
+    starter spec that names a taken port fails at its first deploy."""
+    for port in range(preferred, min(preferred + tries, 65536)):
+        if port in avoid:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return preferred  # everything near it is taken: the first deploy says which process holds it
+
+
 def init_project(folder: Path, project: str | None = None) -> list[Path]:
     """Write the starter files into `folder` (created if needed); returns the paths written.
 
     Refuses when kiln.yaml or any file it would write already exists: init never overwrites.
+    The router's listen port and the app's port are free ones (8080 and 8000 when free).
     """
     name = project if project is not None else project_name(folder)
     if not re.match(NAME_RE, name):
@@ -40,7 +58,9 @@ def init_project(folder: Path, project: str | None = None) -> list[Path]:
                         "a folder without a kiln.yaml")
     if folder.exists() and not folder.is_dir():
         raise KilnError(f"{folder} is not a folder")
-    plan = [(folder / rel, text) for rel, text in _render(name)]
+    listen = free_port(8080)
+    port = free_port(8000, avoid=frozenset({listen}))
+    plan = [(folder / rel, text) for rel, text in _render(name, listen=listen, port=port)]
     clashes = [str(path) for path, _ in plan if path.exists()]
     if clashes:
         raise KilnError(f"refusing to overwrite {', '.join(clashes)}",
@@ -57,10 +77,11 @@ def init_project(folder: Path, project: str | None = None) -> list[Path]:
     return written
 
 
-def _render(project: str) -> list[tuple[Path, str]]:
+def _render(project: str, *, listen: int = 8080, port: int = 8000) -> list[tuple[Path, str]]:
     """(relative path, text) for every template, kiln.yaml first."""
     root = files("kiln.spec").joinpath(_TEMPLATES)
-    out = [(rel, Template(node.read_text(encoding="utf-8")).substitute(project=project))
+    values = {"project": project, "listen_port": str(listen), "app_port": str(port)}
+    out = [(rel, Template(node.read_text(encoding="utf-8")).safe_substitute(values))
            for rel, node in _walk(root, Path())]
     return sorted(out, key=lambda item: (item[0] != Path(SPEC_FILENAME), str(item[0])))
 
