@@ -37,9 +37,12 @@ def _rollouts(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def deploy_detached(args: Sequence[str], cwd: Path, home: Path,
                     status: Callable[[], dict[str, Any]], echo: Callable[[str], None],
-                    poll: float = 0.3) -> int:
+                    poll: float = 0.3,
+                    started: Callable[[list[dict[str, Any]]], None] | None = None) -> int:
     """Start `kiln <args>` in the background; return 0 once one of its rollouts is under way
-    (or the background deploy's exit code if it ends first)."""
+    (or the background deploy's exit code if it ends first). `started` gets the rollouts under
+    way as deploy results (`outcome: started`) for `--json`, in place of the words."""
+    t0 = time.monotonic()
     before = {name: ro["rollout_id"] for name, ro in _rollouts(status()).items()}
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -65,25 +68,44 @@ def deploy_detached(args: Sequence[str], cwd: Path, home: Path,
         if code is not None:
             show()
             return code
-        for name, ro in _rollouts(status()).items():
-            mine = ro["rollout_id"] != before.get(name) or ro["phase"] not in SETTLED
-            if mine and ro["phase"] in UNDER_WAY:
-                echo(f"{name}: rollout #{ro['rollout_id']} goes on in the background (pid {proc.pid}); "
-                     f"follow it with `kiln status --watch`; output: {log}")
-                return 0
+        under_way = [(name, ro) for name, ro in _rollouts(status()).items()
+                     if (ro["rollout_id"] != before.get(name) or ro["phase"] not in SETTLED)
+                     and ro["phase"] in UNDER_WAY]
+        if under_way:
+            if started is not None:
+                started([{"service": name, "release": ro.get("to"), "outcome": "started",
+                          "reason": f"goes on in the background (pid {proc.pid}); output: {log}",
+                          "rollout_id": ro["rollout_id"], "report": None,
+                          "seconds": round(time.monotonic() - t0, 3)}
+                         for name, ro in under_way])
+            for name, ro in under_way:
+                echo(f"{name}: rollout #{ro['rollout_id']} goes on in the background "
+                     f"(pid {proc.pid}); follow it with `kiln status --watch`; output: {log}")
+            return 0
         time.sleep(poll)
 
 
+def _silent(line: str) -> None:
+    """Words are not written where JSON documents are."""
+
+
 def watch(status: Callable[[], dict[str, Any]], echo: Callable[[str], None],
-          poll: float = 0.5, timeout: float = 24 * 3600.0) -> int:
+          poll: float = 0.5, timeout: float = 24 * 3600.0,
+          documents: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Print each change of the services' rollouts until none is open; 3 if one that was open
-    ended rolled back, failed or aborted, 1 if an open rollout has nobody driving it."""
+    ended rolled back, failed or aborted, 1 if an open rollout has nobody driving it.
+    `documents` (for `--json`) gets the whole status document at each change, in place of the
+    words: one JSON document per line, each valid against status.schema.json."""
     seen: dict[str, str] = {}
     watched: set[str] = set()
     deadline = time.monotonic() + timeout
+    if documents is not None:
+        echo = _silent
     while True:
         open_ = False
-        for name, ro in _rollouts(status()).items():
+        data = status()
+        changed = False
+        for name, ro in _rollouts(data).items():
             if ro["phase"] not in SETTLED:
                 open_ = True
                 watched.add(name)
@@ -91,12 +113,16 @@ def watch(status: Callable[[], dict[str, Any]], echo: Callable[[str], None],
             if seen.get(name) != line:
                 echo(line)
                 seen[name] = line
+                changed = True
+        if documents is not None and (changed or not seen):
+            documents(data)
+            seen.setdefault("", "")  # the first document is always written
             if ro["phase"] not in SETTLED and ro.get("driven_by") is None:
                 echo(f"{name}: no kiln command is driving rollout #{ro['rollout_id']}; "
                      "`kiln deploy` resumes it")
                 return 1
         if not open_:
-            outcomes = {name: ro["outcome"] for name, ro in _rollouts(status()).items()
+            outcomes = {name: ro["outcome"] for name, ro in _rollouts(data).items()
                         if name in watched}
             for name, outcome in outcomes.items():
                 echo(f"{name}: settled: {OUTCOME_WORDS.get(outcome, outcome)}")

@@ -141,6 +141,12 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def print_json_line(data: Any) -> None:
+    """One JSON document per line (`--watch --json`): a reader parses each line as it comes."""
+    sys.stdout.write(json.dumps(data, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
 def version_cb(value: bool) -> None:
     if value:
         from kiln import __version__
@@ -345,8 +351,10 @@ def deploy(
             args = [*(["-f", str(OPTS.file)] if OPTS.file else []), "deploy", *(services or []),
                     *(["--skip-tests"] if skip_tests else []), *(["--no-cache"] if no_cache else []),
                     *(["--force"] if force else [])]
-            code = deploy_detached(args, Path.cwd(), proj.home, proj.status,
-                                   lambda line: print(line, flush=True))
+            code = deploy_detached(
+                args, Path.cwd(), proj.home, proj.status,
+                (lambda line: None) if as_json else (lambda line: print(line, flush=True)),
+                started=print_json if as_json else None)
             if code:
                 raise typer.Exit(code)
             return
@@ -417,6 +425,12 @@ def status(service: Annotated[str | None, typer.Argument(metavar="[SERVICE]",
             from kiln_cli.detach import watch as follow
 
             proj = project()
+            if as_json:
+                code = follow(lambda: proj.status(service), lambda line: None,
+                              documents=print_json_line)
+                if code:
+                    raise typer.Exit(code)
+                return
             code = follow(lambda: proj.status(service), lambda line: print(line, flush=True))
             out().print(status_view(proj.status(service), width()))
             if code:
