@@ -68,8 +68,8 @@ def test_exited_instance(image: Image, tmp_path: Path) -> None:
     compute = FakeCompute(home=tmp_path)
     compute.exit_releases.add(f"web-test-{'ab' * 6}")
     suite = _run(compute, image, [{"http": {"path": "/"}}], tmp_path)
-    assert suite.results[0].detail.startswith("instance never became healthy: the instance "
-                                              "exited")
+    assert suite.results[0].detail.startswith("not run: the instance never became healthy: the "
+                                              "instance exited")
 
 
 def test_launch_error_fails_instance_checks_but_file_checks_run(image: Image,

@@ -151,8 +151,9 @@ def test_never_healthy_fails_app_checks_and_leaves_nothing(compute: Compute, ima
     http, cmd, port, ti = suite.results
     assert cmd.passed  # runs in the instance env without waiting for the app
     for r in (http, port, ti):
-        assert not r.passed and r.detail.startswith("instance never became healthy: not healthy "
-                                                    "(GET /healthz) within 1s"), r
+        assert not r.passed and r.detail.startswith(
+            "not run: the instance never became healthy: not healthy (GET /healthz) within 1s; "
+            "last answer: status 503, expected 200"), r  # what was seen
     assert compute.running() == []
 
 

@@ -922,5 +922,8 @@ def raise_for(result: DeployResult) -> None:
     """Exit 3 when the judge or a health gate rolled a service back."""
     bad = result.rolled_back
     if bad:
-        detail = "; ".join(f"{s.service}: {s.outcome}: {s.reason}" for s in bad)
+        words = {"rolled_back": "rolled back", "failed": "failed", "aborted": "aborted"}
+        detail = "; ".join(
+            " ".join(filter(None, [s.service, s.release, words.get(s.outcome, s.outcome)]))
+            + (f": {s.reason}" if s.reason else "") for s in bad)
         raise RolledBack(detail)

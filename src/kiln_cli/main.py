@@ -117,7 +117,7 @@ def guard(fn: Callable[[], T]) -> T:
         if json_mode():
             raise json_error(type(exc).__name__, exc.message, exc.exit_code, exc.hint) from None
         if isinstance(exc, kiln.RolledBack):
-            raise fail(f"rolled back: {exc}", exc.exit_code) from None
+            raise fail(str(exc), exc.exit_code) from None  # "web web-r3 rolled back: 5xx 21% vs 0%"
         raise fail(f"error: {exc}", exc.exit_code) from None
     except KeyboardInterrupt:
         if json_mode():
@@ -383,7 +383,7 @@ def exit_for(result: kiln.DeployResult) -> None:
     try:
         raise_for(result)
     except RolledBack as exc:
-        raise fail(f"rolled back: {exc}", exc.exit_code) from None
+        raise fail(str(exc), exc.exit_code) from None  # "web web-r3 rolled back: 5xx 21% vs 0%"
 
 
 def interrupted(proj: kiln.Project) -> typer.Exit:

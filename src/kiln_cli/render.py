@@ -131,9 +131,12 @@ def show_logs(paths: Sequence[tuple[str, Path]], *, follow: bool, lines: int) ->
     for inst_id, path in paths:
         try:
             fh = open(path, "rb")  # noqa: SIM115 - kept open while following
-        except OSError:
+        except OSError as exc:
+            sys.stderr.write(f"{inst_id}: no log to show ({path}: {exc.strerror or exc})\n")
             continue
         data = fh.read()
+        if not data.strip():  # silence must not look like a broken command
+            sys.stderr.write(f"{inst_id}: the app has written nothing yet (log: {path})\n")
         for line in data.splitlines()[-lines:]:
             sys.stdout.write(f"{inst_id} | {line.decode(errors='replace')}\n")
         handles.append((inst_id, fh))

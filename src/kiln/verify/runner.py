@@ -27,6 +27,7 @@ from kiln.spec.models import (
     Check,
     CommandCheck,
     FileCheck,
+    Health,
     HttpCheck,
     ImageSpec,
     PortCheck,
@@ -210,9 +211,17 @@ def _wait_healthy(compute: Compute, target: _Target, service: ServiceSpec) -> No
         if time.monotonic() >= deadline:
             target.healthy = False
             target.health_error = (f"not healthy (GET {health.path}) within "
-                                   f"{health.deadline:g}s" + _log_tail(compute, instance))
+                                   f"{health.deadline:g}s" + _last_answer(instance, health)
+                                   + _log_tail(compute, instance))
             return
         time.sleep(HEALTH_POLL)
+
+
+def _last_answer(instance: Instance, health: Health) -> str:
+    """What the health path answers now, as kiln sees it: a failure says what was seen."""
+    probe = HttpCheck.Spec(path=health.path, timeout=min(health.timeout, 2.0))
+    seen = ck.check_http(probe, instance)
+    return f"; last answer: {seen.detail}" if not seen.passed else ""
 
 
 LOG_TAIL = 20
@@ -260,7 +269,7 @@ def _run_one(index: int, check: Check, *, compute: Compute, target: _Target,
             _wait_healthy(compute, target, service)
             start = time.monotonic()  # the check's own time starts once the app is up
         if not target.healthy:
-            return done(ck.Outcome(False, f"instance never became healthy: "
+            return done(ck.Outcome(False, f"not run: the instance never became healthy: "
                                           f"{target.health_error}"))
     if isinstance(check, TestinfraCheck):
         path = (base_dir / check.testinfra).resolve()
