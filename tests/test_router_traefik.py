@@ -154,8 +154,9 @@ def test_listen_in_use_is_a_platform_error(router: TraefikRouter,
         port = squatter.getsockname()[1]
         with pytest.raises(PlatformError) as err:
             router.set_backends("web", spec(port), [Backend("web-r1", 100, [a])])
+    comm = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
     assert str(err.value) == (f"127.0.0.1:{port} (services.web.listen) is already in use by "
-                              "another process")
+                              f"pid {os.getpid()} ({comm}); choose another port there or stop it")
     assert not (router.dynamic_dir / "web.yml").exists()
     assert not router.is_running()
 

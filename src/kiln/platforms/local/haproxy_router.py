@@ -33,6 +33,7 @@ from typing import Any
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend, RequestCounts
 from kiln.platforms.local import haproxy_config as hc
+from kiln.platforms.local import tcp_table
 from kiln.platforms.local import traefik_process as proc
 from kiln.platforms.local.router_files import RouterFiles
 from kiln.platforms.local.traefik_process import Running
@@ -147,8 +148,7 @@ class HAProxyRouter(RouterFiles):
         ours = set(running.listens.values()) if running else set()
         for name, addr in sorted(listens.items()):
             if addr not in ours and not proc.port_free_soon(addr):
-                raise PlatformError(f"{addr} (services.{name}.listen) is already in use by "
-                                    "another process")
+                raise PlatformError(tcp_table.in_use_message(addr, f"services.{name}.listen"))
         self._render(state)
         if running is not None:
             self._soft_stop(running)
@@ -223,8 +223,8 @@ class HAProxyRouter(RouterFiles):
             current = self._listens(state).get(service_name)
             if service.listen != current and service.listen not in served \
                     and not proc.port_free_soon(service.listen):
-                raise PlatformError(f"{service.listen} (services.{service_name}.listen) is "
-                                    "already in use by another process")
+                raise PlatformError(tcp_table.in_use_message(
+                    service.listen, f"services.{service_name}.listen"))
             svc = {
                 "listen": service.listen,
                 "health": service.health.model_dump(mode="json"),

@@ -112,8 +112,7 @@ class TraefikRouter(RouterFiles):
         ours = set(running.listens.values()) if running else set()
         for name, addr in sorted(listens.items()):
             if addr not in ours and not traefik_process.port_free_soon(addr):
-                raise PlatformError(f"{addr} (services.{name}.listen) is already in use by "
-                                    "another process")
+                raise PlatformError(tcp_table.in_use_message(addr, f"services.{name}.listen"))
         admin = state["admin"]
         if not admin or (admin != (running.admin if running else None)
                          and not traefik_process.port_free(admin)):
@@ -175,8 +174,8 @@ class TraefikRouter(RouterFiles):
             current = self._listens(state).get(service_name)
             if service.listen != current and service.listen not in served \
                     and not traefik_process.port_free_soon(service.listen):
-                raise PlatformError(f"{service.listen} (services.{service_name}.listen) is "
-                                    "already in use by another process")
+                raise PlatformError(tcp_table.in_use_message(
+                    service.listen, f"services.{service_name}.listen"))
             try:
                 dynamic = traefik_config.dynamic_config(service_name, service.health, backends)
             except ValueError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kiln.errors import PlatformError
-from kiln.platforms.local import traefik_process
+from kiln.platforms.local import tcp_table, traefik_process
 from kiln.platforms.local.traefik_process import Running
 
 
@@ -93,5 +93,4 @@ class RouterFiles:
         if running is not None and listen in set(running.listens.values()):
             return
         if not traefik_process.port_free_soon(listen):
-            raise PlatformError(f"{listen} (services.{service_name}.listen) is already in use by "
-                                "another process")
+            raise PlatformError(tcp_table.in_use_message(listen, f"services.{service_name}.listen"))

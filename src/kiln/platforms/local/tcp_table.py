@@ -114,3 +114,37 @@ def holds_listener(pid: int, address: str,
     if socket_inodes(pid) & listeners:
         return True
     return any(socket_inodes(p) & listeners for p in (others() if others else ()) if p != pid)
+
+
+def listener_owner(address: str) -> str | None:
+    """Who listens on `address` ('host:port', a wildcard listener on its port too), in words:
+    'pid 4242 (nginx)'. None when nobody does, or /proc does not tell (another user's process,
+    another network namespace)."""
+    port = address.rpartition(":")[2]
+    wanted = {address, f"0.0.0.0:{port}", f":::{port}", f"::{port}"}
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = parse_tcp_table(Path(table).read_text())
+        except OSError:
+            continue
+        inodes |= {inode for local, _r, state, inode in rows
+                   if state == LISTEN and local in wanted}
+    inodes.discard(0)
+    if not inodes:
+        return None
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and socket_inodes(int(entry)) & inodes:
+            try:
+                name = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                name = "?"
+            return f"pid {entry} ({name})"
+    return None
+
+
+def in_use_message(address: str, where: str) -> str:
+    """One line for a listen address another process holds: what, where, and who holds it."""
+    owner = listener_owner(address)
+    return (f"{address} ({where}) is already in use by "
+            + (owner if owner else "another process") + "; choose another port there or stop it")
