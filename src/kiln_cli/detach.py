@@ -89,43 +89,67 @@ def _silent(line: str) -> None:
     """Words are not written where JSON documents are."""
 
 
+REQUESTED_GRACE = 2.0
+"""Seconds `status --watch` waits for a rollout just requested (`kiln deploy &` then watch: the
+deploy may not have taken the lock yet) before it says nothing is open."""
+
+
 def watch(status: Callable[[], dict[str, Any]], echo: Callable[[str], None],
           poll: float = 0.5, timeout: float = 24 * 3600.0,
-          documents: Callable[[dict[str, Any]], None] | None = None) -> int:
-    """Print each change of the services' rollouts until none is open; 3 if one that was open
-    ended rolled back, failed or aborted, 1 if an open rollout has nobody driving it.
-    `documents` (for `--json`) gets the whole status document at each change, in place of the
-    words: one JSON document per line, each valid against status.schema.json."""
+          documents: Callable[[dict[str, Any]], None] | None = None,
+          busy: Callable[[], str | None] | None = None,
+          redraw: Callable[[list[str]], None] | None = None,
+          grace: float = REQUESTED_GRACE) -> int:
+    """Follow the services' rollouts until none is open; 3 if one that was open ended rolled
+    back, failed or aborted, 1 if an open rollout has nobody driving it.
+
+    Words: `echo` gets one line per change (piped); `redraw`, if given (a terminal), gets the
+    current line of every service at each poll and redraws them in place instead. `documents`
+    (`--json`) gets the whole status document at each change, one JSON document per line.
+    `busy` names a kiln command that holds the project lock (a deploy baking or testing before
+    its rollout opens): while one does, or for `grace` seconds after the start, watch waits for
+    the rollout it will open rather than report the previous one as settled."""
     seen: dict[str, str] = {}
     watched: set[str] = set()
-    deadline = time.monotonic() + timeout
-    if documents is not None:
-        echo = _silent
+    started = time.monotonic()
+    deadline = started + timeout
+    initial = _rollouts(status())
+    before = {name: ro["rollout_id"] for name, ro in initial.items()}
+    watched |= {name for name, ro in initial.items() if ro["phase"] not in SETTLED}
+    first = True
     while True:
-        open_ = False
         data = status()
-        changed = False
-        for name, ro in _rollouts(data).items():
-            if ro["phase"] not in SETTLED:
-                open_ = True
-                watched.add(name)
-            line = f"{name}: {rollout_summary(ro)}"
-            if seen.get(name) != line:
-                echo(line)
-                seen[name] = line
-                changed = True
-        if documents is not None and (changed or not seen):
-            documents(data)
-            seen.setdefault("", "")  # the first document is always written
-            if ro["phase"] not in SETTLED and ro.get("driven_by") is None:
-                echo(f"{name}: no kiln command is driving rollout #{ro['rollout_id']}; "
-                     "`kiln deploy` resumes it")
+        rollouts = _rollouts(data)
+        open_ = {name for name, ro in rollouts.items() if ro["phase"] not in SETTLED}
+        watched |= open_
+        lines = {name: f"{name}: {rollout_summary(ro)}" for name, ro in rollouts.items()}
+        changed = [name for name, line in lines.items() if seen.get(name) != line]
+        if documents is not None:
+            if changed or first:
+                documents(data)
+        elif redraw is not None:
+            redraw([lines[name] for name in sorted(lines)])
+        else:
+            for name in changed:
+                echo(lines[name])
+        seen.update(lines)
+        first = False
+        for name in sorted(open_):
+            ro = rollouts[name]
+            if ro.get("driven_by") is None:
+                if documents is None:
+                    echo(f"{name}: no kiln command is driving rollout #{ro['rollout_id']}; "
+                         "`kiln deploy` resumes it")
                 return 1
-        if not open_:
-            outcomes = {name: ro["outcome"] for name, ro in _rollouts(data).items()
-                        if name in watched}
-            for name, outcome in outcomes.items():
-                echo(f"{name}: settled: {OUTCOME_WORDS.get(outcome, outcome)}")
+        new = any(ro["rollout_id"] != before.get(name) for name, ro in rollouts.items())
+        waiting = not open_ and not watched and not new and (
+            (busy is not None and busy() is not None) or time.monotonic() - started < grace)
+        if not open_ and not waiting:
+            outcomes = {name: ro["outcome"] for name, ro in rollouts.items()
+                        if name in watched or ro["rollout_id"] != before.get(name)}
+            if documents is None:
+                for name, outcome in outcomes.items():
+                    echo(f"{name}: settled: {OUTCOME_WORDS.get(outcome, outcome)}")
             return 3 if any(o in BAD for o in outcomes.values()) else 0
         if time.monotonic() > deadline:
             return 1

