@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bake import timed, write_part  # bench/bake.py: a timed subprocess; the bench's files
 from kiln.bake import LocalBuilder
-from kiln.platforms.base import Image, Release
+from kiln.platforms.base import Image, Release, ReleaseImage
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.podman import containerfile
 from kiln.platforms.podman.builder import PodmanBuilder, stage
@@ -148,7 +148,7 @@ def bench_canary(work: Path, rate: float, minimum: int) -> dict[str, object]:
 # ---------------------------------------------------------------------- 3. launch to healthy
 
 def launch_to_healthy(compute: LocalCompute, service: ServiceSpec, image: Image) -> float:
-    release = Release("web-b1", "web", 1, image.digest, "c")
+    release = Release.of("web-b1", "web", 1, ReleaseImage.of(image), service, "c")
     start = time.perf_counter()
     (inst,) = compute.launch("web", service, release, image, 1, env={})
     try:

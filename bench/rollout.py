@@ -38,7 +38,7 @@ CANARY0 = """\
 
 def app_start_to_healthy(proj: Proj) -> float:
     """Anchor: 3 instances of the baked image from launch to all healthy (LocalCompute)."""
-    from kiln.platforms.base import Release
+    from kiln.platforms.base import Release, ReleaseImage
     from kiln.platforms.local.compute import LocalCompute
     from kiln.project import Project
 
@@ -48,8 +48,8 @@ def app_start_to_healthy(proj: Proj) -> float:
     compute = project.compute
     assert isinstance(compute, LocalCompute)
     t = time.perf_counter()
-    insts = compute.launch("web", spec, Release("web-anchor", "web", 0, image.digest, "x"), image,
-                           3, env={}, kind="test")
+    anchor = Release.of("web-anchor", "web", 0, ReleaseImage.of(image), spec, "x")
+    insts = compute.launch("web", spec, anchor, image, 3, env={}, kind="test")
     _, failed = compute.wait_healthy(insts, spec.health, 30)
     took = time.perf_counter() - t
     for i in insts:

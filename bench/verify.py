@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from kiln.platforms.base import Image, Release
+from kiln.platforms.base import Image, Release, ReleaseImage
 from kiln.platforms.local.compute import LocalCompute
 from kiln.spec.models import Health, ImageSpec, ServiceSpec
 from kiln.state.store import Store
@@ -77,7 +77,7 @@ def make_image(store: Path) -> Image:
 def anchor(compute: LocalCompute, service: ServiceSpec, image: Image, n: int = 5
            ) -> dict[str, float]:
     """Median cost of each primitive against a live instance."""
-    release = Release("web-anchor", "web", 0, image.digest, "x")
+    release = Release.of("web-anchor", "web", 0, ReleaseImage.of(image), service, "x")
     (inst,) = compute.launch("web", service, release, image, 1, env={}, kind="test")
     try:
         _, failed = compute.wait_healthy([inst], service.health)

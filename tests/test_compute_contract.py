@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import NotFound
-from kiln.platforms.base import Image, Instance, Release
+from kiln.platforms.base import Image, Instance, Release, ReleaseImage
 from kiln.platforms.fake.compute import FakeCompute
 from kiln.platforms.local.addresses import address_for
 from kiln.platforms.local.compute import LocalCompute
@@ -110,9 +110,9 @@ class _Base:
     image: Image
 
     def launch(self, n: int, mode: str = "ok", **kw: object) -> list[Instance]:
-        release = Release(id=f"web-{mode}", service="web", number=1,
-                          image_digest=self.image.digest, config_digest="c")
-        return self.compute.launch("web", _service(mode), release, self.image, n,
+        release = Release.of(f"web-{mode}", "web", 1, ReleaseImage.of(self.image),
+                             _service(mode), "c")
+        return self.compute.launch("web", release.spec, release, self.image, n,
                                    env={"SECRET_TOKEN": "s3cr3t-value", "SHARED": "secret"},
                                    **kw)  # type: ignore[arg-type]
 
@@ -483,7 +483,7 @@ def test_a_missing_image_is_a_clear_error(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "home")
     compute = LocalCompute(store, tmp_path / "home", "ctest", sandbox="none")
     image = Image("web", "sha256:" + "c" * 64, str(tmp_path / "gone"))
-    release = Release("web-r1", "web", 1, image.digest, "c")
+    release = Release.of("web-r1", "web", 1, ReleaseImage.of(image), _service("ok"), "c")
     with pytest.raises(NotFound, match="missing from the store"):
         compute.launch("web", _service("ok"), release, image, 1, env={})
     assert store.query("SELECT * FROM instances") == []
@@ -493,7 +493,7 @@ def test_a_missing_image_is_a_clear_error(tmp_path: Path) -> None:
 LAUNCHER = """
 import json, sys
 from pathlib import Path
-from kiln.platforms.base import Image, Release
+from kiln.platforms.base import Image, Release, ReleaseImage
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.podman.builder import PodmanBuilder
@@ -507,7 +507,8 @@ store = Store.open(home)
 svc = ServiceSpec(image="web", command="python app.py ok", port=port, listen="127.0.0.1:9")
 image = Image("web", "sha256:" + "b" * 64, ref)
 (inst,) = LocalCompute(store, home, project).launch(
-    "web", svc, Release("web-r9", "web", 9, image.digest, "c"), image, 1, env={})
+    "web", svc, Release.of("web-r9", "web", 9, ReleaseImage.of(image), svc, "c"), image, 1,
+    env={})
 print(json.dumps(inst.id))
 """
 
@@ -543,7 +544,7 @@ def test_a_container_is_locked_down_as_launched(tmp_path: Path, podman_image: Im
     try:
         svc = ServiceSpec.model_validate({**_service("ok").model_dump(by_alias=True),
                                           "resources": {"cpus": 0.5, "memory": "96M"}})
-        release = Release("web-ok", "web", 1, podman_image.digest, "c")
+        release = Release.of("web-ok", "web", 1, ReleaseImage.of(podman_image), svc, "c")
         (inst,) = h.podman.launch("web", svc, release, podman_image, 1, env={"TOKEN": "t0k"})
         h.podman.wait_healthy([inst], HEALTH)
         out = subprocess.run(["podman", "inspect", PodmanHandle.of(inst).name],
@@ -592,9 +593,9 @@ def test_a_compound_command_drains_on_sigterm_in_a_container(tmp_path: Path,
     the container down under the app), and a simple command with assignments is exec'd."""
     h = PodmanHarness(tmp_path, podman_image)
     try:
-        release = Release("web-ok", "web", 1, podman_image.digest, "c")
         compound = _service("ok").model_copy(update={
             "command": "cd /app && MARK=compound python app.py ok", "stop_timeout": 30.0})
+        release = Release.of("web-ok", "web", 1, ReleaseImage.of(podman_image), compound, "c")
         (inst,) = h.podman.launch("web", compound, release, podman_image, 1, env={})
         ok, _ = h.podman.wait_healthy([inst], HEALTH)
         assert ok == [inst] and h.env_of(inst)["MARK"] == "compound"

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kiln.project import DeployEvent
+from kiln.platforms.base import Release
+from kiln.project import DeployEvent, Project
 from kiln.rollout.executor import instances_of, load_release
 from kiln.rollout.heal import HealState, heal, heal_step
+from kiln.spec.models import ServiceSpec
 from test_serve_controller import CANARY, deployed, kinds
 
 
@@ -42,6 +44,12 @@ def test_a_replacement_that_exits_fails_the_heal_and_is_cleaned_up(tmp_path: Pat
     proj.close()
 
 
+def _recorded_as(proj: Project, release_id: str, spec: ServiceSpec) -> Release:
+    """The release as if it had been made with `spec` (heal runs a release's recorded spec)."""
+    r = load_release(proj.store, release_id)
+    return Release.of(r.id, r.service, r.number, r.image, spec, r.config_digest)
+
+
 def test_heal_gives_up_on_the_deadline_and_stops_what_it_launched(tmp_path: Path) -> None:
     proj, platform = deployed(tmp_path, CANARY)
     first = instances_of(proj.store, "web-r1")
@@ -50,7 +58,7 @@ def test_heal_gives_up_on_the_deadline_and_stops_what_it_launched(tmp_path: Path
     spec = proj.service("web")
     spec = spec.model_copy(update={"health": spec.health.model_copy(update={"deadline": 0.3})})
     lines: list[str] = []
-    res = heal(proj.rollout_env("web", spec), "web", spec, load_release(proj.store, "web-r1"),
+    res = heal(proj.rollout_env("web", spec), "web", _recorded_as(proj, "web-r1", spec),
                progress=lines.append, tick=0.02)
     assert not res.ok and "not healthy within 0.3s" in res.reason, res
     assert res.failed is not None and res.failed.id in res.launched
@@ -70,15 +78,15 @@ def test_one_step_takes_the_dead_out_and_admits_only_the_healthy(tmp_path: Path)
     platform.compute.unhealthy_releases.add("web-r1")
     spec, release = proj.service("web"), load_release(proj.store, "web-r1")
     env, state = proj.rollout_env("web", spec), HealState("web-r1", 0.0)
-    res = heal_step(env, "web", spec, release, state, 0.0)
+    res = heal_step(env, "web", release, state, 0.0)
     assert res.died == [first[0]] and len(res.launched) == 1 and res.pending == 1
     assert not res.done and res.running == 1
     assert platform.router.servers("web", "web-r1") == [first[1].address]
     platform.compute.set_healthy(res.launched[0], True)
-    res2 = heal_step(env, "web", spec, release, state, 1.0, launch=False)
+    res2 = heal_step(env, "web", release, state, 1.0, launch=False)
     assert res2.admitted == res.launched and res2.done and not res2.launched
     assert len(platform.router.servers("web", "web-r1")) == 2
-    assert heal_step(env, "web", spec, release, state, 2.0).acted is False
+    assert heal_step(env, "web", release, state, 2.0).acted is False
     proj.close()
 
 
@@ -99,7 +107,7 @@ def test_a_heal_that_gives_up_keeps_the_replacements_already_serving(tmp_path: P
         if new:
             platform.compute.set_healthy(new[0], True)
 
-    res = heal(proj.rollout_env("web", spec), "web", spec, load_release(proj.store, "web-r1"),
+    res = heal(proj.rollout_env("web", spec), "web", _recorded_as(proj, "web-r1", spec),
                progress=first_replacement_recovers, tick=0.02)
     assert not res.ok and "not healthy within 0.5s" in res.reason, res
     serving = instances_of(proj.store, "web-r1", ("running",))

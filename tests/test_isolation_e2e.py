@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.platforms.base import Image, Instance, Release
+from kiln.platforms.base import Image, Instance, Release, ReleaseImage
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.sandbox import bwrap_works
@@ -68,7 +68,7 @@ class Host:
                **spec: object) -> Instance:
         svc = ServiceSpec(image="web", command=command, port=self.port,
                           listen="127.0.0.1:9", **spec)  # type: ignore[arg-type]
-        release = Release(f"{service}-r1", service, 1, self.image.digest, "c")
+        release = Release.of(f"{service}-r1", service, 1, ReleaseImage.of(self.image), svc, "c")
         (inst,) = self.compute.launch(service, svc, release, self.image, 1,
                                       env={"DB_PASSWORD": secret})
         ok, _ = self.compute.wait_healthy([inst], HEALTH)

@@ -78,11 +78,12 @@ def test_a_field_added_by_a_kiln_upgrade_is_not_a_config_change(tmp_path: Path) 
     """A release recorded by an older kiln lacks today's `stop_timeout` (and its digest was taken
     without it): today's spec with the default is the same config; a real edit is not."""
     from kiln.platforms.base import Release
-    from kiln.rollout.release_config import config_digest, same_config
+    from kiln.rollout.release_config import config_digest, load_release, same_config
 
     old = {k: v for k, v in GOOD.items() if k != "stop_timeout"}
     store = store_with(tmp_path, old)
-    release = Release("web-r1", "web", 1, "sha256:x", _digest_of(old))
+    release = load_release(store, "web-r1")
+    release = Release("web-r1", "web", 1, release.image, release.config, _digest_of(old))
     today = ServiceSpec.model_validate(GOOD)
     assert config_digest(today) != release.config_digest  # the digest alone would redeploy
     assert same_config(store, release, config_digest(today))
@@ -94,8 +95,8 @@ def test_a_field_added_by_a_kiln_upgrade_is_not_a_config_change(tmp_path: Path) 
 def test_a_release_launches_with_the_env_and_workdir_it_was_made_with(tmp_path: Path) -> None:
     """Two images with the same files but other env/workdir steps share one image row (keyed
     by the files' digest; the last bake's env wins there): each release keeps its own."""
-    from kiln.platforms.base import Image, Release
-    from kiln.rollout.release_config import release_image
+    from kiln.platforms.base import Image
+    from kiln.rollout.release_config import launch_image, load_release
 
     store = store_with(tmp_path, GOOD)
     with store.tx() as c:
@@ -104,9 +105,9 @@ def test_a_release_launches_with_the_env_and_workdir_it_was_made_with(tmp_path: 
         c.execute("INSERT INTO releases(id, service, number, image_digest, config_digest, "
                   "config_json, created_at) VALUES ('web-r0','web',0,'sha256:x','c','{}',0)")
     shared = Image("worker", "sha256:x", "/x", env={"ROLE": "worker"}, workdir="")
-    r1 = release_image(store, lambda d: shared, Release("web-r1", "web", 1, "sha256:x", "c"))
+    r1 = launch_image(lambda d: shared, load_release(store, "web-r1"))
     assert r1.env == {"ROLE": "web"} and r1.workdir == "srv" and r1.digest == "sha256:x"
-    old = release_image(store, lambda d: shared, Release("web-r0", "web", 0, "sha256:x", "c"))
+    old = launch_image(lambda d: shared, load_release(store, "web-r0"))
     assert old == shared  # a release made before releases recorded it: the store's row
     store.close()
 

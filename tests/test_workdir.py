@@ -13,7 +13,7 @@ from kiln.bake import LocalBuilder
 from kiln.bake.imagestore import get_image
 from kiln.bake.steps import final_workdir
 from kiln.errors import BakeError
-from kiln.platforms.base import Builder, Compute, Image, Release
+from kiln.platforms.base import Builder, Compute, Image, Release, ReleaseImage
 from kiln.platforms.fake.builder import FakeBuilder
 from kiln.platforms.fake.compute import FakeCompute
 from kiln.platforms.local.compute import LocalCompute
@@ -96,9 +96,9 @@ def test_the_service_and_exec_start_in_the_images_workdir(
     assert image.workdir.rstrip("/").endswith("srv/web")
     if name != "fake":  # the store remembers it, so a rollback starts the same way
         assert get_image(store, image.digest).workdir == image.workdir
-    release = Release("web-r1", "web", 1, image.digest, "c")
     service = ServiceSpec(image="web", command="python app.py", port=28181,
                           listen="127.0.0.1:9")
+    release = Release.of("web-r1", "web", 1, ReleaseImage.of(image), service, "c")
     [inst] = compute.launch("web", service, release, image, 1, env={})
     healthy, failed = compute.wait_healthy([inst], Health(path="/", timeout=2.0, deadline=60.0))
     assert healthy == [inst], compute.log_path(inst).read_text() if failed else ""

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.platforms.base import ExecResult, Instance, Release
+from kiln.platforms.base import ExecResult, Instance, Release, ReleaseImage
 from kiln.platforms.instance_rows import from_row
 from kiln.project import Project, config_digest
 from kiln.rollout.executor import instances_of
@@ -21,8 +21,9 @@ def dev_up(project: Project, service: str | None) -> tuple[Instance, Path]:
                                       base_dir=project.base_dir)
         cfg = config_digest(spec)
         # The release id names the image and config, so `kiln up` again finds its instance.
-        release = Release(f"{name}-dev-{image.digest[7:15]}{cfg[7:11]}", name, 0, image.digest,
-                          cfg)
+        # A dev instance runs today's kiln.yaml: its release is made from it here.
+        release = Release.of(f"{name}-dev-{image.digest[7:15]}{cfg[7:11]}", name, 0,
+                             ReleaseImage.of(image), spec, cfg)
         compute = project.compute
         mine = [i for i in dev_instances(project) if i.service == name]
         running = {i.id for i, o in zip(mine, compute.observe(mine), strict=True) if o.alive}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.project import Project
+from kiln.rollout.release_config import previous_live
 
 
 @dataclass
@@ -34,10 +35,11 @@ def retention(project: Project, service: str, keep: int) -> Retention:
     current = project.current_release(service)
     if current is not None:
         ret.kept[current.id] = "current"
-        row = store.one("SELECT from_release FROM rollouts WHERE service = ? AND to_release = ? "
-                        "AND outcome = 'promoted' ORDER BY id DESC LIMIT 1", (service, current.id))
-        if row is not None and row["from_release"]:
-            ret.kept.setdefault(str(row["from_release"]), "previous (rollback target)")
+        # The rollback target: the live release before the current one, never a release that
+        # only ever was an aborted or rolled-back canary (rollback --to refuses those).
+        previous = previous_live(store, service, current.id)
+        if previous is not None:
+            ret.kept.setdefault(previous, "previous (rollback target)")
     for rid in ret.live[:max(keep, 0)]:
         ret.kept.setdefault(rid, f"one of the last {keep} live")
     for row in store.query("SELECT from_release, to_release FROM rollouts WHERE service = ? "

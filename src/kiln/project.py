@@ -19,7 +19,14 @@ from kiln.platforms.instance_rows import from_row
 from kiln.platforms.registry import get_platform
 from kiln.rollout.decide import SETTLED, Status, start
 from kiln.rollout.executor import Env, Reconciler, env_fault, instances_of, load_release
-from kiln.rollout.release_config import config_digest, same_config
+from kiln.rollout.release_config import (
+    config_digest,
+    find_release,
+    previous_live,
+    record_release,
+    same_config,
+    went_live,
+)
 from kiln.secrets import resolve_secrets
 from kiln.spec.models import ServiceSpec, Spec
 from kiln.state.lock import project_lock
@@ -241,30 +248,12 @@ class Project:
 
     def live_releases(self, service: str) -> list[str]:
         """Releases that went live (promoted rollouts, rollbacks included), most recent first."""
-        seen: list[str] = []
-        for row in self.store.query("SELECT to_release FROM rollouts WHERE service = ? AND "
-                                    "outcome = 'promoted' ORDER BY id DESC", (service,)):
-            if row["to_release"] not in seen:
-                seen.append(str(row["to_release"]))
-        return seen
+        return went_live(self.store, service)
 
-    def _new_release(self, service: str, image: Image, cfg: str, spec: ServiceSpec,
+    def _new_release(self, service: str, image: Image, spec: ServiceSpec,
                      skip_tests: bool) -> Release:
-        with self.store.tx() as c:
-            row = c.execute("SELECT COALESCE(MAX(number), 0) AS n FROM releases WHERE service = ?",
-                            (service,)).fetchone()
-            number = int(row["n"]) + 1
-            rid = f"{service}-r{number}"
-            c.execute(
-                "INSERT INTO releases(id, service, number, image_digest, config_digest, "
-                "config_json, created_at, skip_tests, image_env_json, image_workdir) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (rid, service, number, image.digest, cfg,
-                 json.dumps(spec.model_dump(mode="json", by_alias=True)), time.time(),
-                 int(skip_tests), json.dumps(dict(image.env), sort_keys=True), image.workdir))
-            c.event("release.created", f"{rid}: image {image.digest[:19]}", service=service,
-                    data={"image": image.digest, "config": cfg, "skip_tests": skip_tests})
-        return Release(rid, service, number, image.digest, cfg)
+        """Today's kiln.yaml makes a release: the image with the spec recorded for good."""
+        return record_release(self.store, service, image, spec, skip_tests)
 
     def _open_rollout(self, service: str) -> int | None:
         row = self.store.one(
@@ -278,7 +267,9 @@ class Project:
         # Where the judge's evidence begins, persisted so a resumed rollout replays it all.
         judge = self._judge(service, spec) if old is not None else None
         info = judge.start_info() if judge is not None else None
-        status = start(strategy, new.id, old.id if old else None, spec.replicas, time.time(), info)
+        # How many instances is the release's own (its config digest covers replicas).
+        status = start(strategy, new.id, old.id if old else None, new.spec.replicas, time.time(),
+                       info)
         now = time.time()
         with self.store.tx() as c:
             cur = c.execute(
@@ -298,8 +289,10 @@ class Project:
         return self._env(service, spec)
 
     def _env(self, service: str, spec: ServiceSpec) -> Env:
+        # Each release resolves its own recorded secret references when it is launched.
         return Env(self.store, self.compute, self.router, None, self.image,
-                   secrets=resolve_secrets(service, spec, self.base_dir), fault=env_fault())
+                   secrets=lambda recorded: resolve_secrets(service, recorded, self.base_dir),
+                   fault=env_fault())
 
     def _judge(self, service: str, spec: ServiceSpec) -> Any:
         if spec.rollout.analysis is None:
@@ -420,7 +413,7 @@ class Project:
         rec, status = found
         if status.old and status.old != keep:
             for inst in instances_of(self.store, status.old):
-                self.compute.terminate(inst, self.service(service).stop_timeout)
+                self.compute.terminate(inst, rec.release(status.old).spec.stop_timeout)
         status.phase = "done"
         status.weights = {status.new: 100}
         rec.save(status, "standby")
@@ -516,7 +509,7 @@ class Project:
             self.refuse_known_bad(name, image.digest, cfg)
         self._finish_standby(name, keep=None)
         self.router.check_listen(name, spec.listen)
-        new = self._new_release(name, image, cfg, spec, skip_tests)
+        new = self._new_release(name, image, spec, skip_tests)
         return self._roll_to(name, spec, new, current, emit, t0)
 
     def _heal(self, name: str, spec: ServiceSpec, current: Release, alive: int,
@@ -527,7 +520,7 @@ class Project:
         emit(DeployEvent(name, "heal", f"{current.id}: {alive}/{spec.replicas} instances alive; "
                                        f"launching {max(spec.replicas - alive, 0)} of the same "
                                        "image (no new release)"))
-        res = heal(self._env(name, spec), name, spec, current,
+        res = heal(self._env(name, current.spec), name, current,
                    progress=lambda line: emit(DeployEvent(name, "heal", line)))
         if not res.ok and res.failed is not None:
             self._emit_log_tail(name, res.failed, emit)
@@ -658,8 +651,13 @@ class Project:
                              self.write_report(service, rid), time.monotonic() - t0)
 
     def rollback(self, service: str, to: str | None = None,
-                 on_event: Callable[[DeployEvent], None] | None = None) -> ServiceResult:
-        """A new rollout to a retained release's image: rollbacks are immutable too."""
+                 on_event: Callable[[DeployEvent], None] | None = None,
+                 force: bool = False) -> ServiceResult:
+        """A new rollout to a retained release, which runs as it was made (its recorded spec).
+
+        Only a release that went live (served all traffic once) is a rollback target: it gets
+        all traffic once healthy. `force` accepts one that never did (an aborted canary), but
+        rolls it out like a new release: today's strategy, steps and judge."""
         emit = on_event or (lambda ev: None)
         spec = self.service(service)
         t0 = time.monotonic()
@@ -668,17 +666,24 @@ class Project:
             if current is None:
                 raise KilnError(f"{service}: nothing is deployed, nothing to roll back")
             if to is None:
-                row = self.store.one(
-                    "SELECT from_release FROM rollouts WHERE service = ? AND to_release = ? "
-                    "AND outcome = 'promoted' ORDER BY id DESC LIMIT 1", (service, current.id))
-                if row is None or row["from_release"] is None:
-                    raise KilnError(f"{service}: {current.id} has no previous release")
-                to = str(row["from_release"])
-            target = load_release(self.store, to)
-            if target.service != service:
-                raise KilnError(f"release {to} belongs to service {target.service}, not {service}")
+                to = previous_live(self.store, service, current.id)
+                if to is None:
+                    raise KilnError(f"{service}: {current.id} has no previous live release")
+            target = find_release(self.store, to)
+            live = went_live(self.store, service)
+            if target is None or target.service != service:
+                where = ("not found in state" if target is None
+                         else f"belongs to service {target.service}")
+                raise NotFound(f"{service}: release {to} {where}; "
+                               f"{self._accepted(service, current.id)}")
             if target.id == current.id:
                 raise KilnError(f"{service}: {to} is already the current release")
+            if target.id not in live and not force:
+                raise KilnError(
+                    f"{service}: {to} never went live (no rollout of it was promoted), so it is "
+                    f"no rollback target; {self._accepted(service, current.id)}",
+                    hint=f"`kiln rollback {service} --to {to} --force` rolls it out like a new "
+                         "release: with the spec's strategy and judge")
             self._rollback_image(service, target)
             open_id = self._open_rollout(service)
             if open_id is not None:
@@ -689,8 +694,25 @@ class Project:
             self._sweep()
             self.router.ensure_running()
             # Like Argo's rollbackWindow: a known-good release skips the canary steps and gets
-            # all traffic as soon as its instances are healthy (still health-gated).
-            return self._roll_to(service, spec, target, current, emit, t0, strategy="rollback")
+            # all traffic as soon as its instances are healthy (still health-gated). One that
+            # never went live has earned no such trust: the spec's strategy and judge.
+            strategy = "rollback" if target.id in live else None
+            return self._roll_to(service, spec, target, current, emit, t0, strategy=strategy)
+
+    def _accepted(self, service: str, current: str) -> str:
+        """One clause listing the releases `kiln rollback --to` accepts (went live, image kept)."""
+        have = []
+        for rid in went_live(self.store, service):
+            rel = find_release(self.store, rid)
+            if rid == current or rel is None:
+                continue
+            try:
+                self.platform.image(rel.image_digest)
+            except NotFound:
+                continue
+            have.append(rid)
+        return (f"releases it accepts: {', '.join(have)}" if have
+                else "no other release that went live is retained")
 
     def _rollback_image(self, service: str, target: Release) -> Image:
         """The target's image, or why it cannot be rolled back to and what can."""

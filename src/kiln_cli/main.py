@@ -543,13 +543,18 @@ def abort(service: Annotated[str, typer.Argument(metavar="SERVICE", help="The se
 
 @app.command()
 def rollback(service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service.")],
-             to: Annotated[str | None, typer.Option("--to", metavar="RELEASE",
-                                                    help="Release id, e.g. web-r2.")] = None,
+             to: Annotated[str | None, typer.Option(
+                 "--to", metavar="RELEASE",
+                 help="Release id, e.g. web-r2: one that went live (default: the previous).")
+             ] = None,
+             force: Annotated[bool, typer.Option(
+                 "--force", help="Accept a release that never went live; it is rolled out like "
+                                 "a new one (the spec's strategy and judge).")] = False,
              as_json: JsonOpt = False,
         file: FileOpt = None) -> None:
-    """Roll out a retained earlier release (a new rollout: immutable too)."""
+    """Roll out a retained earlier release as it was made (a new rollout: immutable too)."""
     use_file(file)
-    _control(lambda p, ev: p.rollback(service, to, on_event=ev), as_json)
+    _control(lambda p, ev: p.rollback(service, to, on_event=ev, force=force), as_json)
 
 
 @app.command()

@@ -7,10 +7,14 @@ each ships in `kiln.platforms.fake` so the core can be tested without processes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
+from pydantic import ValidationError
+
+from kiln.errors import StateError
 from kiln.spec.models import Health, ImageSpec, ServiceSpec
 
 
@@ -31,14 +35,94 @@ class Image:
 
 
 @dataclass(frozen=True)
+class ReleaseImage:
+    """The image a release runs, as recorded when the release was made. The image store keys
+    images by their files' digest, so two bakes with the same files but other `env`/`workdir`
+    steps share one row (the last bake's): the release's own record says which it was."""
+
+    digest: str
+    env: Mapping[str, str] | None = field(default=None, hash=False)
+    """None (with `workdir`): made before releases recorded it; the stored image's own."""
+    workdir: str | None = None
+
+    def applied_to(self, stored: Image) -> Image:
+        """The stored image of this digest, with the env and workdir this release was made with."""
+        if self.env is None:
+            return stored
+        return replace(stored, env=dict(self.env), workdir=self.workdir or "")
+
+    @classmethod
+    def of(cls, image: Image) -> ReleaseImage:
+        return cls(image.digest, dict(image.env), image.workdir)
+
+
+RELEASE_HINT = "kiln deploy makes a new release from today's kiln.yaml; kiln history lists them"
+
+
+@dataclass(frozen=True, eq=False)
 class Release:
-    """What a service runs: one image with one configuration. Never changed once created."""
+    """What a service runs: one image with the service config recorded when the release was
+    made. Never changed once created: every launch of it (rollout, canary, restore, rollback,
+    heal, on every platform) runs `spec`, never today's kiln.yaml.
+
+    `config` is the record as stored (JSON); `spec` validates it under today's model on first
+    use, so a record a newer kiln refuses is an error naming the release only where the spec is
+    needed: routing needs only `health`, identity (status, gc, drift) nothing of it."""
 
     id: str  # e.g. "web-r3"
     service: str
     number: int
-    image_digest: str
+    image: ReleaseImage
+    config: Mapping[str, Any]
     config_digest: str
+
+    @classmethod
+    def of(cls, id: str, service: str, number: int, image: ReleaseImage, spec: ServiceSpec,
+           config_digest: str) -> Release:
+        """A release made from a spec in hand (a new release, a test or dev instance)."""
+        rel = cls(id, service, number, image, spec.model_dump(mode="json", by_alias=True),
+                  config_digest)
+        rel.__dict__["spec"] = spec  # cached_property's slot: no second validation
+        return rel
+
+    @property
+    def image_digest(self) -> str:
+        return self.image.digest
+
+    @cached_property
+    def spec(self) -> ServiceSpec:
+        """The service config this release was made with (command, env, secrets references,
+        health, port, resources, replicas, stop timeout)."""
+        try:
+            return ServiceSpec.model_validate(dict(self.config))
+        except ValidationError as exc:
+            raise StateError(f"release {self.id}: its recorded configuration does not load "
+                             f"({_first_error(exc)})", hint=RELEASE_HINT) from exc
+
+    @cached_property
+    def health(self) -> Health:
+        """Just the recorded health check: a rule added since to other keys does not stop
+        routing a release that already runs."""
+        try:
+            return Health.model_validate(self.config.get("health") or {})
+        except ValidationError as exc:
+            raise StateError(f"release {self.id}: its recorded health check does not load "
+                             f"({_first_error(exc)})", hint=RELEASE_HINT) from exc
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Release):
+            return NotImplemented
+        return (self.id, self.image, self.config_digest) == (other.id, other.image,
+                                                             other.config_digest)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.image.digest, self.config_digest))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top)"
+    return f"{where}: {err['msg']}"
 
 
 @dataclass(frozen=True)

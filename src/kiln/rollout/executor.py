@@ -11,10 +11,10 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-from kiln.errors import KilnError
+from kiln.errors import KilnError, StateError
 from kiln.platforms.base import Backend, Compute, Image, Instance, MetricSource, Release, Router
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import (
@@ -31,7 +31,7 @@ from kiln.rollout.decide import (
     Verdict,
     decide,
 )
-from kiln.rollout.release_config import release_health, release_image
+from kiln.rollout.release_config import launch_image, load_release
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
 
@@ -53,7 +53,9 @@ class Env:
     router: Router
     metrics: MetricSource | None
     images: Callable[[str], Image]
-    secrets: Mapping[str, str] = field(default_factory=dict)
+    """The stored image of a digest, verified before it is launched."""
+    secrets: Callable[[ServiceSpec], Mapping[str, str]] = lambda spec: {}
+    """Resolves a release's own secret references (its recorded spec's) at launch."""
     fault: Callable[[str], None] = lambda point: None
     """Test-only fault point (KILN_FAULT): called at every step boundary."""
 
@@ -67,13 +69,16 @@ def instances_of(store: Store, release_id: str, states: Sequence[str] = LIVE_STA
     return [from_row(r) for r in rows]
 
 
-def load_release(store: Store, release_id: str) -> Release:
-    row = store.one("SELECT * FROM releases WHERE id = ?", (release_id,))
-    if row is None:
-        from kiln.errors import NotFound
-        raise NotFound(f"release {release_id} not found in state")
-    return Release(id=row["id"], service=row["service"], number=row["number"],
-                   image_digest=row["image_digest"], config_digest=row["config_digest"])
+__all__ = ["Env", "Reconciler", "env_fault", "instances_of", "launch_release", "load_release"]
+
+
+def launch_release(env: Env, release: Release, count: int) -> list[Instance]:
+    """Start `count` instances of `release` as it was made: its recorded spec (command, env,
+    secrets references, health, port, resources) and its image's env and workdir. The one way
+    a release is launched, so none runs today's kiln.yaml."""
+    spec = release.spec
+    return env.compute.launch(release.service, spec, release, launch_image(env.images, release),
+                              count, env=env.secrets(spec))
 
 
 def env_fault() -> Callable[[str], None]:
@@ -90,13 +95,18 @@ def env_fault() -> Callable[[str], None]:
 
 
 class Reconciler:
-    """Runs one service's rollout (a `rollouts` row) until it settles."""
+    """Runs one service's rollout (a `rollouts` row) until it settles.
+
+    `service` (today's spec) gives only the rollout policy (`rollout`: strategy, steps, analysis,
+    surge, drain timeout); how each release runs, is health-checked and stopped is its own
+    recorded spec."""
 
     def __init__(self, env: Env, service_name: str, service: ServiceSpec, rollout_id: int,
                  judge: JudgeFn | None = None, tick: float = 0.1) -> None:
         self.env = env
         self.name = service_name
         self.service = service
+        self._releases: dict[str, Release] = {}
         self.rollout_id = rollout_id
         self.judge = judge
         self.tick = tick
@@ -141,6 +151,21 @@ class Reconciler:
         if status.phase != previous_phase:
             self.env.fault(f"after:{status.phase}")
 
+    # ------------------------------------------------------------ releases
+
+    def release(self, release_id: str) -> Release:
+        """The release value (read once: releases never change)."""
+        found = self._releases.get(release_id)
+        if found is None:
+            found = self._releases[release_id] = load_release(self.env.store, release_id)
+        return found
+
+    def _stop_timeout(self, release_id: str) -> float:
+        try:
+            return self.release(release_id).spec.stop_timeout
+        except StateError:  # a record today's kiln cannot load still has to be stopped
+            return self.service.stop_timeout
+
     # ------------------------------------------------------------ observe
 
     def observe(self, status: Status) -> Observation:
@@ -157,7 +182,8 @@ class Reconciler:
                 self._mark_dead(inst.id)  # so the router is never given it again
         healthy = 0
         for inst in alive:
-            if inst.id not in self._healthy and self.env.compute.healthy(inst, self.service.health):
+            if inst.id not in self._healthy and self.env.compute.healthy(
+                    inst, self._release_health(status.new)):
                 self._healthy.add(inst.id)
                 self._mark(inst.id, "running")
             if inst.id in self._healthy:
@@ -173,7 +199,7 @@ class Reconciler:
                 if inst.id in self._healthy or self._state(inst.id) == "running":
                     old_healthy += 1
                 elif status.phase == "restore" and self.env.compute.healthy(
-                        inst, self._release_health(status.old) or self.service.health):
+                        inst, self._release_health(status.old)):
                     self._healthy.add(inst.id)
                     self._mark(inst.id, "running")
                     old_healthy += 1
@@ -232,10 +258,10 @@ class Reconciler:
                 self._retire(action.release, action.count, status)
             elif isinstance(action, TerminateRetiring):
                 for inst in instances_of(self.env.store, action.release, ("draining",)):
-                    self.env.compute.terminate(inst, self.service.stop_timeout)
+                    self.env.compute.terminate(inst, self._stop_timeout(action.release))
             elif isinstance(action, TerminateRelease):
                 for inst in instances_of(self.env.store, action.release):
-                    self.env.compute.terminate(inst, self.service.stop_timeout)
+                    self.env.compute.terminate(inst, self._stop_timeout(action.release))
             elif isinstance(action, Record):
                 self.env.store.event(action.kind, action.message, service=self.name,
                                      data=action.data)
@@ -246,10 +272,7 @@ class Reconciler:
         missing = count - len(alive)
         if missing <= 0:
             return
-        release = load_release(self.env.store, release_id)
-        image = release_image(self.env.store, self.env.images, release)
-        self.env.compute.launch(self.name, self.service, release, image, missing,
-                                env=self.env.secrets)
+        launch_release(self.env, self.release(release_id), missing)
         self.env.fault("launched")
 
     def route(self, weights: Mapping[str, int]) -> None:
@@ -260,13 +283,23 @@ class Reconciler:
                 backends.append(Backend(release_id, weight, servers,
                                         health=self._release_health(release_id)))
         if backends:
-            self.env.router.set_backends(self.name, self.service, backends)
+            self.env.router.set_backends(self.name, self._routed_spec(weights), backends)
         else:
             self.env.router.remove_service(self.name)
         self.env.fault("routed")
 
-    def _release_health(self, release_id: str) -> Health | None:
-        return release_health(self.env.store, release_id)
+    def _release_health(self, release_id: str) -> Health:
+        return self.release(release_id).health
+
+    def _routed_spec(self, weights: Mapping[str, int]) -> ServiceSpec:
+        """The service's router entry (listen address, default health) follows the release
+        with the most traffic: a rollback serves where the release it restores served."""
+        for release_id in sorted(weights, key=lambda r: -weights[r]):
+            try:
+                return self.release(release_id).spec
+            except StateError:
+                break
+        return self.service
 
     def _retire(self, release_id: str, count: int, status: Status) -> None:
         running = instances_of(self.env.store, release_id, ("running", "starting"))
@@ -319,7 +352,7 @@ class Reconciler:
         self._keep_router()
         obs = self.observe(status)
         new_status, actions = decide(status, obs, self.service.rollout,
-                                     self.service.health.deadline)
+                                     self._release_health(status.new).deadline)
         self.act(new_status, actions)
         changed = new_status.to_json() != status.to_json()
         # The judge's live line changes on every pass under traffic: persist it once a second.

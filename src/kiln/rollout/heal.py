@@ -1,8 +1,9 @@
 """Healing: replace dead instances of the release that is live, with the same image.
 
 Nothing about the release changes, so there is nothing to canary: the missing instances are
-launched, each must pass the health check before the router is given it (the same gate as a
-rollout), and then the router serves every running instance of the release again.
+launched as the release was made (its recorded spec, never today's kiln.yaml), each must pass
+the health check before the router is given it (the same gate as a rollout), and then the
+router serves every running instance of the release again.
 
 One mechanism, two drivers: `heal_step` does one non-blocking pass (observe; take the dead and
 the unhealthy out of rotation; launch what is missing; admit the healthy; stop what is not
@@ -19,9 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kiln.platforms.base import Instance, Release
-from kiln.rollout.executor import Env, Reconciler, instances_of
-from kiln.rollout.release_config import release_image
-from kiln.spec.models import ServiceSpec
+from kiln.rollout.executor import Env, Reconciler, instances_of, launch_release
 
 
 @dataclass
@@ -88,12 +87,14 @@ def _running(env: Env, release_id: str) -> set[str]:
     return {i.id for i in instances_of(env.store, release_id, ("running",))}
 
 
-def heal_step(env: Env, name: str, spec: ServiceSpec, release: Release, state: HealState,
-              now: float, *, sick: Sequence[Instance] = (), launch: bool = True,
+def heal_step(env: Env, name: str, release: Release, state: HealState, now: float, *,
+              sick: Sequence[Instance] = (), launch: bool = True,
               on_out: Callable[[HealPass], None] | None = None) -> HealPass:
-    """One pass; never waits. `sick`: alive instances to replace (the driver's health verdict);
-    `launch`: whether to launch what is missing now (the driver's retry policy); `on_out` is
-    told what left the rotation before anything new is launched (its events come first)."""
+    """One pass; never waits; the release's own spec says how many, how and how healthy.
+    `sick`: alive instances to replace (the driver's health verdict); `launch`: whether to
+    launch what is missing now (the driver's retry policy); `on_out` is told what left the
+    rotation before anything new is launched (its events come first)."""
+    spec = release.spec
     out = HealPass()
     insts = instances_of(env.store, release.id, ("starting", "running"))
     running = _running(env, release.id)
@@ -112,14 +113,12 @@ def heal_step(env: Env, name: str, spec: ServiceSpec, release: Release, state: H
                 c.execute("UPDATE instances SET state = 'dead', stopped_at = ? WHERE id = ? "
                           "AND state IN ('starting','running')", (time.time(), inst.id))
     if out.died or out.retired:
-        retire(env, name, spec, release, out.retired)  # out of the router at once
+        retire(env, name, release, out.retired)  # out of the router at once
     if on_out is not None and (out.died or out.lost or out.retired):
         on_out(out)
     missing = spec.replicas - len(alive)
     if missing > 0 and launch:
-        out.launched = env.compute.launch(name, spec, release,
-                                          release_image(env.store, env.images, release), missing,
-                                          env=env.secrets)
+        out.launched = launch_release(env, release, missing)
         env.fault("launched")
         state.launched += [i.id for i in out.launched]
         state.gate_from = now
@@ -135,51 +134,51 @@ def heal_step(env: Env, name: str, spec: ServiceSpec, release: Release, state: H
         else:
             out.pending += 1
     if out.admitted:
-        route(env, name, spec, release)
+        route(env, name, release)
     out.running = sum(1 for i in alive if i.id in running) + len(out.admitted)
     out.done = out.pending == 0 and out.running >= spec.replicas
     return out
 
 
-def route(env: Env, name: str, spec: ServiceSpec, release: Release) -> None:
+def route(env: Env, name: str, release: Release) -> None:
     """Give the router the release's running instances at the service's recorded weights (all
     of the traffic when the release has none)."""
     weights = {r["release_id"]: int(r["weight"]) for r in env.store.query(
         "SELECT release_id, weight FROM routes WHERE service = ?", (name,))}
     if weights.get(release.id, 0) == 0:
         weights = {release.id: 100}
-    Reconciler(env, name, spec, 0).route(weights)
+    Reconciler(env, name, release.spec, 0).route(weights)
 
 
-def retire(env: Env, name: str, spec: ServiceSpec, release: Release,
-           insts: Sequence[Instance]) -> None:
+def retire(env: Env, name: str, release: Release, insts: Sequence[Instance]) -> None:
     """Take instances out of the router first, then stop them (gracefully)."""
     with env.store.tx() as c:
         for inst in insts:
             c.execute("UPDATE instances SET state = 'draining' WHERE id = ? AND state IN "
                       "('starting','running')", (inst.id,))
-    route(env, name, spec, release)
+    route(env, name, release)
     for inst in insts:
-        env.compute.terminate(inst, spec.stop_timeout)
+        env.compute.terminate(inst, release.spec.stop_timeout)
 
 
-def heal(env: Env, name: str, service: ServiceSpec, release: Release,
+def heal(env: Env, name: str, release: Release,
          progress: Callable[[str], None] | None = None, tick: float = 0.1) -> HealResult:
-    """Bring `release` back to `service.replicas` healthy, routed instances; give up (stopping
+    """Bring `release` back to its replicas of healthy, routed instances; give up (stopping
     what this heal launched) when a replacement dies or is not healthy within the deadline."""
+    service = release.spec
     say = progress or (lambda line: None)
     state = HealState(release.id, time.monotonic())
     deadline = service.health.deadline
     last = ""
     while True:
         now = time.monotonic()
-        res = heal_step(env, name, service, release, state, now)
+        res = heal_step(env, name, release, state, now)
         if res.lost:
-            return _give_up(env, name, service, release, state, res.lost[0],
+            return _give_up(env, name, release, state, res.lost[0],
                             f"replacement instance {res.lost[0].id} exited before becoming "
                             f"healthy")
         if res.expired:
-            return _give_up(env, name, service, release, state, res.expired[0],
+            return _give_up(env, name, release, state, res.expired[0],
                             f"health gate: {res.expired[0].id} not healthy within {deadline:g}s")
         if res.done:
             break
@@ -189,7 +188,7 @@ def heal(env: Env, name: str, service: ServiceSpec, release: Release,
             say(line)
             last = line
         time.sleep(tick)
-    route(env, name, service, release)
+    route(env, name, release)
     ids = state.launched
     reason = (f"replaced {len(ids)} dead instance(s) of {release.id} with the same image"
               if ids else f"{release.id}: instances put back into rotation")
@@ -198,7 +197,7 @@ def heal(env: Env, name: str, service: ServiceSpec, release: Release,
     return HealResult(True, ids, reason)
 
 
-def _give_up(env: Env, name: str, service: ServiceSpec, release: Release, state: HealState,
+def _give_up(env: Env, name: str, release: Release, state: HealState,
              culprit: Instance, reason: str) -> HealResult:
     """Stop what this heal started and is not serving yet (out of the router first); the
     instances serving (from before, or replacements already admitted) are left as they are:
@@ -206,7 +205,7 @@ def _give_up(env: Env, name: str, service: ServiceSpec, release: Release, state:
     ours = [i for i in instances_of(env.store, release.id, ("starting",))
             if i.id in state.launched]
     if ours:
-        retire(env, name, service, release, ours)
+        retire(env, name, release, ours)
     env.store.event("release.heal_failed", reason, service=culprit.service,
                     data={"release": culprit.release_id, "instance": culprit.id})
     return HealResult(False, list(state.launched), reason, culprit)

@@ -23,7 +23,7 @@ from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, Status
 from kiln.rollout.executor import Reconciler, instances_of, load_release
 from kiln.rollout.heal import HealPass, HealState, heal_step
-from kiln.rollout.release_config import release_spec
+from kiln.rollout.release_config import find_release
 from kiln.spec.models import ServiceSpec
 from kiln.state.controller import heartbeat
 from kiln.state.lock import CONTROLLER_COMMAND, try_lock, unlock
@@ -245,10 +245,10 @@ class Controller:
         cached = self._specs.get(release_id)
         if cached is not None:
             return cached
-        spec = release_spec(self.project.store, release_id)
-        if spec is None:
+        release = find_release(self.project.store, release_id)
+        if release is None:
             raise StateError(f"release {release_id} is not in the state")
-        self._specs[release_id] = spec
+        spec = self._specs[release_id] = release.spec
         return spec
 
     # ------------------------------------------------------------------ act (under the lock)
@@ -325,7 +325,7 @@ class Controller:
                                                  "checks": checks[inst.id]})
                 self.metrics.actions.labels("instance_unhealthy").inc()
 
-        res = heal_step(self.project.rollout_env(name, spec), name, spec, release, heal, now,
+        res = heal_step(self.project.rollout_env(name, spec), name, release, heal, now,
                         sick=sick, launch=now >= heal.next_try, on_out=out_of_rotation)
         if res.launched:
             heal.attempts += 1

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.platforms.base import Compute, ExecResult, Image, Instance, Release
+from kiln.platforms.base import Compute, ExecResult, Image, Instance, Release, ReleaseImage
 from kiln.spec.models import (
     Check,
     CommandCheck,
@@ -169,8 +169,8 @@ def _launch(compute: Compute, service_name: str, service: ServiceSpec, image: Im
     """One instance via the platform's own launch path, recorded as kind 'test'."""
     if release is None:
         hexpart = image.digest.split(":")[-1][:12]
-        release = Release(id=f"{service_name}-test-{hexpart}", service=service_name, number=0,
-                          image_digest=image.digest, config_digest="test")
+        release = Release.of(f"{service_name}-test-{hexpart}", service_name, 0,
+                             ReleaseImage.of(image), service, "test")
     instances = compute.launch(service_name, service, release, image, 1, env=env, kind="test")
     if len(instances) != 1:
         for extra in instances:
