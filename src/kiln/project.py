@@ -28,7 +28,7 @@ from kiln.rollout.release_config import (
     went_live,
 )
 from kiln.secrets import resolve_secrets
-from kiln.spec.models import ServiceSpec, Spec
+from kiln.spec.models import Health, ServiceSpec, Spec
 from kiln.state.lock import project_lock
 from kiln.state.store import Store, default_home
 
@@ -780,7 +780,8 @@ class Project:
         for r, inst in zip(rows, insts, strict=True):
             rel = releases.setdefault(inst.release_id, {"release": inst.release_id, "weight": 0,
                                                         "instances": []})
-            healthy = alive.get(inst.id, False) and self.compute.healthy(inst, spec.health)
+            healthy = alive.get(inst.id, False) and self.compute.healthy(
+                inst, self._health_of(inst.release_id, spec))
             rel["instances"].append({
                 "id": inst.id, "address": inst.address, "handle": dict(inst.handle),
                 "label": inst.label, "state": r["state"],
@@ -824,6 +825,11 @@ class Project:
                 "current": current.id if current else None,
                 "destroyed": self.destroyed(name),
                 "releases": list(releases.values()), "rollout": rollout, "dev": dev}
+
+    def _health_of(self, release_id: str, spec: ServiceSpec) -> Health:
+        """An instance is probed on its release's own health check (a dev instance: today's)."""
+        release = find_release(self.store, release_id)
+        return spec.health if release is None else release.health
 
     def history(self, service: str, limit: int | None = None) -> list[dict[str, Any]]:
         """The service's rollouts, oldest first (the last `limit` of them when given)."""
