@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.errors import ImageTampered, KilnError, NotFound, RolledBack
+from kiln.errors import ImageTampered, KilnError, NotFound, RolledBack, StateError
 from kiln.platforms.base import Image, Instance, Release, StepEvent
 from kiln.platforms.instance_rows import from_row
 from kiln.platforms.registry import get_platform
@@ -829,7 +829,19 @@ class Project:
     def _health_of(self, release_id: str, spec: ServiceSpec) -> Health:
         """An instance is probed on its release's own health check (a dev instance: today's)."""
         release = find_release(self.store, release_id)
-        return spec.health if release is None else release.health
+        try:
+            return spec.health if release is None else release.health
+        except StateError:  # status still shows the instance; routing reports the record
+            return spec.health
+
+    def _stop_timeout_of(self, release_id: str, spec: ServiceSpec) -> float:
+        """A release's instances get its own stop timeout (today's for a dev instance, or a
+        record today's kiln cannot load: stopping must not fail)."""
+        release = find_release(self.store, release_id)
+        try:
+            return spec.stop_timeout if release is None else release.spec.stop_timeout
+        except StateError:
+            return spec.stop_timeout
 
     def history(self, service: str, limit: int | None = None) -> list[dict[str, Any]]:
         """The service's rollouts, oldest first (the last `limit` of them when given)."""
@@ -870,8 +882,9 @@ class Project:
                     "SELECT DISTINCT release_id FROM instances WHERE service = ? AND state IN "
                     "('starting','running','draining')", (name,))
                 for row in rows:
+                    timeout = self._stop_timeout_of(str(row["release_id"]), spec)
                     for inst in instances_of(self.store, row["release_id"]):
-                        self.compute.terminate(inst, spec.stop_timeout)
+                        self.compute.terminate(inst, timeout)
                         stopped.append(inst.id)
                 with self.store.tx() as c:
                     c.execute("DELETE FROM routes WHERE service = ?", (name,))
