@@ -35,6 +35,8 @@ from kiln.rollout.release_config import launch_image, load_release
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
 
+__all__ = ["Env", "Reconciler", "env_fault", "instances_of", "launch_release", "load_release"]
+
 LIVE_STATES = ("starting", "running", "draining")
 FAST_TICK = 0.02
 """Seconds between passes while waiting on health or a drain (a probe, not a timer)."""
@@ -67,9 +69,6 @@ def instances_of(store: Store, release_id: str, states: Sequence[str] = LIVE_STA
         f"SELECT * FROM instances WHERE release_id = ? AND kind = ? AND state IN ({marks}) "
         "ORDER BY created_at, id", (release_id, kind, *states))
     return [from_row(r) for r in rows]
-
-
-__all__ = ["Env", "Reconciler", "env_fault", "instances_of", "launch_release", "load_release"]
 
 
 def launch_release(env: Env, release: Release, count: int) -> list[Instance]:
