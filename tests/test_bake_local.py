@@ -341,19 +341,20 @@ def test_a_tampered_image_is_refused_and_rebuilt(builder: LocalBuilder, store: S
     s = spec({"copy": "app/", "to": "app/"})
     image, _ = bake(builder, "guarded", s, tmp_path)
     target = root_of(image) / "app" / "main.py"
-    assert integrity_problem(image) is None
+    assert integrity_problem(store, image) is None
     builder.verify(image, "launch it")
-    # Same bytes, new metadata: the fast path misses, a full re-hash clears it and reseals.
+    # Same bytes, new metadata: still what was baked.
     os.utime(target, (1, 1))
-    assert integrity_problem(image) is None
-    seal = json.loads((Path(image.ref) / "seal.json").read_text())["entries"]
-    assert seal["app/main.py"][3] == 1_000_000_000
-    # New bytes: refused, with an event, and a plan no longer calls it unchanged.
+    assert integrity_problem(store, image) is None
+    # New bytes of the same size, mtime put back (touch -r): caught by content, named.
+    stamp = target.stat()
     target.chmod(0o644)
-    target.write_text("print('evil')\n")
-    problem = integrity_problem(image)
-    assert problem is not None and "modified after sealing" in problem
-    with pytest.raises(ImageTampered, match=r"modified after sealing\); refused to launch it"):
+    target.write_text("print('ev')\n")
+    os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    target.chmod(stat.S_IMODE(stamp.st_mode))
+    problem = integrity_problem(store, image)
+    assert problem is not None and "app/main.py: content differs" in problem, problem
+    with pytest.raises(ImageTampered, match=r"app/main.py: content differs; refused to launch"):
         builder.verify(image, "launch it")
     assert store.one("SELECT * FROM events WHERE kind = 'image.tampered' ORDER BY id DESC")
     assert builder.resolve("guarded", s, base_dir=tmp_path) is None
@@ -364,20 +365,44 @@ def test_a_tampered_image_is_refused_and_rebuilt(builder: LocalBuilder, store: S
     assert "rebuilding" in store.one("SELECT message FROM events WHERE kind = 'image.tampered' "
                                      "ORDER BY id DESC LIMIT 1")["message"]
     assert target.read_text() == "print('v1')\n"
-    assert integrity_problem(again) is None and integrity_problem(again, full=True) is None
+    assert integrity_problem(store, again) is None
 
 
-def test_an_added_or_removed_file_is_caught_by_the_fast_path(builder: LocalBuilder,
-                                                             tmp_path: Path) -> None:
+def test_an_added_or_removed_file_or_a_rewritten_seal_is_caught(builder: LocalBuilder,
+                                                                store: Store,
+                                                                tmp_path: Path) -> None:
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "main.py").write_text("print('v1')\n")
     image, _ = bake(builder, "guarded2", spec({"copy": "app/", "to": "app/"}), tmp_path)
     app = root_of(image) / "app"
     app.chmod(0o755)
     (app / "extra.py").write_text("x = 1\n")
-    assert integrity_problem(image) is not None
+    (Path(image.ref) / "seal.json").write_text("{}")  # nothing beside the image is trusted
+    assert integrity_problem(store, image) == (
+        f"image guarded2 {image.digest[:19]} was modified after baking: app/extra.py: added")
     (app / "extra.py").unlink()
-    assert integrity_problem(image) is None  # the tree hashes right again (and is resealed)
+    assert integrity_problem(store, image) is None  # write bits added back are not content
+
+
+def test_a_poisoned_step_cache_entry_is_rebuilt_with_one_warning(
+        store: Store, home: Path, tmp_path: Path) -> None:
+    warnings: list[str] = []
+    builder = LocalBuilder(store, home, warn=warnings.append)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print('v1')\n")
+    s = spec({"copy": "app/", "to": "app/"}, {"env": {"A": "1"}})
+    first, _ = bake(builder, "poison", s, tmp_path)
+    key = store.one("SELECT key FROM images WHERE digest = ?", (first.digest,))["key"]
+    snapshot = home / store.one("SELECT snapshot FROM steps WHERE key = ?", (key,))["snapshot"]
+    (snapshot / "sitecustomize.py").write_text("print('pwned')\n")
+    second, _ = bake(builder, "poison", spec({"copy": "app/", "to": "app/"},
+                                                 {"env": {"A": "1"}},
+                                                 {"run": "true"}), tmp_path)
+    assert not (root_of(second) / "sitecustomize.py").exists()
+    assert len(warnings) == 1, warnings
+    assert "sitecustomize.py: added" in warnings[0] and "rebuilding" in warnings[0]
+    assert store.one("SELECT 1 FROM events WHERE kind = 'cache.tampered'") is not None
+    assert integrity_problem(store, second) is None
 
 
 def test_a_second_project_reuses_the_shared_base_environment(tmp_path: Path,

@@ -290,7 +290,8 @@ class Project:
 
     def _env(self, service: str, spec: ServiceSpec) -> Env:
         # Each release resolves its own recorded secret references when it is launched.
-        return Env(self.store, self.compute, self.router, None, self.image,
+        # A plain lookup: compute.launch verifies the content at every launch (once, not twice).
+        return Env(self.store, self.compute, self.router, None, self.platform.image,
                    secrets=lambda recorded: resolve_secrets(service, recorded, self.base_dir),
                    fault=env_fault())
 

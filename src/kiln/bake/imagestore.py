@@ -2,13 +2,13 @@
 
 Layout of one image (`Image.ref` is the folder images/<hex>/): root/ (the read-only tree
 instances run in) and
-images/<hex>/manifest.json (name, digest, env, base, Python version, steps). A folder without a
+images/<hex>/manifest.json (name, digest, env, base, Python version, steps; for people: what
+launches trust is the content manifest in the row, kiln.bake.manifest). A folder without a
 row is garbage from a bake killed between its rename and its row; `remove_images` sweeps it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln.bake import manifest
 from kiln.errors import ImageTampered, NotFound
 from kiln.platforms.base import Image
 from kiln.state.store import Store
@@ -56,17 +57,20 @@ def find_by_key(store: Store, key: str) -> sqlite3.Row | None:
 
 
 def record_image(store: Store, *, name: str, digest: str, ref: str, key: str,
-                 env: Mapping[str, str], size: int, workdir: str = "") -> Image:
-    """Insert (or refresh) the row of a sealed image. Only called after its folder is in place."""
+                 env: Mapping[str, str], size: int, workdir: str = "",
+                 manifest: bytes | None = None) -> Image:
+    """Insert (or refresh) the row of a sealed image. Only called after its folder is in place.
+    `manifest`: what launches verify it against (kiln.bake.manifest; podman: its layers)."""
     env_json = json.dumps(dict(env), sort_keys=True)
     with store.tx() as c:
         c.execute(
-            "INSERT INTO images(digest, name, ref, key, env_json, workdir, size, created_at) "
-            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
+            "INSERT INTO images(digest, name, ref, key, env_json, workdir, size, created_at, "
+            "manifest) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
             "name = excluded.name, ref = excluded.ref, key = excluded.key, "
             "env_json = excluded.env_json, workdir = excluded.workdir, size = excluded.size, "
-            "created_at = excluded.created_at",  # the newest bake of a name is the cache's
-            (digest, name, ref, key, env_json, workdir, size, time.time()),
+            "created_at = excluded.created_at, "  # the newest bake of a name is the cache's
+            "manifest = COALESCE(excluded.manifest, images.manifest)",
+            (digest, name, ref, key, env_json, workdir, size, time.time(), manifest),
         )
         c.event("image.baked", f"baked image {name} {digest[:19]}", data={"digest": digest})
     return Image(name=name, digest=digest, ref=ref, env=dict(env), workdir=workdir)
@@ -153,52 +157,27 @@ def seal_readonly(root: Path) -> None:
 
 
 def verify_image(store: Store, digest: str) -> str | None:
-    """Re-hash a sealed image; a one-line problem if its tree no longer matches its digest."""
-    return integrity_problem(get_image(store, digest), full=True)
+    """Re-check a stored image against the state; a one-line problem if its files differ."""
+    return integrity_problem(store, get_image(store, digest))
 
 
 # ---------------------------------------------------------------- integrity at every use
 #
-# Re-hashing an image before each use costs a read of every byte (a venv: tens of MB). The
-# fast path compares every entry's lstat against what it was right after sealing: inode, size,
-# mode, mtime and ctime (which no user can set back without changing the clock). Any difference
-# (a rewritten, chmod-ed, added or removed file, a copied or restored store) means a full
-# re-hash against the digest; a tree that still hashes right gets a fresh record.
-
-SEAL_FILE = "seal.json"
+# The authority is the state: the content manifest (kiln.bake.manifest) recorded in the image's
+# row when it was sealed. Every check reads every byte (BLAKE3, parallel): no metadata fast
+# path, since mtime is restored with `touch -r` and a seal file beside the image is rewritten
+# with it (docs/decisions/verified-content.md). An image sealed before manifests existed is
+# re-hashed against its recorded digest once and then gets its manifest.
 
 
-def _stats(root: Path) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in (".", *dirnames, *filenames):
-            path = os.path.join(dirpath, name) if name != "." else dirpath
-            st = os.lstat(path)
-            rel = os.path.relpath(path, root)
-            out[rel] = [st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns]
-    return out
+def image_manifest(store: Store, digest: str) -> bytes | None:
+    row = store.one("SELECT manifest FROM images WHERE digest = ?", (digest,))
+    return None if row is None or row["manifest"] is None else bytes(row["manifest"])
 
 
-def write_seal(folder: Path) -> None:
-    """Record the sealed tree's metadata (call once the tree is read-only and in place)."""
-    tmp = folder / (SEAL_FILE + ".tmp")
-    tmp.write_text(json.dumps({"format": 1, "entries": _stats(folder / "root")}))
-    os.replace(tmp, folder / SEAL_FILE)
-
-
-def _seal_matches(folder: Path) -> bool:
-    try:
-        recorded = json.loads((folder / SEAL_FILE).read_text())
-        return bool(recorded.get("format") == 1
-                    and recorded.get("entries") == _stats(folder / "root"))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def integrity_problem(image: Image, *, full: bool = False) -> str | None:
-    """None when the image's tree still matches its digest, else one line saying how not.
-    `full` skips the metadata fast path and always re-hashes."""
+def integrity_problem(store: Store, image: Image) -> str | None:
+    """None when the image's tree is still exactly what the state recorded at bake, else one
+    line naming the image and the first differing file."""
     from kiln.bake.hashing import tree_digest
     from kiln.bake.venv import digest_override
 
@@ -207,28 +186,36 @@ def integrity_problem(image: Image, *, full: bool = False) -> str | None:
     label = f"image {image.name} {image.digest[:19]}"
     if not root.is_dir():
         return f"{label}: folder {root} is missing"
-    if not full and _seal_matches(folder):
-        return None
-    try:
+    blob = image_manifest(store, image.digest)
+    if blob is not None:
+        try:
+            recorded = manifest.Manifest.decode(blob)
+        except ValueError as exc:
+            return f"{label}: its manifest in the state is unreadable ({exc})"
+        found = manifest.difference(root, recorded)
+        return None if found is None else f"{label} was modified after baking: {found}"
+    try:  # sealed before manifests: the digest in the state is the authority
         now = tree_digest(root, digest_override).digest
     except OSError as exc:
         return f"{label}: cannot be read ({exc})"
     if now != image.digest:
-        return f"{label}: its files now hash to {now[:19]} (modified after sealing)"
-    if os.access(folder, os.W_OK):
-        with contextlib.suppress(OSError):
-            write_seal(folder)
+        return f"{label} was modified after baking: its files hash to {now[:19]}"
+    record_manifest(store, image.digest, manifest.build(root).encode())
     return None
 
 
-def ensure_intact(image: Image, store: Store | None, *, use: str) -> None:
-    """Refuse (ImageTampered, plus an `image.tampered` event) an image whose tree no longer
-    matches its digest. `use` names what was about to happen (launch, rollback, test...)."""
-    problem = integrity_problem(image)
+def record_manifest(store: Store, digest: str, blob: bytes) -> None:
+    with store.tx() as c:
+        c.execute("UPDATE images SET manifest = ? WHERE digest = ?", (blob, digest))
+
+
+def ensure_intact(store: Store, image: Image, *, use: str) -> None:
+    """Refuse (ImageTampered, plus an `image.tampered` event) an image whose files are not what
+    was baked. `use` names what was about to happen (launch it, roll web back to web-r2...)."""
+    problem = integrity_problem(store, image)
     if problem is None:
         return
-    if store is not None:
-        store.event("image.tampered", f"refused to {use}: {problem}",
-                    data={"digest": image.digest, "use": use})
+    store.event("image.tampered", f"refused to {use}: {problem}",
+                data={"digest": image.digest, "use": use})
     raise ImageTampered(f"{problem}; refused to {use}",
-                        hint="`kiln bake` rebuilds it from its steps")
+                        hint=f"`kiln bake --no-cache {image.name}` rebuilds it from its steps")

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.bake import imagestore, steps, venv
+from kiln.bake import imagestore, manifest, stepcache, steps, venv
 from kiln.bake.hashing import step_key, tree_digest
 from kiln.errors import BakeError
 from kiln.platforms.base import Image, StepEvent
@@ -57,9 +57,11 @@ class _Planned:
 class LocalBuilder:
     """Builder for the local platform. `home` is the project's state folder (.kiln/)."""
 
-    def __init__(self, store: Store, home: Path) -> None:
+    def __init__(self, store: Store, home: Path,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.home = home
+        self.warn = warn or stepcache.warn_on_stderr
 
     # ------------------------------------------------------------------ plan
 
@@ -85,13 +87,13 @@ class LocalBuilder:
             return None
         image = Image(name=name, digest=row["digest"], ref=row["ref"], env=steps.image_env(spec.steps),
                       workdir=steps.final_workdir(spec.steps, name))
-        if imagestore.integrity_problem(image) is not None:
+        if imagestore.integrity_problem(self.store, image) is not None:
             return None  # tampered: a bake must rebuild it, so it is not "unchanged"
         return image
 
     def verify(self, image: Image, use: str) -> None:
-        """Refuse an image whose files no longer match its digest (ImageTampered)."""
-        imagestore.ensure_intact(image, self.store, use=use)
+        """Refuse an image whose files are not what the state recorded (ImageTampered)."""
+        imagestore.ensure_intact(self.store, image, use=use)
 
     # ------------------------------------------------------------------ build
 
@@ -118,7 +120,7 @@ class LocalBuilder:
         """A cached image is reused only if it still matches its digest; a tampered one is
         removed (its folder; the row is refreshed by the rebuild) so this bake rebuilds it."""
         image = Image(name=name, digest=row["digest"], ref=row["ref"], env=env)
-        problem = imagestore.integrity_problem(image)
+        problem = imagestore.integrity_problem(self.store, image)
         if problem is None:
             return True
         self.store.event("image.tampered", f"rebuilding: {problem}",
@@ -137,8 +139,10 @@ class LocalBuilder:
         start = 0
         if not no_cache:
             snapshots = self._snapshots([p.key for p in plan])
+            bad: set[Path] = set()  # env/workdir steps share their parent's folder: warn once
             for p in reversed(plan):
-                if p.key in snapshots:
+                if p.key in snapshots and snapshots[p.key] not in bad \
+                        and self._entry_intact(p, snapshots[p.key], bad):
                     _clone(snapshots[p.key], root)
                     start = p.index + 1
                     break
@@ -220,6 +224,19 @@ class LocalBuilder:
                 found[r["key"]] = path
         return found
 
+    def _entry_intact(self, p: _Planned, path: Path, bad: set[Path]) -> bool:
+        """A cache entry is restored only if it is what the state recorded when it was made;
+        a bad one is rebuilt (this step and the ones after it), with one warning line."""
+        problem = stepcache.entry_problem(self.store, p.key, path)
+        if problem is None:
+            return True
+        bad.add(path)
+        self.warn(f"step cache entry of {p.description} ({p.key[:12]}) {problem}; "
+                  "rebuilding from that step")
+        self.store.event("cache.tampered", f"rebuilding: {p.description}: {problem}",
+                         data={"key": p.key})
+        return False
+
     def _snapshot(self, name: str, p: _Planned, plan: list[_Planned], root: Path,
                   work: Path) -> None:
         """Keep the tree after step `p` in the cache (env/workdir steps share their parent's)."""
@@ -234,18 +251,19 @@ class LocalBuilder:
                 os.replace(target, old)
                 imagestore.force_rmtree(old)
             os.replace(staging, target)
+            content: bytes | None = manifest.build(target).encode()
         else:
-            parent = self.store.one("SELECT snapshot FROM steps WHERE key = ?",
+            parent = self.store.one("SELECT snapshot, manifest FROM steps WHERE key = ?",
                                     (plan[p.index - 1].key,))
             if parent is None:
                 return
-            rel = parent["snapshot"]
+            rel, content = parent["snapshot"], parent["manifest"]
         now = time.time()
         parent_key = plan[p.index - 1].key if p.index else None
         with self.store.tx() as c:
             c.execute("INSERT OR REPLACE INTO steps(key, parent_key, image_name, description, "
-                      "snapshot, created_at, used_at) VALUES (?,?,?,?,?,?,?)",
-                      (p.key, parent_key, name, p.description, rel, now, now))
+                      "snapshot, created_at, used_at, manifest) VALUES (?,?,?,?,?,?,?,?)",
+                      (p.key, parent_key, name, p.description, rel, now, now, content))
 
     def _touch(self, keys: list[str]) -> None:
         if not keys:
@@ -270,6 +288,7 @@ class LocalBuilder:
                                 hint="point the last workdir step at a folder") from exc
         tree = tree_digest(root, venv.digest_override)
         imagestore.seal_readonly(root)
+        content = manifest.build(root).encode()  # the launches' authority, kept in the state
         target = imagestore.image_dir(self.home, tree.digest)
         imagestore.write_manifest(folder, {
             "name": name, "digest": tree.digest, "key": key, "env": env, "workdir": workdir,
@@ -281,15 +300,14 @@ class LocalBuilder:
         })
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_dir() and imagestore.integrity_problem(
-                Image(name, tree.digest, str(target))) is None:
+                self.store, Image(name, tree.digest, str(target))) is None:
             imagestore.force_rmtree(folder)  # same tree already sealed: keep the first
         else:
             imagestore.force_rmtree(target)  # absent, or tampered: replace it
             os.replace(folder, target)
-            imagestore.write_seal(target)
         return imagestore.record_image(self.store, name=name, digest=tree.digest,
                                        ref=str(target), key=key, env=env,
-                                       size=tree.size, workdir=workdir)
+                                       size=tree.size, workdir=workdir, manifest=content)
 
     # ------------------------------------------------------------------ lock and sweep
 

@@ -7,15 +7,39 @@ newest image of its name (a bake that failed or is still running: its retry resu
 Everything else goes, row and folder; a folder shared by an `env`/`workdir` step and its parent
 goes only with the last row naming it. The bake lock is taken so no bake restores a snapshot
 while it is removed; if a bake holds it, nothing is removed this time.
+
+Before a bake restores a snapshot it checks it against the content manifest recorded in its row
+when it was made (`entry_problem`): a file dropped into an entry (a `sitecustomize.py`) would
+otherwise be baked into the next image, whose new digest then includes it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import sys
 from pathlib import Path
 
+from kiln.bake import manifest
 from kiln.bake.imagestore import force_rmtree
 from kiln.state.store import Store
+
+
+def entry_problem(store: Store, key: str, path: Path) -> str | None:
+    """None when the snapshot at `path` is what the state recorded for step `key`; else how
+    it differs ('was modified: sitecustomize.py: added')."""
+    row = store.one("SELECT manifest FROM steps WHERE key = ?", (key,))
+    if row is None or row["manifest"] is None:
+        return "has no content record (made by an older kiln)"
+    try:
+        recorded = manifest.Manifest.decode(bytes(row["manifest"]))
+    except ValueError as exc:
+        return f"has an unreadable content record ({exc})"
+    found = manifest.difference(path, recorded)
+    return None if found is None else f"was modified: {found}"
+
+
+def warn_on_stderr(message: str) -> None:
+    sys.stderr.write(f"kiln: warning: {message}\n")
 
 
 def _chains(store: Store) -> set[str]:

@@ -152,6 +152,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE releases ADD COLUMN image_env_json TEXT;
     ALTER TABLE releases ADD COLUMN image_workdir TEXT;
     """,
+    # 7: content manifests (kiln.bake.manifest) recorded when a tree is made and checked before
+    # it is used: an image's files (local) or its layers' diff ids (podman), a step-cache
+    # snapshot's files, and a podman layer's files by diff id (NULL: made before this)
+    """
+    ALTER TABLE images ADD COLUMN manifest BLOB;
+    ALTER TABLE steps ADD COLUMN manifest BLOB;
+    CREATE TABLE layer_manifests (
+        diff_id TEXT PRIMARY KEY,
+        manifest BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

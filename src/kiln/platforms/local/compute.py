@@ -111,6 +111,9 @@ class LocalCompute:
             raise PlatformError(f"image {image.name} ({image.digest[:19]}): its workdir "
                                 f"{image.workdir!r} is not a folder in the image",
                                 hint="run kiln bake --no-cache to rebuild it")
+        from kiln.bake.imagestore import ensure_intact
+
+        ensure_intact(self.store, image, use="launch it")  # every kind: the content baked
 
     def _insert_launching(self, instance_id: str, service_name: str, service: ServiceSpec,
                           release: Release, kind: Kind, handle: Mapping[str, str],
