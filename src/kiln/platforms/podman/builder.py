@@ -134,7 +134,12 @@ class PodmanBuilder:
         digest = digest if digest.startswith("sha256:") else f"sha256:{digest}"
         return imagestore.record_image(self.store, name=name, digest=digest, ref=digest,
                                        key=keys[-1], env=env, size=int(data.get("Size") or 0),
-                                       workdir=containerfile.workdir_after(spec.steps))
+                                       workdir=containerfile.workdir_after(spec.steps),
+                                       manifest=images.record_layers(self.store, name, data))
+
+    def verify(self, image: Image, use: str) -> None:
+        """Refuse an image whose layers are not what the state recorded (ImageTampered)."""
+        images.ensure_intact(self.store, image, use=use)
 
     def _segment(self, name: str, spec: ImageSpec, base_dir: Path, base: str, numbers: list[int],
                  keys: list[str], final: tuple[str, dict[str, str]] | None, no_cache: bool,

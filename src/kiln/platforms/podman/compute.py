@@ -35,7 +35,7 @@ from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
 from kiln.platforms.instance_rows import KINDS, LIVE_STATES, from_row, get_row, list_rows, set_state
 from kiln.platforms.local import environment
 from kiln.platforms.local.compute import LocalCompute
-from kiln.platforms.podman import containerfile, engine
+from kiln.platforms.podman import containerfile, engine, images
 from kiln.platforms.podman.handle import PodmanHandle
 from kiln.platforms.podman.image_files import ContainerFiles
 from kiln.spec.models import ServiceSpec
@@ -131,6 +131,7 @@ class PodmanCompute(LocalCompute):
         if engine.image_id(image.ref) != image.digest:
             raise NotFound(f"image {image.name} ({image.digest[:19]}) is missing from podman's "
                            "storage", hint="run kiln bake again")
+        images.ensure_intact(self.store, image, use="launch it")  # its layers' content, baked
 
     def _launch_one(self, service_name: str, service: ServiceSpec, release: Release,
                     image: Image, secret_env: Mapping[str, str], kind: Kind) -> Instance:

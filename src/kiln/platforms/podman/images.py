@@ -1,22 +1,130 @@
-"""Images kiln baked with podman: integrity (drift) and garbage collection."""
+"""Images kiln baked with podman: their layers' content verified against the state, and
+garbage collection.
+
+An image id names the image's config, and the config lists its layers' diff ids, but podman runs
+a container on the layers' unpacked folders (overlay `diff/` dirs), which it never checks against
+those ids after unpacking: a file overwritten there is what the next container sees. So at bake
+kiln records, in the state, the image's diff ids (images.manifest) and each layer's content
+manifest (layer_manifests, by diff id: shared layers are hashed once), and before every launch
+and in `kiln drift` re-reads every layer folder against them (kiln.bake.manifest: BLAKE3,
+parallel). docs/decisions/verified-content.md.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+import zlib
+from pathlib import Path
+from typing import Any
 
-from kiln.bake.imagestore import get_image
+from kiln.bake import manifest
+from kiln.bake.imagestore import get_image, image_manifest
+from kiln.errors import BakeError, ImageTampered
+from kiln.platforms.base import Image
 from kiln.platforms.podman import engine
 from kiln.state.store import Store
 
 
 def verify(store: Store, digest: str) -> str | None:
-    """None when podman still has the image under the recorded id; else what is wrong."""
+    """None when podman still has the image under the recorded id with the layers' content
+    recorded at bake; else one line saying what is wrong."""
     image = get_image(store, digest)
     found = engine.image_id(image.ref)
     if found is None:
         return f"image {image.name} {digest}: podman no longer has it"
     if found != image.digest:
         return f"image {image.name} {digest}: podman's image {image.ref} has id {found}"
+    return layers_problem(store, image)
+
+
+def ensure_intact(store: Store, image: Image, *, use: str) -> None:
+    """Refuse (ImageTampered, plus an `image.tampered` event) an image whose layers are not
+    what was baked."""
+    problem = layers_problem(store, image)
+    if problem is None:
+        return
+    store.event("image.tampered", f"refused to {use}: {problem}",
+                data={"digest": image.digest, "use": use})
+    raise ImageTampered(f"{problem}; refused to {use}",
+                        hint=f"`podman rmi {image.digest[7:19]}`, then `kiln bake --no-cache "
+                             f"{image.name}` rebuilds it")
+
+
+def layer_dirs(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(diff id, unpacked folder) of each layer of an inspected image, bottom first.
+
+    GraphDriver.Data lists the lower layers top first in LowerDir (':'-separated) and the top
+    layer in UpperDir; RootFS.Layers lists the diff ids bottom first."""
+    diff_ids = [str(x) for x in (data.get("RootFS") or {}).get("Layers") or []]
+    graph = data.get("GraphDriver") or {}
+    if graph.get("Name") != "overlay":
+        raise ValueError(f"storage driver {graph.get('Name')!r} (kiln reads overlay layers)")
+    found = graph.get("Data") or {}
+    lower = [d for d in str(found.get("LowerDir") or "").split(":") if d]
+    dirs = [*reversed(lower), *([str(found["UpperDir"])] if found.get("UpperDir") else [])]
+    if len(dirs) != len(diff_ids):
+        raise ValueError(f"{len(dirs)} layer folders for {len(diff_ids)} diff ids")
+    return list(zip(diff_ids, dirs, strict=True))
+
+
+def record_layers(store: Store, name: str, data: dict[str, Any]) -> bytes:
+    """At bake: each layer's content manifest (by diff id, once) and the image's diff ids, the
+    blob for images.manifest. A layer kiln recorded before (podman's layer cache reused it)
+    must still be what it was: a modified one is refused, not baked into a new image."""
+    try:
+        layers = layer_dirs(data)
+    except (ValueError, KeyError) as exc:
+        raise BakeError(f"image {name}: cannot read podman's layers: {exc}") from exc
+    for i, (diff_id, folder) in enumerate(layers, start=1):
+        row = store.one("SELECT manifest FROM layer_manifests WHERE diff_id = ?", (diff_id,))
+        if row is not None:
+            found = manifest.difference(Path(folder), manifest.Manifest.decode(
+                bytes(row["manifest"])))
+            if found is not None:
+                raise BakeError(f"image {name}: layer {i}/{len(layers)} ({diff_id[:19]}) in "
+                                f"podman's cache was modified after kiln first recorded it: "
+                                f"{found}", hint="`podman rmi` the images using it, then "
+                                                 f"`kiln bake --no-cache {name}`")
+            continue
+        blob = manifest.build(Path(folder)).encode()
+        with store.tx() as c:
+            c.execute("INSERT OR IGNORE INTO layer_manifests(diff_id, manifest, created_at) "
+                      "VALUES (?,?,?)", (diff_id, blob, time.time()))
+    return zlib.compress(json.dumps({"format": 1, "layers": [d for d, _ in layers]}).encode())
+
+
+def layers_problem(store: Store, image: Image) -> str | None:
+    """None when every layer of the image is the content recorded at bake; else one line
+    naming the image, the layer and its first differing file."""
+    label = f"image {image.name} {image.digest[:19]}"
+    data = engine.inspect("image", image.ref)
+    if data is None:
+        return f"{label}: podman no longer has it"
+    blob = image_manifest(store, image.digest)
+    if blob is None:  # baked before kiln recorded layers: recorded now, trusted from here on
+        try:
+            blob = record_layers(store, image.name, data)
+        except BakeError as exc:
+            return f"{label}: {exc.message}"
+        with store.tx() as c:
+            c.execute("UPDATE images SET manifest = ? WHERE digest = ?", (blob, image.digest))
+    try:
+        recorded = [str(d) for d in json.loads(zlib.decompress(blob))["layers"]]
+        layers = layer_dirs(data)
+    except (ValueError, KeyError, TypeError, zlib.error) as exc:
+        return f"{label}: cannot check its layers ({exc})"
+    if [d for d, _ in layers] != recorded:
+        return f"{label} was modified after baking: its layers are not the ones baked"
+    for i, (diff_id, folder) in enumerate(layers, start=1):
+        row = store.one("SELECT manifest FROM layer_manifests WHERE diff_id = ?", (diff_id,))
+        if row is None:
+            return f"{label}: layer {i} ({diff_id[:19]}) has no content record in the state"
+        found = manifest.difference(Path(folder), manifest.Manifest.decode(
+            bytes(row["manifest"])))
+        if found is not None:
+            return (f"{label} was modified after baking: layer {i}/{len(layers)} "
+                    f"({diff_id[:19]}): {found}")
     return None
 
 
