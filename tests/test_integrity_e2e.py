@@ -1,10 +1,15 @@
 """Image integrity at every use, through the real `kiln` command: after a file under
-.kiln/images/<digest>/root/ is rewritten, rollback refuses (one line, an event), plan no longer
-calls the service unchanged, and test, bake and a heal deploy rebuild the image first."""
+.kiln/images/<digest>/root/ is rewritten (also with its size kept, its mtime put back and a seal
+file beside it rewritten), rollback, heal and a deploy of a stored image refuse (one line naming
+the file, an event), drift reports it, plan no longer calls the service unchanged, and test, bake
+and a deploy rebuild the image first; a poisoned step-cache entry is rebuilt with one warning."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import sqlite3
 import stat
 from pathlib import Path
@@ -39,6 +44,22 @@ def tamper(p: Proj, digest: str) -> Path:
     return target
 
 
+def tamper_quietly(p: Proj, digest: str) -> Path:
+    """Same size, mtime put back (touch -r), and a seal file beside the image rewritten: nothing
+    a metadata check or a file next to the image could tell."""
+    target = behaviour(p, digest)
+    before = target.stat()
+    text = target.read_text()
+    evil = re.sub(r'("version": ")([^"]*)', lambda m: m.group(1) + "X" * len(m.group(2)), text)
+    assert len(evil.encode()) == before.st_size and evil != text
+    target.chmod(before.st_mode | stat.S_IWUSR)
+    target.write_text(evil)
+    target.chmod(stat.S_IMODE(before.st_mode))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (target.parents[2] / "seal.json").write_text('{"format": 1, "entries": {}}')
+    return target
+
+
 def events(p: Proj, kind: str) -> list[str]:
     with sqlite3.connect(p.dir / ".kiln" / "state.db") as conn:
         return [r[0] for r in conn.execute("SELECT message FROM events WHERE kind = ?", (kind,))]
@@ -55,7 +76,7 @@ def test_a_tampered_image_is_refused_or_rebuilt_by_every_command(proj: Proj) -> 
     tamper(proj, first)
     res = proj.kiln("rollback", "web")
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "modified after sealing" in res.stderr and "refused to roll web back" in res.stderr
+    assert "modified after baking" in res.stderr and "refused to roll web back" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert any("refused to roll web back" in m for m in events(proj, "image.tampered"))
 
@@ -74,6 +95,70 @@ def test_a_tampered_image_is_refused_or_rebuilt_by_every_command(proj: Proj) -> 
     ok(proj, "deploy")
     assert "evil" not in target.read_text()
     assert sum("rebuilding" in m for m in events(proj, "image.tampered")) == 3
+
+
+def test_a_quiet_in_place_edit_is_refused_at_every_launch_and_drift_reports_it(
+        proj: Proj) -> None:
+    from kiln.errors import ImageTampered
+    from kiln.project import Project
+    from kiln.rollout.heal import heal
+
+    ok(proj, "deploy")
+    first = current_digest(proj)
+    proj.behave(version="2")
+    ok(proj, "deploy")
+    second = current_digest(proj)
+
+    tamper_quietly(proj, first)
+    res = proj.kiln("rollback", "web")
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "app/behaviour.json: content differs" in lines[0], lines
+    assert "kiln bake --no-cache web" in lines[0], lines
+    assert proj.weights() == {"web-r2": 100}
+
+    tamper_quietly(proj, second)
+    res = proj.kiln("drift", "--json")
+    assert res.returncode == 1, res.stdout + res.stderr
+    tampered = [i for i in json.loads(res.stdout) if i["kind"] == "tampered-image"]
+    assert len(tampered) == 1 and "app/behaviour.json: content differs" in \
+        tampered[0]["detail"], tampered
+
+    # A heal (what `kiln serve` does when an instance dies) and a deploy of the stored image
+    # (the dashboard's) launch without a bake: both refuse.
+    os.kill(proj.live_pids()[0], signal.SIGKILL)
+    project = Project.open(proj.dir / "kiln.yaml")
+    try:
+        spec = project.service("web")
+        current = project.current_release("web")
+        assert current is not None
+        with pytest.raises(ImageTampered, match=r"app/behaviour\.json: content differs"):
+            heal(project.rollout_env("web", spec), "web", spec, current)
+        with pytest.raises(ImageTampered, match=r"app/behaviour\.json: content differs"):
+            project.deploy_image("web", second, force=True)
+    finally:
+        project.close()
+    assert len(events(proj, "image.tampered")) >= 3
+
+
+def test_a_poisoned_step_cache_entry_is_rebuilt_with_one_warning(proj: Proj) -> None:
+    ok(proj, "bake")
+    with sqlite3.connect(proj.dir / ".kiln" / "state.db") as conn:
+        snapshots = [r[0] for r in conn.execute("SELECT snapshot FROM steps")]
+    for snapshot in set(snapshots):  # every entry: whichever the next bake restores
+        folder = proj.dir / ".kiln" / snapshot
+        folder.chmod(folder.stat().st_mode | stat.S_IWUSR)
+        (folder / "sitecustomize.py").write_text("print('pwned')\n")
+    (proj.dir / "app" / "extra.txt").write_text("a new file: the copy step and after rerun\n")
+    res = proj.kiln("bake")
+    assert res.returncode == 0, res.stdout + res.stderr
+    warnings = [ln for ln in res.stderr.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and "sitecustomize.py: added" in warnings[0], res.stderr
+    digest = current_digest(proj)
+    root = proj.dir / ".kiln" / "images" / digest.removeprefix("sha256:") / "root"
+    assert (root / "app" / "extra.txt").exists() and not (root / "sitecustomize.py").exists()
+    assert proj.kiln("drift").returncode == 0
 
 
 def test_drift_reports_processes_and_a_router_the_state_does_not_know(proj: Proj) -> None:
