@@ -1,0 +1,126 @@
+"""Bench: launch-time content verification of a 10,000-file, 200 MB image, against the anchor
+`podman run --rm IMAGE true` of an image with the same files, measured in the same run.
+
+1. local:  `imagestore.integrity_problem` (what every local launch runs): one scandir walk and a
+           BLAKE3 of every byte in parallel threads, against the manifest in state.db;
+2. podman: `images.layers_problem` (what every podman launch runs): `podman image inspect` and
+           the same check of every layer folder (the Debian base's layer and the 200 MB COPY);
+3. anchor: `podman run --rm IMAGE true` of that podman image.
+
+Interleaved, N runs each, page cache warm (as for an image launched again; the first run's read
+is reported apart). min/median/max seconds and the ratio of medians to the anchor.
+
+    .venv/bin/python bench/verify_image.py [--runs 7] [--files 10000] [--mb 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from kiln.bake import imagestore, manifest
+from kiln.platforms.base import Image
+from kiln.platforms.podman import images
+from kiln.state.store import Store
+from kiln.testing.podman import ensure_base, unusable
+
+
+def make_tree(root: Path, files: int, total: int) -> None:
+    """`files` files of about total/files bytes each (incompressible), 100 per folder."""
+    blob = os.urandom(1 << 20)
+    size = total // files
+    for i in range(files):
+        folder = root / f"pkg{i // 100:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        start = (i * 7919) % (len(blob) - size)
+        (folder / f"mod{i:05d}.py").write_bytes(blob[start:start + size])
+
+
+def timed(fn: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    result = fn()
+    took = time.perf_counter() - began
+    assert result is None or result == 0, result
+    return took
+
+
+def stats(xs: list[float]) -> str:
+    return f"{min(xs):.3f} / {statistics.median(xs):.3f} / {max(xs):.3f} s"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--files", type=int, default=10_000)
+    ap.add_argument("--mb", type=int, default=200)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="kiln-bench-verify-"))
+    tag = f"localhost/kiln-bench-verify:{os.getpid()}"
+    podman_ok = unusable() is None
+    try:
+        home = work / "home"
+        home.mkdir()
+        store = Store.open(home)
+        folder = home / "images" / "bench"
+        make_tree(folder / "root" / "app", args.files, args.mb << 20)
+        imagestore.seal_readonly(folder / "root")
+        content = manifest.build(folder / "root")
+        local = imagestore.record_image(store, name="bench", digest="sha256:" + "0" * 64,
+                                        ref=str(folder), key="bench", env={}, size=content.size,
+                                        manifest=content.encode())
+        print(f"image: {content.files} files, {content.size / 1e6:.0f} MB; "
+              f"manifest in state {len(content.encode()) / 1e3:.0f} kB; {os.cpu_count()} cores")
+        pod: Image | None = None
+        if podman_ok:
+            base = ensure_base(work / "base")
+            (work / "ctx").mkdir()
+            shutil.copytree(folder / "root" / "app", work / "ctx" / "app")
+            (work / "ctx" / "Containerfile").write_text(f"FROM {base}\nCOPY app/ /app/\n")
+            subprocess.run(["podman", "build", "-q", "-t", tag, str(work / "ctx")], check=True,
+                           capture_output=True, timeout=600)
+            data = json.loads(subprocess.run(["podman", "image", "inspect", tag], check=True,
+                                             capture_output=True, text=True).stdout)[0]
+            digest = "sha256:" + str(data["Id"]).removeprefix("sha256:")
+            pod = imagestore.record_image(store, name="bench-podman", digest=digest, ref=digest,
+                                          key="bench-podman", env={}, size=0,
+                                          manifest=images.record_layers(store, "bench", data))
+        first = timed(lambda: imagestore.integrity_problem(store, local))
+        times: dict[str, list[float]] = {"local": [], "podman": [], "anchor": []}
+        for _ in range(args.runs):
+            times["local"].append(timed(lambda: imagestore.integrity_problem(store, local)))
+            if pod is not None:
+                times["podman"].append(timed(partial(images.layers_problem, store, pod)))
+                times["anchor"].append(timed(lambda: subprocess.run(
+                    ["podman", "run", "--rm", tag, "true"], capture_output=True,
+                    timeout=120).returncode))
+        print(f"first local check after the bake (page cache as the bake left it): {first:.3f} s")
+        anchor = statistics.median(times["anchor"]) if times["anchor"] else None
+        print("| check | time (min / median / max) | vs podman run |")
+        print("|---|---|---|")
+        for key, label in (("local", "local image (integrity_problem)"),
+                           ("podman", "podman image, every layer (layers_problem)"),
+                           ("anchor", "`podman run --rm IMAGE true` (anchor)")):
+            xs = times[key]
+            if not xs:
+                continue
+            ratio = (f"{statistics.median(xs) / anchor:.2f}x" if anchor else "-")
+            print(f"| {label} | {stats(xs)} | {ratio} |")
+        store.close()
+    finally:
+        if podman_ok:
+            subprocess.run(["podman", "rmi", tag], capture_output=True, timeout=120)
+        imagestore.force_rmtree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
