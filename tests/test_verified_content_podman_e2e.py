@@ -54,8 +54,9 @@ def tamper_layer(p: Proj, digest: str) -> Path:
     out = subprocess.run(["podman", "image", "inspect", digest.removeprefix("sha256:")],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     folders = [Path(d) for _, d in layer_dirs(json.loads(out)[0])]
-    target = next(f / "app" / "behaviour.json" for f in reversed(folders)
-                  if (f / "app" / "behaviour.json").is_file())
+    # kiln's image root is /app, the copy step's target app/: /app/app/behaviour.json
+    target = next(f / "app" / "app" / "behaviour.json" for f in reversed(folders)
+                  if (f / "app" / "app" / "behaviour.json").is_file())
     st = target.stat()
     data = target.read_bytes()
     p.restore.append((target, data, st))  # type: ignore[attr-defined]
