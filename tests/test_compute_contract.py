@@ -29,6 +29,7 @@ from kiln.platforms.podman.compute import PodmanCompute
 from kiln.platforms.podman.handle import PodmanHandle
 from kiln.spec.models import Health, ImageSpec, ServiceSpec
 from kiln.state.store import Store
+from kiln.testing.images import register
 from kiln.testing.podman import BASE, remove_containers
 from kiln.testing.project import wait_for
 
@@ -168,7 +169,7 @@ class PodmanHarness(_Base):
     def __init__(self, tmp_path: Path, image: Image) -> None:
         self.home = tmp_path / "home"
         self.store = Store.open(self.home)
-        self.image = image
+        self.image = register(self.store, image)  # baked into another store
         self.podman = PodmanCompute(self.store, self.home, f"ct-{tmp_path.name[-12:]}")
         self.compute = self.podman
 
@@ -197,8 +198,8 @@ class LocalHarness(_Base):
     def __init__(self, tmp_path: Path, image_dir: Path, sandbox: str = "auto") -> None:
         self.home = tmp_path / "home"
         self.store = Store.open(self.home)
-        self.image = Image("web", "sha256:" + "b" * 64, str(image_dir),
-                           env={"IMAGE_VAR": "1", "SHARED": "image"})
+        self.image = register(self.store, Image("web", "sha256:" + "b" * 64, str(image_dir),
+                                                env={"IMAGE_VAR": "1", "SHARED": "image"}))
         self.local = LocalCompute(self.store, self.home, f"ct-{tmp_path.name}",
                                   sandbox=sandbox)  # type: ignore[arg-type]
         self.compute = self.local
@@ -499,6 +500,7 @@ from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.podman.builder import PodmanBuilder
 from kiln.platforms.podman.compute import PodmanCompute
 from kiln.platforms.podman.handle import PodmanHandle
+from kiln.testing.images import register
 from kiln.testing.podman import BASE, remove_containers
 from kiln.spec.models import ServiceSpec
 from kiln.state.store import Store
@@ -506,6 +508,7 @@ home, ref, project, port = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.
 store = Store.open(home)
 svc = ServiceSpec(image="web", command="python app.py ok", port=port, listen="127.0.0.1:9")
 image = Image("web", "sha256:" + "b" * 64, ref)
+register(store, image)
 (inst,) = LocalCompute(store, home, project).launch(
     "web", svc, Release.of("web-r9", "web", 9, ReleaseImage.of(image), svc, "c"), image, 1,
     env={})

@@ -20,6 +20,7 @@ from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.sandbox import bwrap_works
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
+from kiln.testing.images import register
 from kiln.testing.project import wait_for
 
 pytestmark = [pytest.mark.e2e,
@@ -61,7 +62,7 @@ class Host:
         self.home = tmp_path / ".kiln"
         self.store = Store.open(self.home)
         self.compute = LocalCompute(self.store, self.home, f"iso-{tmp_path.name}")
-        self.image = image
+        self.image = register(self.store, image)
         self.port = 28000 + os.getpid() % 1000
 
     def launch(self, service: str, secret: str, command: str = "python app.py",

@@ -16,6 +16,7 @@ from kiln.platforms.instance_rows import from_row
 from kiln.platforms.local.compute import LocalCompute
 from kiln.spec.models import ImageSpec, ServiceSpec
 from kiln.state.store import Store
+from kiln.testing.images import register
 from kiln.verify import CheckResult, SuiteResult, run_checks
 from verify_helpers import app_service, make_image
 
@@ -54,8 +55,8 @@ def compute(tmp_path: Path) -> Iterator[Compute]:
 
 
 @pytest.fixture
-def image(tmp_path: Path) -> Image:
-    return make_image(tmp_path / "store")
+def image(tmp_path: Path, compute: Compute) -> Image:
+    return register(compute.store, make_image(tmp_path / "store"))
 
 
 def run(compute: Compute, image: Image, tests: list[dict[str, Any]], base_dir: Path,

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import zlib
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import blake3
 
 FORMAT = 1
 _BIG = 4 << 20  # files above this are hashed with blake3's own threads (mmap)
-_BATCH_BYTES = 8 << 20  # one worker task: files summing to about this many bytes
+_CHUNK = 64  # files of one folder per worker task
 
 
 @dataclass(frozen=True)
@@ -87,111 +87,117 @@ def _kind(mode: int) -> str:
     return "o"
 
 
-def scan(root: Path) -> list[tuple[Entry, str]]:
-    """Every entry under `root` with its absolute path, sorted by relative path; files carry no
-    digest yet (`hash_files` fills them in)."""
-    out: list[tuple[Entry, str]] = []
+def _file(path: str) -> tuple[int, int, str]:
+    """(mode, size, BLAKE3 hex) of a regular file, from one open: fstat and the read see the
+    same inode, and O_NOFOLLOW refuses a symlink swapped in since the listing."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path} is no longer a regular file")
+        if st.st_size >= _BIG:
+            h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            h.update_mmap(path)
+            return stat.S_IMODE(st.st_mode), st.st_size, h.hexdigest()
+        h = blake3.blake3()
+        while chunk := os.read(fd, max(st.st_size, 1 << 16) + 1):
+            h.update(chunk)
+        return stat.S_IMODE(st.st_mode), st.st_size, h.hexdigest()
+    finally:
+        os.close(fd)
 
-    def walk(directory: str, rel: str) -> None:
-        with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: os.fsencode(e.name))
-        for entry in entries:
-            sub = f"{rel}/{entry.name}" if rel else entry.name
-            st = entry.stat(follow_symlinks=False)
-            kind = _kind(st.st_mode)
-            target = os.readlink(entry.path) if kind == "l" else ""
-            out.append((Entry(sub, kind, stat.S_IMODE(st.st_mode),
-                              st.st_size if kind == "f" else 0, target), entry.path))
-            if kind == "d":
-                walk(entry.path, sub)
 
-    walk(str(root), "")
+def _files(files: list[tuple[str, str]]) -> list[Entry]:
+    out = []
+    for rel, path in files:
+        mode, size, digest = _file(path)
+        out.append(Entry(rel, "f", mode, size, digest))
     return out
 
 
-def hash_file(path: str, size: int) -> str:
-    if size >= _BIG:
-        h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        h.update_mmap(path)
-        return h.hexdigest()
-    with open(path, "rb", buffering=0) as fh:
-        return blake3.blake3(fh.read()).hexdigest()
+def build(root: Path, workers: int | None = None) -> Manifest:
+    """The manifest of the tree under `root` as it is now.
 
-
-def _batches(items: Sequence[tuple[str, int]]) -> Iterable[list[tuple[int, str, int]]]:
-    batch: list[tuple[int, str, int]] = []
-    total = 0
-    for i, (path, size) in enumerate(items):
-        batch.append((i, path, size))
-        total += size
-        if total >= _BATCH_BYTES or len(batch) >= 256:
-            yield batch
-            batch, total = [], 0
-    if batch:
-        yield batch
-
-
-def hash_files(items: Sequence[tuple[str, int]], workers: int | None = None) -> list[str]:
-    """BLAKE3 hex of each (path, size), in parallel threads; OSError if one cannot be read."""
-    out = [""] * len(items)
-
-    def run(batch: list[tuple[int, str, int]]) -> None:
-        for i, path, size in batch:
-            out[i] = hash_file(path, size)
-
-    n = workers or min(8, 2 * (os.cpu_count() or 1))
+    Every directory is one task in a thread pool (its listing, and open/fstat/read/BLAKE3 of its
+    files); the syscalls and the hashing release the GIL, so two cores are kept busy."""
+    found: list[Entry] = []
+    lock = threading.Lock()
+    pending: list[Future[None]] = []
+    n = workers or min(8, 4 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=n) as pool:
-        for fut in [pool.submit(run, b) for b in _batches(items)]:
-            fut.result()
-    return out
 
+        def visit(directory: str, rel: str) -> None:
+            out: list[Entry] = []
+            files: list[tuple[str, str]] = []  # (relative, absolute)
+            with os.scandir(directory) as it:
+                entries = list(it)
+            for entry in entries:
+                sub = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_symlink():
+                    st = entry.stat(follow_symlinks=False)
+                    out.append(Entry(sub, "l", stat.S_IMODE(st.st_mode), 0,
+                                     os.readlink(entry.path)))
+                elif entry.is_dir(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    out.append(Entry(sub, "d", stat.S_IMODE(st.st_mode)))
+                    with lock:
+                        pending.append(pool.submit(visit, entry.path, sub))
+                elif entry.is_file(follow_symlinks=False):
+                    files.append((sub, entry.path))
+                else:
+                    st = entry.stat(follow_symlinks=False)
+                    out.append(Entry(sub, "o", stat.S_IMODE(st.st_mode)))
+            with lock:  # a big folder's files are split between the workers
+                for i in range(_CHUNK, len(files), _CHUNK):
+                    pending.append(pool.submit(hash_some, files[i:i + _CHUNK]))
+            out.extend(_files(files[:_CHUNK]))
+            with lock:
+                found.extend(out)
 
-def build(root: Path) -> Manifest:
-    """The manifest of the tree under `root` as it is now."""
-    scanned = scan(root)
-    files = [(i, p) for i, (e, p) in enumerate(scanned) if e.kind == "f"]
-    digests = hash_files([(p, scanned[i][0].size) for i, p in files])
-    entries = [e for e, _ in scanned]
-    for (i, _), digest in zip(files, digests, strict=True):
-        e = entries[i]
-        entries[i] = Entry(e.path, e.kind, e.mode, e.size, digest)
-    return Manifest(tuple(entries))
+        def hash_some(files: list[tuple[str, str]]) -> None:
+            out = _files(files)
+            with lock:
+                found.extend(out)
+
+        pending.append(pool.submit(visit, str(root), ""))
+        done = 0
+        while True:
+            with lock:
+                if done == len(pending):
+                    break
+                fut = pending[done]
+            fut.result()  # the first OSError of any task ends the walk
+            done += 1
+    return Manifest(tuple(sorted(found, key=lambda e: os.fsencode(e.path))))
 
 
 def difference(root: Path, recorded: Manifest) -> str | None:
     """None when the tree under `root` is exactly `recorded`; else the first difference (in
-    path order) in a few words: 'app/main.py: content differs', 'sitecustomize.py: added'.
-
-    Structure first (one scandir walk), then the content of every file in parallel."""
+    path order) in a few words: 'app/main.py: content differs', 'sitecustomize.py: added'."""
     try:
-        scanned = scan(root)
+        now = build(root)
     except OSError as exc:
-        return f"{root} cannot be read ({exc.strerror or exc})"
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"cannot be read ({exc.strerror or exc}{where})"
+    return compare(recorded, now)
+
+
+def compare(recorded: Manifest, now: Manifest) -> str | None:
+    """The first difference between two manifests in path order, or None (pure)."""
     want = {e.path: e for e in recorded.entries}
-    have = {e.path: (e, p) for e, p in scanned}
+    have = {e.path: e for e in now.entries}
     problems: list[tuple[bytes, str]] = []
     for path in want.keys() - have.keys():
         problems.append((os.fsencode(path), f"{path}: removed"))
-    for path in have.keys() - want.keys():
-        problems.append((os.fsencode(path), f"{path}: added"))
-    to_hash: list[tuple[str, str, int]] = []  # (rel, abs, size)
-    for path, (entry, abspath) in have.items():
+    for path, entry in have.items():
         old = want.get(path)
         if old is None:
-            continue
-        if old.shape() != entry.shape():
+            problems.append((os.fsencode(path), f"{path}: added"))
+        elif old.shape() != entry.shape():
             problems.append((os.fsencode(path), f"{path}: {_what_changed(old, entry)}"))
-        elif entry.kind == "f":
-            to_hash.append((path, abspath, entry.size))
-    if problems:  # the first structural difference is enough: no need to read content
-        return min(problems)[1]
-    try:
-        digests = hash_files([(a, s) for _, a, s in to_hash])
-    except OSError as exc:
-        return f"a file cannot be read ({exc.strerror or exc}: {exc.filename})"
-    bad = sorted(os.fsencode(rel) for (rel, _, _), d in zip(to_hash, digests, strict=True)
-                 if d != want[rel].digest)
-    return f"{os.fsdecode(bad[0])}: content differs" if bad else None
+        elif entry.kind == "f" and entry.digest != old.digest:
+            problems.append((os.fsencode(path), f"{path}: content differs"))
+    return min(problems)[1] if problems else None
 
 
 def _what_changed(old: Entry, new: Entry) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.bake import manifest
-from kiln.bake.imagestore import get_image, image_manifest
+from kiln.bake.imagestore import get_image
 from kiln.errors import BakeError, ImageTampered
 from kiln.platforms.base import Image
 from kiln.platforms.podman import engine
@@ -101,7 +101,10 @@ def layers_problem(store: Store, image: Image) -> str | None:
     data = engine.inspect("image", image.ref)
     if data is None:
         return f"{label}: podman no longer has it"
-    blob = image_manifest(store, image.digest)
+    row = store.one("SELECT manifest FROM images WHERE digest = ?", (image.digest,))
+    if row is None:
+        return f"{label}: the state has no record of it (kiln did not bake it here)"
+    blob = None if row["manifest"] is None else bytes(row["manifest"])
     if blob is None:  # baked before kiln recorded layers: recorded now, trusted from here on
         try:
             blob = record_layers(store, image.name, data)
