@@ -14,6 +14,7 @@ beside the tree, so rewriting it takes writing the state too.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import stat
 import threading
@@ -95,13 +96,18 @@ def _file(path: str) -> tuple[int, int, str]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{path} is no longer a regular file")
-        if st.st_size >= _BIG:
+        if st.st_size >= _BIG:  # blake3's own threads over a map of this same open file
             h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-            h.update_mmap(path)
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+                h.update(mapped)
             return stat.S_IMODE(st.st_mode), st.st_size, h.hexdigest()
-        h = blake3.blake3()
-        while chunk := os.read(fd, max(st.st_size, 1 << 16) + 1):
-            h.update(chunk)
+        # One read of size + 1 (EOF in one call); a file that grew since the fstat, or a short
+        # read, is read on to its end, so nothing past the old size escapes the hash.
+        data = os.read(fd, st.st_size + 1)
+        h = blake3.blake3(data)
+        if len(data) != st.st_size:
+            while chunk := os.read(fd, 1 << 20):
+                h.update(chunk)
         return stat.S_IMODE(st.st_mode), st.st_size, h.hexdigest()
     finally:
         os.close(fd)
