@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,11 @@ def record_layers(store: Store, name: str, data: dict[str, Any]) -> bytes:
     for i, (diff_id, folder) in enumerate(layers, start=1):
         row = store.one("SELECT manifest FROM layer_manifests WHERE diff_id = ?", (diff_id,))
         if row is not None:
-            found = manifest.difference(Path(folder), manifest.Manifest.decode(
-                bytes(row["manifest"])))
+            try:
+                found = manifest.difference(Path(folder), manifest.Manifest.decode(
+                    bytes(row["manifest"])))
+            except ValueError as exc:
+                found = f"its record is unreadable ({exc})"
             if found is not None:
                 raise BakeError(f"image {name}: layer {i}/{len(layers)} ({diff_id[:19]}) in "
                                 f"podman's cache was modified after kiln first recorded it: "
@@ -119,15 +123,22 @@ def layers_problem(store: Store, image: Image) -> str | None:
         return f"{label}: cannot check its layers ({exc})"
     if [d for d, _ in layers] != recorded:
         return f"{label} was modified after baking: its layers are not the ones baked"
-    for i, (diff_id, folder) in enumerate(layers, start=1):
+    records = []
+    for i, (diff_id, _) in enumerate(layers, start=1):
         row = store.one("SELECT manifest FROM layer_manifests WHERE diff_id = ?", (diff_id,))
         if row is None:
             return f"{label}: layer {i} ({diff_id[:19]}) has no content record in the state"
-        found = manifest.difference(Path(folder), manifest.Manifest.decode(
-            bytes(row["manifest"])))
-        if found is not None:
+        try:
+            records.append(manifest.Manifest.decode(bytes(row["manifest"])))
+        except ValueError as exc:
+            return f"{label}: layer {i} ({diff_id[:19]}): its record is unreadable ({exc})"
+    with ThreadPoolExecutor(max_workers=len(layers) or 1) as pool:  # layers side by side
+        found = list(pool.map(lambda layer: manifest.difference(Path(layer[0][1]), layer[1]),
+                              zip(layers, records, strict=True)))
+    for i, ((diff_id, _), problem) in enumerate(zip(layers, found, strict=True), start=1):
+        if problem is not None:
             return (f"{label} was modified after baking: layer {i}/{len(layers)} "
-                    f"({diff_id[:19]}): {found}")
+                    f"({diff_id[:19]}): {problem}")
     return None
 
 
