@@ -1,6 +1,7 @@
 """Podman images are verified against the state at every launch: a file overwritten in an image's
 COPY layer (its `diff/` folder in podman's storage, same size, mtime put back) makes rollback and
-a heal refuse with one line naming the layer and the file, and `kiln drift` report it."""
+a heal refuse with one line naming the layer and the file, `kiln drift` report it, and a bake
+that podman's layer cache would hand the layer to refuse it."""
 
 from __future__ import annotations
 
@@ -99,3 +100,13 @@ def test_a_tampered_podman_layer_is_refused_at_launch_and_reported_by_drift(shop
     assert res.returncode != 0, res.stdout + res.stderr
     assert "app/behaviour.json: content differs" in res.stderr and "refused to launch" in \
         res.stderr and "Traceback" not in res.stderr, res.stdout + res.stderr
+
+    # podman's layer cache hands the modified COPY layer to a new bake (a later step changed):
+    # the bake refuses it instead of baking it into a new image.
+    spec = shop.dir / "kiln.yaml"
+    spec.write_text(spec.read_text().replace('run: python -c "import app"',
+                                             'run: python -c "import app; print(2)"'))
+    res = shop.kiln("bake", timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "in podman's cache was modified" in res.stderr and \
+        "app/behaviour.json: content differs" in res.stderr, res.stdout + res.stderr
