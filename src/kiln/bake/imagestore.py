@@ -170,11 +170,6 @@ def verify_image(store: Store, digest: str) -> str | None:
 # re-hashed against its recorded digest once and then gets its manifest.
 
 
-def image_manifest(store: Store, digest: str) -> bytes | None:
-    row = store.one("SELECT manifest FROM images WHERE digest = ?", (digest,))
-    return None if row is None or row["manifest"] is None else bytes(row["manifest"])
-
-
 def integrity_problem(store: Store, image: Image) -> str | None:
     """None when the image's tree is still exactly what the state recorded at bake, else one
     line naming the image and the first differing file."""
