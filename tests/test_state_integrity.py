@@ -92,6 +92,9 @@ def test_migration_takes_a_backup(tmp_path: Path) -> None:
         conn.execute("ALTER TABLE images DROP COLUMN workdir")
         conn.execute("ALTER TABLE releases DROP COLUMN image_env_json")
         conn.execute("ALTER TABLE releases DROP COLUMN image_workdir")
+        conn.execute("ALTER TABLE images DROP COLUMN manifest")
+        conn.execute("ALTER TABLE steps DROP COLUMN manifest")
+        conn.execute("DROP TABLE layer_manifests")
     Store.open(home).close()
     assert list((home / "backups").glob("state-*-v3-migration.db"))
 
