@@ -130,11 +130,10 @@ def test_a_quiet_in_place_edit_is_refused_at_every_launch_and_drift_reports_it(
     os.kill(proj.live_pids()[0], signal.SIGKILL)
     project = Project.open(proj.dir / "kiln.yaml")
     try:
-        spec = project.service("web")
         current = project.current_release("web")
         assert current is not None
         with pytest.raises(ImageTampered, match=r"app/behaviour\.json: content differs"):
-            heal(project.rollout_env("web", spec), "web", spec, current)
+            heal(project.rollout_env("web", current.spec), "web", current)
         with pytest.raises(ImageTampered, match=r"app/behaviour\.json: content differs"):
             project.deploy_image("web", second, force=True)
     finally:
