@@ -67,7 +67,7 @@ def test_not_a_database_at_all(tmp_path: Path) -> None:
     home = tmp_path / ".kiln"
     home.mkdir()
     (home / "state.db").write_bytes(b"garbage" * 1000)
-    with pytest.raises(StateError, match="cannot open state database"):
+    with pytest.raises(StateError, match="is damaged .file is not a database"):
         Store.open(home)
 
 
@@ -89,6 +89,7 @@ def test_migration_takes_a_backup(tmp_path: Path) -> None:
     with sqlite3.connect(home / "state.db") as conn:
         conn.execute("PRAGMA user_version=3")  # as if an older kiln wrote it
         conn.execute("DROP TABLE IF EXISTS controller")
+        conn.execute("DROP TABLE IF EXISTS meta")
         conn.execute("ALTER TABLE images DROP COLUMN workdir")
         conn.execute("ALTER TABLE releases DROP COLUMN image_env_json")
         conn.execute("ALTER TABLE releases DROP COLUMN image_workdir")

@@ -105,7 +105,7 @@ class Project:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.open(self.home)
+            self._store = Store.open(self.home, self.spec.project)
         return self._store
 
     def backup_state(self, reason: str) -> None:

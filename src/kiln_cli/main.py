@@ -101,10 +101,17 @@ def json_error(kind: str, message: str, code: int, hint: str | None = None,
 def guard(fn: Callable[[], T]) -> T:
     """Run a command body: KilnError -> one line + its exit code; ^C -> 130. With --json the
     error is also a JSON document on stdout, so a script reads one stream."""
+    import sqlite3
+
     import kiln
 
     try:
-        return fn()
+        try:
+            return fn()
+        except sqlite3.Error as exc:  # a state error past the store's funnels: still one line
+            from kiln.state.store import state_error
+
+            raise state_error(exc, None) from exc
     except kiln.SpecError as exc:
         if json_mode():
             print_json({"error": {"kind": "SpecError", "message": exc.problems[0] if

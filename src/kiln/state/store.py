@@ -164,9 +164,38 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 8: the state records whose it is: a state of another project (a shared KILN_HOME, a copied
+    # .kiln) is refused instead of being deployed over
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,         -- project
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+KILN_TABLES = frozenset({"images", "steps", "attestations", "releases", "instances", "rollouts",
+                         "routes", "events", "lock"})
+"""The tables of kiln's first schema: a file at v1 or later without them is not kiln's state."""
+
+# SQLite's primary result codes (exc.sqlite_errorcode & 0xff) that decide what an error says.
+_BUSY, _LOCKED, _CORRUPT, _NOTADB = 5, 6, 11, 26
+_PERM, _READONLY, _IOERR, _FULL, _CANTOPEN, _AUTH = 3, 8, 10, 13, 14, 23
+
+
+def connect(path: Path, *, timeout: float = 30.0) -> sqlite3.Connection:
+    """The one way kiln opens a SQLite file (the state, a backup, a test's look at either).
+
+    Nothing else in kiln may open state.db or its -wal/-shm, not even to create or read it: closing
+    any descriptor of the file drops every POSIX lock this process holds on it, so another process
+    closing its connection would think it is the last one and delete the WAL under ours (issue
+    #19). SQLite itself never closes a descriptor that a live connection's locks depend on.
+    """
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    return conn
 
 
 class Store:
@@ -178,7 +207,12 @@ class Store:
         self._file = _identity(home / "state.db")
 
     @classmethod
-    def open(cls, home: Path) -> Store:
+    def open(cls, home: Path, project: str | None = None) -> Store:
+        """Open (or create) home/state.db: integrity-checked, kiln's schema, migrated.
+
+        With `project`, a state recorded for another project is refused, and a state that records
+        none (made before kiln recorded it, or opened without a project) is given this one.
+        """
         try:
             home.mkdir(mode=0o700, parents=True, exist_ok=True)
             _private(home, 0o700)
@@ -191,32 +225,51 @@ class Store:
                 hint="set KILN_HOME to a writable folder",
             ) from exc
         db = home / "state.db"
+        _refuse_not_a_file(db)
         _refuse_lost_state(home, db)
+        conn: sqlite3.Connection | None = None
         try:
-            fd = os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            conn = sqlite3.connect(db, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
+            conn = connect(db)
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            _refuse_damage(conn, db, home)
+            _refuse_foreign_schema(conn, db)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
-            check = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
-            if check != ["ok"]:
-                conn.close()
-                raise StateError(f"state database {db} is damaged ({check[0]})",
-                                 hint=_recovery(home))
             for path in (db, home / "state.db-wal", home / "state.db-shm"):
                 _private(path, 0o600)
             store = cls(conn, home)
             store._migrate()
+            if project is not None:
+                store._claim(project)
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open state database {db}: {exc}",
-                             hint=_recovery(home)) from exc
-        except OSError as exc:
-            raise StateError(f"cannot open state database {db}: {exc.strerror or exc}") from exc
+            if conn is not None:
+                conn.close()
+            raise state_error(exc, db) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
         return store
+
+    def project(self) -> str | None:
+        """The project this state belongs to, if recorded."""
+        row = self.one("SELECT value FROM meta WHERE key = 'project'")
+        return None if row is None else str(row["value"])
+
+    def _claim(self, project: str) -> None:
+        recorded = self.project()
+        if recorded is None:
+            with self.tx() as c:
+                c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('project', ?)",
+                          (project,))
+            recorded = self.project()
+        if recorded != project:
+            raise StateError(
+                f"state database {self.home / 'state.db'} belongs to project {recorded!r}, "
+                f"not {project!r}",
+                hint=f"open it with project {recorded!r}'s kiln.yaml, or point KILN_HOME at "
+                     f"{project!r}'s own state")
 
     def check_same_file(self) -> None:
         """Refuse to write once state.db was replaced under this process (restored from a
@@ -234,9 +287,9 @@ class Store:
         folder.mkdir(mode=0o700, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         path = folder / f"state-{stamp}-{int(time.time() * 1000) % 1000:03d}-{reason}.db"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # a new file: no lock
         os.close(fd)
-        target = sqlite3.connect(path)
+        target = connect(path)
         try:
             self.conn.backup(target)
         finally:
@@ -257,18 +310,25 @@ class Store:
             )
         if 0 < version < SCHEMA_VERSION:
             self.backup(f"v{version}-migration")
-        for number in range(version, SCHEMA_VERSION):
+        while True:
             with self.tx() as c:
-                c.executescript_in_tx(MIGRATIONS[number])
-                c.execute(f"PRAGMA user_version={number + 1}")
+                # Read again under the write lock: another process may have migrated meanwhile.
+                current = c.execute("PRAGMA user_version").fetchone()[0]
+                if current >= SCHEMA_VERSION:
+                    break
+                c.executescript_in_tx(MIGRATIONS[current])
+                c.execute(f"PRAGMA user_version={current + 1}")
 
     @contextmanager
     def tx(self) -> Iterator[_Tx]:
         """One write transaction (BEGIN IMMEDIATE): all or nothing."""
         self.check_same_file()
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield _Tx(self.conn)
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _unusable(exc, self.home / "state.db") from exc
+        try:
+            yield _Tx(self.conn, self.home / "state.db")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -276,10 +336,16 @@ class Store:
             self.conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
-        return self.conn.execute(sql, params).fetchall()
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _unusable(exc, self.home / "state.db") from exc
 
     def one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        try:
+            row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise _unusable(exc, self.home / "state.db") from exc
         return row
 
     def event(self, kind: str, message: str, *, service: str | None = None,
@@ -320,17 +386,108 @@ def _recovery(home: Path) -> str:
             "(stop what still runs first)")
 
 
+def state_error(exc: sqlite3.Error, db: Path | None) -> StateError:
+    """One line for a SQLite error on the state, saying what it is. Only a failed integrity check
+    (SQLite's CORRUPT/NOTADB verdict, or `PRAGMA integrity_check` itself) advises a backup: a
+    locked, unreadable or foreign database is fine and must not be replaced."""
+    where = f"state database {db}" if db is not None else "state database"
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    home = db.parent if db is not None else None
+    if code in (_CORRUPT, _NOTADB):
+        return StateError(f"{where} is damaged ({exc})",
+                          hint=_recovery(home) if home is not None else "restore a backup")
+    if code in (_BUSY, _LOCKED):
+        return StateError(f"{where} is locked by another process ({exc})",
+                          hint="another kiln command holds it; try again when it is done")
+    if code in (_PERM, _READONLY, _CANTOPEN, _AUTH):
+        return StateError(f"cannot open {where} for writing ({exc})",
+                          hint=f"check the owner and permissions of {home or 'the state folder'} "
+                               "and the files in it")
+    if code in (_IOERR, _FULL):
+        return StateError(f"{where}: input/output failed ({exc})",
+                          hint=f"check the disk that holds {home or 'the state folder'}")
+    problem = _damage(db) if db is not None else None
+    if problem is not None and home is not None:
+        return StateError(f"{where} is damaged ({problem})", hint=_recovery(home))
+    return StateError(f"cannot use {where}: {exc}")
+
+
+def _unusable(exc: sqlite3.Error, db: Path | None) -> BaseException:
+    """A query's error: the state's own trouble becomes a StateError, a statement's (a constraint,
+    a typo) stays the sqlite3 error its caller may expect."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (_BUSY, _LOCKED, _CORRUPT, _NOTADB, _PERM, _READONLY, _CANTOPEN, _AUTH, _IOERR,
+                _FULL):
+        return state_error(exc, db)
+    return exc
+
+
+def _damage(db: Path) -> str | None:
+    """The first problem `PRAGMA integrity_check` finds in db, None when it passes or cannot run
+    for another reason (locked, unreadable: not evidence of damage)."""
+    try:
+        conn = connect(db, timeout=5.0)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)").fetchall()]
+        return None if rows == ["ok"] else "; ".join(rows)
+    except sqlite3.Error as exc:
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        return str(exc) if code in (_CORRUPT, _NOTADB) else None
+    finally:
+        conn.close()
+
+
+def _refuse_damage(conn: sqlite3.Connection, db: Path, home: Path) -> None:
+    """`PRAGMA integrity_check` on every open (a few ms on kiln's state; quick_check would miss a
+    damaged index, through which a query can silently miss rows)."""
+    rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)").fetchall()]
+    if rows != ["ok"]:
+        raise StateError(f"state database {db} is damaged ({rows[0]})", hint=_recovery(home))
+
+
+def _refuse_foreign_schema(conn: sqlite3.Connection, db: Path) -> None:
+    """A valid SQLite file that is not kiln's state is never taken as a fresh one (it would be
+    migrated over, and its history lost): at v0 it must be empty, at v1+ hold kiln's tables."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    tables = {str(r[0]) for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+    if version == 0 and tables:
+        seen = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+        raise StateError(f"state database {db} is not kiln's state: it holds table(s) {seen} "
+                         "and no kiln schema; nothing was written to it",
+                         hint="move it away, or set KILN_HOME to the project's state folder")
+    missing = KILN_TABLES - tables
+    if 0 < version <= SCHEMA_VERSION and missing:
+        raise StateError(f"state database {db} is not kiln's state: schema v{version} without "
+                         f"table(s) {', '.join(sorted(missing))}; nothing was written to it",
+                         hint="move it away, or set KILN_HOME to the project's state folder")
+
+
+def _refuse_not_a_file(db: Path) -> None:
+    for path in (db, db.with_name("state.db-wal"), db.with_name("state.db-shm")):
+        if (path.exists() or path.is_symlink()) and not path.is_file():
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise StateError(f"state database file {path} is {kind}",
+                             hint="move it away; kiln keeps its state in a file there")
+
+
 def _refuse_lost_state(home: Path, db: Path) -> None:
-    """An empty or missing state.db beside images or instance folders was truncated or deleted:
-    starting afresh would renumber releases and overwrite reports while instances still run."""
+    """An empty or missing state.db beside images, instance folders, backups, reports or a WAL
+    was truncated or deleted: starting afresh would renumber releases and overwrite reports while
+    instances still run."""
     try:
         empty = not db.exists() or db.stat().st_size == 0
     except OSError:
         return
     if not empty:
         return
-    leftovers = [name for name in ("images", "instances")
+    leftovers = [name for name in ("images", "instances", "backups", "reports")
                  if (home / name).is_dir() and any((home / name).iterdir())]
+    wal = home / "state.db-wal"
+    if wal.is_file() and wal.stat().st_size > 0:
+        leftovers.append("a write-ahead log (state.db-wal)")
     if leftovers:
         raise StateError(f"state database {db} is {'empty' if db.exists() else 'missing'} but "
                          f"{home} still holds {' and '.join(leftovers)}: it was truncated or "
@@ -340,11 +497,15 @@ def _refuse_lost_state(home: Path, db: Path) -> None:
 class _Tx:
     """A cursor-like handle valid inside `Store.tx()`."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, db: Path | None = None) -> None:
         self.conn = conn
+        self.db = db
 
     def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise _unusable(exc, self.db) from exc
 
     def executescript_in_tx(self, script: str) -> None:
         # executescript() would COMMIT first; run statements one by one to stay atomic.

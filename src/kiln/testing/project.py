@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 
 from kiln.platforms.local.handle import LocalHandle
 from kiln.state.lock import pid_alive
+from kiln.state.store import connect
 
 T = TypeVar("T")
 
@@ -124,8 +124,11 @@ class Proj:
         db = self.dir / ".kiln" / "state.db"
         if not db.exists():
             return []
-        with sqlite3.connect(db) as conn:
+        conn = connect(db)  # through kiln's one opener: never a raw open of state.db
+        try:
             rows = conn.execute("SELECT handle_json FROM instances").fetchall()
+        finally:
+            conn.close()
         handles = [LocalHandle.parse(json.loads(text)) for (text,) in rows]
         return [h.pid for h in handles
                 if h.pid is not None and h.pid_start is not None and pid_alive(h.pid, h.pid_start)]
