@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -195,7 +195,20 @@ def connect(path: Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     """
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
+    conn.text_factory = _strict_text(path)
     return conn
+
+
+def _strict_text(path: Path) -> Callable[[bytes], str]:
+    """Text that is not UTF-8 was damaged on disk (integrity_check does not look inside values):
+    a StateError, not a UnicodeDecodeError traceback halfway through a command."""
+    def decode(raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StateError(f"state database {path} is damaged (a text value is not UTF-8)",
+                             hint=_recovery(path.parent)) from None
+    return decode
 
 
 class Store:
@@ -242,10 +255,11 @@ class Store:
             store._migrate()
             if project is not None:
                 store._claim(project)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             if conn is not None:
                 conn.close()
-            raise state_error(exc, db) from exc
+            raise (state_error(exc, db) if isinstance(exc, sqlite3.Error)
+                   else _unusable(exc, db)) from exc
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -338,13 +352,13 @@ class Store:
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         try:
             return self.conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise _unusable(exc, self.home / "state.db") from exc
 
     def one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Row | None:
         try:
             row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise _unusable(exc, self.home / "state.db") from exc
         return row
 
@@ -412,9 +426,13 @@ def state_error(exc: sqlite3.Error, db: Path | None) -> StateError:
     return StateError(f"cannot use {where}: {exc}")
 
 
-def _unusable(exc: sqlite3.Error, db: Path | None) -> BaseException:
+def _unusable(exc: sqlite3.Error | UnicodeDecodeError, db: Path | None) -> BaseException:
     """A query's error: the state's own trouble becomes a StateError, a statement's (a constraint,
     a typo) stays the sqlite3 error its caller may expect."""
+    if isinstance(exc, UnicodeDecodeError):  # SQLite's message quoted damaged bytes
+        where = f"state database {db}" if db is not None else "state database"
+        return StateError(f"{where} is damaged (it holds bytes that are not UTF-8)",
+                          hint=_recovery(db.parent) if db is not None else "restore a backup")
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     if code in (_BUSY, _LOCKED, _CORRUPT, _NOTADB, _PERM, _READONLY, _CANTOPEN, _AUTH, _IOERR,
                 _FULL):
@@ -430,8 +448,8 @@ def _damage(db: Path) -> str | None:
     except sqlite3.Error:
         return None
     try:
-        rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)").fetchall()]
-        return None if rows == ["ok"] else "; ".join(rows)
+        rows = _integrity(conn)
+        return None if rows == ["ok"] else _problems(rows)
     except sqlite3.Error as exc:
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
         return str(exc) if code in (_CORRUPT, _NOTADB) else None
@@ -439,12 +457,35 @@ def _damage(db: Path) -> str | None:
         conn.close()
 
 
+def _integrity(conn: sqlite3.Connection) -> list[str]:
+    """`PRAGMA integrity_check`'s findings (["ok"] when it passes); they may quote damaged bytes,
+    so they are read as bytes and shown with replacement characters."""
+    factory = conn.text_factory
+    conn.text_factory = bytes
+    try:
+        return [r[0].decode("utf-8", "replace") if isinstance(r[0], bytes) else str(r[0])
+                for r in conn.execute("PRAGMA integrity_check(5)").fetchall()]
+    except UnicodeDecodeError:  # SQLite's own message quotes garbage (a damaged schema)
+        return ["its schema or an error message about it is not UTF-8"]
+    finally:
+        conn.text_factory = factory
+
+
+def _problems(rows: list[str]) -> str:
+    """integrity_check's findings on one line: the first two, without its section headers."""
+    lines = [line.strip() for row in rows for line in row.splitlines()
+             if line.strip() and not line.startswith("***")]
+    more = f" and {len(lines) - 2} more" if len(lines) > 2 else ""
+    return "; ".join(lines[:2]) + more
+
+
 def _refuse_damage(conn: sqlite3.Connection, db: Path, home: Path) -> None:
     """`PRAGMA integrity_check` on every open (a few ms on kiln's state; quick_check would miss a
     damaged index, through which a query can silently miss rows)."""
-    rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)").fetchall()]
+    rows = _integrity(conn)
     if rows != ["ok"]:
-        raise StateError(f"state database {db} is damaged ({rows[0]})", hint=_recovery(home))
+        raise StateError(f"state database {db} is damaged ({_problems(rows)})",
+                         hint=_recovery(home))
 
 
 def _refuse_foreign_schema(conn: sqlite3.Connection, db: Path) -> None:
@@ -504,7 +545,7 @@ class _Tx:
     def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Cursor:
         try:
             return self.conn.execute(sql, params)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise _unusable(exc, self.db) from exc
 
     def executescript_in_tx(self, script: str) -> None:
