@@ -70,7 +70,7 @@ class Run:
 
 
 def deleted_state_files(pid: int) -> set[str]:
-    found = set()
+    found: set[str] = set()
     try:
         fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
