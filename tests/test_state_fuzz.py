@@ -4,6 +4,8 @@ non-zero exit) and never loses a record silently (it shows every record, or refu
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -12,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+import typer
 
 from kiln.errors import StateError
 from kiln.state.store import Store
@@ -20,6 +22,21 @@ from kiln_cli.main import app
 from state_fuzz import EVENTS, PROJECT, ROLLOUTS, Reference, build_reference, cases, table_counts
 
 KILN = Path(sys.executable).parent / "kiln"
+CLI = typer.main.get_command(app)  # built once: typer's CliRunner rebuilds it for every call
+
+
+def run_cli(*args: str) -> tuple[int, str, str, BaseException | None]:
+    """The CLI in this process: exit code, stdout, stderr, and an exception that escaped it."""
+    out, err = io.StringIO(), io.StringIO()
+    code, escaped = 0, None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = int(CLI.main(list(args), prog_name="kiln", standalone_mode=False) or 0)
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        except Exception as exc:  # a traceback the user would see
+            code, escaped = 1, exc
+    return code, out.getvalue(), err.getvalue(), escaped
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +80,6 @@ def judge(ref: Reference, name: str, code: int, stdout: str, stderr: str) -> str
 
 
 def test_a_thousand_corruptions_never_traceback_nor_lose_a_record(ref: Reference) -> None:
-    runner = CliRunner()
     spec = str(ref.folder / "kiln.yaml")
     outcomes: Counter[str] = Counter()
     bad: list[str] = []
@@ -71,11 +87,11 @@ def test_a_thousand_corruptions_never_traceback_nor_lose_a_record(ref: Reference
         ref.reset()
         damage(ref.home)
         foreign = (ref.home / "state.db").read_bytes() if ":foreign" in name else b""
-        res = runner.invoke(app, ["history", "web", "--json", "-f", spec])
-        if res.exception is not None and not isinstance(res.exception, SystemExit):
-            bad.append(f"{name}: {type(res.exception).__name__}: {res.exception}")
+        code, stdout, stderr, escaped = run_cli("history", "web", "--json", "-f", spec)
+        if escaped is not None:
+            bad.append(f"{name}: {type(escaped).__name__}: {escaped}")
             continue
-        verdict = judge(ref, name, res.exit_code, res.stdout, res.stderr)
+        verdict = judge(ref, name, code, stdout, stderr)
         if foreign and (ref.home / "state.db").read_bytes() != foreign:
             verdict = "a foreign database was written to"
         fine = ("ok", "refused", "value damaged")
@@ -94,9 +110,9 @@ def test_a_thousand_corruptions_never_traceback_nor_lose_a_record(ref: Reference
 def test_the_intact_reference_works(ref: Reference) -> None:
     """The fuzz's control: with no damage the command shows every record."""
     ref.reset()
-    res = CliRunner().invoke(app, ["history", "web", "--json", "-f",
-                                   str(ref.folder / "kiln.yaml")])
-    assert judge(ref, "control", res.exit_code, res.stdout, res.stderr) == "ok", res.stderr
+    code, stdout, stderr, escaped = run_cli("history", "web", "--json", "-f",
+                                            str(ref.folder / "kiln.yaml"))
+    assert escaped is None and judge(ref, "control", code, stdout, stderr) == "ok", stderr
 
 
 def test_a_sample_through_the_real_cli(ref: Reference) -> None:
@@ -104,7 +120,7 @@ def test_a_sample_through_the_real_cli(ref: Reference) -> None:
     env = {k: v for k, v in os.environ.items() if k != "KILN_HOME"}
     env.update({"NO_COLOR": "1", "COLUMNS": "200"})
     bad = []
-    for name, damage in cases(ref)[::50]:  # 20 of them, every kind among them
+    for name, damage in cases(ref)[::100]:  # 10 of them
         ref.reset()
         damage(ref.home)
         proc = subprocess.run([str(KILN), "history", "web", "--json"], cwd=ref.folder, env=env,
