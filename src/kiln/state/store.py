@@ -260,6 +260,10 @@ class Store:
                 conn.close()
             raise (state_error(exc, db) if isinstance(exc, sqlite3.Error)
                    else _unusable(exc, db)) from exc
+        except OSError as exc:  # a backup before a migration, a chmod
+            if conn is not None:
+                conn.close()
+            raise StateError(f"cannot open state database {db}: {exc.strerror or exc}") from exc
         except BaseException:
             if conn is not None:
                 conn.close()
