@@ -21,8 +21,9 @@ RAW_OPENS = {"open", "fdopen", "read_bytes", "write_bytes", "read_text", "write_
              "copy2", "copyfile", "copyfileobj", "truncate", "mmap"}
 
 
-def deleted_state_fds(pid: int | str = "self") -> list[str]:
-    """Descriptors of `pid` on a state.db file that was deleted under it."""
+def deleted_state_fds(home: Path, pid: int | str = "self") -> list[str]:
+    """Descriptors of `pid` on a state.db file in `home` that was deleted under it (other tests
+    of this process may hold their own)."""
     found = []
     folder = Path(f"/proc/{pid}/fd")
     for fd in folder.iterdir():
@@ -30,7 +31,7 @@ def deleted_state_fds(pid: int | str = "self") -> list[str]:
             target = os.readlink(fd)
         except OSError:
             continue  # closed meanwhile
-        if "state.db" in target and target.endswith("(deleted)"):
+        if target.startswith(f"{home}/state.db") and target.endswith("(deleted)"):
             found.append(target)
     return found
 
@@ -106,7 +107,7 @@ def test_opening_and_closing_the_state_keeps_another_connections_wal(tmp_path: P
         if holder.poll() is None:
             holder.kill()
             holder.wait()
-    assert deleted_state_fds() == []
+    assert deleted_state_fds(home) == []
     mine.event("mine", "after")  # still written to the file everyone reads
     mine.close()
     again = Store.open(home)
