@@ -196,7 +196,7 @@ def test_another_projects_state_is_refused(tmp_path: Path) -> None:
 
 def test_a_state_without_a_recorded_project_is_claimed_once(tmp_path: Path) -> None:
     home = tmp_path / ".kiln"
-    Store.open(home).close()  # opened without a project (older kiln: before migration 7)
+    Store.open(home).close()  # opened without a project (older kiln: before migration 8)
     Store.open(home, "shop").close()
     with pytest.raises(StateError, match="belongs to project 'shop'"):
         Store.open(home, "blog")
