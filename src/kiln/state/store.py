@@ -490,6 +490,16 @@ def _refuse_damage(conn: sqlite3.Connection, db: Path, home: Path) -> None:
     if rows != ["ok"]:
         raise StateError(f"state database {db} is damaged ({_problems(rows)})",
                          hint=_recovery(home))
+    # A file cut inside its last page reads as zeros there, which integrity_check may pass:
+    # SQLite writes whole pages, and without a WAL the file holds every page the header counts.
+    size = db.stat().st_size
+    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    wal = home / "state.db-wal"
+    no_wal = not wal.exists() or wal.stat().st_size == 0
+    if size % page or (no_wal and size < pages * page):
+        raise StateError(f"state database {db} is damaged (truncated: {size} bytes, expected "
+                         f"{pages * page})", hint=_recovery(home))
 
 
 def _refuse_foreign_schema(conn: sqlite3.Connection, db: Path) -> None:
