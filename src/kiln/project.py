@@ -129,14 +129,28 @@ class Project:
             try:
                 self._platform = get_platform(
                     self.spec.platform, self.store, self.home, self.spec.project,
-                    router=self.spec.router, settings=getattr(self.spec, self.spec.platform, None))
+                    router=self.spec.router, settings=getattr(self.spec, self.spec.platform, None),
+                    sandbox=self.spec.sandbox)
             except KilnError as exc:
                 raise KilnError(f"{self.spec_path}: platform: {exc}", hint=exc.hint) from exc
         return self._platform
 
     @property
     def builder(self) -> Builder:
-        return self.platform.builder
+        builder = self.platform.builder
+        if hasattr(builder, "locate"):  # lets it name a step's line in kiln.yaml
+            builder.locate = self._locate
+        return builder
+
+    def _locate(self, loc: tuple[str | int, ...], message: str) -> str:
+        """`file:line:col: path: message` for a problem a builder finds at `loc` of the spec."""
+        from kiln.spec.loader import LoadedSpec, line_at
+
+        try:
+            text = self.spec_path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        return line_at(LoadedSpec(self.spec, self.spec_path, self.base_dir, text), loc, message)
 
     @property
     def compute(self) -> Compute:
@@ -748,6 +762,7 @@ class Project:
 
         ctl = running(self.store)
         out: dict[str, Any] = {"project": self.spec.project, "services": [],
+                               "sandbox": self.sandbox_kind(),
                                "router": self._router_alive(),
                                "controller": None if ctl is None else {
                                    "pid": ctl.pid, "host": ctl.host, "listen": ctl.listen,
@@ -755,6 +770,11 @@ class Project:
         for name in names:
             out["services"].append(self._service_status(name))
         return out
+
+    def sandbox_kind(self) -> str:
+        """How bakes and instances are isolated: local's "bwrap", or "none" when the spec says
+        `sandbox: none`; other platforms isolate their own way and are named ("podman", "aws")."""
+        return self.spec.sandbox if self.spec.platform == "local" else self.spec.platform
 
     def _router_alive(self) -> dict[str, Any]:
         if self.store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:

@@ -63,6 +63,9 @@ def rollout_summary(ro: dict[str, Any], now: float | None = None) -> str:
 def status_view(data: dict[str, Any], width: int | None = None,
                 now: float | None = None) -> RenderableType:
     parts: list[RenderableType] = []
+    if data.get("sandbox") == "none":
+        parts.append(Text("sandbox: none (kiln.yaml): bakes and instances run unsandboxed, with "
+                          "kiln's privileges", "bold red"))
     ctl = data.get("controller")
     if ctl:
         parts.append(Text(f"controller: kiln serve (pid {ctl['pid']} on {ctl['host']}, "

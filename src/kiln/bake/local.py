@@ -7,8 +7,10 @@ A bake, in order:
    killed bake left (home/tmp/work, snapshot staging, a still-running step);
 4. restore the newest cached snapshot on the key chain by copying it (never linking: a run step
    may modify files in place, and kiln usually runs as root, for whom read-only bits mean nothing),
-   then run the remaining steps, snapshotting the tree after each into home/cache/<key>
-   (`cp -a --reflink=auto`: a cheap clone on CoW file systems, a plain copy elsewhere);
+   then run the remaining steps in the bake sandbox (kiln.bake.sandbox: only the tree and a
+   scratch folder writable, as an unprivileged uid), snapshotting the tree after each into
+   home/cache/<key> (`cp -a --reflink=auto`: a cheap clone on CoW file systems, a plain copy
+   elsewhere);
 5. seal: compute the Merkle digest, chmod a-w, write
    manifest.json, os.replace the folder to home/images/<hex>/ and only then write the row.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import platform
 import sqlite3
@@ -33,8 +36,10 @@ from pathlib import Path
 
 from kiln.bake import imagestore, manifest, stepcache, steps, venv
 from kiln.bake.hashing import step_key, tree_digest
+from kiln.bake.sandbox import BakeSandbox, contained, in_dir, own_tree, require
 from kiln.errors import BakeError
 from kiln.platforms.base import Image, StepEvent
+from kiln.platforms.local.sandbox import SYSTEM_PATHS, SandboxMode, covered
 from kiln.spec.models import CopyStep, EnvStep, ImageSpec, RunStep, Step, WorkdirStep
 from kiln.state.store import Store
 
@@ -58,30 +63,49 @@ class LocalBuilder:
     """Builder for the local platform. `home` is the project's state folder (.kiln/)."""
 
     def __init__(self, store: Store, home: Path,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], None] | None = None, *,
+                 sandbox: SandboxMode = "bwrap") -> None:
         self.store = store
         self.home = home
         self.warn = warn or stepcache.warn_on_stderr
+        self.locate: Callable[[tuple[str | int, ...], str], str] | None = None
+        """Set by the project: (path in the spec, message) -> "kiln.yaml:line:col: path: message"."""
+        self.sandbox = sandbox
+        """"bwrap": steps run in the bake sandbox (kiln.bake.sandbox); "none" only when the spec
+        says `sandbox: none`."""
 
     # ------------------------------------------------------------------ plan
 
-    def _plan(self, spec: ImageSpec, base_dir: Path) -> tuple[venv.Runtime, list[_Planned]]:
+    def _plan(self, name: str, spec: ImageSpec, base_dir: Path) -> tuple[venv.Runtime, list[_Planned]]:
         if not isinstance(spec.base, str):
             raise BakeError(f"base: {{debian: {spec.base.debian}}} needs platform: podman",
                             hint="the local platform's base is a Python runtime like 'python' "
                                  "or 'python3.11'")
         runtime = venv.resolve_base(spec.base)
         base_def = runtime.definition(spec.base)
+        if spec.network == "none":  # a step may behave differently offline: its own keys
+            base_def = {**base_def, "network": "none"}
         base_key = step_key("", base_def, {"kind": "base"})
         plan = [_Planned(0, None, f"base {spec.base} ({runtime.implementation} "
                                   f"{runtime.version})", base_key)]
-        for i, step, desc, key, source in steps.chain(spec.steps, base_dir, base_def, base_key):
-            plan.append(_Planned(i, step, desc, key, source))
+        try:
+            for i, step, desc, key, source in steps.chain(spec.steps, base_dir, base_def,
+                                                          base_key):
+                plan.append(_Planned(i, step, desc, key, source))
+        except steps.PathEscape as exc:
+            raise self._located(exc, name, len(plan)) from exc
         return runtime, plan
+
+    def _located(self, exc: steps.PathEscape, name: str, index: int) -> BakeError:
+        """`exc` prefixed with the file:line of step `index` (1-based) of image `name`."""
+        if self.locate is None:
+            return exc
+        return BakeError(self.locate(("images", name, "steps", index - 1, exc.field),
+                                     exc.message), hint=exc.hint)
 
     def resolve(self, name: str, spec: ImageSpec, *, base_dir: Path) -> Image | None:
         """The image a bake would return if every step is cached, without running anything."""
-        _, plan = self._plan(spec, base_dir)
+        _, plan = self._plan(name, spec, base_dir)
         row = imagestore.find_by_key(self.store, plan[-1].key)
         if row is None:
             return None
@@ -100,7 +124,7 @@ class LocalBuilder:
     def build(self, name: str, spec: ImageSpec, *, base_dir: Path, no_cache: bool = False,
               progress: Progress | None = None) -> Image:
         emit = progress or (lambda _e: None)
-        runtime, plan = self._plan(spec, base_dir)
+        runtime, plan = self._plan(name, spec, base_dir)
         total = len(spec.steps)
         env = steps.image_env(spec.steps)
         if not no_cache:
@@ -132,10 +156,13 @@ class LocalBuilder:
                       plan: list[_Planned], env: dict[str, str], work: Path, no_cache: bool,
                       emit: Progress) -> Image:
         total = len(spec.steps)
+        require(self.sandbox)
         folder = work / "image"
         root = folder / "root"
         scratch = work / "scratch"
         folder.mkdir(parents=True)
+        box = BakeSandbox(root, scratch, self.sandbox, network=spec.network != "none",
+                          read_only=_runtime_prefixes(runtime))
         start = 0
         if not no_cache:
             snapshots = self._snapshots([p.key for p in plan])
@@ -161,22 +188,29 @@ class LocalBuilder:
                     shared = None if no_cache else shared_base(runtime, p.key)
                     if shared is not None:
                         _clone(shared, root)
+                        box.prepare()
                         self._snapshot(name, p, plan, root, work)
                         emit(StepEvent(p.index, total, p.description + " (shared cache)",
                                        "cached", time.monotonic() - began, p.key))
                         continue
                     root.mkdir()
-                    venv.create_venv(runtime, root / ".venv", step_env)
+                    box.prepare()
+                    venv.create_venv(runtime, root / ".venv", step_env, box)
                 elif isinstance(p.step, CopyStep):
                     assert p.source is not None
-                    steps.do_copy(p.step, p.source, root, _where(p, total))
+                    box.prepare()
+                    try:
+                        _copy(box, runtime, p.step, p.source, _where(p, total))
+                    except steps.PathEscape as exc:
+                        raise self._located(exc, name, p.index) from exc
                 elif isinstance(p.step, RunStep):
-                    self._run(p, total, p.step, cwd, step_env, work, emit)
+                    box.prepare()
+                    self._run(p, total, p.step, cwd, step_env, work, emit, box)
                 else:
                     step_env, cwd = _apply_context(p.step, step_env, cwd, root)
                 if p.changes_tree:
                     venv.make_relocatable(root / ".venv")
-                    venv.compile_tree(root)
+                    venv.compile_tree(root, box)
             except BakeError:
                 emit(StepEvent(p.index, total, p.description, "failed",
                                time.monotonic() - began, p.key))
@@ -192,8 +226,7 @@ class LocalBuilder:
         return self._seal(name, spec, runtime, plan[-1].key, env, folder)
 
     def _run(self, p: _Planned, total: int, step: RunStep, cwd: Path, env: dict[str, str],
-             work: Path, emit: Progress) -> None:
-        cwd.mkdir(parents=True, exist_ok=True)
+             work: Path, emit: Progress, box: BakeSandbox) -> None:
         log = work / "step.log"
         began = time.monotonic()
 
@@ -201,8 +234,11 @@ class LocalBuilder:
             emit(StepEvent(p.index, total, p.description, "running", time.monotonic() - began,
                            p.key, output=text))
 
-        code = steps.run_command(step.run, cwd=cwd, env=env, timeout=step.timeout, log=log,
-                                 pidfile=self.home / "tmp" / "step.pid", on_output=line)
+        # The workdir is made inside the sandbox, as the step uid (it may run through a symlink).
+        with box.prepared(in_dir(cwd, ["bash", "-c", step.run])) as (argv, fds):
+            code = steps.run_command(argv, cwd=box.root, env=env, timeout=step.timeout, log=log,
+                                     pidfile=self.home / "tmp" / "step.pid", on_output=line,
+                                     pass_fds=fds)
         out = steps.tail(log)
         if code is None:
             raise BakeError(f"{_where(p, total)} timed out after {step.timeout:g}s"
@@ -280,12 +316,18 @@ class LocalBuilder:
         root = folder / "root"
         workdir = steps.final_workdir(spec.steps, name)
         if workdir:  # created if no step made it, as Dockerfile WORKDIR does
+            if not contained(root, root / workdir):
+                raise BakeError(f"images.{name}: workdir {workdir!r} leaves the image through a "
+                                "symlink an earlier step made",
+                                hint="point the last workdir step at a real folder of the image")
             try:
                 (root / workdir).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise BakeError(f"images.{name}: workdir {workdir!r} cannot be a folder in the "
                                 f"image: {exc.strerror}",
                                 hint="point the last workdir step at a folder") from exc
+        if self.sandbox == "bwrap":
+            own_tree(root, 0)  # built as the step uid; sealed, it belongs to root as before
         tree = tree_digest(root, venv.digest_override)
         imagestore.seal_readonly(root)
         content = manifest.build(root).encode()  # the launches' authority, kept in the state
@@ -343,6 +385,36 @@ def _apply_context(step: Step | None, env: dict[str, str], cwd: Path,
     if isinstance(step, WorkdirStep):
         return env, steps.inside(root, step.workdir, "workdir", "workdir step")
     return env, cwd
+
+
+def _copy(box: BakeSandbox, runtime: venv.Runtime, step: CopyStep, source: Path,
+          where: str) -> None:
+    """A copy step, done by kiln's `COPY_SCRIPT` in the bake sandbox: only the image root is
+    writable, the source is bound read-only, and targets that leave the image are refused."""
+    view = "/kiln-source" if box.mode == "bwrap" else str(source)
+    job = steps.copy_job(step, source, box.root, where, view)
+    done = box.run([runtime.executable, "-I", "-S", "-c", steps.COPY_SCRIPT],
+                   env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=600,
+                   stdin=json.dumps(job).encode(), source=source if view != str(source) else None)
+    if done.returncode == 3:
+        raise steps.PathEscape(f"{where}: copy destination {done.stdout.strip()!r} leaves the "
+                               "image through a symlink an earlier step made", field="to",
+                               hint="a copy writes only inside the image; remove the symlink "
+                                    "or copy somewhere else")
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BakeError(f"{where} failed: {why}")
+
+
+def _runtime_prefixes(runtime: venv.Runtime) -> tuple[str, ...]:
+    """The base interpreter's installation prefix(es), when outside the system paths (pyenv,
+    uv, a build under /opt): bound read-only so the venv's python runs in the sandbox."""
+    out: list[str] = []
+    for exe in (Path(runtime.executable), Path(runtime.executable).resolve()):
+        prefix = str(exe.parent.parent)
+        if not covered(prefix, SYSTEM_PATHS) and prefix not in out and prefix != "/":
+            out.append(prefix)
+    return tuple(out)
 
 
 def _where(p: _Planned, total: int) -> str:

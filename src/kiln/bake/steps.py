@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import shutil
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,12 +63,22 @@ def definition(step: Step) -> dict[str, Any]:
     return data
 
 
+class PathEscape(BakeError):
+    """A step's path (copy `to`, `workdir`) leads out of the image; `field` names the key, so
+    the builder can point at its line in kiln.yaml."""
+
+    def __init__(self, message: str, *, field: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.field = field
+
+
 def inside(root: Path, rel: str, what: str, where: str) -> Path:
     """root/rel, refusing a path that climbs out of root."""
     norm = posixpath.normpath(rel.lstrip("/") or ".")
     if norm == ".." or norm.startswith("../"):
-        raise BakeError(f"{where}: {what} {rel!r} leaves the image",
-                        hint="use a path inside the image, relative to its root")
+        raise PathEscape(f"{where}: {what} {rel!r} leaves the image",
+                         field="to" if what == "copy destination" else "workdir",
+                         hint="use a path inside the image, relative to its root")
     return root if norm == "." else root / norm
 
 
@@ -111,36 +119,75 @@ def copy_inputs_hash(source: Path) -> str:
     return content_hash(source, skip_name)
 
 
-def do_copy(step: CopyStep, source: Path, root: Path, where: str) -> None:
-    """Copy a file or a folder's contents into the image (folders merge, like Docker's COPY)."""
-    dest = inside(root, step.to, "copy destination", where)
-    if source.is_dir():
-        dest.mkdir(parents=True, exist_ok=True)
-        for rel, path in iter_files(source, skip_name):
-            _copy_entry(path, dest / rel)
-        return
-    if step.to.endswith("/") or dest.is_dir():
-        dest = dest / source.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _copy_entry(source, dest)
-
-
-def _copy_entry(src: Path, dst: Path) -> None:
-    st = src.lstat()
+COPY_SCRIPT = r"""
+import json, os, shutil, stat, sys
+job = json.load(sys.stdin)
+root = os.path.realpath(job["root"])
+for d in job["mkdirs"]:
+    os.makedirs(d, exist_ok=True)
+for src, dst in job["entries"]:
+    real = os.path.realpath(os.path.dirname(dst))
+    if real != root and not real.startswith(root + "/"):
+        sys.stdout.write(os.path.relpath(dst, job["root"]))
+        sys.exit(3)
+    st = os.lstat(src)
     if stat.S_ISDIR(st.st_mode):
-        if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
-            dst.unlink()
-        dst.mkdir(exist_ok=True)
-        return
-    if dst.is_symlink() or dst.is_file():
-        dst.unlink()  # replace, never write into an existing inode
-    elif dst.is_dir():
+        if os.path.islink(dst) or (os.path.lexists(dst) and not os.path.isdir(dst)):
+            os.unlink(dst)
+        if not os.path.isdir(dst):
+            os.mkdir(dst)
+        continue
+    if os.path.islink(dst) or os.path.isfile(dst):
+        os.unlink(dst)  # replace, never write into an existing inode
+    elif os.path.isdir(dst):
         shutil.rmtree(dst)
     if stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(src), dst)
     elif stat.S_ISREG(st.st_mode):
-        shutil.copyfile(src, dst)
-        dst.chmod(0o755 if st.st_mode & 0o111 else 0o644)
+        shutil.copyfile(src, dst, follow_symlinks=False)
+        os.chmod(dst, 0o755 if st.st_mode & 0o111 else 0o644)
+"""
+"""Copies the entries kiln listed, in the bake sandbox (kiln's python, no kiln imports): a
+destination whose folder resolves outside the image root stops it with exit code 3."""
+
+
+def copy_job(step: CopyStep, source: Path, root: Path, where: str,
+             source_view: str) -> dict[str, Any]:
+    """What `COPY_SCRIPT` does for a copy step: folders to make and (source, destination) pairs,
+    sources named as the sandbox sees them (`source_view`: where `source` is bound). A
+    destination that a symlink already in the image leads out of the image is refused here."""
+    dest = inside(root, step.to, "copy destination", where)
+    escape = symlink_escape(root, dest)
+    if escape is not None:
+        raise PathEscape(f"{where}: copy destination {step.to!r} leaves the image through the "
+                         f"symlink {escape}", field="to",
+                         hint="a copy writes only inside the image; point `to:` at a real "
+                              "folder of the image or remove the symlink in an earlier step")
+    if source.is_dir():
+        entries = [(f"{source_view}/{rel}", str(dest / rel))
+                   for rel, _ in iter_files(source, skip_name)]
+        return {"root": str(root), "mkdirs": [str(dest)], "entries": entries}
+    if step.to.endswith("/") or dest.is_dir():
+        dest = dest / source.name
+    return {"root": str(root), "mkdirs": [str(dest.parent)],
+            "entries": [(source_view, str(dest))]}
+
+
+def symlink_escape(root: Path, dest: Path) -> str | None:
+    """The first symlink on `dest` (below `root`) that resolves outside `root`, as
+    "link -> target"; None when every existing part of the path stays inside."""
+    real_root = os.path.realpath(root)
+    path = root
+    for part in dest.relative_to(root).parts:
+        path = path / part
+        if not path.is_symlink():
+            if not path.exists():
+                return None
+            continue
+        real = os.path.realpath(path)
+        if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
+            return f"{path.relative_to(root).as_posix()} -> {os.readlink(path)}"
+    return None
 
 
 def base_env(root: Path, scratch: Path) -> dict[str, str]:
@@ -166,20 +213,21 @@ def base_env(root: Path, scratch: Path) -> dict[str, str]:
     return env
 
 
-def run_command(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float,
-                log: Path, pidfile: Path,
-                on_output: Callable[[str], None] | None = None) -> int | None:
-    """Run `bash -c command`; exit code, or None on timeout. Output goes to `log`, and each
-    line to `on_output` as it is written (progress for the user, like BuildKit's).
+def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float,
+                log: Path, pidfile: Path, on_output: Callable[[str], None] | None = None,
+                pass_fds: Sequence[int] = ()) -> int | None:
+    """Run `argv` (a step's `bash -c command`, in its sandbox); exit code, or None on timeout.
+    Output goes to `log`, and each line to `on_output` as it is written (progress for the user,
+    like BuildKit's).
 
     The command runs in its own session so the whole tree it starts is killed on timeout, on
     KeyboardInterrupt, and when it leaves background processes behind. `pidfile` records the
     session leader so the next bake can kill it if this process dies first.
     """
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=dict(env),
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, pass_fds=tuple(pass_fds))
     pidfile.write_text(f"{proc.pid} {pid_start_time(proc.pid) or ''}\n")
     try:
         if on_output is None:

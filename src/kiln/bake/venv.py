@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln.bake.sandbox import BakeSandbox, contained
 from kiln.errors import BakeError
 
 BAKE_FORMAT = 1
@@ -108,13 +109,13 @@ def _probe(command: str) -> Runtime:
     return Runtime(str(exe), str(version), str(impl))
 
 
-def create_venv(runtime: Runtime, venv: Path, env: dict[str, str], timeout: float = 300) -> None:
-    """`python -m venv` (with pip) at `venv`, then make it relocatable."""
+def create_venv(runtime: Runtime, venv: Path, env: dict[str, str], sandbox: BakeSandbox,
+                timeout: float = 300) -> None:
+    """`python -m venv` (with pip) at `venv`, in the bake sandbox, then make it relocatable."""
     try:
-        out = subprocess.run([runtime.executable, "-m", "venv", str(venv)], env=env,
-                             capture_output=True, text=True, timeout=timeout, check=False,
-                             start_new_session=True)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        out = sandbox.run([runtime.executable, "-m", "venv", str(venv)], env=env,
+                          timeout=timeout)
+    except BakeError as exc:
         raise BakeError(f"base: cannot create a venv with {runtime.executable}: {exc}") from exc
     if out.returncode != 0:
         tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-20:])
@@ -160,7 +161,7 @@ for dirpath, dirnames, filenames in os.walk(root):
 """
 
 
-def compile_tree(root: Path, timeout: float = 600) -> None:
+def compile_tree(root: Path, sandbox: BakeSandbox, timeout: float = 600) -> None:
     """Byte-compile every .py under `root` that lacks kiln's own pyc; drop foreign/orphan pycs.
 
     kiln's pycs are unchecked-hash (no mtime; the image never changes after sealing, and the
@@ -169,20 +170,25 @@ def compile_tree(root: Path, timeout: float = 600) -> None:
     mode (pip's, the interpreter's) is rewritten: it may embed the absolute build path.
     """
     python = root / ".venv" / "bin" / "python"
-    if not python.exists():
+    if not python.is_symlink() and not python.exists():
         return
-    out = subprocess.run([str(python), "-I", "-S", "-B", "-c", _COMPILE, str(root)],
-                         capture_output=True, text=True, timeout=timeout, check=False,
-                         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    # The image's python is whatever the steps left there: it runs in the sandbox too.
+    out = sandbox.run([str(python), "-I", "-S", "-B", "-c", _COMPILE, str(root)],
+                      env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=timeout)
     if out.returncode != 0:
         why = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise BakeError(f"cannot byte-compile the image: {why}")
 
 
 def make_relocatable(venv: Path) -> None:
-    """Rewrite what names the venv's current folder (see the module docstring). Idempotent."""
+    """Rewrite what names the venv's current folder (see the module docstring). Idempotent.
+
+    Runs as kiln, between sandboxed steps, on a tree the steps shaped: it touches only regular
+    files whose folder resolves inside the image (`venv`'s parent), and what it writes belongs to
+    that folder's owner (the step uid), so the next step can change it again."""
     bindir = venv / "bin"
-    if not bindir.is_dir():
+    root = venv.parent
+    if not bindir.is_dir() or not contained(root, bindir):
         return
     rewritten: set[Path] = set()
     for entry in sorted(bindir.iterdir()):
@@ -197,7 +203,7 @@ def make_relocatable(venv: Path) -> None:
                 'VIRTUAL_ENV="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"', text,
                 count=1)
             if fixed != text:
-                entry.write_text(fixed)
+                _replace(entry, fixed.encode(), stat.S_IMODE(entry.lstat().st_mode))
             continue
         with open(entry, "rb") as fh:
             head = fh.read(1024)
@@ -205,25 +211,36 @@ def make_relocatable(venv: Path) -> None:
         if not m or not m.group(1).startswith(os.fsencode(bindir)):
             continue
         body = entry.read_bytes()[m.end():]
-        mode = entry.stat().st_mode
-        entry.unlink()  # never write through a file another tree may share
-        entry.write_bytes(_TRAMPOLINE.encode() + body)
-        entry.chmod(stat.S_IMODE(mode))
+        _replace(entry, _TRAMPOLINE.encode() + body, stat.S_IMODE(entry.lstat().st_mode))
         rewritten.add(entry)
     if rewritten:
         _fix_records(venv, rewritten)
     cfg = venv / "pyvenv.cfg"
-    if cfg.is_file():
+    if cfg.is_file() and not cfg.is_symlink() and contained(root, cfg):
         lines = cfg.read_text().splitlines(keepends=True)
         kept = [ln for ln in lines if ln.partition("=")[0].strip() != "command"]
         if kept != lines:
-            cfg.unlink()
-            cfg.write_text("".join(kept))
+            _replace(cfg, "".join(kept).encode(), stat.S_IMODE(cfg.lstat().st_mode))
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """A new file at `path` (never written through: another tree may share the old inode),
+    owned like its folder."""
+    folder = path.parent.lstat()
+    path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, mode)
+    if folder.st_uid != os.geteuid() and os.geteuid() == 0:
+        os.lchown(path, folder.st_uid, folder.st_gid)
 
 
 def _fix_records(venv: Path, rewritten: set[Path]) -> None:
     """Update hash and size of rewritten scripts in the RECORD files that list them."""
     for record in venv.glob("lib/python*/site-packages/*.dist-info/RECORD"):
+        if record.is_symlink() or not contained(venv.parent, record):
+            continue
         site = record.parent.parent
         rows = list(csv.reader(io.StringIO(record.read_text())))
         changed = False
@@ -239,8 +256,7 @@ def _fix_records(venv: Path, rewritten: set[Path]) -> None:
         if changed:
             buf = io.StringIO()
             csv.writer(buf, lineterminator="\n").writerows(rows)
-            record.unlink()
-            record.write_text(buf.getvalue())
+            _replace(record, buf.getvalue().encode(), stat.S_IMODE(record.lstat().st_mode))
 
 
 def digest_override(rel: str, st: os.stat_result, path: Path) -> bytes | None:

@@ -27,13 +27,15 @@ def names() -> list[str]:
 
 
 def get_platform(name: str, store: Store, home: Path, project: str, *,
-                 router: str = "traefik", settings: object | None = None) -> Platform:
+                 router: str = "traefik", settings: object | None = None,
+                 sandbox: str = "bwrap") -> Platform:
     """The platform called `name` for one project (KilnError naming the known ones if unknown).
 
     `router` (the spec's `router:` key) is passed on as a keyword only when it is not the default
     Traefik, so a platform that routes no other way needs no such parameter; one that does not
     take it refuses the choice here with one line. `settings` (the spec's block named after the
-    platform, e.g. `aws:`) is passed as a keyword when there is one.
+    platform, e.g. `aws:`) is passed as a keyword when there is one; `sandbox` (the spec's
+    `sandbox:`) only when it is not the default.
     """
     target = PLATFORMS.get(name)
     if target is None:
@@ -41,6 +43,10 @@ def get_platform(name: str, store: Store, home: Path, project: str, *,
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     options: dict[str, object] = {} if settings is None else {"settings": settings}
+    if sandbox != "bwrap":  # the spec's `sandbox: none`, for a platform that sandboxes with it
+        if "sandbox" not in inspect.signature(cls).parameters:
+            raise KilnError(f"sandbox: {sandbox!r} is not available on platform {name!r}")
+        options["sandbox"] = sandbox
     if router == "traefik":
         platform: Platform = cls(store, home, project, **options)
     elif "router" in inspect.signature(cls).parameters:

@@ -151,6 +151,7 @@ class Board:
         is_running = getattr(p.router, "is_running", None)
         return {
             "project": p.spec.project,
+            "sandbox": p.sandbox_kind(),
             "router": {"needed": router,
                        "running": bool(is_running()) if is_running is not None else None},
             "services": services,

@@ -119,8 +119,11 @@ def fragments(state: dict[str, Any]) -> dict[str, str]:
     events = "".join(
         f'<tr><td>{_when(ev["time"])}</td><td>{e(ev["service"] or "")}</td>'
         f'<td>{e(ev["kind"])}</td><td>{e(ev["message"])}</td></tr>' for ev in state["events"])
+    unsandboxed = ('<p class="bad">sandbox: none — bakes and instances run unsandboxed, with '
+                   "kiln's privileges</p>" if state.get("sandbox") == "none" else "")
     board = (
         f'<p class="sub">project <b>{e(state["project"])}</b> · router <b>{rstate}</b></p>'
+        + unsandboxed
         + "".join(service_card(s) for s in state["services"])
         + f'<section class="card"><h2>Drift</h2>{drift_html}</section>'
         f'<section class="card"><h2>Events</h2><table class="events"><tbody>{events}</tbody>'

@@ -372,6 +372,9 @@ class ImageSpec(_Model):
     {debian: SUITE, packages: [...]} built from the Debian archive."""
     steps: list[Step] = Field(default_factory=list)
     tests: list[Check] = Field(default_factory=list)
+    network: Literal["default", "none"] = "default"
+    """`none`: the bake's steps get no network at all (local: an empty network namespace;
+    podman: `--network none`); the default lets package installs reach their index."""
 
 
 # ---------------------------------------------------------------- services
@@ -557,6 +560,10 @@ class Spec(_Model):
     """Settings of `platform: aws` (region, subnets, base AMI...)."""
     router: Literal["traefik", "haproxy"] = "traefik"
     """Which load balancer serves the project's services (local platform)."""
+    sandbox: Literal["bwrap", "none"] = "bwrap"
+    """local: bake steps and instances run in a bubblewrap sandbox, and kiln refuses to run
+    without one; `none` runs them as plain processes with kiln's privileges (hosts without user
+    namespaces), and every command says so."""
     images: dict[Name, ImageSpec] = Field(default_factory=dict)
     services: dict[Name, ServiceSpec] = Field(default_factory=dict)
 
@@ -573,6 +580,9 @@ class Spec(_Model):
                          for name, image in self.images.items()
                          for i, step in enumerate(image.steps)
                          if (kind := _step_kind(step)) in PROVISIONER_KEYS]
+        if self.sandbox == "none" and self.platform != "local":
+            problems.append(f"sandbox: `sandbox: none` applies to platform local (this project "
+                            f"uses {self.platform}, which isolates without bubblewrap)")
         listens: dict[str, str] = {}
         for name, svc in self.services.items():
             if svc.image not in self.images:
@@ -592,6 +602,9 @@ class Spec(_Model):
         """Legal but worth a second look (env keys like LD_PRELOAD), one line each."""
         out = [f"services.{name}.{w}" for name, svc in self.services.items()
                for w in svc.env_warnings()]
+        if self.sandbox == "none":
+            out.append("sandbox: none: bake steps and instances run unsandboxed, with kiln's "
+                       "privileges (they can read and write the host)")
         for name, img in self.images.items():
             for step in img.steps:
                 if isinstance(step, EnvStep):

@@ -17,9 +17,12 @@ if TYPE_CHECKING:
 
 class LocalPlatform:
     def __init__(self, store: Store, home: Path, project: str, *,
-                 router: Literal["traefik", "haproxy"] = "traefik") -> None:
+                 router: Literal["traefik", "haproxy"] = "traefik",
+                 sandbox: Literal["bwrap", "none"] = "bwrap") -> None:
         self.store, self.home, self.project = store, home, project
         self.router_kind = router
+        self.sandbox: Literal["bwrap", "none"] = sandbox
+        """The spec's `sandbox:`; "bwrap" refuses to bake or launch where bubblewrap fails."""
         self._builder: Builder | None = None
         self._compute: Compute | None = None
         self._router: Router | None = None
@@ -30,7 +33,7 @@ class LocalPlatform:
         if self._builder is None:
             from kiln.bake.local import LocalBuilder
 
-            self._builder = LocalBuilder(self.store, self.home)
+            self._builder = LocalBuilder(self.store, self.home, sandbox=self.sandbox)
         return self._builder
 
     @property
@@ -38,7 +41,8 @@ class LocalPlatform:
         if self._compute is None:
             from kiln.platforms.local.compute import LocalCompute
 
-            self._compute = LocalCompute(self.store, self.home, self.project)
+            self._compute = LocalCompute(self.store, self.home, self.project,
+                                         sandbox=self.sandbox)
         return self._compute
 
     @property

@@ -37,6 +37,7 @@ from kiln.platforms.local import addresses, environment, tcp_table
 from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.sandbox import (
     Sandbox,
+    SandboxMode,
     choose,
     group_members,
     instance_uid,
@@ -60,10 +61,16 @@ class LocalCompute:
         self.store = store
         self.home = home
         self.project = project
-        self.sandbox_mode = choose(sandbox)
+        self._sandbox = sandbox
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._failures: dict[str, str] = {}
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    @property
+    def sandbox_mode(self) -> SandboxMode:
+        """Chosen when something is to start (PlatformError without a working bubblewrap unless
+        the spec says `sandbox: none`), so status, stop and destroy still work on such a host."""
+        return choose(self._sandbox)
 
     # ------------------------------------------------------------------ paths
 

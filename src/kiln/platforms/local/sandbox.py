@@ -13,8 +13,9 @@ With bubblewrap an instance is a process that
   itself. `.kiln/`, other instances' folders, /root, /home, /etc/shadow are simply not there;
 - shares the host's network namespace, so it can bind its own loopback address.
 
-Without bubblewrap the command runs as a plain process (the store's files are still read-only);
-that mode is for machines without user namespaces and isolates nothing.
+Without a working bubblewrap kiln refuses to launch (`choose`), unless the spec says
+`sandbox: none`: then the command runs as a plain process (the store's files are still
+read-only); that mode is for machines without user namespaces and isolates nothing.
 
 The pid kiln records is the app's (host view): bwrap's `--info-fd` names the namespace's init, and
 the app is that init's only child. The outer bwrap leads the process group.
@@ -81,34 +82,51 @@ def _covered(path: str, by: Sequence[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in by)
 
 
-@functools.cache
+covered = _covered
+"""`path` is one of `by` or lies below one (public for the bake sandbox)."""
+
+
 def bwrap_works() -> bool:
     """True when bwrap is installed and the whole isolation chain works here."""
+    return bwrap_problem() is None
+
+
+@functools.cache
+def bwrap_problem() -> str | None:
+    """Why the isolation chain (bwrap; setpriv and unshare when root) cannot run here, or None."""
     if shutil.which("bwrap") is None:
-        return False
+        return "bubblewrap (bwrap) is not installed"
     if os.geteuid() == 0 and not (shutil.which("setpriv") and shutil.which("unshare")):
-        return False
+        return "setpriv or unshare (util-linux) is not installed"
     try:
         with tempfile.TemporaryDirectory(prefix="kiln-probe-") as scratch:
             probe = Sandbox(Path("/usr"), Path(scratch), "bwrap", uid=UID_BASE)
             with probe.prepared("true", None) as (argv, fds):
                 done = subprocess.run(argv, capture_output=True, timeout=10, check=False,
                                       pass_fds=fds, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"bubblewrap (bwrap) does not start: {exc}"
+    if done.returncode != 0:
+        why = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
+        return f"bubblewrap (bwrap) fails here (exit code {done.returncode}: {why})"
+    return None
+
+
+NO_SANDBOX_HINT = ("install bubblewrap and util-linux (setpriv, unshare) and allow user "
+                   "namespaces (sysctl kernel.unprivileged_userns_clone=1, "
+                   "user.max_user_namespaces > 0); or, knowing that steps and instances then run "
+                   "unconfined, set `sandbox: none` at the top of kiln.yaml")
 
 
 def choose(mode: Literal["auto", "bwrap", "none"]) -> SandboxMode:
+    """The sandbox to use; never a silent fallback: without a working bwrap, only an explicit
+    "none" (the spec's `sandbox: none`) runs instances unsandboxed."""
     if mode == "none":
         return "none"
-    if bwrap_works():
-        return "bwrap"
-    if mode == "bwrap":
-        raise PlatformError("bubblewrap (bwrap) is not usable on this machine",
-                            hint="install bubblewrap (and util-linux's setpriv/unshare) "
-                                 "or use sandbox='auto'")
-    return "none"
+    problem = bwrap_problem()
+    if problem is not None:
+        raise PlatformError(f"cannot sandbox instances: {problem}", hint=NO_SANDBOX_HINT)
+    return "bwrap"
 
 
 @dataclass(frozen=True)
@@ -279,6 +297,9 @@ def _data_pipe(text: str) -> int:
     finally:
         os.close(write_fd)
     return read_fd
+
+
+data_pipe = _data_pipe
 
 
 def _read_child_pid(fd: int, proc: subprocess.Popen[bytes], deadline: float) -> int | None:

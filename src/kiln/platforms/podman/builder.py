@@ -61,6 +61,8 @@ class PodmanBuilder:
     def keys(self, spec: ImageSpec, base_dir: Path, base: str) -> list[str]:
         """The cache key after each step (the last one identifies the image)."""
         base_def = {"podman_base": base}
+        if spec.network == "none":  # a step may behave differently offline: its own keys
+            base_def["network"] = "none"
         key = step_key("", base_def, {"kind": "base"})
         out = []
         for i, step in enumerate(spec.steps):
@@ -196,6 +198,8 @@ class PodmanBuilder:
                 "-f", str(context / "Containerfile"), "-t", tag]
         if no_cache:
             argv.append("--no-cache")
+        if spec.network == "none":
+            argv.append("--network=none")
         argv.append(str(context))
         timeout = sum(getattr(s, "timeout", 0.0) for s in spec.steps) + 300.0
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
