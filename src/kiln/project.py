@@ -741,91 +741,11 @@ class Project:
     # ------------------------------------------------------------ reporting
 
     def status(self, service: str | None = None) -> dict[str, Any]:
-        """What runs, per service. Takes no lock; its one side effect is the router's keep-alive:
-        a router that died is restarted with the routing it had (any kiln command does that)."""
-        names = self._services([service] if service else None)
-        from kiln.state.controller import running
+        """What runs, per service (kiln.readmodel). Read-only: a dead router is reported with
+        what restarts it, never restarted here."""
+        from kiln.readmodel import status
 
-        ctl = running(self.store)
-        out: dict[str, Any] = {"project": self.spec.project, "services": [],
-                               "router": self._router_alive(),
-                               "controller": None if ctl is None else {
-                                   "pid": ctl.pid, "host": ctl.host, "listen": ctl.listen,
-                                   "started_at": ctl.started_at}}
-        for name in names:
-            out["services"].append(self._service_status(name))
-        return out
-
-    def _router_alive(self) -> dict[str, Any]:
-        if self.store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
-            return {"running": False, "restarted": False}
-        is_running = getattr(self.router, "is_running", None)
-        was = bool(is_running()) if is_running is not None else True
-        if not was:
-            self.warn("the router was not running; restarting it with its last routing")
-            self.router.ensure_running()
-        return {"running": True, "restarted": not was}
-
-    def _service_status(self, name: str) -> dict[str, Any]:
-        spec = self.service(name)
-        routes = {r["release_id"]: r["weight"] for r in
-                  self.store.query("SELECT * FROM routes WHERE service = ?", (name,))}
-        rows = self.store.query(
-            "SELECT * FROM instances WHERE service = ? AND kind = 'service' "
-            "AND state IN ('starting','running','draining') ORDER BY created_at", (name,))
-        insts = [from_row(r) for r in rows]
-        alive = {o.instance_id: o.alive for o in self.compute.observe(insts)} if insts else {}
-        releases: dict[str, dict[str, Any]] = {}
-        for rid, weight in routes.items():
-            releases[rid] = {"release": rid, "weight": weight, "instances": []}
-        for r, inst in zip(rows, insts, strict=True):
-            rel = releases.setdefault(inst.release_id, {"release": inst.release_id, "weight": 0,
-                                                        "instances": []})
-            healthy = alive.get(inst.id, False) and self.compute.healthy(
-                inst, self._health_of(inst.release_id, spec))
-            rel["instances"].append({
-                "id": inst.id, "address": inst.address, "handle": dict(inst.handle),
-                "label": inst.label, "state": r["state"],
-                "alive": alive.get(inst.id, False), "healthy": healthy})
-        for rid, rel in releases.items():
-            try:
-                release = load_release(self.store, rid)
-                rel["image"] = release.image_digest
-                rel["number"] = release.number
-            except NotFound:
-                pass
-        ro = self.store.one("SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC LIMIT 1",
-                            (name,))
-        rollout = None
-        if ro is not None:
-            st = Status.from_json(json.loads(ro["status_json"]))
-            done = ro["phase"] == "done"
-            steps = len(spec.rollout.steps) if ro["strategy"] == "canary" else 0
-            rollout = {"rollout_id": ro["id"], "strategy": ro["strategy"], "from": ro["from_release"],
-                       "to": ro["to_release"], "phase": ro["phase"],
-                       "step": min(st.step + 1, steps), "steps": steps,
-                       "outcome": ro["outcome"], "reason": ro["reason"],
-                       "waiting": None if done else st.waiting,
-                       "judge": None if done else st.judge_line,
-                       "until": st.deadline if ro["phase"] in ("health", "roll", "restore")
-                       and st.deadline else None,
-                       "driven_by": None}
-            if ro["phase"] not in SETTLED:
-                from kiln.state.controller import running
-                from kiln.state.lock import live_holder
-
-                holder, ctl = live_holder(self.store), running(self.store)
-                rollout["driven_by"] = (holder.describe() if holder else
-                                        ctl.describe() if ctl else None)
-        current = self.current_release(name)
-        dev = [{"id": r["id"], "address": f"{r['host']}:{r['port']}", "state": r["state"]}
-               for r in self.store.query(
-                   "SELECT * FROM instances WHERE service = ? AND kind = 'dev' AND state IN "
-                   "('starting','running') ORDER BY created_at", (name,))]
-        return {"service": name, "listen": spec.listen,
-                "current": current.id if current else None,
-                "destroyed": self.destroyed(name),
-                "releases": list(releases.values()), "rollout": rollout, "dev": dev}
+        return status(self, self._services([service] if service else None), self.warn)
 
     def _health_of(self, release_id: str, spec: ServiceSpec) -> Health:
         """An instance is probed on its release's own health check (a dev instance: today's)."""
