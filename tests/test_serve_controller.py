@@ -421,3 +421,47 @@ def test_controller_reloads_a_changed_spec_and_refuses_an_invalid_one(tmp_path: 
     assert not any("'web-r2': 50" in c for c in sets), sets
     proj.close()
     cli.close()
+
+
+def test_plan_deploy_status_and_drift_read_one_model_and_agree(tmp_path: Path) -> None:
+    """A dead instance, recorded or already swept: `plan` says heal, `drift` reports it,
+    `status` shows it, and `deploy` heals (no new release); then all say all is well."""
+    from kiln.drift import detect
+    from kiln.plan import plan
+
+    proj, platform = deployed(tmp_path, CANARY)
+    platform.builder.resolve = (  # type: ignore[attr-defined]
+        lambda name, sp, base_dir: platform.builder.build(name, sp, base_dir=base_dir))
+    assert [i["action"] for i in plan(proj)] == ["unchanged"] and detect(proj) == []
+    for swept in (False, True):
+        platform.compute.die(instances_of(proj.store, "web-r1")[0])
+        if swept:
+            platform.compute.sweep()  # the row says dead: only the count shows it
+        item = plan(proj)[0]
+        assert item["action"] == "heal" and "1/2 instances of web-r1 alive" in item["detail"]
+        found = {i["kind"] for i in detect(proj)}
+        assert found == ({"missing-instances"} if swept else {"dead-instance"}), found
+        alive = [i["alive"] for r in proj.status()["services"][0]["releases"]
+                 for i in r["instances"]]
+        assert sorted(alive) == ([True] if swept else [False, True])
+        res = proj.deploy().services[0]
+        assert (res.outcome, res.release) == ("healed", "web-r1")
+        assert [i["action"] for i in plan(proj)] == ["unchanged"] and detect(proj) == []
+    assert proj.store.one("SELECT COUNT(*) AS n FROM releases")["n"] == 1  # type: ignore[index]
+    proj.close()
+
+
+def test_a_resumed_deploy_that_promoted_says_promoted_not_unchanged(tmp_path: Path) -> None:
+    proj, platform = deployed(tmp_path, CANARY)
+    starter = project(tmp_path, spec(CANARY, version="2"), platform)
+    starter.detach = True  # starts the rollout and leaves it (as a killed deploy would)
+    assert starter.deploy().services[0].outcome == "started"
+    v2 = project(tmp_path, spec(CANARY, version="2"), platform)
+    events: list[str] = []
+    res = v2.deploy(on_event=lambda ev: events.append(f"{ev.kind}: {ev.message}")).services[0]
+    assert (res.outcome, res.release, res.rollout_id) == ("promoted", "web-r2", 2), res
+    assert res.report is not None
+    assert "release: resuming rollout #2 (launch)" in events, events
+    assert not any(e.startswith("uptodate") for e in events), events
+    for p in (proj, starter, v2):
+        p.close()

@@ -24,7 +24,6 @@ from kiln.rollout.release_config import (
     find_release,
     previous_live,
     record_release,
-    same_config,
     went_live,
 )
 from kiln.secrets import resolve_secrets
@@ -470,6 +469,11 @@ class Project:
     def _deploy_one(self, name: str, skip_tests: bool, emit: Callable[[DeployEvent], None],
                     no_cache: bool, force: bool = False, baked: Image | None = None
                     ) -> ServiceResult:
+        """Act on `kiln.plan.decide` (what `kiln plan` prints): resume, then bake and gate,
+        then decide again with the baked image's digest and do what it says."""
+        from kiln.plan import decide, facts
+        from kiln.readmodel import observe_service
+
         t0 = time.monotonic()
         spec = self.service(name)
 
@@ -477,37 +481,42 @@ class Project:
             emit(DeployEvent(name, "status", st.waiting or st.phase, status=st))
 
         # 1. Resume an interrupted rollout first: killing kiln must never lose one.
-        open_id = self._open_rollout(name)
-        if open_id is not None:
-            st = Reconciler(self._env(name, spec), name, spec, open_id).load()
-            if st.phase not in SETTLED:
-                emit(DeployEvent(name, "release", f"resuming rollout #{open_id} ({st.phase})"))
-                st = self._drive(name, open_id, on_status)
-                report = self.write_report(name, open_id)
-                if st.outcome != "promoted":
-                    return ServiceResult(name, st.new, st.outcome or "failed", st.reason, open_id,
-                                         report, seconds=time.monotonic() - t0)
+        resumed: ServiceResult | None = None
+        seen = facts(self, observe_service(self, name), spec, None, force=force)
+        if decide(seen).action == "resume" and seen.resume is not None:
+            open_id, phase = seen.resume
+            emit(DeployEvent(name, "release", f"resuming rollout #{open_id} ({phase})"))
+            st = self._drive(name, open_id, on_status)
+            report = self.write_report(name, open_id)
+            resumed = ServiceResult(name, st.new, st.outcome or "failed", st.reason, open_id,
+                                    report)
+            if st.outcome != "promoted":
+                resumed.seconds = time.monotonic() - t0
+                return resumed
         # 2. Bake (cached) and prove the image.
         image = baked or self.builder.build(
             spec.image, self.spec.images[spec.image], base_dir=self.base_dir, no_cache=no_cache,
             progress=lambda ev: emit(DeployEvent(name, "bake", ev.description, step=ev)))
         self._gate(name, spec, image, skip_tests, emit)
-        cfg = config_digest(spec)
-        current = self.current_release(name)
-        if current and current.image_digest == image.digest \
-                and same_config(self.store, current, cfg):
-            from kiln.rollout.heal import needs_heal
-
-            alive, routed = needs_heal(self._env(name, spec), current, spec.replicas)
-            if alive >= spec.replicas and routed >= alive:
-                self.router.ensure_running()
-                emit(DeployEvent(name, "uptodate", f"{current.id} is up to date"))
-                return ServiceResult(name, current.id, "unchanged",
-                                     seconds=time.monotonic() - t0)
-            if self._open_rollout(name) is None:
-                return self._heal(name, spec, current, alive, emit, t0)
-        if not force:
-            self.refuse_known_bad(name, image.digest, cfg)
+        # 3. The decision, now that the image is known.
+        view = observe_service(self, name)
+        decision = decide(facts(self, view, spec, image.digest, force=force))
+        current = view.current
+        if decision.action == "unchanged":
+            self.router.ensure_running()
+            if resumed is not None:  # the resumed rollout is what this deploy did
+                resumed.seconds = time.monotonic() - t0
+                return resumed
+            emit(DeployEvent(name, "uptodate", decision.detail))
+            return ServiceResult(name, current.id if current else None, "unchanged",
+                                 seconds=time.monotonic() - t0)
+        if decision.action == "heal" and current is not None:
+            return self._heal(name, spec, current, view.alive, emit, t0)
+        if decision.action == "refused":
+            raise KilnError(decision.detail,
+                            hint="change the code or the spec, or deploy it again with --force")
+        if decision.action == "resume":  # cannot happen under the lock; say so if it does
+            raise KilnError(f"{name}: {decision.detail}; `kiln deploy {name}` resumes it")
         self._finish_standby(name, keep=None)
         self.router.check_listen(name, spec.listen)
         new = self._new_release(name, image, spec, skip_tests)
@@ -568,17 +577,11 @@ class Project:
 
     def refuse_known_bad(self, name: str, image_digest: str, cfg: str) -> None:
         """The same image and config that was just rolled back is not canaried again silently."""
-        row = self.store.one(
-            "SELECT ro.id, ro.to_release, ro.outcome, ro.reason, r.image_digest, r.config_digest "
-            "FROM rollouts ro JOIN releases r ON r.id = ro.to_release WHERE ro.service = ? "
-            "AND ro.outcome IS NOT NULL ORDER BY ro.id DESC LIMIT 1", (name,))
-        if row is None or row["outcome"] not in ("rolled_back", "failed"):
-            return
-        if row["image_digest"] == image_digest and row["config_digest"] == cfg:
-            raise KilnError(
-                f"{name}: this image and config ({row['to_release']}) was {row['outcome']} by "
-                f"rollout #{row['id']}: {row['reason']}",
-                hint="change the code or the spec, or deploy it again with --force")
+        from kiln.plan import known_bad
+
+        why = known_bad(self.store, name, image_digest, cfg)
+        if why is not None:
+            raise KilnError(why, hint="change the code or the spec, or deploy it again with --force")
 
     def _gate(self, name: str, spec: ServiceSpec, image: Image, skip_tests: bool,
               emit: Callable[[DeployEvent], None]) -> None:
