@@ -769,23 +769,10 @@ class Project:
 
     def history(self, service: str, limit: int | None = None) -> list[dict[str, Any]]:
         """The service's rollouts, oldest first (the last `limit` of them when given)."""
+        from kiln.readmodel import history
+
         self.service(service)
-        out = []
-        for ro in self.store.query(
-                "SELECT * FROM (SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC "
-                "LIMIT ?) ORDER BY id", (service, -1 if limit is None else limit)):
-            rel = self.store.one("SELECT * FROM releases WHERE id = ?", (ro["to_release"],))
-            out.append({
-                "rollout_id": ro["id"], "release": ro["to_release"], "from": ro["from_release"],
-                "strategy": ro["strategy"], "phase": ro["phase"], "outcome": ro["outcome"],
-                "reason": ro["reason"], "started_at": ro["started_at"],
-                "finished_at": ro["finished_at"],
-                "image": rel["image_digest"] if rel else None,
-                "skip_tests": bool(rel["skip_tests"]) if rel else False,
-                "report": str(report) if (report := self.home / "reports" /
-                                          f"rollout-{ro['id']}.html").exists() else None,
-            })
-        return out
+        return history(self.store, self.home, service, limit)
 
     def events(self, service: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         return [{"time": r["time"], "service": r["service"], "kind": r["kind"],

@@ -21,6 +21,8 @@ from kiln.rollout.executor import load_release
 from kiln.rollout.release_config import find_release
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from kiln.platforms.base import Compute, Instance, Release, Router
     from kiln.spec.models import Health, ServiceSpec, Spec
     from kiln.state.store import Store
@@ -211,3 +213,24 @@ def status(ctx: Context, names: list[str], warn: Callable[[str], None]) -> dict[
                 "pid": ctl.pid, "host": ctl.host, "listen": ctl.listen,
                 "started_at": ctl.started_at},
             "services": [service_status(ctx, n) for n in names]}
+
+
+def history(store: Store, home: Path, service: str, limit: int | None = None
+            ) -> list[dict[str, Any]]:
+    """`kiln history --json`: the service's rollouts, oldest first (the last `limit`)."""
+    out = []
+    for ro in store.query(
+            "SELECT * FROM (SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC "
+            "LIMIT ?) ORDER BY id", (service, -1 if limit is None else limit)):
+        rel = store.one("SELECT * FROM releases WHERE id = ?", (ro["to_release"],))
+        report = home / "reports" / f"rollout-{ro['id']}.html"
+        out.append({
+            "rollout_id": ro["id"], "release": ro["to_release"], "from": ro["from_release"],
+            "strategy": ro["strategy"], "phase": ro["phase"], "outcome": ro["outcome"],
+            "reason": ro["reason"], "started_at": ro["started_at"],
+            "finished_at": ro["finished_at"],
+            "image": rel["image_digest"] if rel else None,
+            "skip_tests": bool(rel["skip_tests"]) if rel else False,
+            "report": str(report) if report.exists() else None,
+        })
+    return out
