@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.testing.project import wait_for
+from kiln.testing.project import default_sigint, wait_for
 
 KILN = Path(sys.executable).parent / "kiln"
 
@@ -359,7 +359,8 @@ def test_interrupted_bake_exits_130_cleanly_and_stores_nothing(baked: Baked) -> 
     (baked.folder / "slow.yaml").write_text(spec)
     env = {k: v for k, v in os.environ.items() if k != "KILN_HOME"}
     proc = subprocess.Popen([str(KILN), "-f", "slow.yaml", "bake"], cwd=baked.folder, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         pidfile = home / "tmp" / "step.pid"
         wait_for(lambda: pidfile.exists() and bool(pidfile.read_text().strip()), 15.0, 0.02,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from kiln.testing.load import Load
-from kiln.testing.project import KILN, Proj, wait_for
+from kiln.testing.project import KILN, Proj, default_sigint, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -91,7 +91,7 @@ def paused_canary(proj: Proj, weight: int) -> Iterator[subprocess.Popen[str]]:
     proj.write(rollout=f"      strategy: canary\n      steps:\n        - {{weight: {weight}}}\n")
     proj.behave(version="2")
     first = subprocess.Popen([KILN, "deploy"], cwd=proj.dir, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         yield first
     finally:

@@ -193,14 +193,20 @@ def test_blue_green_standby_makes_rollback_instant_and_gc_ends_it(proj: Proj) ->
     assert proj.weights() == {"web-r3": 100}
 
 
-def test_any_command_restarts_a_dead_router_with_its_routing(proj: Proj) -> None:
+def test_status_reports_a_dead_router_and_deploy_restarts_it_with_its_routing(proj: Proj) -> None:
     deploy_ok(proj)
     pidfile = proj.dir / ".kiln" / "router" / "traefik.pid"
     pid = int(json.loads(pidfile.read_text())["pid"])
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not _alive(pidfile), timeout=10)
-    status = proj.status()
-    assert status["router"] == {"running": True, "restarted": True}
+    res = proj.kiln("status")
+    assert res.returncode == 0 and "router is not running" in res.stderr, res.stderr
+    assert "`kiln deploy`" in res.stderr
+    assert proj.status()["router"] == {"needed": True, "running": False}  # read-only
+    assert not _alive(pidfile)
+    res = proj.kiln("deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert proj.status()["router"] == {"needed": True, "running": True}
     with Load(proj.listen, rate=50, max_seconds=3, keep_body=40) as load:
         load.wait()
     assert load.stats.failed == 0 and load.stats.sent > 100, load.stats.summary()

@@ -291,3 +291,177 @@ def test_one_router_reading_per_pass_for_every_service(tmp_path: Path,
     assert [r["service"] for r in proj.store.query(
         "SELECT service FROM events WHERE kind = 'instance.unhealthy'")] == ["web-api"]
     proj.close()
+
+
+def _ctl_lines(ctl: Controller) -> list[str]:
+    lines: list[str] = []
+    ctl.say = lines.append
+    return lines
+
+
+def test_a_failing_service_backs_off_and_never_stops_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`api`'s secret cannot be read any more: its heal fails, is retried after 1, 2, 4 s with
+    one event and one line for the whole time it fails, and `web` (after it in the pass) has its
+    dead instance replaced as if nothing happened; once the secret is back, `api` recovers."""
+    base = spec(CANARY).model_dump(mode="json", exclude_unset=True)
+    web = base["services"]["web"]
+    api = {**web, "listen": "127.0.0.1:10", "secrets": {"TOKEN": "env:KILN_CTL_TEST_TOKEN"}}
+    base["services"] = {"api": api, "web": web}  # the failing one comes first in each pass
+    monkeypatch.setenv("KILN_CTL_TEST_TOKEN", "s3cret")
+    platform = FakePlatform(FakeCompute())
+    proj = project(tmp_path, Spec.model_validate(base), platform)
+    platform.compute.store = proj.store
+    assert {s.outcome for s in proj.deploy().services} == {"promoted"}
+    monkeypatch.delenv("KILN_CTL_TEST_TOKEN")
+    deployed_api = platform.compute.calls.count(("launch", "api-r1"))
+    platform.compute.die(instances_of(proj.store, "api-r1")[0])
+    platform.compute.die(instances_of(proj.store, "web-r1")[0])
+    ctl = controller(proj)
+    lines = _ctl_lines(ctl)
+    t0 = time.monotonic()
+    passes(ctl, lambda: len(platform.router.servers("web", "web-r1")) == 2)
+    assert time.monotonic() - t0 < 3.0
+    # ~3.5 s of passes every 10 ms: api is tried about 3 times (0, 1, 3 s), logged once.
+    end = time.monotonic() + 3.5
+    while time.monotonic() < end:
+        ctl._next_heal_check = 0.0
+        ctl.reconcile_once()
+        time.sleep(0.01)
+    failing = [k for k in kinds(proj) if k.startswith("controller.")]
+    assert failing == ["controller.failing"], failing
+    assert 2 <= ctl.broken["api"].attempts <= 4, ctl.broken["api"]
+    assert "KILN_CTL_TEST_TOKEN" in ctl.broken["api"].error
+    assert len(lines) == 1 and lines[0].startswith("kiln serve: api: ") and "retrying" in lines[0]
+    launched = [c for c in platform.compute.calls if c[0] == "launch"]
+    assert launched.count(("launch", "api-r1")) == deployed_api  # none without its secret
+    monkeypatch.setenv("KILN_CTL_TEST_TOKEN", "s3cret")
+    ctl.broken["api"].next_try = 0.0  # the test does not wait out the backoff
+    passes(ctl, lambda: "controller.recovered" in kinds(proj)
+           and len(platform.router.servers("api", "api-r1")) == 2)
+    assert len([c for c in platform.compute.calls if c[0] == "launch"]) == len(launched) + 1
+    assert "controller.recovered" in kinds(proj) and "api" not in ctl.broken
+    assert [k for k in kinds(proj) if k.startswith("controller.")] == [
+        "controller.failing", "controller.recovered"]
+    proj.close()
+
+
+def test_failure_backoff_is_exponential_and_capped() -> None:
+    from kiln.serve.controller import BACKOFF_CAP, backoff
+
+    assert [backoff(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert backoff(100) == BACKOFF_CAP
+
+
+YAML = """\
+project: ctl
+images:
+  web:
+    base: python
+    steps:
+      - env: {{VERSION: "{version}"}}
+services:
+  web:
+    image: web
+    command: python -m app
+    listen: 127.0.0.1:9
+    replicas: {replicas}
+    health: {{interval: 1s, deadline: 5s}}
+    rollout:
+      strategy: canary
+      steps:
+        - {{weight: {weight}, pause: 0s}}
+      drain_timeout: 0s
+"""
+
+
+def _write(path: Path, version: str = "1", weight: int = 50, replicas: str = "2") -> None:
+    path.write_text(YAML.format(version=version, weight=weight, replicas=replicas))
+
+
+def test_controller_reloads_a_changed_spec_and_refuses_an_invalid_one(tmp_path: Path) -> None:
+    """Edited steps are used by the next rollout the controller drives (also one a command
+    hands over right after the edit); an invalid file is refused with one line, once, and the
+    last good spec stays in force."""
+    from kiln.spec.loader import load_spec
+
+    path = tmp_path / "kiln.yaml"
+    _write(path)
+    platform = FakePlatform(FakeCompute())
+    proj = Project(load_spec(path).spec, path, tmp_path, tmp_path / ".kiln",
+                   platform=platform)  # type: ignore[arg-type]
+    platform.compute.store = proj.store
+    assert proj.deploy().services[0].outcome == "promoted"
+    ctl = controller(proj)
+    lines = _ctl_lines(ctl)
+    ctl.reconcile_once()
+    assert lines == []
+    _write(path, replicas="-1")
+    for _ in range(5):
+        ctl.reconcile_once()
+    assert len(lines) == 1 and "invalid, kept the last good one" in lines[0], lines
+    assert "replicas" in lines[0] and "\n" not in lines[0]
+    assert kinds(proj).count("controller.spec_refused") == 1
+    assert proj.spec.services["web"].replicas == 2
+    # The CLI edits the steps and hands a rollout over; the controller drives it with them.
+    _write(path, version="2", weight=30)
+    cli = Project(load_spec(path).spec, path, tmp_path, tmp_path / ".kiln",
+                  platform=platform)  # type: ignore[arg-type]
+    cli.detach = True
+    assert cli.deploy().services[0].outcome == "started"
+    passes(ctl, lambda: proj.store.one(  # type: ignore[index]
+        "SELECT phase FROM rollouts WHERE id = 2")["phase"] == "done")
+    assert "reloaded" in lines[1] and kinds(proj).count("controller.spec_reloaded") == 1
+    assert proj.spec.services["web"].rollout.steps[0].weight == 30
+    row = proj.store.one("SELECT status_json, outcome FROM rollouts WHERE id = 2")
+    assert row is not None and row["outcome"] == "promoted"
+    # The canary step the router was set to is the edited one (30 %), not the old 50 %.
+    sets = [c for c in platform.router.calls if "web-r2" in c]
+    assert any("'web-r2': 30" in c for c in sets), sets
+    assert not any("'web-r2': 50" in c for c in sets), sets
+    proj.close()
+    cli.close()
+
+
+def test_plan_deploy_status_and_drift_read_one_model_and_agree(tmp_path: Path) -> None:
+    """A dead instance, recorded or already swept: `plan` says heal, `drift` reports it,
+    `status` shows it, and `deploy` heals (no new release); then all say all is well."""
+    from kiln.drift import detect
+    from kiln.plan import plan
+
+    proj, platform = deployed(tmp_path, CANARY)
+    platform.builder.resolve = (  # type: ignore[attr-defined]
+        lambda name, sp, base_dir: platform.builder.build(name, sp, base_dir=base_dir))
+    assert [i["action"] for i in plan(proj)] == ["unchanged"] and detect(proj) == []
+    for swept in (False, True):
+        platform.compute.die(instances_of(proj.store, "web-r1")[0])
+        if swept:
+            platform.compute.sweep()  # the row says dead: only the count shows it
+        item = plan(proj)[0]
+        assert item["action"] == "heal" and "1/2 instances of web-r1 alive" in item["detail"]
+        found = {i["kind"] for i in detect(proj)}
+        assert found == ({"missing-instances"} if swept else {"dead-instance"}), found
+        alive = [i["alive"] for r in proj.status()["services"][0]["releases"]
+                 for i in r["instances"]]
+        assert sorted(alive) == ([True] if swept else [False, True])
+        res = proj.deploy().services[0]
+        assert (res.outcome, res.release) == ("healed", "web-r1")
+        assert [i["action"] for i in plan(proj)] == ["unchanged"] and detect(proj) == []
+    assert proj.store.one("SELECT COUNT(*) AS n FROM releases")["n"] == 1  # type: ignore[index]
+    proj.close()
+
+
+def test_a_resumed_deploy_that_promoted_says_promoted_not_unchanged(tmp_path: Path) -> None:
+    proj, platform = deployed(tmp_path, CANARY)
+    starter = project(tmp_path, spec(CANARY, version="2"), platform)
+    starter.detach = True  # starts the rollout and leaves it (as a killed deploy would)
+    assert starter.deploy().services[0].outcome == "started"
+    v2 = project(tmp_path, spec(CANARY, version="2"), platform)
+    events: list[str] = []
+    res = v2.deploy(on_event=lambda ev: events.append(f"{ev.kind}: {ev.message}")).services[0]
+    assert (res.outcome, res.release, res.rollout_id) == ("promoted", "web-r2", 2), res
+    assert res.report is not None
+    assert "release: resuming rollout #2 (launch)" in events, events
+    assert not any(e.startswith("uptodate") for e in events), events
+    for p in (proj, starter, v2):
+        p.close()

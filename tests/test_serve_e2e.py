@@ -116,3 +116,31 @@ def test_controller_resumes_a_rollout_whose_deploy_was_killed(proj: Proj) -> Non
         assert srv.status()["services"][0]["current"] == "web-r2"
         assert srv.events("lock.takeover")  # the killed deploy's lock
     assert proj.weights() == {"web-r2": 100}
+
+
+def test_serve_reloads_an_edited_spec_and_refuses_an_invalid_one(proj: Proj) -> None:
+    """Issue 19: edit kiln.yaml, `kiln validate` says ok, `kiln deploy` hands the rollout over:
+    the controller drives it with the edited rollout settings (here a blue-green standby the
+    start-up spec did not have), and an invalid edit is refused with one line, once."""
+    proj.write(replicas=1)
+    assert proj.kiln("deploy").returncode == 0
+    with ServeProc(proj.dir) as srv:
+        spec = proj.dir / "kiln.yaml"
+        good = spec.read_text()
+        spec.write_text(good.replace("replicas: 1", "replicas: -1"))
+        wait_for(lambda: any("invalid, kept the last good one" in ln for ln in srv.output),
+                 timeout=20, what="the invalid spec refused")
+        proj.write(rollout="      strategy: blue-green\n      scale_down_delay: 60s\n"
+                           "      drain_timeout: 1s\n", replicas=1)
+        proj.behave(version="2")
+        assert proj.kiln("validate").stdout.strip() == "ok"
+        res = proj.kiln("deploy", timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert srv.events("rollout.handed_over")
+        ro = srv.status()["services"][0]["rollout"]
+        assert ro["phase"] == "standby" and ro["outcome"] == "promoted", ro
+        refused = [ln for ln in srv.output if "invalid, kept the last good one" in ln]
+        assert len(refused) == 1 and "replicas" in refused[0], srv.output
+        assert any("changed: reloaded" in ln for ln in srv.output), srv.output
+        assert len(srv.events("controller.spec_refused")) == 1
+    assert proj.weights()["web-r2"] == 100

@@ -5,30 +5,38 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.project import Project
-from kiln.rollout.executor import instances_of, load_release
+from kiln.readmodel import observe_service
+from kiln.rollout.executor import load_release
 
 
 def detect(project: Project) -> list[dict[str, Any]]:
-    """Each item: kind (dead-instance | tampered-instance | router | tampered-image |
-    unknown-process | unknown-router), service, detail."""
+    """Each item: kind (dead-instance | missing-instances | tampered-instance | router |
+    tampered-image | unknown-process | unknown-router), service, detail. Reads what runs
+    through kiln.readmodel (as `status` and `plan` do) and writes nothing."""
     items: list[dict[str, Any]] = []
     store = project.store
     for name in project.spec.services:
-        routes = {r["release_id"]: r["weight"]
-                  for r in store.query("SELECT * FROM routes WHERE service = ?", (name,))}
-        for release_id in routes:
-            insts = instances_of(store, release_id)
+        view = observe_service(project, name)
+        routes = view.routes
+        for seen in view.instances:
+            inst = seen.instance
             tampered = getattr(project.compute, "tampered", None)  # a container vs its image
-            for inst, obs in zip(insts, project.compute.observe(insts), strict=True):
-                if not obs.alive:
-                    items.append({"kind": "dead-instance", "service": name,
-                                  "detail": f"{inst.id} ({inst.address}) is recorded as running "
-                                            f"but its process is gone"})
-                elif tampered is not None:
-                    problem = tampered(inst, load_release(store, release_id).image_digest)
-                    if problem:
-                        items.append({"kind": "tampered-instance", "service": name,
-                                      "detail": problem})
+            if not seen.alive:
+                items.append({"kind": "dead-instance", "service": name,
+                              "detail": f"{inst.id} ({inst.address}) is recorded as running "
+                                        f"but its process is gone"})
+            elif tampered is not None:
+                problem = tampered(inst, load_release(store, inst.release_id).image_digest)
+                if problem:
+                    items.append({"kind": "tampered-instance", "service": name,
+                                  "detail": problem})
+        replicas = project.service(name).replicas
+        if (view.current is not None and view.resumable is None and view.alive < replicas
+                and not any(not s.alive for s in view.of(view.current.id))):
+            items.append({"kind": "missing-instances", "service": name,
+                          "detail": f"{view.alive}/{replicas} instances of {view.current.id} "
+                                    "alive (`kiln deploy` or `kiln serve` launches the missing "
+                                    "ones from the same release)"})
         if routes:
             try:
                 served = project.router.verify(name)

@@ -1,27 +1,139 @@
-"""`kiln plan`: what `deploy` would do, without doing it (Terraform's plan)."""
+"""`kiln plan` and `kiln deploy` make one decision: `decide` (pure) says what deploy does for a
+service from what is observed (kiln.readmodel) and what would be rolled out; `kiln plan`
+prints it, `kiln deploy` acts on it (Terraform's plan, without a second implementation).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiln.bake.hashing import iter_files
 from kiln.bake.steps import skip_name
 from kiln.errors import KilnError
-from kiln.project import Project, config_digest
-from kiln.rollout.executor import instances_of
-from kiln.rollout.release_config import same_config
+from kiln.readmodel import Context as ReadContext
+from kiln.readmodel import ServiceView, observe_service
+from kiln.rollout.release_config import config_digest, same_config
 from kiln.spec.models import CopyStep, ServiceSpec
 
+if TYPE_CHECKING:
+    from kiln.platforms.base import Builder, Image
+    from kiln.state.store import Store
 
-def _known_bad(project: Project, name: str, digest: str, cfg: str) -> str | None:
-    try:
-        project.refuse_known_bad(name, digest, cfg)
-    except KilnError as exc:
-        return str(exc)
+
+class Context(ReadContext, Protocol):
+    """What a plan reads through (a `kiln.project.Project`)."""
+
+    @property
+    def base_dir(self) -> Path: ...
+    @property
+    def builder(self) -> Builder: ...
+    def image(self, digest: str, use: str = ...) -> Image: ...
+
+ACTIONS = ("resume", "create", "unchanged", "heal", "refused", "replace")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the decision depends on, observed beforehand (no I/O in `decide`)."""
+
+    current: str | None = None  # the current release
+    current_image: str | None = None
+    destroyed: bool = False
+    resume: tuple[int, str] | None = None  # an interrupted rollout: (id, phase)
+    standby: bool = False  # a blue-green standby is open
+    image: str | None = None  # the digest deploy rolls out (None: unknown before a bake)
+    same_config: bool = True  # today's service config is the current release's
+    alive: int = 0  # alive instances of the current release
+    routed: int = 0  # of those, in rotation
+    replicas: int = 1
+    known_bad: str | None = None  # why this image+config is refused (it was just rolled back)
+    strategy: str = "canary"
+    steps: tuple[int, ...] = ()
+    why: tuple[str, ...] = ()  # what changed, in words (files, keys), for the detail
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # one of ACTIONS
+    detail: str
+
+    @property
+    def changes(self) -> bool:
+        return self.action != "unchanged"
+
+
+def decide(f: Facts) -> Decision:
+    """What deploy does for one service. Deploy asks again after a resumed rollout settled
+    and after baking (when `image` becomes known): the same function, more facts."""
+    if f.resume is not None:
+        rid, phase = f.resume
+        return Decision("resume", f"rollout #{rid} was interrupted in {phase}")
+    if f.current is None:
+        if f.known_bad:
+            return Decision("refused", f.known_bad)
+        gone = "destroyed earlier; " if f.destroyed else ""
+        return Decision("create", f"{gone}first release: {f.replicas} instance(s), live once "
+                                  "healthy")
+    if f.image is not None and f.image == f.current_image and f.same_config:
+        if f.alive >= f.replicas and f.routed >= f.alive:
+            return Decision("unchanged", f"{f.current} is up to date")
+        if not f.standby:
+            return Decision("heal", (
+                f"{f.alive}/{f.replicas} instances of {f.current} alive"
+                + (f" ({f.routed} in rotation)" if f.routed < f.alive else "")
+                + f": launch {max(f.replicas - f.alive, 0)} of the same image, health-gated, "
+                  "into rotation (no new release, no canary)"))
+    if f.known_bad:
+        return Decision("refused", f.known_bad)
+    why = list(f.why)
+    if not why:
+        if f.image is None:
+            why.append("image inputs changed (bake needed)")
+        elif f.image != f.current_image:
+            why.append("image changed")
+        if not f.same_config:
+            why.append("config changed")
+        if not why:
+            why.append("blue-green standby open and instances missing")
+    via = f" via {', '.join(f'{w}%' for w in f.steps)}" if f.strategy == "canary" else ""
+    return Decision("replace", f"{'; '.join(why)}: {f.strategy} {f.current} -> new release{via}")
+
+
+def known_bad(store: Store, name: str, image_digest: str, cfg: str) -> str | None:
+    """Why this image and config is refused: it is what the service's last settled rollout
+    rolled back (or failed); None when it is not."""
+    row = store.one(
+        "SELECT ro.id, ro.to_release, ro.outcome, ro.reason, r.image_digest, r.config_digest "
+        "FROM rollouts ro JOIN releases r ON r.id = ro.to_release WHERE ro.service = ? "
+        "AND ro.outcome IS NOT NULL ORDER BY ro.id DESC LIMIT 1", (name,))
+    if row is None or row["outcome"] not in ("rolled_back", "failed"):
+        return None
+    if row["image_digest"] == image_digest and row["config_digest"] == cfg:
+        return (f"{name}: this image and config ({row['to_release']}) was {row['outcome']} by "
+                f"rollout #{row['id']}: {row['reason']}")
     return None
+
+
+def facts(ctx: Context, view: ServiceView, spec: ServiceSpec, image: str | None, *,
+          force: bool = False, why: Sequence[str] = ()) -> Facts:
+    """The facts of one service from its read model and the image deploy would roll out."""
+    cfg = config_digest(spec)
+    cur = view.current
+    same = cur is None or same_config(ctx.store, cur, cfg)
+    bad = None if force or image is None else known_bad(ctx.store, view.name, image, cfg)
+    res = view.resumable
+    return Facts(
+        current=cur.id if cur else None, current_image=cur.image_digest if cur else None,
+        destroyed=view.destroyed,
+        resume=(int(res["id"]), str(res["phase"])) if res is not None else None,
+        standby=view.standby, image=image, same_config=same, alive=view.alive,
+        routed=view.routed, replicas=spec.replicas, known_bad=bad,
+        strategy=spec.rollout.strategy, steps=tuple(s.weight for s in spec.rollout.steps),
+        why=tuple(why))
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -33,10 +145,10 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-def changed_keys(project: Project, release_id: str, spec: ServiceSpec) -> list[str]:
+def changed_keys(ctx: Context, release_id: str, spec: ServiceSpec) -> list[str]:
     """Spec keys that differ from the running release's (`replicas: 2 -> 3`, `env.GREETING`).
     Secret values are never shown, only their names."""
-    row = project.store.one("SELECT config_json FROM releases WHERE id = ?", (release_id,))
+    row = ctx.store.one("SELECT config_json FROM releases WHERE id = ?", (release_id,))
     if row is None:
         return []
     old = _flat({k: v for k, v in json.loads(row["config_json"]).items() if k != "rollout"})
@@ -50,19 +162,19 @@ def changed_keys(project: Project, release_id: str, spec: ServiceSpec) -> list[s
     return out
 
 
-def changed_files(project: Project, image_name: str, digest: str, limit: int = 50) -> list[str]:
+def changed_files(ctx: Context, image_name: str, digest: str, limit: int = 50) -> list[str]:
     """Files of the image's copy steps that differ from the running image's (+ new, - gone)."""
     try:
-        root = Path(project.image(digest).ref) / "root"
+        root = Path(ctx.image(digest).ref) / "root"
     except KilnError:
         return []
     if not root.is_dir():
         return []
     out: list[str] = []
-    for step in project.spec.images[image_name].steps:
+    for step in ctx.spec.images[image_name].steps:
         if not isinstance(step, CopyStep):
             continue
-        src = (project.base_dir / step.source).resolve()
+        src = (ctx.base_dir / step.source).resolve()
         dest = root / step.to.strip("/")
         pairs = [(step.source, src, dest)] if src.is_file() else [
             (str(Path(step.source) / rel), path, dest / rel)
@@ -82,67 +194,54 @@ def changed_files(project: Project, image_name: str, digest: str, limit: int = 5
     return out[:limit]
 
 
-def plan(project: Project, services: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One item per service: create | replace | unchanged | resume | heal | refused, and why."""
+def _why(ctx: Context, view: ServiceView, spec: ServiceSpec, image: str | None
+         ) -> tuple[list[str], list[str] | None, list[str] | None]:
+    """What changed against the current release, in words, with the files and keys."""
+    cur = view.current
+    if cur is None:
+        return [], None, None
+    same = same_config(ctx.store, cur, config_digest(spec))
+    if image == cur.image_digest and same:
+        return [], None, None
+    why: list[str] = []
+    files = keys = None
+    if image is None or image != cur.image_digest:
+        files = changed_files(ctx, spec.image, cur.image_digest)
+        what = f" ({', '.join(files[:5])}{', …' if len(files) > 5 else ''})" if files else ""
+        why.append(("image changed" if image else "image inputs changed (bake needed)") + what)
+    if not same:
+        keys = changed_keys(ctx, cur.id, spec)
+        why.append("config changed" + (f" ({'; '.join(keys)})" if keys else ""))
+    return why, files, keys
+
+
+def plan(ctx: Context, services: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One item per service: what `deploy` would do (`decide`) and why. Reads only."""
     items: list[dict[str, Any]] = []
-    names = list(services) if services else list(project.spec.services)
-    resolve = getattr(project.builder, "resolve", None)
+    names = list(services) if services else list(ctx.spec.services)
+    resolve = getattr(ctx.builder, "resolve", None)
     resolved: dict[str, Any] = {}  # many services share an image: hash its inputs once
     for name in names:
-        spec = project.service(name)
-        img_spec = project.spec.images[spec.image]
+        spec = ctx.service(name)
+        img_spec = ctx.spec.images[spec.image]
         if spec.image not in resolved:
-            resolved[spec.image] = resolve(spec.image, img_spec, base_dir=project.base_dir) \
+            resolved[spec.image] = resolve(spec.image, img_spec, base_dir=ctx.base_dir) \
                 if resolve else None
         image = resolved[spec.image]
-        current = project.current_release(name)
-        cfg = config_digest(spec)
-        open_row = project.store.one(
-            "SELECT id, phase FROM rollouts WHERE service = ? AND phase NOT IN ('done') "
-            "ORDER BY id DESC LIMIT 1", (name,))
+        digest = image.digest if image else None
+        view = observe_service(ctx, name)
+        why, files, keys = _why(ctx, view, spec, digest)
+        decision = decide(facts(ctx, view, spec, digest, why=why))
         item: dict[str, Any] = {
-            "service": name, "current": current.id if current else None,
-            "image": spec.image, "image_digest": image.digest if image else None,
+            "service": name, "current": view.current.id if view.current else None,
+            "image": spec.image, "image_digest": digest,
             "bake": "cached" if image else "needed", "strategy": spec.rollout.strategy,
-            "replicas": spec.replicas,
+            "replicas": spec.replicas, "action": decision.action, "detail": decision.detail,
         }
-        if open_row is not None and open_row["phase"] != "standby":
-            item.update(action="resume",
-                        detail=f"rollout #{open_row['id']} was interrupted in {open_row['phase']}")
-        elif current is None:
-            gone = "destroyed earlier; " if project.destroyed(name) else ""
-            item.update(action="create", detail=f"{gone}first release: {spec.replicas} "
-                                                f"instance(s), live once healthy")
-        elif image is not None and image.digest == current.image_digest \
-                and same_config(project.store, current, cfg):
-            alive = sum(1 for o in project.compute.observe(instances_of(project.store, current.id))
-                        if o.alive)
-            if alive >= spec.replicas:
-                item.update(action="unchanged", detail=f"{current.id} is up to date")
-            else:
-                item.update(action="heal", detail=(
-                    f"{alive}/{spec.replicas} instances of {current.id} alive: launch "
-                    f"{spec.replicas - alive} of the same image, health-gated, into rotation "
-                    "(no new release, no canary)"))
-        elif image is not None and _known_bad(project, name, image.digest, cfg):
-            item.update(action="refused", detail=_known_bad(project, name, image.digest, cfg))
-        else:
-            why = []
-            if image is None or image.digest != current.image_digest:
-                files = changed_files(project, spec.image, current.image_digest)
+        if decision.action == "replace":
+            if files is not None:
                 item["files"] = files
-                what = f" ({', '.join(files[:5])}{', …' if len(files) > 5 else ''})" \
-                    if files else ""
-                why.append(("image changed" if image else "image inputs changed (bake needed)")
-                           + what)
-            if not same_config(project.store, current, cfg):
-                keys = changed_keys(project, current.id, spec)
+            if keys is not None:
                 item["keys"] = keys
-                why.append("config changed" + (f" ({'; '.join(keys)})" if keys else ""))
-            steps = ", ".join(f"{s.weight}%" for s in spec.rollout.steps)
-            item.update(action="replace",
-                        detail=f"{'; '.join(why)}: {spec.rollout.strategy} "
-                               f"{current.id} -> new release"
-                               + (f" via {steps}" if spec.rollout.strategy == "canary" else ""))
         items.append(item)
     return items

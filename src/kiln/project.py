@@ -24,7 +24,6 @@ from kiln.rollout.release_config import (
     find_release,
     previous_live,
     record_release,
-    same_config,
     went_live,
 )
 from kiln.secrets import resolve_secrets
@@ -484,6 +483,11 @@ class Project:
     def _deploy_one(self, name: str, skip_tests: bool, emit: Callable[[DeployEvent], None],
                     no_cache: bool, force: bool = False, baked: Image | None = None
                     ) -> ServiceResult:
+        """Act on `kiln.plan.decide` (what `kiln plan` prints): resume, then bake and gate,
+        then decide again with the baked image's digest and do what it says."""
+        from kiln.plan import decide, facts
+        from kiln.readmodel import observe_service
+
         t0 = time.monotonic()
         spec = self.service(name)
 
@@ -491,37 +495,42 @@ class Project:
             emit(DeployEvent(name, "status", st.waiting or st.phase, status=st))
 
         # 1. Resume an interrupted rollout first: killing kiln must never lose one.
-        open_id = self._open_rollout(name)
-        if open_id is not None:
-            st = Reconciler(self._env(name, spec), name, spec, open_id).load()
-            if st.phase not in SETTLED:
-                emit(DeployEvent(name, "release", f"resuming rollout #{open_id} ({st.phase})"))
-                st = self._drive(name, open_id, on_status)
-                report = self.write_report(name, open_id)
-                if st.outcome != "promoted":
-                    return ServiceResult(name, st.new, st.outcome or "failed", st.reason, open_id,
-                                         report, seconds=time.monotonic() - t0)
+        resumed: ServiceResult | None = None
+        seen = facts(self, observe_service(self, name), spec, None, force=force)
+        if decide(seen).action == "resume" and seen.resume is not None:
+            open_id, phase = seen.resume
+            emit(DeployEvent(name, "release", f"resuming rollout #{open_id} ({phase})"))
+            st = self._drive(name, open_id, on_status)
+            report = self.write_report(name, open_id)
+            resumed = ServiceResult(name, st.new, st.outcome or "failed", st.reason, open_id,
+                                    report)
+            if st.outcome != "promoted":
+                resumed.seconds = time.monotonic() - t0
+                return resumed
         # 2. Bake (cached) and prove the image.
         image = baked or self.builder.build(
             spec.image, self.spec.images[spec.image], base_dir=self.base_dir, no_cache=no_cache,
             progress=lambda ev: emit(DeployEvent(name, "bake", ev.description, step=ev)))
         self._gate(name, spec, image, skip_tests, emit)
-        cfg = config_digest(spec)
-        current = self.current_release(name)
-        if current and current.image_digest == image.digest \
-                and same_config(self.store, current, cfg):
-            from kiln.rollout.heal import needs_heal
-
-            alive, routed = needs_heal(self._env(name, spec), current, spec.replicas)
-            if alive >= spec.replicas and routed >= alive:
-                self.router.ensure_running()
-                emit(DeployEvent(name, "uptodate", f"{current.id} is up to date"))
-                return ServiceResult(name, current.id, "unchanged",
-                                     seconds=time.monotonic() - t0)
-            if self._open_rollout(name) is None:
-                return self._heal(name, spec, current, alive, emit, t0)
-        if not force:
-            self.refuse_known_bad(name, image.digest, cfg)
+        # 3. The decision, now that the image is known.
+        view = observe_service(self, name)
+        decision = decide(facts(self, view, spec, image.digest, force=force))
+        current = view.current
+        if decision.action == "unchanged":
+            self.router.ensure_running()
+            if resumed is not None:  # the resumed rollout is what this deploy did
+                resumed.seconds = time.monotonic() - t0
+                return resumed
+            emit(DeployEvent(name, "uptodate", decision.detail))
+            return ServiceResult(name, current.id if current else None, "unchanged",
+                                 seconds=time.monotonic() - t0)
+        if decision.action == "heal" and current is not None:
+            return self._heal(name, spec, current, view.alive, emit, t0)
+        if decision.action == "refused":
+            raise KilnError(decision.detail,
+                            hint="change the code or the spec, or deploy it again with --force")
+        if decision.action == "resume":  # cannot happen under the lock; say so if it does
+            raise KilnError(f"{name}: {decision.detail}; `kiln deploy {name}` resumes it")
         self._finish_standby(name, keep=None)
         self.router.check_listen(name, spec.listen)
         new = self._new_release(name, image, spec, skip_tests)
@@ -582,17 +591,11 @@ class Project:
 
     def refuse_known_bad(self, name: str, image_digest: str, cfg: str) -> None:
         """The same image and config that was just rolled back is not canaried again silently."""
-        row = self.store.one(
-            "SELECT ro.id, ro.to_release, ro.outcome, ro.reason, r.image_digest, r.config_digest "
-            "FROM rollouts ro JOIN releases r ON r.id = ro.to_release WHERE ro.service = ? "
-            "AND ro.outcome IS NOT NULL ORDER BY ro.id DESC LIMIT 1", (name,))
-        if row is None or row["outcome"] not in ("rolled_back", "failed"):
-            return
-        if row["image_digest"] == image_digest and row["config_digest"] == cfg:
-            raise KilnError(
-                f"{name}: this image and config ({row['to_release']}) was {row['outcome']} by "
-                f"rollout #{row['id']}: {row['reason']}",
-                hint="change the code or the spec, or deploy it again with --force")
+        from kiln.plan import known_bad
+
+        why = known_bad(self.store, name, image_digest, cfg)
+        if why is not None:
+            raise KilnError(why, hint="change the code or the spec, or deploy it again with --force")
 
     def _gate(self, name: str, spec: ServiceSpec, image: Image, skip_tests: bool,
               emit: Callable[[DeployEvent], None]) -> None:
@@ -755,97 +758,18 @@ class Project:
     # ------------------------------------------------------------ reporting
 
     def status(self, service: str | None = None) -> dict[str, Any]:
-        """What runs, per service. Takes no lock; its one side effect is the router's keep-alive:
-        a router that died is restarted with the routing it had (any kiln command does that)."""
-        names = self._services([service] if service else None)
-        from kiln.state.controller import running
+        """What runs, per service (kiln.readmodel). Read-only: a dead router is reported with
+        what restarts it, never restarted here."""
+        from kiln.readmodel import status
 
-        ctl = running(self.store)
-        out: dict[str, Any] = {"project": self.spec.project, "services": [],
-                               "sandbox": self.sandbox_kind(),
-                               "router": self._router_alive(),
-                               "controller": None if ctl is None else {
-                                   "pid": ctl.pid, "host": ctl.host, "listen": ctl.listen,
-                                   "started_at": ctl.started_at}}
-        for name in names:
-            out["services"].append(self._service_status(name))
-        return out
+        return status(self, self._services([service] if service else None), self.warn)
 
     def sandbox_kind(self) -> str:
         """How bakes and instances are isolated: local's "bwrap", or "none" when the spec says
         `sandbox: none`; other platforms isolate their own way and are named ("podman", "aws")."""
-        return self.spec.sandbox if self.spec.platform == "local" else self.spec.platform
+        from kiln.readmodel import sandbox_kind
 
-    def _router_alive(self) -> dict[str, Any]:
-        if self.store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
-            return {"running": False, "restarted": False}
-        is_running = getattr(self.router, "is_running", None)
-        was = bool(is_running()) if is_running is not None else True
-        if not was:
-            self.warn("the router was not running; restarting it with its last routing")
-            self.router.ensure_running()
-        return {"running": True, "restarted": not was}
-
-    def _service_status(self, name: str) -> dict[str, Any]:
-        spec = self.service(name)
-        routes = {r["release_id"]: r["weight"] for r in
-                  self.store.query("SELECT * FROM routes WHERE service = ?", (name,))}
-        rows = self.store.query(
-            "SELECT * FROM instances WHERE service = ? AND kind = 'service' "
-            "AND state IN ('starting','running','draining') ORDER BY created_at", (name,))
-        insts = [from_row(r) for r in rows]
-        alive = {o.instance_id: o.alive for o in self.compute.observe(insts)} if insts else {}
-        releases: dict[str, dict[str, Any]] = {}
-        for rid, weight in routes.items():
-            releases[rid] = {"release": rid, "weight": weight, "instances": []}
-        for r, inst in zip(rows, insts, strict=True):
-            rel = releases.setdefault(inst.release_id, {"release": inst.release_id, "weight": 0,
-                                                        "instances": []})
-            healthy = alive.get(inst.id, False) and self.compute.healthy(
-                inst, self._health_of(inst.release_id, spec))
-            rel["instances"].append({
-                "id": inst.id, "address": inst.address, "handle": dict(inst.handle),
-                "label": inst.label, "state": r["state"],
-                "alive": alive.get(inst.id, False), "healthy": healthy})
-        for rid, rel in releases.items():
-            try:
-                release = load_release(self.store, rid)
-                rel["image"] = release.image_digest
-                rel["number"] = release.number
-            except NotFound:
-                pass
-        ro = self.store.one("SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC LIMIT 1",
-                            (name,))
-        rollout = None
-        if ro is not None:
-            st = Status.from_json(json.loads(ro["status_json"]))
-            done = ro["phase"] == "done"
-            steps = len(spec.rollout.steps) if ro["strategy"] == "canary" else 0
-            rollout = {"rollout_id": ro["id"], "strategy": ro["strategy"], "from": ro["from_release"],
-                       "to": ro["to_release"], "phase": ro["phase"],
-                       "step": min(st.step + 1, steps), "steps": steps,
-                       "outcome": ro["outcome"], "reason": ro["reason"],
-                       "waiting": None if done else st.waiting,
-                       "judge": None if done else st.judge_line,
-                       "until": st.deadline if ro["phase"] in ("health", "roll", "restore")
-                       and st.deadline else None,
-                       "driven_by": None}
-            if ro["phase"] not in SETTLED:
-                from kiln.state.controller import running
-                from kiln.state.lock import live_holder
-
-                holder, ctl = live_holder(self.store), running(self.store)
-                rollout["driven_by"] = (holder.describe() if holder else
-                                        ctl.describe() if ctl else None)
-        current = self.current_release(name)
-        dev = [{"id": r["id"], "address": f"{r['host']}:{r['port']}", "state": r["state"]}
-               for r in self.store.query(
-                   "SELECT * FROM instances WHERE service = ? AND kind = 'dev' AND state IN "
-                   "('starting','running') ORDER BY created_at", (name,))]
-        return {"service": name, "listen": spec.listen,
-                "current": current.id if current else None,
-                "destroyed": self.destroyed(name),
-                "releases": list(releases.values()), "rollout": rollout, "dev": dev}
+        return sandbox_kind(self.spec)
 
     def _health_of(self, release_id: str, spec: ServiceSpec) -> Health:
         """An instance is probed on its release's own health check (a dev instance: today's)."""
@@ -866,23 +790,10 @@ class Project:
 
     def history(self, service: str, limit: int | None = None) -> list[dict[str, Any]]:
         """The service's rollouts, oldest first (the last `limit` of them when given)."""
+        from kiln.readmodel import history
+
         self.service(service)
-        out = []
-        for ro in self.store.query(
-                "SELECT * FROM (SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC "
-                "LIMIT ?) ORDER BY id", (service, -1 if limit is None else limit)):
-            rel = self.store.one("SELECT * FROM releases WHERE id = ?", (ro["to_release"],))
-            out.append({
-                "rollout_id": ro["id"], "release": ro["to_release"], "from": ro["from_release"],
-                "strategy": ro["strategy"], "phase": ro["phase"], "outcome": ro["outcome"],
-                "reason": ro["reason"], "started_at": ro["started_at"],
-                "finished_at": ro["finished_at"],
-                "image": rel["image_digest"] if rel else None,
-                "skip_tests": bool(rel["skip_tests"]) if rel else False,
-                "report": str(report) if (report := self.home / "reports" /
-                                          f"rollout-{ro['id']}.html").exists() else None,
-            })
-        return out
+        return history(self.store, self.home, service, limit)
 
     def events(self, service: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         return [{"time": r["time"], "service": r["service"], "kind": r["kind"],

@@ -88,7 +88,7 @@ def serve(project: Project, listen: str = "127.0.0.1:8600", *,
             board.refresh(acted)
 
         controller = Controller(project, metrics, tick=tick, drift_every=drift_every,
-                                on_pass=refresh)
+                                on_pass=refresh, announce=announce)
         controller.stop = stop
 
         def act(service: str, action: str, params: dict[str, str], who: str) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from kiln.analysis.live import Series
 from kiln.analysis.report import chart_payload, load_report_data, phase_label
 from kiln.errors import StateError
+from kiln.readmodel import SeenInstance, observe_service, release_rows, router_view
 from kiln.rollout.decide import SETTLED, Status
-from kiln.rollout.executor import instances_of
 
 if TYPE_CHECKING:
     from kiln.project import Project
@@ -147,53 +147,37 @@ class Board:
         self.prober.want(self._targets)
         events = [{"time": r["time"], "service": r["service"], "kind": r["kind"],
                    "message": r["message"]} for r in store.events(None, 60)]
-        router = store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is not None
-        is_running = getattr(p.router, "is_running", None)
         return {
             "project": p.spec.project,
             "sandbox": p.sandbox_kind(),
-            "router": {"needed": router,
-                       "running": bool(is_running()) if is_running is not None else None},
+            "router": router_view(p),
             "services": services,
             "events": events,
             "drift": self.drift(),
         }
 
     def _service(self, name: str) -> dict[str, Any]:
+        """One service as `kiln status` sees it (kiln.readmodel), with the dashboard's own
+        health probes and history."""
         p = self.project
         store = p.store
         spec = p.service(name)
-        routes = {r["release_id"]: int(r["weight"]) for r in
-                  store.query("SELECT release_id, weight FROM routes WHERE service = ?", (name,))}
-        rows = store.query("SELECT * FROM instances WHERE service = ? AND kind = 'service' AND "
-                           "state IN ('starting','running','draining') ORDER BY created_at",
-                           (name,))
-        releases: dict[str, dict[str, Any]] = {}
-        for rid, weight in routes.items():
-            releases[rid] = {"release": rid, "weight": weight, "instances": []}
-        by_release: dict[str, list[Any]] = {}
-        for r in rows:
-            by_release.setdefault(r["release_id"], []).append(r)
-        for rid, group in by_release.items():
-            insts = instances_of(store, rid, ("starting", "running", "draining"))
-            alive = {o.instance_id: o.alive for o in p.compute.observe(insts)}
-            rel = releases.setdefault(rid, {"release": rid, "weight": 0, "instances": []})
-            health = self._release_health(rid) or spec.health
-            for inst in insts:
-                state = next((str(g["state"]) for g in group if g["id"] == inst.id), "")
-                self._targets[inst.id] = (inst.host, inst.port, health.path, health.timeout)
-                probed = self.prober.healthy(inst.id)
-                rel["instances"].append({
-                    "id": inst.id, "address": inst.address, "state": state,
-                    "alive": alive.get(inst.id, False),
-                    "healthy": alive.get(inst.id, False) and (
-                        probed if probed is not None else state == "running")})
-        for rid, rel in releases.items():
-            row = store.one("SELECT number, image_digest FROM releases WHERE id = ?", (rid,))
-            if row is not None:
-                rel["image"], rel["number"] = row["image_digest"], row["number"]
+        view = observe_service(p, name)
+        healths: dict[str, Any] = {}
+
+        def healthy(seen: SeenInstance) -> bool:
+            inst = seen.instance
+            rid = inst.release_id
+            if rid not in healths:
+                healths[rid] = self._release_health(rid) or spec.health
+            health = healths[rid]
+            self._targets[inst.id] = (inst.host, inst.port, health.path, health.timeout)
+            probed = self.prober.healthy(inst.id)
+            return probed if probed is not None else seen.state == "running"
+
+        releases = release_rows(p, view, healthy)
         history = p.history(name, limit=20)[::-1]  # the rows of `kiln history --json`, newest first
-        current = p.current_release(name)
+        current = view.current
         retained = [{"release": r["id"], "image": r["image_digest"]} for r in store.query(
             "SELECT r.id, r.image_digest FROM releases r JOIN images i ON i.digest = "
             "r.image_digest WHERE r.service = ? AND r.id IN (SELECT to_release FROM rollouts "
@@ -204,7 +188,7 @@ class Board:
             "LIMIT 10", (spec.image,))]
         return {"service": name, "listen": spec.listen, "strategy": spec.rollout.strategy,
                 "replicas": spec.replicas, "current": current.id if current else None,
-                "releases": sorted(releases.values(), key=lambda r: str(r["release"])),
+                "releases": sorted(releases, key=lambda r: str(r["release"])),
                 "rollout": self._rollout(name, history[0] if history else None),
                 "history": history, "retained": retained, "images": images}
 

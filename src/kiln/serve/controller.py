@@ -6,10 +6,16 @@ blue-green standbys, replaces dead instances of the current release (same image,
 into rotation once healthy — the Auto Scaling group's job), restarts a dead router with its
 routing, and runs drift on a schedule. Every action is an event. A CLI command waits for a pass
 to end (the lock is held for one pass only) and hands its rollouts over (kiln.state.controller).
+
+Each service is its own unit of failure: an action that raises (a secret that cannot be read, a
+release missing from the state) marks that service failing, retried after 1, 2, 4 ... 60 s, with
+one event when it starts failing and one when it recovers; the other services' actions go on in
+the same pass. kiln.yaml is reloaded when it changes (kiln.serve.spec_watch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -17,13 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kiln.errors import StateError
+from kiln.errors import KilnError, StateError
 from kiln.platforms.base import Instance
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, Status
 from kiln.rollout.executor import Reconciler, instances_of, load_release
 from kiln.rollout.heal import HealPass, HealState, heal_step
 from kiln.rollout.release_config import find_release
+from kiln.serve.spec_watch import SpecWatch
 from kiln.spec.models import ServiceSpec
 from kiln.state.controller import heartbeat
 from kiln.state.lock import CONTROLLER_COMMAND, try_lock, unlock
@@ -52,17 +59,41 @@ class Healing(HealState):
     next_try: float = 0.0
 
 
+BACKOFF_CAP = 60.0
+"""Seconds between retries of a failing service, at most (1, 2, 4 ... 60)."""
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before retry number `attempts` + 1 of something that failed `attempts` times."""
+    return min(BACKOFF_CAP, 2.0 ** max(attempts - 1, 0))
+
+
+@dataclass
+class Failing:
+    """A unit of the controller (a service, the router, drift) whose last action raised."""
+
+    error: str
+    attempts: int
+    next_try: float  # monotonic
+    since: float  # wall clock
+
+
 class Controller:
     """Owns a Project (and its store connection): use it from its own thread only."""
 
     def __init__(self, project: Project, metrics: ServeMetrics, *, tick: float = 0.25,
-                 drift_every: float = 60.0, on_pass: Callable[[bool], None] | None = None
-                 ) -> None:
+                 drift_every: float = 60.0, on_pass: Callable[[bool], None] | None = None,
+                 announce: Callable[[str], None] | None = None) -> None:
         self.project = project
-        # A death is seen within half the shortest health interval, so a replacement is in
-        # rotation within 2 health intervals + its start time.
-        intervals = [s.health.interval for s in project.spec.services.values()]
-        self.tick = min([tick, *(i / 2 for i in intervals)])
+        self.say = announce or (lambda line: None)
+        self.watch = SpecWatch(project.spec_path, project.spec)
+        self.broken: dict[str, Failing] = {}
+        """Unit (service name, `router`, `drift`) -> its failure, while it fails."""
+        self._pass_failing: Failing | None = None
+        self._base_tick = tick
+        self.tick = tick
+        self.heal_every = tick
+        self._set_tick()
         self.drift_every = drift_every
         self.on_pass = on_pass or (lambda acted: None)
         self.driven: dict[int, Driven] = {}
@@ -72,8 +103,6 @@ class Controller:
         self._next_drift = time.monotonic() + min(5.0, drift_every)
         self._next_router = 0.0
         self._next_heal_check = 0.0
-        self.heal_every = max(self.tick, min(intervals, default=1.0) / 2)
-        """Instances are observed every half health interval: a death is seen within one."""
         self._specs: dict[str, ServiceSpec] = {}
         self.failing: dict[str, int] = {}
         self._watched: dict[str, set[str]] = {}
@@ -83,22 +112,51 @@ class Controller:
         self._next_beat = 0.0
         self.stop = threading.Event()
 
+    def _set_tick(self) -> None:
+        """A death is seen within half the shortest health interval, so a replacement is in
+        rotation within 2 health intervals + its start time (recomputed on a reload)."""
+        intervals = [s.health.interval for s in self.project.spec.services.values()]
+        self.tick = min([self._base_tick, *(i / 2 for i in intervals)])
+        self.heal_every = max(self.tick, min(intervals, default=1.0) / 2)
+        """Instances are observed every half health interval: a death is seen within one."""
+
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
         while not self.stop.is_set():
             started = time.monotonic()
             acted = False
+            wait: float | None = None
             try:
                 acted = self.reconcile_once()
+                if self._pass_failing is not None:
+                    self._pass_failing = None
+                    self._event("controller.recovered", "reconcile passes work again", None)
+                    self.say("kiln serve: reconcile passes work again")
             except Exception as exc:  # a pass that failed is retried; the controller stays up
-                self._event("controller.error", f"reconcile pass failed: {exc}", None,
-                            {"error": repr(exc)})
-                self.metrics.actions.labels("error").inc()
+                wait = self._pass_failed(exc)
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             self.on_pass(acted)
             # A replacement waiting for its health check is probed often.
-            self.stop.wait(0.0 if acted else min(self.tick, 0.05) if self.healing else self.tick)
+            self.stop.wait(wait if wait is not None else 0.0 if acted
+                           else min(self.tick, 0.05) if self.healing else self.tick)
+
+    def _pass_failed(self, exc: Exception) -> float:
+        """A whole pass failed (the state cannot be read, say): one event when it starts
+        failing or fails differently, retried with the same backoff as a service."""
+        prev = self._pass_failing
+        attempts = prev.attempts + 1 if prev is not None else 1
+        delay = backoff(attempts)
+        self._pass_failing = Failing(str(exc), attempts, time.monotonic() + delay,
+                                     prev.since if prev else time.time())
+        self.metrics.actions.labels("error").inc()
+        if prev is None or prev.error != str(exc):
+            line = (f"reconcile pass failed: {exc}; retrying with backoff (up to "
+                    f"{BACKOFF_CAP:.0f}s)")
+            self.say(f"kiln serve: {line}")
+            with contextlib.suppress(Exception):  # the state itself may be what fails
+                self._event("controller.error", line, None, {"error": repr(exc)})
+        return delay
 
     def reconcile_once(self) -> bool:
         """One pass over every service. Returns True when it acted."""
@@ -107,8 +165,9 @@ class Controller:
         if now >= self._next_beat:
             heartbeat(store)
             self._next_beat = now + 5.0
-        todo = self._todo()
-        drift_due = now >= self._next_drift
+        self._reload()
+        todo = [(kind, name) for kind, name in self._todo() if self._due(name or "router")]
+        drift_due = now >= self._next_drift and self._due("drift")
         if not todo and not drift_due:
             return False
         if not try_lock(store, f"{CONTROLLER_COMMAND}: reconcile"):
@@ -117,12 +176,77 @@ class Controller:
         try:
             acted = False
             for kind, service in todo:
-                acted = getattr(self, f"_do_{kind}")(service) or acted
+                unit = service or "router"
+                if not self._due(unit):  # failed earlier in this pass
+                    continue
+                try:
+                    acted = getattr(self, f"_do_{kind}")(service) or acted
+                except Exception as exc:  # this service only: the others go on
+                    self._failed(unit, kind, exc)
+                    continue
+                self._ok(unit)
             if drift_due:
-                self._run_drift()
+                try:
+                    self._run_drift()
+                except Exception as exc:
+                    self._failed("drift", "drift check", exc)
+                else:
+                    self._ok("drift")
             return acted
         finally:
             unlock(store)
+
+    # ------------------------------------------------------------------ failures and the spec
+
+    def _due(self, unit: str) -> bool:
+        f = self.broken.get(unit)
+        return f is None or time.monotonic() >= f.next_try
+
+    def _failed(self, unit: str, what: str, exc: Exception) -> None:
+        """Back off this unit; one event and line when it starts failing (not on every retry)."""
+        prev = self.broken.get(unit)
+        attempts = prev.attempts + 1 if prev is not None else 1
+        delay = backoff(attempts)
+        error = exc.message if isinstance(exc, KilnError) else f"{type(exc).__name__}: {exc}"
+        self.broken[unit] = Failing(error, attempts, time.monotonic() + delay,
+                                    prev.since if prev else time.time())
+        self.metrics.actions.labels("error").inc()
+        if prev is not None:
+            return
+        service = None if unit in ("router", "drift") else unit
+        line = (f"{unit}: {what} failed: {error}; retrying in {delay:.0f}s, then with backoff "
+                f"up to {BACKOFF_CAP:.0f}s (other services go on)")
+        self.say(f"kiln serve: {line}")
+        self._event("controller.failing", line, service,
+                    {"unit": unit, "action": what, "error": error})
+
+    def _ok(self, unit: str) -> None:
+        prev = self.broken.pop(unit, None)
+        if prev is None:
+            return
+        service = None if unit in ("router", "drift") else unit
+        line = (f"{unit}: works again after {prev.attempts} failed attempt(s) over "
+                f"{time.time() - prev.since:.0f}s")
+        self.say(f"kiln serve: {line}")
+        self._event("controller.recovered", line, service,
+                    {"unit": unit, "attempts": prev.attempts, "error": prev.error})
+
+    def _reload(self, force: bool = False) -> None:
+        """Use kiln.yaml as it is now if it changed and is valid; one line either way."""
+        found = self.watch.check(force)
+        if found is None:
+            return
+        self.say(f"kiln serve: {found.line}")
+        if found.spec is None:
+            self._event("controller.spec_refused", found.line, None, {"digest": found.digest})
+            return
+        self.project.spec = found.spec
+        self._set_tick()
+        # Services that are gone from the spec are no longer failing; new ones are tried now.
+        for unit in [u for u in self.broken if u not in found.spec.services
+                     and u not in ("router", "drift")]:
+            del self.broken[unit]
+        self._event("controller.spec_reloaded", found.line, None, {"digest": found.digest})
 
     # ------------------------------------------------------------------ observe (no lock)
 
@@ -145,6 +269,8 @@ class Controller:
         currents = self._currents() if check else {}
         candidates: dict[str, list[Any]] = {}
         for name in self.project.spec.services:
+            if not self._due(name):
+                continue  # failing: retried when its backoff is over
             row = latest.get(name)
             if row is not None and row["phase"] not in SETTLED:
                 out.append(("rollout", name))
@@ -166,7 +292,11 @@ class Controller:
             alive = {o.instance_id: o.alive for o in self.project.compute.observe(flat)}
             whole: dict[str, tuple[ServiceSpec, str, list[Instance]]] = {}
             for name, insts in candidates.items():
-                spec = self._release_spec(currents[name])
+                try:
+                    spec = self._release_spec(currents[name])
+                except Exception as exc:  # this service only
+                    self._failed(name, f"reading release {currents[name]}", exc)
+                    continue
                 short = len(insts) < spec.replicas
                 if short or not all(alive.get(i.id, False) for i in insts):
                     out.append(("heal", name))
@@ -270,6 +400,8 @@ class Controller:
         rid = int(row["id"])
         drv = self.driven.get(rid)
         if drv is None:
+            # The command that handed it over read kiln.yaml just now: drive it with that one.
+            self._reload(force=True)
             rec, judge = self.project.rollout_driver(name, rid)
             drv = self.driven[rid] = Driven(rid, rec, judge)
             self._event("controller.rollout", f"driving rollout #{rid}", name, {"rollout": rid})

@@ -71,6 +71,13 @@ def judged_canary(steps: Sequence[tuple[int, str]], *, max_latency_increase: str
             f"      drain_timeout: {drain_timeout}\n")
 
 
+def default_sigint() -> None:
+    """`preexec_fn` for a child a test will Ctrl-C: a job started in the background (`./scripts/
+    test &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so
+    the child must get the default disposition back rather than rely on the caller's."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
