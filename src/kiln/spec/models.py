@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from kiln.spec.aws import AwsSettings
-from kiln.spec.podman import DebianBase, Resources
+from kiln.spec.podman import DebianBase, Logs, Resources
 
 NAME_RE = r"^[a-z][a-z0-9-]{0,39}$"
 
@@ -498,6 +498,11 @@ class ServiceSpec(_Model):
     read_only_paths: list[str] = Field(default_factory=list)
     """Host paths bound read-only into a local instance's sandbox, beyond the system paths."""
     resources: Resources = Field(default_factory=lambda: Resources())
+    """cpus, memory, pids of each instance (defaults in kiln.spec.podman: 512M, 512 pids)."""
+    logs: Logs = Field(default_factory=lambda: Logs())
+    """Rotation of each instance's log (default 10M, 2 kept)."""
+    egress: bool = False
+    """podman: the project's network reaches beyond the host only if a service asks for it."""
     capabilities: list[Annotated[str, Field(pattern=r"^[A-Z_]+$")]] = Field(default_factory=list)
     """podman: capabilities the app needs beyond none (e.g. NET_BIND_SERVICE)."""
 

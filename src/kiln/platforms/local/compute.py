@@ -33,9 +33,10 @@ from kiln.platforms.instance_rows import (
     list_rows,
     set_state,
 )
-from kiln.platforms.local import addresses, environment, tcp_table
+from kiln.platforms.local import addresses, cgroups, environment, logpump, tcp_table
 from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.sandbox import (
+    LogFile,
     Sandbox,
     SandboxMode,
     choose,
@@ -65,6 +66,7 @@ class LocalCompute:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._failures: dict[str, str] = {}
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._hierarchy: cgroups.Hierarchy | Literal["unknown"] | None = "unknown"
 
     @property
     def sandbox_mode(self) -> SandboxMode:
@@ -167,20 +169,26 @@ class LocalCompute:
                               read_only=(*runtime_paths(root), *service.read_only_paths),
                               workdir=image.workdir)
             sandbox.prepare_scratch()
+            cgroup, limits_note = self._make_cgroup(instance_id, service)
             _write_json(folder / "instance.json", {
                 "root": str(root), "scratch": str(scratch), "sandbox": sandbox.mode,
                 "uid": sandbox.uid, "read_only": list(sandbox.read_only),
                 "workdir": sandbox.workdir,
                 "command": service.command, "env": stored_env,
                 "secret_keys": sorted(secret_env),  # names only, never values
+                "cgroup": list(cgroup.paths) if cgroup else None, "limits": limits_note,
+                "logs": service.logs.model_dump(mode="json"),
             })
-            with os.fdopen(os.open(folder / "log", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                                   0o600), "ab") as log:
-                proc, pid = sandbox.spawn(service.command, full_env, log)
+            spawned = sandbox.spawn(
+                service.command, full_env,
+                LogFile(folder / "log", service.logs.max_size, service.logs.keep),
+                cgroups.join_argv(cgroup))
+            proc, pid = spawned.proc, spawned.pid
             self._procs[instance_id] = proc
             pid_start = pid_start_time(pid) or _EXITED
             _write_json(folder / "pid", {"pid": pid, "pid_start": pid_start, "pgid": proc.pid,
-                                         "pgid_start": pid_start_time(proc.pid) or _EXITED})
+                                         "pgid_start": pid_start_time(proc.pid) or _EXITED,
+                                         "sandbox_pid": spawned.sandbox_pid})
             handle = LocalHandle(pid, pid_start, str(folder)).to_map()
             with self.store.tx() as c:
                 instance_rows.set_handle(c, instance_id, handle)
@@ -191,10 +199,39 @@ class LocalCompute:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5.0)
             with contextlib.suppress(Exception):
+                cgroups.release(folder)
+            with contextlib.suppress(Exception):
                 set_state(self.store, instance_id, "dead")
             raise
         return Instance(id=instance_id, service=service_name, release_id=release.id, host=host,
                         port=service.port, handle=handle)
+
+    def _make_cgroup(self, instance_id: str,
+                     service: ServiceSpec) -> tuple[cgroups.Cgroup | None, str]:
+        """The instance's cgroup with the spec's limits (recorded in its folder), and a note for
+        instance.json. kiln as root must get one (else the launch fails); kiln as a user
+        without write access to the cgroup tree runs the instance unlimited, and says so."""
+        if self._hierarchy == "unknown":
+            self._hierarchy = cgroups.host_hierarchy()
+        res = service.resources
+        limits = cgroups.Limits(res.memory_limit, res.pids_limit, res.cpus)
+        note = (f"memory {limits.memory}, pids {limits.pids}, cpus "
+                f"{'unlimited' if limits.cpus is None else f'{limits.cpus:g}'}")
+        if self._hierarchy is None:
+            if os.geteuid() == 0:
+                raise PlatformError("no cgroup hierarchy with the memory and pids controllers "
+                                    "is mounted: instances cannot be limited",
+                                    hint="mount cgroup v2 (or v1 memory and pids) under "
+                                         "/sys/fs/cgroup")
+            return None, "none (no cgroup hierarchy with memory and pids)"
+        try:
+            cgroup = cgroups.create(self._hierarchy, f"kiln-{instance_id}", limits)
+        except PlatformError as exc:
+            if os.geteuid() == 0:
+                raise
+            return None, f"none ({exc})"
+        cgroups.record(self.folder(instance_id), cgroup)
+        return cgroup, note
 
     # ------------------------------------------------------------------ observe
 
@@ -321,6 +358,9 @@ class LocalCompute:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = proc.wait(timeout=1.0)
         how = f"exited with code {code}" if code is not None else "is not running"
+        cgroup = cgroups.recorded(self.folder(inst.id))
+        if cgroup is not None and cgroup.oom_kills():
+            how += " (killed by the kernel's OOM killer at its memory limit)"
         return f"{inst.id} {how}" + self._tail_note(inst)
 
     def _tail_note(self, inst: Instance) -> str:
@@ -328,13 +368,7 @@ class LocalCompute:
         return f"; last log lines:\n{tail}" if tail else "; its log is empty"
 
     def log_tail(self, instance: Instance, lines: int = _LOG_TAIL_LINES) -> str:
-        try:
-            with open(self.log_path(instance), "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 8192))
-                data = fh.read().decode(errors="replace")
-        except OSError:
-            return ""
+        data = logpump.tail(str(self.log_path(instance)), 8192).decode(errors="replace")
         return "\n".join(data.rstrip("\n").splitlines()[-lines:])
 
     # ------------------------------------------------------------------ terminate
@@ -353,6 +387,7 @@ class LocalCompute:
         if (ours or leader_ours) and pgid is not None:
             self._stop_group(instance, pgid, pid if ours else None, timeout)
         self._reap()
+        cgroups.release(self.folder(instance.id))  # and whatever left the process group
         row = get_row(self.store, instance.id)
         if row is not None and row["state"] not in ("stopped",):
             with self.store.tx() as c:
@@ -367,8 +402,10 @@ class LocalCompute:
         # SIGTERM every member but a bwrap leader: bwrap stays to reap the app and exits
         # with its status. Without bwrap the app is the leader and gets it like the rest.
         leader_is_sandbox = pid is not None and pid != pgid
+        info = _read_json(self.folder(instance.id) / "pid") or {}
+        keep = {pgid, info.get("sandbox_pid")} if leader_is_sandbox else set()
         for member in group_members(pgid):
-            if leader_is_sandbox and member == pgid:
+            if member in keep:
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signal.SIGTERM)
@@ -432,6 +469,24 @@ class LocalCompute:
                              host="", port=0, handle=LocalHandle(pid, start).to_map())
             self.terminate(ghost, timeout=2.0)
             changes.append(f"{name}: stopped orphan process {pid}")
+        changes += self._sweep_cgroups()
+        return changes
+
+    def _sweep_cgroups(self) -> list[str]:
+        """Remove the cgroups of instances no live row holds (kiln killed between launch and
+        terminate, or a terminate that failed half-way); whatever still runs in one dies."""
+        changes: list[str] = []
+        base = self.home / "instances"
+        if not base.is_dir():
+            return changes
+        for folder in sorted(base.iterdir()):
+            if not (folder / cgroups.RECORD).exists():
+                continue
+            row = get_row(self.store, folder.name)
+            if row is not None and row["state"] in LIVE_STATES:
+                continue
+            if cgroups.release(folder):
+                changes.append(f"{folder.name}: removed its orphaned cgroup")
         return changes
 
     def orphans(self) -> list[tuple[str, int, str]]:
@@ -463,6 +518,7 @@ class LocalCompute:
             pid, start = info.get("pid"), info.get("pid_start")
             return isinstance(pid, int) and isinstance(start, str) and pid_alive(pid, start)
 
+        self._sweep_cgroups()  # a folder goes only after its cgroup
         return instance_rows.gc_folders(self.store, self.home / "instances", process_alive)
 
     # ------------------------------------------------------------------ exec
@@ -488,7 +544,8 @@ class LocalCompute:
         sandbox = Sandbox(root, scratch, mode, uid=uid if isinstance(uid, int) else None,
                           read_only=tuple(str(p) for p in info.get("read_only") or ()),
                           workdir=str(info.get("workdir") or ""))
-        return sandbox.run(command, full, timeout)
+        return sandbox.run(command, full, timeout,
+                           cgroups.join_argv(cgroups.recorded(self.folder(instance.id))))
 
     # ------------------------------------------------------------------ internals
 

@@ -18,7 +18,8 @@ Without a working bubblewrap kiln refuses to launch (`choose`), unless the spec 
 read-only); that mode is for machines without user namespaces and isolates nothing.
 
 The pid kiln records is the app's (host view): bwrap's `--info-fd` names the namespace's init, and
-the app is that init's only child. The outer bwrap leads the process group.
+the app is that init's only child. The log pump (`logpump.py`, which starts the sandbox with its
+output on a pipe) leads the process group; it and the outer bwrap stay until the app is gone.
 """
 
 from __future__ import annotations
@@ -31,16 +32,18 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import ExecResult
+from kiln.platforms.local import logpump
 
 SandboxMode = Literal["bwrap", "none"]
 
@@ -127,6 +130,25 @@ def choose(mode: Literal["auto", "bwrap", "none"]) -> SandboxMode:
     if problem is not None:
         raise PlatformError(f"cannot sandbox instances: {problem}", hint=NO_SANDBOX_HINT)
     return "bwrap"
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """Where an instance's output goes, and its rotation (spec `logs:`)."""
+
+    path: Path
+    max_bytes: int
+    keep: int
+
+
+@dataclass(frozen=True)
+class Spawned:
+    proc: subprocess.Popen[bytes]
+    """The log pump: the process-group leader; it exits with the command's status."""
+    pid: int
+    """The app (host view)."""
+    sandbox_pid: int | None
+    """The outer bwrap: like the pump, it must outlive the app to reap it (not SIGTERMed)."""
 
 
 @dataclass(frozen=True)
@@ -235,20 +257,23 @@ class Sandbox:
             argv += ["--info-fd", str(info_fd)]
         return [*argv, "--"]
 
-    def spawn(self, command: str, env: Mapping[str, str],
-              log: IO[bytes]) -> tuple[subprocess.Popen[bytes], int]:
-        """Start the command detached (own session, stdin /dev/null, output to `log`).
-
-        Returns the Popen (the group leader) and the pid of the command itself.
-        """
+    def spawn(self, command: str, env: Mapping[str, str], log: LogFile,
+              join: Sequence[str] = ()) -> Spawned:
+        """Start the command detached under the log pump (own session, stdin /dev/null, output
+        rotated into `log`); `join` prefixes the sandbox's argv (the cgroup join), so the
+        sandbox and everything it starts begin inside the instance's cgroup."""
         read_fd = write_fd = -1
         if self.mode == "bwrap":
             read_fd, write_fd = os.pipe()
         try:
             with self.prepared(command, write_fd if write_fd >= 0 else None) as (argv, fds):
+                pump = [sys.executable, "-I", "-S", logpump.__file__, str(log.path),
+                        str(log.max_bytes), str(log.keep),
+                        ",".join(map(str, fds)) if fds else "-", "--"]
                 proc = subprocess.Popen(
-                    argv, cwd=self.cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True, pass_fds=fds)
+                    [*pump, *join, *argv], cwd=self.cwd, env=dict(env),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, start_new_session=True, pass_fds=fds)
         except OSError as exc:
             if read_fd >= 0:
                 os.close(read_fd)
@@ -256,22 +281,27 @@ class Sandbox:
         finally:
             if write_fd >= 0:
                 os.close(write_fd)
+        deadline = time.monotonic() + 10.0
         if self.mode == "none":
-            return proc, proc.pid
+            app = _first_child(proc.pid, proc, deadline)
+            return Spawned(proc, app if app is not None else proc.pid, None)
         try:
-            init = _read_child_pid(read_fd, proc, deadline=time.monotonic() + 10.0)
+            init = _read_child_pid(read_fd, proc, deadline)
         finally:
             os.close(read_fd)
         if init is None:
-            return proc, proc.pid
-        app = _first_child(init, proc, deadline=time.monotonic() + 10.0)
-        return proc, app if app is not None else init
+            return Spawned(proc, proc.pid, None)
+        outer = _parent(init)
+        app = _first_child(init, proc, deadline)
+        return Spawned(proc, app if app is not None else init, outer)
 
-    def run(self, command: str, env: Mapping[str, str], timeout: float) -> ExecResult:
-        """Run to completion, capturing output; the whole process group dies on timeout."""
+    def run(self, command: str, env: Mapping[str, str], timeout: float,
+            join: Sequence[str] = ()) -> ExecResult:
+        """Run to completion, capturing output; the whole process group dies on timeout.
+        `join` as for `spawn` (an `exec` runs inside the instance's cgroup and limits)."""
         try:
             with self.prepared(command, None) as (argv, fds):
-                proc = subprocess.Popen(argv, cwd=self.cwd, env=dict(env),
+                proc = subprocess.Popen([*join, *argv], cwd=self.cwd, env=dict(env),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, start_new_session=True,
                                         pass_fds=fds)
@@ -319,6 +349,16 @@ def _read_child_pid(fd: int, proc: subprocess.Popen[bytes], deadline: float) -> 
     except (ValueError, UnicodeDecodeError):
         return None
     return pid if isinstance(pid, int) else None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def _first_child(pid: int, proc: subprocess.Popen[bytes], deadline: float) -> int | None:
