@@ -73,12 +73,15 @@ class Cgroup:
         """How many processes the kernel's OOM killer took in this cgroup."""
         for path in self.paths:
             name = "memory.events" if self.version == 2 else "memory.oom_control"
-            with contextlib.suppress(OSError, ValueError):
+            try:
                 with open(os.path.join(path, name), encoding="ascii") as fh:
-                    for line in fh:
-                        key, _, value = line.partition(" ")
-                        if key == "oom_kill":
-                            return int(value)
+                    lines = fh.read().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit():
+                    return int(value)
         return 0
 
     def remove(self, timeout: float = 5.0) -> None:
