@@ -154,7 +154,7 @@ def test_memory_beyond_the_limit_gets_the_instance_oom_killed(host: Host) -> Non
     assert int(_read(mem_dir, limit_file)) == 64 << 20
     wait_for(lambda: not host.compute.observe([inst])[0].alive, timeout=30.0,
              what="the instance to be OOM-killed")
-    ok, failed = host.compute.wait_healthy([inst], HEALTH)
+    _ok, failed = host.compute.wait_healthy([inst], HEALTH)
     assert failed == [inst]
     reason = host.compute.failure_reason(inst)
     assert "OOM killer" in reason, reason

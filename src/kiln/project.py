@@ -884,10 +884,9 @@ class LogSource:
 
 def log_tail(path: Path, lines: int = 20) -> list[str]:
     """The last lines of an instance's log (nothing when it cannot be read)."""
-    try:
-        data = path.read_bytes()[-64_000:]
-    except OSError:
-        return []
+    from kiln.platforms.local.logpump import tail
+
+    data = tail(str(path), 64_000)  # across the rotation: log.1 when log was just started
     return [ln.decode(errors="replace") for ln in data.splitlines()[-lines:]]
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Group, RenderableType
 from rich.text import Text
@@ -127,40 +129,57 @@ def history_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> G
 
 
 def show_logs(paths: Sequence[tuple[str, Path]], *, follow: bool, lines: int) -> None:
-    """Print the tail of each log; with follow, keep printing new lines (^C stops)."""
+    """Print the tail of each log (across its rotation); with follow, keep printing new lines,
+    from the new file once the log pump rotates (^C stops)."""
     import sys
 
-    handles = []
+    from kiln.platforms.local.logpump import tail
+
+    handles: dict[str, tuple[IO[bytes], Path]] = {}
     for inst_id, path in paths:
         try:
-            fh = open(path, "rb")  # noqa: SIM115 - kept open while following
+            fh: IO[bytes] = open(path, "rb")  # noqa: SIM115 - kept open while following
         except OSError as exc:
             sys.stderr.write(f"{inst_id}: no log to show ({path}: {exc.strerror or exc})\n")
             continue
-        data = fh.read()
+        fh.seek(0, os.SEEK_END)
+        data = tail(str(path), max(64_000, lines * 200))
         if not data.strip():  # silence must not look like a broken command
             sys.stderr.write(f"{inst_id}: the app has written nothing yet (log: {path})\n")
         for line in data.splitlines()[-lines:]:
             sys.stdout.write(f"{inst_id} | {line.decode(errors='replace')}\n")
-        handles.append((inst_id, fh))
+        handles[inst_id] = (fh, path)
     sys.stdout.flush()
     try:
         while follow and handles:
             idle = True
-            for inst_id, fh in handles:
+            for inst_id, (fh, path) in list(handles.items()):
                 chunk = fh.readline()
                 while chunk:
                     idle = False
                     sys.stdout.write(f"{inst_id} | {chunk.decode(errors='replace')}")
                     chunk = fh.readline()
+                if _rotated(fh, path):  # the old file is read to its end: go on in the new
+                    with contextlib.suppress(OSError):
+                        handles[inst_id] = (open(path, "rb"), path)  # noqa: SIM115
+                        fh.close()
+                        idle = False
             sys.stdout.flush()
             if idle:
                 time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
-        for _, fh in handles:
+        for fh, _ in handles.values():
             fh.close()
+
+
+def _rotated(fh: IO[bytes], path: Path) -> bool:
+    """The log pump renamed the file being followed (log -> log.1) and started a new one."""
+    try:
+        return os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino
+    except OSError:
+        return False
 
 
 __all__ = ["history_table", "images_table", "show_logs",
