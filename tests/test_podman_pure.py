@@ -100,27 +100,52 @@ def test_a_compound_command_runs_under_a_group_forwarding_init() -> None:
     assert argv[5].endswith("\ncd srv && python -m app")
 
 
-def test_containers_are_locked_down_and_published_on_their_address(tmp_path: Path) -> None:
+def _run_argv(tmp_path: Path, spec: dict[str, object]) -> tuple[PodmanCompute, list[str]]:
     store = Store.open(tmp_path)
     try:
         compute = PodmanCompute(store, tmp_path, "shop")
         svc = ServiceSpec.model_validate({
             "image": "web", "command": "python -m app", "port": 8000,
-            "listen": "127.0.0.1:8080", "resources": {"cpus": 0.5, "memory": "128M"},
-            "capabilities": ["NET_BIND_SERVICE"]})
+            "listen": "127.0.0.1:8080", **spec})
         image = Image("web", "sha256:" + "a" * 64, "sha256:" + "a" * 64)
         argv = compute.run_argv("kiln-shop-x-web-r1-abc", "web-r1-abc", "service", svc,
                                 "127.80.0.3", image, {"PORT": "8000"}, secret_keys=["TOKEN"])
     finally:
         store.close()
+    return compute, argv
+
+
+def test_containers_are_locked_down_on_their_projects_network(tmp_path: Path) -> None:
+    compute, argv = _run_argv(tmp_path, {"resources": {"cpus": 0.5, "memory": "128M",
+                                                       "pids": 64},
+                                         "capabilities": ["NET_BIND_SERVICE"]})
     joined = " ".join(argv)
+    tmpfs = "rw,nosuid,nodev,size=64m,mode=1777"
     for flag in ("--read-only", "--user 65534:65534", "--cap-drop=all", "--init",
-                 "--security-opt no-new-privileges", "--publish 127.80.0.3:8000:8000",
-                 "--cpus 0.5", f"--memory {128 * 1024 * 1024}", "--cap-add NET_BIND_SERVICE",
+                 "--security-opt no-new-privileges", f"--network kiln-shop-{compute.scope}",
+                 f"--tmpfs /tmp:{tmpfs}", f"--tmpfs /var/tmp:{tmpfs}",
+                 f"--tmpfs /scratch:{tmpfs}", "--pids-limit 64",
+                 "--cpus 0.5", f"--memory {128 * 1024 * 1024} --memory-swap {128 * 1024 * 1024}",
+                 "--cap-add NET_BIND_SERVICE",
                  "--env PORT=8000", "--pull=never", "--workdir /app"):
         assert flag in joined, flag
+    assert "--publish" not in argv  # publishing does not work on an internal network
     assert argv[argv.index("--env", argv.index("--env") + 1) + 1] == "TOKEN"  # name, no value
     assert argv[-4:] == ["sha256:" + "a" * 64, "/bin/sh", "-c", "exec python -m app"]
+
+
+def test_defaults_limit_memory_and_pids_and_egress_picks_the_routed_network(
+        tmp_path: Path) -> None:
+    compute, argv = _run_argv(tmp_path, {"egress": True})
+    joined = " ".join(argv)
+    assert f"--memory {512 * 1024 * 1024} --memory-swap {512 * 1024 * 1024}" in joined
+    assert "--pids-limit 512" in joined and "--cpus" not in argv
+    assert f"--network kiln-shop-{compute.scope}-egress" in joined
+    labels = ["--label", "kiln.project=shop", "--label", f"kiln.scope={compute.scope}"]
+    assert compute.network_create_argv(False) == [
+        "network", "create", *labels, "--internal", f"kiln-shop-{compute.scope}"]
+    assert compute.network_create_argv(True) == [
+        "network", "create", *labels, "--opt", "isolate=true", f"kiln-shop-{compute.scope}-egress"]
 
 
 def test_debian_bases_are_tagged_by_their_inputs() -> None:

@@ -1,12 +1,17 @@
-"""Instances as podman containers, each published on its own loopback address.
+"""Instances as podman containers on their project's own network.
 
-A container runs the image read-only (`--read-only`, tmpfs for /scratch and /tmp), as an
-unprivileged user (65534) with no capabilities beyond the service's `capabilities`, no new
-privileges, catatonit as pid 1 (signals reach the app), the service's cpu/memory limits, and its
-port published only on the instance's 127.x.y.z address (`-p 127.x.y.z:PORT:PORT`): the router
-never reaches it through podman's 10.88.0.0/16 bridge. `podman logs -f` copies its output into the
-instance folder's `log`, so `kiln logs` and the health gate read the same plain file as on the
-local platform.
+A container runs the image read-only (`--read-only`, 64 MiB tmpfs for /scratch, /tmp and
+/var/tmp), as an unprivileged user (65534) with no capabilities beyond the service's
+`capabilities`, no new privileges, catatonit as pid 1 (signals reach the app), and the service's
+cpu/memory/pids limits (memory and pids with defaults, no swap). It is attached only to its
+project's network (`project_network`): `--internal` (no route off the host) unless the service
+says `egress: true`, which picks the project's second network, routed but `isolate`d from every
+other podman network. Either way no other project's container can reach it. Port publishing does
+not work on an internal network (conmon holds the host port, nothing forwards it), so the router
+reaches each container at its address on the project's bridge, recorded as the instance's host
+after `podman run`. `podman logs -f` copies its output, through the local platform's rotating
+log pump, into the instance folder's `log`, so `kiln logs` and the health gate read the same
+plain file as on the local platform.
 
 Liveness is read from /proc (the container's main pid and its start time, recorded at launch), so
 a reconcile pass does not call podman for every instance; podman is asked only when that is
@@ -24,6 +29,7 @@ import re
 import secrets
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -33,7 +39,7 @@ from kiln.errors import NotFound, PlatformError
 from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
 from kiln.platforms.instance_rows import KINDS, LIVE_STATES, from_row, get_row, list_rows, set_state
-from kiln.platforms.local import environment
+from kiln.platforms.local import environment, logpump
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.podman import containerfile, engine, images
 from kiln.platforms.podman.handle import PodmanHandle
@@ -46,6 +52,8 @@ Kind = Literal["service", "test", "dev"]
 USER = "65534:65534"
 """nobody:nogroup: instances never run as root unless an image says otherwise... it cannot."""
 SCRATCH = "/scratch"
+TMPFS = "rw,nosuid,nodev,size=64m,mode=1777"
+"""/scratch, /tmp and /var/tmp: bounded (podman's own would be half the host's memory)."""
 FILES_KIND = "files"
 """The kiln.kind label of the unstarted container file checks read an image through."""
 FILES_GRACE = 3600.0
@@ -121,6 +129,7 @@ class PodmanCompute(LocalCompute):
         super().__init__(store, home, project, sandbox="none")
         self.scope = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
         self._followers: dict[str, subprocess.Popen[bytes]] = {}
+        self._networks: set[str] = set()
 
     def container_name(self, instance_id: str) -> str:
         return f"kiln-{self.project}-{self.scope}-{instance_id}"
@@ -148,6 +157,7 @@ class PodmanCompute(LocalCompute):
                 "PYTHONDONTWRITEBYTECODE": "1"}
         plain = environment.instance_env(base=base, image_env={}, service_env=service.env,
                                          extra_env={}, kiln=kiln)
+        self.ensure_network(service.egress)
         argv = self.run_argv(name, instance_id, kind, service, host, image, plain,
                              secret_keys=sorted(secret_env))
         # Secret values reach podman through its environment (`-e NAME`), never its argv.
@@ -161,13 +171,63 @@ class PodmanCompute(LocalCompute):
             if "address already in use" in reason:
                 reason += f" (another process holds {host}:{service.port})"
             raise PlatformError(f"{instance_id}: podman could not start the container: {reason}")
-        self._follow_log(name, folder / "log")
+        self._follow_log(name, folder / "log", service)
         pid, start = self._main_pid(name)
+        address = self._address(name, self.project_network(service.egress))
+        if address is None:
+            self.terminate(Instance(instance_id, service_name, release.id, host, service.port,
+                                    PodmanHandle(name, container_id).to_map()), timeout=0)
+            set_state(self.store, instance_id, "dead")
+            raise PlatformError(f"{instance_id}: the container has no address on network "
+                                f"{self.project_network(service.egress)}")
         handle = PodmanHandle(name, container_id, pid, start, str(folder))
         with self.store.tx() as c:
             instance_rows.set_handle(c, instance_id, handle.to_map())
-        return Instance(instance_id, service_name, release.id, host, service.port,
+            c.execute("UPDATE instances SET host = ? WHERE id = ?", (address, instance_id))
+        return Instance(instance_id, service_name, release.id, address, service.port,
                         handle.to_map())
+
+    # ------------------------------------------------------------------ networks
+
+    def project_network(self, egress: bool) -> str:
+        """This project's (and checkout's) network; the egress one is a second network."""
+        return f"kiln-{self.project}-{self.scope}" + ("-egress" if egress else "")
+
+    def network_create_argv(self, egress: bool) -> list[str]:
+        """`podman network create` of the project's network (pure, table-tested)."""
+        return ["network", "create", "--label", f"kiln.project={self.project}",
+                "--label", f"kiln.scope={self.scope}",
+                *(["--opt", "isolate=true"] if egress else ["--internal"]),
+                self.project_network(egress)]
+
+    def ensure_network(self, egress: bool) -> None:
+        name = self.project_network(egress)
+        if name in self._networks or engine.inspect("network", name) is not None:
+            self._networks.add(name)
+            return
+        proc = engine.run(self.network_create_argv(egress), timeout=60.0, check=False)
+        if proc.returncode != 0 and engine.inspect("network", name) is None:
+            raise PlatformError(f"podman could not create network {name}: "
+                                f"{engine.last_line(proc.stderr)}")
+        self._networks.add(name)
+
+    def remove_networks(self) -> list[str]:
+        """Remove the project's networks that no container uses (podman refuses the others)."""
+        removed = []
+        self._networks.clear()
+        for egress in (False, True):
+            name = self.project_network(egress)
+            if engine.inspect("network", name) is None:
+                continue
+            if engine.run(["network", "rm", name], timeout=60.0, check=False).returncode == 0:
+                removed.append(name)
+        return removed
+
+    def _address(self, name: str, network: str) -> str | None:
+        data = engine.inspect("container", name)
+        nets = ((data or {}).get("NetworkSettings") or {}).get("Networks") or {}
+        address = (nets.get(network) or {}).get("IPAddress")
+        return str(address) if address else None
 
     def run_argv(self, name: str, instance_id: str, kind: str, service: ServiceSpec, host: str,
                  image: Image, env: Mapping[str, str], secret_keys: Sequence[str]) -> list[str]:
@@ -175,29 +235,33 @@ class PodmanCompute(LocalCompute):
         argv = ["run", "-d", "--name", name, "--init",
                 "--label", f"kiln.project={self.project}", "--label", f"kiln.scope={self.scope}",
                 "--label", f"kiln.instance={instance_id}", "--label", f"kiln.kind={kind}",
-                "--read-only", "--tmpfs", f"{SCRATCH}:rw,nosuid,nodev,size=64m,mode=1777",
+                "--read-only", "--tmpfs", f"{SCRATCH}:{TMPFS}", "--tmpfs", f"/tmp:{TMPFS}",
+                "--tmpfs", f"/var/tmp:{TMPFS}",
                 "--user", USER, "--cap-drop=all", "--security-opt", "no-new-privileges",
-                "--publish", f"{host}:{service.port}:{service.port}",
+                "--network", self.project_network(service.egress),
                 "--workdir", image.workdir or containerfile.ROOT, "--log-driver", "k8s-file",
                 "--pull=never"]
         for cap in service.capabilities:
             argv += ["--cap-add", cap]
         if service.resources.cpus is not None:
             argv += ["--cpus", f"{service.resources.cpus:g}"]
-        if service.resources.memory is not None:
-            argv += ["--memory", str(service.resources.memory)]
+        memory = str(service.resources.memory_limit)
+        argv += ["--memory", memory, "--memory-swap", memory,  # no swap: OOM-killed at the limit
+                 "--pids-limit", str(service.resources.pids_limit)]
         for key, value in env.items():
             argv += ["--env", f"{key}={value}"]
         for key in secret_keys:
             argv += ["--env", key]
         return [*argv, image.ref, *container_command(service.command)]
 
-    def _follow_log(self, name: str, log: Path) -> None:
-        """`podman logs -f` into the instance's log file; it ends when the container does."""
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([engine.binary(), "logs", "-f", name], stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+    def _follow_log(self, name: str, log: Path, service: ServiceSpec) -> None:
+        """`podman logs -f` into the instance's log file through the rotating log pump; it ends
+        when the container does."""
+        proc = subprocess.Popen([sys.executable, "-I", "-S", logpump.__file__, str(log),
+                                 str(service.logs.max_size), str(service.logs.keep), "-", "--",
+                                 engine.binary(), "logs", "-f", name],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
         self._followers[name] = proc
 
     def _main_pid(self, name: str) -> tuple[int | None, str | None]:
@@ -270,6 +334,8 @@ class PodmanCompute(LocalCompute):
                        timeout=timeout + 60.0, check=False)
             self._sync_log(instance)
             engine.run(["rm", "-f", "--volumes", handle.name], timeout=60.0, check=False)
+        if not self._others_live(instance.id):  # the last one: the networks go too
+            self.remove_networks()
         row = get_row(self.store, instance.id)
         if row is not None and row["state"] != "stopped":
             with self.store.tx() as c:
@@ -278,6 +344,12 @@ class PodmanCompute(LocalCompute):
                 c.event("instance.stop", f"stopped {instance.id}", service=instance.service,
                         data={"instance": instance.id})
         self._followers.pop(handle.name, None)
+
+    def _others_live(self, instance_id: str) -> bool:
+        row = self.store.one("SELECT COUNT(*) AS n FROM instances WHERE id != ? AND state IN "
+                             "({})".format(",".join("?" * len(LIVE_STATES))),
+                             (instance_id, *LIVE_STATES))
+        return row is not None and int(row["n"]) > 0
 
     # ------------------------------------------------------------------ sweep
 
@@ -319,6 +391,8 @@ class PodmanCompute(LocalCompute):
             engine.run(["rm", "-f", "-t", "2", name], timeout=60.0, check=False)
             if info["state"] == "running":
                 changes.append(f"{info['instance'] or name}: stopped orphan container {name}")
+        if changes and not self._others_live(""):
+            changes += [f"removed network {n}" for n in self.remove_networks()]
         return changes
 
     def orphans(self) -> list[tuple[str, int, str]]:
