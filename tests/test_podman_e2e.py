@@ -80,7 +80,7 @@ def test_podman_shop_canaries_a_good_release_and_rolls_back_a_bad_one(shop: Proj
     status = shop.status()["services"][0]
     inst = status["releases"][0]["instances"][0]
     assert inst["label"].startswith("container ") and inst["handle"]["name"].startswith("kiln-")
-    assert inst["address"].startswith("127.") and not inst["address"].startswith("127.0.0.1:")
+    assert not inst["address"].startswith("127.")  # its address on the project network
     drift = shop.kiln("drift", "--json")
     assert drift.returncode == 0 and json.loads(drift.stdout) == [], drift.stdout
 
