@@ -3,6 +3,7 @@ local platform's own promises (sandbox, crash safety, secrets never stored)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -24,6 +25,7 @@ from kiln.platforms.local.addresses import address_for
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.sandbox import bwrap_works
+from kiln.platforms.podman import engine
 from kiln.platforms.podman.builder import PodmanBuilder
 from kiln.platforms.podman.compute import PodmanCompute
 from kiln.platforms.podman.handle import PodmanHandle
@@ -187,11 +189,12 @@ class PodmanHarness(_Base):
         return LocalHarness.env_of(self, inst)  # type: ignore[arg-type]
 
     def bind_host(self, inst: Instance) -> str:
-        return "0.0.0.0"  # inside the container; podman publishes it on inst.host
+        return "0.0.0.0"  # inside the container; inst.host is its address on the project network
 
     def cleanup(self) -> None:
         super().cleanup()
         remove_containers(self.podman.container_name(""))
+        self.podman.remove_networks()
 
 
 class LocalHarness(_Base):
@@ -269,7 +272,12 @@ def test_launch_n_gets_n_distinct_addresses(harness: _Base) -> None:
     insts = harness.launch(3)
     assert len({i.host for i in insts}) == 3
     assert len({i.id for i in insts}) == 3
-    assert all(i.host.startswith("127.") and i.host != "127.0.0.1" for i in insts)
+    if isinstance(harness, PodmanHarness):  # its address on the project's own network
+        net = engine.inspect("network", harness.podman.project_network(False)) or {}
+        subnet = ipaddress.ip_network(net["subnets"][0]["subnet"])
+        assert all(ipaddress.ip_address(i.host) in subnet for i in insts), (subnet, insts)
+    else:
+        assert all(i.host.startswith("127.") and i.host != "127.0.0.1" for i in insts)
     assert all(i.port == PORT for i in insts)
     listed = {i.id: i.host for i in harness.compute.list_instances("web")}
     assert listed == {i.id: i.host for i in insts}
@@ -498,6 +506,7 @@ from kiln.platforms.base import Image, Release, ReleaseImage
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.podman.builder import PodmanBuilder
+from kiln.platforms.podman import engine
 from kiln.platforms.podman.compute import PodmanCompute
 from kiln.platforms.podman.handle import PodmanHandle
 from kiln.testing.images import register
@@ -558,8 +567,10 @@ def test_a_container_is_locked_down_as_launched(tmp_path: Path, podman_image: Im
         assert host["Memory"] == 96 * 1024 * 1024 and host["NanoCpus"] == 500_000_000
         assert data["Config"]["User"] == "65534:65534"
         assert data["EffectiveCaps"] in (None, [])
-        bindings = host["PortBindings"][f"{PORT}/tcp"]
-        assert bindings == [{"HostIp": inst.host, "HostPort": str(PORT)}]
+        assert not host.get("PortBindings")  # reached on the project network, not published
+        networks = data["NetworkSettings"]["Networks"]
+        assert list(networks) == [h.podman.project_network(False)]
+        assert networks[h.podman.project_network(False)]["IPAddress"] == inst.host
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         assert "t0k" not in ps  # secrets never on a command line
         assert h.env_of(inst)["TOKEN"] == "t0k"

@@ -272,18 +272,18 @@ def recorded(folder: Path) -> Cgroup | None:
     return Cgroup(version, tuple(str(p) for p in paths))
 
 
-def release(folder: Path, timeout: float = 5.0) -> bool:
+def release(folder: Path, timeout: float = 5.0) -> list[int] | None:
     """Kill what is left in the instance's recorded cgroup and remove it (and the record).
-    Returns whether there was one to remove."""
+    Returns the pids that were still inside, or None when there was no cgroup."""
     cgroup = recorded(folder)
     if cgroup is None:
-        return False
-    existed = cgroup.exists()
-    if existed:
+        return None
+    left = sorted(cgroup.pids())
+    if cgroup.exists():
         cgroup.remove(timeout)
     with contextlib.suppress(FileNotFoundError):
         (folder / RECORD).unlink()
-    return existed
+    return left
 
 
 __all__ = ["Cgroup", "Hierarchy", "Limits", "create", "detect", "host_hierarchy", "join_argv",

@@ -474,7 +474,8 @@ class LocalCompute:
 
     def _sweep_cgroups(self) -> list[str]:
         """Remove the cgroups of instances no live row holds (kiln killed between launch and
-        terminate, or a terminate that failed half-way); whatever still runs in one dies."""
+        terminate, or a terminate that failed half-way); whatever still runs in one dies.
+        Only a cgroup that still held processes is reported."""
         changes: list[str] = []
         base = self.home / "instances"
         if not base.is_dir():
@@ -485,8 +486,10 @@ class LocalCompute:
             row = get_row(self.store, folder.name)
             if row is not None and row["state"] in LIVE_STATES:
                 continue
-            if cgroups.release(folder):
-                changes.append(f"{folder.name}: removed its orphaned cgroup")
+            left = cgroups.release(folder)
+            if left:  # a dead instance's empty cgroup goes quietly
+                changes.append(f"{folder.name}: killed {len(left)} process(es) left in its "
+                               "cgroup")
         return changes
 
     def orphans(self) -> list[tuple[str, int, str]]:

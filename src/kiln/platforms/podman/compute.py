@@ -173,13 +173,8 @@ class PodmanCompute(LocalCompute):
             raise PlatformError(f"{instance_id}: podman could not start the container: {reason}")
         self._follow_log(name, folder / "log", service)
         pid, start = self._main_pid(name)
-        address = self._address(name, self.project_network(service.egress))
-        if address is None:
-            self.terminate(Instance(instance_id, service_name, release.id, host, service.port,
-                                    PodmanHandle(name, container_id).to_map()), timeout=0)
-            set_state(self.store, instance_id, "dead")
-            raise PlatformError(f"{instance_id}: the container has no address on network "
-                                f"{self.project_network(service.egress)}")
+        # A container that already exited has no address: the health gate reports its exit.
+        address = self._address(name, self.project_network(service.egress)) or host
         handle = PodmanHandle(name, container_id, pid, start, str(folder))
         with self.store.tx() as c:
             instance_rows.set_handle(c, instance_id, handle.to_map())
