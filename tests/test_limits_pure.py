@@ -115,3 +115,14 @@ def test_the_pump_caps_a_flood_and_exits_with_the_commands_status(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log", "log.1"]
     assert all(p.stat().st_size <= 64 << 10 for p in tmp_path.iterdir())
     assert logpump.tail(str(log), 100).splitlines()[-1].startswith(b"line 19999 ")
+
+
+def test_kiln_logs_shows_lines_from_before_the_rotation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kiln_cli.render import show_logs
+
+    (tmp_path / "log.1").write_text("".join(f"old {i}\n" for i in range(5)))
+    (tmp_path / "log").write_text("new 0\n")
+    show_logs([("web-r1-abc", tmp_path / "log")], follow=False, lines=3)
+    assert capsys.readouterr().out.splitlines() == [
+        "web-r1-abc | old 3", "web-r1-abc | old 4", "web-r1-abc | new 0"]

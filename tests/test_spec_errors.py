@@ -79,7 +79,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("unknown key, no close match", edit("    replicas: 3", "    replicas: 3\n    zzz: 1"),
      ["kiln.yaml:17:5: services.web.zzz: unknown field; expected one of image, command, port, "
       "listen, replicas, env, secrets, health, rollout, stop_timeout, read_only_paths, "
-      "resources, capabilities"]),
+      "resources, capabilities, logs, egress"]),
     ("missing required fields", edit("    command: python -m app\n", ""),
      ["kiln.yaml:12:3: services.web.command: missing required field"]),
     ("missing project", VALID.replace("project: shop\n", ""),

@@ -499,12 +499,12 @@ class ServiceSpec(_Model):
     """Host paths bound read-only into a local instance's sandbox, beyond the system paths."""
     resources: Resources = Field(default_factory=lambda: Resources())
     """cpus, memory, pids of each instance (defaults in kiln.spec.podman: 512M, 512 pids)."""
+    capabilities: list[Annotated[str, Field(pattern=r"^[A-Z_]+$")]] = Field(default_factory=list)
+    """podman: capabilities the app needs beyond none (e.g. NET_BIND_SERVICE)."""
     logs: Logs = Field(default_factory=lambda: Logs())
     """Rotation of each instance's log (default 10M, 2 kept)."""
     egress: bool = False
     """podman: the project's network reaches beyond the host only if a service asks for it."""
-    capabilities: list[Annotated[str, Field(pattern=r"^[A-Z_]+$")]] = Field(default_factory=list)
-    """podman: capabilities the app needs beyond none (e.g. NET_BIND_SERVICE)."""
 
     @field_validator("env", mode="before")
     @classmethod
