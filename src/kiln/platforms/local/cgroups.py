@@ -2,7 +2,7 @@
 
 cgroup v2 when /sys/fs/cgroup is the unified hierarchy with the memory and pids controllers
 (instances under /sys/fs/cgroup/kiln/<id>); v1 otherwise, one folder per controller nested under
-the cgroup kiln itself runs in (`kiln-<id>`, so limits an operator set on kiln's cgroup still
+the cgroup kiln itself runs in (`kiln-<scope>-<id>`, so limits an operator set on kiln's cgroup still
 bound its instances). The instance's process joins its cgroup *before* it execs anything
 (`join_argv`: a `sh` that writes its own pid to each `cgroup.procs`, then execs the sandbox), so
 every descendant is in it from the start. The folders are recorded in the instance folder

@@ -9,6 +9,7 @@ database. Secrets (the `env` given to `launch`) are never written anywhere.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -225,7 +226,9 @@ class LocalCompute:
                                          "/sys/fs/cgroup")
             return None, "none (no cgroup hierarchy with memory and pids)"
         try:
-            cgroup = cgroups.create(self._hierarchy, f"kiln-{instance_id}", limits)
+            # the folder's hash keeps two checkouts' (or projects') instance ids apart
+            scope = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:8]
+            cgroup = cgroups.create(self._hierarchy, f"kiln-{scope}-{instance_id}", limits)
         except PlatformError as exc:
             if os.geteuid() == 0:
                 raise
