@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from kiln import logpump
 from kiln.platforms.base import Image, Release
-from kiln.platforms.local import cgroups, logpump
+from kiln.platforms.local import cgroups
 from kiln.platforms.local.compute import LocalCompute
 from kiln.spec.models import ServiceSpec
 from kiln.state.store import Store

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from kiln import logpump
 from kiln.platforms.base import Image, Instance, Release
-from kiln.platforms.local import cgroups, logpump
+from kiln.platforms.local import cgroups
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.local.handle import LocalHandle
 from kiln.spec.models import Health, ServiceSpec

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.platforms.local import cgroups, logpump
+from kiln import logpump
+from kiln.platforms.local import cgroups
 from kiln.spec.podman import DEFAULT_MEMORY, DEFAULT_PIDS, Logs, Resources
 
 V1_MOUNTS = """\

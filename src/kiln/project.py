@@ -884,7 +884,7 @@ class LogSource:
 
 def log_tail(path: Path, lines: int = 20) -> list[str]:
     """The last lines of an instance's log (nothing when it cannot be read)."""
-    from kiln.platforms.local.logpump import tail
+    from kiln.logpump import tail
 
     data = tail(str(path), 64_000)  # across the rotation: log.1 when log was just started
     return [ln.decode(errors="replace") for ln in data.splitlines()[-lines:]]

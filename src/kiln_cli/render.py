@@ -133,7 +133,7 @@ def show_logs(paths: Sequence[tuple[str, Path]], *, follow: bool, lines: int) ->
     from the new file once the log pump rotates (^C stops)."""
     import sys
 
-    from kiln.platforms.local.logpump import tail
+    from kiln.logpump import tail
 
     handles: dict[str, tuple[IO[bytes], Path]] = {}
     for inst_id, path in paths:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+from kiln import logpump
 from kiln.errors import NotFound, PlatformError
 from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
@@ -34,7 +35,7 @@ from kiln.platforms.instance_rows import (
     list_rows,
     set_state,
 )
-from kiln.platforms.local import addresses, cgroups, environment, logpump, tcp_table
+from kiln.platforms.local import addresses, cgroups, environment, tcp_table
 from kiln.platforms.local.handle import LocalHandle
 from kiln.platforms.local.sandbox import (
     LogFile,

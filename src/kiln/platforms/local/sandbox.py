@@ -18,8 +18,8 @@ Without a working bubblewrap kiln refuses to launch (`choose`), unless the spec 
 read-only); that mode is for machines without user namespaces and isolates nothing.
 
 The pid kiln records is the app's (host view): bwrap's `--info-fd` names the namespace's init, and
-the app is that init's only child. The log pump (`logpump.py`, which starts the sandbox with its
-output on a pipe) leads the process group; it and the outer bwrap stay until the app is gone.
+the app is that init's only child. The log pump (`kiln/logpump.py`, which starts the sandbox with
+its output on a pipe) leads the process group; it and the outer bwrap stay until the app is gone.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from kiln import logpump
 from kiln.errors import PlatformError
 from kiln.platforms.base import ExecResult
-from kiln.platforms.local import logpump
 
 SandboxMode = Literal["bwrap", "none"]
 

@@ -35,11 +35,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from kiln import logpump
 from kiln.errors import NotFound, PlatformError
 from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
 from kiln.platforms.instance_rows import KINDS, LIVE_STATES, from_row, get_row, list_rows, set_state
-from kiln.platforms.local import environment, logpump
+from kiln.platforms.local import environment
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.podman import containerfile, engine, images
 from kiln.platforms.podman.handle import PodmanHandle
