@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from kiln import logpump
-from kiln.platforms.base import Image, Release
+from kiln.platforms.base import Image, Release, ReleaseImage
 from kiln.platforms.local import cgroups
 from kiln.platforms.local.compute import LocalCompute
 from kiln.spec.models import ServiceSpec
@@ -28,7 +28,7 @@ from kiln.state.store import Store
 
 
 def launch_seconds(compute: LocalCompute, image: Image, svc: ServiceSpec, n: int) -> float:
-    release = Release(f"web-r{n}", "web", n, image.digest, "c")
+    release = Release.of(f"web-r{n}", "web", n, ReleaseImage.of(image), svc, "c")
     t0 = time.perf_counter()
     (inst,) = compute.launch("web", svc, release, image, 1, env={})
     took = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kiln import logpump
-from kiln.platforms.base import Image, Instance, Release
+from kiln.platforms.base import Image, Instance, Release, ReleaseImage
 from kiln.platforms.local import cgroups
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.local.handle import LocalHandle
@@ -96,8 +96,8 @@ class Host:
 
     def launch(self, command: str, **spec: object) -> Instance:
         svc = ServiceSpec(image="web", command=command, port=self.port,
-                          listen="127.0.0.1:9", **spec)  # type: ignore[arg-type]
-        release = Release("web-r1", "web", 1, self.image.digest, "c")
+                          listen="127.0.0.1:9", **spec)
+        release = Release.of("web-r1", "web", 1, ReleaseImage.of(self.image), svc, "c")
         (inst,) = self.compute.launch("web", svc, release, self.image, 1, env={})
         return inst
 

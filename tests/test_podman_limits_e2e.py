@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.platforms.base import Image, Instance, Release
+from kiln.platforms.base import Image, Instance, Release, ReleaseImage
 from kiln.platforms.podman import engine
 from kiln.platforms.podman.compute import PodmanCompute
 from kiln.spec.models import Health, ServiceSpec
@@ -34,8 +34,8 @@ class Project:
 
     def launch(self, **spec: object) -> Instance:
         svc = ServiceSpec(image="base", command="python3 -m http.server 8000", port=8000,
-                          listen="127.0.0.1:9", **spec)  # type: ignore[arg-type]
-        release = Release("web-r1", "web", 1, self.image.digest, "c")
+                          listen="127.0.0.1:9", **spec)
+        release = Release.of("web-r1", "web", 1, ReleaseImage.of(self.image), svc, "c")
         (inst,) = self.compute.launch("web", svc, release, self.image, 1, env={})
         ok, _ = self.compute.wait_healthy([inst], HEALTH)  # from the host, as the router does
         assert ok == [inst], self.compute.failure_reason(inst)
