@@ -25,6 +25,7 @@ from kiln.platforms.local import cgroups
 from kiln.platforms.local.compute import LocalCompute
 from kiln.spec.models import ServiceSpec
 from kiln.state.store import Store
+from kiln.testing.images import register
 
 
 def launch_seconds(compute: LocalCompute, image: Image, svc: ServiceSpec, n: int) -> float:
@@ -68,6 +69,7 @@ def main() -> None:
         image = Image("web", "sha256:" + "b" * 64, str(root.parent))
         svc = ServiceSpec(image="web", command="sleep 600", port=8000, listen="127.0.0.1:9")
         store = Store.open(base / "home")
+        image = register(store, image)  # as a bake would: launches verify it
         limited = LocalCompute(store, base / "home", "bench-limits")
         bare = LocalCompute(store, base / "home", "bench-limits")
         bare._make_cgroup = lambda instance_id, service: (None, "none")  # type: ignore[method-assign]

@@ -20,6 +20,7 @@ from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.local.handle import LocalHandle
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
+from kiln.testing.images import register
 from kiln.testing.project import wait_for
 
 pytestmark = [pytest.mark.e2e,
@@ -91,7 +92,7 @@ class Host:
         self.home = tmp_path / ".kiln"
         self.store = Store.open(self.home)
         self.compute = LocalCompute(self.store, self.home, f"limits-{tmp_path.name}")
-        self.image = image
+        self.image = register(self.store, image)  # as a bake would: launches verify it
         self.port = 29000 + os.getpid() % 1000
 
     def launch(self, command: str, **spec: object) -> Instance:

@@ -16,6 +16,7 @@ from kiln.platforms.podman import engine
 from kiln.platforms.podman.compute import PodmanCompute
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
+from kiln.testing.images import register
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +31,7 @@ class Project:
     def __init__(self, home: Path, name: str, image: Image) -> None:
         self.store = Store.open(home)
         self.compute = PodmanCompute(self.store, home, name)
-        self.image = image
+        self.image = register(self.store, image)  # as a bake would: launches verify it
 
     def launch(self, **spec: object) -> Instance:
         svc = ServiceSpec(image="base", command="python3 -m http.server 8000", port=8000,
