@@ -197,7 +197,7 @@ def test_a_flooding_log_is_capped_and_rotated(host: Host) -> None:
 def test_sweep_kills_what_is_left_in_the_cgroup_of_a_dead_instance(host: Host) -> None:
     # Without bubblewrap there is no pid namespace: a process that left the session outlives
     # its process group. Its cgroup still holds it, and sweep finds it there.
-    host.compute.sandbox_mode = "none"
+    host.compute = LocalCompute(host.store, host.home, host.compute.project, sandbox="none")
     inst = host.launch("setsid sleep 600 & exec python serve.py")
     host.healthy(inst)
     cg = host.cgroup(inst)
