@@ -398,9 +398,9 @@ class Project:
             time.sleep(poll)
 
     def write_report(self, service: str, rollout_id: int) -> str | None:
-        from kiln.analysis.live import report_for_rollout
+        from kiln.analysis.report import report_for_rollout
 
-        path = report_for_rollout(self, service, rollout_id)
+        path = report_for_rollout(self.store, self.home, service, rollout_id)
         return str(path) if path else None
 
     def _standby(self, service: str) -> tuple[Reconciler, Status] | None:

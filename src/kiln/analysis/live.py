@@ -9,15 +9,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from kiln.analysis.judge import Judge
 from kiln.platforms.base import MetricSource, RequestCounts, Sample
 from kiln.rollout.decide import Status, Verdict
 from kiln.spec.models import Analysis
-
-if TYPE_CHECKING:
-    from kiln.project import Project
 
 
 class Series:
@@ -281,12 +278,4 @@ def save_series(home: Path, rollout_id: int, judge: LiveJudge) -> Path:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(judge.series.to_json()))
     tmp.replace(path)
-    return path
-
-
-def report_for_rollout(project: Project, service: str, rollout_id: int) -> Path | None:
-    """Write the HTML report of a rollout from its saved series and status."""
-    from kiln.analysis.report import report_for_rollout as build
-
-    path: Path | None = build(project.store, project.home, service, rollout_id)
     return path
