@@ -18,7 +18,6 @@ from kiln.verify.results import CheckResult, SuiteResult
 from kiln.verify.runner import run_checks
 
 
-
 class Project(Protocol):
     """What testing an image needs of the project (kiln.project.Project has it); a Protocol
     here so this module does not import kiln.project, which imports it."""
