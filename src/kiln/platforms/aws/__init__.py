@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln.platforms.capabilities import OwnDrift
 from kiln.spec.aws import AwsSettings
 from kiln.state.store import Store
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from kiln.spec.models import Analysis
 
 
-class AwsPlatform:
+class AwsPlatform(OwnDrift):
     metrics = None
     """No per-request source: the judge reads CloudWatch's aggregates (`make_judge`)."""
 
