@@ -217,17 +217,17 @@ def test_cursor_reads_every_line_once_in_written_order(tmp_path: Path) -> None:
         f.write(_line("web-r2", "2026-11-26T05:00:10Z", 0.01))
         f.write(_line("other-r1", "2026-11-26T05:00:10Z", 0.01))
         f.write(_line("web-r2", "2026-11-26T05:00:11Z", 0.01)[:20])  # half written
-    got, cur = src.read("web", start)
+    got, cur = src.read_samples("web", start)
     assert [s.time for s in got] == [parse_time("2026-11-26T05:00:10Z") + 0.01]
     with log.open("a") as f:
         f.write(_line("web-r2", "2026-11-26T05:00:11Z", 0.01)[20:])
         # A slow request that began (and ended) before the line above is written after it.
         f.write(_line("web-r2", "2026-11-26T05:00:08Z", 1.5))
-    got, cur = src.read("web", cur)
+    got, cur = src.read_samples("web", cur)
     assert [s.duration for s in got] == [0.01, 1.5]
-    assert src.read("web", cur)[0] == []
+    assert src.read_samples("web", cur)[0] == []
     # The same cursor replays the same lines (a restarted judge).
-    assert len(src.read("web", start)[0]) == 3
+    assert len(src.read_samples("web", start)[0]) == 3
 
 
 def test_cursor_of_another_file_starts_over(tmp_path: Path) -> None:
@@ -237,6 +237,6 @@ def test_cursor_of_another_file_starts_over(tmp_path: Path) -> None:
     cur = src.position()
     log.unlink()
     log.write_text(_line("web-r1", "2026-11-26T05:00:01Z", 0.01))
-    got, _ = src.read("web", cur)
+    got, _ = src.read_samples("web", cur)
     assert len(got) == 1
-    assert src.read("web", None)[0] == got
+    assert src.read_samples("web", None)[0] == got

@@ -324,7 +324,7 @@ def logged_after(source: AccessLogSource, cursor: list[int], n: int) -> Counter[
 
     def all_logged() -> bool:
         nonlocal cursor
-        samples, cursor = source.read("web", cursor)
+        samples, cursor = source.read_samples("web", cursor)
         logged.update(s.release_id for s in samples)
         return sum(logged.values()) >= n
 

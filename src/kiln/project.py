@@ -313,15 +313,12 @@ class Project:
     def _judge(self, service: str, spec: ServiceSpec) -> Any:
         if spec.rollout.analysis is None:
             return None
-        own = getattr(self.platform, "make_judge", None)  # e.g. aws: CloudWatch aggregates
-        if own is not None:
-            return own(service, spec.rollout.analysis)
         from kiln.analysis.live import make_judge
 
         metrics = self.metrics
         if metrics is None:
             return None
-        # The router's own request counters, for the cross-check with the access log.
+        # The router's own request counters, for the cross-check with the source's counts.
         return make_judge(metrics, service, spec.rollout.analysis, self.router.request_counts)
 
     def rollout_driver(self, service: str, rollout_id: int) -> tuple[Reconciler, Any]:

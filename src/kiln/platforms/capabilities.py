@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from kiln.platforms.base import Image, Instance
+    from kiln.platforms.base import Image, Instance, Window
     from kiln.spec.models import ImageSpec
     from kiln.verify.checks import ImageFiles
 
@@ -112,6 +112,27 @@ class Resolver(Protocol):
     def resolve(self, name: str, spec: ImageSpec, *, base_dir: Path) -> Image | None: ...
 
 
+# ---------------------------------------------------------------- MetricSource
+
+
+@runtime_checkable
+class MetricReplay(Protocol):
+    """A metric source read like a log: a JSON-able cursor, every record exactly once, so a
+    rollout's judge (also one restarted after a crash) counts what was recorded since the
+    cursor taken at the rollout's start, whatever the records' timestamps."""
+
+    def position(self) -> Any:
+        """A cursor at the end of what is recorded now (JSON-able, kept in the rollout)."""
+        ...
+
+    def read(self, service_name: str, cursor: Any, since: float | None = None
+             ) -> tuple[list[Window], Any]:
+        """Aggregates of the service's records after `cursor` (None: from the beginning, then
+        only those completed at or after `since`), and the new cursor. They add to what earlier
+        reads gave (the same window may come in parts)."""
+        ...
+
+
 # ---------------------------------------------------------------- Platform
 
 
@@ -125,6 +146,7 @@ class OwnDrift(Protocol):
 ROUTER = (RouterProcess, HealthVerdicts, OpenRequests)
 COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend)
 BUILDER = (ImageCheck, Resolver)
+METRICS = (MetricReplay,)
 PLATFORM = (OwnDrift,)
 
 
