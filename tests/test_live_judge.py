@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
 
 from kiln.analysis.accesslog import AccessLogSource
 from kiln.analysis.live import CounterTrack, LiveJudge
-from kiln.platforms.base import RequestCounts, Sample
+from kiln.platforms.base import RequestCounts, Sample, Window
 from kiln.platforms.fake.metrics import FakeMetricSource
 from kiln.platforms.local.traefik_config import prometheus_counts
 from kiln.rollout.decide import Status, start
@@ -102,11 +103,13 @@ def test_a_line_written_late_is_counted_when_it_arrives() -> None:
 class TimeOnly:
     """A source without a cursor (asked by time only), like a metrics API."""
 
+    name = "time-only"
+
     def __init__(self, inner: FakeMetricSource) -> None:
         self.inner = inner
 
-    def samples(self, service_name: str, since: float) -> list[Sample]:
-        return self.inner.samples(service_name, since)
+    def windows(self, releases: Collection[str], since: float, until: float) -> list[Window]:
+        return self.inner.windows(releases, since, until)
 
 
 def test_a_source_without_cursor_counts_late_samples_once() -> None:
