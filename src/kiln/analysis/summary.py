@@ -105,7 +105,8 @@ def aggregate(samples: Iterable[Sample], length: float = 1.0) -> list[Window]:
     """Per-request samples -> one Window per release and `length`-second slot of completion
     time (slots aligned to the epoch), oldest first."""
     counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
-    ok: dict[tuple[str, int], list[float]] = defaultdict(list)
+    ok_keys: list[tuple[str, int]] = []
+    ok_durations: list[float] = []
     for s in samples:
         key = (s.release_id, math.floor(s.time / length))
         c = counts[key]
@@ -113,11 +114,12 @@ def aggregate(samples: Iterable[Sample], length: float = 1.0) -> list[Window]:
         if s.error:
             c[1] += 1
         else:
-            ok[key].append(s.duration)
-    out = []
-    for key in sorted(counts, key=lambda k: (k[1], k[0])):
-        durations = ok.get(key)
-        hist = Counter(bin_index(durations).tolist()) if durations else Counter[int]()
-        out.append(Window(key[0], key[1] * length, length, counts[key][0], counts[key][1],
-                          dict(hist)))
-    return out
+            ok_keys.append(key)
+            ok_durations.append(s.duration)
+    hists: dict[tuple[str, int], Counter[int]] = defaultdict(Counter)
+    if ok_durations:  # one vectorised binning for all windows
+        for key, b in zip(ok_keys, bin_index(ok_durations).tolist(), strict=True):
+            hists[key][b] += 1
+    return [Window(key[0], key[1] * length, length, counts[key][0], counts[key][1],
+                   dict(hists.get(key, {})))
+            for key in sorted(counts, key=lambda k: (k[1], k[0]))]
