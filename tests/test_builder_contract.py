@@ -171,7 +171,7 @@ def test_podman_runs_provisioner_steps_between_containerfile_runs(
 @pytest.mark.parametrize(("part", "capabilities"), [
     (FakeBuilder, set()),
     (LocalBuilder, {"ImageCheck", "Resolver"}),
-    (PodmanBuilder, {"Resolver"}),  # podman checks its images at the platform (verify_image)
+    (PodmanBuilder, {"ImageCheck", "Resolver"}),
     (AmiBuilder, {"Resolver"}),  # an AMI cannot change once created
 ])
 def test_declares_its_capabilities(part: type, capabilities: set[str]) -> None:
