@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from kiln.analysis.accesslog import AccessLogSource, parse_line, parse_time
-from kiln.platforms.base import Sample
+from kiln.analysis.summary import aggregate, bin_index
+from kiln.platforms.base import Sample, Window
 from kiln.platforms.fake.metrics import FakeMetricSource
 
 # Recorded from Traefik 3.7 (weighted service kiln-web over leaf services kiln-web-r1/r2),
@@ -96,10 +97,48 @@ def test_incremental_partial_truncate_rotate(tmp_path: Path) -> None:
 
 def test_fake_metric_source() -> None:
     fake = FakeMetricSource([Sample("web-r1", 1.0, 200, 0.1, False)])
-    fake.feed([Sample("web-r2", 2.0, 500, 0.1, True), Sample("webapp-r1", 3.0, 200, 0.1, False)])
-    assert [s.release_id for s in fake.samples("web", 0.0)] == ["web-r1", "web-r2"]
-    assert [s.release_id for s in fake.samples("web", 1.0)] == ["web-r2"]
-    assert fake.calls == [("web", 0.0), ("web", 1.0)]
+    fake.feed([Sample("web-r2", 2.0, 500, 0.1, True), Sample("web-r2", 2.5, 200, 0.2, False),
+               Sample("webapp-r1", 3.0, 200, 0.1, False)])
+    assert [s.release_id for s in fake.samples("web", 0.0)] == ["web-r1", "web-r2", "web-r2"]
+    assert [s.release_id for s in fake.samples("web", 1.0)] == ["web-r2", "web-r2"]
+
+    def shape(windows: list[Window]) -> list[tuple[str, float, int, int, int]]:
+        return [(w.release_id, w.start, w.requests, w.errors, sum(w.latency.values()))
+                for w in windows]
+
+    # By time: per release and second, [since, until], only the releases asked for.
+    assert shape(fake.windows({"web-r1", "web-r2"}, 0.0, 9.0)) == [
+        ("web-r1", 1.0, 1, 0, 1), ("web-r2", 2.0, 2, 1, 1)]
+    assert shape(fake.windows({"web-r2"}, 2.5, 9.0)) == [("web-r2", 2.0, 1, 0, 1)]
+    assert fake.calls == [({"web-r1", "web-r2"}, 0.0, 9.0), ({"web-r2"}, 2.5, 9.0)]
+    # Replayed: the service's records after the cursor, each once, whatever their time.
+    windows, cursor = fake.read("web", None)
+    assert shape(windows) == [("web-r1", 1.0, 1, 0, 1), ("web-r2", 2.0, 2, 1, 1)]
+    fake.feed([Sample("web-r1", 0.5, 200, 0.1, False)])
+    windows, cursor = fake.read("web", cursor)
+    assert shape(windows) == [("web-r1", 0.0, 1, 0, 1)]
+    assert fake.read("web", cursor)[0] == []
+    assert shape(fake.read("web", None, since=2.2)[0]) == [("web-r2", 2.0, 1, 0, 1)]
+
+
+def test_access_log_windows_are_its_samples_aggregated(tmp_path: Path) -> None:
+    """`read` (the judge's) and `windows` give the counts and histogram of the lines'
+    samples, per release and second."""
+    log = tmp_path / "access.log"
+    log.write_text("".join(_line(rel, f"2026-11-26T05:00:{sec:02d}Z", d, status)
+                           for rel, sec, d, status in [
+                               ("web-r1", 1, 0.010, 200), ("web-r1", 1, 0.020, 502),
+                               ("web-r2", 1, 0.011, 200), ("web-r1", 2, 0.300, 200),
+                               ("api-r1", 2, 0.010, 200)]))
+    src = AccessLogSource(log, release_of)
+    samples, _ = src.read_samples("web", None)
+    windows, _ = src.read("web", None)
+    assert windows == aggregate(samples)
+    t1 = parse_time("2026-11-26T05:00:01Z")
+    assert [(w.release_id, w.start - t1, w.requests, w.errors) for w in windows] == [
+        ("web-r1", 0.0, 2, 1), ("web-r2", 0.0, 1, 0), ("web-r1", 1.0, 1, 0)]
+    assert windows[0].latency == {int(bin_index([0.010])[0]): 1}
+    assert src.windows({"web-r1"}, t1 + 1.0, t1 + 9.0) == [windows[2]]
 
 
 # --- against a real Traefik -------------------------------------------------------------------
@@ -217,17 +256,17 @@ def test_cursor_reads_every_line_once_in_written_order(tmp_path: Path) -> None:
         f.write(_line("web-r2", "2026-11-26T05:00:10Z", 0.01))
         f.write(_line("other-r1", "2026-11-26T05:00:10Z", 0.01))
         f.write(_line("web-r2", "2026-11-26T05:00:11Z", 0.01)[:20])  # half written
-    got, cur = src.read("web", start)
+    got, cur = src.read_samples("web", start)
     assert [s.time for s in got] == [parse_time("2026-11-26T05:00:10Z") + 0.01]
     with log.open("a") as f:
         f.write(_line("web-r2", "2026-11-26T05:00:11Z", 0.01)[20:])
         # A slow request that began (and ended) before the line above is written after it.
         f.write(_line("web-r2", "2026-11-26T05:00:08Z", 1.5))
-    got, cur = src.read("web", cur)
+    got, cur = src.read_samples("web", cur)
     assert [s.duration for s in got] == [0.01, 1.5]
-    assert src.read("web", cur)[0] == []
+    assert src.read_samples("web", cur)[0] == []
     # The same cursor replays the same lines (a restarted judge).
-    assert len(src.read("web", start)[0]) == 3
+    assert len(src.read_samples("web", start)[0]) == 3
 
 
 def test_cursor_of_another_file_starts_over(tmp_path: Path) -> None:
@@ -237,6 +276,6 @@ def test_cursor_of_another_file_starts_over(tmp_path: Path) -> None:
     cur = src.position()
     log.unlink()
     log.write_text(_line("web-r1", "2026-11-26T05:00:01Z", 0.01))
-    got, _ = src.read("web", cur)
+    got, _ = src.read_samples("web", cur)
     assert len(got) == 1
-    assert src.read("web", None)[0] == got
+    assert src.read_samples("web", None)[0] == got

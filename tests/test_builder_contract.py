@@ -13,8 +13,13 @@ import pytest
 
 from kiln.bake import LocalBuilder
 from kiln.errors import BakeError
+from kiln.platforms import capabilities as caps
+from kiln.platforms.aws import AwsPlatform
+from kiln.platforms.aws.bake import AmiBuilder
 from kiln.platforms.base import Builder, Image, StepEvent
 from kiln.platforms.fake.builder import FakeBuilder
+from kiln.platforms.local import LocalPlatform
+from kiln.platforms.podman import PodmanPlatform
 from kiln.platforms.podman.builder import PodmanBuilder
 from kiln.spec.models import ImageSpec
 from kiln.state.store import Store
@@ -161,3 +166,25 @@ def test_podman_runs_provisioner_steps_between_containerfile_runs(
     assert seen[0] != podman_base  # it got the image with the copy step in it
     again, statuses = bake(platform, folder, *steps)
     assert again.digest == image.digest and statuses == ["cached"] * 3 and len(seen) == 1
+
+
+@pytest.mark.parametrize(("part", "capabilities"), [
+    (FakeBuilder, set()),
+    (LocalBuilder, {"ImageCheck", "Resolver"}),
+    (PodmanBuilder, {"ImageCheck", "Resolver"}),
+    (AmiBuilder, {"Resolver"}),  # an AMI cannot change once created
+])
+def test_declares_its_capabilities(part: type, capabilities: set[str]) -> None:
+    """Each builder names its optional capabilities, and the core's `isinstance` finds exactly
+    those (no method matching one by chance, none declared but missing)."""
+    assert caps.declared(part, caps.BUILDER) == capabilities
+    assert caps.answered(part, caps.BUILDER) == capabilities
+    assert caps.declared(part, caps.ROUTER + caps.COMPUTE + caps.PLATFORM) == set()
+
+
+@pytest.mark.parametrize(("part", "capabilities"), [
+    (LocalPlatform, set()), (PodmanPlatform, set()), (AwsPlatform, {"OwnDrift"}),
+])
+def test_platform_declares_its_capabilities(part: type, capabilities: set[str]) -> None:
+    assert caps.declared(part, caps.PLATFORM) == capabilities
+    assert caps.answered(part, caps.PLATFORM) == capabilities

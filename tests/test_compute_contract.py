@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import NotFound
+from kiln.platforms import capabilities as caps
+from kiln.platforms.aws.compute import AwsCompute
 from kiln.platforms.base import Image, Instance, Release, ReleaseImage
 from kiln.platforms.fake.compute import FakeCompute
 from kiln.platforms.local.addresses import address_for
@@ -647,3 +649,18 @@ def test_the_file_check_container_is_swept_only_once_stale(tmp_path: Path, podma
     finally:
         h.cleanup()
         h.store.close()
+
+
+@pytest.mark.parametrize(("part", "capabilities"), [
+    (FakeCompute, {"Sweeper"}),
+    (LocalCompute, {"Sweeper", "OrphanFinder"}),
+    (PodmanCompute, {"Sweeper", "OrphanFinder", "TamperCheck", "ImageFileReader",
+                     "TestinfraBackend"}),
+    (AwsCompute, set()),  # an ASG replaces its own instances; AMIs cannot change
+])
+def test_declares_its_capabilities(part: type, capabilities: set[str]) -> None:
+    """Each compute names its optional capabilities, and the core's `isinstance` finds exactly
+    those (no method matching one by chance, none declared but missing)."""
+    assert caps.declared(part, caps.COMPUTE) == capabilities
+    assert caps.answered(part, caps.COMPUTE) == capabilities
+    assert caps.declared(part, caps.ROUTER + caps.BUILDER + caps.PLATFORM) == set()

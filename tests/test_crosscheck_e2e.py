@@ -147,7 +147,7 @@ def test_a_line_removed_from_the_access_log_is_reported_lost(
     at = os.stat(router.access_log_path).st_size
     requests(svc.listen, 30)
     source = AccessLogSource(router.access_log_path, lambda addr: None)
-    wait_for(lambda: len(source.read("web", [*source.position()[:2], at])[0]) >= 30)
+    wait_for(lambda: len(source.read_samples("web", [*source.position()[:2], at])[0]) >= 30)
     drop_line(router.access_log_path, "web-r2", at)
     judge(status, time.time())
     check = judge.crosscheck(catch_up=1.0)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
 
 from kiln.analysis.accesslog import AccessLogSource
 from kiln.analysis.live import CounterTrack, LiveJudge
-from kiln.platforms.base import RequestCounts, Sample
+from kiln.platforms.base import RequestCounts, Sample, Window
 from kiln.platforms.fake.metrics import FakeMetricSource
 from kiln.platforms.local.traefik_config import prometheus_counts
 from kiln.rollout.decide import Status, start
@@ -102,11 +103,13 @@ def test_a_line_written_late_is_counted_when_it_arrives() -> None:
 class TimeOnly:
     """A source without a cursor (asked by time only), like a metrics API."""
 
+    name = "time-only"
+
     def __init__(self, inner: FakeMetricSource) -> None:
         self.inner = inner
 
-    def samples(self, service_name: str, since: float) -> list[Sample]:
-        return self.inner.samples(service_name, since)
+    def windows(self, releases: Collection[str], since: float, until: float) -> list[Window]:
+        return self.inner.windows(releases, since, until)
 
 
 def test_a_source_without_cursor_counts_late_samples_once() -> None:
@@ -227,3 +230,39 @@ def test_a_dropped_access_log_line_is_reported(tmp_path: Path) -> None:
     check = judge.crosscheck(catch_up=0.3)
     assert check is not None and not check["agree"]
     assert check["releases"]["web-r2"] == {"router": 40, "access_log": 39, "lost": 1}
+
+
+@pytest.mark.parametrize("canary_error", [0.0, 0.08])
+def test_windows_judge_exactly_as_the_samples_in_them(canary_error: float) -> None:
+    """One judge over aggregates: a replayed source (the access log's way) and one asked by
+    time (CloudWatch's way) give the very verdicts and figures the per-request judge gives on
+    the same requests, look after look."""
+    import random
+
+    from kiln.analysis.judge import Judge
+
+    rng = random.Random(11)
+    replayed, by_time = FakeMetricSource(), FakeMetricSource()
+    judges = [LiveJudge(replayed, "web", Analysis(min_requests=50)),
+              LiveJudge(TimeOnly(by_time), "web", Analysis(min_requests=50))]
+    statuses = [rollout(j) for j in judges]
+    t0 = time.time()  # after the rollouts began
+    looks = 12
+    batches = [[Sample(rel, t0 + k + rng.random(), 500 if err else 200,
+                       rng.lognormvariate(-3.0, 0.5), err)
+                for rel, rate, n in (("web-r2", canary_error, 30), ("web-r1", 0.01, 270))
+                for err in (rng.random() < rate for _ in range(n))]
+               for k in range(looks)]
+    reference = Judge(Analysis(min_requests=50), "web-r2", "web-r1")
+    for k, batch in enumerate(batches):
+        replayed.feed(batch)
+        by_time.feed(batch)
+        reference.add(batch)
+        want = reference.verdict(t0 + k + 1)
+        for judge, status in zip(judges, statuses, strict=True):
+            got = judge(status, t0 + k + 1)
+            assert got is not None
+            figures = {f: v for f, v in got.figures.items() if f != "source"}
+            assert (got.outcome, got.reason, figures) == (want.outcome, want.reason,
+                                                          want.figures)
+    assert want.outcome == ("fail" if canary_error else "pass")

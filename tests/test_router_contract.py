@@ -25,6 +25,8 @@ import pytest
 
 from kiln.analysis.accesslog import AccessLogSource
 from kiln.errors import PlatformError
+from kiln.platforms import capabilities as caps
+from kiln.platforms.aws.router import AlbRouter
 from kiln.platforms.base import Backend, RequestCounts, Router
 from kiln.platforms.fake.router import FakeRouter
 from kiln.platforms.local.haproxy_router import HAProxyRouter
@@ -322,7 +324,7 @@ def logged_after(source: AccessLogSource, cursor: list[int], n: int) -> Counter[
 
     def all_logged() -> bool:
         nonlocal cursor
-        samples, cursor = source.read("web", cursor)
+        samples, cursor = source.read_samples("web", cursor)
         logged.update(s.release_id for s in samples)
         return sum(logged.values()) >= n
 
@@ -476,3 +478,17 @@ def test_switching_router_stops_the_other(tmp_path: Path,
             running = read_pidfile(r.pid_path)
             if running is not None and pid_alive(running.pid, running.start):
                 os.kill(running.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(("part", "capabilities"), [
+    (FakeRouter, {"HealthVerdicts", "OpenRequests"}),
+    (TraefikRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests"}),
+    (HAProxyRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests"}),
+    (AlbRouter, set()),  # the ALB is AWS's to run; its health checks belong to the ASG
+])
+def test_declares_its_capabilities(part: type, capabilities: set[str]) -> None:
+    """Each router names its optional capabilities, and the core's `isinstance` finds exactly
+    those (no method matching one by chance, none declared but missing)."""
+    assert caps.declared(part, caps.ROUTER) == capabilities
+    assert caps.answered(part, caps.ROUTER) == capabilities
+    assert caps.declared(part, caps.COMPUTE + caps.BUILDER + caps.PLATFORM) == set()

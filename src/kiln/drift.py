@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln.platforms.capabilities import OrphanFinder, OwnDrift, RouterProcess, TamperCheck
 from kiln.project import Project
 from kiln.readmodel import observe_service
 from kiln.rollout.executor import load_release
@@ -20,13 +21,14 @@ def detect(project: Project) -> list[dict[str, Any]]:
         routes = view.routes
         for seen in view.instances:
             inst = seen.instance
-            tampered = getattr(project.compute, "tampered", None)  # a container vs its image
+            compute = project.compute
             if not seen.alive:
                 items.append({"kind": "dead-instance", "service": name,
                               "detail": f"{inst.id} ({inst.address}) is recorded as running "
                                         f"but its process is gone"})
-            elif tampered is not None:
-                problem = tampered(inst, load_release(store, inst.release_id).image_digest)
+            elif isinstance(compute, TamperCheck):  # a container vs its image
+                problem = compute.tampered(inst,
+                                           load_release(store, inst.release_id).image_digest)
                 if problem:
                     items.append({"kind": "tampered-instance", "service": name,
                                   "detail": problem})
@@ -50,20 +52,20 @@ def detect(project: Project) -> list[dict[str, Any]]:
                 if want != got:
                     items.append({"kind": "router", "service": name,
                                   "detail": f"router serves {got}, state says {want}"})
-    orphans = getattr(project.compute, "orphans", None)
-    for name, pid, _start in orphans() if orphans is not None else []:
+    compute = project.compute
+    for name, pid, _start in compute.orphans() if isinstance(compute, OrphanFinder) else []:
         items.append({"kind": "unknown-process", "service": None,
                       "detail": f"process {pid} of instance {name} runs but the state does not "
                                 "record it (the next `kiln deploy` or `kiln destroy` stops it)"})
-    is_running = getattr(project.router, "is_running", None)
-    if is_running is not None and is_running() and store.one(
+    router = project.router
+    if isinstance(router, RouterProcess) and router.is_running() and store.one(
             "SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
         items.append({"kind": "unknown-router", "service": None,
                       "detail": "a router runs but the state records no routing "
                                 "(`kiln destroy` stops it)"})
-    own = getattr(project.platform, "drift", None)  # aws: AMIs of instances, missing ASGs
-    if own is not None:
-        items.extend(own())
+    platform = project.platform
+    if isinstance(platform, OwnDrift):  # aws: AMIs of instances, missing ASGs
+        items.extend(platform.drift())
     live = store.query(
         "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r ON r.id = i.release_id "
         "WHERE i.state IN ('starting','running','draining')")

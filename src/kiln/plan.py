@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kiln.bake.hashing import iter_files
 from kiln.bake.steps import skip_name
 from kiln.errors import KilnError
+from kiln.platforms.capabilities import Resolver
 from kiln.readmodel import Context as ReadContext
 from kiln.readmodel import ServiceView, observe_service
 from kiln.rollout.release_config import config_digest, same_config
@@ -219,14 +220,14 @@ def plan(ctx: Context, services: Sequence[str] | None = None) -> list[dict[str, 
     """One item per service: what `deploy` would do (`decide`) and why. Reads only."""
     items: list[dict[str, Any]] = []
     names = list(services) if services else list(ctx.spec.services)
-    resolve = getattr(ctx.builder, "resolve", None)
+    builder = ctx.builder
     resolved: dict[str, Any] = {}  # many services share an image: hash its inputs once
     for name in names:
         spec = ctx.service(name)
         img_spec = ctx.spec.images[spec.image]
         if spec.image not in resolved:
-            resolved[spec.image] = resolve(spec.image, img_spec, base_dir=ctx.base_dir) \
-                if resolve else None
+            resolved[spec.image] = builder.resolve(spec.image, img_spec, base_dir=ctx.base_dir) \
+                if isinstance(builder, Resolver) else None
         image = resolved[spec.image]
         digest = image.digest if image else None
         view = observe_service(ctx, name)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.errors import ImageTampered, KilnError, NotFound, RolledBack, StateError
 from kiln.platforms.base import Image, Instance, Release, StepEvent
+from kiln.platforms.capabilities import ImageCheck, RouterProcess, Sweeper
 from kiln.platforms.instance_rows import from_row
 from kiln.platforms.registry import get_platform
 from kiln.rollout.decide import SETTLED, Status, start
@@ -128,7 +129,8 @@ class Project:
             try:
                 self._platform = get_platform(
                     self.spec.platform, self.store, self.home, self.spec.project,
-                    router=self.spec.router, settings=getattr(self.spec, self.spec.platform, None),
+                    router=self.spec.router,
+                    settings=self.spec.aws if self.spec.platform == "aws" else None,
                     sandbox=self.spec.sandbox)
             except KilnError as exc:
                 raise KilnError(f"{self.spec_path}: platform: {exc}", hint=exc.hint) from exc
@@ -182,9 +184,9 @@ class Project:
         """The stored image with this digest, verified against it before `use` (a tampered
         image is refused with ImageTampered when the builder can check it)."""
         image = self.platform.image(digest)
-        verify = getattr(self.builder, "verify", None)
-        if verify is not None:
-            verify(image, use)
+        builder = self.builder
+        if isinstance(builder, ImageCheck):
+            builder.verify(image, use)
         return image
 
     # ------------------------------------------------------------ bake
@@ -311,15 +313,12 @@ class Project:
     def _judge(self, service: str, spec: ServiceSpec) -> Any:
         if spec.rollout.analysis is None:
             return None
-        own = getattr(self.platform, "make_judge", None)  # e.g. aws: CloudWatch aggregates
-        if own is not None:
-            return own(service, spec.rollout.analysis)
         from kiln.analysis.live import make_judge
 
         metrics = self.metrics
         if metrics is None:
             return None
-        # The router's own request counters, for the cross-check with the access log.
+        # The router's own request counters, for the cross-check with the source's counts.
         return make_judge(metrics, service, spec.rollout.analysis, self.router.request_counts)
 
     def rollout_driver(self, service: str, rollout_id: int) -> tuple[Reconciler, Any]:
@@ -398,9 +397,9 @@ class Project:
             time.sleep(poll)
 
     def write_report(self, service: str, rollout_id: int) -> str | None:
-        from kiln.analysis.live import report_for_rollout
+        from kiln.analysis.report import report_for_rollout
 
-        path = report_for_rollout(self, service, rollout_id)
+        path = report_for_rollout(self.store, self.home, service, rollout_id)
         return str(path) if path else None
 
     def _standby(self, service: str) -> tuple[Reconciler, Status] | None:
@@ -434,9 +433,9 @@ class Project:
 
     def _sweep(self) -> None:
         """Mark instances whose process is gone as dead; stop orphans a killed kiln left."""
-        sweep = getattr(self.compute, "sweep", None)
-        if sweep is not None:
-            sweep()
+        compute = self.compute
+        if isinstance(compute, Sweeper):
+            compute.sweep()
 
     # ------------------------------------------------------------ deploy
 
@@ -451,8 +450,8 @@ class Project:
                 self.router.check_listen(name, self.service(name).listen)
             self.backup_state("deploy")
             self._sweep()
-            is_running = getattr(self.router, "is_running", None)
-            started_router = is_running is not None and not is_running()
+            router = self.router
+            started_router = isinstance(router, RouterProcess) and not router.is_running()
             self.router.ensure_running()
             try:
                 for name in names:

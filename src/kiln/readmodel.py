@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kiln.errors import NotFound, StateError
+from kiln.platforms.capabilities import RouterProcess
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, Status
 from kiln.rollout.executor import load_release
@@ -120,8 +121,9 @@ def observe_service(ctx: Context, name: str) -> ServiceView:
 def router_view(ctx: Context) -> dict[str, Any]:
     """Whether the router is needed (some route has weight) and runs (None: cannot tell)."""
     needed = ctx.store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is not None
-    is_running = getattr(ctx.router, "is_running", None)
-    return {"needed": needed, "running": bool(is_running()) if is_running is not None else None}
+    router = ctx.router
+    return {"needed": needed,
+            "running": router.is_running() if isinstance(router, RouterProcess) else None}
 
 
 def release_rows(ctx: Context, view: ServiceView,

@@ -9,10 +9,11 @@ dropped.
 Sample.time is the request's *completion* time (StartUTC + Duration). Sample.duration is
 Traefik's Duration (nanoseconds in the log).
 
-The judge reads with a cursor (`position()` / `read()`): the file's identity and a byte offset,
-i.e. the order lines were written in. Every line is read exactly once whatever its timestamp, so
-a slow request, or a line another writer got in late, is never skipped; and a cursor saved in a
-rollout's status lets a restarted judge replay the log from the rollout's start.
+The judge reads aggregates per release and second (`Window`s), with a cursor (`position()` /
+`read()`): the file's identity and a byte offset, i.e. the order lines were written in. Every
+line is read exactly once whatever its timestamp, so a slow request, or a line another writer
+got in late, is never skipped; and a cursor saved in a rollout's status lets a restarted judge
+replay the log from the rollout's start.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import json
 import os
 import re
 from calendar import timegm
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from kiln.platforms.base import Sample
+from kiln.analysis.summary import aggregate
+from kiln.platforms.base import Sample, Window
+from kiln.platforms.capabilities import MetricReplay
 
 LEAF_SERVICE = re.compile(r"^kiln-(?P<release>.+-r\d+)@")
 RELEASE_OF_SERVICE = r"^{service}-r\d+$"
@@ -85,13 +88,15 @@ def parse_line(line: str, release_of: ReleaseOf) -> Sample | None:
                   error=status >= 500 or status == 0)
 
 
-class AccessLogSource:
+class AccessLogSource(MetricReplay):
     """MetricSource over a Traefik JSON access log that another process appends to.
 
     Reads only what was added since the last call (remembers the byte offset; a partial last
     line waits for its newline); starts over when the file is rotated (new inode) or truncated.
     Keeps `retention` seconds of samples in memory.
     """
+
+    name = "access-log"
 
     def __init__(self, path: Path, release_of: ReleaseOf, *, retention: float = 3600.0) -> None:
         self.path = Path(path)
@@ -153,8 +158,15 @@ class AccessLogSource:
         offset = start + cut + 1 if cut >= 0 else start
         return [st.st_dev, st.st_ino, offset]
 
-    def read(self, service_name: str, cursor: list[int] | None
-             ) -> tuple[list[Sample], list[int]]:
+    def read(self, service_name: str, cursor: list[int] | None, since: float | None = None
+             ) -> tuple[list[Window], list[int]]:
+        """Aggregates per release and second of the service's complete lines after `cursor`
+        (with `since`, only requests completed at or after it), and the new cursor."""
+        samples, cursor = self.read_samples(service_name, cursor)
+        return aggregate(s for s in samples if since is None or s.time >= since), cursor
+
+    def read_samples(self, service_name: str, cursor: list[int] | None
+                     ) -> tuple[list[Sample], list[int]]:
         """The service's samples of every complete line after `cursor`, in the order written,
         and the new cursor. A cursor of another file (rotated) or beyond its end (truncated)
         starts over at the beginning; so does None."""
@@ -190,6 +202,13 @@ class AccessLogSource:
         return out, [st.st_dev, st.st_ino, offset]
 
     # ------------------------------------------------------------ MetricSource
+
+    def windows(self, releases: Collection[str], since: float, until: float) -> list[Window]:
+        """Aggregates per release and second of the requests kept in memory (`retention`)
+        that completed in [since, until]."""
+        self.poll()
+        return aggregate(s for s in self._samples
+                         if since <= s.time <= until and s.release_id in releases)
 
     def samples(self, service_name: str, since: float) -> list[Sample]:
         """The service's requests that completed after `since` (strictly), oldest first."""

@@ -25,7 +25,7 @@ import numpy as np
 from kiln.analysis import sequential as seq
 from kiln.analysis.summary import Summary
 from kiln.analysis.verdict import Figure, Verdict
-from kiln.platforms.base import Sample
+from kiln.platforms.base import Sample, Window
 from kiln.spec.models import Analysis
 
 
@@ -222,10 +222,12 @@ def judge_summaries(
 
 
 class Judge:
-    """Incremental judge for one canary against one baseline; feed samples, ask at every look.
+    """Incremental judge for one canary against one baseline; feed samples or a metric source's
+    windows, ask at every look.
 
-    Samples of other releases are ignored. The first "fail" is final: a later look that would
-    pass does not undo it (the guarantee is about the first crossing of the threshold).
+    Samples and windows of other releases are ignored. The first "fail" is final: a later look
+    that would pass does not undo it (the guarantee is about the first crossing of the
+    threshold).
     """
 
     def __init__(self, analysis: Analysis, canary: str, baseline: str, *,
@@ -244,6 +246,14 @@ class Judge:
         mine = list(samples)
         self.canary.add(s for s in mine if s.release_id == self.canary_release)
         self.baseline.add(s for s in mine if s.release_id == self.baseline_release)
+
+    def add_windows(self, windows: Iterable[Window]) -> None:
+        """A metric source's aggregates: the same sums `add` makes of the requests in them."""
+        for w in windows:
+            if w.release_id == self.canary_release:
+                self.canary.add_window(w)
+            elif w.release_id == self.baseline_release:
+                self.baseline.add_window(w)
 
     def verdict(self, now: float | None = None) -> Verdict:
         if self._failed is not None:

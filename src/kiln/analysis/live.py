@@ -1,40 +1,60 @@
-"""The judge wired to a running rollout: feed it the router's samples at every pass, record the
-series the HTML report plots, and write the report when the rollout settles."""
+"""The judge wired to a running rollout: feed it the metric source's windows at every pass,
+record the series the HTML report plots, and write the report when the rollout settles.
+
+One judge for every source (docs/decisions/one-judge.md): a source that replays its records
+with a cursor (`MetricReplay`: the router's access log) is read from the cursor taken at the
+rollout's start and each read adds; one asked by time only (CloudWatch) is asked again for the
+whole rollout and its newest answer for each window replaces the one before. Either way the
+judge adds the same sums to the same `Summary` and `judge_summaries` decides.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
 from kiln.analysis.judge import Judge
-from kiln.platforms.base import MetricSource, RequestCounts, Sample
+from kiln.analysis.summary import bin_center
+from kiln.platforms.base import MetricSource, RequestCounts, Window
+from kiln.platforms.capabilities import MetricReplay
 from kiln.rollout.decide import Status, Verdict
 from kiln.spec.models import Analysis
 
-if TYPE_CHECKING:
-    from kiln.project import Project
+
+def _rank(hist: Counter[int], k: int) -> float | None:
+    """The latency (bin centre, 1% resolution) of the k-th (0-based) smallest request."""
+    seen = 0
+    for b in sorted(hist):
+        seen += hist[b]
+        if seen > k:
+            return float(bin_center(b))
+    return None
 
 
 class Series:
     """Per-second buckets of both releases' requests, weights and decisions, for the report."""
 
     def __init__(self) -> None:
-        self.buckets: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        self.errors: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.counts: dict[int, dict[str, list[int]]] = defaultdict(
+            lambda: defaultdict(lambda: [0, 0]))
+        self.latency: dict[int, dict[str, Counter[int]]] = defaultdict(
+            lambda: defaultdict(Counter))
         self.weights: list[tuple[float, dict[str, int]]] = []
         self.phases: list[tuple[float, str]] = []
 
-    def add(self, samples: list[Sample]) -> None:
-        for s in samples:
-            sec = int(s.time)
-            self.buckets[sec][s.release_id].append(s.duration)
-            if s.error:
-                self.errors[sec][s.release_id] += 1
+    def add(self, windows: Iterable[Window]) -> None:
+        """Add windows (or the change of a window answered again) at their start second."""
+        for w in windows:
+            sec = int(w.start)
+            c = self.counts[sec][w.release_id]
+            c[0] += w.requests
+            c[1] += w.errors
+            self.latency[sec][w.release_id].update(w.latency)
 
     def note(self, now: float, status: Status) -> None:
         if not self.weights or self.weights[-1][1] != status.weights:
@@ -44,29 +64,51 @@ class Series:
 
     def to_json(self) -> dict[str, Any]:
         seconds = []
-        for sec in sorted(self.buckets):
+        for sec in sorted(self.counts):
             per: dict[str, Any] = {}
-            for rel, durs in self.buckets[sec].items():
-                durs.sort()
-                per[rel] = {"n": len(durs), "errors": self.errors[sec].get(rel, 0),
-                            "p50": durs[len(durs) // 2],
-                            "p95": durs[min(len(durs) - 1, math.ceil(0.95 * len(durs)) - 1)]}
-            seconds.append({"t": sec, "releases": per})
+            for rel, (n, errors) in self.counts[sec].items():
+                if n <= 0:
+                    continue
+                hist = +self.latency[sec][rel]  # drops bins a revision emptied
+                ok = sum(hist.values())
+                per[rel] = {"n": n, "errors": errors,
+                            "p50": _rank(hist, ok // 2) if ok else None,
+                            "p95": _rank(hist, max(0, math.ceil(0.95 * ok) - 1)) if ok else None}
+            if per:
+                seconds.append({"t": sec, "releases": per})
         return {"seconds": seconds, "weights": self.weights, "phases": self.phases}
 
 
-@runtime_checkable
-class LogSource(Protocol):
-    """A metric source read like a log: a JSON-able cursor, every record exactly once."""
+class Answers:
+    """A source asked by time answers a window again while it fills: keep the newest answer
+    of each (release, start) and pass on only what changed, so adding the changes gives the
+    newest totals."""
 
-    def position(self) -> Any: ...
+    def __init__(self) -> None:
+        self.latest: dict[tuple[str, float], Window] = {}
 
-    def read(self, service_name: str, cursor: Any) -> tuple[list[Sample], Any]: ...
+    def update(self, windows: Iterable[Window]) -> list[Window]:
+        out: list[Window] = []
+        for w in windows:
+            key = (w.release_id, w.start)
+            earlier = self.latest.get(key)
+            if earlier != w:
+                out.append(change(w, earlier))
+                self.latest[key] = w
+        return out
 
 
-LATENESS = 120.0
-"""Sources without a cursor are re-asked this many seconds behind their newest sample (the
-watermark) and de-duplicated, so a sample that shows up late is still counted."""
+def change(new: Window, old: Window | None) -> Window:
+    """What a window answered again adds to its earlier answer (counts may go down if the
+    source revised them; the sums stay exact, they are whole numbers)."""
+    if old is None:
+        return new
+    hist = Counter(new.latency)
+    hist.subtract(old.latency)
+    return Window(new.release_id, new.start, new.length, new.requests - old.requests,
+                  new.errors - old.errors, {b: n for b, n in hist.items() if n})
+
+
 CATCH_UP = 5.0
 """At the end, how long to wait for the access log to catch up with the router's counters."""
 COUNTER_EVERY = 2.0
@@ -107,12 +149,16 @@ class CounterTrack:
 
 
 class LiveJudge:
-    """Called by the reconciler every pass: reads new samples, returns the judge's verdict.
+    """Called by the reconciler every pass: reads the source's new aggregates, returns the
+    judge's verdict.
 
     It judges every request since the rollout began: `start_info()` (taken when the rollout is
-    created, persisted in its status as `judge`) holds the log cursor and the router's counters
-    at that moment; a judge started later (kiln was killed and run again) replays the log from
-    there. Samples are taken in the order the log was written (a cursor), never by timestamp.
+    created, persisted in its status as `judge`) holds the time, the source's cursor if it has
+    one and the router's counters at that moment; a judge started later (kiln was killed and
+    run again) replays the source from there. A replayable source is read in the order it was
+    written (a cursor), never by timestamp; one asked by time is asked for the whole rollout
+    at each look in a step (its answers replace the earlier ones), so the evidence is rebuilt,
+    not lost, after a crash.
     """
 
     def __init__(self, metrics: MetricSource, service: str, analysis: Analysis,
@@ -128,8 +174,8 @@ class LiveJudge:
         self._started = False
         self._cursor: Any = None
         self._since = 0.0
-        self._watermark = 0.0
-        self._recent: dict[Sample, int] = {}
+        self._answers = Answers()
+        """A source asked by time: its newest answer for each window."""
         self._counts: CounterTrack | None = None
         self._counted_at = 0.0
         self.canary_requests = 0
@@ -137,8 +183,8 @@ class LiveJudge:
     def start_info(self) -> dict[str, Any]:
         """Where the rollout's evidence begins: log cursor first, then the counters (a request
         finishing in between is then logged but not counted: never a false 'loss')."""
-        info: dict[str, Any] = {"time": time.time()}
-        if isinstance(self.metrics, LogSource):
+        info: dict[str, Any] = {"time": time.time(), "source": self.metrics.name}
+        if isinstance(self.metrics, MetricReplay):
             info["cursor"] = self.metrics.position()
         counts = self._count()
         if counts is not None:
@@ -150,7 +196,6 @@ class LiveJudge:
         info = status.judge or {}
         self._started = True
         self._since = float(info.get("time", status.started))
-        self._watermark = self._since
         self._cursor = info.get("cursor")
         if self.counter is not None:
             now = self._count()
@@ -159,37 +204,29 @@ class LiveJudge:
                 self._counts.observe(now)
             self._counted_at = time.monotonic()
 
-    def _read(self) -> list[Sample]:
-        if isinstance(self.metrics, LogSource):
-            had_cursor = self._cursor is not None
-            samples, self._cursor = self.metrics.read(self.service, self._cursor)
-            # Without a cursor from the rollout's start we read from the top: keep only this
-            # rollout's requests.
-            return samples if had_cursor else [s for s in samples if s.time >= self._since]
-        got = self.metrics.samples(self.service, self._watermark - LATENESS)
-        new: list[Sample] = []
-        batch: dict[Sample, int] = defaultdict(int)
-        for s in got:
-            if s.time < self._since:
-                continue
-            batch[s] += 1
-            if batch[s] > self._recent.get(s, 0):
-                new.append(s)
-        for s, n in batch.items():
-            self._recent[s] = max(n, self._recent.get(s, 0))
-        if got:
-            self._watermark = max(self._watermark, max(s.time for s in got))
-        horizon = self._watermark - LATENESS
-        self._recent = {s: n for s, n in self._recent.items() if s.time > horizon}
-        return new
+    def _read(self, status: Status, now: float) -> list[Window]:
+        """What the source added since the last read, as windows to add."""
+        if isinstance(self.metrics, MetricReplay):
+            # Without a cursor from the rollout's start the source is read from the top: only
+            # this rollout's requests count.
+            since = None if self._cursor is not None else self._since
+            windows, self._cursor = self.metrics.read(self.service, self._cursor, since)
+            return windows
+        releases = [r for r in (status.new, status.old) if r]
+        if status.phase != "step" or status.old is None:
+            return []  # asked by time: the look in a step asks for the whole rollout anyway
+        return self._answers.update(self.metrics.windows(releases, self._since, now))
+
+    def _add(self, windows: list[Window]) -> None:
+        for w in windows:
+            self.seen[w.release_id] += w.requests
+        self.series.add(windows)
 
     def __call__(self, status: Status, now: float) -> Verdict | None:
         if not self._started:
             self._begin(status)
-        samples = self._read()
-        for sample in samples:
-            self.seen[sample.release_id] += 1
-        self.series.add(samples)
+        windows = self._read(status, now)
+        self._add(windows)
         self.series.note(now, status)
         if self._counts is not None and time.monotonic() - self._counted_at >= COUNTER_EVERY:
             counts = self._count()
@@ -202,11 +239,15 @@ class LiveJudge:
         if self._judge is None or self._key != key:
             self._judge = Judge(self.analysis, status.new, status.old)
             self._key = key
-        self._judge.add(samples)
+            if not isinstance(self.metrics, MetricReplay):
+                windows = list(self._answers.latest.values())  # all the new pair's answers so far
+        self._judge.add_windows(windows)
         self.canary_requests = self._judge.canary.n
         if status.phase != "step":
             return None
-        return self._judge.verdict(now)
+        verdict = self._judge.verdict(now)
+        verdict.figures["source"] = self.metrics.name
+        return verdict
 
     def _count(self) -> RequestCounts | None:
         if self.counter is None:
@@ -237,10 +278,9 @@ class LiveJudge:
                     if n > self.seen.get(r, 0)}
 
         while True:
-            if self._started:
-                for sample in (new := self._read()):
-                    self.seen[sample.release_id] += 1
-                self.series.add(new)
+            if self._started and isinstance(self.metrics, MetricReplay):
+                windows, self._cursor = self.metrics.read(self.service, self._cursor)
+                self._add(windows)
             if not lost() or time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
@@ -281,12 +321,4 @@ def save_series(home: Path, rollout_id: int, judge: LiveJudge) -> Path:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(judge.series.to_json()))
     tmp.replace(path)
-    return path
-
-
-def report_for_rollout(project: Project, service: str, rollout_id: int) -> Path | None:
-    """Write the HTML report of a rollout from its saved series and status."""
-    from kiln.analysis.report import report_for_rollout as build
-
-    path: Path | None = build(project.store, project.home, service, rollout_id)
     return path

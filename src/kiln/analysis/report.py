@@ -64,6 +64,11 @@ class Bucket:
     p95: float | None
 
 
+def _quantile(b: Bucket, q: str) -> float | None:
+    """A bucket's "p50" or "p95"."""
+    return b.p50 if q == "p50" else b.p95
+
+
 @dataclass(frozen=True)
 class Decision:
     """A mark on the charts: a phase change or a judge decision."""
@@ -180,14 +185,15 @@ def chart_payload(data: ReportData, now: float | None = None) -> dict[str, Any]:
         per[b.release][int(b.t)] = b
     ts = list(range(n_sec))
 
-    def col(rel: str, attr: str) -> list[Any]:
-        return [getattr(per[rel][t], attr) if t in per[rel] else None for t in ts]
+    def col(rel: str, q: str) -> list[float | None]:
+        return [_quantile(per[rel][t], q) if t in per[rel] else None for t in ts]
 
-    def counts(rel: str, attr: str) -> list[int]:
-        return [int(getattr(per[rel][t], attr)) if t in per[rel] else 0 for t in ts]
+    def counts(rel: str) -> tuple[list[int], list[int]]:
+        return ([per[rel][t].n if t in per[rel] else 0 for t in ts],
+                [per[rel][t].errors if t in per[rel] else 0 for t in ts])
 
-    err_c = _rate(counts(data.canary, "n"), counts(data.canary, "errors"), ERROR_WINDOW)
-    err_b = _rate(counts(base, "n"), counts(base, "errors"), ERROR_WINDOW)
+    err_c = _rate(*counts(data.canary), ERROR_WINDOW)
+    err_b = _rate(*counts(base), ERROR_WINDOW)
     lat = {f"{side}_{q}": _smooth([None if v is None else 1000 * v for v in col(rel, q)], 3)
            for side, rel in (("canary", data.canary), ("baseline", base)) for q in ("p50", "p95")}
     a = data.analysis or {}
@@ -241,8 +247,8 @@ def totals(data: ReportData, release: str | None) -> dict[str, Any]:
     n = sum(b.n for b in mine)
     errors = sum(b.errors for b in mine)
 
-    def wq(attr: str) -> float | None:
-        pts = sorted((getattr(b, attr), b.n) for b in mine if getattr(b, attr) is not None)
+    def wq(q: str) -> float | None:
+        pts = sorted((v, b.n) for b in mine if (v := _quantile(b, q)) is not None)
         total = sum(w for _, w in pts)
         acc = 0
         for v, w in pts:

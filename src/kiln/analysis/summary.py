@@ -1,20 +1,22 @@
 """Sufficient statistics of one side (canary or baseline): counts and a log-latency histogram.
 
-The judge needs only these, so the stateful `Judge` can add samples as they arrive in O(1) each
-and evaluate in O(bins) however long the rollout runs, and the benchmark can run thousands of
-rollouts as numpy arrays through the very same math.
+The judge needs only these, so the stateful `Judge` can add samples (or a metric source's
+windows, the same counts and histogram per window) as they arrive and evaluate in O(bins)
+however long the rollout runs, and the benchmark can run thousands of rollouts as numpy arrays
+through the very same math. `aggregate` turns per-request samples into those windows.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from kiln.platforms.base import Sample
+from kiln.platforms.base import Sample, Window
 
 # Log-spaced latency bins: 10 µs .. 1000 s, each 1% wider than the last. Resolution 1% is far
 # below any latency gate anyone sets (the gate is a relative increase like 25%).
@@ -66,6 +68,16 @@ class Summary:
         if ok:
             np.add.at(self.hist, bin_index(ok), 1.0)
 
+    def add_window(self, w: Window) -> None:
+        """Add one window's aggregate: the same sums `add` makes of its requests (the counts
+        are whole numbers, so the order of addition does not change a bit of the result)."""
+        self.requests += w.requests
+        self.errors += w.errors
+        if w.latency:
+            idx = np.fromiter(w.latency.keys(), dtype=np.intp, count=len(w.latency))
+            np.add.at(self.hist, idx, np.fromiter(w.latency.values(), dtype=np.float64,
+                                                  count=len(w.latency)))
+
     @property
     def n(self) -> int:
         """Alias of `requests`."""
@@ -87,3 +99,27 @@ class Summary:
         cum = np.cumsum(self.hist)
         k = int(np.searchsorted(cum, q * total, side="left"))
         return float(bin_center(min(k, N_BINS - 1)))
+
+
+def aggregate(samples: Iterable[Sample], length: float = 1.0) -> list[Window]:
+    """Per-request samples -> one Window per release and `length`-second slot of completion
+    time (slots aligned to the epoch), oldest first."""
+    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    ok_keys: list[tuple[str, int]] = []
+    ok_durations: list[float] = []
+    for s in samples:
+        key = (s.release_id, math.floor(s.time / length))
+        c = counts[key]
+        c[0] += 1
+        if s.error:
+            c[1] += 1
+        else:
+            ok_keys.append(key)
+            ok_durations.append(s.duration)
+    hists: dict[tuple[str, int], Counter[int]] = defaultdict(Counter)
+    if ok_durations:  # one vectorised binning for all windows
+        for key, b in zip(ok_keys, bin_index(ok_durations).tolist(), strict=True):
+            hists[key][b] += 1
+    return [Window(key[0], key[1] * length, length, counts[key][0], counts[key][1],
+                   dict(hists.get(key, {})))
+            for key in sorted(counts, key=lambda k: (k[1], k[0]))]

@@ -39,6 +39,7 @@ from kiln.bake.hashing import step_key, tree_digest
 from kiln.bake.sandbox import BakeSandbox, contained, in_dir, own_tree, require
 from kiln.errors import BakeError
 from kiln.platforms.base import Image, StepEvent
+from kiln.platforms.capabilities import ImageCheck, Resolver
 from kiln.platforms.local.sandbox import SYSTEM_PATHS, SandboxMode, covered
 from kiln.spec.models import CopyStep, EnvStep, ImageSpec, RunStep, Step, WorkdirStep
 from kiln.state.store import Store
@@ -59,7 +60,7 @@ class _Planned:
         return not isinstance(self.step, EnvStep | WorkdirStep)
 
 
-class LocalBuilder:
+class LocalBuilder(ImageCheck, Resolver):
     """Builder for the local platform. `home` is the project's state folder (.kiln/)."""
 
     def __init__(self, store: Store, home: Path,

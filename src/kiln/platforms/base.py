@@ -6,7 +6,7 @@ each ships in `kiln.platforms.fake` so the core can be tested without processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -174,13 +174,36 @@ class Backend:
 
 @dataclass(frozen=True)
 class Sample:
-    """One request seen by the router."""
+    """One request seen by the router (an access-log line): what a log-reading MetricSource
+    aggregates into `Window`s."""
 
     release_id: str
     time: float  # unix seconds
     status: int
     duration: float  # seconds
     error: bool  # 5xx or connection failure
+
+
+@dataclass(frozen=True)
+class Window:
+    """What one release served in one window of time: the aggregate a MetricSource answers.
+
+    Counts of failures of a total, and the latency distribution of the successful requests as
+    a histogram over kiln's log-spaced bins (`kiln.analysis.summary.bin_index`, 1% wide): the
+    judge needs nothing finer (docs/decisions/one-judge.md). A source that knows only a mean
+    per window (CloudWatch) gives one count at the mean.
+    """
+
+    release_id: str
+    start: float
+    """Unix seconds; with `release_id`, the window's identity."""
+    length: float
+    """Seconds."""
+    requests: int
+    errors: int
+    """5xx or connection failures, of `requests`."""
+    latency: Mapping[int, int] = field(default_factory=dict, hash=False)
+    """Successful requests per latency bin."""
 
 
 @dataclass(frozen=True)
@@ -288,8 +311,19 @@ class Router(Protocol):
 
 
 class MetricSource(Protocol):
-    def samples(self, service_name: str, since: float) -> list[Sample]:
-        """Requests the router served for the service since `since` (unix seconds)."""
+    """Aggregates per release and window, asked by time: one judge reads every source (the
+    router's access log, CloudWatch, ...). A source that can also replay what it recorded in
+    order declares `kiln.platforms.capabilities.MetricReplay`."""
+
+    @property
+    def name(self) -> str:
+        """Whose numbers, for people and the judge's figures: 'access-log', 'cloudwatch'."""
+        ...
+
+    def windows(self, releases: Collection[str], since: float, until: float) -> list[Window]:
+        """The releases' windows with requests that completed in [since, until] (unix
+        seconds). A window still filling may be answered again with larger counts: the newest
+        answer for a (release, start) replaces the earlier ones."""
         ...
 
 

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from kiln.errors import KilnError, StateError
 from kiln.platforms.base import Backend, Compute, Image, Instance, MetricSource, Release, Router
+from kiln.platforms.capabilities import OpenRequests, RouterProcess
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import (
     SETTLED,
@@ -232,11 +233,11 @@ class Reconciler:
     def _inflight(self, release_id: str | None) -> int:
         if release_id is None:
             return 0
-        probe = getattr(self.env.router, "open_requests", None)
-        if probe is None:
+        router = self.env.router
+        if not isinstance(router, OpenRequests):
             return 0
         try:
-            return int(probe(release_id))
+            return int(router.open_requests(release_id))
         except Exception:  # a metrics hiccup must not block a drain; the timeout bounds it
             return 0
 
@@ -329,8 +330,8 @@ class Reconciler:
         """The router is part of the rollout: a router that died (SIGKILL, OOM) is restarted
         with its recorded routing in the very next pass, then the rollout goes on by its rules
         (its failed requests count against whichever release they hit)."""
-        is_running = getattr(self.env.router, "is_running", None)
-        if is_running is None or is_running():
+        router = self.env.router
+        if not isinstance(router, RouterProcess) or router.is_running():
             return
         began = time.monotonic()
         try:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kiln.analysis.live import Series
+from kiln.analysis.live import Answers, Series
 from kiln.analysis.report import chart_payload, load_report_data, phase_label
 from kiln.errors import StateError
 from kiln.readmodel import SeenInstance, observe_service, release_rows, router_view
@@ -78,11 +78,13 @@ def _probe(host: str, port: int, path: str, timeout: float) -> bool:
 
 @dataclass
 class Live:
-    """The running rollout's traffic as the dashboard plots it (read from the router's log)."""
+    """The running rollout's traffic as the dashboard plots it (the platform's metric source,
+    asked for the whole rollout each time; the newest answer of a window replaces the last)."""
 
     rollout_id: int
     series: Series = field(default_factory=Series)
     since: float = field(default_factory=time.time)
+    answers: Answers = field(default_factory=Answers)
 
 
 class Board:
@@ -223,10 +225,9 @@ class Board:
         if live is None or live.rollout_id != rollout_id:
             live = self._live[name] = Live(rollout_id, since=st.started or time.time())
         if metrics is not None:
-            samples = metrics.samples(name, live.since)
-            if samples:
-                live.since = max(s.time for s in samples)
-            live.series.add(samples)
+            releases = [r for r in (st.new, st.old) if r]
+            live.series.add(live.answers.update(metrics.windows(releases, live.since,
+                                                                time.time())))
         live.series.note(time.time(), st)
         data = load_report_data(self.project.store, self.project.home, name, rollout_id)
         if data is None:

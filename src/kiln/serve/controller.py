@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.errors import KilnError, StateError
 from kiln.platforms.base import Instance
+from kiln.platforms.capabilities import HealthVerdicts, RouterProcess
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, Status
 from kiln.rollout.executor import Reconciler, instances_of, load_release
@@ -313,12 +314,12 @@ class Controller:
         one router call; the services with an instance DOWN `unhealthy_threshold` readings in a
         row (alive, not serving: replace it). A router without verdicts (AWS: the ASG replaces
         unhealthy targets itself) skips it."""
-        verdicts = getattr(self.project.router, "server_statuses", None)
+        router = self.project.router
         now = time.monotonic()
         due = {n: v for n, v in services.items() if now >= self._next_probe.get(n, 0.0)}
-        if verdicts is None or not due:
+        if not isinstance(router, HealthVerdicts) or not due:
             return set()
-        seen: dict[str, dict[str, str]] = verdicts(sorted({rel for _, rel, _ in due.values()}))
+        seen = router.server_statuses(sorted({rel for _, rel, _ in due.values()}))
         sick: set[str] = set()
         for name, (spec, release_id, insts) in due.items():
             self._next_probe[name] = now + spec.health.interval
@@ -347,8 +348,8 @@ class Controller:
     def _router_down(self) -> bool:
         if self.project.store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
             return False
-        is_running = getattr(self.project.router, "is_running", None)
-        return is_running is not None and not is_running()
+        router = self.project.router
+        return isinstance(router, RouterProcess) and not router.is_running()
 
     def _currents(self) -> dict[str, str]:
         """service -> its current release (the last settled rollout's target, or its origin)."""

@@ -3,19 +3,49 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
 
 from kiln.errors import NotFound, VerifyError
-from kiln.platforms.base import Image
+from kiln.platforms.base import Builder, Compute, Image
 from kiln.secrets import available_secrets
-from kiln.spec.models import ServiceSpec
+from kiln.spec.models import ServiceSpec, Spec
+from kiln.state.store import Store
 from kiln.verify.attest import attest, latest_attestation
 from kiln.verify.digest import suite_digest
 from kiln.verify.results import CheckResult, SuiteResult
 from kiln.verify.runner import run_checks
 
-if TYPE_CHECKING:
-    from kiln.project import Project
+
+class Project(Protocol):
+    """What testing an image needs of the project (kiln.project.Project has it); a Protocol
+    here so this module does not import kiln.project, which imports it."""
+
+    @property
+    def spec(self) -> Spec: ...
+
+    @property
+    def spec_path(self) -> Path: ...
+
+    @property
+    def base_dir(self) -> Path: ...
+
+    @property
+    def home(self) -> Path: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def builder(self) -> Builder: ...
+
+    @property
+    def compute(self) -> Compute: ...
+
+    def warn(self, message: str) -> None: ...
+
+    def locked(self, command: str) -> AbstractContextManager[None]: ...
 
 
 def _service_for(project: Project, image_name: str) -> tuple[str, ServiceSpec | None]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kiln.errors import KilnError
 from kiln.platforms.base import Compute, ExecResult, Image, Instance, Release, ReleaseImage
+from kiln.platforms.capabilities import ImageFileReader, TestinfraBackend
 from kiln.spec.models import (
     Check,
     CommandCheck,
@@ -136,11 +137,10 @@ def _image_files(compute: Compute, image: Image,
                  stack: contextlib.ExitStack) -> Path | ck.ImageFiles:
     """Where file checks read the image: the platform's own reader when it has one (podman's
     images are not folders), else the local image store's tree."""
-    opener = getattr(compute, "image_files", None)
-    if opener is None:
+    if not isinstance(compute, ImageFileReader):
         return Path(image.ref) / "root"
     try:
-        files: ck.ImageFiles = stack.enter_context(opener(image))
+        files: ck.ImageFiles = stack.enter_context(compute.image_files(image))
     except KilnError as exc:
         return _Unreadable(f"cannot read image {image.name}: {exc}")
     return files
@@ -274,10 +274,10 @@ def _run_one(index: int, check: Check, *, compute: Compute, target: _Target,
     if isinstance(check, TestinfraCheck):
         path = (base_dir / check.testinfra).resolve()
         # A platform with a testinfra backend of its own (podman://) is reached through it.
-        own_host = getattr(compute, "testinfra_host", None)
         out = run_testinfra(path, run=_exec_fn(compute, instance, target.extra_env),
                             instance=instance, timeout=check.timeout,
-                            hosts=own_host(instance) if own_host is not None else None)
+                            hosts=compute.testinfra_host(instance)
+                            if isinstance(compute, TestinfraBackend) else None)
         return CheckResult(index, kind, description, out.passed, out.detail,
                            time.monotonic() - start, out.cases)
     if isinstance(check, HttpCheck):

@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln.platforms.capabilities import OwnDrift
 from kiln.spec.aws import AwsSettings
 from kiln.state.store import Store
 
@@ -17,16 +18,12 @@ if TYPE_CHECKING:
     from kiln.platforms.aws.client import Aws
     from kiln.platforms.aws.compute import AwsCompute
     from kiln.platforms.aws.fleet import Fleet
-    from kiln.platforms.aws.metrics import CloudWatchJudge
+    from kiln.platforms.aws.metrics import CloudWatchSource
     from kiln.platforms.aws.router import AlbRouter
     from kiln.platforms.base import Image
-    from kiln.spec.models import Analysis
 
 
-class AwsPlatform:
-    metrics = None
-    """No per-request source: the judge reads CloudWatch's aggregates (`make_judge`)."""
-
+class AwsPlatform(OwnDrift):
     def __init__(self, store: Store, home: Path, project: str, *,
                  settings: AwsSettings | None = None) -> None:
         if settings is None:
@@ -65,11 +62,12 @@ class AwsPlatform:
 
         return AlbRouter(self.aws, self.store, self.project, self.fleet)
 
-    def make_judge(self, service: str, analysis: Analysis) -> CloudWatchJudge:
-        from kiln.platforms.aws.metrics import CloudWatchJudge, CloudWatchSource
+    @cached_property
+    def metrics(self) -> CloudWatchSource:
+        """The judge's source: each release's target-group periods in CloudWatch."""
+        from kiln.platforms.aws.metrics import CloudWatchSource
 
-        source = CloudWatchSource(self.aws, self.fleet, period=self.settings.metrics_period)
-        return CloudWatchJudge(source, service, analysis)
+        return CloudWatchSource(self.aws, self.fleet, period=self.settings.metrics_period)
 
     def drift(self) -> list[dict[str, Any]]:
         from kiln.platforms.aws.drift import detect

@@ -29,6 +29,7 @@ from kiln.platforms.aws import tags as t
 from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
 from kiln.platforms.aws.preflight import Network, base_ami, network
 from kiln.platforms.base import Image, StepEvent
+from kiln.platforms.capabilities import Resolver
 from kiln.rollout.executor import env_fault
 from kiln.spec.models import CopyStep, EnvStep, ImageSpec, RunStep, Step, WorkdirStep
 from kiln.state.store import Store
@@ -174,7 +175,7 @@ class _Temporary:
     image: str | None = None  # an AMI not yet complete: deregistered on failure
 
 
-class AmiBuilder:
+class AmiBuilder(Resolver):
     """The `Builder` of platform aws."""
 
     def __init__(self, aws: Aws, store: Store, project: str,

@@ -1,30 +1,24 @@
-"""The judge on AWS: CloudWatch's per-target-group minutes instead of per-request samples.
+"""AWS's MetricSource: CloudWatch's per-target-group periods, one `Window` each.
 
 Each release's target group reports, per period, RequestCount (Sum), HTTPCode_Target_5XX_Count
-(Sum) and TargetResponseTime (Average). They become the same `Summary` the judge reads:
-requests and errors are the sums (exactly what per-request samples would count), and each period
-with successful requests adds ONE latency observation, its average. The same `judge_summaries`
-decides. What that loses and why the false-alarm guarantee still holds: docs/judge-aws.md.
+(Sum) and TargetResponseTime (Average). A window's requests and errors are the sums (exactly what
+per-request samples would count), and a period with successful requests gives ONE latency
+observation, its average. The one judge (`kiln.analysis.live.LiveJudge`) reads them as it reads
+the access log. What that loses and why the false-alarm guarantee still holds: docs/judge-aws.md.
 Only Sum, Average and SampleCount are used: moto (and some accounts' dashboards) lack percentiles.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from kiln.analysis.judge import judge_summaries
-from kiln.analysis.live import Series
-from kiln.analysis.summary import Summary, bin_index
-from kiln.analysis.verdict import Verdict
+from kiln.analysis.summary import bin_index
 from kiln.platforms.aws.client import Aws, translated
 from kiln.platforms.aws.fleet import Fleet
-from kiln.rollout.decide import Status
-from kiln.spec.models import Analysis
+from kiln.platforms.base import Window
 
 NAMESPACE = "AWS/ApplicationELB"
 METRICS = {"RequestCount": "Sum", "HTTPCode_Target_5XX_Count": "Sum",
@@ -49,6 +43,11 @@ def dimensions(target_group_arn: str, load_balancer_arn: str) -> list[dict[str, 
 
 
 class CloudWatchSource:
+    """Asked by time only: CloudWatch keeps the data, so a judge started after a crash asks
+    again for the minutes since the rollout began (no cursor needed)."""
+
+    name = "cloudwatch"
+
     def __init__(self, aws: Aws, fleet: Fleet, period: int = 60) -> None:
         self.aws, self.fleet, self.period = aws, fleet, period
 
@@ -74,53 +73,14 @@ class CloudWatchSource:
             out.append(Period(ts, n, errors, series["TargetResponseTime"].get(ts)))
         return out
 
-    def summary(self, release_id: str, since: float, until: float) -> tuple[Summary, int]:
-        """The release's Summary since `since`, and how many periods it rests on."""
-        periods = self.periods(release_id, since, until)
-        s = Summary()
-        s.requests = sum(p.requests for p in periods)
-        s.errors = sum(p.errors for p in periods)
-        means = [p.latency for p in periods if p.latency is not None and p.requests > p.errors]
-        if means:
-            np.add.at(s.hist, bin_index(means), 1.0)  # one observation per period, not per request
-        return s, len(periods)
-
-
-class CloudWatchJudge:
-    """The reconciler's judge on AWS. Stateless over CloudWatch: after a crash it re-reads the
-    minutes since the rollout began, so the evidence is rebuilt, not lost."""
-
-    def __init__(self, source: CloudWatchSource, service: str, analysis: Analysis) -> None:
-        self.source, self.service, self.analysis = source, service, analysis
-        self.series = Series()
-        self._best_p: dict[str, float] = {}
-        self._failed: Verdict | None = None
-        self._key: tuple[str, str] | None = None
-        self.looks = 0
-
-    def start_info(self) -> dict[str, Any]:
-        """Where the evidence begins: only a time (CloudWatch keeps the data, no cursor)."""
-        return {"time": time.time(), "source": "cloudwatch"}
-
-    def __call__(self, status: Status, now: float) -> Verdict | None:
-        self.series.note(now, status)
-        if status.old is None or status.phase != "step":
-            return None
-        key = (status.new, status.old)
-        if key != self._key:
-            self._key, self._failed, self._best_p, self.looks = key, None, {}, 0
-        if self._failed is not None:
-            return self._failed
-        since = status.started
-        canary, n_c = self.source.summary(status.new, since, now + self.source.period)
-        baseline, n_b = self.source.summary(status.old, since, now + self.source.period)
-        self.looks += 1
-        v = judge_summaries(canary, baseline, self.analysis, best_p=self._best_p)
-        v.figures.update({"looks": self.looks, "time": now, "source": "cloudwatch",
-                          "canary_periods": n_c, "baseline_periods": n_b})
-        if v.outcome == "fail":
-            self._failed = v
-        return v
-
-    def crosscheck(self) -> dict[str, Any] | None:
-        return None  # one source of counts on AWS: nothing to cross-check against
+    def windows(self, releases: Collection[str], since: float, until: float) -> list[Window]:
+        """One window per period of each release's target group since `since`, the period
+        still filling included (answered again with larger counts at the next look)."""
+        out: list[Window] = []
+        for release_id in releases:
+            for p in self.periods(release_id, since, until + self.period):
+                mean = p.latency if p.requests > p.errors else None
+                latency = {int(bin_index([mean])[0]): 1} if mean is not None else {}
+                out.append(Window(release_id, p.start, float(self.period), p.requests, p.errors,
+                                  latency))
+        return out

@@ -15,6 +15,7 @@ from typing import Literal
 from kiln.errors import NotFound
 from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
+from kiln.platforms.capabilities import Sweeper
 from kiln.platforms.instance_rows import LIVE_STATES, from_row, list_rows, set_state
 from kiln.platforms.local.addresses import address_for
 from kiln.platforms.local.environment import kiln_vars
@@ -42,7 +43,7 @@ class FakeProcess:
     """Where the 'process' runs: the image's workdir under a pretend root `/`."""
 
 
-class FakeCompute:
+class FakeCompute(Sweeper):
     """Deterministic in-memory Compute. Knobs (sets of release ids unless said otherwise):
 
     - `unhealthy_releases`: instances run but never pass a health probe

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend, RequestCounts
+from kiln.platforms.capabilities import HealthVerdicts, OpenRequests
 from kiln.spec.models import ServiceSpec
 
 
@@ -21,7 +22,7 @@ class FakeRoute:
     backends: dict[str, Backend] = field(default_factory=dict)
 
 
-class FakeRouter:
+class FakeRouter(HealthVerdicts, OpenRequests):
     """Deterministic in-memory Router. Knobs:
 
     - `taken`: listen addresses "in use by another process" (set_backends/ensure_running refuse)

@@ -27,6 +27,7 @@ from kiln import logpump
 from kiln.errors import NotFound, PlatformError
 from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
+from kiln.platforms.capabilities import OrphanFinder, Sweeper
 from kiln.platforms.instance_rows import (
     KINDS,
     LIVE_STATES,
@@ -56,7 +57,7 @@ _EXITED = "exited"  # pid_start recorded for a process that was gone before we c
 _LOG_TAIL_LINES = 20
 
 
-class LocalCompute:
+class LocalCompute(Sweeper, OrphanFinder):
     """The Compute seam on the local platform. State lives in the store's `instances` table."""
 
     def __init__(self, store: Store, home: Path, project: str, *,

@@ -32,6 +32,7 @@ from typing import Any
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend, RequestCounts
+from kiln.platforms.capabilities import HealthVerdicts, OpenRequests
 from kiln.platforms.local import haproxy_config as hc
 from kiln.platforms.local import tcp_table
 from kiln.platforms.local import traefik_process as proc
@@ -81,7 +82,7 @@ class RuntimeAPI:
             return False
 
 
-class HAProxyRouter(RouterFiles):
+class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
     """Router seam on HAProxy. Every method is safe to call again after a crash."""
 
     def __init__(self, home: Path, project: str, *, apply_deadline: float = APPLY_DEADLINE,

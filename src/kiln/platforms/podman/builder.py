@@ -22,6 +22,7 @@ from kiln.bake import imagestore, provisioners, steps
 from kiln.bake.hashing import iter_files, step_key
 from kiln.errors import BakeError, PlatformError
 from kiln.platforms.base import Image, StepEvent
+from kiln.platforms.capabilities import ImageCheck, Resolver
 from kiln.platforms.podman import containerfile, debian_base, engine, images
 from kiln.spec.models import CopyStep, ImageSpec
 from kiln.state.store import Store
@@ -34,7 +35,7 @@ PULL_TIMEOUT = 120.0
 _FIXED_MTIME = int(steps.SOURCE_DATE_EPOCH)
 
 
-class PodmanBuilder:
+class PodmanBuilder(ImageCheck, Resolver):
     def __init__(self, store: Store, home: Path, project: str) -> None:
         self.store, self.home, self.project = store, home, project
 

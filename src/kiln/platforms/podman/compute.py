@@ -39,6 +39,7 @@ from kiln import logpump
 from kiln.errors import NotFound, PlatformError
 from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
+from kiln.platforms.capabilities import ImageFileReader, TamperCheck, TestinfraBackend
 from kiln.platforms.instance_rows import KINDS, LIVE_STATES, from_row, get_row, list_rows, set_state
 from kiln.platforms.local import environment
 from kiln.platforms.local.compute import LocalCompute
@@ -122,7 +123,7 @@ def container_command(command: str) -> list[str]:
     return [INIT, "-g", "--", "/bin/sh", "-c", f"{_FORWARD_TRAPS}\n{command}"]
 
 
-class PodmanCompute(LocalCompute):
+class PodmanCompute(LocalCompute, TamperCheck, ImageFileReader, TestinfraBackend):
     """The Compute seam on podman. Health probing, `wait_healthy` and the bookkeeping of rows
     are the local platform's (inherited); starting, observing, stopping and exec are podman's."""
 

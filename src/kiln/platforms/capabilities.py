@@ -1,0 +1,163 @@
+"""Optional capabilities of a platform's parts, each a small Protocol of its own.
+
+A part that has one declares it by naming the Protocol among its bases (so mypy checks the
+signatures where the part is defined); the core asks with `isinstance` (so mypy checks the call
+after the narrowing). The contract suites assert which capabilities each real and fake part
+declares, so a part cannot gain or lose one silently. Never probe a part with `getattr`: a
+misspelt name there is a capability nobody has. Why Protocols and `isinstance` rather than
+optional attributes on the Platform: docs/decisions/capabilities.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from kiln.platforms.base import Image, Instance, Window
+    from kiln.spec.models import ImageSpec
+    from kiln.verify.checks import ImageFiles
+
+
+# ---------------------------------------------------------------- Router
+
+
+@runtime_checkable
+class RouterProcess(Protocol):
+    """A router that is a process kiln starts and supervises (Traefik, HAProxy; not an ALB)."""
+
+    def is_running(self) -> bool: ...
+
+
+@runtime_checkable
+class HealthVerdicts(Protocol):
+    """A router with its own health checks whose verdicts kiln can read (heal decisions)."""
+
+    def server_statuses(self, release_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """release -> {"http://host:port": "UP" | "DOWN..." | "MAINT..."}; each asked release
+        has an entry."""
+        ...
+
+
+@runtime_checkable
+class OpenRequests(Protocol):
+    """A router that can tell whether a release out of rotation still has requests in flight
+    (a drain waits for 0 instead of a fixed time)."""
+
+    def open_requests(self, release_id: str) -> int: ...
+
+
+# ---------------------------------------------------------------- Compute
+
+
+@runtime_checkable
+class Sweeper(Protocol):
+    """Compute that can make the state match reality: dead rows marked, orphans stopped."""
+
+    def sweep(self) -> list[str]:
+        """One line per change."""
+        ...
+
+
+@runtime_checkable
+class OrphanFinder(Protocol):
+    """Compute that can find instances that run but that no live row records (`kiln drift`)."""
+
+    def orphans(self) -> list[tuple[str, int, str]]:
+        """(instance, pid, start) of each."""
+        ...
+
+
+@runtime_checkable
+class TamperCheck(Protocol):
+    """Compute whose instances can drift from their image (a container's writable layer)."""
+
+    def tampered(self, instance: Instance, image_digest: str) -> str | None:
+        """None when the instance runs its image unchanged; else one line saying what differs."""
+        ...
+
+
+@runtime_checkable
+class ImageFileReader(Protocol):
+    """Compute whose images are not plain folders: file checks read them through it."""
+
+    def image_files(self, image: Image) -> AbstractContextManager[ImageFiles]: ...
+
+
+@runtime_checkable
+class TestinfraBackend(Protocol):
+    """Compute that testinfra reaches with a backend of its own (e.g. podman://)."""
+
+    def testinfra_host(self, instance: Instance) -> str: ...
+
+
+# ---------------------------------------------------------------- Builder
+
+
+@runtime_checkable
+class ImageCheck(Protocol):
+    """A builder that can check a stored image against its digest before it is used."""
+
+    def verify(self, image: Image, use: str) -> None:
+        """Raise ImageTampered naming `use` when the image's content no longer matches."""
+        ...
+
+
+@runtime_checkable
+class Resolver(Protocol):
+    """A builder that can say which image a bake would give without running a step (plan)."""
+
+    def resolve(self, name: str, spec: ImageSpec, *, base_dir: Path) -> Image | None: ...
+
+
+# ---------------------------------------------------------------- MetricSource
+
+
+@runtime_checkable
+class MetricReplay(Protocol):
+    """A metric source read like a log: a JSON-able cursor, every record exactly once, so a
+    rollout's judge (also one restarted after a crash) counts what was recorded since the
+    cursor taken at the rollout's start, whatever the records' timestamps."""
+
+    def position(self) -> Any:
+        """A cursor at the end of what is recorded now (JSON-able, kept in the rollout)."""
+        ...
+
+    def read(self, service_name: str, cursor: Any, since: float | None = None
+             ) -> tuple[list[Window], Any]:
+        """Aggregates of the service's records after `cursor` (None: from the beginning, then
+        only those completed at or after `since`), and the new cursor. They add to what earlier
+        reads gave (the same window may come in parts)."""
+        ...
+
+
+# ---------------------------------------------------------------- Platform
+
+
+@runtime_checkable
+class OwnDrift(Protocol):
+    """A platform with drift of its own beyond instances and routes (aws: AMIs, ASGs)."""
+
+    def drift(self) -> list[dict[str, Any]]: ...
+
+
+ROUTER = (RouterProcess, HealthVerdicts, OpenRequests)
+COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend)
+BUILDER = (ImageCheck, Resolver)
+METRICS = (MetricReplay,)
+PLATFORM = (OwnDrift,)
+
+
+def declared(part: type, among: Sequence[type]) -> set[str]:
+    """The capabilities in `among` that the class `part` names among its bases (for the
+    contract suites)."""
+    return {cap.__name__ for cap in among if cap in part.__mro__}
+
+
+def answered(part: type, among: Sequence[type]) -> set[str]:
+    """The capabilities in `among` that `isinstance` finds on instances of `part` (what the core
+    sees): the contract suites assert it equals `declared`, so no method matches a capability by
+    chance and no declared one is missing."""
+    return {cap.__name__ for cap in among if issubclass(part, cap)}
