@@ -1,4 +1,5 @@
-"""Secrets of a service (`env:NAME`, `file:PATH`), resolved at launch and never stored."""
+"""Secrets of a service (`env:NAME`, `file:PATH`), resolved at launch and never stored.
+`ssm:` and `secretsmanager:` references (platform aws) are left to the instance."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ from pathlib import Path
 from kiln.errors import KilnError
 from kiln.spec.models import ServiceSpec
 
+REMOTE = ("ssm", "secretsmanager")
+"""Schemes kiln never resolves itself: the instance does, with its own credentials."""
+
 
 def resolve_secrets(service_name: str, service: ServiceSpec, base_dir: Path) -> dict[str, str]:
     """Resolve `env:NAME` / `file:PATH` references at launch; never stored."""
     out: dict[str, str] = {}
     for key, ref in service.secrets.items():
         scheme, _, target = ref.partition(":")
+        if scheme in REMOTE:
+            continue  # resolved on the instance by its instance profile (platform aws)
         if scheme == "env":
             if target not in os.environ:
                 raise KilnError(f"services.{service_name}.secrets.{key}: environment variable "

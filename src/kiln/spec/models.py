@@ -534,8 +534,9 @@ class ServiceSpec(_Model):
     def _secret_refs(cls, v: dict[str, str]) -> dict[str, str]:
         check_env({k: "" for k in v}, "secret")
         for key, ref in v.items():
-            if not re.match(r"^(env|file):.+$", ref):
-                raise ValueError(f"secret {key}: expected env:NAME or file:PATH, got {ref!r}")
+            if not re.match(r"^(env|file|ssm|secretsmanager):.+$", ref):
+                raise ValueError(f"secret {key}: expected env:NAME, file:PATH, "
+                                 f"ssm:/parameter/name or secretsmanager:ARN, got {ref!r}")
         return v
 
     @field_validator("read_only_paths")
@@ -556,6 +557,24 @@ class ServiceSpec(_Model):
         if not (host.startswith("127.") or host == "localhost"):
             raise ValueError(f"listen must be a loopback address (127.0.0.0/8), got {host}")
         return v
+
+
+def _secret_platform(platform: str, name: str, svc: ServiceSpec) -> list[str]:
+    """aws resolves secrets on the instance (ssm:, secretsmanager:); the others on this machine
+    (env:, file:). A reference the platform cannot resolve is refused, naming the alternative."""
+    out = []
+    for key, ref in svc.secrets.items():
+        scheme = ref.partition(":")[0]
+        if platform == "aws" and scheme in ("env", "file"):
+            out.append(f"services.{name}.secrets.{key}: {scheme}: secrets are not supported on "
+                       "platform aws (they would be stored in user data); use "
+                       "ssm:/parameter/name or secretsmanager:ARN, fetched by the instance "
+                       "profile")
+        elif platform != "aws" and scheme in ("ssm", "secretsmanager"):
+            out.append(f"services.{name}.secrets.{key}: {scheme}: references are resolved by "
+                       f"an AWS instance profile (platform aws); on {platform} use env:NAME or "
+                       "file:PATH")
+    return out
 
 
 class Spec(_Model):
@@ -590,6 +609,7 @@ class Spec(_Model):
                             f"uses {self.platform}, which isolates without bubblewrap)")
         listens: dict[str, str] = {}
         for name, svc in self.services.items():
+            problems += _secret_platform(self.platform, name, svc)
             if svc.image not in self.images:
                 known = ", ".join(sorted(self.images)) or "none defined"
                 problems.append(f"services.{name}.image: unknown image {svc.image!r} "

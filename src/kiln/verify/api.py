@@ -95,7 +95,8 @@ def ensure_tested(project: Project, image_name: str, image: Image,
     spec = project.spec.images[image_name]
     digest = suite_digest(spec, project.base_dir)
     att = latest_attestation(project.store, image.digest, digest)
-    if att is not None and att.passed:
+    ref = att.document.get("predicate", {}).get("image_ref") if att is not None else None
+    if att is not None and att.passed and ref in (None, image.ref):  # same digest, same AMI
         if on_result:
             on_result(f"{image_name}: tests passed before (attestation #{att.id})")
         return

@@ -61,6 +61,8 @@ def statement(image: Image, suite: SuiteResult) -> dict[str, Any]:
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "suite_digest": suite.suite_digest,
+            "image_ref": image.ref,  # binds the platform's copy too (aws: the AMI id)
+            "test_instance": suite.instance_id,
             "passed": suite.passed,
             "checks": [r.to_json() for r in suite.results],
             "passed_checks": sum(1 for r in suite.results if r.passed),

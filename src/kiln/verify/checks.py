@@ -226,6 +226,11 @@ def check_http(spec: HttpCheck.Spec, instance: Instance) -> Outcome:
             return Outcome(False, f"{spec.method} {url}: no response within "
                                   f"{spec.timeout:g}s")
         return Outcome(False, f"{spec.method} {url}: {reason}")
+    return http_outcome(spec, status, body)
+
+
+def http_outcome(spec: HttpCheck.Spec, status: int, body: bytes) -> Outcome:
+    """Judge one HTTP answer against the check (shared by platforms that fetch it their way)."""
     if status != spec.status:
         return Outcome(False, f"status {status}, expected {spec.status}: "
                               f"{one_line(body.decode(errors='replace'), 120)!r}")

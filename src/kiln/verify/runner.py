@@ -37,6 +37,7 @@ from kiln.spec.models import (
 )
 from kiln.verify import checks as ck
 from kiln.verify.digest import suite_digest
+from kiln.verify.remote import RemoteChecks
 from kiln.verify.results import CheckResult, SuiteResult
 from kiln.verify.testinfra_run import run_testinfra
 
@@ -280,13 +281,18 @@ def _run_one(index: int, check: Check, *, compute: Compute, target: _Target,
                             if isinstance(compute, TestinfraBackend) else None)
         return CheckResult(index, kind, description, out.passed, out.detail,
                            time.monotonic() - start, out.cases)
+    remote = compute if isinstance(compute, RemoteChecks) else None
     if isinstance(check, HttpCheck):
         http = check.http
+        if remote is not None:
+            return done(_bounded(lambda: remote.check_http(instance, http), http.timeout))
         return done(_bounded(lambda: ck.check_http(http, instance), http.timeout))
     if isinstance(check, PortCheck):
         port = instance.port if service is not None and check.port == service.port \
             else check.port
         timeout = check.timeout
+        if remote is not None:
+            return done(_bounded(lambda: remote.check_port(instance, port, timeout), timeout))
         return done(_bounded(lambda: ck.check_port(instance.host, port, timeout), timeout))
     assert isinstance(check, CommandCheck)
     spec = check.spec

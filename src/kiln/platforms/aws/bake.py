@@ -25,7 +25,9 @@ from typing import Any, Protocol
 from kiln.bake import steps
 from kiln.bake.hashing import iter_files, step_key
 from kiln.errors import BakeError, KilnError, PlatformError
+from kiln.platforms.aws import ssm
 from kiln.platforms.aws import tags as t
+from kiln.platforms.aws.boot import ROOT
 from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
 from kiln.platforms.aws.preflight import Network, base_ami, network
 from kiln.platforms.base import Image, StepEvent
@@ -34,8 +36,6 @@ from kiln.rollout.executor import env_fault
 from kiln.spec.models import CopyStep, EnvStep, ImageSpec, RunStep, Step, WorkdirStep
 from kiln.state.store import Store
 
-ROOT = "/opt/kiln/root"
-"""Where the image's files live on the AMI; services run with it as working directory."""
 CHUNK = 48_000  # base64 characters per SSM command line (a document's parameters cap at 64 KB)
 Progress = Callable[[StepEvent], None]
 
@@ -122,48 +122,20 @@ class StepRunner(Protocol):
 
 
 class SsmRunner:
-    """SSM Run Command (AWS-RunShellScript). Retries while the agent has not registered yet."""
+    """SSM Run Command (AWS-RunShellScript); see kiln.platforms.aws.ssm."""
 
     poll = 2.0
 
     def run(self, aws: Aws, instance_id: str, lines: Sequence[str], timeout: float
             ) -> tuple[bool, str]:
-        from botocore.exceptions import ClientError
-
-        deadline = time.monotonic() + timeout
-        while True:
-            with translated("sending a bake step (ssm send_command)"):
-                try:
-                    sent = aws.ssm.send_command(
-                        InstanceIds=[instance_id], DocumentName="AWS-RunShellScript",
-                        Parameters={"commands": list(lines),
-                                    "executionTimeout": [str(int(timeout))]},
-                        Comment="kiln bake step")
-                    break
-                except ClientError as exc:
-                    # The agent has not registered yet: AWS says InvalidInstanceId until it has.
-                    if error_code(exc) != "InvalidInstanceId" or time.monotonic() > deadline:
-                        raise
-            time.sleep(self.poll)
-        command_id = sent["Command"]["CommandId"]
-        while True:
-            with translated("waiting for a bake step (ssm get_command_invocation)"):
-                try:
-                    inv = aws.ssm.get_command_invocation(CommandId=command_id,
-                                                         InstanceId=instance_id)
-                except ClientError as exc:
-                    if error_code(exc) != "InvocationDoesNotExist":
-                        raise
-                    inv = {"Status": "Pending"}
-            status = inv.get("Status", "Pending")
-            if status == "Success":
-                return True, str(inv.get("StandardOutputContent", ""))
-            if status in ("Failed", "Cancelled", "TimedOut", "Undeliverable", "Terminated"):
-                out = str(inv.get("StandardErrorContent") or inv.get("StandardOutputContent", ""))
-                return False, f"{status}: {out.strip()[-2000:]}"
-            if time.monotonic() > deadline:
-                return False, f"no result within {timeout:.0f}s"
-            time.sleep(self.poll)
+        try:
+            res = ssm.run(aws, instance_id, lines, timeout, "bake step", poll=self.poll)
+        except ssm.SsmTimeout:
+            return False, f"no result within {timeout:.0f}s"
+        if res.exit_code == 0:
+            return True, res.stdout
+        out = res.stderr or res.stdout
+        return False, f"exit code {res.exit_code}: {out.strip()[-2000:]}"
 
 
 @dataclass
@@ -373,64 +345,15 @@ class AmiBuilder(Resolver):
                                 + " (the next bake retries; see docs/aws.md)")
 
     def _terminate(self, ids: list[str]) -> list[str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.aws.ec2.terminate_instances(InstanceIds=ids)
-        except (BotoCoreError, ClientError) as exc:
-            if not is_missing(exc):
-                return [f"instance(s) {', '.join(ids)}: {exc}"]
-        deadline = time.monotonic() + 600.0
-        while time.monotonic() < deadline:
-            try:
-                res = self.aws.ec2.describe_instances(InstanceIds=ids)
-            except (BotoCoreError, ClientError) as exc:
-                if is_missing(exc):
-                    return []
-                return [f"instance(s) {', '.join(ids)}: {exc}"]
-            states = [i["State"]["Name"] for r in res["Reservations"] for i in r["Instances"]]
-            if all(s == "terminated" for s in states):
-                return []
-            time.sleep(self.poll)
-        return [f"instance(s) {', '.join(ids)} not terminated within 600s"]
+        return terminate_and_wait(self.aws, ids, self.poll)
 
     def _delete_groups(self, groups: list[str]) -> list[str]:
-        """A group stays 'in use' until its instance is gone: retry DependencyViolation."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        left = []
-        for group in groups:
-            deadline = time.monotonic() + 300.0
-            while True:
-                try:
-                    self.aws.ec2.delete_security_group(GroupId=group)
-                    break
-                except (BotoCoreError, ClientError) as exc:
-                    if is_missing(exc):
-                        break
-                    if error_code(exc) == "DependencyViolation" and time.monotonic() < deadline:
-                        time.sleep(self.poll)
-                        continue
-                    left.append(f"security group {group}: {exc}")
-                    break
-        return left
+        return delete_groups(self.aws, groups, self.poll)
 
     def sweep(self) -> list[str]:
         """Delete builders and builder groups of this project that an earlier, killed bake left.
         Safe because bakes hold the project lock: none of these belongs to a running bake."""
-        with translated("looking for leftover builders"):
-            res = self.aws.ec2.describe_instances(Filters=[
-                *t.filters(self.project, role="builder"),
-                {"Name": "instance-state-name",
-                 "Values": ["pending", "running", "stopping", "stopped"]}])
-            groups = self.aws.ec2.describe_security_groups(
-                Filters=t.filters(self.project, role="builder")).get("SecurityGroups", [])
-        ids = [i["InstanceId"] for r in res["Reservations"] for i in r["Instances"]]
-        problems = self._terminate(ids) if ids else []
-        problems += self._delete_groups([g["GroupId"] for g in groups])
-        if problems:
-            raise PlatformError("aws: cannot remove a killed bake's builder: " + "; ".join(problems))
-        return ids + [g["GroupId"] for g in groups]
+        return sweep_role(self.aws, self.project, "builder", self.poll)
 
 
 def deregister(aws: Aws, amis: Sequence[str]) -> list[str]:
@@ -457,3 +380,68 @@ def deregister(aws: Aws, amis: Sequence[str]) -> list[str]:
         except KilnError as exc:
             problems.append(f"AMI {ami}: {exc}")
     return problems
+
+
+def terminate_and_wait(aws: Aws, ids: list[str], poll: float) -> list[str]:
+    """Terminate instances and wait until they are; returns problems (empty when all went)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        aws.ec2.terminate_instances(InstanceIds=ids)
+    except (BotoCoreError, ClientError) as exc:
+        if not is_missing(exc):
+            return [f"instance(s) {', '.join(ids)}: {exc}"]
+    deadline = time.monotonic() + 600.0
+    while time.monotonic() < deadline:
+        try:
+            res = aws.ec2.describe_instances(InstanceIds=ids)
+        except (BotoCoreError, ClientError) as exc:
+            if is_missing(exc):
+                return []
+            return [f"instance(s) {', '.join(ids)}: {exc}"]
+        states = [i["State"]["Name"] for r in res["Reservations"] for i in r["Instances"]]
+        if all(s == "terminated" for s in states):
+            return []
+        time.sleep(poll)
+    return [f"instance(s) {', '.join(ids)} not terminated within 600s"]
+
+
+def delete_groups(aws: Aws, groups: list[str], poll: float) -> list[str]:
+    """A group stays 'in use' until its instance is gone: retry DependencyViolation."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    left = []
+    for group in groups:
+        deadline = time.monotonic() + 300.0
+        while True:
+            try:
+                aws.ec2.delete_security_group(GroupId=group)
+                break
+            except (BotoCoreError, ClientError) as exc:
+                if is_missing(exc):
+                    break
+                if error_code(exc) == "DependencyViolation" and time.monotonic() < deadline:
+                    time.sleep(poll)
+                    continue
+                left.append(f"security group {group}: {exc}")
+                break
+    return left
+
+
+def sweep_role(aws: Aws, project: str, role: str, poll: float) -> list[str]:
+    """Delete the project's instances and security groups of a temporary role (builder, test)
+    that a killed kiln left. Callers hold the project lock: none belongs to a live operation."""
+    with translated(f"looking for leftover {role} instances"):
+        res = aws.ec2.describe_instances(Filters=[
+            *t.filters(project, role=role),
+            {"Name": "instance-state-name",
+             "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}])
+        groups = aws.ec2.describe_security_groups(
+            Filters=t.filters(project, role=role)).get("SecurityGroups", [])
+    ids = [i["InstanceId"] for r in res["Reservations"] for i in r["Instances"]]
+    problems = terminate_and_wait(aws, ids, poll) if ids else []
+    problems += delete_groups(aws, [g["GroupId"] for g in groups], poll)
+    if problems:
+        raise PlatformError(f"aws: cannot remove a killed kiln's {role} resources: "
+                            + "; ".join(problems))
+    return ids + [g["GroupId"] for g in groups]

@@ -11,37 +11,47 @@ template with it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from kiln.errors import PlatformError
+from kiln.errors import KilnError, PlatformError
+from kiln.platforms.aws import probes, ssm, throwaway
+from kiln.platforms.aws.boot import REMOTE_SCHEMES, exec_lines, journal_lines, refusal
 from kiln.platforms.aws.client import Aws, is_missing, translated
 from kiln.platforms.aws.fleet import Fleet
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
 from kiln.platforms.instance_rows import from_row, insert, set_state
-from kiln.spec.models import Health, ServiceSpec
+from kiln.spec.models import Health, HttpCheck, ServiceSpec
 from kiln.state.store import Store
+from kiln.verify.checks import FileStat, ImageFiles, Outcome
 
 GONE_LIFECYCLE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated",
                   "Detaching", "Detached")
 
 
 class AwsCompute:
+    poll = 2.0
+    """Seconds between SSM and EC2 polls (tests lower it)."""
+
     def __init__(self, aws: Aws, store: Store, home: Path, fleet: Fleet) -> None:
         self.aws, self.store, self.home, self.fleet = aws, store, home, fleet
+        self._tests: dict[str, Instance] = {}  # image digest -> its live test instance
 
     def launch(self, service_name: str, service: ServiceSpec, release: Release, image: Image,
                count: int, *, env: Mapping[str, str],
                kind: Literal["service", "test", "dev"] = "service") -> list[Instance]:
-        if kind != "service":
-            raise PlatformError(f"aws: {kind} instances are not supported on platform aws yet "
-                                "(run image tests on platform local or podman, or deploy with "
-                                "--skip-tests)")
-        if service.secrets:
-            raise PlatformError(f"services.{service_name}.secrets: not supported on platform aws "
-                                "yet (user data is stored by AWS; use an instance profile and "
-                                "SSM Parameter Store)")
+        for key, ref in service.secrets.items():
+            if ref.partition(":")[0] not in REMOTE_SCHEMES:
+                raise KilnError(refusal(service_name, key, ref))
+        if kind == "dev":
+            raise PlatformError("aws: dev instances (`kiln up`) are not supported on platform "
+                                "aws; deploy the service and use `kiln exec` / `kiln logs`")
+        if kind == "test":
+            return [self._launch_test(service_name, service, release, image, env)
+                    for _ in range(count)]
         group = self.fleet.ensure_asg(service_name, service, release, image)
         name = group["AutoScalingGroupName"]
         tracked = {r["id"] for r in self.store.query(
@@ -94,7 +104,28 @@ class AwsCompute:
                     out[inst["InstanceId"]] = inst
         return out
 
+    def _launch_test(self, service_name: str, service: ServiceSpec, release: Release,
+                     image: Image, env: Mapping[str, str]) -> Instance:
+        iid, group, host = throwaway.launch(self.aws, self.fleet.project, service_name, service,
+                                            release, image, env, self.poll)
+        inst = Instance(iid, service_name, release.id, host, service.port,
+                        handle={"instance": iid, "group": group, "image": image.ref})
+        with self.store.tx() as c:
+            insert(c, inst, kind="test")
+            c.event("instance.launch", f"launching test instance {iid} of {image.ref} in "
+                    f"{group}", service=service_name,
+                    data={"instance": iid, "release": release.id, "ami": image.ref})
+        self._tests[image.digest] = inst
+        return inst
+
+    @staticmethod
+    def _is_test(instance: Instance) -> bool:
+        return "group" in instance.handle
+
     def healthy(self, instance: Instance, health: Health) -> bool:
+        if self._is_test(instance):  # no target group: ask the instance itself, over SSM
+            return probes.healthy(self.aws, instance.id, instance.port, health.path,
+                                  health.timeout)
         tg = self.fleet.target_group(instance.release_id)
         if tg is None:
             return False
@@ -110,6 +141,9 @@ class AwsCompute:
         return states == ["healthy"]
 
     def terminate(self, instance: Instance, timeout: float) -> None:
+        if self._is_test(instance):
+            self._terminate_test(instance)
+            return
         from botocore.exceptions import ClientError
 
         with translated(f"terminating {instance.id}"):
@@ -132,19 +166,101 @@ class AwsCompute:
         if (left is None or left["n"] == 0) and (group is None or not self._members(group)):
             self.fleet.dispose(instance.release_id)
 
+    def _terminate_test(self, instance: Instance) -> None:
+        self._save_log(instance)  # the failed test's log stays readable (`kiln logs --test`)
+        problems = throwaway.remove(self.aws, instance.id, instance.handle.get("group"),
+                                    self.poll)
+        for digest, inst in list(self._tests.items()):
+            if inst.id == instance.id:
+                del self._tests[digest]
+        if problems:
+            raise PlatformError("aws: test instance cleanup left resources behind: "
+                                + "; ".join(problems) + " (the next test launch retries)")
+        set_state(self.store, instance.id, "stopped")
+
     def observe(self, instances: Sequence[Instance]) -> list[Observed]:
         described = self._describe([i.id for i in instances]) if instances else {}
         return [Observed(i.id, described.get(i.id, {}).get("State", {}).get("Name")
                          in ("pending", "running")) for i in instances]
 
     def exec(self, instance: Instance, command: str, *, timeout: float) -> ExecResult:
-        raise PlatformError("aws: exec in an instance is not supported yet (use SSM Session "
-                            "Manager)")
+        """Over SSM, through the instance's exec script: the service's env, secrets, workdir."""
+        try:
+            return ssm.run(self.aws, instance.id, exec_lines(instance.service, command),
+                           timeout, "exec", poll=self.poll)
+        except ssm.SsmTimeout as exc:
+            raise PlatformError(f"timed out after {timeout:g}s: {exc}") from exc
 
     def log_path(self, instance: Instance) -> Path:
-        return self.home / "instances" / instance.id / "log"
+        """The service's journal, fetched over SSM into kiln's instance folder while the
+        instance runs (a stopped one keeps the copy made last, e.g. at its test's end)."""
+        path = self.home / "instances" / instance.id / "log"
+        row = self.store.one("SELECT state FROM instances WHERE id = ?", (instance.id,))
+        if row is None or row["state"] in ("starting", "running", "draining"):
+            self._save_log(instance)
+        return path
+
+    def _save_log(self, instance: Instance, lines: int = 1000) -> None:
+        path = self.home / "instances" / instance.id / "log"
+        try:
+            res = ssm.run(self.aws, instance.id, journal_lines(instance.service, lines), 30.0,
+                          "reading the journal", poll=self.poll)
+        except KilnError:
+            return  # the instance is gone or unreachable: keep what was fetched before
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".log.tmp")
+        tmp.write_text(res.stdout)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------ image checks (RemoteChecks)
+
+    def check_http(self, instance: Instance, spec: HttpCheck.Spec) -> Outcome:
+        return probes.check_http(self.aws, instance.id, instance.port, spec)
+
+    def check_port(self, instance: Instance, port: int, timeout: float) -> Outcome:
+        return probes.check_port(self.aws, instance.id, port, timeout)
+
+    @contextmanager
+    def image_files(self, image: Image) -> Iterator[ImageFiles]:
+        """File checks read the AMI's files on a test instance of it: the suite's own when
+        it has one, else one launched for them (and removed)."""
+        lazy = _LazyFiles(self, image)
+        try:
+            yield lazy
+        finally:
+            lazy.close()
 
     def instances(self, release_id: str) -> list[Instance]:
         rows = self.store.query("SELECT * FROM instances WHERE release_id = ? AND state IN "
                                 "('starting','running','draining')", (release_id,))
         return [from_row(r) for r in rows]
+
+
+class _LazyFiles:
+    """ImageFiles bound to a test instance of the image, found (or launched) on first use."""
+
+    def __init__(self, compute: AwsCompute, image: Image) -> None:
+        self.compute, self.image = compute, image
+        self._own: Instance | None = None
+
+    def _files(self) -> probes.InstanceFiles:
+        inst = self.compute._tests.get(self.image.digest) or self._own
+        if inst is None:
+            idle = ServiceSpec(image=self.image.name, command="exec sleep 2147483647",
+                               listen="127.0.0.1:1")
+            release = Release(f"{self.image.name}-files", self.image.name, 0, self.image.digest,
+                              "test")
+            inst = self._own = self.compute._launch_test(self.image.name, idle, release,
+                                                         self.image, {})
+        return probes.InstanceFiles(self.compute.aws, inst.id)
+
+    def stat(self, path: str) -> FileStat | None:
+        return self._files().stat(path)
+
+    def read(self, path: str) -> bytes:
+        return self._files().read(path)
+
+    def close(self) -> None:
+        if self._own is not None:
+            own, self._own = self._own, None
+            self.compute.terminate(own, 10.0)

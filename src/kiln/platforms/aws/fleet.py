@@ -9,17 +9,14 @@ see docs/decisions/aws-fleet-per-release.md.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import posixpath
-import shlex
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from kiln.errors import PlatformError
 from kiln.platforms.aws import tags as t
-from kiln.platforms.aws.bake import ROOT
+from kiln.platforms.aws.boot import user_data
 from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
 from kiln.platforms.aws.preflight import Network, network
 from kiln.platforms.base import Image, Release
@@ -57,44 +54,6 @@ class Names:
 
     def launch_template(self, release_id: str) -> str:
         return f"kiln-{self.project}-{release_id}"
-
-
-def user_data(service_name: str, service: ServiceSpec, env: dict[str, str],
-              workdir: str = "") -> str:
-    """First-boot script: a systemd unit running the service's command in the image's workdir
-    (relative to the image root; "" is the root)."""
-    unit = f"kiln-{service_name}"
-    cwd = posixpath.join(ROOT, workdir) if workdir else ROOT
-    lines = [f"{k}={v}" for k, v in sorted(env.items())]
-    lines += ["HOST=0.0.0.0", f"PORT={service.port}"]
-    env_file = "\n".join(lines)
-    script = f"""#!/bin/sh
-set -e
-touch /opt/kiln/env
-mkdir -p {shlex.quote(cwd)}
-cat > /etc/{unit}.env <<'KILN_ENV'
-{env_file}
-KILN_ENV
-cat > /etc/systemd/system/{unit}.service <<'KILN_UNIT'
-[Unit]
-Description=kiln service {service_name}
-After=network-online.target
-[Service]
-WorkingDirectory={cwd}
-EnvironmentFile=/opt/kiln/env
-EnvironmentFile=/etc/{unit}.env
-Environment=PATH={ROOT}/.venv/bin:/usr/local/bin:/usr/bin:/bin
-ExecStart=/bin/sh -c {shlex.quote(service.command)}
-Restart=always
-KillSignal=SIGTERM
-TimeoutStopSec={int(service.stop_timeout)}
-[Install]
-WantedBy=multi-user.target
-KILN_UNIT
-systemctl daemon-reload
-systemctl enable --now {unit}
-"""
-    return base64.b64encode(script.encode()).decode()
 
 
 class Fleet:
@@ -268,7 +227,7 @@ class Fleet:
                 "ImageId": image.ref, "InstanceType": s.instance_type,
                 "SecurityGroupIds": [self.fleet_group(), *s.security_groups],
                 "UserData": user_data(service_name, service, {**image.env, **service.env},
-                                      image.workdir),
+                                      image.workdir, s.region),
                 "TagSpecifications": [t.spec("instance", kiln_tags | {
                     "Name": f"kiln-{self.project}-{release.id}"}), t.spec("volume", kiln_tags)],
             }
