@@ -212,16 +212,19 @@ def _wait_healthy(compute: Compute, target: _Target, service: ServiceSpec) -> No
         if time.monotonic() >= deadline:
             target.healthy = False
             target.health_error = (f"not healthy (GET {health.path}) within "
-                                   f"{health.deadline:g}s" + _last_answer(instance, health)
+                                   f"{health.deadline:g}s"
+                                   + _last_answer(compute, instance, health)
                                    + _log_tail(compute, instance))
             return
         time.sleep(HEALTH_POLL)
 
 
-def _last_answer(instance: Instance, health: Health) -> str:
-    """What the health path answers now, as kiln sees it: a failure says what was seen."""
+def _last_answer(compute: Compute, instance: Instance, health: Health) -> str:
+    """What the health path answers now, as kiln sees it: a failure says what was seen
+    (asked on the instance itself where kiln cannot reach it: RemoteChecks)."""
     probe = HttpCheck.Spec(path=health.path, timeout=min(health.timeout, 2.0))
-    seen = ck.check_http(probe, instance)
+    seen = (compute.check_http(instance, probe) if isinstance(compute, RemoteChecks)
+            else ck.check_http(probe, instance))
     return f"; last answer: {seen.detail}" if not seen.passed else ""
 
 

@@ -13,6 +13,7 @@ import pytest
 import testinfra.backend
 
 testinfra.backend.BACKENDS.setdefault("kiln", "kiln.verify.testinfra_backend.KilnBackend")
+testinfra.backend.BACKENDS.setdefault("kiln-ssm", "kiln.platforms.aws.testinfra_ssm.SsmBackend")
 
 
 @dataclass(frozen=True)

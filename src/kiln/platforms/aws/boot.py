@@ -64,7 +64,8 @@ def refusal(service_name: str, key: str, ref: str) -> str:
 
 def user_data(service_name: str, service: ServiceSpec, env: Mapping[str, str], workdir: str,
               region: str) -> str:
-    """The first-boot script, base64-encoded as RunInstances and launch templates take it."""
+    """The first-boot script (RunInstances takes it as is: boto3 base64-encodes it; a launch
+    template takes it base64-encoded: `encoded`)."""
     name = unit(service_name)
     cwd = posixpath.join(ROOT, workdir) if workdir else ROOT
     env_lines = [f"{k}={v}" for k, v in sorted(env.items())]
@@ -116,6 +117,10 @@ KILN_UNIT
 systemctl daemon-reload
 systemctl enable --now {name}
 """
+    return script
+
+
+def encoded(script: str) -> str:
     return base64.b64encode(script.encode()).decode()
 
 

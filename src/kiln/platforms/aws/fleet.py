@@ -16,7 +16,7 @@ from typing import Any
 
 from kiln.errors import PlatformError
 from kiln.platforms.aws import tags as t
-from kiln.platforms.aws.boot import user_data
+from kiln.platforms.aws.boot import encoded, user_data
 from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
 from kiln.platforms.aws.preflight import Network, network
 from kiln.platforms.base import Image, Release
@@ -226,8 +226,9 @@ class Fleet:
             data: dict[str, Any] = {
                 "ImageId": image.ref, "InstanceType": s.instance_type,
                 "SecurityGroupIds": [self.fleet_group(), *s.security_groups],
-                "UserData": user_data(service_name, service, {**image.env, **service.env},
-                                      image.workdir, s.region),
+                "UserData": encoded(user_data(service_name, service,
+                                              {**image.env, **service.env}, image.workdir,
+                                              s.region)),
                 "TagSpecifications": [t.spec("instance", kiln_tags | {
                     "Name": f"kiln-{self.project}-{release.id}"}), t.spec("volume", kiln_tags)],
             }

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from kiln.errors import PlatformError
-from kiln.platforms.aws.client import Aws, error_code, translated
+from kiln.platforms.aws.client import error_code, translated
 from kiln.platforms.base import ExecResult
 
 DOCUMENT = "AWS-RunShellScript"
@@ -24,11 +25,18 @@ FINAL = ("Success", "Failed", "Cancelled", "TimedOut", "Undeliverable", "Termina
          "InvalidPlatform", "AccessDenied", "DeliveryTimedOut", "ExecutionTimedOut")
 
 
+class HasSsm(Protocol):
+    """What the functions here need: an SSM client (kiln's `Aws`, or testinfra's backend)."""
+
+    @property
+    def ssm(self) -> Any: ...
+
+
 class SsmTimeout(PlatformError):
     """The command did not finish within its timeout (the caller says "timed out")."""
 
 
-def send(aws: Aws, instance_id: str, lines: Sequence[str], timeout: float, comment: str,
+def send(aws: HasSsm, instance_id: str, lines: Sequence[str], timeout: float, comment: str,
          *, poll: float = 1.0) -> str:
     """Send the command; retries while the agent has not registered yet. Returns its id."""
     from botocore.exceptions import ClientError
@@ -50,7 +58,7 @@ def send(aws: Aws, instance_id: str, lines: Sequence[str], timeout: float, comme
         time.sleep(poll)
 
 
-def wait(aws: Aws, instance_id: str, command_id: str, timeout: float, comment: str,
+def wait(aws: HasSsm, instance_id: str, command_id: str, timeout: float, comment: str,
          *, poll: float = 1.0) -> ExecResult:
     """Poll the invocation until it is final; its exit code and output as AWS reports them."""
     from botocore.exceptions import ClientError
@@ -87,7 +95,7 @@ def wait(aws: Aws, instance_id: str, command_id: str, timeout: float, comment: s
         delay = min(poll, delay * 2)
 
 
-def _cancel(aws: Aws, command_id: str) -> None:
+def _cancel(aws: HasSsm, command_id: str) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     # Best effort: the command's own executionTimeout stops it anyway.
@@ -95,7 +103,7 @@ def _cancel(aws: Aws, command_id: str) -> None:
         aws.ssm.cancel_command(CommandId=command_id)
 
 
-def run(aws: Aws, instance_id: str, lines: Sequence[str], timeout: float, comment: str,
+def run(aws: HasSsm, instance_id: str, lines: Sequence[str], timeout: float, comment: str,
         *, poll: float = 1.0) -> ExecResult:
     """Send and wait: (exit code, stdout, stderr) of the shell lines on the instance."""
     command_id = send(aws, instance_id, lines, timeout, comment, poll=poll)
