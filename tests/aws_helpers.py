@@ -57,7 +57,7 @@ services:
     rollout:
       strategy: {strategy}
       steps: [{{weight: 10, pause: {pause}}}, {{weight: 50, pause: {pause}}}]
-      drain_timeout: 0s
+      drain_timeout: {drain}
 {analysis}"""
 
 ANALYSIS = """\
@@ -67,12 +67,12 @@ ANALYSIS = """\
 
 def write_project(folder: Path, moto: MotoServer, *, strategy: str = "canary",
                   pause: str = "0s", analysis: bool = False, version: str = "1",
-                  deadline: str = "30s", listen: int = 80) -> Path:
+                  deadline: str = "30s", listen: int = 80, drain: str = "0s") -> Path:
     (folder / "app").mkdir(parents=True, exist_ok=True)
     (folder / "app" / "__main__.py").write_text(f"VERSION = {version!r}\n")
     (folder / "kiln.yaml").write_text(SPEC.format(
         region=REGION, subnets=", ".join(subnets(moto)), strategy=strategy, pause=pause,
-        analysis=ANALYSIS if analysis else "", deadline=deadline).replace(
+        analysis=ANALYSIS if analysis else "", deadline=deadline, drain=drain).replace(
             "listen: 80", f"listen: {listen}"))
     return folder / "kiln.yaml"
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from kiln.errors import PlatformError
 from kiln.platforms.aws import tags as t
+from kiln.platforms.aws.bake import sweep_role
 from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
 from kiln.platforms.aws.fleet import Fleet
 from kiln.platforms.base import Backend, RequestCounts
@@ -25,9 +26,25 @@ def listen_port(listen: str) -> int:
     return int(listen.rpartition(":")[2])
 
 
+def forward_weights(listener: dict[str, Any]) -> dict[str, int]:
+    """target group ARN -> weight of a listener's default forward action."""
+    arns: dict[str, int] = {}
+    for action in listener.get("DefaultActions", []):
+        for g in action.get("ForwardConfig", {}).get("TargetGroups", []):
+            arns[g["TargetGroupArn"]] = int(g.get("Weight", 1))
+        if action.get("TargetGroupArn") and not action.get("ForwardConfig"):
+            arns[action["TargetGroupArn"]] = 1
+    return arns
+
+
 class AlbRouter:
+    poll = 1.0
+    """Seconds between read-backs of a listener that does not serve the new weights yet."""
+    settle_timeout = 120.0
+
     def __init__(self, aws: Aws, store: Store, project: str, fleet: Fleet) -> None:
         self.aws, self.store, self.project, self.fleet = aws, store, project, fleet
+        self._serving: dict[str, dict[str, int]] = {}  # service -> ARN -> weight, read back
 
     def ensure_running(self) -> None:
         self.fleet.alb()
@@ -87,15 +104,67 @@ class AlbRouter:
         listener = self._listener(service_name, port)
         with translated(f"routing {service_name} on port {port}"):
             if listener is None:
-                self.aws.elbv2.create_listener(
+                out = self.aws.elbv2.create_listener(
                     LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port,
                     DefaultActions=action,
                     Tags=t.as_list(t.tags(self.project, "listener", self.aws.settings.tags,
                                           service=service_name)))
+                arn = str(out["Listeners"][0]["ListenerArn"])
             else:
-                self.aws.elbv2.modify_listener(ListenerArn=listener["ListenerArn"], Port=port,
+                arn = str(listener["ListenerArn"])
+                self.aws.elbv2.modify_listener(ListenerArn=arn, Port=port,
                                                DefaultActions=action)
+        want = {x["TargetGroupArn"]: int(x["Weight"]) for x in live}
+        self._wait_weights(service_name, arn, want)
+        self._serving[service_name] = want
         self._deregister_draining(backends)
+
+    def _wait_weights(self, service_name: str, listener_arn: str, want: dict[str, int]) -> None:
+        """Read the listener back until it serves `want`: a weight change is not done until
+        the ALB says so (nothing is terminated on the strength of a request AWS accepted)."""
+        deadline = time.monotonic() + self.settle_timeout
+        while True:
+            with translated(f"reading back the listener of {service_name}"):
+                found = self.aws.elbv2.describe_listeners(
+                    ListenerArns=[listener_arn])["Listeners"]
+            got = forward_weights(found[0]) if found else {}
+            if got == want:
+                return
+            if time.monotonic() > deadline:
+                raise PlatformError(
+                    f"aws: the listener of {service_name} still serves {self._names(got)} "
+                    f"{self.settle_timeout:g}s after kiln set {self._names(want)}")
+            time.sleep(self.poll)
+
+    def _names(self, weights: dict[str, int]) -> str:
+        by_arn = {arn: rel for rel, arn in self.fleet._tg.items()}
+        return ", ".join(f"{by_arn.get(a, a)}={w}" for a, w in sorted(weights.items())) or "none"
+
+    def open_requests(self, release_id: str) -> int:
+        """Targets of the release still draining (ALB deregistration delay, which the spec's
+        drain_timeout sets). A release the listener no longer routes to has its remaining
+        targets deregistered here first: that starts the ALB's drain of in-flight requests.
+        The executor terminates the release's fleet only once this is 0 (or the drain times
+        out)."""
+        arn = self.fleet.target_group(release_id)
+        if arn is None:
+            return 0
+        service = release_id.rpartition("-")[0]
+        with translated(f"target health of {release_id}"):
+            health = self.aws.elbv2.describe_target_health(
+                TargetGroupArn=arn)["TargetHealthDescriptions"]
+        draining = [h for h in health if h["TargetHealth"]["State"] == "draining"]
+        serving = self._serving.get(service)
+        if serving is None:
+            serving = self.verify_arns(service)
+        if arn not in serving:  # out of the listener: every target leaves (and drains)
+            rest = [h["Target"] for h in health
+                    if h["TargetHealth"]["State"] not in ("draining", "unused")]
+            if rest:
+                with translated(f"deregistering the targets of {release_id}"):
+                    self.aws.elbv2.deregister_targets(TargetGroupArn=arn, Targets=rest)
+                return len(draining) + len(rest)
+        return len(draining)
 
     def _deregister_draining(self, backends: Sequence[Backend]) -> None:
         """Instances kiln retired leave their target group: the deregistration delay drains
@@ -111,22 +180,20 @@ class AlbRouter:
                                                      for r in rows])
 
     def remove_service(self, service_name: str) -> None:
+        self._serving.pop(service_name, None)
         listener = self._listener(service_name, None)
         if listener is not None:
             with translated(f"removing the listener of {service_name}"):
                 self.aws.elbv2.delete_listener(ListenerArn=listener["ListenerArn"])
 
+    def verify_arns(self, service_name: str) -> dict[str, int]:
+        """target group ARN -> weight, read from the listener."""
+        listener = self._listener(service_name, None)
+        return forward_weights(listener) if listener is not None else {}
+
     def verify(self, service_name: str) -> dict[str, int]:
         """release_id -> weight, read back from the listener's forward action."""
-        listener = self._listener(service_name, None)
-        if listener is None:
-            return {}
-        arns: dict[str, int] = {}
-        for action in listener.get("DefaultActions", []):
-            for g in action.get("ForwardConfig", {}).get("TargetGroups", []):
-                arns[g["TargetGroupArn"]] = int(g.get("Weight", 1))
-            if action.get("TargetGroupArn") and not action.get("ForwardConfig"):
-                arns[action["TargetGroupArn"]] = 1
+        arns = self.verify_arns(service_name)
         if not arns:
             return {}
         with translated("reading target group tags"):
@@ -168,6 +235,8 @@ class AlbRouter:
                         raise
             for lt in inv["launch-template"]:
                 self.aws.ec2.delete_launch_template(LaunchTemplateName=lt)
+            for role in ("test", "builder"):  # what a killed `kiln test` / bake left
+                sweep_role(self.aws, self.project, role, 2.0)
             groups = self.aws.ec2.describe_security_groups(
                 Filters=[*t.filters(self.project), {"Name": f"tag:{t.ROLE}",
                                                     "Values": ["alb", "fleet"]}])["SecurityGroups"]
