@@ -79,8 +79,10 @@ except Exception as exc:
 class StandIns:
     """Stand-ins of the instances of one moto server, rooted in `folder`."""
 
-    def __init__(self, folder: Path, moto: MotoServer) -> None:
+    def __init__(self, folder: Path, moto: MotoServer,
+                 tools: dict[str, str] | None = None) -> None:
         self.folder = folder
+        self.tools = tools or {}  # more stand-in programs on the instances (name -> script)
         self.ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto.url)
         self.roots: dict[str, Path] = {}  # instance id -> its disk
         self.keys: dict[str, str] = {}  # input key -> the builder instance that baked it
@@ -184,7 +186,7 @@ class StandIns:
         shims = root / ".standin"
         shims.mkdir(exist_ok=True)
         for name, text in (("systemctl", SYSTEMCTL), ("journalctl", JOURNALCTL),
-                           ("aws", AWS_CLI)):
+                           ("aws", AWS_CLI), *self.tools.items()):
             path = shims / name
             path.write_text(text.replace("{root}", str(root)).replace("{python}",
                                                                       sys.executable))

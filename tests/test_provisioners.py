@@ -70,9 +70,9 @@ def test_provisioner_steps_need_the_podman_platform(tmp_path: Path) -> None:
         load_spec(_spec(tmp_path, "local"))
     assert [p.replace(str(tmp_path) + "/", "") for p in err.value.problems] == [
         "kiln.yaml:7:9: images.web.steps[1]: ansible steps run on platform podman "
-        "(this project uses local)",
+        "or aws (this project uses local)",
         "kiln.yaml:8:9: images.web.steps[2]: puppet steps run on platform podman "
-        "(this project uses local)",
+        "or aws (this project uses local)",
     ]
     assert len(load_spec(_spec(tmp_path, "podman")).spec.images["web"].steps) == 3
 

@@ -598,9 +598,9 @@ class Spec(_Model):
         if self.platform == "aws" and self.aws is None:
             problems.append("aws: platform aws needs an aws: block with at least region, "
                             "subnets and base_ami")
-        if self.platform != "podman":
+        if self.platform not in ("podman", "aws"):
             problems += [f"images.{name}.steps[{i}]: {kind} steps run on platform podman "
-                         f"(this project uses {self.platform})"
+                         f"or aws (this project uses {self.platform})"
                          for name, image in self.images.items()
                          for i, step in enumerate(image.steps)
                          if (kind := _step_kind(step)) in PROVISIONER_KEYS]

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kiln.bake import steps
+from kiln.bake import provisioners, steps
 from kiln.bake.hashing import iter_files, step_key
 from kiln.errors import BakeError, KilnError, PlatformError
-from kiln.platforms.aws import ssm
+from kiln.platforms.aws import provision, ssm
 from kiln.platforms.aws import tags as t
 from kiln.platforms.aws.boot import ROOT
 from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
@@ -33,7 +33,16 @@ from kiln.platforms.aws.preflight import Network, base_ami, network
 from kiln.platforms.base import Image, StepEvent
 from kiln.platforms.capabilities import Resolver
 from kiln.rollout.executor import env_fault
-from kiln.spec.models import CopyStep, EnvStep, ImageSpec, RunStep, Step, WorkdirStep
+from kiln.spec.models import (
+    AnsibleStep,
+    CopyStep,
+    EnvStep,
+    ImageSpec,
+    PuppetStep,
+    RunStep,
+    Step,
+    WorkdirStep,
+)
 from kiln.state.store import Store
 
 CHUNK = 48_000  # base64 characters per SSM command line (a document's parameters cap at 64 KB)
@@ -47,6 +56,7 @@ class PlannedStep:
     description: str
     key: str
     source: Path | None = None
+    provision: provision.Provision | None = None
 
 
 @dataclass(frozen=True)
@@ -62,16 +72,27 @@ class BakePlan:
 
 
 def plan(spec: ImageSpec, base_dir: Path, base: str, instance_type: str) -> BakePlan:
-    """Pure apart from hashing copy sources: the keys that decide reuse."""
+    """Pure apart from hashing inputs (copy sources, ansible/puppet trees): the keys that
+    decide reuse, chained as on the other platforms (a step's key covers all before it)."""
     base_def = {"platform": "aws", "ami": base, "instance_type": instance_type, "root": ROOT}
-    base_key = step_key("", base_def, {"kind": "base"})
+    key = step_key("", base_def, {"kind": "base"})
     out = []
-    for i, step, desc, key, source in steps.chain(spec.steps, base_dir, base_def, base_key):
-        if not isinstance(step, CopyStep | RunStep | EnvStep | WorkdirStep):
-            raise BakeError(f"step {i}/{len(spec.steps)} ({desc}): not supported on platform aws "
-                            "yet (copy, run, env and workdir steps are)")
-        out.append(PlannedStep(i, step, desc, key, source))
-    return BakePlan(base, tuple(out), out[-1].key if out else base_key)
+    total = len(spec.steps)
+    for i, step in enumerate(spec.steps, start=1):
+        desc = steps.describe(step)
+        where = f"step {i}/{total} ({desc})"
+        source, inputs, prov = None, "", None
+        definition = steps.definition(step)
+        if isinstance(step, CopyStep):
+            source = steps.copy_source(step, base_dir, where)
+            steps.inside(Path("/"), step.to, "copy destination", where)
+            inputs = steps.copy_inputs_hash(source)
+        elif isinstance(step, AnsibleStep | PuppetStep):
+            prov = provision.prepare(step, base_dir, where)
+            inputs, definition = prov.inputs, provisioners.definition(step)
+        key = step_key(key, base_def, definition, inputs)
+        out.append(PlannedStep(i, step, desc, key, source, prov))
+    return BakePlan(base, tuple(out), key)
 
 
 def _tarball(source: Path) -> bytes:
@@ -110,6 +131,9 @@ def step_commands(p: PlannedStep, env: dict[str, str], cwd: str) -> list[str]:
         lines += [f"printf '%s=%s\\n' {shlex.quote(k)} {shlex.quote(v)} >> /opt/kiln/env"
                   for k, v in sorted(step.env.items())]
         return lines
+    if isinstance(step, AnsibleStep | PuppetStep):
+        assert p.provision is not None
+        return provision.commands(p.index, p.provision, env)
     assert isinstance(step, WorkdirStep)
     return ["set -e", f"mkdir -p {shlex.quote(cwd)}"]
 
@@ -274,8 +298,18 @@ class AmiBuilder(Resolver):
             emit(StepEvent(s.index, total, s.description, "running", 0.0, s.key))
             began = time.monotonic()
             timeout = s.step.timeout if isinstance(s.step, RunStep) else 600.0
+            if isinstance(s.step, AnsibleStep):
+                timeout = s.step.ansible.timeout
+            elif isinstance(s.step, PuppetStep):
+                timeout = s.step.puppet.timeout
             ok, out = self.runner.run(self.aws, instance, step_commands(s, env, cwd), timeout)
             took = time.monotonic() - began
+            if isinstance(s.step, AnsibleStep | PuppetStep):
+                # SSM returns a command's output when it ends: stream it then, line by line.
+                for line in out.splitlines():
+                    if line.strip():
+                        emit(StepEvent(s.index, total, s.description, "running", took, s.key,
+                                       line))
             if not ok:
                 emit(StepEvent(s.index, total, s.description, "failed", took, s.key))
                 raise BakeError(f"step {s.index}/{total} ({s.description}) failed on the "
