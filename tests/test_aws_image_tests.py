@@ -327,3 +327,34 @@ def test_env_and_file_secrets_are_refused_on_aws(moto: MotoServer, tmp_path: Pat
     text = str(info.value)
     assert "services.web.secrets.DB_PASSWORD: env: secrets are not supported on platform aws" \
         in text and "use ssm:/parameter/name or secretsmanager:ARN" in text, text
+
+
+@pytest.mark.e2e
+def test_exec_and_logs_of_service_instances_go_through_ssm(
+        moto: MotoServer, standins: StandIns, tmp_path: Path) -> None:
+    from kiln.dev import dev_exec
+
+    path = write(tmp_path, moto, free_port())
+    project = open_project(path)
+    try:
+        assert project.deploy(skip_tests=True).services[0].outcome == "promoted"
+        # `kiln exec`: the service's environment, its secret resolved on the instance.
+        out = dev_exec(project, "web", "printenv DB_PASSWORD; pwd; test -f app/__main__.py")
+        assert out.exit_code == 0, out
+        assert out.stdout.splitlines()[0] == "s3cret-value"
+        assert out.stdout.splitlines()[1].endswith("/opt/kiln/root")
+        assert dev_exec(project, "web", "exit 3").exit_code == 3
+        # `kiln logs`: each running instance's journal, fetched over SSM.
+        sources = project.logs("web")
+        assert len(sources) == 2
+        by_id = {i.id: i for i in project.compute.instances("web-r1")}
+        assert {s.instance for s in sources} == set(by_id)
+        for source in sources:
+            inst = by_id[source.instance]
+            # Each call reads the journal again (the app prints as it starts).
+            wait_for(lambda i=inst: project.compute.log_path(i).read_text(),  # type: ignore[misc]
+                     timeout=30, what="the service's journal")
+            assert source.path.read_text().startswith("starting on")
+    finally:
+        project.destroy()
+        project.close()
