@@ -180,6 +180,7 @@ class AmiBuilder(Resolver):
         self.runner: StepRunner = runner or SsmRunner()
         self.poll = poll
         self._network: Network | None = None
+        self._found: dict[str, dict[str, Any]] = {}  # input key -> its available AMI
 
     @property
     def net(self) -> Network:
@@ -194,6 +195,8 @@ class AmiBuilder(Resolver):
 
     def find(self, key: str) -> dict[str, Any] | None:
         """An AMI of this project tagged with `key`, available (or still pending: waited for)."""
+        if key in self._found:  # found or baked by this process already
+            return self._found[key]
         with translated("looking up baked AMIs"):
             images = self.aws.ec2.describe_images(
                 Owners=["self"], Filters=[*t.filters(self.project), {
@@ -202,7 +205,10 @@ class AmiBuilder(Resolver):
                                         if i.get("State") in ("available", "pending")]
         if not usable:
             return None
-        return max(usable, key=lambda i: str(i.get("CreationDate", "")))
+        found = max(usable, key=lambda i: str(i.get("CreationDate", "")))
+        if found.get("State") == "available":
+            self._found[key] = found
+        return found
 
     def resolve(self, name: str, spec: ImageSpec, *, base_dir: Path) -> Image | None:
         """The AMI a bake would return if it is already baked (for `kiln plan`); no launch."""
@@ -232,6 +238,7 @@ class AmiBuilder(Resolver):
         else:
             self.sweep()
             ami = self._bake(name, p, emit)
+        self._found[p.key] = {"ImageId": ami, "State": "available"}
         from kiln.bake.imagestore import record_image
 
         return record_image(self.store, name=name, digest=p.digest, ref=ami, key=p.key, env=env,

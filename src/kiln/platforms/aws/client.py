@@ -27,6 +27,9 @@ class Aws:
         self.calls: Counter[str] = Counter()
         self._clients: dict[str, Any] = {}
         self._session: Any = None
+        self.memo: dict[str, Any] = {}
+        """Answers that cannot change while this process runs (the VPC of the subnets, the
+        base AMI a filter resolved to), asked once."""
 
     @property
     def endpoint_url(self) -> str | None:

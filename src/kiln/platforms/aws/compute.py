@@ -12,6 +12,7 @@ template with it.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,10 +36,13 @@ GONE_LIFECYCLE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Ter
 class AwsCompute:
     poll = 2.0
     """Seconds between SSM and EC2 polls (tests lower it)."""
+    observe_every = 1.0
 
     def __init__(self, aws: Aws, store: Store, home: Path, fleet: Fleet) -> None:
         self.aws, self.store, self.home, self.fleet = aws, store, home, fleet
         self._tests: dict[str, Instance] = {}  # image digest -> its live test instance
+        self._seen: dict[str, tuple[float, str]] = {}  # instance -> (when, EC2 state)
+        self._health: dict[str, tuple[float, dict[str, str]]] = {}  # group -> (when, states)
 
     def launch(self, service_name: str, service: ServiceSpec, release: Release, image: Image,
                count: int, *, env: Mapping[str, str],
@@ -52,8 +56,10 @@ class AwsCompute:
         if kind == "test":
             return [self._launch_test(service_name, service, release, image, env)
                     for _ in range(count)]
-        group = self.fleet.ensure_asg(service_name, service, release, image)
+        group = self.fleet.ensure_asg(service_name, service, release, image, desired=count)
         name = group["AutoScalingGroupName"]
+        if group.get("created"):  # asked for `count` when made: who is launched so far (the
+            group = self.fleet.asg(release.id) or group  # rest are adopted on a later pass)
         tracked = {r["id"] for r in self.store.query(
             "SELECT id FROM instances WHERE release_id = ?", (release.id,))}
         members = self._members(group)
@@ -78,11 +84,10 @@ class AwsCompute:
                 ids: Sequence[str]) -> list[Instance]:
         if not ids:
             return []
-        described = self._describe(ids)
         out = []
         with self.store.tx() as c:
             for iid in ids:
-                host = str(described.get(iid, {}).get("PrivateIpAddress", "0.0.0.0"))
+                host = "0.0.0.0"  # its private address is recorded when it is first observed
                 inst = Instance(iid, service_name, release.id, host, service.port,
                                 handle={"instance": iid,
                                         "asg": self.fleet.names.asg(release.id)})
@@ -131,14 +136,19 @@ class AwsCompute:
             return False
         from botocore.exceptions import ClientError
 
-        with translated(f"target health of {instance.id}"):
-            try:
-                desc = self.aws.elbv2.describe_target_health(
-                    TargetGroupArn=tg, Targets=[{"Id": instance.id, "Port": instance.port}])
-            except ClientError:
-                return False
-        states = [d["TargetHealth"]["State"] for d in desc["TargetHealthDescriptions"]]
-        return states == ["healthy"]
+        now = time.monotonic()
+        when, states = self._health.get(tg, (-1e9, {}))
+        if now - when > self.observe_every or instance.id not in states:
+            # The whole group in one call: a pass probes every new instance of the release.
+            with translated(f"target health of {instance.id}"):
+                try:
+                    desc = self.aws.elbv2.describe_target_health(TargetGroupArn=tg)
+                except ClientError:
+                    return False
+            states = {d["Target"]["Id"]: d["TargetHealth"]["State"]
+                      for d in desc["TargetHealthDescriptions"]}
+            self._health[tg] = (now, states)
+        return states.get(instance.id) == "healthy"
 
     def terminate(self, instance: Instance, timeout: float) -> None:
         if self._is_test(instance):
@@ -146,25 +156,28 @@ class AwsCompute:
             return
         from botocore.exceptions import ClientError
 
-        with translated(f"terminating {instance.id}"):
-            member = self.aws.autoscaling.describe_auto_scaling_instances(
-                InstanceIds=[instance.id]).get("AutoScalingInstances", [])
-            if member and member[0].get("LifecycleState") not in GONE_LIFECYCLE:
-                self.aws.autoscaling.terminate_instance_in_auto_scaling_group(
-                    InstanceId=instance.id, ShouldDecrementDesiredCapacity=True)
-            elif not member:  # no longer in its group (someone removed it): terminate directly
+        left = self.store.one(
+            "SELECT COUNT(*) AS n FROM instances WHERE release_id = ? AND id != ? AND state IN "
+            "('starting','running','draining')", (instance.release_id, instance.id))
+        if left is None or left["n"] == 0:
+            # The release's last instance: deleting its ASG (ForceDelete) terminates every
+            # member, adopted or not; its target group and launch template go with it.
+            self.fleet.dispose(instance.release_id)
+        else:
+            with translated(f"terminating {instance.id}"):
                 try:
-                    self.aws.ec2.terminate_instances(InstanceIds=[instance.id])
+                    self.aws.autoscaling.terminate_instance_in_auto_scaling_group(
+                        InstanceId=instance.id, ShouldDecrementDesiredCapacity=True)
                 except ClientError as exc:
                     if not is_missing(exc):
                         raise
-        set_state(self.store, instance.id, "stopped")
-        left = self.store.one(
-            "SELECT COUNT(*) AS n FROM instances WHERE release_id = ? AND state IN "
-            "('starting','running','draining')", (instance.release_id,))
-        group = self.fleet.asg(instance.release_id)
-        if (left is None or left["n"] == 0) and (group is None or not self._members(group)):
-            self.fleet.dispose(instance.release_id)
+                    try:  # no longer in its group (someone removed it): terminate directly
+                        self.aws.ec2.terminate_instances(InstanceIds=[instance.id])
+                    except ClientError as again:
+                        if not is_missing(again):
+                            raise
+        self._seen.pop(instance.id, None)
+        set_state(self.store, instance.id, "stopped")  # after: a rerun repeats, never skips
 
     def _terminate_test(self, instance: Instance) -> None:
         self._save_log(instance)  # the failed test's log stays readable (`kiln logs --test`)
@@ -179,9 +192,29 @@ class AwsCompute:
         set_state(self.store, instance.id, "stopped")
 
     def observe(self, instances: Sequence[Instance]) -> list[Observed]:
-        described = self._describe([i.id for i in instances]) if instances else {}
-        return [Observed(i.id, described.get(i.id, {}).get("State", {}).get("Name")
-                         in ("pending", "running")) for i in instances]
+        """One DescribeInstances answers every live instance of the project for
+        `observe_every` seconds (a rollout pass observes the new and the old release; EC2
+        state changes take seconds)."""
+        now = time.monotonic()
+        stale = [i.id for i in instances if now - self._seen.get(i.id, (-1e9, ""))[0]
+                 > self.observe_every]
+        if stale:
+            rows = self.store.query("SELECT id FROM instances WHERE kind = 'service' AND state "
+                                    "IN ('starting','running','draining')")
+            ids = sorted({*stale, *(r["id"] for r in rows)})
+            described = self._describe(ids)
+            for iid in ids:
+                state = described.get(iid, {}).get("State", {}).get("Name", "missing")
+                self._seen[iid] = (now, str(state))
+            addresses = {iid: str(d["PrivateIpAddress"]) for iid, d in described.items()
+                         if d.get("PrivateIpAddress")}
+            if addresses:
+                with self.store.tx() as c:
+                    for iid, host in addresses.items():
+                        c.execute("UPDATE instances SET host = ? WHERE id = ? AND host = "
+                                  "'0.0.0.0'", (host, iid))
+        return [Observed(i.id, self._seen[i.id][1] in ("pending", "running"))
+                for i in instances]
 
     def exec(self, instance: Instance, command: str, *, timeout: float) -> ExecResult:
         """Over SSM, through the instance's exec script: the service's env, secrets, workdir."""

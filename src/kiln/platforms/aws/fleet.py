@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,9 @@ class Fleet:
         self._tg: dict[str, str] = {}
         self._alb: dict[str, Any] | None = None  # found once per process (kiln holds the lock)
         self._allowed: set[tuple[str, int, str | None]] = set()
+        self._groups: dict[str, dict[str, Any]] | None = None  # name -> description
+        self._tg_names: dict[str, str] = {}  # target group name -> ARN, seen on a listener
+        self._asgs: set[str] = set()  # releases whose ASG this process created or found
 
     @property
     def net(self) -> Network:
@@ -78,11 +82,27 @@ class Fleet:
 
     # ------------------------------------------------------------ security groups
 
-    def group(self, name: str, role: str, description: str) -> str:
-        with translated(f"security group {name}"):
+    def _known_groups(self) -> None:
+        """Both project groups (ALB's, fleet's) and their rules in one call, once."""
+        if self._groups is not None:
+            return
+        with translated("looking up the project's security groups"):
             found = self.aws.ec2.describe_security_groups(Filters=[
-                {"Name": "group-name", "Values": [name]},
+                {"Name": "group-name", "Values": [self.names.alb_group, self.names.fleet_group]},
                 {"Name": "vpc-id", "Values": [self.net.vpc_id]}])["SecurityGroups"]
+        self._groups = {str(g["GroupName"]): g for g in found}
+        for g in found:  # rules that exist need no AuthorizeSecurityGroupIngress
+            for perm in g.get("IpPermissions", []):
+                for pair in perm.get("UserIdGroupPairs", []) or [{"GroupId": None}]:
+                    if perm.get("FromPort") is not None:
+                        self._allowed.add((str(g["GroupId"]), int(perm["FromPort"]),
+                                           pair.get("GroupId")))
+
+    def group(self, name: str, role: str, description: str) -> str:
+        self._known_groups()
+        assert self._groups is not None
+        with translated(f"security group {name}"):
+            found = [self._groups[name]] if name in self._groups else []
             if found:
                 if t.from_list(found[0].get("Tags")).get(t.PROJECT) != self.project:
                     raise PlatformError(f"aws: security group {name} ({found[0]['GroupId']}) "
@@ -92,6 +112,8 @@ class Fleet:
             out = self.aws.ec2.create_security_group(
                 GroupName=name, VpcId=self.net.vpc_id, Description=description,
                 TagSpecifications=[t.spec("security-group", self._tags(role))])
+        self._groups[name] = {"GroupId": out["GroupId"], "GroupName": name,
+                              "Tags": t.as_list(self._tags(role))}
         return str(out["GroupId"])
 
     def allow(self, group: str, port: int, source_group: str | None = None) -> None:
@@ -158,7 +180,8 @@ class Fleet:
 
     def forget(self) -> None:
         """Drop what this process remembers (after the ALB is deleted)."""
-        self._alb, self._tg, self._allowed = None, {}, set()
+        self._alb, self._tg, self._allowed, self._groups = None, {}, set(), None
+        self._tg_names = {}
 
     def elbv2_tags(self, arn: str) -> dict[str, str]:
         with translated("reading tags"):
@@ -173,15 +196,19 @@ class Fleet:
         if release_id in self._tg:
             return self._tg[release_id]
         name = self.names.target_group(release_id)
+        if service is None and name in self._tg_names:
+            self._tg[release_id] = self._tg_names[name]
+            return self._tg[release_id]
         from botocore.exceptions import ClientError
 
         with translated(f"target group {name}"):
-            try:
-                found = self.aws.elbv2.describe_target_groups(Names=[name])["TargetGroups"]
-            except ClientError as exc:
-                if error_code(exc) != "TargetGroupNotFound":
-                    raise
-                found = []
+            found = []
+            if service is None:  # a lookup; creating is idempotent (same name and settings)
+                try:
+                    found = self.aws.elbv2.describe_target_groups(Names=[name])["TargetGroups"]
+                except ClientError as exc:
+                    if error_code(exc) != "TargetGroupNotFound":
+                        raise
             if found:
                 arn = str(found[0]["TargetGroupArn"])
             elif service is None or service_name is None:
@@ -205,21 +232,20 @@ class Fleet:
         self._tg[release_id] = arn
         return arn
 
+    def learn_target_groups(self, arns: Iterable[str]) -> None:
+        """Target group ARNs seen elsewhere (a listener's forward action): their names are
+        kiln's, so `target_group` finds them by name without asking AWS."""
+        for arn in arns:  # arn:aws:elasticloadbalancing:<region>:<acct>:targetgroup/<name>/<id>
+            parts = arn.split(":")[-1].split("/")
+            if len(parts) == 3 and parts[0] == "targetgroup":
+                self._tg_names[parts[1]] = arn
+
     def launch_template(self, service_name: str, service: ServiceSpec, release: Release,
                         image: Image) -> str:
         name = self.names.launch_template(release.id)
         from botocore.exceptions import ClientError
 
         with translated(f"launch template {name}"):
-            try:
-                found = self.aws.ec2.describe_launch_templates(
-                    LaunchTemplateNames=[name])["LaunchTemplates"]
-            except ClientError as exc:
-                if not is_missing(exc) and "NotFound" not in error_code(exc):
-                    raise
-                found = []
-            if found:
-                return str(found[0]["LaunchTemplateId"])
             s = self.aws.settings
             kiln_tags = self._tags("release", service=service_name, release=release.id,
                                    image=image.digest[7:23])
@@ -236,9 +262,17 @@ class Fleet:
                 data["IamInstanceProfile"] = {"Name": s.instance_profile}
             if s.key_name:
                 data["KeyName"] = s.key_name
-            out = self.aws.ec2.create_launch_template(
-                LaunchTemplateName=name, VersionDescription=release.id, LaunchTemplateData=data,
-                TagSpecifications=[t.spec("launch-template", kiln_tags)])
+            try:
+                out = self.aws.ec2.create_launch_template(
+                    LaunchTemplateName=name, VersionDescription=release.id,
+                    LaunchTemplateData=data,
+                    TagSpecifications=[t.spec("launch-template", kiln_tags)])
+            except ClientError as exc:  # a killed run made it: a release's template is immutable
+                if "AlreadyExists" not in error_code(exc):
+                    raise
+                found = self.aws.ec2.describe_launch_templates(
+                    LaunchTemplateNames=[name])["LaunchTemplates"]
+                return str(found[0]["LaunchTemplateId"])
         return str(out["LaunchTemplate"]["LaunchTemplateId"])
 
     def asg(self, release_id: str) -> dict[str, Any] | None:
@@ -248,30 +282,48 @@ class Fleet:
         return dict(groups[0]) if groups else None
 
     def ensure_asg(self, service_name: str, service: ServiceSpec, release: Release,
-                   image: Image) -> dict[str, Any]:
-        found = self.asg(release.id)
-        if found is not None:
-            return found
+                   image: Image, desired: int = 0) -> dict[str, Any]:
+        """The release's ASG; a new one is created asking for `desired` instances at once.
+        Known in this process: looked up; else created, and looked up only if it exists."""
+        if release.id in self._asgs:
+            found = self.asg(release.id)
+            if found is not None:
+                return found
         tg = self.target_group(release.id, service_name, service)
+        assert tg is not None  # created when missing
         lt = self.launch_template(service_name, service, release, image)
         fleet = self.fleet_group()
         lb = self.alb()
         self.allow(fleet, service.port, source_group=(lb.get("SecurityGroups") or [None])[0])
         kiln_tags = self._tags("release", service=service_name, release=release.id)
         name = self.names.asg(release.id)
+        from botocore.exceptions import ClientError
+
         with translated(f"creating the Auto Scaling group {name}"):
-            self.aws.autoscaling.create_auto_scaling_group(
-                AutoScalingGroupName=name,
-                LaunchTemplate={"LaunchTemplateId": lt, "Version": "1"},
-                MinSize=0, MaxSize=64, DesiredCapacity=0,
-                VPCZoneIdentifier=",".join(self.net.subnets), TargetGroupARNs=[tg],
-                HealthCheckType="ELB", HealthCheckGracePeriod=int(service.health.deadline),
-                Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": False,
-                       "ResourceId": name, "ResourceType": "auto-scaling-group"}
-                      for k, v in kiln_tags.items()])
-        made = self.asg(release.id)
-        assert made is not None
-        return made
+            try:
+                self._create_asg(name, lt, tg, service, kiln_tags, desired)
+            except ClientError as exc:
+                if error_code(exc) != "AlreadyExists":
+                    raise
+                self._asgs.add(release.id)  # a killed run made it: adopt what it launched
+                found = self.asg(release.id)
+                assert found is not None
+                return found
+        self._asgs.add(release.id)
+        return {"AutoScalingGroupName": name, "DesiredCapacity": desired, "Instances": [],
+                "created": True}
+
+    def _create_asg(self, name: str, lt: str, tg: str, service: ServiceSpec,
+                    kiln_tags: dict[str, str], desired: int) -> None:
+        self.aws.autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName=name,
+            LaunchTemplate={"LaunchTemplateId": lt, "Version": "1"},
+            MinSize=0, MaxSize=64, DesiredCapacity=desired,
+            VPCZoneIdentifier=",".join(self.net.subnets), TargetGroupARNs=[tg],
+            HealthCheckType="ELB", HealthCheckGracePeriod=int(service.health.deadline),
+            Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": False,
+                   "ResourceId": name, "ResourceType": "auto-scaling-group"}
+                  for k, v in kiln_tags.items()])
 
     def dispose(self, release_id: str) -> None:
         """Delete the release's ASG (and its instances), target group and launch template."""
@@ -279,22 +331,20 @@ class Fleet:
 
         name = self.names.asg(release_id)
         with translated(f"deleting {name}"):
-            if self.asg(release_id) is not None:
-                try:
-                    self.aws.autoscaling.delete_auto_scaling_group(AutoScalingGroupName=name,
-                                                                   ForceDelete=True)
-                except ClientError as exc:
-                    if not is_missing(exc):
-                        raise
+            try:
+                self.aws.autoscaling.delete_auto_scaling_group(AutoScalingGroupName=name,
+                                                               ForceDelete=True)
+            except ClientError as exc:
+                if not is_missing(exc):
+                    raise
             tg = self.target_group(release_id)
             if tg is not None:
                 self._delete_target_group(tg, timeout=0.0)
             self._tg.pop(release_id, None)
+            self._tg_names.pop(self.names.target_group(release_id), None)
             try:
-                found = self.aws.ec2.describe_launch_templates(
-                    LaunchTemplateNames=[self.names.launch_template(release_id)])
-                for lt in found["LaunchTemplates"]:
-                    self.aws.ec2.delete_launch_template(LaunchTemplateId=lt["LaunchTemplateId"])
+                self.aws.ec2.delete_launch_template(
+                    LaunchTemplateName=self.names.launch_template(release_id))
             except ClientError as exc:
                 if "NotFound" not in error_code(exc) and not is_missing(exc):
                     raise

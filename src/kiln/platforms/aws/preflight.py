@@ -33,6 +33,9 @@ def check_region(aws: Aws) -> None:
 
 def network(aws: Aws) -> Network:
     """The VPC of the configured subnets; every subnet must exist and share it."""
+    known: Network | None = aws.memo.get("network")
+    if known is not None:
+        return known
     check_region(aws)
     wanted = list(aws.settings.subnets)
     from botocore.exceptions import ClientError
@@ -52,11 +55,19 @@ def network(aws: Aws) -> Network:
     vpcs = {s["VpcId"] for s in found}
     if len(vpcs) != 1:
         raise PlatformError(f"aws.subnets: expected subnets of one VPC, got {sorted(vpcs)}")
-    return Network(vpcs.pop(), tuple(wanted))
+    aws.memo["network"] = Network(vpcs.pop(), tuple(wanted))
+    return aws.memo["network"]  # type: ignore[no-any-return]
 
 
 def base_ami(aws: Aws) -> str:
     """The base AMI id: the given id (checked to exist) or the newest match of the filter."""
+    if "base_ami" in aws.memo:
+        return str(aws.memo["base_ami"])
+    aws.memo["base_ami"] = _base_ami(aws)
+    return str(aws.memo["base_ami"])
+
+
+def _base_ami(aws: Aws) -> str:
     base = aws.settings.base_ami
     if isinstance(base, str):
         from botocore.exceptions import ClientError

@@ -45,6 +45,8 @@ class AlbRouter:
     def __init__(self, aws: Aws, store: Store, project: str, fleet: Fleet) -> None:
         self.aws, self.store, self.project, self.fleet = aws, store, project, fleet
         self._serving: dict[str, dict[str, int]] = {}  # service -> ARN -> weight, read back
+        self._arn: dict[str, tuple[str, int]] = {}  # service -> its listener's ARN and port
+        self._checked: set[tuple[str, int]] = set()  # (service, port) without a listener yet
 
     def ensure_running(self) -> None:
         self.fleet.alb()
@@ -80,10 +82,20 @@ class AlbRouter:
                          else f"project {tags[t.PROJECT]}")
                 raise PlatformError(f"aws: the listener on port {port} of {self.fleet.names.alb} "
                                     f"belongs to {owner}; refusing to change it")
+        if found is not None and port is not None:
+            # Checked: this process addresses it by ARN from now on, and knows what it serves.
+            self._arn[service_name] = (str(found["ListenerArn"]), port)
+            self._serving[service_name] = forward_weights(found)
+            self.fleet.learn_target_groups(forward_weights(found))
+        elif port is not None:
+            self._checked.add((service_name, port))  # none yet: set_backends creates it
         return found
 
     def check_listen(self, service_name: str, listen: str) -> None:
-        self._listener(service_name, listen_port(listen))
+        port = listen_port(listen)
+        if self._arn.get(service_name, ("", -1))[1] == port or (service_name, port) in self._checked:
+            return
+        self._listener(service_name, port)
 
     def set_backends(self, service_name: str, service: ServiceSpec,
                      backends: Sequence[Backend]) -> None:
@@ -101,7 +113,18 @@ class AlbRouter:
         live = [x for x in targets if x["Weight"] > 0] or targets
         action = [{"Type": "forward", "ForwardConfig": {
             "TargetGroups": live, "TargetGroupStickinessConfig": {"Enabled": False}}}]
-        listener = self._listener(service_name, port)
+        want = {x["TargetGroupArn"]: int(x["Weight"]) for x in live}
+        known = self._arn.get(service_name)
+        if known is not None and known[1] == port and self._serving.get(service_name) == want:
+            self._deregister_draining(backends)  # the ALB serves this already (read back)
+            return
+        # The listener's owner is checked once per process; then it is addressed by ARN.
+        if known is not None and known[1] == port:
+            listener: dict[str, Any] | None = {"ListenerArn": known[0]}
+        elif (service_name, port) in self._checked:
+            listener = None
+        else:
+            listener = self._listener(service_name, port)
         with translated(f"routing {service_name} on port {port}"):
             if listener is None:
                 out = self.aws.elbv2.create_listener(
@@ -114,7 +137,8 @@ class AlbRouter:
                 arn = str(listener["ListenerArn"])
                 self.aws.elbv2.modify_listener(ListenerArn=arn, Port=port,
                                                DefaultActions=action)
-        want = {x["TargetGroupArn"]: int(x["Weight"]) for x in live}
+        self._arn[service_name] = (arn, port)
+        self._checked.discard((service_name, port))
         self._wait_weights(service_name, arn, want)
         self._serving[service_name] = want
         self._deregister_draining(backends)
@@ -146,6 +170,8 @@ class AlbRouter:
         targets deregistered here first: that starts the ALB's drain of in-flight requests.
         The executor terminates the release's fleet only once this is 0 (or the drain times
         out)."""
+        if self._drain_timeout(release_id) == 0:
+            return 0  # no deregistration delay: the ASG's deletion deregisters at once
         arn = self.fleet.target_group(release_id)
         if arn is None:
             return 0
@@ -179,8 +205,21 @@ class AlbRouter:
                         TargetGroupArn=arn, Targets=[{"Id": r["id"], "Port": r["port"]}
                                                      for r in rows])
 
+    def _drain_timeout(self, release_id: str) -> float | None:
+        """The release's recorded rollout.drain_timeout (its target group's delay)."""
+        from kiln.errors import StateError
+        from kiln.rollout.release_config import release_spec
+
+        try:
+            spec = release_spec(self.store, release_id)
+        except StateError:
+            return None
+        return spec.rollout.drain_timeout if spec is not None else None
+
     def remove_service(self, service_name: str) -> None:
         self._serving.pop(service_name, None)
+        self._arn.pop(service_name, None)
+        self._checked = {c for c in self._checked if c[0] != service_name}
         listener = self._listener(service_name, None)
         if listener is not None:
             with translated(f"removing the listener of {service_name}"):
@@ -214,6 +253,10 @@ class AlbRouter:
     def stop(self) -> None:
         """Nothing runs any more: delete the project's listeners, ALB, groups and leftovers."""
         from botocore.exceptions import ClientError
+
+        self._serving.clear()
+        self._arn.clear()
+        self._checked.clear()
 
         from kiln.platforms.aws.inventory import tagged
 
