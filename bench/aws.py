@@ -7,8 +7,10 @@ calls counted by botocore's before-call hook. Floor = the calls a hand-written s
 the same change (create TG + attribute, launch template, ASG at 3, one describe of the ASG, one
 of target health, three listener changes, then delete r1's ASG, TG and launch template), run
 against the same moto server. Several runs; min/median/max.
-R2 (leaks): 20 deploys, 5 failed bakes (the last step fails on the builder) and 3 SIGKILLs of
-`kiln deploy` (in a bake, after launching, after routing) each followed by a rerun, then
+R2 (leaks): 20 deploys, 5 failed bakes (the last step fails on the builder), 3 SIGKILLs of
+`kiln deploy` (in a bake, after launching, after routing) each followed by a rerun, 6 failed image
+tests (on moto an http check sees no output: it fails, as it must) and a SIGKILL of `kiln test`
+while its test instance runs (swept by the next test run), then
 `kiln destroy`: every resource tagged kiln:project is accounted for (the live release's fleet
 and the retained AMIs) or gone. Leaks = tagged resources that are neither.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -143,6 +146,42 @@ def kiln_cli(folder: Path, *args: str, fault: str | None = None) -> int:
                           timeout=600, env=env).returncode
 
 
+def image_test_failures(moto: MotoServer, folder: Path, path: Path) -> int:
+    """5 image tests that fail (moto's SSM prints nothing, so the http check cannot see a
+    status: the honest outcome), then `kiln test` SIGKILLed while its instance runs; the next
+    test run removes what it left. Returns the number of failed suites."""
+    from kiln.verify.api import test_images
+
+    failed = 0
+    for n in range(5):
+        write_project(folder, moto, version=f"tested-{n}", tests=True, deadline="1s")
+        with closing(open_project(path)) as project:
+            project.platform.compute.poll = 0.05
+            (out,) = test_images(project, ["web"])
+            failed += not out["passed"]
+    write_project(folder, moto, version="tested-killed", tests=True, deadline="5m")
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto.url)
+    test_filter = [{"Name": "tag:kiln:role", "Values": ["test"]},
+                   {"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    proc = subprocess.Popen([KILN, "test"], cwd=folder, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ec2.describe_instances(Filters=test_filter)["Reservations"]:
+            assert time.monotonic() < deadline, "no test instance within 300 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    write_project(folder, moto, version="tested-again", tests=True, deadline="1s")
+    with closing(open_project(path)) as project:
+        project.platform.compute.poll = 0.05
+        (out,) = test_images(project, ["web"])
+        failed += not out["passed"]
+    write_project(folder, moto, version="after-tests")  # the deploys' spec again
+    return failed
+
+
 def leak_audit(moto: MotoServer, folder: Path) -> dict[str, Any]:
     from kiln.errors import BakeError
     from kiln.spec.models import ImageSpec
@@ -171,6 +210,8 @@ def leak_audit(moto: MotoServer, folder: Path) -> dict[str, Any]:
                     project.platform.builder.build("web", spec, base_dir=folder)
                 except BakeError:
                     failed += 1
+    failed_tests = image_test_failures(moto, folder, path)
+    killed += 1  # one of them SIGKILLed mid-test, swept by the next run
     took = time.perf_counter() - t0
     with closing(open_project(path)) as project:
         aws = project.platform.aws
@@ -192,7 +233,8 @@ def leak_audit(moto: MotoServer, folder: Path) -> dict[str, Any]:
     with closing(open_project(path)) as project:
         amis_known = {r["ref"] for r in project.store.query("SELECT ref FROM images")}
     leaks += [f"untracked AMI {a}" for a in retained["image"] if a not in amis_known]
-    return {"deploys": deploys, "failed_bakes": failed, "sigkills": killed, "seconds": took,
+    return {"deploys": deploys, "failed_bakes": failed, "failed_tests": failed_tests,
+            "sigkills": killed, "seconds": took,
             "leaks_while_live": leaks_live, "leaks_after_destroy": leaks,
             "amis_retained": len(retained["image"]), "tagged_after_destroy": count(left)}
 
@@ -234,6 +276,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as d:
                 audit = leak_audit(moto, Path(d))
             print(f"R2 {audit['deploys']} deploys, {audit['failed_bakes']} failed bakes, "
+                  f"{audit['failed_tests']} failed image tests, "
                   f"{audit['sigkills']} SIGKILLs in {audit['seconds']:.0f} s: leaks while live "
                   f"{len(audit['leaks_while_live'])} {audit['leaks_while_live']}, after destroy "
                   f"{len(audit['leaks_after_destroy'])} {audit['leaks_after_destroy']}; "

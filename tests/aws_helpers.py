@@ -47,7 +47,7 @@ images:
     steps:
       - copy: app/
         to: app/
-services:
+{tests}services:
   web:
     image: web
     command: python3 -m app
@@ -60,6 +60,11 @@ services:
       drain_timeout: {drain}
 {analysis}"""
 
+TESTS = """\
+    tests:
+      - http: {path: /healthz, status: 200}
+"""
+
 ANALYSIS = """\
       analysis: {min_requests: 200, max_error_rate_increase: 1%, on_no_data: pause}
 """
@@ -67,12 +72,14 @@ ANALYSIS = """\
 
 def write_project(folder: Path, moto: MotoServer, *, strategy: str = "canary",
                   pause: str = "0s", analysis: bool = False, version: str = "1",
-                  deadline: str = "30s", listen: int = 80, drain: str = "0s") -> Path:
+                  deadline: str = "30s", listen: int = 80, drain: str = "0s",
+                  tests: bool = False) -> Path:
     (folder / "app").mkdir(parents=True, exist_ok=True)
     (folder / "app" / "__main__.py").write_text(f"VERSION = {version!r}\n")
     (folder / "kiln.yaml").write_text(SPEC.format(
         region=REGION, subnets=", ".join(subnets(moto)), strategy=strategy, pause=pause,
-        analysis=ANALYSIS if analysis else "", deadline=deadline, drain=drain).replace(
+        analysis=ANALYSIS if analysis else "", deadline=deadline, drain=drain,
+        tests=TESTS if tests else "").replace(
             "listen: 80", f"listen: {listen}"))
     return folder / "kiln.yaml"
 
