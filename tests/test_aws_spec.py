@@ -58,3 +58,33 @@ def test_platform_aws_needs_its_block() -> None:
                                              "  base_ami", "  tags")))
     with pytest.raises(SpecError, match="platform aws needs an aws: block"):
         parse_spec(text)
+
+
+@pytest.mark.parametrize(("platform", "ref", "message"), [
+    ("aws", "env:DB_PASSWORD", "services.web.secrets.DB_PASSWORD: env: secrets are not supported "
+     "on platform aws (they would be stored in user data); use ssm:/parameter/name or "
+     "secretsmanager:ARN"),
+    ("aws", "file:secret.txt", "services.web.secrets.DB_PASSWORD: file: secrets are not supported"),
+    ("local", "ssm:/shop/db", "services.web.secrets.DB_PASSWORD: ssm: references are resolved by "
+     "an AWS instance profile (platform aws); on local use env:NAME or file:PATH"),
+    ("aws", "vault:x", "expected env:NAME, file:PATH, ssm:/parameter/name or secretsmanager:ARN"),
+])
+def test_secret_references_fit_the_platform(platform: str, ref: str, message: str) -> None:
+    text = GOOD.replace("command: python -m app, listen: 80}",
+                        f'command: python -m app, listen: 80, secrets: {{DB_PASSWORD: "{ref}"}}}}')
+    if platform != "aws":
+        text = (f"project: shop\nplatform: {platform}\nimages:\n  web: {{steps: [{{run: x}}]}}\n"
+                "services:\n  web: {image: web, command: python -m app, listen: 80, "
+                f'secrets: {{DB_PASSWORD: "{ref}"}}}}\n')
+    with pytest.raises(SpecError) as info:
+        parse_spec(text)
+    assert message in str(info.value), str(info.value)
+
+
+def test_ssm_and_secretsmanager_references_load_on_aws() -> None:
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/db-AbCdEf"
+    text = GOOD.replace("command: python -m app, listen: 80}",
+                        "command: python -m app, listen: 80, secrets: "
+                        f'{{DB: "ssm:/shop/db", API: "secretsmanager:{arn}"}}}}')
+    spec = parse_spec(text)
+    assert spec.services["web"].secrets == {"DB": "ssm:/shop/db", "API": f"secretsmanager:{arn}"}
