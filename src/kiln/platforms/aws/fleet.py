@@ -70,6 +70,7 @@ class Fleet:
         self._groups: dict[str, dict[str, Any]] | None = None  # name -> description
         self._tg_names: dict[str, str] = {}  # target group name -> ARN, seen on a listener
         self._asgs: set[str] = set()  # releases whose ASG this process created or found
+        self._fresh: set[str] = set()  # releases whose target group this process created
 
     @property
     def net(self) -> Network:
@@ -215,15 +216,22 @@ class Fleet:
                 return None
             else:
                 h = service.health
-                out = self.aws.elbv2.create_target_group(
-                    Name=name, Protocol="HTTP", Port=service.port, VpcId=self.net.vpc_id,
-                    TargetType="instance", HealthCheckProtocol="HTTP", HealthCheckPath=h.path,
-                    HealthCheckIntervalSeconds=max(5, min(300, int(h.interval))),
-                    HealthCheckTimeoutSeconds=max(2, min(120, int(h.timeout))),
-                    HealthyThresholdCount=2, UnhealthyThresholdCount=2,
-                    Matcher={"HttpCode": "200-399"},
-                    Tags=t.as_list(self._tags("release", service=service_name,
-                                              release=release_id)))
+                try:
+                    out = self.aws.elbv2.create_target_group(
+                        Name=name, Protocol="HTTP", Port=service.port, VpcId=self.net.vpc_id,
+                        TargetType="instance", HealthCheckProtocol="HTTP",
+                        HealthCheckPath=h.path,
+                        HealthCheckIntervalSeconds=max(5, min(300, int(h.interval))),
+                        HealthCheckTimeoutSeconds=max(2, min(120, int(h.timeout))),
+                        HealthyThresholdCount=2, UnhealthyThresholdCount=2,
+                        Matcher={"HttpCode": "200-399"},
+                        Tags=t.as_list(self._tags("release", service=service_name,
+                                                  release=release_id)))
+                    self._fresh.add(release_id)  # (AWS also answers so when it exists)
+                except ClientError as exc:  # a killed run made it (AWS answers so when a
+                    if error_code(exc) != "DuplicateTargetGroupName":  # setting differs)
+                        raise
+                    out = self.aws.elbv2.describe_target_groups(Names=[name])
                 arn = str(out["TargetGroups"][0]["TargetGroupArn"])
                 # Draining is the deregistration delay: ALB finishes in-flight requests first.
                 self.aws.elbv2.modify_target_group_attributes(TargetGroupArn=arn, Attributes=[{
@@ -284,13 +292,16 @@ class Fleet:
     def ensure_asg(self, service_name: str, service: ServiceSpec, release: Release,
                    image: Image, desired: int = 0) -> dict[str, Any]:
         """The release's ASG; a new one is created asking for `desired` instances at once.
-        Known in this process: looked up; else created, and looked up only if it exists."""
-        if release.id in self._asgs:
-            found = self.asg(release.id)
-            if found is not None:
-                return found
+        Idempotent: an existing one (a killed run made it) is found and adopted."""
         tg = self.target_group(release.id, service_name, service)
         assert tg is not None  # created when missing
+        # Its ASG is made after its target group: a group that was not just created may have
+        # one (moto replaces an ASG created twice instead of refusing, so look first).
+        if release.id in self._asgs or release.id not in self._fresh:
+            found = self.asg(release.id)
+            if found is not None:
+                self._asgs.add(release.id)
+                return found
         lt = self.launch_template(service_name, service, release, image)
         fleet = self.fleet_group()
         lb = self.alb()
@@ -341,6 +352,8 @@ class Fleet:
             if tg is not None:
                 self._delete_target_group(tg, timeout=0.0)
             self._tg.pop(release_id, None)
+            self._fresh.discard(release_id)
+            self._asgs.discard(release_id)
             self._tg_names.pop(self.names.target_group(release_id), None)
             try:
                 self.aws.ec2.delete_launch_template(
