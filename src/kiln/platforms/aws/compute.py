@@ -164,14 +164,21 @@ class AwsCompute:
             # member, adopted or not; its target group and launch template go with it.
             self.fleet.dispose(instance.release_id)
         else:
+            from botocore.exceptions import BotoCoreError
+            from botocore.parsers import ResponseParserError
+
             with translated(f"terminating {instance.id}"):
                 try:
                     self.aws.autoscaling.terminate_instance_in_auto_scaling_group(
                         InstanceId=instance.id, ShouldDecrementDesiredCapacity=True)
-                except ClientError as exc:
-                    if not is_missing(exc):
+                except (ClientError, BotoCoreError, ResponseParserError):
+                    # Not (or no longer) in its group, e.g. removed by hand: AWS says
+                    # ValidationError, moto fails outright. Ask, then terminate it directly.
+                    member = self.aws.autoscaling.describe_auto_scaling_instances(
+                        InstanceIds=[instance.id]).get("AutoScalingInstances", [])
+                    if member and member[0].get("LifecycleState") not in GONE_LIFECYCLE:
                         raise
-                    try:  # no longer in its group (someone removed it): terminate directly
+                    try:
                         self.aws.ec2.terminate_instances(InstanceIds=[instance.id])
                     except ClientError as again:
                         if not is_missing(again):
