@@ -23,7 +23,7 @@ from kiln.platforms.aws import probes, ssm, throwaway
 from kiln.platforms.aws.boot import REMOTE_SCHEMES, exec_lines, journal_lines, refusal
 from kiln.platforms.aws.client import Aws, is_missing, translated
 from kiln.platforms.aws.fleet import Fleet
-from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
+from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release, ReleaseImage
 from kiln.platforms.instance_rows import from_row, insert, set_state
 from kiln.spec.models import Health, HttpCheck, ServiceSpec
 from kiln.state.store import Store
@@ -288,8 +288,8 @@ class _LazyFiles:
         if inst is None:
             idle = ServiceSpec(image=self.image.name, command="exec sleep 2147483647",
                                listen="127.0.0.1:1")
-            release = Release(f"{self.image.name}-files", self.image.name, 0, self.image.digest,
-                              "test")
+            release = Release.of(f"{self.image.name}-files", self.image.name, 0,
+                                 ReleaseImage.of(self.image), idle, "test")
             inst = self._own = self.compute._launch_test(self.image.name, idle, release,
                                                          self.image, {})
         return probes.InstanceFiles(self.compute.aws, inst.id)
