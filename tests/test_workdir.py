@@ -127,15 +127,15 @@ def test_a_local_workdir_no_step_created_exists_in_the_image(tmp_path: Path) -> 
 
 
 def test_an_aws_instance_unit_starts_in_the_images_workdir() -> None:
-    import base64
-
-    from kiln.platforms.aws.fleet import user_data
+    from kiln.platforms.aws.boot import user_data
 
     service = ServiceSpec(image="web", command="python app.py", port=8000, listen="127.0.0.1:9")
 
-    def script(*workdir: str) -> str:
-        return base64.b64decode(user_data("web", service, {}, *workdir)).decode()
+    def script(workdir: str = "") -> str:
+        return user_data("web", service, {}, workdir, "eu-west-1")
 
-    assert "WorkingDirectory=/opt/kiln/root/srv/web\n" in script("srv/web")
-    assert "mkdir -p /opt/kiln/root/srv/web\n" in script("srv/web")
-    assert "WorkingDirectory=/opt/kiln/root\n" in script()
+    # The unit starts through the exec script, which enters the image's workdir.
+    assert "cd /opt/kiln/root/srv/web\n" in script("srv/web")
+    assert "mkdir -p /opt/kiln /opt/kiln/root/srv/web\n" in script("srv/web")
+    assert "cd /opt/kiln/root\n" in script()
+    assert "ExecStart=/bin/sh /etc/kiln-web.exec 'python app.py'" in script()
