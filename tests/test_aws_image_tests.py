@@ -344,6 +344,17 @@ def test_exec_and_logs_of_service_instances_go_through_ssm(
         assert out.stdout.splitlines()[0] == "s3cret-value"
         assert out.stdout.splitlines()[1].endswith("/opt/kiln/root")
         assert dev_exec(project, "web", "exit 3").exit_code == 3
+        # The same over testinfra's kiln-ssm backend (for suites run outside kiln).
+        import testinfra
+
+        import kiln.verify.testinfra_plugin  # noqa: F401 - registers kiln-ssm://
+
+        iid = project.compute.instances("web-r1")[0].id
+        host = testinfra.get_host(f"kiln-ssm://{iid}?container=web")
+        host.backend._client = project.platform.aws.ssm  # the stand-in's SSM (see fixture)
+        assert host.run("printenv DB_PASSWORD").stdout.strip() == "s3cret-value"
+        assert host.file("app/__main__.py").exists
+        assert host.run("exit 4").rc == 4
         # `kiln logs`: each running instance's journal, fetched over SSM.
         sources = project.logs("web")
         assert len(sources) == 2
