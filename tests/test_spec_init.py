@@ -86,3 +86,13 @@ def test_init_writes_ports_that_are_free(tmp_path: Path) -> None:
             probe.bind(("127.0.0.1", listen_port))  # free when init wrote it
     finally:
         held.close()
+
+
+def test_init_picks_haproxy_but_the_model_default_stays_traefik(tmp_path: Path) -> None:
+    """New projects get the faster router; a spec without `router:` (every project made before
+    the switch) keeps Traefik, so an upgrade never swaps a running router under it."""
+    init_project(tmp_path)
+    assert load_spec(tmp_path / "kiln.yaml").spec.router == "haproxy"
+    (tmp_path / "kiln.yaml").write_text(
+        (tmp_path / "kiln.yaml").read_text().replace("router: haproxy\n", ""))
+    assert load_spec(tmp_path / "kiln.yaml").spec.router == "traefik"
