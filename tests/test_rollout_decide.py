@@ -299,3 +299,90 @@ def test_steps_promoted_without_evidence_are_not_called_passed() -> None:
     ok = Verdict("pass", "within the margins")
     s2, _ = run(s2, r, obs(0), obs(1), obs(7, verdict=ok), obs(13, verdict=ok))
     assert s2.reason == "all steps passed"
+
+
+# ---------------------------------------------------------------- preview
+
+
+def preview_canary(*steps: tuple[int, float | None], first: float | None = None) -> Rollout:
+    return Rollout(strategy="canary", steps=[RolloutStep(preview=True, pause=first),
+                                             *(RolloutStep(weight=w, pause=p) for w, p in steps)])
+
+
+@pytest.mark.parametrize(("rollout", "flag"), [
+    (preview_canary((10, 5), (50, 5)), False),   # a `preview: true` first step
+    (canary((10, 5), (50, 5)), True),            # `kiln deploy --preview`
+])
+def test_preview_holds_at_zero_until_promote_then_walks_the_steps(rollout: Rollout,
+                                                                   flag: bool) -> None:
+    s = start("canary", "web-r2", "web-r1", 3, 0.0, preview=flag)
+    s, (_, a2) = run(s, rollout, obs(0), obs(1))
+    assert s.phase == "preview" and s.weights == {"web-r2": 0, "web-r1": 100}
+    assert a2[0] == SetWeights({"web-r2": 0, "web-r1": 100}, ("web-r2",))
+    assert "X-Kiln-Release: web-r2" in (s.waiting or "")
+    s, trail = run(s, rollout, obs(100), obs(1000))    # no pause: waits for the user
+    assert trail == [[], []] and s.phase == "preview"
+    s.promote_requested = True
+    s, (a,) = run(s, rollout, obs(1001))
+    assert s.phase == "step" and s.weights == {"web-r2": 10, "web-r1": 90}
+    assert a[0] == SetWeights({"web-r2": 10, "web-r1": 90})   # the preview route is gone
+    s, _ = run(s, rollout, obs(1007), obs(1013))
+    assert s.phase == "drain_old"
+    assert s.reason == "all steps passed"   # the preview is not a step the user promoted
+
+
+def test_preview_step_with_a_pause_goes_on_by_itself() -> None:
+    r = preview_canary((10, 5), first=30)
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1), obs(20))
+    assert s.phase == "preview"
+    s, _ = run(s, r, obs(31.5))
+    assert s.phase == "step" and s.weights == {"b": 10, "a": 90}
+
+
+@pytest.mark.parametrize(("signal", "phase", "outcome", "weights"), [
+    ("abort_requested", "drain_new", "aborted", {"b": 0, "a": 100}),
+    ("promote_full", "drain_old", "promoted", {"b": 100, "a": 0}),
+])
+def test_preview_abort_disposes_and_promote_full_switches(signal: str, phase: str, outcome: str,
+                                                          weights: dict[str, int]) -> None:
+    r = preview_canary((10, 5))
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1))
+    setattr(s, signal, True)
+    s, (a,) = run(s, r, obs(2))
+    assert (s.phase, s.outcome, s.weights) == (phase, outcome, weights)
+    assert a[0] == SetWeights(weights)
+
+
+def test_preview_rolls_back_when_an_instance_dies() -> None:
+    r = preview_canary((10, 5))
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1), obs(2, new_alive=2))
+    assert (s.phase, s.outcome) == ("drain_new", "failed")
+
+
+def test_blue_green_preview_switches_on_promote() -> None:
+    r = Rollout(strategy="blue-green", scale_down_delay=0)
+    s = start("blue-green", "b", "a", 3, 0.0, preview=True)
+    s, _ = run(s, r, obs(0), obs(1), obs(50))
+    assert s.phase == "preview" and s.weights == {"b": 0, "a": 100}
+    s.promote_requested = True
+    s, _ = run(s, r, obs(51))
+    assert s.phase == "drain_old" and s.weights == {"b": 100, "a": 0}
+
+
+def test_first_release_has_nothing_to_preview_against() -> None:
+    s = start("canary", "b", None, 3, 0.0, preview=True)
+    s, _ = run(s, preview_canary((10, 5)), obs(0), obs(1))
+    assert s.phase == "done" and s.weights == {"b": 100}
+
+
+@pytest.mark.parametrize(("steps", "message"), [
+    ([{"weight": 10}, {"preview": True}], "only for the first step"),
+    ([{"preview": True, "weight": 10}], "remove weight"),
+    ([{"pause": 5}], "needs a weight"),
+])
+def test_preview_step_rules(steps: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Rollout.model_validate({"steps": steps})

@@ -27,12 +27,13 @@ from kiln.analysis.accesslog import AccessLogSource
 from kiln.errors import PlatformError
 from kiln.platforms import capabilities as caps
 from kiln.platforms.aws.router import AlbRouter
-from kiln.platforms.base import Backend, RequestCounts, Router
+from kiln.platforms.base import PREVIEW_HEADER, Backend, RequestCounts, Router
 from kiln.platforms.fake.router import FakeRouter
 from kiln.platforms.local.haproxy_router import HAProxyRouter
 from kiln.platforms.local.router import TraefikRouter
 from kiln.platforms.local.traefik_process import free_port, read_pidfile
 from kiln.state.lock import pid_alive
+from kiln.testing.load import Load
 from kiln.testing.project import wait_for
 from test_router_traefik import _handler, _Server, get, hits, spec
 
@@ -492,3 +493,53 @@ def test_declares_its_capabilities(part: type, capabilities: set[str]) -> None:
     assert caps.declared(part, caps.ROUTER) == capabilities
     assert caps.answered(part, caps.ROUTER) == capabilities
     assert caps.declared(part, caps.COMPUTE + caps.BUILDER + caps.PLATFORM) == set()
+
+
+# ---------------------------------------------------------------- preview (issue 23)
+
+
+@pytest.mark.parametrize("router", ALL, indirect=True)
+def test_preview_reads_back_and_goes_away(router: AnyRouter,
+                                          backend: Callable[[str, str], str]) -> None:
+    a, b = servers(router, backend)
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 100, [a]),
+                                     Backend("web-r2", 0, [b], preview=True)])
+    assert router.verify("web") == {"web-r1": 100, "web-r2": 0}
+    assert router.previews("web") == {"web-r2"}
+    router.set_backends("web", svc, [Backend("web-r1", 90, [a]), Backend("web-r2", 10, [b])])
+    assert router.previews("web") == set()
+    assert router.verify("web") == {"web-r1": 90, "web-r2": 10}
+
+
+@pytest.mark.parametrize("router", REAL, indirect=True)
+def test_preview_gets_only_requests_naming_it(router: AnyRouter,
+                                             backend: Callable[[str, str], str]) -> None:
+    """Issue 23's figure: 0 of 20,000 ordinary requests reach a release in preview, every
+    request with the header (or the cookie) does; turning it on and off drops nothing."""
+    a, b = servers(router, backend)
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 100, [a])])
+    with Load(svc.listen, rate=1500, workers=6, max_requests=20_000, max_seconds=120,
+              keep_body=1) as ordinary:
+        wait_for(lambda: ordinary.stats.sent > 500, timeout=30, what="load running")
+        router.set_backends("web", svc, [Backend("web-r1", 100, [a]),
+                                         Backend("web-r2", 0, [b], preview=True)])
+        named = {"header": {PREVIEW_HEADER: "web-r2"},
+                 "cookie": {"Cookie": f"theme=dark; {PREVIEW_HEADER}=web-r2; x=1"},
+                 "other release": {PREVIEW_HEADER: "web-r9"}}
+        got = {}
+        for what, headers in named.items():
+            with Load(svc.listen, rate=400, workers=2, max_requests=1000, max_seconds=60,
+                      keep_body=1, headers=headers) as load:
+                got[what] = load.wait()
+        wait_for(lambda: ordinary.stats.sent > 12_000, timeout=120, what="ordinary load")
+        router.set_backends("web", svc, [Backend("web-r1", 100, [a]),
+                                         Backend("web-r2", 0, [b])])
+        assert router.previews("web") == set()
+        stats = ordinary.wait()
+    assert stats.sent == 20_000 and stats.failed == 0, stats.summary()
+    assert stats.bodies == Counter({"a": 20_000})
+    assert got["header"].bodies == Counter({"b": 1000}), got["header"].summary()
+    assert got["cookie"].bodies == Counter({"b": 1000}), got["cookie"].summary()
+    assert got["other release"].bodies == Counter({"a": 1000})

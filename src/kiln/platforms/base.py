@@ -161,6 +161,10 @@ class Observed:
     alive: bool
 
 
+PREVIEW_HEADER = "X-Kiln-Release"
+"""A request naming a release in preview by this header (or a cookie of this name) reaches it."""
+
+
 @dataclass(frozen=True)
 class Backend:
     """One release's share of a service in the router."""
@@ -170,6 +174,9 @@ class Backend:
     servers: Sequence[str]  # "host:port"
     health: Health | None = None
     """The release's own health check (its config may differ from the spec's current one)."""
+    preview: bool = False
+    """Also route requests carrying `X-Kiln-Release: <release_id>` (header, or a cookie of that
+    name) to this release, whatever its weight: at weight 0 it gets only those."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from kiln.spec.models import Rollout
 Phase = Literal[
     "launch",        # start the new release's instances
     "health",        # wait until all are healthy (the gate)
+    "preview",       # healthy, 0 % of ordinary traffic; only X-Kiln-Release requests reach it
     "step",          # canary: hold a weight for a pause, judged
     "roll",          # rolling: replace instances batch by batch
     "drain_old",     # new release has everything; let the old one finish in-flight requests
@@ -85,6 +86,8 @@ class Status:
     standby_until: float = 0.0
     decisions: list[Decision] = field(default_factory=list)
     started: float = 0.0
+    preview: bool = False
+    """`kiln deploy --preview`: hold the healthy release in preview until `kiln promote`."""
     judge: dict[str, Any] = field(default_factory=dict)
     """Where the judge's evidence starts (log cursor, router counters), so a resumed rollout
     judges every request since it began."""
@@ -135,6 +138,9 @@ class SetWeights:
     """Route traffic; weights are relative. Servers are the releases' in-rotation instances."""
 
     weights: dict[str, int]
+    preview: tuple[str, ...] = ()
+    """Releases reachable by `X-Kiln-Release: <release>` (header or cookie) whatever their
+    weight: a release in preview has weight 0 and gets only those requests."""
 
 
 @dataclass(frozen=True)
@@ -168,9 +174,9 @@ Action = EnsureInstances | SetWeights | Retire | TerminateRetiring | TerminateRe
 
 
 def start(strategy: str, new: str, old: str | None, replicas: int, now: float,
-          judge: dict[str, Any] | None = None) -> Status:
+          judge: dict[str, Any] | None = None, preview: bool = False) -> Status:
     return Status(phase="launch", strategy=strategy, new=new, old=old, replicas=replicas,
-                  started=now, judge=dict(judge or {}))
+                  started=now, judge=dict(judge or {}), preview=preview)
 
 
 def decide(s: Status, obs: Observation, rollout: Rollout, health_deadline: float
@@ -216,9 +222,45 @@ def _health(s: Status, obs: Observation, r: Rollout, health_deadline: float
         s.weights = {s.new: 100}
         s.phase, s.outcome, s.reason = "done", "promoted", "first release"
         return s, [SetWeights(dict(s.weights)), Record("rollout.promoted", f"{s.new} is live")]
+    if s.preview and s.strategy in ("canary", "blue-green"):
+        s.step = 0
+        return _enter_preview(s, obs, r)
     if s.strategy in ("blue-green", "rollback"):
         return _full(s, obs, r, f"switched all traffic ({s.strategy})")
     s.phase, s.step, s.step_started = "step", 0, obs.now
+    return _enter_step(s, obs, r)
+
+
+def _enter_preview(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[Action]]:
+    assert s.old is not None
+    s.phase, s.step_started, s.promote_requested = "preview", obs.now, False
+    s.weights = {s.new: 0, s.old: 100}
+    s.waiting = (f"preview: only requests with X-Kiln-Release: {s.new} reach it — "
+                 "`kiln promote` starts the steps, `kiln abort` disposes of it")
+    return s, [SetWeights(dict(s.weights), (s.new,)),
+               Record("rollout.preview", f"{s.new} in preview: 0% of ordinary traffic; "
+                      f"requests with X-Kiln-Release: {s.new} (header or cookie) reach it")]
+
+
+def _preview(s: Status, obs: Observation, r: Rollout, health_deadline: float
+             ) -> tuple[Status, list[Action]]:
+    """Hold until `kiln promote` (or the preview step's pause); abort is handled by decide()."""
+    if obs.new_alive < s.replicas:
+        return _rollback(s, obs, "failed", f"{s.replicas - obs.new_alive} new instance(s) died "
+                                           "during the preview")
+    if s.promote_full or s.strategy != "canary":
+        if s.promote_requested or s.promote_full:
+            return _full(s, obs, r, "promoted from preview")
+        return s, []
+    step = r.steps[s.step] if s.step < len(r.steps) else None
+    pause = step.pause if step is not None and step.preview else None
+    if not s.promote_requested and (pause is None or obs.now - s.step_started < pause):
+        return s, []
+    s.decisions.append(Decision(obs.now, s.step, 0, "preview",
+                                "kiln promote" if s.promote_requested else "preview pause ended"))
+    if step is not None and step.preview:
+        s.step += 1
+    s.phase = "step"
     return _enter_step(s, obs, r)
 
 
@@ -226,6 +268,8 @@ def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[A
     s.waiting = None
     if s.step >= len(r.steps):
         return _full(s, obs, r, _steps_summary(s))
+    if r.steps[s.step].preview:
+        return _enter_preview(s, obs, r)
     weight = r.steps[s.step].weight
     assert s.old is not None
     s.weights = {s.new: weight, s.old: 100 - weight}
@@ -461,6 +505,7 @@ def _roll(s: Status, obs: Observation, r: Rollout, health_deadline: float
 _PHASES = {
     "launch": _launch,
     "health": _health,
+    "preview": _preview,
     "step": _step,
     "roll": _roll,
     "drain_old": _drain_old,

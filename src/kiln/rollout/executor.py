@@ -253,7 +253,7 @@ class Reconciler:
             if isinstance(action, EnsureInstances):
                 self._ensure(action.release, action.count)
             elif isinstance(action, SetWeights):
-                self.route(action.weights)
+                self.route(action.weights, action.preview)
             elif isinstance(action, Retire):
                 self._retire(action.release, action.count, status)
             elif isinstance(action, TerminateRetiring):
@@ -275,13 +275,14 @@ class Reconciler:
         launch_release(self.env, self.release(release_id), missing)
         self.env.fault("launched")
 
-    def route(self, weights: Mapping[str, int]) -> None:
+    def route(self, weights: Mapping[str, int], preview: Sequence[str] = ()) -> None:
         backends: list[Backend] = []
         for release_id, weight in weights.items():
             servers = [i.address for i in instances_of(self.env.store, release_id, ("running",))]
             if servers:
                 backends.append(Backend(release_id, weight, servers,
-                                        health=self._release_health(release_id)))
+                                        health=self._release_health(release_id),
+                                        preview=release_id in preview))
         if backends:
             self.env.router.set_backends(self.name, self._routed_spec(weights), backends)
         else:

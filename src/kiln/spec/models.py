@@ -397,9 +397,26 @@ class Health(_Model):
 
 
 class RolloutStep(_Model):
-    weight: int = Field(ge=0, le=100)
+    weight: int = Field(0, ge=0, le=100)
     pause: Duration | None = None
     """None: wait for `kiln promote`. 0: go on at once."""
+    preview: bool = False
+    """The new release is launched and tested but gets 0 % of ordinary traffic: only requests
+    carrying `X-Kiln-Release: <release>` (header or cookie) reach it. First step only."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weight_or_preview(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "weight" not in data and not data.get("preview"):
+            raise ValueError("a step needs a weight (0-100) or preview: true")
+        return data
+
+    @model_validator(mode="after")
+    def _preview_weight(self) -> RolloutStep:
+        if self.preview and self.weight:
+            raise ValueError(f"a preview step sends 0% of ordinary traffic; remove weight: "
+                             f"{self.weight}")
+        return self
 
 
 class Analysis(_Model):
@@ -476,6 +493,9 @@ class Rollout(_Model):
     def _check(self) -> Rollout:
         if self.strategy == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
             raise ValueError("rolling needs max_surge or max_unavailable above 0")
+        late = [i for i, step in enumerate(self.steps) if step.preview and i > 0]
+        if late:
+            raise ValueError(f"steps[{late[0]}]: preview: true is only for the first step")
         for before, after in zip(self.steps, self.steps[1:], strict=False):
             if after.weight < before.weight:
                 raise ValueError(f"steps: weight goes down from {before.weight} to "

@@ -55,7 +55,8 @@ class Load:
 
     def __init__(self, address: str, *, rate: float = 150.0, path: str = "/", workers: int = 8,
                  max_seconds: float = 120.0, max_requests: int = 200_000,
-                 timeout: float = 5.0, keep_body: int = 0) -> None:
+                 timeout: float = 5.0, keep_body: int = 0,
+                 headers: dict[str, str] | None = None) -> None:
         host, _, port = address.rpartition(":")
         _check_loopback(host)
         self.host, self.port, self.path = host, int(port), path
@@ -63,6 +64,7 @@ class Load:
         self.max_seconds, self.max_requests = max_seconds, max_requests
         self.timeout = timeout
         self.keep_body = keep_body
+        self.headers = dict(headers or {})
         self.stats = LoadStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -121,7 +123,7 @@ class Load:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             t = time.perf_counter()
             try:
-                conn.request("GET", self.path)
+                conn.request("GET", self.path, headers=self.headers)
                 resp = conn.getresponse()
                 body = resp.read()
                 status = resp.status

@@ -154,6 +154,13 @@ class FakeRouter(HealthVerdicts, OpenRequests):
                                      for s in b.servers})
         return out
 
+    def previews(self, service_name: str) -> set[str]:
+        """Releases that get the requests naming them (`X-Kiln-Release`)."""
+        route = self.routes.get(service_name)
+        if not self.running or route is None:
+            return set()
+        return {rid for rid, b in route.backends.items() if b.preview}
+
     def in_rotation(self, release_id: str) -> bool:
         return any(b.weight > 0 for r in self.routes.values()
                    for rid, b in r.backends.items() if rid == release_id)

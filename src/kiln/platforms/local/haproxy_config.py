@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.platforms.base import Backend
+from kiln.platforms.base import PREVIEW_HEADER, Backend
 from kiln.spec.models import Health
 
 MAX_WEIGHT = 256
@@ -48,6 +48,24 @@ def frontend_name(service_name: str) -> str:
 
 def backend_name(service_name: str) -> str:
     return f"kiln-{service_name}"
+
+
+def preview_backend_name(service_name: str) -> str:
+    """Backend holding the servers of the service's releases in preview (service names hold no
+    dot, so it never clashes with another service's backend)."""
+    return f"kiln-{service_name}.preview"
+
+
+def preview_servers(backends: Sequence[Backend], health: Health) -> list[Server]:
+    """Servers of the releases in preview, equal weights: they get only the requests naming
+    their release (`X-Kiln-Release`), which the frontend sends to the preview backend."""
+    return [Server(server_name(b.release_id, s), s, 1, ms((b.health or health).interval))
+            for b in backends if b.preview for s in b.servers]
+
+
+def preview_entries(service_name: str, backends: Sequence[Backend]) -> dict[str, str]:
+    """preview.map lines of one service: release_id -> service name."""
+    return {b.release_id: service_name for b in backends if b.preview}
 
 
 def server_name(release_id: str, address: str) -> str:
@@ -110,9 +128,24 @@ class ServiceConfig:
     listen: str
     servers: Sequence[Server]
     check_timeout_ms: int
+    preview: Sequence[Server] = ()
 
 
-def render(*, socket: Path, health_map: Path, services: Mapping[str, ServiceConfig]) -> str:
+def _backend_lines(name: str, health_map: Path, check_timeout_ms: int,
+                   servers: Sequence[Server]) -> list[str]:
+    return [
+        f"backend {name}",
+        "  balance roundrobin",
+        "  option httpchk",
+        f"  http-check send meth GET uri-lf %[srv_name,field(1,.),map({health_map},/)]",
+        f"  timeout check {check_timeout_ms}",
+        *(f"  {server_line(s)}" for s in servers),
+        "",
+    ]
+
+
+def render(*, socket: Path, health_map: Path, services: Mapping[str, ServiceConfig],
+           preview_map: Path | None = None) -> str:
     """haproxy.cfg: loopback frontends only, admin socket, JSON access log on stdout."""
     lines = [
         "global",
@@ -140,16 +173,19 @@ def render(*, socket: Path, health_map: Path, services: Mapping[str, ServiceConf
             "  log global",
             "  http-request set-var(txn.start) date(0,us)",
             f"  log-format '{LOG_FORMAT}'",
-            f"  default_backend {backend_name(name)}",
-            "",
-            f"backend {backend_name(name)}",
-            "  balance roundrobin",
-            "  option httpchk",
-            f"  http-check send meth GET uri-lf %[srv_name,field(1,.),map({health_map},/)]",
-            f"  timeout check {svc.check_timeout_ms}",
-            *(f"  {server_line(s)}" for s in svc.servers),
-            "",
         ]
+        if preview_map is not None:
+            # A request naming a release in preview (preview.map: release -> service, changed
+            # live with add/del map) goes to the preview backend, whatever the weights.
+            lines += [f"  use_backend {preview_backend_name(name)} if "
+                      f"{{ {fetch},map({preview_map}) -m str {name} }}"
+                      for fetch in (f"req.hdr({PREVIEW_HEADER})", f"req.cook({PREVIEW_HEADER})")]
+        lines += [f"  default_backend {backend_name(name)}", ""]
+        lines += _backend_lines(backend_name(name), health_map, svc.check_timeout_ms,
+                                svc.servers)
+        if preview_map is not None:
+            lines += _backend_lines(preview_backend_name(name), health_map,
+                                    svc.check_timeout_ms, svc.preview)
     return "\n".join(lines) + "\n"
 
 

@@ -41,6 +41,8 @@ from kiln.platforms.local.traefik_process import Running
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.lock import pid_start_time
 
+PREVIEW_SUFFIX = "@preview"
+"""counts.json key suffix of a deleted preview-backend server (its name is its release's)."""
 START_DEADLINE = 15.0
 APPLY_DEADLINE = 10.0
 
@@ -94,6 +96,7 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
         self.state_path = self.dir / "router.json"
         self.staging_dir = self.dir
         self.health_map = self.dir / "health.map"
+        self.preview_map = self.dir / "preview.map"
         self.socket_path = self.dir / "admin.sock"
         self.pid_path = self.dir / "haproxy.pid"
         self.log_path = self.dir / "haproxy.log"
@@ -106,7 +109,8 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
     @staticmethod
     def _backends(svc: dict[str, Any]) -> list[Backend]:
         return [Backend(rid, int(r["weight"]), list(r["servers"]),
-                        Health.model_validate(r["health"]) if r.get("health") else None)
+                        Health.model_validate(r["health"]) if r.get("health") else None,
+                        preview=bool(r.get("preview")))
                 for rid, r in svc.get("releases", {}).items()]
 
     @staticmethod
@@ -123,15 +127,22 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
     def _render(self, state: dict[str, Any]) -> None:
         services: dict[str, hc.ServiceConfig] = {}
         paths: dict[str, str] = {}
+        previews: dict[str, str] = {}
         for name, svc in state["services"].items():
             servers, health, timeout = self._wanted(svc)
             paths.update(health)
-            services[name] = hc.ServiceConfig(str(svc["listen"]), servers, timeout)
+            backends = self._backends(svc)
+            previews.update(hc.preview_entries(name, backends))
+            services[name] = hc.ServiceConfig(
+                str(svc["listen"]), servers, timeout,
+                hc.preview_servers(backends, self._health(svc)))
         self._write_atomic(self.health_map,
                            "".join(f"{rid} {path}\n" for rid, path in sorted(paths.items())))
+        self._write_atomic(self.preview_map,
+                           "".join(f"{rid} {svc}\n" for rid, svc in sorted(previews.items())))
         try:
             text = hc.render(socket=self.socket_path, health_map=self.health_map,
-                             services=services)
+                             services=services, preview_map=self.preview_map)
         except ValueError as exc:
             raise PlatformError(f"HAProxy config: {exc}") from exc
         self._write_atomic(self.config_path, text)
@@ -231,11 +242,17 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
                 "health": service.health.model_dump(mode="json"),
                 "releases": {b.release_id: {
                     "weight": b.weight, "servers": list(b.servers),
-                    "health": b.health.model_dump(mode="json") if b.health else None}
+                    "health": b.health.model_dump(mode="json") if b.health else None,
+                    "preview": b.preview}
                     for b in backends},
             }
             state["services"][service_name] = svc
             self._save_state(state)
+            if running is not None and running.listens == self._listens(state) \
+                    and hc.preview_backend_name(service_name) not in self.api.run("show backend"):
+                # Started by a kiln without previews: its frontend lacks the preview rules.
+                self._soft_stop(running)
+                running = None
             if running is None or running.listens != self._listens(state):
                 self._ensure_running(state)  # renders the config with these servers
             else:
@@ -268,8 +285,60 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
         cmds += [f"set server {be}/{name} state maint" for name in gone]
         out = self.api.run(*cmds)
         self._check_answer(out)
+        self._apply_preview(service_name, svc)
         if gone:
             self._collect(service_name)
+
+    def _apply_preview(self, service_name: str, svc: dict[str, Any]) -> None:
+        """Servers first, then the map entry that sends requests to them; on the way out the
+        entry goes first, so a request naming the release never meets an empty backend."""
+        backends = self._backends(svc)
+        want = hc.preview_servers(backends, self._health(svc))
+        entries = hc.preview_entries(service_name, backends)
+        be = hc.preview_backend_name(service_name)
+        live = {st.name: st for st in self._stats() if st.backend == be}
+        mapped = self._preview_map()
+        cmds: list[str] = []
+        self._fold_retired([f"{s.name}{PREVIEW_SUFFIX}" for s in want if s.name not in live])
+        for s in want:
+            if s.name not in live:
+                cmds += [f"add server {be}/{s.name} {s.address} weight 1 check "
+                         f"inter {s.inter_ms} pool-purge-delay {hc.POOL_PURGE_DELAY}",
+                         f"enable health {be}/{s.name}", f"enable server {be}/{s.name}"]
+            elif live[s.name].status.startswith("MAINT"):
+                cmds.append(f"set server {be}/{s.name} state ready")
+        cmds += [f"add map {self.preview_map} {rid} {name}" for rid, name in entries.items()
+                 if mapped.get(rid) != name]
+        cmds += [f"del map {self.preview_map} {rid}" for rid, name in mapped.items()
+                 if name == service_name and rid not in entries]
+        keep = {s.name for s in want}
+        cmds += [f"set server {be}/{name} state maint" for name, st in live.items()
+                 if name not in keep and not st.status.startswith("MAINT")]
+        if cmds:
+            self._check_answer(self.api.run(*cmds))
+
+    def _preview_map(self) -> dict[str, str]:
+        """The live preview.map: release_id -> service."""
+        out: dict[str, str] = {}
+        for line in self.api.run(f"show map {self.preview_map}").splitlines():
+            parts = line.split()
+            if len(parts) == 3:  # "<ref> <key> <value>"
+                out[parts[1]] = parts[2]
+        return out
+
+    def previews(self, service_name: str) -> set[str]:
+        """Releases of the service HAProxy really sends `X-Kiln-Release` requests to: in the
+        live map, with a server in the preview backend that is not in maintenance."""
+        if self._running() is None:
+            return set()
+        try:
+            mapped = self._preview_map()
+            be = hc.preview_backend_name(service_name)
+            ready = {hc.release_of_server(st.name) for st in self._stats()
+                     if st.backend == be and not st.status.startswith("MAINT")}
+        except PlatformError:
+            return set()
+        return {rid for rid, name in mapped.items() if name == service_name and rid in ready}
 
     def collect(self, service_name: str) -> int:
         """Delete the service's servers that left the routing (in maintenance); HAProxy refuses
@@ -282,7 +351,17 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
         svc = self._load_state()["services"].get(service_name) or {}
         keep = {s.name for s in self._wanted(svc)[0]} if svc else set()
         be = hc.backend_name(service_name)
-        gone = [st for st in self._stats() if st.backend == be and st.name not in keep
+        pbe = hc.preview_backend_name(service_name)
+        keep_preview = {s.name for s in hc.preview_servers(self._backends(svc), self._health(svc))
+                        } if svc else set()
+        stats = self._stats()
+        for st in stats:  # a preview server is only ever taken out after its map entry
+            if st.backend == pbe and st.name not in keep_preview and \
+                    st.status.startswith("MAINT"):
+                # Same server name as in the main backend: its count is kept apart.
+                self._retire({f"{st.name}{PREVIEW_SUFFIX}": st.ended})
+                self.api.run(f"del server {pbe}/{st.name}")
+        gone = [st for st in stats if st.backend == be and st.name not in keep
                 and st.status.startswith("MAINT")]
         if not gone:
             return 0
@@ -371,10 +450,11 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
 
     def _wait_applied(self, service_name: str, svc: dict[str, Any]) -> None:
         want = {rid: int(r["weight"]) for rid, r in svc.get("releases", {}).items()}
+        want_previews = {rid for rid, r in svc.get("releases", {}).items() if r.get("preview")}
         give_up = time.monotonic() + self.apply_deadline
         while True:
             seen = self._served(service_name, svc)
-            if seen == want:
+            if seen == want and self.previews(service_name) == want_previews:
                 return
             if time.monotonic() > give_up:
                 raise PlatformError(f"HAProxy did not apply the routing of service {service_name} "

@@ -101,7 +101,8 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests):
 
     @staticmethod
     def _recorded(svc: dict[str, Any]) -> list[Backend]:
-        return [Backend(rid, int(r["weight"]), list(r["servers"]))
+        return [Backend(rid, int(r["weight"]), list(r["servers"]),
+                        preview=bool(r.get("preview")))
                 for rid, r in svc.get("releases", {}).items()]
 
     def _ensure_running(self, state: dict[str, Any]) -> Running:
@@ -183,7 +184,8 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests):
                 raise PlatformError(f"service {service_name}: {exc}") from exc
             state["services"][service_name] = {
                 "listen": service.listen,
-                "releases": {b.release_id: {"weight": b.weight, "servers": list(b.servers)}
+                "releases": {b.release_id: {"weight": b.weight, "servers": list(b.servers),
+                                            "preview": b.preview}
                              for b in backends},
             }
             self.dynamic_dir.mkdir(parents=True, exist_ok=True)
@@ -198,10 +200,12 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests):
         want_servers = {b.release_id: {f"http://{s}" for s in b.servers} for b in backends}
         give_up = time.monotonic() + self.apply_deadline
         seen: dict[str, int] = {}
+        previews = {b.release_id: b.preview for b in backends}
         while True:
             seen, servers = self._read_back(service_name, list(want), running.admin)
             if seen == want and all(servers.get(rid) == urls for rid, urls in
-                                    want_servers.items()):
+                                    want_servers.items()) \
+                    and self._previews(running.admin, previews) == previews:
                 return
             if time.monotonic() > give_up:
                 tail = traefik_process.log_tail(self.log_path, lines=5)
@@ -236,6 +240,23 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests):
                 servers[rid] = {str(s.get("url")) for s in lb.get("servers") or []}
         weights = traefik_config.weights_from_api(weighted, release_ids, present)
         return weights, servers
+
+    def _previews(self, admin: str, release_ids: Mapping[str, bool]) -> dict[str, bool]:
+        """release_id -> whether Traefik runs its preview router (enabled)."""
+        out: dict[str, bool] = {}
+        for rid in release_ids:
+            found = self._api(admin, f"/api/http/routers/{traefik_config.preview_key(rid)}@file")
+            out[rid] = found is not None and found.get("status") == "enabled"
+        return out
+
+    def previews(self, service_name: str) -> set[str]:
+        """Releases of the service Traefik really routes `X-Kiln-Release` requests to."""
+        running = self._running()
+        if running is None:
+            return set()
+        known = (self._load_state()["services"].get(service_name) or {}).get("releases", {})
+        return {rid for rid, on in self._previews(running.admin, dict.fromkeys(known, True)
+                                                  ).items() if on}
 
     def verify(self, service_name: str) -> dict[str, int]:
         """release_id -> weight Traefik really serves for the service ({} when it runs none)."""

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kiln.platforms.base import Backend
+from kiln.platforms.base import PREVIEW_HEADER, Backend
 from kiln.spec.models import Health
 
 ADMIN_ENTRYPOINT = "traefik"
@@ -42,6 +42,23 @@ def service_key(service_name: str) -> str:
 def release_key(release_id: str) -> str:
     """Load-balancer service of one release (the access log's ServiceName, minus '@file')."""
     return f"kiln-{release_id}"
+
+
+PREVIEW_PRIORITY = 10_000
+"""Preview routers win over the service's catch-all `PathPrefix(`/`)` (whose priority is its
+rule's length, 14)."""
+
+
+def preview_key(release_id: str) -> str:
+    """Router that sends a previewed release its `X-Kiln-Release` requests."""
+    return f"kiln-preview-{release_id}"
+
+
+def preview_rule(release_id: str) -> str:
+    """The header, or a cookie of the same name, naming the release exactly."""
+    name = PREVIEW_HEADER
+    return (f"Header(`{name}`, `{release_id}`) || "
+            f"HeaderRegexp(`Cookie`, `(?:^|;\\s*){name}={release_id}(?:;|$)`)")
 
 
 def go_duration(seconds: float) -> str:
@@ -158,6 +175,14 @@ def dynamic_config(service_name: str, health: Health,
             "entryPoints": [entrypoint_name(service_name)],
             "service": key,
         }}
+        for b in backends:
+            if b.preview:
+                http["routers"][preview_key(b.release_id)] = {
+                    "rule": preview_rule(b.release_id),
+                    "priority": PREVIEW_PRIORITY,
+                    "entryPoints": [entrypoint_name(service_name)],
+                    "service": release_key(b.release_id),
+                }
     return {"http": http}
 
 
