@@ -277,14 +277,15 @@ class Project:
         return int(row["id"]) if row else None
 
     def _start_rollout(self, service: str, spec: ServiceSpec, new: Release,
-                       old: Release | None, strategy: str | None = None) -> int:
+                       old: Release | None, strategy: str | None = None,
+                       preview: bool = False) -> int:
         strategy = strategy or spec.rollout.strategy
         # Where the judge's evidence begins, persisted so a resumed rollout replays it all.
         judge = self._judge(service, spec) if old is not None else None
         info = judge.start_info() if judge is not None else None
         # How many instances is the release's own (its config digest covers replicas).
         status = start(strategy, new.id, old.id if old else None, new.spec.replicas, time.time(),
-                       info)
+                       info, preview=preview)
         now = time.time()
         with self.store.tx() as c:
             cur = c.execute(
@@ -441,10 +442,18 @@ class Project:
 
     def deploy(self, services: Sequence[str] | None = None, *, skip_tests: bool = False,
                on_event: Callable[[DeployEvent], None] | None = None,
-               no_cache: bool = False, force: bool = False) -> DeployResult:
+               no_cache: bool = False, force: bool = False, preview: bool = False
+               ) -> DeployResult:
+        """`preview`: hold each new release in preview (only `X-Kiln-Release` requests reach
+        it) until `kiln promote`; `kiln abort` disposes of it."""
         emit = on_event or (lambda ev: None)
         names = self._services(services)
         result = DeployResult()
+        if preview:
+            for name in names:
+                if self.service(name).rollout.strategy == "rolling":
+                    raise KilnError(f"services.{name}.rollout.strategy: --preview needs canary "
+                                    "or blue-green (rolling replaces instances in place)")
         with self.locked("deploy " + " ".join(names)):
             for name in names:  # a taken address is refused before any bake, test or process
                 self.router.check_listen(name, self.service(name).listen)
@@ -456,7 +465,7 @@ class Project:
             try:
                 for name in names:
                     result.services.append(self._deploy_one(name, skip_tests, emit, no_cache,
-                                                            force))
+                                                            force, preview=preview))
             except BaseException:
                 # A deploy that fails before anything serves leaves no router of its own behind.
                 if started_router and self.store.one(
@@ -480,8 +489,8 @@ class Project:
                                     baked=image)
 
     def _deploy_one(self, name: str, skip_tests: bool, emit: Callable[[DeployEvent], None],
-                    no_cache: bool, force: bool = False, baked: Image | None = None
-                    ) -> ServiceResult:
+                    no_cache: bool, force: bool = False, baked: Image | None = None,
+                    preview: bool = False) -> ServiceResult:
         """Act on `kiln.plan.decide` (what `kiln plan` prints): resume, then bake and gate,
         then decide again with the baked image's digest and do what it says."""
         from kiln.plan import decide, facts
@@ -533,7 +542,7 @@ class Project:
         self._finish_standby(name, keep=None)
         self.router.check_listen(name, spec.listen)
         new = self._new_release(name, image, spec, skip_tests)
-        return self._roll_to(name, spec, new, current, emit, t0)
+        return self._roll_to(name, spec, new, current, emit, t0, preview=preview)
 
     def _heal(self, name: str, spec: ServiceSpec, current: Release, alive: int,
               emit: Callable[[DeployEvent], None], t0: float) -> ServiceResult:
@@ -568,11 +577,11 @@ class Project:
 
     def _roll_to(self, name: str, spec: ServiceSpec, new: Release, current: Release | None,
                  emit: Callable[[DeployEvent], None], t0: float,
-                 strategy: str | None = None) -> ServiceResult:
+                 strategy: str | None = None, preview: bool = False) -> ServiceResult:
         def on_status(st: Status) -> None:
             emit(DeployEvent(name, "status", st.waiting or st.phase, status=st))
 
-        rid = self._start_rollout(name, spec, new, current, strategy)
+        rid = self._start_rollout(name, spec, new, current, strategy, preview)
         how = strategy or spec.rollout.strategy
         emit(DeployEvent(name, "release",
                          f"{how} {current.id} -> {new.id}" if current else

@@ -343,6 +343,10 @@ def deploy(
     detach: Annotated[bool, typer.Option(
         "--detach", "-d", help="Return once the rollout is under way; it goes on in the "
                                "background (follow it with `kiln status --watch`).")] = False,
+    preview: Annotated[bool, typer.Option(
+        "--preview", help="Launch and test the new release, then send it only requests with "
+                          "`X-Kiln-Release: <release>` (header or cookie) until `kiln promote`; "
+                          "`kiln abort` disposes of it.")] = False,
     as_json: JsonOpt = False,
     file: FileOpt = None,
 ) -> None:
@@ -357,7 +361,7 @@ def deploy(
 
             args = [*(["-f", str(OPTS.file)] if OPTS.file else []), "deploy", *(services or []),
                     *(["--skip-tests"] if skip_tests else []), *(["--no-cache"] if no_cache else []),
-                    *(["--force"] if force else [])]
+                    *(["--force"] if force else []), *(["--preview"] if preview else [])]
             code = deploy_detached(
                 args, Path.cwd(), proj.home, proj.status,
                 (lambda line: None) if as_json else (lambda line: print(line, flush=True)),
@@ -368,7 +372,7 @@ def deploy(
         printer = DeployPrinter(out(), quiet=as_json)
         try:
             result = proj.deploy(services, skip_tests=skip_tests, on_event=printer,
-                                 no_cache=no_cache, force=force)
+                                 no_cache=no_cache, force=force, preview=preview)
         except KeyboardInterrupt:
             printer.stop()
             raise interrupted(proj) from None
