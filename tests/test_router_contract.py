@@ -32,6 +32,7 @@ from kiln.platforms.fake.router import FakeRouter
 from kiln.platforms.local.haproxy_router import HAProxyRouter
 from kiln.platforms.local.router import TraefikRouter
 from kiln.platforms.local.traefik_process import free_port, read_pidfile
+from kiln.spec.models import Rollout
 from kiln.state.lock import pid_alive
 from kiln.testing.load import Load
 from kiln.testing.project import wait_for
@@ -543,3 +544,60 @@ def test_preview_gets_only_requests_naming_it(router: AnyRouter,
     assert got["header"].bodies == Counter({"b": 1000}), got["header"].summary()
     assert got["cookie"].bodies == Counter({"b": 1000}), got["cookie"].summary()
     assert got["other release"].bodies == Counter({"a": 1000})
+
+
+# ---------------------------------------------------------------- sticky (issue 23)
+
+
+def _sticky_request(address: str, jar: dict[str, str]) -> str:
+    """One request with the client's cookies; keeps what the router sets. Returns the body."""
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in jar.items())} if jar else {}
+        conn.request("GET", "/", headers=headers)
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        for value in resp.headers.get_all("Set-Cookie") or []:
+            name, _, rest = value.partition("=")
+            jar[name.strip()] = rest.partition(";")[0]
+        return body if resp.status == 200 else f"status {resp.status}"
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("router", REAL, indirect=True)
+def test_sticky_clients_keep_their_release_until_it_leaves(
+        router: AnyRouter, backend: Callable[[str, str], str]) -> None:
+    """Issue 23's figure: of 200 clients with cookies, 10 requests each over a canary that only
+    goes forward, none sees two releases; on rollback every one is back on the old release."""
+    a, b = servers(router, backend)
+    a2, b2 = backend("a", "127.0.0.4"), backend("b", "127.0.0.5")   # two servers per release
+    svc = spec(free_port()).model_copy(update={"rollout": Rollout(sticky=True)})
+    jars: list[dict[str, str]] = [{} for _ in range(200)]
+    seen: list[set[str]] = [set() for _ in range(200)]
+    for rnd, new in enumerate([10, 10, 25, 25, 50, 50, 75, 75, 90, 90]):
+        router.set_backends("web", svc, [Backend("web-r1", 100 - new, [a, a2]),
+                                         Backend("web-r2", new, [b, b2])])
+        for i in range(200):
+            seen[i].add(_sticky_request(svc.listen, jars[i]))
+        assert all(jars), f"round {rnd}: a client got no cookie"
+    mixed = [i for i, s in enumerate(seen) if len(s) > 1]
+    assert not mixed, f"{len(mixed)} clients saw two releases, e.g. {seen[mixed[0]]}"
+    on_new = sum(1 for s in seen if s == {"b"})
+    assert 0 < on_new < 200 and all(s <= {"a", "b"} for s in seen), on_new
+    router.set_backends("web", svc, [Backend("web-r1", 100, [a, a2]),
+                                     Backend("web-r2", 0, [b, b2])])
+    back = Counter(_sticky_request(svc.listen, jar) for jar in jars)
+    assert back == Counter({"a": 200}), back
+    assert router.verify("web") == {"web-r1": 100, "web-r2": 0}
+
+
+@pytest.mark.parametrize("router", REAL, indirect=True)
+def test_not_sticky_sets_no_cookie(router: AnyRouter, backend: Callable[[str, str], str]) -> None:
+    a, b = servers(router, backend)
+    svc = spec(free_port())
+    router.set_backends("web", svc, [Backend("web-r1", 50, [a]), Backend("web-r2", 50, [b])])
+    jar: dict[str, str] = {}
+    assert {_sticky_request(svc.listen, jar) for _ in range(20)} == {"a", "b"}
+    assert jar == {}

@@ -284,7 +284,10 @@ class Reconciler:
                                         health=self._release_health(release_id),
                                         preview=release_id in preview))
         if backends:
-            self.env.router.set_backends(self.name, self._routed_spec(weights), backends)
+            # Listen and health follow the routed release; the traffic policy is today's.
+            routed = self._routed_spec(weights).model_copy(
+                update={"rollout": self.service.rollout})
+            self.env.router.set_backends(self.name, routed, backends)
         else:
             self.env.router.remove_service(self.name)
         self.env.fault("routed")

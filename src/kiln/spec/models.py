@@ -488,6 +488,10 @@ class Rollout(_Model):
     progress_deadline: Duration = 600.0
     """How long a judged step may stay undecided after its pause before `on_no_data: pause`
     gives up and rolls back (Argo Rollouts' progressDeadlineSeconds)."""
+    sticky: bool = False
+    """Pin each client (by a router cookie, `kiln-<service>`) to the release it first got, across
+    weight changes, until that release leaves rotation. Off when absent, so existing specs keep
+    per-request splits (and the judge its independent samples); `kiln init` writes true."""
 
     @model_validator(mode="after")
     def _check(self) -> Rollout:

@@ -129,13 +129,25 @@ class ServiceConfig:
     servers: Sequence[Server]
     check_timeout_ms: int
     preview: Sequence[Server] = ()
+    cookie_key: str = ""
+    """Set: `rollout.sticky`. HAProxy inserts a cookie per server (a hash of this key and the
+    server's address: runtime-added servers cannot be given a `cookie` value in 2.6)."""
+
+
+def sticky_lines(service_name: str, cookie_key: str) -> list[str]:
+    """Cookie persistence: a client keeps the server (so the release) it first got while that
+    server is in rotation. kiln puts a server at weight 0 in maintenance when the service is
+    sticky, because HAProxy still honours a cookie naming a server at weight 0."""
+    return [f"  cookie kiln-{service_name} insert indirect nocache httponly dynamic",
+            f"  dynamic-cookie-key {cookie_key}"]
 
 
 def _backend_lines(name: str, health_map: Path, check_timeout_ms: int,
-                   servers: Sequence[Server]) -> list[str]:
+                   servers: Sequence[Server], extra: Sequence[str] = ()) -> list[str]:
     return [
         f"backend {name}",
         "  balance roundrobin",
+        *extra,
         "  option httpchk",
         f"  http-check send meth GET uri-lf %[srv_name,field(1,.),map({health_map},/)]",
         f"  timeout check {check_timeout_ms}",
@@ -182,7 +194,8 @@ def render(*, socket: Path, health_map: Path, services: Mapping[str, ServiceConf
                       for fetch in (f"req.hdr({PREVIEW_HEADER})", f"req.cook({PREVIEW_HEADER})")]
         lines += [f"  default_backend {backend_name(name)}", ""]
         lines += _backend_lines(backend_name(name), health_map, svc.check_timeout_ms,
-                                svc.servers)
+                                svc.servers, sticky_lines(name, svc.cookie_key)
+                                if svc.cookie_key else ())
         if preview_map is not None:
             lines += _backend_lines(preview_backend_name(name), health_map,
                                     svc.check_timeout_ms, svc.preview)

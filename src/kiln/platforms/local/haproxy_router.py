@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -135,7 +136,8 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
             previews.update(hc.preview_entries(name, backends))
             services[name] = hc.ServiceConfig(
                 str(svc["listen"]), servers, timeout,
-                hc.preview_servers(backends, self._health(svc)))
+                hc.preview_servers(backends, self._health(svc)),
+                self._cookie_key(state) if svc.get("sticky") else "")
         self._write_atomic(self.health_map,
                            "".join(f"{rid} {path}\n" for rid, path in sorted(paths.items())))
         self._write_atomic(self.preview_map,
@@ -146,6 +148,14 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
         except ValueError as exc:
             raise PlatformError(f"HAProxy config: {exc}") from exc
         self._write_atomic(self.config_path, text)
+
+    @staticmethod
+    def _cookie_key(state: dict[str, Any]) -> str:
+        """Per project, kept for good: a sticky cookie survives restarts (it hashes this key
+        with the server's address)."""
+        if not state.get("cookie_key"):
+            state["cookie_key"] = secrets.token_hex(12)
+        return str(state["cookie_key"])
 
     def ensure_running(self) -> None:
         """Start HAProxy with the recorded routing if it is not running (or lacks a frontend)."""
@@ -164,7 +174,11 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
         self._render(state)
         if running is not None:
             self._soft_stop(running)
-        return self._start(listens)
+        started = self._start(listens)
+        # What the live process's config says about cookies (changing it needs a restart).
+        state["live_sticky"] = {n: bool(s.get("sticky")) for n, s in state["services"].items()}
+        self._save_state(state)
+        return started
 
     def _soft_stop(self, running: Running) -> None:
         """SIGUSR1: stop listening at once, finish what is in flight (hard-stop-after caps it)."""
@@ -245,12 +259,18 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
                     "health": b.health.model_dump(mode="json") if b.health else None,
                     "preview": b.preview}
                     for b in backends},
+                "sticky": service.rollout.sticky,
             }
             state["services"][service_name] = svc
+            if service.rollout.sticky:
+                self._cookie_key(state)
             self._save_state(state)
-            if running is not None and running.listens == self._listens(state) \
-                    and hc.preview_backend_name(service_name) not in self.api.run("show backend"):
-                # Started by a kiln without previews: its frontend lacks the preview rules.
+            if running is not None and running.listens == self._listens(state) and (
+                    hc.preview_backend_name(service_name) not in self.api.run("show backend")
+                    or bool((state.get("live_sticky") or {}).get(service_name))
+                    != service.rollout.sticky):
+                # Started by a kiln without previews (its frontend lacks the preview rules), or
+                # the service turned sticky on or off (the backend's cookie line): restart.
                 self._soft_stop(running)
                 running = None
             if running is None or running.listens != self._listens(state):
@@ -279,10 +299,17 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
                          f"enable health {be}/{s.name}", f"enable server {be}/{s.name}"]
             else:
                 cmds.append(f"set server {be}/{s.name} weight {s.weight}")
-                if live[s.name].status.startswith("MAINT"):
+                if live[s.name].status.startswith("MAINT") and (
+                        s.weight > 0 or not svc.get("sticky")):
                     cmds.append(f"set server {be}/{s.name} state ready")
         gone = [name for name in live if name not in {s.name for s in servers}]
         cmds += [f"set server {be}/{name} state maint" for name in gone]
+        if svc.get("sticky"):
+            # HAProxy honours a cookie naming a server at weight 0: out of rotation means out.
+            cmds += [f"set server {be}/{s.name} state maint" for s in servers if s.weight == 0]
+            if added:  # computes the new servers' cookies (same key: the others' stay)
+                cmds.append(f"set dynamic-cookie-key backend {be} "
+                            f"{self._cookie_key(self._load_state())}")
         out = self.api.run(*cmds)
         self._check_answer(out)
         self._apply_preview(service_name, svc)

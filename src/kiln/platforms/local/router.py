@@ -179,7 +179,8 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests):
                 raise PlatformError(tcp_table.in_use_message(
                     service.listen, f"services.{service_name}.listen"))
             try:
-                dynamic = traefik_config.dynamic_config(service_name, service.health, backends)
+                dynamic = traefik_config.dynamic_config(service_name, service.health, backends,
+                                                        sticky=service.rollout.sticky)
             except ValueError as exc:
                 raise PlatformError(f"service {service_name}: {exc}") from exc
             state["services"][service_name] = {

@@ -137,8 +137,13 @@ def admin_config(password: str) -> dict[str, Any]:
     }}
 
 
+def sticky_cookie(service_name: str) -> str:
+    """The cookie that pins a client to a release (`rollout.sticky`), on both routers."""
+    return f"kiln-{service_name}"
+
+
 def dynamic_config(service_name: str, health: Health,
-                   backends: Sequence[Backend]) -> dict[str, Any]:
+                   backends: Sequence[Backend], sticky: bool = False) -> dict[str, Any]:
     """dynamic/<service>.yml: one router and weighted service over one service per release.
 
     A release at weight 0 is left out of the weighted list (Traefik then never builds it: no
@@ -170,6 +175,11 @@ def dynamic_config(service_name: str, health: Health,
             "healthCheck": {},
             "services": [{"name": release_key(b.release_id), "weight": b.weight} for b in live],
         }}
+        if sticky:
+            # The cookie names the release's service: a release that leaves the weighted list
+            # (weight 0) no longer matches and its clients are balanced again.
+            services[key]["weighted"]["sticky"] = {"cookie": {
+                "name": sticky_cookie(service_name), "httpOnly": True, "path": "/"}}
         http["routers"] = {key: {
             "rule": "PathPrefix(`/`)",
             "entryPoints": [entrypoint_name(service_name)],
