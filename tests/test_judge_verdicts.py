@@ -91,3 +91,56 @@ def test_bad_release_fails_early_and_stays_failed() -> None:
     assert first.outcome == "fail"
     j.add(stream(rng, "c", 100_000, 0.0))  # a later recovery does not undo the first crossing
     assert j.verdict() is first
+
+
+# ---------------------------------------------------------------- sticky canaries (issue 23)
+
+
+def test_design_effect_costs_requests_in_proportion() -> None:
+    """A perfect canary that passes on n requests is still undecided on n when each sample is
+    worth 1/5 of one (sticky, design_effect 5), and passes on 5n."""
+    from kiln.analysis.clustered import deflate
+    from kiln.analysis.summary import Summary
+
+    rng = np.random.default_rng(23)
+    c, b = stream(rng, "c", 2000, 0.0), stream(rng, "b", 18_000, 0.0)
+    independent = Judge(Analysis(), "c", "b")
+    independent.add(c + b)
+    assert independent.verdict().outcome == "pass"
+    sticky = Judge(Analysis(design_effect=5), "c", "b")
+    sticky.add(c + b)
+    v = sticky.verdict()
+    assert v.outcome == "undecided" and v.figures["design_effect"] == 5
+    sticky.add(stream(rng, "c", 8000, 0.0) + stream(rng, "b", 72_000, 0.0))
+    assert sticky.verdict().outcome == "pass"
+    s = Summary.of(stream(rng, "c", 1000, 0.1))
+    d = deflate(s, 4)
+    assert (d.requests, d.errors) == (250, s.errors // 4) and d.hist.sum() == s.hist.sum() / 4
+    assert deflate(s, 1.0) is s
+
+
+def test_correlated_errors_of_a_few_clients_need_more_to_fail() -> None:
+    """24 errors in 400 canary requests (6 %, e.g. 4 clients of 6 requests each) against 1 %
+    fails a judge that takes them as independent, not one that counts clients (k = 6)."""
+    rng = np.random.default_rng(5)
+    c = stream(rng, "c", 376, 0.0) + [Sample("c", 0.0, 500, 0.05, True)] * 24
+    b = stream(rng, "b", 3600, 0.01)
+    outcomes = []
+    for k in (1.0, 6.0):
+        j = Judge(Analysis(design_effect=k), "c", "b")
+        j.add(c + b)
+        outcomes.append(j.verdict().outcome)
+    assert outcomes[0] == "fail" and outcomes[1] != "fail", outcomes
+
+
+@pytest.mark.parametrize(("rollout", "k"), [
+    ({"sticky": True, "analysis": {}}, 5.0),
+    ({"sticky": True, "analysis": {"design_effect": 2}}, 2.0),
+    ({"sticky": False, "analysis": {}}, 1.0),
+])
+def test_sticky_rollouts_get_the_conservative_default(rollout: dict[str, object],
+                                                      k: float) -> None:
+    from kiln.spec.models import Rollout
+
+    analysis = Rollout.model_validate(rollout).analysis
+    assert analysis is not None and analysis.design_effect == k

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiln.analysis import sequential as seq
+from kiln.analysis.clustered import deflate
 from kiln.analysis.summary import Summary
 from kiln.analysis.verdict import Figure, Verdict
 from kiln.platforms.base import Sample, Window
@@ -259,8 +260,11 @@ class Judge:
         if self._failed is not None:
             return self._failed
         self.looks += 1
-        v = judge_summaries(self.canary, self.baseline, self.analysis,
+        k = self.analysis.design_effect  # sticky canaries: correlated requests (clustered.py)
+        v = judge_summaries(deflate(self.canary, k), deflate(self.baseline, k), self.analysis,
                             segments=self.segments, best_p=self._best_p)
+        if k > 1.0:
+            v.figures["design_effect"] = k
         v.figures["looks"] = self.looks
         if now is not None:
             v.figures["time"] = now

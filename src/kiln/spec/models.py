@@ -419,6 +419,11 @@ class RolloutStep(_Model):
         return self
 
 
+STICKY_DESIGN_EFFECT = 5.0
+"""The judge's conservative correction for `rollout.sticky` when `analysis.design_effect` is not
+given: sessions of up to 5 fully correlated requests (or 9 at ρ = 0.5) count as one sample."""
+
+
 class Analysis(_Model):
     max_error_rate_increase: Fraction = 0.01
     max_error_rate: Fraction | None = None
@@ -430,6 +435,11 @@ class Analysis(_Model):
     confidence: float = 0.95
     """Confidence of the bounds behind "pass": a canary worse than allowed passes a step with
     probability at most 1 - confidence, however often the judge looks."""
+    design_effect: float = Field(1.0, ge=1.0, le=1000.0)
+    """How many requests count as one independent sample (Kish's design effect, 1 + (m-1)ρ for
+    sessions of m requests correlated by ρ): the judge divides its counts by it. 1 = requests
+    are independent; with `rollout.sticky` and no value given, STICKY_DESIGN_EFFECT
+    (docs/judge.md, "Sticky canaries")."""
 
     @field_validator("max_error_rate_increase", "max_error_rate")
     @classmethod
@@ -492,6 +502,17 @@ class Rollout(_Model):
     """Pin each client (by a router cookie, `kiln-<service>`) to the release it first got, across
     weight changes, until that release leaves rotation. Off when absent, so existing specs keep
     per-request splits (and the judge its independent samples); `kiln init` writes true."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sticky_samples(cls, data: Any) -> Any:
+        """A client's requests all land on one release: they are not independent samples."""
+        if isinstance(data, dict) and data.get("sticky") is True \
+                and isinstance(data.get("analysis"), dict) \
+                and "design_effect" not in data["analysis"]:
+            data = {**data, "analysis": {**data["analysis"],
+                                         "design_effect": STICKY_DESIGN_EFFECT}}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Rollout:
