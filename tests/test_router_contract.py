@@ -27,7 +27,13 @@ from kiln.analysis.accesslog import AccessLogSource
 from kiln.errors import PlatformError
 from kiln.platforms import capabilities as caps
 from kiln.platforms.aws.router import AlbRouter
-from kiln.platforms.base import PREVIEW_HEADER, Backend, RequestCounts, Router
+from kiln.platforms.base import (
+    PREVIEW_HEADER,
+    Backend,
+    RequestCounts,
+    Router,
+    ServersReadBack,
+)
 from kiln.platforms.fake.router import FakeRouter
 from kiln.platforms.local.haproxy_router import HAProxyRouter
 from kiln.platforms.local.router import TraefikRouter
@@ -601,3 +607,19 @@ def test_not_sticky_sets_no_cookie(router: AnyRouter, backend: Callable[[str, st
     jar: dict[str, str] = {}
     assert {_sticky_request(svc.listen, jar) for _ in range(20)} == {"a", "b"}
     assert jar == {}
+
+
+@pytest.mark.parametrize("router", ALL, indirect=True)
+def test_served_servers_read_back(router: AnyRouter, backend: Callable[[str, str], str]) -> None:
+    """What the rollout confirms before it stops an instance (rolling retires servers of a
+    release whose share does not change)."""
+    a, b = servers(router, backend)
+    typed: ServersReadBack = router
+    svc = spec(free_port())
+    c = "127.0.0.4:1" if isinstance(router, FakeRouter) else backend("c", "127.0.0.4")
+    router.set_backends("web", svc, [Backend("web-r1", 50, [a, c]), Backend("web-r2", 50, [b])])
+    assert typed.served_servers("web") == {"web-r1": {a, c}, "web-r2": {b}}
+    router.set_backends("web", svc, [Backend("web-r1", 50, [c]), Backend("web-r2", 50, [b])])
+    assert typed.served_servers("web") == {"web-r1": {c}, "web-r2": {b}}
+    router.set_backends("web", svc, [Backend("web-r1", 0, [c]), Backend("web-r2", 100, [b])])
+    assert typed.served_servers("web") == {"web-r2": {b}}

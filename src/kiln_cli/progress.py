@@ -247,7 +247,8 @@ OUTCOME_WORDS = {"rolled_back": "rolled back", "promoted": "promoted", "aborted"
                  "failed": "failed", "unchanged": "unchanged", "healed": "healed",
                  "signalled": "signalled"}
 """Outcomes as words in sentences (JSON keeps the identifiers)."""
-PHASE_WORDS = {"launch": "launching", "health": "health gate", "step": "canary step",
+PHASE_WORDS = {"launch": "launching", "health": "health gate", "preview": "preview",
+               "step": "canary step",
                "roll": "rolling", "drain_old": "draining the old release", "standby": "standby",
                "rollback": "rolling back", "restore": "restoring the old release",
                "drain_new": "draining the new release", "done": "done"}

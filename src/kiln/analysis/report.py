@@ -30,6 +30,7 @@ ERROR_WINDOW = 5
 PHASES = {
     "launch": "launching instances",
     "health": "health check",
+    "preview": "preview (X-Kiln-Release requests only)",
     "step": "canary step",
     "roll": "rolling replacement",
     "drain_old": "draining the old release",

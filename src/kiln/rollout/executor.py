@@ -14,8 +14,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from kiln.errors import KilnError, StateError
-from kiln.platforms.base import Backend, Compute, Image, Instance, MetricSource, Release, Router
+from kiln.errors import KilnError, PlatformError, StateError
+from kiln.platforms.base import (
+    Backend,
+    Compute,
+    Image,
+    Instance,
+    MetricSource,
+    Release,
+    Router,
+    ServersReadBack,
+)
 from kiln.platforms.capabilities import OpenRequests, RouterProcess
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import (
@@ -41,6 +50,15 @@ __all__ = ["Env", "Reconciler", "env_fault", "instances_of", "launch_release", "
 LIVE_STATES = ("starting", "running", "draining")
 FAST_TICK = 0.02
 """Seconds between passes while waiting on health or a drain (a probe, not a timer)."""
+CONFIRM_DEADLINE = 10.0
+"""How long a routing change may take to read back from the router before the pass fails."""
+
+
+def shares(weights: Mapping[str, int]) -> dict[str, int]:
+    """Each release's share in percent, releases at 0 left out: what routers agree on (one
+    reads a single target back as weight 1, another leaves a weight-0 release out)."""
+    total = sum(max(w, 0) for w in weights.values())
+    return {rid: round(100 * w / total) for rid, w in weights.items() if w > 0} if total else {}
 
 
 class JudgeFn(Protocol):
@@ -288,9 +306,31 @@ class Reconciler:
             routed = self._routed_spec(weights).model_copy(
                 update={"rollout": self.service.rollout})
             self.env.router.set_backends(self.name, routed, backends)
+            self._confirm({b.release_id: b.weight for b in backends},
+                          {b.release_id: set(b.servers) for b in backends if b.weight > 0})
         else:
             self.env.router.remove_service(self.name)
         self.env.fault("routed")
+
+    def _confirm(self, want: Mapping[str, int], servers: Mapping[str, set[str]]) -> None:
+        """Proceed only once the router's live state reads back as asked: a router that applies
+        changes late (a file watch, a lagging API) must not see a release drained and disposed
+        of while it still sends it requests. set_backends already waits on the local routers;
+        this is the rollout's own check, whatever the router."""
+        give_up = time.monotonic() + CONFIRM_DEADLINE
+        router = self.env.router
+        readback = router if isinstance(router, ServersReadBack) else None
+
+        def matches() -> bool:
+            return shares(router.verify(self.name)) == shares(want) and (
+                readback is None or readback.served_servers(self.name) == servers)
+
+        while not matches():
+            if time.monotonic() > give_up:
+                raise PlatformError(f"the router did not confirm the routing of {self.name} "
+                                    f"within {CONFIRM_DEADLINE:.0f}s: asked {dict(want)}, it "
+                                    f"serves {router.verify(self.name)}")
+            time.sleep(FAST_TICK)
 
     def _release_health(self, release_id: str) -> Health:
         return self.release(release_id).health

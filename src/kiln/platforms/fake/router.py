@@ -154,6 +154,12 @@ class FakeRouter(HealthVerdicts, OpenRequests):
                                      for s in b.servers})
         return out
 
+    def served_servers(self, service_name: str) -> dict[str, set[str]]:
+        route = self.routes.get(service_name)
+        if not self.running or route is None:
+            return {}
+        return {rid: set(b.servers) for rid, b in route.backends.items() if b.weight > 0}
+
     def previews(self, service_name: str) -> set[str]:
         """Releases that get the requests naming them (`X-Kiln-Release`)."""
         route = self.routes.get(service_name)

@@ -504,6 +504,19 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
         except PlatformError:
             return {}
 
+    def served_servers(self, service_name: str) -> dict[str, set[str]]:
+        """release_id -> servers of the main backend HAProxy sends requests to (weight > 0,
+        not in maintenance)."""
+        if self._running() is None:
+            return {}
+        be = hc.backend_name(service_name)
+        out: dict[str, set[str]] = {}
+        for st in self._stats():
+            if st.backend == be and st.weight > 0 and not st.status.startswith("MAINT"):
+                out.setdefault(hc.release_of_server(st.name), set()).add(
+                    st.name.partition(".")[2])
+        return out
+
     def server_status(self, release_id: str) -> dict[str, str]:
         """HAProxy's health verdict per server URL ('UP'/'DOWN'/'MAINT')."""
         return self.server_statuses([release_id])[release_id]

@@ -269,6 +269,16 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests):
         weights, _ = self._read_back(service_name, known, running.admin)
         return weights
 
+    def served_servers(self, service_name: str) -> dict[str, set[str]]:
+        """release_id -> servers Traefik routes to (releases in the weighted list only)."""
+        running = self._running()
+        if running is None:
+            return {}
+        known = list((self._load_state()["services"].get(service_name) or {}).get("releases", {}))
+        weights, servers = self._read_back(service_name, known, running.admin)
+        return {rid: {u.removeprefix("http://") for u in servers.get(rid, set())}
+                for rid, w in weights.items() if w > 0}
+
     def server_status(self, release_id: str) -> dict[str, str]:
         """Traefik's own health verdict per server URL ('UP'/'DOWN'; {} while out of rotation)."""
         running = self._running()
