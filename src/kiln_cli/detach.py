@@ -137,6 +137,12 @@ def watch(status: Callable[[], dict[str, Any]], echo: Callable[[str], None],
         for name in sorted(open_):
             ro = rollouts[name]
             if ro.get("driven_by") is None:
+                # The rollout row is read before the lock: a driver that settled it and let go
+                # in between looks like no driver. Look again before saying so.
+                again = _rollouts(status()).get(name)
+                if again is not None and (again["phase"] in SETTLED or again.get("driven_by")
+                                          or again["rollout_id"] != ro["rollout_id"]):
+                    continue
                 if documents is None:
                     echo(f"{name}: no kiln command is driving rollout #{ro['rollout_id']}; "
                          "`kiln deploy` resumes it")
