@@ -27,13 +27,8 @@ from kiln.analysis.accesslog import AccessLogSource
 from kiln.errors import PlatformError
 from kiln.platforms import capabilities as caps
 from kiln.platforms.aws.router import AlbRouter
-from kiln.platforms.base import (
-    PREVIEW_HEADER,
-    Backend,
-    RequestCounts,
-    Router,
-    ServersReadBack,
-)
+from kiln.platforms.base import PREVIEW_HEADER, Backend, RequestCounts, Router
+from kiln.platforms.capabilities import ServersReadBack
 from kiln.platforms.fake.router import FakeRouter
 from kiln.platforms.local.haproxy_router import HAProxyRouter
 from kiln.platforms.local.router import TraefikRouter
@@ -489,9 +484,9 @@ def test_switching_router_stops_the_other(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("part", "capabilities"), [
-    (FakeRouter, {"HealthVerdicts", "OpenRequests"}),
-    (TraefikRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests"}),
-    (HAProxyRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests"}),
+    (FakeRouter, {"HealthVerdicts", "OpenRequests", "ServersReadBack"}),
+    (TraefikRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests", "ServersReadBack"}),
+    (HAProxyRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests", "ServersReadBack"}),
     (AlbRouter, set()),  # the ALB is AWS's to run; its health checks belong to the ASG
 ])
 def test_declares_its_capabilities(part: type, capabilities: set[str]) -> None:

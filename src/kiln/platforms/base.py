@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -315,18 +315,6 @@ class Router(Protocol):
         ...
 
     def stop(self) -> None: ...
-
-
-@runtime_checkable
-class ServersReadBack(Protocol):
-    """A router that reads back which servers it really routes to, so the rollout confirms an
-    instance left rotation (rolling retires servers of a release whose share stays the same)
-    before it is stopped."""
-
-    def served_servers(self, service_name: str) -> dict[str, set[str]]:
-        """release_id -> "host:port" of the servers the router really sends requests to (only
-        releases with a positive weight)."""
-        ...
 
 
 class MetricSource(Protocol):

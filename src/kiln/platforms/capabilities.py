@@ -49,6 +49,18 @@ class OpenRequests(Protocol):
     def open_requests(self, release_id: str) -> int: ...
 
 
+@runtime_checkable
+class ServersReadBack(Protocol):
+    """A router that reads back which servers it really routes to, so the rollout confirms an
+    instance left rotation (rolling retires servers of a release whose share stays the same)
+    before it is stopped."""
+
+    def served_servers(self, service_name: str) -> dict[str, set[str]]:
+        """release_id -> "host:port" of the servers the router really sends requests to (only
+        releases with a positive weight)."""
+        ...
+
+
 # ---------------------------------------------------------------- Compute
 
 
@@ -143,7 +155,7 @@ class OwnDrift(Protocol):
     def drift(self) -> list[dict[str, Any]]: ...
 
 
-ROUTER = (RouterProcess, HealthVerdicts, OpenRequests)
+ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack)
 COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend)
 BUILDER = (ImageCheck, Resolver)
 METRICS = (MetricReplay,)

@@ -23,9 +23,8 @@ from kiln.platforms.base import (
     MetricSource,
     Release,
     Router,
-    ServersReadBack,
 )
-from kiln.platforms.capabilities import OpenRequests, RouterProcess
+from kiln.platforms.capabilities import OpenRequests, RouterProcess, ServersReadBack
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import (
     SETTLED,

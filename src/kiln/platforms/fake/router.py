@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend, RequestCounts
-from kiln.platforms.capabilities import HealthVerdicts, OpenRequests
+from kiln.platforms.capabilities import HealthVerdicts, OpenRequests, ServersReadBack
 from kiln.spec.models import ServiceSpec
 
 
@@ -22,7 +22,7 @@ class FakeRoute:
     backends: dict[str, Backend] = field(default_factory=dict)
 
 
-class FakeRouter(HealthVerdicts, OpenRequests):
+class FakeRouter(HealthVerdicts, OpenRequests, ServersReadBack):
     """Deterministic in-memory Router. Knobs:
 
     - `taken`: listen addresses "in use by another process" (set_backends/ensure_running refuse)

@@ -33,7 +33,7 @@ from typing import Any
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend, RequestCounts
-from kiln.platforms.capabilities import HealthVerdicts, OpenRequests
+from kiln.platforms.capabilities import HealthVerdicts, OpenRequests, ServersReadBack
 from kiln.platforms.local import haproxy_config as hc
 from kiln.platforms.local import tcp_table
 from kiln.platforms.local import traefik_process as proc
@@ -85,7 +85,7 @@ class RuntimeAPI:
             return False
 
 
-class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests):
+class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
     """Router seam on HAProxy. Every method is safe to call again after a crash."""
 
     def __init__(self, home: Path, project: str, *, apply_deadline: float = APPLY_DEADLINE,

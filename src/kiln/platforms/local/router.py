@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend, RequestCounts
-from kiln.platforms.capabilities import HealthVerdicts, OpenRequests
+from kiln.platforms.capabilities import HealthVerdicts, OpenRequests, ServersReadBack
 from kiln.platforms.local import tcp_table, traefik_config, traefik_process
 from kiln.platforms.local.router_files import RouterFiles
 from kiln.platforms.local.traefik_process import Running
@@ -62,7 +62,7 @@ def _yaml_text(data: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests):
+class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
     """Router seam on the local platform. Every method is safe to call again after a crash."""
 
     state_defaults: ClassVar[Mapping[str, Any]] = {"admin": ""}
