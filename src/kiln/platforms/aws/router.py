@@ -18,6 +18,7 @@ from kiln.platforms.aws.bake import sweep_role
 from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
 from kiln.platforms.aws.fleet import Fleet
 from kiln.platforms.base import Backend, RequestCounts
+from kiln.platforms.capabilities import OpenRequests
 from kiln.spec.models import ServiceSpec
 from kiln.state.store import Store
 
@@ -37,7 +38,7 @@ def forward_weights(listener: dict[str, Any]) -> dict[str, int]:
     return arns
 
 
-class AlbRouter:
+class AlbRouter(OpenRequests):
     poll = 1.0
     """Seconds between read-backs of a listener that does not serve the new weights yet."""
     settle_timeout = 120.0
