@@ -319,8 +319,17 @@ class Project:
         metrics = self.metrics
         if metrics is None:
             return None
+        warmup = None
+        if spec.rollout.analysis.warmup > 0:
+            from kiln.analysis.warmup import Warmup
+            from kiln.state.records_warmup import instance_starts
+
+            store = self.store
+            warmup = Warmup(spec.rollout.analysis.warmup,
+                            lambda releases: instance_starts(store, releases))
         # The router's own request counters, for the cross-check with the source's counts.
-        return make_judge(metrics, service, spec.rollout.analysis, self.router.request_counts)
+        return make_judge(metrics, service, spec.rollout.analysis, self.router.request_counts,
+                          warmup)
 
     def rollout_driver(self, service: str, rollout_id: int) -> tuple[Reconciler, Any]:
         """The reconciler of one rollout and its live judge (None when unjudged): call

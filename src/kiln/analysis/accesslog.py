@@ -70,10 +70,11 @@ def parse_line(line: str, release_of: ReleaseOf) -> Sample | None:
     if not isinstance(rec, dict):
         return None
     release: str | None = None
+    addr = _address(rec)
     name = rec.get("ServiceName")
     if isinstance(name, str) and (m := LEAF_SERVICE.match(name)):
         release = m.group("release")
-    if release is None and (addr := _address(rec)) is not None:
+    if release is None and addr is not None:
         release = release_of(addr)
     if release is None:
         return None
@@ -85,7 +86,7 @@ def parse_line(line: str, release_of: ReleaseOf) -> Sample | None:
     except (KeyError, ValueError, TypeError):
         return None
     return Sample(release_id=release, time=start + duration, status=status, duration=duration,
-                  error=status >= 500 or status == 0)
+                  error=status >= 500 or status == 0, instance=addr or "")
 
 
 class AccessLogSource(MetricReplay):

@@ -20,6 +20,7 @@ from typing import Any
 
 from kiln.analysis.judge import Judge
 from kiln.analysis.summary import bin_center
+from kiln.analysis.warmup import Warmup
 from kiln.platforms.base import MetricSource, RequestCounts, Window
 from kiln.platforms.capabilities import MetricReplay
 from kiln.rollout.decide import Status, Verdict
@@ -85,12 +86,12 @@ class Answers:
     newest totals."""
 
     def __init__(self) -> None:
-        self.latest: dict[tuple[str, float], Window] = {}
+        self.latest: dict[tuple[str, str, float], Window] = {}
 
     def update(self, windows: Iterable[Window]) -> list[Window]:
         out: list[Window] = []
         for w in windows:
-            key = (w.release_id, w.start)
+            key = (w.release_id, w.instance, w.start)
             earlier = self.latest.get(key)
             if earlier != w:
                 out.append(change(w, earlier))
@@ -106,7 +107,7 @@ def change(new: Window, old: Window | None) -> Window:
     hist = Counter(new.latency)
     hist.subtract(old.latency)
     return Window(new.release_id, new.start, new.length, new.requests - old.requests,
-                  new.errors - old.errors, {b: n for b, n in hist.items() if n})
+                  new.errors - old.errors, {b: n for b, n in hist.items() if n}, new.instance)
 
 
 CATCH_UP = 5.0
@@ -162,8 +163,11 @@ class LiveJudge:
     """
 
     def __init__(self, metrics: MetricSource, service: str, analysis: Analysis,
-                 counter: Callable[[], RequestCounts | None] | None = None) -> None:
+                 counter: Callable[[], RequestCounts | None] | None = None,
+                 warmup: Warmup | None = None) -> None:
         self.metrics = metrics
+        self.warmup = warmup
+        """Leaves out of the judge (not of the series) what young instances served."""
         self.service = service
         self.analysis = analysis
         self.counter = counter
@@ -241,12 +245,17 @@ class LiveJudge:
             self._key = key
             if not isinstance(self.metrics, MetricReplay):
                 windows = list(self._answers.latest.values())  # all the new pair's answers so far
+        if self.warmup is not None:
+            windows, _ = self.warmup.split(windows, (status.new, status.old))
         self._judge.add_windows(windows)
         self.canary_requests = self._judge.canary.n
         if status.phase != "step":
             return None
         verdict = self._judge.verdict(now)
         verdict.figures["source"] = self.metrics.name
+        if self.warmup is not None:
+            verdict.figures["warmup_s"] = self.warmup.seconds
+            verdict.figures["warmup_requests"] = self.warmup.requests.get(status.new, 0)
         return verdict
 
     def _count(self) -> RequestCounts | None:
@@ -310,8 +319,9 @@ def _start_counts(info: dict[str, Any], now: RequestCounts | None) -> RequestCou
 
 
 def make_judge(metrics: MetricSource, service: str, analysis: Analysis,
-               counter: Callable[[], RequestCounts | None] | None = None) -> LiveJudge:
-    return LiveJudge(metrics, service, analysis, counter)
+               counter: Callable[[], RequestCounts | None] | None = None,
+               warmup: Warmup | None = None) -> LiveJudge:
+    return LiveJudge(metrics, service, analysis, counter, warmup)
 
 
 def save_series(home: Path, rollout_id: int, judge: LiveJudge) -> Path:

@@ -102,13 +102,14 @@ class Summary:
 
 
 def aggregate(samples: Iterable[Sample], length: float = 1.0) -> list[Window]:
-    """Per-request samples -> one Window per release and `length`-second slot of completion
-    time (slots aligned to the epoch), oldest first."""
-    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
-    ok_keys: list[tuple[str, int]] = []
+    """Per-request samples -> one Window per release, instance and `length`-second slot of
+    completion time (slots aligned to the epoch), oldest first. Per instance so that a judge
+    with a warm-up can leave out what a young instance served (kiln.analysis.warmup)."""
+    counts: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0])
+    ok_keys: list[tuple[str, str, int]] = []
     ok_durations: list[float] = []
     for s in samples:
-        key = (s.release_id, math.floor(s.time / length))
+        key = (s.release_id, s.instance, math.floor(s.time / length))
         c = counts[key]
         c[0] += 1
         if s.error:
@@ -116,10 +117,10 @@ def aggregate(samples: Iterable[Sample], length: float = 1.0) -> list[Window]:
         else:
             ok_keys.append(key)
             ok_durations.append(s.duration)
-    hists: dict[tuple[str, int], Counter[int]] = defaultdict(Counter)
+    hists: dict[tuple[str, str, int], Counter[int]] = defaultdict(Counter)
     if ok_durations:  # one vectorised binning for all windows
         for key, b in zip(ok_keys, bin_index(ok_durations).tolist(), strict=True):
             hists[key][b] += 1
-    return [Window(key[0], key[1] * length, length, counts[key][0], counts[key][1],
-                   dict(hists.get(key, {})))
-            for key in sorted(counts, key=lambda k: (k[1], k[0]))]
+    return [Window(key[0], key[2] * length, length, counts[key][0], counts[key][1],
+                   dict(hists.get(key, {})), instance=key[1])
+            for key in sorted(counts, key=lambda k: (k[2], k[0], k[1]))]

@@ -189,6 +189,8 @@ class Sample:
     status: int
     duration: float  # seconds
     error: bool  # 5xx or connection failure
+    instance: str = ""
+    """The backend address that served it ("" when the log names none): the warm-up's key."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,9 @@ class Window:
     """5xx or connection failures, of `requests`."""
     latency: Mapping[int, int] = field(default_factory=dict, hash=False)
     """Successful requests per latency bin."""
+    instance: str = ""
+    """The instance (address) that served them, when the source knows it; "" for the whole
+    release. Only the warm-up reads it (kiln.analysis.warmup)."""
 
 
 @dataclass(frozen=True)

@@ -440,6 +440,9 @@ class Analysis(_Model):
     sessions of m requests correlated by ρ): the judge divides its counts by it. 1 = requests
     are independent; with `rollout.sticky` and no value given, STICKY_DESIGN_EFFECT
     (docs/judge.md, "Sticky canaries")."""
+    warmup: Duration = 0.0
+    """Requests an instance serves while younger than this are recorded and shown but not
+    judged (docs/decisions/judge-warmup.md); 0 judges every request."""
 
     @field_validator("max_error_rate_increase", "max_error_rate")
     @classmethod
