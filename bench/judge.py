@@ -24,6 +24,10 @@ For J1 an "oracle SPRT" row: Wald's test knowing both true error rates, at kiln'
 (alpha/2): a floor no valid test beats by much.
 J6 (the price of evidence): A/A, 1% 5xx on both sides, allowed +1 point, canary 20 req/s:
 canary requests until a step passes, against the references' 1,200 (the end of their interval).
+J8 (warm-up): default analysis, canary 20 req/s (baseline 180), 1% 5xx on both sides; the canary
+is 1.6x slower for its first 30 s then equal, or for its whole life, judged with and without
+`warmup: 30s` (the canary's requests of its first 30 s are not judged; the baseline's are).
+Judging goes on for the whole 5 minutes after a pass: "rollbacks" is any fail in that time.
 
 `--alpha A` reruns the scenarios that use the default analysis with `alpha: A` (the false-alarm
 budget): how exposure trades against rollbacks at the limits (docs/decisions/judge-exposure-floor.md).
@@ -66,10 +70,15 @@ class Scenario:
     pause: int = 0
     """Seconds before a "pass" may advance the step."""
     references: bool = True
+    slow_for: int = DURATION
+    """Seconds from the start during which the canary's latency is scaled by `lat_scale_c`."""
+    whole: bool = False
+    """Judge for the whole rollout even after a first pass (J8: a later fail is a rollback)."""
 
 
 J5_ANALYSIS = Analysis(max_error_rate_increase=0.02, min_requests=50)
 J6_ANALYSIS = Analysis(max_error_rate_increase=0.01)
+WARM = Analysis(warmup=30.0)
 
 SCENARIOS = [
     Scenario("J1", "errors 1% -> 6%", 0.06, 0.01, 1.0),
@@ -83,6 +92,14 @@ SCENARIOS = [
              J5_ANALYSIS, pause=3, references=False),
     Scenario("J6", "A/A 1% 5xx, allowed +1 point", 0.01, 0.01, 1.0, 20, 180, J6_ANALYSIS,
              references=False),
+    Scenario("J8a", "1.6x for its first 30 s, no warm-up", 0.01, 0.01, 1.6, slow_for=30,
+             references=False, whole=True),
+    Scenario("J8b", "1.6x for its first 30 s, warmup 30s", 0.01, 0.01, 1.6, analysis=WARM,
+             slow_for=30, references=False, whole=True),
+    Scenario("J8c", "1.6x for its whole life, no warm-up", 0.01, 0.01, 1.6, references=False,
+             whole=True),
+    Scenario("J8d", "1.6x for its whole life, warmup 30s", 0.01, 0.01, 1.6, analysis=WARM,
+             references=False, whole=True),
 ]
 """J3b is the worst case for false alarms: the canary sits exactly on the null boundary of both
 tests, so kiln's rate of rollbacks there must stay at or below alpha (0.01)."""
@@ -113,16 +130,19 @@ def simulate(sc: Scenario, runs: int, seed: int) -> dict[str, np.ndarray]:
     best_e, best_l = np.ones(runs), np.ones(runs)
     iv_c: list[tuple[np.ndarray, np.ndarray]] = []
     iv_b: list[tuple[np.ndarray, np.ndarray]] = []
+    warm = int(a.warmup)
     for t in range(1, DURATION + 1):
-        lat_c = MEDIAN * sc.lat_scale_c * np.exp(SIGMA * rng.standard_normal((runs, sc.rate_c)))
+        scale = sc.lat_scale_c if t <= sc.slow_for else 1.0
+        lat_c = MEDIAN * scale * np.exp(SIGMA * rng.standard_normal((runs, sc.rate_c)))
         err_c = rng.random((runs, sc.rate_c)) < sc.err_c
         lat_b = MEDIAN * np.exp(SIGMA * rng.standard_normal((runs, sc.rate_b)))
         err_b = rng.random((runs, sc.rate_b)) < sc.err_b
-        _hist_add(hist_c, lat_c, ~err_c)
+        if t > warm:  # the canary's second t is served by an instance t seconds old
+            _hist_add(hist_c, lat_c, ~err_c)
+            xc += err_c.sum(axis=1)
         _hist_add(hist_b, lat_b, ~err_b)
-        xc += err_c.sum(axis=1)
         xb += err_b.sum(axis=1)
-        nc, nb = sc.rate_c * t, sc.rate_b * t
+        nc, nb = sc.rate_c * max(0, t - warm), sc.rate_b * t
         # kiln: one look per second on everything since the start, through the judge's code.
         best_e = np.minimum(best_e, error_fail_p(xc, nc, xb, nb, a))
         p_lat, _, lat_ub = latency_tests(hist_c, hist_b, a)
@@ -153,7 +173,7 @@ def simulate(sc: Scenario, runs: int, seed: int) -> dict[str, np.ndarray]:
                     out[k] = np.where(alive & fail, t, out[k])
                     out[f"{k}_pass"] = np.where(alive & (out[f"{k}_pass"] == NEVER) & ~fail
                                                 & (sc.rate_c > 0), t, out[f"{k}_pass"])
-        if sc.rate_c and not sc.references and (
+        if sc.rate_c and not sc.references and not sc.whole and (
                 (out["kiln"] < NEVER) | (out["kiln_pass"] < NEVER)).all() and (
                 (out["kiln"] < NEVER) | (out["old_pass"] < NEVER)).all():
             break  # J5/J6 ask only for the first decision
