@@ -40,6 +40,7 @@ from kiln.rollout.decide import (
     Verdict,
     decide,
 )
+from kiln.rollout.prewarm import prewarm
 from kiln.rollout.release_config import launch_image, load_release
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.store import Store
@@ -201,6 +202,7 @@ class Reconciler:
         for inst in alive:
             if inst.id not in self._healthy and self.env.compute.healthy(
                     inst, self._release_health(status.new)):
+                self._prewarm(inst)
                 self._healthy.add(inst.id)
                 self._mark(inst.id, "running")
             if inst.id in self._healthy:
@@ -233,6 +235,16 @@ class Reconciler:
             retiring_inflight=self._inflight(status.old) if status.retiring else 0,
             verdict=verdict,
         )
+
+    def _prewarm(self, inst: Instance) -> None:
+        """Warm a healthy new instance before it is routed to (bounded; see prewarm.py)."""
+        want = self.service.rollout.warmup_requests
+        if want is None:
+            return
+        done = prewarm(inst.url, want.path, want.count, want.timeout)
+        self.env.store.event("instance.prewarmed", f"{inst.id}: {done.describe(want.count, want.path)}",
+                             service=self.name, data={"instance": inst.id, "sent": done.sent,
+                                                      "errors": done.errors})
 
     def _mark_dead(self, instance_id: str) -> None:
         with self.env.store.tx() as c:

@@ -487,6 +487,22 @@ class Analysis(_Model):
         return self
 
 
+class WarmupRequests(_Model):
+    """GETs sent to each new instance after its health check, before it enters rotation."""
+
+    path: str = "/"
+    count: int = Field(200, ge=1, le=100_000)
+    timeout: Duration = 30.0
+    """The bound: the instance enters rotation after this long however many were sent."""
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"expected a path starting with /, got {v!r}")
+        return v
+
+
 class Rollout(_Model):
     strategy: Literal["canary", "blue-green", "rolling"] = "canary"
     steps: list[RolloutStep] = Field(
@@ -505,6 +521,8 @@ class Rollout(_Model):
     """Pin each client (by a router cookie, `kiln-<service>`) to the release it first got, across
     weight changes, until that release leaves rotation. Off when absent, so existing specs keep
     per-request splits (and the judge its independent samples); `kiln init` writes true."""
+    warmup_requests: WarmupRequests | None = None
+    """Pre-warming of each new instance (kiln.rollout.prewarm); off when absent."""
 
     @model_validator(mode="before")
     @classmethod
