@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kiln.bake.hashing import iter_files
 from kiln.bake.steps import skip_name
 from kiln.errors import KilnError
+from kiln.plan_evidence import estimate, recent_rate
 from kiln.platforms.capabilities import Resolver
 from kiln.readmodel import Context as ReadContext
 from kiln.readmodel import ServiceView, observe_service
@@ -244,5 +245,11 @@ def plan(ctx: Context, services: Sequence[str] | None = None) -> list[dict[str, 
                 item["files"] = files
             if keys is not None:
                 item["keys"] = keys
+            if spec.rollout.analysis is not None and spec.rollout.strategy == "canary" \
+                    and view.current is not None:
+                rate = recent_rate(ctx.router.request_counts, [view.current.id])
+                evidence = estimate(name, spec, rate) if rate is not None else None
+                if evidence is not None:
+                    item["evidence"] = evidence
         items.append(item)
     return items

@@ -324,6 +324,9 @@ def plan(services: Annotated[list[str] | None, typer.Argument(
             for it in items:
                 out().print(Text(f"{it['service']}: ", style="bold").append(
                     f"{it['action']}  {it['detail']}"), soft_wrap=True)
+                warning = (it.get("evidence") or {}).get("warning")
+                if warning:
+                    out().print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
         if detailed_exitcode and any(it["action"] != "unchanged" for it in items):
             raise typer.Exit(2)
 

@@ -1,0 +1,75 @@
+"""`kiln plan`'s time to evidence: from the service's recent request rate (two readings of the
+router's counters), how long each canary step needs to gather what a pass costs, and one line
+of warning when a step cannot get it within its pause plus the progress deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+from kiln.analysis.evidence import LIMIT, requests_needed
+from kiln.platforms.base import RequestCounts
+from kiln.spec.models import ServiceSpec
+
+RATE_WINDOW = 1.0
+"""Seconds between the two counter readings (plan waits this long once per judged service)."""
+LEVERS = ("a larger max_error_rate_increase, a lower confidence, a higher first weight, "
+          "longer pauses, a shorter warmup, or rollout.load")
+
+
+def recent_rate(counts: Callable[[], RequestCounts | None], releases: Collection[str],
+                window: float = RATE_WINDOW, sleep: Callable[[float], None] = time.sleep,
+                clock: Callable[[], float] = time.monotonic) -> float | None:
+    """Requests per second the router ended on `releases` over `window` seconds; None when it
+    keeps no counters (not running) or restarted in between."""
+    try:
+        first, t0 = counts(), clock()
+        if first is None:
+            return None
+        sleep(window)
+        second, t1 = counts(), clock()
+    except Exception:  # an estimate, never a reason for plan to fail
+        return None
+    if second is None or second.epoch != first.epoch or t1 <= t0:
+        return None
+    n = sum(max(0, second.releases.get(r, 0) - first.releases.get(r, 0)) for r in releases)
+    return n / (t1 - t0)
+
+
+def _clock(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 60:.0f}m" if seconds >= 120 else f"{seconds:.0f}s"
+
+
+def estimate(service: str, spec: ServiceSpec, rate: float) -> dict[str, Any] | None:
+    """Per canary step: canary requests a pass needs there, and the seconds the step takes to
+    reach it (the evidence of earlier steps counts: the judge sums the whole rollout). None
+    when the rollout is not a judged canary."""
+    analysis, ro = spec.rollout.analysis, spec.rollout
+    if analysis is None or ro.strategy != "canary":
+        return None
+    steps: list[dict[str, Any]] = []
+    warning: str | None = None
+    gathered = 0.0
+    for i, step in enumerate(ro.steps):
+        if step.weight <= 0 or step.weight >= 100:
+            continue
+        need = requests_needed(analysis, (100 - step.weight) / step.weight)
+        canary_rate = rate * step.weight / 100
+        left = max(0.0, need - gathered)
+        warm = analysis.warmup if i == 0 else 0.0
+        seconds = None if left > 0 and (canary_rate <= 0 or need >= LIMIT) else \
+            warm + (left / canary_rate if left > 0 else 0.0)
+        budget = None if step.pause is None else step.pause + ro.progress_deadline
+        steps.append({"weight": step.weight, "needed": need,
+                      "seconds": None if seconds is None else round(seconds, 1)})
+        if warning is None and budget is not None and (seconds is None or seconds > budget):
+            took = "never (no traffic)" if seconds is None else f"~{_clock(seconds)}"
+            warning = (f"{service}: the {step.weight}% step needs ~{need} canary requests, "
+                       f"{took} at {rate:.1f} req/s, more than its pause plus progress_deadline "
+                       f"({_clock(budget)}): it would be rolled back or promoted without "
+                       f"evidence; levers: {LEVERS}")
+        gathered += canary_rate * max(seconds or 0.0, step.pause or 0.0)
+    return {"rate": round(rate, 2), "steps": steps, "warning": warning}
