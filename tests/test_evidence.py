@@ -106,3 +106,39 @@ def test_recent_rate_from_two_counter_readings() -> None:
                       RequestCounts("e2", {"web-r1": 3}, "t")])
     assert recent_rate(lambda: next(restarted), ["web-r1"], sleep=lambda _: None) is None
     assert recent_rate(lambda: None, ["web-r1"], sleep=lambda _: None) is None
+
+
+def test_live_judge_reports_evidence_needed_have_and_time_left() -> None:
+    import time
+
+    from kiln.analysis.live import LiveJudge
+    from kiln.platforms.base import Sample
+    from kiln.platforms.fake.metrics import FakeMetricSource
+    from kiln.rollout.decide import start
+
+    source = FakeMetricSource()
+    judge = LiveJudge(source, "web", Analysis())
+    t0 = float(int(time.time()) - 60)
+    status = start("canary", "web-r2", "web-r1", 1, t0, judge.start_info())
+    status.phase, status.weights = "step", {"web-r2": 10, "web-r1": 90}
+    figures: dict[str, object] = {}
+    for sec in range(12):
+        source.feed([Sample("web-r2", t0 + sec + i / 20, 200, 0.05, False) for i in range(20)]
+                    + [Sample("web-r1", t0 + sec + i / 180, 200, 0.05, False)
+                       for i in range(180)])
+        verdict = judge(status, t0 + sec + 1)
+        assert verdict is not None
+        figures = verdict.figures
+    assert figures["evidence_needed"] == requests_needed(Analysis(), 9.0) == 481
+    assert figures["evidence_have"] == 240
+    assert figures["evidence_eta_s"] == pytest.approx((481 - 240) / 20, abs=0.5)
+
+
+def test_evidence_in_words() -> None:
+    from kiln_cli.progress import evidence_words
+
+    assert evidence_words(None) == ""
+    assert evidence_words({"needed": 481, "have": 240, "eta_s": 12.0}) == \
+        "evidence 240/481 canary requests, ~12s left"
+    assert "no canary traffic" in evidence_words({"needed": 481, "have": 0, "eta_s": None})
+    assert evidence_words({"needed": 481, "have": 500, "eta_s": 0.0}).endswith("enough")

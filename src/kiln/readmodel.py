@@ -163,6 +163,7 @@ def rollout_row(ctx: Context, view: ServiceView, spec: ServiceSpec) -> dict[str,
            "steps": steps, "outcome": ro["outcome"], "reason": ro["reason"],
            "waiting": None if done else st.waiting,
            "judge": None if done else st.judge_line,
+           "evidence": None if done or ro["phase"] != "step" else st.evidence,
            "until": st.deadline if ro["phase"] in ("health", "roll", "restore") and st.deadline
            else None,
            "driven_by": None}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -147,6 +147,16 @@ class StepPrinter:
         return Group(head, *tail)
 
 
+def evidence_words(ev: dict[str, Any] | None) -> str:
+    """'evidence 240/481 canary requests, ~12s left' ('' without an estimate)."""
+    if not ev or ev.get("needed") is None:
+        return ""
+    left = ev.get("eta_s")
+    when = ("no canary traffic to extrapolate" if left is None else
+            "enough" if left <= 0 else f"~{clock(float(left))} left")
+    return f"evidence {ev.get('have', 0)}/{ev['needed']} canary requests, {when}"
+
+
 def rollout_line(st: Status, now: float | None = None) -> str:
     """What a rollout is doing, with the time left of its current wait and the judge's view."""
     now = time.time() if now is None else now
@@ -159,6 +169,8 @@ def rollout_line(st: Status, now: float | None = None) -> str:
     live = st.judge_line
     if st.phase == "step" and live and live.partition(": ")[2] not in (st.waiting or ""):
         parts.append(f"judge: {live}")
+    if st.phase == "step" and (ev := evidence_words(st.evidence)):
+        parts.append(f"({ev})")
     return " ".join(p for p in parts if p)
 
 

@@ -13,7 +13,7 @@ from typing import IO, Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from kiln_cli.progress import OUTCOME_WORDS, PHASE_WORDS, clock
+from kiln_cli.progress import OUTCOME_WORDS, PHASE_WORDS, clock, evidence_words
 from kiln_cli.tables import Column, layout
 
 
@@ -59,6 +59,8 @@ def rollout_summary(ro: dict[str, Any], now: float | None = None) -> str:
     judge = ro.get("judge") or ""
     if judge and judge.partition(": ")[2] not in (ro.get("waiting") or ""):
         parts.append(f"judge: {judge}")
+    if ev := evidence_words(ro.get("evidence")):
+        parts.append(f"({ev})")
     return " ".join(parts)
 
 

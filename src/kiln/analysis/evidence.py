@@ -78,6 +78,15 @@ def eta(needed: int, have: int, rate: float, warmup_left: float = 0.0) -> float 
     return max(0.0, warmup_left) + (needed - have) / rate
 
 
+def live(analysis: Analysis, have: int, baseline_ratio: float, baseline_error_rate: float,
+         rate: float, warmup_left: float = 0.0) -> Evidence:
+    """A step's evidence as the judge sees it at a look: `have` judged canary requests, the
+    baseline at `baseline_ratio` times the canary's traffic with its observed error rate,
+    canary requests arriving at `rate` per second."""
+    needed = requests_needed(analysis, baseline_ratio, baseline_error_rate)
+    return Evidence(needed, have, eta(needed, have, rate, warmup_left))
+
+
 def step_seconds(analysis: Analysis, total_rate: float, weight: int) -> float | None:
     """Seconds a canary step at `weight` % of `total_rate` req/s needs to pass from nothing
     (warm-up included); None when it never would."""

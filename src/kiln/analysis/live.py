@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from kiln.analysis import evidence
 from kiln.analysis.judge import Judge
 from kiln.analysis.summary import bin_center
 from kiln.analysis.warmup import Warmup
@@ -110,6 +111,8 @@ def change(new: Window, old: Window | None) -> Window:
                   new.errors - old.errors, {b: n for b, n in hist.items() if n}, new.instance)
 
 
+EVIDENCE_RATE_S = 10.0
+"""The canary's request rate for the evidence's time left is measured over this long."""
 CATCH_UP = 5.0
 """At the end, how long to wait for the access log to catch up with the router's counters."""
 COUNTER_EVERY = 2.0
@@ -183,6 +186,8 @@ class LiveJudge:
         self._counts: CounterTrack | None = None
         self._counted_at = 0.0
         self.canary_requests = 0
+        self._arrivals: list[tuple[float, int]] = []
+        """(time, canary requests seen) at recent looks: the canary's request rate."""
 
     def start_info(self) -> dict[str, Any]:
         """Where the rollout's evidence begins: log cursor first, then the counters (a request
@@ -256,7 +261,25 @@ class LiveJudge:
         if self.warmup is not None:
             verdict.figures["warmup_s"] = self.warmup.seconds
             verdict.figures["warmup_requests"] = self.warmup.requests.get(status.new, 0)
+        self._evidence(verdict.figures, status, now)
         return verdict
+
+    def _evidence(self, figures: dict[str, Any], status: Status, now: float) -> None:
+        """Canary requests a pass needs, judged so far and the seconds left at the rate of the
+        last EVIDENCE_RATE_S seconds, into the verdict's figures (status shows them)."""
+        assert self._judge is not None
+        self._arrivals.append((now, self.seen.get(status.new, 0)))
+        while len(self._arrivals) > 2 and now - self._arrivals[1][0] >= EVIDENCE_RATE_S:
+            self._arrivals.pop(0)
+        (t0, n0), (t1, n1) = self._arrivals[0], self._arrivals[-1]
+        rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        w_new = status.weights.get(status.new, 0)
+        w_old = status.weights.get(status.old or "", 0)
+        ratio = w_old / w_new if w_new > 0 else 9.0
+        left = self.warmup.left(status.new, now) if self.warmup is not None else 0.0
+        ev = evidence.live(self.analysis, self._judge.canary.n, ratio,
+                           self._judge.baseline.error_rate, rate, left)
+        figures.update({f"evidence_{k}": v for k, v in ev.to_json().items()})
 
     def _count(self) -> RequestCounts | None:
         if self.counter is None:

@@ -39,6 +39,13 @@ class Warmup:
         self.requests: dict[str, int] = {}
         """Per release, the requests recorded but not judged (shown in the verdict)."""
 
+    def left(self, release: str, now: float) -> float:
+        """Seconds until the release's youngest instance is out of its warm-up (0: none is)."""
+        if self.seconds <= 0:
+            return 0.0
+        born = [t for (r, _), t in self.starts([release]).items() if r == release]
+        return max(0.0, max(born) + self.seconds - now) if born else 0.0
+
     def split(self, windows: Iterable[Window], releases: Sequence[str]
               ) -> tuple[list[Window], list[Window]]:
         """(judged, warming)."""

@@ -93,6 +93,8 @@ class Status:
     judges every request since it began."""
     judge_line: str | None = None
     """The judge's latest view of the current step, one line (live progress; not a decision)."""
+    evidence: dict[str, Any] | None = None
+    """The current step's evidence: {needed, have, eta_s} (kiln.analysis.evidence)."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -275,6 +277,7 @@ def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[A
     s.weights = {s.new: weight, s.old: 100 - weight}
     s.step_started = obs.now
     s.judge_line = None
+    s.evidence = None
     s.promote_requested = False
     return s, [SetWeights(dict(s.weights)),
                Record("rollout.step", f"step {s.step + 1}/{len(r.steps)}: {weight}% to {s.new}",
@@ -309,6 +312,8 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
     v = obs.verdict
     if v is not None:
         s.judge_line = f"{v.outcome}: {v.reason}"
+        if "evidence_needed" in v.figures:
+            s.evidence = {k: v.figures.get(f"evidence_{k}") for k in ("needed", "have", "eta_s")}
     if v is not None and v.outcome == "fail":
         s.decisions.append(Decision(obs.now, s.step, weight, "fail", v.reason, _plain(v.figures)))
         return _rollback(s, obs, "rolled_back", v.reason, _plain(v.figures))
