@@ -4,7 +4,9 @@ Endpoints: `/` greets (GREETING, version, KILN_INSTANCE), `/healthz` answers "ok
 returns JSON. behaviour.json beside this file sets the version and injects faults for canary
 demos: `error_rate` is the fraction of `/` requests answered 500, `extra_latency_ms` delays
 each `/` answer, and `slow_share` of them (at random) take `slow_ms` more (the slow tail a
-judge must not lose). Health checks never get the faults, so only the judge can catch a bad release.
+judge must not lose); `cold_s`/`cold_ms`: for its first `cold_s` seconds the process adds
+`cold_ms` to each `/` (a cold start: JIT, caches). Health checks never get the faults, so only
+the judge can catch a bad release.
 On SIGTERM the listener closes and in-flight requests finish before the process exits.
 """
 
@@ -33,6 +35,8 @@ class Behaviour:
     extra_latency_ms: float = 0.0
     slow_share: float = 0.0
     slow_ms: float = 0.0
+    cold_s: float = 0.0
+    cold_ms: float = 0.0
 
     @classmethod
     def load(cls, path: Path = BEHAVIOUR_FILE) -> Behaviour:
@@ -41,7 +45,9 @@ class Behaviour:
                    error_rate=float(data.get("error_rate", 0.0)),
                    extra_latency_ms=float(data.get("extra_latency_ms", 0.0)),
                    slow_share=float(data.get("slow_share", 0.0)),
-                   slow_ms=float(data.get("slow_ms", 0.0)))
+                   slow_ms=float(data.get("slow_ms", 0.0)),
+                   cold_s=float(data.get("cold_s", 0.0)),
+                   cold_ms=float(data.get("cold_ms", 0.0)))
 
 
 class ShopServer(ThreadingHTTPServer):
@@ -54,6 +60,7 @@ class ShopServer(ThreadingHTTPServer):
         self.greeting = os.environ.get("GREETING", "hello")
         self.instance = os.environ.get("KILN_INSTANCE", "-")
         self.stopping = False
+        self.born = time.monotonic()
         self._busy = 0
         self._idle = threading.Condition()
 
@@ -116,6 +123,8 @@ class Handler(BaseHTTPRequestHandler):
             delay = b.extra_latency_ms
             if b.slow_share > 0 and random.random() < b.slow_share:
                 delay += b.slow_ms
+            if b.cold_s > 0 and time.monotonic() - srv.born < b.cold_s:
+                delay += b.cold_ms
             if delay > 0:
                 time.sleep(delay / 1000.0)
             if b.error_rate > 0 and random.random() < b.error_rate:
