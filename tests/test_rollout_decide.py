@@ -294,7 +294,7 @@ def test_steps_promoted_without_evidence_are_not_called_passed() -> None:
     s, trail = run(s, r, obs(0), obs(1), obs(7, verdict=judging), obs(13, verdict=judging))
     assert any(isinstance(a, Record) and "on_no_data promote" in a.message for a in trail[2])
     assert s.phase == "drain_old" and s.outcome == "promoted"
-    assert s.reason == "all steps done: 2 without evidence (on_no_data promote)"
+    assert s.reason == "promoted without evidence: 2 step(s) undecided (on_no_data promote)"
     s2 = start("canary", "b", "a", 3, 0.0)
     ok = Verdict("pass", "within the margins")
     s2, _ = run(s2, r, obs(0), obs(1), obs(7, verdict=ok), obs(13, verdict=ok))

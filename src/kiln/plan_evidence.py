@@ -15,7 +15,7 @@ from kiln.spec.models import ServiceSpec
 RATE_WINDOW = 1.0
 """Seconds between the two counter readings (plan waits this long once per judged service)."""
 LEVERS = ("a larger max_error_rate_increase, a lower confidence, a higher first weight, "
-          "longer pauses, a shorter warmup, or rollout.load")
+          "longer pauses or progress_deadline, a shorter warmup")
 
 
 def recent_rate(counts: Callable[[], RequestCounts | None], releases: Collection[str],

@@ -296,10 +296,11 @@ def _steps_summary(s: Status) -> str:
         return "all steps passed"
     parts = []
     if unjudged:
-        parts.append(f"{unjudged} without evidence (on_no_data promote)")
+        parts.append(f"{unjudged} step(s) undecided (on_no_data promote)")
     if manual:
         parts.append(f"{manual} promoted by the user")
-    return "all steps done: " + ", ".join(parts)
+    # Said plainly wherever the reason is shown (status, history, report).
+    return "promoted without evidence: " + ", ".join(parts)
 
 
 def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float

@@ -1,0 +1,105 @@
+"""Time to evidence, end to end: kiln's estimate of how long a canary step needs to pass vs the
+time it actually took, through Traefik with real instances, at 20 and 100 canary req/s.
+
+One step at 50 % (the baseline serves as much as the canary), default margins (1 % more errors,
++25 % latency), min_requests 100, a good release. Per run:
+- actual: the pass decision's time minus the step's start (from the rollout's status);
+- planned: `requests_needed` at the step's ratio / the canary rate the load offers (what
+  `kiln plan` computes from the router's counters);
+- live: at the first `kiln status --json` of the step showing evidence after 3 s, the time
+  already spent in the step plus its `eta_s`.
+
+Run: .venv/bin/python bench/evidence_e2e.py [--rates 20 100] [--runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kiln.analysis.evidence import requests_needed
+from kiln.spec.models import Analysis
+from kiln.testing.load import Load
+from kiln.testing.project import KILN, make_project, teardown, wait_for
+
+ROLLOUT = ("      strategy: canary\n      steps:\n        - {weight: 50, pause: 0s}\n"
+           "      analysis: {max_error_rate_increase: 1%, max_latency_increase: 25%, "
+           "min_requests: 100, on_no_data: pause}\n"
+           "      progress_deadline: 180s\n      drain_timeout: 3s\n")
+
+
+def one_run(canary_rate: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="warmup-ev-") as tmp:
+        p = make_project(Path(tmp))
+        try:
+            p.write(rollout=ROLLOUT, replicas=1)
+            res = p.kiln("deploy")
+            assert res.returncode == 0, res.stdout + res.stderr
+            p.behave(version="2")
+            seen: list[tuple[float, dict[str, Any]]] = []
+            with Load(p.listen, rate=2 * canary_rate, max_seconds=240, workers=16) as load:
+                wait_for(lambda: load.stats.sent > 20)
+                deploy = subprocess.Popen([KILN, "deploy"], cwd=p.dir, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True)
+                try:
+                    while deploy.poll() is None:
+                        st = p.kiln("status", "--json")
+                        if st.returncode == 0:
+                            ro = json.loads(st.stdout)["services"][0]["rollout"] or {}
+                            if ro.get("evidence"):
+                                seen.append((time.time(), ro["evidence"]))
+                        time.sleep(0.3)  # a poll interval, not a wait for a result
+                    out, err = deploy.communicate(timeout=30)
+                finally:
+                    if deploy.poll() is None:
+                        deploy.kill()
+                        deploy.wait()
+            assert deploy.returncode == 0, out + err
+            with sqlite3.connect(p.dir / ".kiln" / "state.db") as conn:
+                (text,) = conn.execute("SELECT status_json FROM rollouts ORDER BY id DESC "
+                                       "LIMIT 1").fetchone()
+            status = json.loads(text)
+            passed = next(d for d in status["decisions"] if d["outcome"] == "pass")
+            started = float(status["step_started"])
+            actual = float(passed["time"]) - started
+            planned = requests_needed(Analysis(), 1.0) / canary_rate
+            live = next(((t - started) + float(ev["eta_s"]) for t, ev in seen
+                         if t - started >= 3.0 and ev.get("eta_s") is not None), float("nan"))
+            return {"actual": actual, "planned": planned, "live": live}
+        finally:
+            teardown(p)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--rates", type=float, nargs="*", default=[20.0, 100.0])
+    ap.add_argument("--runs", type=int, default=2)
+    args = ap.parse_args()
+    print("| canary req/s | run | actual s | planned s (error) | live s (error) |")
+    print("|---|---|---|---|---|")
+    for rate in args.rates:
+        errs: dict[str, list[float]] = {"planned": [], "live": []}
+        for i in range(args.runs):
+            r = one_run(rate)
+            cells = []
+            for k in ("planned", "live"):
+                e = (r[k] - r["actual"]) / r["actual"]
+                errs[k].append(e)
+                cells.append(f"{r[k]:.1f} ({100 * e:+.0f}%)")
+            print(f"| {rate:g} | {i + 1} | {r['actual']:.1f} | {cells[0]} | {cells[1]} |",
+                  flush=True)
+        for k, es in errs.items():
+            print(f"<!-- {rate:g} req/s {k}: error min {100 * min(es):+.0f}% median "
+                  f"{100 * statistics.median(es):+.0f}% max {100 * max(es):+.0f}% -->",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
