@@ -142,3 +142,21 @@ def test_evidence_in_words() -> None:
         "evidence 240/481 canary requests, ~12s left"
     assert "no canary traffic" in evidence_words({"needed": 481, "have": 0, "eta_s": None})
     assert evidence_words({"needed": 481, "have": 500, "eta_s": 0.0}).endswith("enough")
+
+
+def test_dashboard_card_shows_the_evidence() -> None:
+    from kiln.serve.pages import service_card
+
+    svc = {"service": "web", "listen": "127.0.0.1:8080", "strategy": "canary", "replicas": 1,
+           "current": "web-r1", "retained": [], "images": [], "history": [],
+           "releases": [{"release": "web-r1", "weight": 90, "instances": []},
+                        {"release": "web-r2", "weight": 10, "instances": []}],
+           "rollout": {"rollout_id": 2, "release": "web-r2", "from": "web-r1",
+                       "strategy": "canary", "phase": "step", "outcome": None, "reason": None,
+                       "step": 0, "steps": 2, "weights": {"web-r1": 90, "web-r2": 10},
+                       "waiting": None, "open": True, "standby_until": None,
+                       "phase_label": "canary step 1 (10%)", "decisions": [], "chart": None,
+                       "evidence": {"needed": 481, "have": 120, "eta_s": 18.2}}}
+    assert "evidence 120/481 canary requests, ~18s left" in service_card(svc)
+    svc["rollout"]["evidence"] = None  # type: ignore[index]
+    assert "evidence" not in service_card(svc)

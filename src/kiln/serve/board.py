@@ -207,6 +207,7 @@ class Board:
         weight = st.weights.get(st.new)
         out = {**last, "step": st.step, "steps": steps, "weights": st.weights,
                "waiting": st.waiting, "open": open_, "standby_until": st.standby_until or None,
+               "evidence": st.evidence if open_ and st.phase == "step" else None,
                "phase_label": phase_label(st.phase, weight, st.step),
                "decisions": [{"time": d.time, "step": d.step, "weight": d.weight,
                               "outcome": d.outcome, "reason": d.reason}

@@ -23,6 +23,17 @@ def _when(t: Any) -> str:
     return time.strftime("%H:%M:%S", time.localtime(float(t))) if t else "–"
 
 
+def _evidence(ev: dict[str, Any] | None) -> str:
+    """Canary requests gathered vs what a pass needs, and the time left (docs/judge.md)."""
+    if not ev or ev.get("needed") is None:
+        return ""
+    left = ev.get("eta_s")
+    when = ("no canary traffic to extrapolate" if left is None else
+            "enough" if left <= 0 else f"~{float(left):.0f}s left")
+    return (f'<p class="muted">evidence {int(ev.get("have") or 0)}/{int(ev["needed"])} '
+            f'canary requests, {when}</p>')
+
+
 def _form(service: str, action: str, label: str, extra: str = "", cls: str = "") -> str:
     return (f'<form method="post" action="/services/{e(service)}/{action}" class="inline">'
             f'<input type="hidden" name="csrf" value="{CSRF_MARK}">{extra}'
@@ -74,6 +85,7 @@ def service_card(s: dict[str, Any]) -> str:
             f'<p>rollout #{ro["rollout_id"]} {e(ro["strategy"])} {_from_to(ro)}: '
             f'{state}{step}{standby}</p>'
             + (f'<p class="waiting">{e(ro["waiting"])}</p>' if ro["waiting"] else "")
+            + _evidence(ro.get("evidence"))
             + (f'<p class="muted">{e(ro["reason"])}</p>' if ro["reason"] and not ro["open"] else "")
             + buttons
             + (f'<div class="live" data-chart-for="{e(name)}"></div>' if ro["chart"] else "")
