@@ -186,8 +186,6 @@ class LiveJudge:
         self._counts: CounterTrack | None = None
         self._counted_at = 0.0
         self.canary_requests = 0
-        self._arrivals: list[tuple[float, int]] = []
-        """(time, canary requests seen) at recent looks: the canary's request rate."""
 
     def start_info(self) -> dict[str, Any]:
         """Where the rollout's evidence begins: log cursor first, then the counters (a request
@@ -266,13 +264,19 @@ class LiveJudge:
 
     def _evidence(self, figures: dict[str, Any], status: Status, now: float) -> None:
         """Canary requests a pass needs, judged so far and the seconds left at the rate of the
-        last EVIDENCE_RATE_S seconds, into the verdict's figures (status shows them)."""
+        step's last EVIDENCE_RATE_S seconds, into the verdict's figures (status shows them)."""
         assert self._judge is not None
-        self._arrivals.append((now, self.seen.get(status.new, 0)))
-        while len(self._arrivals) > 2 and now - self._arrivals[1][0] >= EVIDENCE_RATE_S:
-            self._arrivals.pop(0)
-        (t0, n0), (t1, n1) = self._arrivals[0], self._arrivals[-1]
-        rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        # The rate by the requests' own seconds, not by when they were read: the log lags.
+        # Whole seconds since the step began, the newest (still filling) left out.
+        counts = self.series.counts
+        secs = [sec for sec, per in counts.items()
+                if sec > status.step_started and per.get(status.new)]
+        rate = 0.0
+        if len(secs) >= 2:
+            last = max(secs)
+            first = max(min(secs), last - int(EVIDENCE_RATE_S))
+            rate = sum(counts[sec][status.new][0] for sec in range(first, last)
+                       if sec in counts and status.new in counts[sec]) / (last - first)
         w_new = status.weights.get(status.new, 0)
         w_old = status.weights.get(status.old or "", 0)
         ratio = w_old / w_new if w_new > 0 else 9.0
