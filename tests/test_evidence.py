@@ -160,3 +160,7 @@ def test_dashboard_card_shows_the_evidence() -> None:
     assert "evidence 120/481 canary requests, ~18s left" in service_card(svc)
     svc["rollout"]["evidence"] = None  # type: ignore[index]
     assert "evidence" not in service_card(svc)
+
+
+def test_a_design_effect_multiplies_the_need() -> None:
+    assert requests_needed(Analysis(design_effect=5.0)) == 5 * requests_needed(Analysis())

@@ -25,7 +25,7 @@ LIMIT = 10**8
 def requests_needed(analysis: Analysis, baseline_ratio: float = 9.0, error_rate: float = 0.0
                     ) -> int:
     """Canary requests until a release as good as its baseline passes (median), at least
-    `min_requests`; LIMIT when it never would (a margin of 0)."""
+    `min_requests`, times `design_effect`; LIMIT when it never would (a margin of 0)."""
     margin = analysis.max_error_rate_increase
     tau = max(margin, seq.TAU_PASS_MIN)
     miss = 1.0 - analysis.confidence
@@ -51,7 +51,8 @@ def requests_needed(analysis: Analysis, baseline_ratio: float = 9.0, error_rate:
             hi = mid
         else:
             lo = mid + 1
-    return max(lo, analysis.min_requests)
+    # The judge counts design_effect requests as one sample (sticky rollouts): k times as many.
+    return max(math.ceil(lo * analysis.design_effect), analysis.min_requests)
 
 
 @dataclass(frozen=True)
