@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from kiln.spec.init import init_project
-from kiln.testing.project import KILN
+from kiln.testing.project import KILN, wait_for
 from kiln.testing.serve import ServeProc
 
 
@@ -42,9 +42,21 @@ def test_one_controller_per_project_and_sigterm_cleans_up(tmp_path: Path) -> Non
         text = subprocess.run([KILN, "status"], cwd=folder, capture_output=True, text=True,
                               timeout=60).stdout
         assert f"controller: kiln serve (pid {first.proc.pid}" in text, text
+        code, _ = first.post("/api/services/web/promote", {})
+        assert code == 401
+        wait_for(lambda: any(" web serve.refused: refused promote web" in line
+                             for line in first.output), 20, what="the refusal in the serve log")
         assert first.stop() == 0
     after = subprocess.run([KILN, "status", "--json"], cwd=folder, capture_output=True,
                            text=True, timeout=60)
     assert json.loads(after.stdout)["controller"] is None
-    assert not token.exists()
     assert any("keep serving" in line for line in first.output)
+    # The token survives a restart (a bookmarked address keeps working) until rotated.
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    with ServeProc(folder) as again:
+        assert again.token == first.token
+        assert any("0600, kept;" in line for line in again.output), again.output
+    rotated = ServeProc(folder, args=["--rotate-token"])
+    with rotated:
+        assert rotated.token != first.token and token.read_text().strip() == rotated.token
+        assert any("0600, rotated;" in line for line in rotated.output), rotated.output

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from kiln.errors import KilnError, LockHeld
-from kiln.serve import _write_token, parse_listen
+from kiln.serve import _write_token, load_token, parse_listen
 from kiln.serve.metrics import ServeMetrics
 from kiln.serve.pages import fragments
 from kiln.serve.web import App, Server, csrf_for
@@ -225,6 +225,30 @@ def test_token_file_is_private(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     _write_token(path, "secret")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "secret\n"
+
+
+def test_token_is_kept_until_rotated_and_replaced_when_unsafe(tmp_path: Path) -> None:
+    path = tmp_path / "serve.token"
+    first, why = load_token(path)
+    assert why == "new" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_token(path) == (first, "kept")
+    rotated, why = load_token(path, rotate=True)
+    assert why == "rotated" and rotated != first and path.read_text() == rotated + "\n"
+    os.chmod(path, 0o644)
+    loose, why = load_token(path)
+    assert loose != rotated and why == "new (the old file was mode 0644)"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text("short\n")
+    os.chmod(path, 0o600)
+    assert load_token(path)[1] == "new (the old file held no token)"
+    target = tmp_path / "elsewhere"
+    target.write_text("x" * 40)
+    os.chmod(target, 0o600)
+    path.unlink()
+    path.symlink_to(target)
+    linked, why = load_token(path)
+    assert why.startswith("new") and linked != "x" * 40
+    assert not path.is_symlink() and target.read_text() == "x" * 40
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:8600", "192.168.1.4:80", "127.0.0.1", "x:y",

@@ -749,9 +749,13 @@ def serve(
     drift_every: Annotated[float, typer.Option(
         "--drift-every", metavar="SECONDS", help="Seconds between drift "
                                                "checks.")] = 60.0,
+    rotate_token: Annotated[bool, typer.Option(
+        "--rotate-token", help="Replace the dashboard's token (it is otherwise kept in "
+                               ".kiln/serve.token across restarts).")] = False,
     file: FileOpt = None,
 ) -> None:
-    """Run the project's controller and dashboard until SIGTERM; everything keeps serving after."""
+    """Run the project's controller and dashboard until SIGTERM, one line per event;
+    everything keeps serving after."""
     use_file(file)
     import signal
     import threading
@@ -766,7 +770,8 @@ def serve(
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        kiln.serve(project(), listen, announce=say, stop=stop, drift_every=drift_every)
+        kiln.serve(project(), listen, announce=say, stop=stop, drift_every=drift_every,
+                   rotate_token=rotate_token)
         say("kiln serve: stopped; instances and the router keep serving")
 
     guard(body)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +28,7 @@ from kiln.state.store import Store
 if TYPE_CHECKING:
     from kiln.project import Project
 
-__all__ = ["parse_listen", "serve", "token_path"]
+__all__ = ["load_token", "parse_listen", "serve", "token_path"]
 
 
 def token_path(home: Path) -> Path:
@@ -51,8 +53,41 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, port
 
 
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32,}")
+
+
+def load_token(path: Path, rotate: bool = False) -> tuple[str, str]:
+    """The dashboard's token and why it is that one: kept in `path` across restarts (a
+    bookmarked address keeps working) until `rotate`; a new one is written (0600) when there is
+    none, it is malformed, or anyone but the owner could read or change the file."""
+    why = "rotated" if rotate else "new"
+    if not rotate:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            fd = -1
+        except OSError:
+            fd, why = -1, "new (the old file could not be read)"
+        if fd >= 0:
+            try:
+                st = os.fstat(fd)
+                text = os.read(fd, 4096).decode(errors="replace").strip()
+            finally:
+                os.close(fd)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                why = f"new (the old file was mode {stat.S_IMODE(st.st_mode):04o})"
+            elif TOKEN_RE.fullmatch(text):
+                return text, "kept"
+            else:
+                why = "new (the old file held no token)"
+    token = secrets.token_urlsafe(24)
+    _write_token(path, token)
+    return token, why
+
+
 def _write_token(path: Path, token: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.unlink(missing_ok=True)  # a fresh inode: no other reader keeps an open handle
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, (token + "\n").encode())
@@ -62,8 +97,9 @@ def _write_token(path: Path, token: str) -> None:
 
 def serve(project: Project, listen: str = "127.0.0.1:8600", *,
           announce: Callable[[str], None] = print, stop: threading.Event | None = None,
-          tick: float = 0.25, drift_every: float = 60.0) -> None:
-    """Run the controller and the dashboard until `stop` is set."""
+          tick: float = 0.25, drift_every: float = 60.0, rotate_token: bool = False) -> None:
+    """Run the controller and the dashboard until `stop` is set; `announce` gets the address
+    and then one line per event while it runs."""
     from kiln.project import Project as ProjectCls
 
     host, port = parse_listen(listen)
@@ -77,8 +113,7 @@ def serve(project: Project, listen: str = "127.0.0.1:8600", *,
     try:
         bound = f"{host}:{server.server_address[1]}"
         claim(store, bound)
-        token = secrets.token_urlsafe(24)
-        _write_token(token_path(home), token)
+        token, token_why = load_token(token_path(home), rotate_token)
         metrics = ServeMetrics(lambda: Store.open(home))
         controller: Controller | None = None
         board = Board(project, fragments,
@@ -135,10 +170,12 @@ def serve(project: Project, listen: str = "127.0.0.1:8600", *,
         web.start()
         announce(f"kiln serve: controlling {project.spec.project} (pid {os.getpid()})")
         announce(f"dashboard: http://{bound}/?token={token}")
-        announce(f"token: {token_path(home)} (0600); API: Authorization: Bearer <token>")
+        announce(f"token: {token_path(home)} (0600, {token_why}; kept across restarts until "
+                 "kiln serve --rotate-token); API: Authorization: Bearer <token>")
         try:
             controller.run()
         finally:
+            controller.log_events()
             board.prober.stop.set()
             server.app.stopping.set()
             with board.cond:
@@ -147,4 +184,3 @@ def serve(project: Project, listen: str = "127.0.0.1:8600", *,
     finally:
         server.server_close()
         release(store)
-        token_path(home).unlink(missing_ok=True)

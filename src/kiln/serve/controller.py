@@ -35,6 +35,7 @@ from kiln.serve.spec_watch import SpecWatch
 from kiln.spec.models import ServiceSpec
 from kiln.state.controller import heartbeat
 from kiln.state.lock import CONTROLLER_COMMAND, try_lock, unlock
+from kiln.state.records_events import EventLine, events_after, last_event_id
 
 if TYPE_CHECKING:
     from kiln.project import Project
@@ -87,6 +88,10 @@ class Controller:
                  announce: Callable[[str], None] | None = None) -> None:
         self.project = project
         self.say = announce or (lambda line: None)
+        self._logged = last_event_id(project.store) if announce is not None else -1
+        """The last event `log_events` printed (-1: no log). `kiln serve` prints one line per
+        event recorded while it runs (its own actions, the dashboard's requests, commands'
+        rollouts), so it is never silent while things happen."""
         self.watch = SpecWatch(project.spec_path, project.spec)
         self.broken: dict[str, Failing] = {}
         """Unit (service name, `router`, `drift`) -> its failure, while it fails."""
@@ -137,6 +142,7 @@ class Controller:
             except Exception as exc:  # a pass that failed is retried; the controller stays up
                 wait = self._pass_failed(exc)
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+            self.log_events()
             self.on_pass(acted)
             # A replacement waiting for its health check is probed often.
             self.stop.wait(wait if wait is not None else 0.0 if acted
@@ -158,6 +164,23 @@ class Controller:
             with contextlib.suppress(Exception):  # the state itself may be what fails
                 self._event("controller.error", line, None, {"error": repr(exc)})
         return delay
+
+    SAID = frozenset({"controller.failing", "controller.recovered", "controller.error",
+                      "controller.spec_refused", "controller.spec_reloaded"})
+    """Events whose line the controller already said as it recorded them."""
+
+    def log_events(self) -> None:
+        """Say every event recorded since the last call, one line each."""
+        if self._logged < 0:
+            return
+        try:
+            new = events_after(self.project.store, self._logged)
+        except Exception:  # the log is a view; a failing state is said by the pass itself
+            return
+        for ev in new:
+            if ev.kind not in self.SAID:
+                self.say(log_line(ev))
+            self._logged = ev.id
 
     def reconcile_once(self) -> bool:
         """One pass over every service. Returns True when it acted."""
@@ -498,3 +521,9 @@ class Controller:
     def _event(self, kind: str, message: str, service: str | None,
                data: dict[str, Any] | None = None) -> None:
         self.project.store.event(kind, message, service=service or None, data=data)
+
+
+def log_line(ev: EventLine) -> str:
+    """'19:40:01 web rollout.step: canary step 2 (50%)': time, service, kind, message."""
+    when = time.strftime("%H:%M:%S", time.localtime(ev.time))
+    return f"{when} {ev.service or '-'} {ev.kind}: {' '.join(ev.message.split())}"

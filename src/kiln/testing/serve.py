@@ -22,7 +22,7 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 class ServeProc:
     def __init__(self, project_dir: Path, *, drift_every: float = 60.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         self.dir = project_dir
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -31,7 +31,7 @@ class ServeProc:
         self.output: list[str] = []
         self.proc = subprocess.Popen(
             [KILN, "serve", "--listen", f"127.0.0.1:{self.port}", "--drift-every",
-             str(drift_every)], cwd=project_dir, stdout=subprocess.PIPE,
+             str(drift_every), *(args or [])], cwd=project_dir, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
