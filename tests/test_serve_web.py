@@ -44,7 +44,12 @@ STATE: dict[str, Any] = {
                     "phase": "step", "outcome": None, "reason": None, "step": 0, "steps": 2,
                     "weights": {"web-r1": 90, "web-r2": 10}, "waiting": "waiting for promote",
                     "open": True, "standby_until": None, "phase_label": "canary step 1 (10%)",
-                    "decisions": [], "chart": None}}],
+                    "decisions": [], "chart": None, "actions": ["promote", "abort"],
+                    "judge_line": "undecided: 40 of 100 requests; run `kiln promote` to skip",
+                    "step_list": [{"step": 1, "weight": 10, "hold": "until promoted",
+                                   "state": "current", "judge": None},
+                                  {"step": 2, "weight": 50, "hold": "30s", "state": "pending",
+                                   "judge": None}]}}],
 }
 
 
@@ -129,7 +134,13 @@ def test_reading_needs_no_token_and_no_javascript(server: Running) -> None:
     assert code == 200 and "Read-only" in page
     # Everything is in the HTML: weights, instances, the rollout's step and its buttons.
     assert 'data-weight="web-r2">10%' in page and "canary step 1 (10%)" in page
-    assert "127.0.0.2:8000" in page and 'action="/services/web/promote"' in page
+    assert "127.0.0.2:8000" in page
+    # ... but no buttons without the token (they would only be refused).
+    assert "<form" not in page and "<button" not in page
+    # The steps as Argo lists them, and the judge's live view in words, backticks as code.
+    assert 'data-step-state="current"' in page and "step 2: set weight 50% · hold 30s" in page
+    assert "judge: <b>not decided yet</b> — 40 of 100 requests; run <code>kiln promote</code>" \
+        in page and "`" not in page.split('id="board"')[1].split("</main>")[0]
     code, _, body = call(server.url + "/api/status")
     assert code == 200 and json.loads(body)["services"][0]["current"] == "web-r1"
     code, headers, js = call(server.url + "/static/uPlot.iife.min.js")
@@ -176,6 +187,9 @@ def test_forms_need_the_cookie_the_csrf_value_and_the_same_origin(server: Runnin
     code, _, page = call(server.url + "/", headers={"Cookie": cookie})
     csrf = csrf_for(TOKEN)
     assert "Read-only" not in page and csrf in page
+    assert 'action="/services/web/promote"' in page
+    assert 'action="/services/web/abort" class="inline" data-confirm="Abort rollout of web?' \
+        in page
     url = server.url + "/services/web/promote"
     form = f"csrf={csrf}".encode()
     assert call(url, method="POST", body=form)[0] == 403  # no cookie
@@ -190,6 +204,31 @@ def test_forms_need_the_cookie_the_csrf_value_and_the_same_origin(server: Runnin
     assert code == 303 and headers["Location"] == "/"
     assert server.calls == [("web", "promote", {}, "dashboard")]
     assert len(server.events("serve.refused")) == 4
+
+
+def test_destructive_forms_ask_first_without_javascript(server: Running) -> None:
+    cookie = call(server.url + f"/?token={TOKEN}")[1]["Set-Cookie"].split(";")[0]
+    csrf = csrf_for(TOKEN)
+    headers = {"Cookie": cookie, "Origin": server.url}
+    url = server.url + "/services/web/rollback"
+    code, _, asked = call(url, method="POST", body=f"csrf={csrf}&to=web-r0".encode(),
+                          headers=headers)
+    assert code == 200 and "Roll back web?" in asked and server.calls == []
+    assert 'name="to" value="web-r0"' in asked and 'name="confirmed" value="yes"' in asked
+    code, hdrs, _ = call(url, method="POST", body=f"csrf={csrf}&to=web-r0&confirmed=yes"
+                         .encode(), headers=headers)
+    assert code == 303 and hdrs["Location"] == "/"
+    assert server.calls == [("web", "rollback", {"to": "web-r0"}, "dashboard")]
+
+
+def test_drift_before_any_check_says_so() -> None:
+    never = fragments({**STATE, "drift": {"at": None, "items": []}})["board"]
+    assert "not checked yet" in never and "no drift" not in never and "–" not in never
+    clean = fragments({**STATE, "drift": {"at": 1.0e9, "items": []}})["board"]
+    assert "last checked" in clean and "no drift" in clean
+    found = fragments({**STATE, "drift": {"at": 1.0e9, "items": [
+        {"kind": "replicas", "detail": "web-r1 runs 1 of `2`", "service": "web"}]}})["board"]
+    assert "1 item(s)" in found and "runs 1 of <code>2</code>" in found
 
 
 def test_events_stream_sends_the_board(server: Running) -> None:

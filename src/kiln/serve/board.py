@@ -20,6 +20,7 @@ from kiln.analysis.report import chart_payload, load_report_data, phase_label
 from kiln.errors import StateError
 from kiln.readmodel import SeenInstance, observe_service, release_rows, router_view
 from kiln.rollout.decide import SETTLED, Status
+from kiln.spec.models import RolloutStep
 
 if TYPE_CHECKING:
     from kiln.project import Project
@@ -203,9 +204,13 @@ class Board:
         if st is None:
             return None
         open_ = st.phase not in SETTLED
-        steps = len(self.project.service(name).rollout.steps)
+        plan = self._steps(name, st)
+        steps = len(plan)
         weight = st.weights.get(st.new)
         out = {**last, "step": st.step, "steps": steps, "weights": st.weights,
+               "phase": st.phase, "step_list": step_list(st, plan),
+               "judge_line": st.judge_line if st.phase == "step" else None,
+               "actions": actions_for(st),
                "waiting": st.waiting, "open": open_, "standby_until": st.standby_until or None,
                "evidence": st.evidence if open_ and st.phase == "step" else None,
                "phase_label": phase_label(st.phase, weight, st.step),
@@ -218,6 +223,17 @@ class Board:
         else:
             self._live.pop(name, None)
         return out
+
+    def _steps(self, name: str, st: Status) -> list[RolloutStep]:
+        """The steps the rollout runs: its release's recorded spec (today's if it has none)."""
+        from kiln.rollout.release_config import find_release
+
+        try:
+            release = find_release(self.project.store, st.new)
+        except StateError:
+            release = None
+        spec = release.spec if release is not None else self.project.service(name)
+        return list(spec.rollout.steps)
 
     def _chart(self, name: str, rollout_id: int, st: Status) -> dict[str, Any] | None:
         """The judge's canary-vs-baseline view, live: the report's payload as of now."""
@@ -249,3 +265,41 @@ class Board:
             return release_health(self.project.store, release_id)
         except StateError:
             return None  # the dashboard shows the release without its health check
+
+
+def actions_for(st: Status) -> list[str]:
+    """The buttons that can act on this rollout now (kiln.rollout.decide ignores the rest):
+    promote only while a canary step holds, abort until the rollout is already going back."""
+    if st.phase in SETTLED:
+        return []
+    out = ["promote"] if st.phase == "step" and st.strategy == "canary" else []
+    if st.phase not in ("rollback", "restore", "drain_new"):
+        out.append("abort")
+    return out
+
+
+def step_list(st: Status, plan: list[RolloutStep]) -> list[dict[str, Any]]:
+    """The canary's steps as Argo's dashboard lists them, each with where the rollout is:
+    done, current, failed (the step it was rolled back from), skipped or pending."""
+    if st.strategy != "canary":
+        return []
+    going_back = st.phase in ("rollback", "restore", "drain_new") or (
+        st.outcome not in (None, "promoted"))
+    decided = {d.step: d.outcome for d in st.decisions}
+    out = []
+    for i, step in enumerate(plan):
+        if st.outcome == "promoted":
+            state = "done" if i in decided or i < st.step else "skipped"
+        elif i < st.step:
+            state = "done"
+        elif i == st.step and going_back:
+            state = "failed" if st.weights or i in decided else "pending"
+        elif i == st.step and st.phase == "step":
+            state = "current"
+        else:
+            state = "pending"
+        hold = ("until promoted" if step.pause is None else "no pause" if step.pause == 0
+                else f"{step.pause:g}s")
+        out.append({"step": i + 1, "weight": step.weight, "hold": hold, "state": state,
+                    "judge": decided.get(i)})
+    return out

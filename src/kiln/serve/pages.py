@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 from typing import Any
 
@@ -17,6 +18,40 @@ CSRF_MARK = "__KILN_CSRF__"
 
 def e(v: Any) -> str:
     return html.escape("" if v is None else str(v))
+
+
+def prose(v: Any) -> str:
+    """Escaped text whose `backticked` parts (commands, keys in reasons) render as code."""
+    return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", e(v))
+
+
+VERDICT_WORDS = {"pass": "passing so far", "fail": "failing", "undecided": "not decided yet"}
+STEP_MARKS = {"done": "✓", "current": "▶", "failed": "✗", "skipped": "–", "pending": "○"}
+CONFIRM = {"abort": "Abort rollout of {service}? Traffic goes back to the old release.",
+           "rollback": "Roll back {service}? The selected release gets all traffic."}
+"""Destructive actions the page asks about before posting (and the server without script)."""
+
+
+def verdict_words(line: str | None) -> str:
+    """'undecided: 40 of 100 requests' -> 'judge: not decided yet — 40 of 100 requests'."""
+    if not line:
+        return ""
+    outcome, _, reason = line.partition(": ")
+    words = VERDICT_WORDS.get(outcome, outcome)
+    return f'<p class="verdict {e(outcome)}">judge: <b>{e(words)}</b>' + (
+        f" — {prose(reason)}" if reason else "") + "</p>"
+
+
+def steps_html(steps: list[dict[str, Any]]) -> str:
+    if not steps:
+        return ""
+    items = "".join(
+        f'<li class="step {e(st["state"])}" data-step-state="{e(st["state"])}">'
+        f'<span class="mark">{STEP_MARKS.get(st["state"], "")}</span> '
+        f'step {st["step"]}: set weight {st["weight"]}% · hold {e(st["hold"])}'
+        + (f' · judge: {e(st["judge"])}' if st["judge"] else "") + "</li>"
+        for st in steps)
+    return f'<ol class="steps">{items}</ol>'
 
 
 def _when(t: Any) -> str:
@@ -35,7 +70,10 @@ def _evidence(ev: dict[str, Any] | None) -> str:
 
 
 def _form(service: str, action: str, label: str, extra: str = "", cls: str = "") -> str:
-    return (f'<form method="post" action="/services/{e(service)}/{action}" class="inline">'
+    ask = CONFIRM.get(action)
+    confirm = f' data-confirm="{e(ask.format(service=service))}"' if ask else ""
+    return (f'<form method="post" action="/services/{e(service)}/{action}" class="inline"'
+            f'{confirm}>'
             f'<input type="hidden" name="csrf" value="{CSRF_MARK}">{extra}'
             f'<button type="submit" class="{cls}" data-action="{action}">{e(label)}</button></form>')
 
@@ -74,19 +112,22 @@ def service_card(s: dict[str, Any]) -> str:
                 and ro["open"] else "")
         standby = (f' · standby ends {_when(ro["standby_until"])}'
                    if ro["phase"] == "standby" else "")
-        buttons = ""
-        if ro["open"]:
-            buttons = (_form(name, "promote", "Promote") + _form(name, "abort", "Abort", "", "bad"))
+        acts = ro.get("actions", [])
+        buttons = ((_form(name, "promote", "Promote") if "promote" in acts else "")
+                   + (_form(name, "abort", "Abort", "", "bad") if "abort" in acts else ""))
         decisions = "".join(
             f'<tr><td>{_when(d["time"])}</td><td>{d["step"] + 1}</td><td>{d["weight"]}%</td>'
-            f'<td class="{e(d["outcome"])}">{e(d["outcome"])}</td><td>{e(d["reason"])}</td></tr>'
-            for d in ro["decisions"])
+            f'<td class="{e(d["outcome"])}">{e(d["outcome"])}</td><td>{prose(d["reason"])}'
+            f'</td></tr>' for d in ro["decisions"])
         rollout = (
             f'<p>rollout #{ro["rollout_id"]} {e(ro["strategy"])} {_from_to(ro)}: '
             f'{state}{step}{standby}</p>'
-            + (f'<p class="waiting">{e(ro["waiting"])}</p>' if ro["waiting"] else "")
+            + steps_html(ro.get("step_list", []))
+            + (verdict_words(ro.get("judge_line")) if ro["open"] else "")
+            + (f'<p class="waiting">{prose(ro["waiting"])}</p>' if ro["waiting"] else "")
             + _evidence(ro.get("evidence"))
-            + (f'<p class="muted">{e(ro["reason"])}</p>' if ro["reason"] and not ro["open"] else "")
+            + (f'<p class="muted">{prose(ro["reason"])}</p>' if ro["reason"] and not ro["open"]
+               else "")
             + buttons
             + (f'<div class="live" data-chart-for="{e(name)}"></div>' if ro["chart"] else "")
             + (f'<table class="dec"><thead><tr><th>at</th><th>step</th><th>weight</th>'
@@ -104,7 +145,7 @@ def service_card(s: dict[str, Any]) -> str:
         f'<tr><td><a href="/reports/{r["rollout_id"]}">#{r["rollout_id"]}</a></td>'
         f'<td>{_from_to(r)}</td><td>{e(r["strategy"])}</td>'
         f'<td>{e(OUTCOMES.get(r["outcome"] or "", r["outcome"] or "") or phase_label(r["phase"]))}'
-        f'</td><td>{_when(r["started_at"])}</td><td>{e(r["reason"])}</td></tr>'
+        f'</td><td>{_when(r["started_at"])}</td><td>{prose(r["reason"])}</td></tr>'
         for r in s["history"])
     return (
         f'<section class="card service" id="svc-{e(name)}" data-service="{e(name)}">'
@@ -124,13 +165,17 @@ def fragments(state: dict[str, Any]) -> dict[str, str]:
     rstate = ("not needed" if not router["needed"] else
               "running" if router["running"] else "DOWN")
     drift = state["drift"]
-    drift_html = (f'<p class="muted">last checked {_when(drift["at"])}: '
-                  f'{"no drift" if not drift["items"] else ""}</p>'
-                  + "".join(f'<p class="bad">{e(i["kind"])}: {e(i["detail"])}</p>'
-                            for i in drift["items"]))
+    if drift["at"] is None:
+        drift_html = '<p class="muted">not checked yet</p>'
+    else:
+        found = len(drift["items"])
+        drift_html = (f'<p class="muted">last checked {_when(drift["at"])}: '
+                      f'{f"{found} item(s)" if found else "no drift"}</p>'
+                      + "".join(f'<p class="bad">{e(i["kind"])}: {prose(i["detail"])}</p>'
+                                for i in drift["items"]))
     events = "".join(
         f'<tr><td>{_when(ev["time"])}</td><td>{e(ev["service"] or "")}</td>'
-        f'<td>{e(ev["kind"])}</td><td>{e(ev["message"])}</td></tr>' for ev in state["events"])
+        f'<td>{e(ev["kind"])}</td><td>{prose(ev["message"])}</td></tr>' for ev in state["events"])
     unsandboxed = ('<p class="bad">sandbox: none — bakes and instances run unsandboxed, with '
                    "kiln's privileges</p>" if state.get("sandbox") == "none" else "")
     board = (
@@ -145,11 +190,38 @@ def fragments(state: dict[str, Any]) -> dict[str, str]:
     return {"board": board, "charts": json.dumps(charts)}
 
 
+FORM_RE = re.compile(r"<form\b.*?</form>", re.S)
+
+
+def read_only(board: str) -> str:
+    """The board without its forms: a reader without the token gets no buttons (dashboard.js
+    does the same to the boards the event stream sends)."""
+    return FORM_RE.sub("", board)
+
+
+def confirm_page(service: str, action: str, params: dict[str, str], csrf: str) -> str:
+    """The question a destructive form asks when the page's script did not (no JavaScript):
+    the same form again, with `confirmed=yes`."""
+    ask = CONFIRM[action].format(service=service)
+    hidden = "".join(f'<input type="hidden" name="{e(k)}" value="{e(v)}">'
+                     for k, v in params.items() if k not in ("csrf", "confirmed"))
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>kiln: confirm</title>"
+        f"<style>{REPORT_CSS}{CSS}</style></head><body><main><h1>Confirm</h1>"
+        f'<p class="warn">{e(ask)}</p>'
+        f'<form method="post" action="/services/{e(service)}/{e(action)}" class="inline">'
+        f'<input type="hidden" name="csrf" value="{e(csrf)}">{hidden}'
+        '<input type="hidden" name="confirmed" value="yes">'
+        f'<button type="submit" class="bad" data-action="{e(action)}">Yes, {e(action)}'
+        '</button></form> <a href="/">Cancel</a></main></body></html>')
+
+
 def page(frags: dict[str, str], version: int, csrf: str, authed: bool) -> str:
     banner = ("" if authed else
               '<p class="warn">Read-only: open the address with the token that <code>kiln '
               'serve</code> printed (or in .kiln/serve.token) to use the buttons.</p>')
-    board = frags.get("board", "").replace(CSRF_MARK, html.escape(csrf))
+    board = frags.get("board", "")
+    board = board.replace(CSRF_MARK, html.escape(csrf)) if authed else read_only(board)
     charts = frags.get("charts", "{}").replace("</", "<\\/")
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -181,4 +253,10 @@ select{padding:4px;margin-right:4px}.waiting{color:#e67700}.warn{background:#fff
 border-radius:8px}.bad,.fail{color:#c92a2a}.pass{color:#2b8a3e}.events td{font-size:12px}
 .events{display:block;max-height:360px;overflow-y:auto}details{margin-top:8px}
 button.bad{color:#fff}
+ol.steps{list-style:none;padding-left:0;margin:6px 0}.step{padding:1px 0;color:#495057}
+.step .mark{display:inline-block;width:1.2em}.step.done .mark{color:#2b8a3e}
+.step.current{font-weight:600;color:#1c7ed6}.step.failed{color:#c92a2a}
+.step.skipped,.step.pending{color:#868e96}.verdict b{font-weight:600}
+.verdict.fail b{color:#c92a2a}.verdict.pass b{color:#2b8a3e}code{font-size:90%;
+background:#f1f3f5;padding:0 3px;border-radius:3px}
 """

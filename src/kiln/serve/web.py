@@ -26,7 +26,7 @@ from kiln.charts import ASSETS, asset
 from kiln.errors import KilnError, LockHeld, NotFound
 from kiln.serve.board import Board
 from kiln.serve.metrics import ServeMetrics
-from kiln.serve.pages import page
+from kiln.serve.pages import CONFIRM, confirm_page, page
 from kiln.state.store import Store
 
 ACTIONS = ("promote", "abort", "rollback", "deploy")
@@ -251,6 +251,13 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._text(code, f"refused: {refusal}")
             return
+        if not api and action in CONFIRM and params.pop("confirmed", "") != "yes":
+            # Destructive: the page's script asked already; without it, ask here first.
+            body = confirm_page(service, action, params, self.app.csrf)
+            self._send(HTTPStatus.OK, body.encode(), "text/html; charset=utf-8",
+                       {"Cache-Control": "no-store"})
+            return
+        params.pop("confirmed", None)
         try:
             result = self.app.act(service, action, params, who)
             code, answer = HTTPStatus.OK, {"ok": True, **result}

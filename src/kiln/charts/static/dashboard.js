@@ -31,6 +31,21 @@
     for (var i = 0; i < ds.length; i++) out[ds[i].closest("[data-service]").dataset.service] = 1;
     return out;
   }
+  function readOnly(root) {  // no token, no buttons (the server renders the first board so)
+    if (csrf()) return;
+    var fs = root.querySelectorAll("form");
+    for (var i = 0; i < fs.length; i++) fs[i].parentNode.removeChild(fs[i]);
+  }
+  document.addEventListener("submit", function (ev) {  // destructive actions ask first
+    var f = ev.target, ask = f.getAttribute && f.getAttribute("data-confirm");
+    if (!ask) return;
+    if (!window.confirm(ask)) { ev.preventDefault(); return; }
+    if (!f.querySelector('input[name="confirmed"]')) {
+      var i = document.createElement("input");
+      i.type = "hidden"; i.name = "confirmed"; i.value = "yes";
+      f.appendChild(i);
+    }
+  });
   place(JSON.parse(document.getElementById("kiln-charts").textContent));
   if (!window.EventSource) return;
   var lastBoard = null;
@@ -41,6 +56,7 @@
       lastBoard = d.board;
       var open = openDetails(board);
       board.innerHTML = d.board.split("__KILN_CSRF__").join(csrf());
+      readOnly(board);
       for (var svc in open) {
         var det = board.querySelector('[data-service="' + svc + '"] details');
         if (det) det.open = true;
