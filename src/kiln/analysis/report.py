@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.analysis.judge import LATENCY_FLOOR_S
 from kiln.charts import asset, inline_script, uplot_version
 from kiln.platforms.base import Sample
 
@@ -193,10 +194,20 @@ def chart_payload(data: ReportData, now: float | None = None) -> dict[str, Any]:
         return ([per[rel][t].n if t in per[rel] else 0 for t in ts],
                 [per[rel][t].errors if t in per[rel] else 0 for t in ts])
 
-    err_c = _rate(*counts(data.canary), ERROR_WINDOW)
+    weight = [_weight_at(data.weights, t) for t in ts]
+    # The canary's series start when it has weight (requests before that — health checks,
+    # a drain — are not what the judge compared) and end when the rollback takes it away.
+    weighted = [bool(w) for w in weight] if data.weights else [True] * n_sec
+
+    def canary_only(values: list[float | None]) -> list[float | None]:
+        return [v if on else None for v, on in zip(values, weighted, strict=True)]
+
+    err_c = canary_only(_rate(*counts(data.canary), ERROR_WINDOW))
     err_b = _rate(*counts(base), ERROR_WINDOW)
     lat = {f"{side}_{q}": _smooth([None if v is None else 1000 * v for v in col(rel, q)], 3)
            for side, rel in (("canary", data.canary), ("baseline", base)) for q in ("p50", "p95")}
+    lat["canary_p50"] = canary_only(lat["canary_p50"])
+    lat["canary_p95"] = canary_only(lat["canary_p95"])
     a = data.analysis or {}
     err_limit: list[float | None] = [None] * n_sec
     lat_limit: list[float | None] = [None] * n_sec
@@ -208,8 +219,9 @@ def chart_payload(data: ReportData, now: float | None = None) -> dict[str, Any]:
                                 (float(ceiling) if ceiling is not None else None)) if x is not None]
             err_limit[i] = round(min(lims), 5) if lims else None
         rel_inc = float(a.get("max_latency_increase") or 0.0)
-        lat_limit = [None if v is None else v * (1 + rel_inc) for v in lat["baseline_p50"]]
-    weight = [_weight_at(data.weights, t) for t in ts]
+        floor_ms = 1000 * LATENCY_FLOOR_S  # the judge allows at least this much more
+        lat_limit = [None if v is None else max(v * (1 + rel_inc), v + floor_ms)
+                     for v in lat["baseline_p50"]]
     marks = [{"t": round(d.t, 2), "label": d.label, "kind": d.outcome} for d in data.decisions]
     return {
         "t": ts, "weight": weight, "window": ERROR_WINDOW,
@@ -301,7 +313,8 @@ def thresholds_text(analysis: dict[str, Any] | None) -> str:
              "baseline"]
     if analysis.get("max_error_rate") is not None:
         parts.append(f"never above {_pct(analysis['max_error_rate'])}")
-    parts.append(f"latency at most +{100 * float(analysis.get('max_latency_increase') or 0):.0f}%")
+    parts.append(f"latency at most +{100 * float(analysis.get('max_latency_increase') or 0):.0f}%"
+                 f" or +{1000 * LATENCY_FLOOR_S:.0f} ms, whichever is more")
     parts.append(f"at least {analysis.get('min_requests')} canary requests, "
                  f"no data → {analysis.get('on_no_data')}")
     return "; ".join(parts)

@@ -101,6 +101,7 @@ class Board:
         self.changed_at = time.time()
         self._data_version = -1
         self._live: dict[str, Live] = {}
+        self._settled: dict[str, tuple[int, dict[str, Any] | None]] = {}
         self._next_live = 0.0
         self._probed = threading.Event()
         self.prober = Prober(self._probed.set)
@@ -222,7 +223,21 @@ class Board:
             out["chart"] = self._chart(name, int(last["rollout_id"]), st)
         else:
             self._live.pop(name, None)
+            out["chart"] = self._settled_chart(name, int(last["rollout_id"]))
         return out
+
+    def _settled_chart(self, name: str, rollout_id: int) -> dict[str, Any] | None:
+        """The charts stay when a rollout settles: what it recorded (the report's payload),
+        built once per rollout (a settled rollout's series no longer change)."""
+        kept = self._settled.get(name)
+        if kept is not None and kept[0] == rollout_id:
+            return kept[1]
+        data = load_report_data(self.project.store, self.project.home, name, rollout_id)
+        if data is None or not (data.buckets or data.steps):
+            return None  # not saved yet (a command settling it writes the series after)
+        chart = chart_payload(data)
+        self._settled[name] = (rollout_id, chart)
+        return chart
 
     def _steps(self, name: str, st: Status) -> list[RolloutStep]:
         """The steps the rollout runs: its release's recorded spec (today's if it has none)."""

@@ -28,13 +28,21 @@
         ctx.setLineDash(m.kind === "phase" ? [2 * devicePixelRatio, 3 * devicePixelRatio]
                                           : [5 * devicePixelRatio, 3 * devicePixelRatio]);
         ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, bottom); ctx.stroke();
-        if (labels) {
-          ctx.fillStyle = C[m.kind] || C.info;
-          var w = ctx.measureText(m.label).width, right = x + w + 8 > u.bbox.left + u.bbox.width;
-          ctx.textAlign = right ? "right" : "left";
-          ctx.fillText(m.label, x + (right ? -4 : 4) * devicePixelRatio,
-                       top + (12 + 13 * (i % 3)) * devicePixelRatio);
-        }
+      }
+      var shown = labels ? layout(ctx, u, list) : [];
+      holder.labels = holder.labels || {};
+      if (labels) holder.labels[u.root.getAttribute("data-key") || ""] = shown.map(function (p) {
+        var w = ctx.measureText(p.m.label).width;
+        return {label: p.m.label, row: p.row, x0: p.flip ? p.x - w - 4 * devicePixelRatio
+                                                         : p.x + 4 * devicePixelRatio,
+                x1: p.flip ? p.x - 4 * devicePixelRatio : p.x + w + 4 * devicePixelRatio};
+      });
+      for (var k = 0; k < shown.length; k++) {
+        var p = shown[k];
+        ctx.fillStyle = C[p.m.kind] || C.info;
+        ctx.textAlign = p.flip ? "right" : "left";
+        ctx.fillText(p.m.label, p.x + (p.flip ? -4 : 4) * devicePixelRatio,
+                     top + (12 + 13 * p.row) * devicePixelRatio);
       }
       ctx.restore();
     }]}};
@@ -49,9 +57,51 @@
     ];
   }
 
+  /* Points only where a value has no neighbour: a line needs two, and a rollback after one
+     look of the judge must still show what it saw. */
+  function isolated(u, si) {
+    var d = u.data[si], out = [];
+    for (var i = 0; i < d.length; i++)
+      if (d[i] != null && (i === 0 || d[i - 1] == null) && (i === d.length - 1 || d[i + 1] == null))
+        out.push(i);
+    return out.length ? out : null;
+  }
+
   function line(label, color, dash, width) {
-    return {label: label, stroke: color, width: width || 2, dash: dash, spanGaps: false,
-            points: {show: false}};
+    return {label: label, stroke: color, fill: undefined, width: width || 2, dash: dash,
+            spanGaps: false, points: {show: false, filter: isolated, size: 6, fill: color}};
+  }
+
+  /* Legends show the value under the cursor, and the latest one when the cursor is elsewhere
+     (instead of "–" everywhere). */
+  function latest(fmt) {
+    return function (u, v, si, i) {
+      if (i == null) {
+        var d = u.data[si];
+        for (var j = d.length - 1; j >= 0; j--) if (d[j] != null) return fmt(u, d[j], si, j);
+      }
+      return fmt(u, v, si, i);
+    };
+  }
+
+  /* Mark labels in up to four rows, each placed in the first row where it overlaps nothing;
+     a label with no room is left out (every mark is in the timeline table). */
+  function layout(ctx, u, list) {
+    var rows = [], placed = [], left = u.bbox.left, right = u.bbox.left + u.bbox.width;
+    var pad = 6 * devicePixelRatio;
+    for (var i = 0; i < list.length; i++) {
+      var x = u.valToPos(list[i].t, "x", true), w = ctx.measureText(list[i].label).width;
+      if (x < left - 1 || x > right + 1) continue;
+      var flip = x + w + pad > right, x0 = flip ? x - w - pad : x, x1 = flip ? x : x + w + pad;
+      for (var r = 0; r < 4; r++) {
+        if (rows[r] == null || rows[r] < x0) {
+          rows[r] = x1;
+          placed.push({m: list[i], x: x, flip: flip, row: r});
+          break;
+        }
+      }
+    }
+    return placed;
   }
 
   function specs(p) {
@@ -100,14 +150,20 @@
       h.textContent = s.title;
       box.appendChild(h);
       el.appendChild(box);
-      var series = [{label: "t", value: function (u, v) { return fmtT(v); }}].concat(
-        s.series.map(function (x) { if (s.value && !x.value) x.value = s.value; return x; }));
+      var series = [{label: "t", value: latest(function (u, v) { return fmtT(v); })}].concat(
+        s.series.map(function (x) {
+          if (s.value && !x.value) x.value = s.value;
+          if (x.value) x.value = latest(x.value);
+          return x;
+        }));
       var opts = {width: width, height: 220, series: series, axes: s.axes,
                   scales: {x: {time: false}, y: s.range ? {range: s.range} : {auto: true,
                     range: function (u, lo, hi) { return [0, hi > 0 ? hi * 1.1 : 1]; }}},
                   cursor: {drag: {x: false, y: false}},
                   plugins: [marks(holder, s.labels)]};
-      holder.charts.push(new uPlot(opts, s.data(payload), box));
+      var chart = new uPlot(opts, s.data(payload), box);
+      chart.root.setAttribute("data-key", s.key);
+      holder.charts.push(chart);
     });
     return holder;
   }
