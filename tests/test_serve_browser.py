@@ -14,16 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from kiln.testing.browser import chromium
 from kiln.testing.load import Load
 from kiln.testing.project import KILN, ROOT, Proj, wait_for
 from kiln.testing.serve import ServeProc
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(os.environ.get("KILN_TEST_ARTIFACTS", ROOT / "tests" / "artifacts")) / "serve"
 
 CANARY = """\
@@ -39,17 +36,8 @@ CANARY = """\
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "chromium is missing: run ./scripts/setup (as root)"
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1200, "height": 1400})
-        try:
-            yield context
-        finally:
-            context.close()
+    with chromium(tmp_path / "chromium-profile") as context:
+        yield context
 
 
 def shot(page: object, name: str) -> Path:

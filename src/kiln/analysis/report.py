@@ -386,7 +386,7 @@ def render(data: ReportData) -> str:
         f"<style>{asset('uPlot.min.css')}{CSS}</style></head><body><main>{body}</main>"
         f'<script type="application/json" id="kiln-chart-data">{payload}</script>'
         f"{inline_script('uPlot.iife.min.js')}{inline_script('kiln-charts.js')}"
-        "<script>KilnCharts.render(document.getElementById('charts'),"
+        "<script>window.KilnReport=KilnCharts.render(document.getElementById('charts'),"
         "JSON.parse(document.getElementById('kiln-chart-data').textContent));</script>"
         "</body></html>")
 
