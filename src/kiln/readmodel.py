@@ -138,7 +138,9 @@ def release_rows(ctx: Context, view: ServiceView,
                                                     "instances": []})
         rel["instances"].append({
             "id": inst.id, "address": inst.address, "handle": dict(inst.handle),
-            "label": inst.label, "state": seen.state, "alive": seen.alive,
+            # What was seen, not what was recorded: a gone process is never `running`.
+            "label": inst.label, "state": seen.state if seen.alive else "dead",
+            "alive": seen.alive,
             "healthy": seen.alive and bool(healthy(seen))})
     for rid, rel in releases.items():
         try:
