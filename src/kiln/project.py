@@ -131,7 +131,7 @@ class Project:
                     self.spec.platform, self.store, self.home, self.spec.project,
                     router=self.spec.router,
                     settings=self.spec.aws if self.spec.platform == "aws" else None,
-                    sandbox=self.spec.sandbox)
+                    sandbox=self.spec.sandbox, router_admin=self.spec.router_admin)
             except KilnError as exc:
                 raise KilnError(f"{self.spec_path}: platform: {exc}", hint=exc.hint) from exc
         return self._platform

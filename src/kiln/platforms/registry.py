@@ -28,7 +28,7 @@ def names() -> list[str]:
 
 def get_platform(name: str, store: Store, home: Path, project: str, *,
                  router: str = "traefik", settings: object | None = None,
-                 sandbox: str = "bwrap") -> Platform:
+                 sandbox: str = "bwrap", router_admin: str | None = None) -> Platform:
     """The platform called `name` for one project (KilnError naming the known ones if unknown).
 
     `router` (the spec's `router:` key) is passed on as a keyword only when it is not the default
@@ -47,6 +47,8 @@ def get_platform(name: str, store: Store, home: Path, project: str, *,
         if "sandbox" not in inspect.signature(cls).parameters:
             raise KilnError(f"sandbox: {sandbox!r} is not available on platform {name!r}")
         options["sandbox"] = sandbox
+    if router_admin is not None:  # the spec refuses it on platforms without such a router
+        options["router_admin"] = router_admin
     if router == "traefik":
         platform: Platform = cls(store, home, project, **options)
     elif "router" in inspect.signature(cls).parameters:

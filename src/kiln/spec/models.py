@@ -654,6 +654,9 @@ class Spec(_Model):
     """local: bake steps and instances run in a bubblewrap sandbox, and kiln refuses to run
     without one; `none` runs them as plain processes with kiln's privileges (hosts without user
     namespaces), and every command says so."""
+    router_admin: HostPort | None = None
+    """Loopback HOST:PORT of Traefik's admin API (metrics, server health); unset: a free port
+    picked at the router's first start and kept (docs/decisions/router-admin-address.md)."""
     images: dict[Name, ImageSpec] = Field(default_factory=dict)
     services: dict[Name, ServiceSpec] = Field(default_factory=dict)
 
@@ -673,6 +676,7 @@ class Spec(_Model):
         if self.sandbox == "none" and self.platform != "local":
             problems.append(f"sandbox: `sandbox: none` applies to platform local (this project "
                             f"uses {self.platform}, which isolates without bubblewrap)")
+        problems += self._router_admin_problems()
         listens: dict[str, str] = {}
         for name, svc in self.services.items():
             problems += _secret_platform(self.platform, name, svc)
@@ -688,6 +692,26 @@ class Spec(_Model):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _router_admin_problems(self) -> list[str]:
+        """`router_admin` only where kiln runs Traefik itself, on loopback, on its own port."""
+        admin = self.router_admin
+        if admin is None:
+            return []
+        if self.platform == "aws":
+            return ["router_admin: platform aws routes through an Application Load Balancer; "
+                    "there is no router admin address to set (remove router_admin)"]
+        if self.router != "traefik":
+            return [f"router_admin: applies to router traefik; router {self.router} is "
+                    "administered through a unix socket in .kiln/ (remove router_admin)"]
+        host = admin.rpartition(":")[0]
+        if not (host.startswith("127.") or host == "localhost"):
+            return [f"router_admin: expected a loopback HOST:PORT (127.0.0.0/8), got {admin}"]
+        taken = [n for n, svc in self.services.items() if svc.listen == admin]
+        if taken:
+            return [f"router_admin: {admin} is services.{taken[0]}.listen; expected a port of "
+                    "its own"]
+        return []
 
     def warnings(self) -> list[str]:
         """Legal but worth a second look (env keys like LD_PRELOAD), one line each."""

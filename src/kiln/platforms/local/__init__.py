@@ -18,11 +18,13 @@ if TYPE_CHECKING:
 class LocalPlatform:
     def __init__(self, store: Store, home: Path, project: str, *,
                  router: Literal["traefik", "haproxy"] = "traefik",
-                 sandbox: Literal["bwrap", "none"] = "bwrap") -> None:
+                 sandbox: Literal["bwrap", "none"] = "bwrap",
+                 router_admin: str | None = None) -> None:
         self.store, self.home, self.project = store, home, project
         self.router_kind = router
         self.sandbox: Literal["bwrap", "none"] = sandbox
         """The spec's `sandbox:`; "bwrap" refuses to bake or launch where bubblewrap fails."""
+        self.router_admin = router_admin
         self._builder: Builder | None = None
         self._compute: Compute | None = None
         self._router: Router | None = None
@@ -50,7 +52,8 @@ class LocalPlatform:
         if self._router is None:
             from kiln.platforms.local.routers import make_router
 
-            self._router = make_router(self.router_kind, self.home, self.project)
+            self._router = make_router(self.router_kind, self.home, self.project,
+                                       admin=self.router_admin)
         return self._router
 
     @property

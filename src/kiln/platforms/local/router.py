@@ -70,8 +70,10 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
     """Services per page of /api/http/services read by `server_statuses`."""
 
     def __init__(self, home: Path, project: str, *, apply_deadline: float = APPLY_DEADLINE,
-                 start_deadline: float = START_DEADLINE) -> None:
+                 start_deadline: float = START_DEADLINE, admin: str | None = None) -> None:
         self.home = Path(home)
+        self.admin = admin
+        """The spec's `router_admin`; None: a free port, picked once and kept in router.json."""
         self.project = project
         self.dir = self.home / "router"
         self.dynamic_dir = self.dir / "dynamic"
@@ -107,6 +109,8 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
 
     def _ensure_running(self, state: dict[str, Any]) -> Running:
         listens = self._listens(state)
+        if self.admin:
+            state["admin"] = self.admin  # a changed address restarts Traefik on it
         running = self._running()
         if running is not None and running.admin == state["admin"] and all(
                 running.listens.get(name) == addr for name, addr in listens.items()):
@@ -118,6 +122,8 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
         admin = state["admin"]
         if not admin or (admin != (running.admin if running else None)
                          and not traefik_process.port_free(admin)):
+            if self.admin:
+                raise PlatformError(tcp_table.in_use_message(self.admin, "router_admin"))
             state["admin"] = f"127.0.0.1:{traefik_process.free_port()}"
         if not state.get("admin_password"):
             state["admin_password"] = secrets.token_urlsafe(24)

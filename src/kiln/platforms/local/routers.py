@@ -21,21 +21,23 @@ RouterKind = Literal["traefik", "haproxy"]
 _PIDFILES = {"traefik": ("router", "traefik.pid"), "haproxy": ("haproxy", "haproxy.pid")}
 
 
-def _make(kind: RouterKind, home: Path, project: str) -> TraefikRouter | HAProxyRouter:
+def _make(kind: RouterKind, home: Path, project: str, admin: str | None = None
+          ) -> TraefikRouter | HAProxyRouter:
     if kind == "haproxy":
         from kiln.platforms.local.haproxy_router import HAProxyRouter
 
         return HAProxyRouter(home, project)
     from kiln.platforms.local.router import TraefikRouter
 
-    return TraefikRouter(home, project)
+    return TraefikRouter(home, project, admin=admin)
 
 
-def make_router(kind: RouterKind, home: Path, project: str) -> TraefikRouter | HAProxyRouter:
+def make_router(kind: RouterKind, home: Path, project: str, *, admin: str | None = None
+                ) -> TraefikRouter | HAProxyRouter:
     """The project's router; the other kind is stopped if it still runs (it holds the ports).
     Only the router in use is imported, unless the other one is found running."""
     other: RouterKind = "traefik" if kind == "haproxy" else "haproxy"
     running = read_pidfile(home.joinpath(*_PIDFILES[other]))
     if running is not None and running.alive():
         _make(other, home, project).stop()
-    return _make(kind, home, project)
+    return _make(kind, home, project, admin)
