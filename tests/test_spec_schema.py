@@ -109,8 +109,8 @@ def test_schema_structure() -> None:
     assert schema["$schema"] == SCHEMA_DIALECT
     assert schema["title"] == "kiln.yaml"
     assert schema["type"] == "object"
-    assert set(schema["properties"]) == {"project", "platform", "aws", "router", "sandbox", "images",
-                                         "services"}
+    assert set(schema["properties"]) == {"project", "platform", "aws", "router", "sandbox",
+                                         "router_admin", "images", "services"}
     assert schema["required"] == ["project"]
     assert keywords(schema) == []
     for ref in refs(schema):  # every $ref resolves
