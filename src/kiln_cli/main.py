@@ -7,6 +7,7 @@ mistake never shows a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -75,8 +76,23 @@ def warn(msg: str) -> None:
     err().print(f"[yellow]warning:[/] {msg}", markup=True, soft_wrap=True)
 
 
+def say_error(line: str) -> None:
+    """One error line on stderr: whole on a pipe (scripts grep it), folded at words to the
+    width of a terminal, continuation lines indented."""
+    import textwrap
+
+    try:
+        cols = os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 0
+    except (OSError, ValueError):
+        cols = 0
+    if cols >= 20 and len(line) > cols:
+        line = "\n".join(textwrap.wrap(line, cols, subsequent_indent="  ",
+                                        break_on_hyphens=False))
+    sys.stderr.write(line + "\n")
+
+
 def fail(message: str, code: int) -> typer.Exit:
-    sys.stderr.write(f"kiln: {message}\n")
+    say_error(f"kiln: {message}")
     return typer.Exit(code)
 
 
@@ -118,7 +134,7 @@ def guard(fn: Callable[[], T]) -> T:
                                   exc.problems else str(exc), "hint": None,
                                   "exit_code": exc.exit_code, "problems": exc.problems}})
         for line in exc.problems:
-            sys.stderr.write(f"{line}\n")
+            say_error(line)
         raise typer.Exit(exc.exit_code) from None
     except kiln.KilnError as exc:
         if json_mode():
