@@ -73,7 +73,7 @@ def err() -> Console:
 
 
 def warn(msg: str) -> None:
-    err().print(f"[yellow]warning:[/] {msg}", markup=True, soft_wrap=True)
+    err().print(f"[yellow]warning:[/] {msg}", markup=True, soft_wrap=not err().is_terminal)
 
 
 def say_error(line: str) -> None:
@@ -339,10 +339,10 @@ def plan(services: Annotated[list[str] | None, typer.Argument(
         else:
             for it in items:
                 out().print(Text(f"{it['service']}: ", style="bold").append(
-                    f"{it['action']}  {it['detail']}"), soft_wrap=True)
+                    f"{it['action']}  {it['detail']}"), soft_wrap=not out().is_terminal)
                 warning = (it.get("evidence") or {}).get("warning")
                 if warning:
-                    out().print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
+                    out().print(Text(f"warning: {warning}", style="yellow"), soft_wrap=not out().is_terminal)
         if detailed_exitcode and any(it["action"] != "unchanged" for it in items):
             raise typer.Exit(2)
 

@@ -67,7 +67,8 @@ class LiveArea:
         self._render: Callable[[], RenderableType] | None = None
 
     def print(self, renderable: RenderableType) -> None:
-        self.console.print(renderable, soft_wrap=True)
+        # Folded to a terminal's width (at words); one whole line per event when piped.
+        self.console.print(renderable, soft_wrap=not self.console.is_terminal)
 
     def show(self, render: Callable[[], RenderableType] | None) -> None:
         """Draw `render()` in the live area from now on (None clears it)."""
@@ -250,9 +251,23 @@ class DeployPrinter:
             if s.reason:
                 line.append(f" — {s.reason}")
             line.append(f" ({s.seconds:.1f}s)", style="dim")
-            self.console.print(line, soft_wrap=True)
+            piped = not self.console.is_terminal
+            self.console.print(line, soft_wrap=piped)
             if s.report:
-                self.console.print(f"  report: {s.report}", soft_wrap=True, highlight=False)
+                self.console.print(f"  report: {s.report if piped else near(s.report)}",
+                                   soft_wrap=piped, highlight=False)
+
+
+def near(path: str) -> str:
+    """A path as short as it reads on a terminal: relative to the working folder when inside
+    it (`.kiln/reports/rollout-3.html`), else as given. Piped output keeps it absolute."""
+    import os
+
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") and len(rel) < len(path) else path
 
 
 OUTCOME_WORDS = {"rolled_back": "rolled back", "promoted": "promoted", "aborted": "aborted",
