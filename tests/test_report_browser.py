@@ -87,7 +87,7 @@ def check_against_judge(seen: dict[str, Any], row: dict[str, Any]) -> dict[str, 
         assert any(abs(m["t"] - at) < 0.01 and m["kind"] == kind for m in seen["marks"]), (
             d, seen["marks"])
     for i in range(len(t)):
-        if not weight[i]:  # the canary had no weight: nothing of it is drawn
+        if not any(weight[max(0, i - 1): i + 2]):  # no weight (± the 1 s it is noted at)
             assert series["err_c"][i] is None and series["lat_c"][i] is None, i
             assert series["lat_c95"][i] is None, i
         b = series["err_b"][i]
@@ -99,7 +99,8 @@ def check_against_judge(seen: dict[str, Any], row: dict[str, Any]) -> dict[str, 
         if b is not None:
             want = max(b * (1 + INC_LAT), b + 1000 * LATENCY_FLOOR_S)
             assert abs(series["lat_lim"][i] - want) < 0.03, (i, b, series["lat_lim"][i])
-    assert any(v is not None for v in series["err_c"]), "no canary error series drawn"
+    assert any(v is not None for v in series["err_c"]), ("no canary error series drawn", weight,
+                                                         row["status"]["decisions"])
     assert any(v is not None for v in series["lat_c"]), "no canary latency drawn"
     # Legends show values, not "t: –", with the cursor off the chart.
     for legend in seen["legends"]:

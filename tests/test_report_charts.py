@@ -33,17 +33,18 @@ def test_latency_limit_includes_the_judges_floor() -> None:
 def test_canary_series_only_while_it_has_weight() -> None:
     # Canary requests from t=0 (health checks through the router), weight from t=5, rolled
     # back (weight 0) at t=20 while it still drains requests until t=25.
+    # Weights are noted once a second: the second either side of a change is kept.
     p = chart_payload(data(0.05, [(5, 10), (20, 0)], range(0, 25)))
     for key in ("canary_p50", "canary_p95"):
-        assert all(v is None for v in p["lat"][key][:5] + p["lat"][key][20:])
-        assert all(v is not None for v in p["lat"][key][5:20])
+        assert all(v is None for v in p["lat"][key][:4] + p["lat"][key][21:])
+        assert all(v is not None for v in p["lat"][key][4:21])
     err = p["err"]["canary"]
-    assert all(v is None for v in err[:5] + err[20:]) and all(v is not None for v in err[5:20])
+    assert all(v is None for v in err[:4] + err[21:]) and all(v is not None for v in err[4:21])
     assert all(v is not None for v in p["err"]["baseline"][:30])
 
 
 def test_a_rollback_after_one_look_keeps_its_single_point() -> None:
-    p = chart_payload(data(0.05, [(3, 10), (4, 0)], range(3, 4)))
+    p = chart_payload(data(0.05, [(3, 10), (4, 0)], range(3, 4)))  # one second of canary
     assert [i for i, v in enumerate(p["lat"]["canary_p50"]) if v is not None] == [3]
     assert [i for i, v in enumerate(p["err"]["canary"]) if v is not None] == [3]
     assert p["lat"]["limit"][3] is not None

@@ -197,7 +197,10 @@ def chart_payload(data: ReportData, now: float | None = None) -> dict[str, Any]:
     weight = [_weight_at(data.weights, t) for t in ts]
     # The canary's series start when it has weight (requests before that — health checks,
     # a drain — are not what the judge compared) and end when the rollback takes it away.
-    weighted = [bool(w) for w in weight] if data.weights else [True] * n_sec
+    # Weights are noted once a second, so the second on either side of a change is kept.
+    has = [bool(w) for w in weight]
+    weighted = ([any(has[max(0, i - 1): i + 2]) for i in range(n_sec)] if data.weights
+                else [True] * n_sec)
 
     def canary_only(values: list[float | None]) -> list[float | None]:
         return [v if on else None for v, on in zip(values, weighted, strict=True)]
