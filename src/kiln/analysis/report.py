@@ -501,10 +501,16 @@ def load_report_data(store: Any, home: Path, service: str, rollout_id: int) -> R
                            baseline=baseline, started=started)
     else:
         data = ReportData(service, canary, baseline, started)
-    if not data.weights and hasattr(store, "query"):
+    if hasattr(store, "query"):
         end = float(finished) if finished is not None else time.time()
-        data.weights, marks = _events_timeline(store, service, started, end, started)
-        data.decisions = marks + data.decisions
+        weights, marks = _events_timeline(store, service, started, end, started)
+        if not data.weights:
+            data.weights = weights
+            data.decisions = marks + data.decisions
+        elif weights:
+            # The events' times are exact; the series notes weights once a second and misses
+            # a step shorter than that (a canary rolled back within a second of its weight).
+            data.weights = weights
     data.finished = float(finished) if finished is not None else None
     data.outcome = str(row["outcome"] or status.get("phase") or "")
     data.reason = str(row["reason"] or status.get("reason") or "")
