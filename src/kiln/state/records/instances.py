@@ -33,3 +33,29 @@ def telling_of_release(store: Store, release_id: str) -> sqlite3.Row | None:
     return store.one(
         "SELECT * FROM instances WHERE release_id = ? AND kind = 'service' "
         "ORDER BY state = 'dead' DESC, created_at DESC LIMIT 1", (release_id,))
+
+
+def dev_alive(store: Store) -> list[sqlite3.Row]:
+    """`kiln dev` instances that are starting or running."""
+    return store.query(
+        "SELECT * FROM instances WHERE kind = 'dev' AND state IN ('starting','running')")
+
+
+def release_at(store: Store, host: str, port: int) -> str | None:
+    """The release of the newest instance that listened on host:port."""
+    row = store.one("SELECT release_id FROM instances WHERE host = ? AND port = ? "
+                    "ORDER BY created_at DESC LIMIT 1", (host, port))
+    return str(row["release_id"]) if row else None
+
+
+def live_image_digests(store: Store) -> list[str]:
+    """Image digests of the releases that have a live instance."""
+    rows = store.query(
+        "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r ON r.id = i.release_id "
+        "WHERE i.state IN ('starting','running','draining')")
+    return [str(r["image_digest"]) for r in rows]
+
+
+def handles_json(conn: sqlite3.Connection) -> list[str]:
+    """Every instance's platform handle (JSON), read over a bare connection (kiln.testing)."""
+    return [str(text) for (text,) in conn.execute("SELECT handle_json FROM instances")]

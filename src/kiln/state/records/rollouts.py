@@ -63,3 +63,16 @@ def end_open(tx: Tx, service: str, now: float) -> None:
     tx.execute("UPDATE rollouts SET phase = 'done', outcome = COALESCE(outcome, "
                "'aborted'), finished_at = ? WHERE service = ? AND phase != 'done'",
                (now, service))
+
+
+def service_of(store: Store, rollout_id: int) -> str | None:
+    row = store.one("SELECT service FROM rollouts WHERE id = ?", (rollout_id,))
+    return None if row is None else str(row["service"])
+
+
+def last_settled_with_release(store: Store, service: str) -> sqlite3.Row | None:
+    """The service's newest settled rollout with its target's image and config digests."""
+    return store.one(
+        "SELECT ro.id, ro.to_release, ro.outcome, ro.reason, r.image_digest, r.config_digest "
+        "FROM rollouts ro JOIN releases r ON r.id = ro.to_release WHERE ro.service = ? "
+        "AND ro.outcome IS NOT NULL ORDER BY ro.id DESC LIMIT 1", (service,))
