@@ -22,7 +22,6 @@ NOT_YET_MOVED = {
     "kiln/bake/imagestore.py",
     "kiln/bake/local.py",
     "kiln/bake/stepcache.py",
-    "kiln/gc.py",
     "kiln/platforms/aws/compute.py",
     "kiln/platforms/aws/drift.py",
     "kiln/platforms/aws/router.py",
@@ -33,11 +32,8 @@ NOT_YET_MOVED = {
     "kiln/readmodel.py",
     "kiln/rollout/executor.py",
     "kiln/rollout/heal.py",
-    "kiln/rollout/release_config.py",
     "kiln/serve/board.py",
     "kiln/serve/controller.py",
-    "kiln/serve/metrics.py",
-    "kiln/verify/attest.py",
 }
 
 

@@ -59,3 +59,16 @@ def live_image_digests(store: Store) -> list[str]:
 def handles_json(conn: sqlite3.Connection) -> list[str]:
     """Every instance's platform handle (JSON), read over a bare connection (kiln.testing)."""
     return [str(text) for (text,) in conn.execute("SELECT handle_json FROM instances")]
+
+
+def ended_ids(store: Store) -> list[str]:
+    """Instances that stopped or died (their folders may go)."""
+    return [str(r["id"]) for r in
+            store.query("SELECT id FROM instances WHERE state IN ('stopped','dead')")]
+
+
+def live_counts(store: Store) -> list[sqlite3.Row]:
+    """service, release_id, state and count n of the live service instances."""
+    return store.query("SELECT service, release_id, state, COUNT(*) AS n FROM instances WHERE "
+                       "kind = 'service' AND state IN ('starting','running','draining') "
+                       "GROUP BY service, release_id, state")

@@ -76,3 +76,24 @@ def last_settled_with_release(store: Store, service: str) -> sqlite3.Row | None:
         "SELECT ro.id, ro.to_release, ro.outcome, ro.reason, r.image_digest, r.config_digest "
         "FROM rollouts ro JOIN releases r ON r.id = ro.to_release WHERE ro.service = ? "
         "AND ro.outcome IS NOT NULL ORDER BY ro.id DESC LIMIT 1", (service,))
+
+
+def promoted_targets(store: Store, service: str) -> list[str]:
+    """Targets of the service's promoted rollouts, newest first (repeats kept)."""
+    return [str(r["to_release"]) for r in store.query(
+        "SELECT to_release FROM rollouts WHERE service = ? AND outcome = 'promoted' "
+        "ORDER BY id DESC", (service,))]
+
+
+def open_releases(store: Store, service: str) -> list[str]:
+    """Both ends of the service's unfinished rollouts."""
+    out: list[str] = []
+    for r in store.query("SELECT from_release, to_release FROM rollouts WHERE service = ? "
+                         "AND phase != 'done'", (service,)):
+        out.extend(str(rid) for rid in (r["from_release"], r["to_release"]) if rid)
+    return out
+
+
+def all_summaries(store: Store) -> list[sqlite3.Row]:
+    """service, phase, outcome and status_json of every rollout (the /metrics counters)."""
+    return store.query("SELECT service, phase, outcome, status_json FROM rollouts")
