@@ -20,7 +20,6 @@ SQL = re.compile(
 NOT_YET_MOVED = {
     "kiln/analysis/report.py",
     "kiln/bake/imagestore.py",
-    "kiln/bake/local.py",
     "kiln/bake/stepcache.py",
     "kiln/platforms/aws/compute.py",
     "kiln/platforms/aws/drift.py",
@@ -33,7 +32,6 @@ NOT_YET_MOVED = {
     "kiln/rollout/executor.py",
     "kiln/rollout/heal.py",
     "kiln/serve/board.py",
-    "kiln/serve/controller.py",
 }
 
 

@@ -72,3 +72,9 @@ def live_counts(store: Store) -> list[sqlite3.Row]:
     return store.query("SELECT service, release_id, state, COUNT(*) AS n FROM instances WHERE "
                        "kind = 'service' AND state IN ('starting','running','draining') "
                        "GROUP BY service, release_id, state")
+
+
+def up_service_instances(store: Store) -> list[sqlite3.Row]:
+    """Service instances that are starting or running, oldest first."""
+    return store.query("SELECT * FROM instances WHERE kind = 'service' AND state IN "
+                       "('starting','running') ORDER BY created_at, id")

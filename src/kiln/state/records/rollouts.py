@@ -97,3 +97,17 @@ def open_releases(store: Store, service: str) -> list[str]:
 def all_summaries(store: Store) -> list[sqlite3.Row]:
     """service, phase, outcome and status_json of every rollout (the /metrics counters)."""
     return store.query("SELECT service, phase, outcome, status_json FROM rollouts")
+
+
+def latest_per_service(store: Store) -> dict[str, sqlite3.Row]:
+    """Each service's newest rollout (id, service, phase, status_json)."""
+    return {str(r["service"]): r for r in store.query(
+        "SELECT id, service, phase, status_json FROM rollouts WHERE id IN "
+        "(SELECT MAX(id) FROM rollouts GROUP BY service)")}
+
+
+def settled_per_service(store: Store) -> list[sqlite3.Row]:
+    """Each service's newest rollout with an outcome (to_release, from_release, outcome)."""
+    return store.query(
+        "SELECT service, to_release, from_release, outcome FROM rollouts WHERE id IN "
+        "(SELECT MAX(id) FROM rollouts WHERE outcome IS NOT NULL GROUP BY service)")
