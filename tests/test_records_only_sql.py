@@ -30,8 +30,6 @@ NOT_YET_MOVED = {
     "kiln/platforms/podman/images.py",
     "kiln/readmodel.py",
     "kiln/rollout/executor.py",
-    "kiln/rollout/heal.py",
-    "kiln/serve/board.py",
 }
 
 

@@ -17,3 +17,10 @@ def newest_per_name(store: Store) -> list[str]:
     return [str(r["digest"]) for r in store.query(
         "SELECT name, digest FROM images i WHERE created_at = "
         "(SELECT MAX(created_at) FROM images WHERE name = i.name)")]
+
+
+def newest_of_name(store: Store, name: str, limit: int = 10) -> list[sqlite3.Row]:
+    """digest and created_at of the newest images of a name."""
+    return store.query(
+        "SELECT digest, created_at FROM images WHERE name = ? ORDER BY created_at DESC "
+        "LIMIT ?", (name, limit))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from kiln.state.store import Store
+from kiln.state.store import Store, Tx
 
 
 def live_release_ids(store: Store, service: str) -> list[str]:
@@ -78,3 +78,20 @@ def up_service_instances(store: Store) -> list[sqlite3.Row]:
     """Service instances that are starting or running, oldest first."""
     return store.query("SELECT * FROM instances WHERE kind = 'service' AND state IN "
                        "('starting','running') ORDER BY created_at, id")
+
+
+def mark_dead(tx: Tx, instance_id: str, now: float) -> None:
+    """A starting or running instance whose process is gone."""
+    tx.execute("UPDATE instances SET state = 'dead', stopped_at = ? WHERE id = ? "
+               "AND state IN ('starting','running')", (now, instance_id))
+
+
+def mark_running(tx: Tx, instance_id: str) -> None:
+    """A starting instance that passed its health check."""
+    tx.execute("UPDATE instances SET state = 'running' WHERE id = ? "
+               "AND state = 'starting'", (instance_id,))
+
+
+def mark_draining(tx: Tx, instance_id: str) -> None:
+    tx.execute("UPDATE instances SET state = 'draining' WHERE id = ? AND state IN "
+               "('starting','running')", (instance_id,))

@@ -48,3 +48,13 @@ def services(store: Store) -> list[str]:
 def image_digest(store: Store, release_id: str) -> str | None:
     found = store.one("SELECT image_digest FROM releases WHERE id = ?", (release_id,))
     return None if found is None else str(found["image_digest"])
+
+
+def retained_live(store: Store, service: str) -> list[sqlite3.Row]:
+    """id and image_digest of the service's releases that went live and whose image is kept,
+    newest first."""
+    return store.query(
+        "SELECT r.id, r.image_digest FROM releases r JOIN images i ON i.digest = "
+        "r.image_digest WHERE r.service = ? AND r.id IN (SELECT to_release FROM rollouts "
+        "WHERE service = ? AND outcome = 'promoted') ORDER BY r.number DESC",
+        (service, service))
