@@ -11,6 +11,7 @@ from kiln.platforms.instance_rows import from_row
 from kiln.project import Project, config_digest
 from kiln.rollout.executor import instances_of
 from kiln.secrets import resolve_secrets
+from kiln.state.records import instances as instance_records
 
 
 def dev_up(project: Project, service: str | None) -> tuple[Instance, Path]:
@@ -48,9 +49,7 @@ def dev_up(project: Project, service: str | None) -> tuple[Instance, Path]:
 
 
 def dev_instances(project: Project) -> list[Instance]:
-    rows = project.store.query(
-        "SELECT * FROM instances WHERE kind = 'dev' AND state IN ('starting','running')")
-    return [from_row(r) for r in rows]
+    return [from_row(r) for r in instance_records.dev_alive(project.store)]
 
 
 def dev_down(project: Project) -> list[str]:

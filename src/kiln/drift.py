@@ -8,6 +8,8 @@ from kiln.platforms.capabilities import OrphanFinder, OwnDrift, RouterProcess, T
 from kiln.project import Project
 from kiln.readmodel import observe_service
 from kiln.rollout.executor import load_release
+from kiln.state.records import instances as instance_records
+from kiln.state.records import routes as route_records
 
 
 def detect(project: Project) -> list[dict[str, Any]]:
@@ -58,19 +60,16 @@ def detect(project: Project) -> list[dict[str, Any]]:
                       "detail": f"process {pid} of instance {name} runs but the state does not "
                                 "record it (the next `kiln deploy` or `kiln destroy` stops it)"})
     router = project.router
-    if isinstance(router, RouterProcess) and router.is_running() and store.one(
-            "SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
+    if isinstance(router, RouterProcess) and router.is_running() and \
+            not route_records.any_weighted(store):
         items.append({"kind": "unknown-router", "service": None,
                       "detail": "a router runs but the state records no routing "
                                 "(`kiln destroy` stops it)"})
     platform = project.platform
     if isinstance(platform, OwnDrift):  # aws: AMIs of instances, missing ASGs
         items.extend(platform.drift())
-    live = store.query(
-        "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r ON r.id = i.release_id "
-        "WHERE i.state IN ('starting','running','draining')")
-    for row in live:
-        problem = project.platform.verify_image(row["image_digest"])
+    for digest in instance_records.live_image_digests(store):
+        problem = project.platform.verify_image(digest)
         if problem:
             items.append({"kind": "tampered-image", "service": None, "detail": problem})
     return items

@@ -16,6 +16,10 @@ from typing import Any
 
 from kiln.project import Project
 from kiln.rollout.release_config import previous_live
+from kiln.state.records import images as image_records
+from kiln.state.records import instances as instance_records
+from kiln.state.records import releases as release_records
+from kiln.state.records import rollouts as rollout_records
 
 
 @dataclass
@@ -42,14 +46,10 @@ def retention(project: Project, service: str, keep: int) -> Retention:
             ret.kept.setdefault(previous, "previous (rollback target)")
     for rid in ret.live[:max(keep, 0)]:
         ret.kept.setdefault(rid, f"one of the last {keep} live")
-    for row in store.query("SELECT from_release, to_release FROM rollouts WHERE service = ? "
-                           "AND phase != 'done'", (service,)):
-        for rid in (row["from_release"], row["to_release"]):
-            if rid:
-                ret.kept.setdefault(str(rid), "open rollout")
-    for row in store.query("SELECT DISTINCT release_id FROM instances WHERE service = ? AND "
-                           "state IN ('starting','running','draining')", (service,)):
-        ret.kept.setdefault(str(row["release_id"]), "has instances")
+    for rid in rollout_records.open_releases(store, service):
+        ret.kept.setdefault(rid, "open rollout")
+    for rid in instance_records.live_release_ids(store, service):
+        ret.kept.setdefault(rid, "has instances")
     return ret
 
 
@@ -62,31 +62,26 @@ def collect(project: Project, keep: int = 3) -> dict[str, Any]:
             project.end_expired_standby(name)
         keep_digests: set[str] = set()
         kept: dict[str, dict[str, str]] = {}
-        for row in store.query("SELECT DISTINCT service FROM releases"):
-            ret = retention(project, str(row["service"]), keep)
+        for service in release_records.services(store):
+            ret = retention(project, service, keep)
             kept[ret.service] = ret.kept
             for rid in ret.kept:
-                rel = store.one("SELECT image_digest FROM releases WHERE id = ?", (rid,))
-                if rel is not None:
-                    keep_digests.add(str(rel["image_digest"]))
+                digest = release_records.image_digest(store, rid)
+                if digest is not None:
+                    keep_digests.add(digest)
         # Anything running (dev and test instances too) keeps its image.
-        for row in store.query(
-                "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r "
-                "ON r.id = i.release_id WHERE i.state IN ('starting','running','draining')"):
-            keep_digests.add(row["image_digest"])
+        keep_digests.update(instance_records.live_image_digests(store))
         # The newest image of every name stays: it is the bake cache's fast path.
-        for row in store.query("SELECT name, digest FROM images i WHERE created_at = "
-                               "(SELECT MAX(created_at) FROM images WHERE name = i.name)"):
-            keep_digests.add(row["digest"])
+        keep_digests.update(image_records.newest_per_name(store))
         removed = project.platform.remove_images(keep_digests)
         # Then the step cache (local snapshots, podman's `-step` tags) nothing needs now.
         steps = project.platform.remove_build_cache()
         folders = []
-        for row in store.query("SELECT id FROM instances WHERE state IN ('stopped','dead')"):
-            folder = project.home / "instances" / row["id"]
+        for iid in instance_records.ended_ids(store):
+            folder = project.home / "instances" / iid
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
-                folders.append(row["id"])
+                folders.append(iid)
         store.event("gc", f"removed {len(removed)} image(s), {len(steps)} step image(s), "
                           f"{len(folders)} instance folder(s)",
                     data={"images": removed, "steps": steps, "kept": kept})

@@ -20,6 +20,8 @@ from kiln.readmodel import Context as ReadContext
 from kiln.readmodel import ServiceView, observe_service
 from kiln.rollout.release_config import config_digest, same_config
 from kiln.spec.models import CopyStep, ServiceSpec
+from kiln.state.records import releases as release_records
+from kiln.state.records import rollouts as rollout_records
 
 if TYPE_CHECKING:
     from kiln.platforms.base import Builder, Image
@@ -108,10 +110,7 @@ def decide(f: Facts) -> Decision:
 def known_bad(store: Store, name: str, image_digest: str, cfg: str) -> str | None:
     """Why this image and config is refused: it is what the service's last settled rollout
     rolled back (or failed); None when it is not."""
-    row = store.one(
-        "SELECT ro.id, ro.to_release, ro.outcome, ro.reason, r.image_digest, r.config_digest "
-        "FROM rollouts ro JOIN releases r ON r.id = ro.to_release WHERE ro.service = ? "
-        "AND ro.outcome IS NOT NULL ORDER BY ro.id DESC LIMIT 1", (name,))
+    row = rollout_records.last_settled_with_release(store, name)
     if row is None or row["outcome"] not in ("rolled_back", "failed"):
         return None
     if row["image_digest"] == image_digest and row["config_digest"] == cfg:
@@ -150,10 +149,10 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
 def changed_keys(ctx: Context, release_id: str, spec: ServiceSpec) -> list[str]:
     """Spec keys that differ from the running release's (`replicas: 2 -> 3`, `env.GREETING`).
     Secret values are never shown, only their names."""
-    row = ctx.store.one("SELECT config_json FROM releases WHERE id = ?", (release_id,))
-    if row is None:
+    recorded = release_records.config_json(ctx.store, release_id)
+    if recorded is None:
         return []
-    old = _flat({k: v for k, v in json.loads(row["config_json"]).items() if k != "rollout"})
+    old = _flat({k: v for k, v in json.loads(recorded).items() if k != "rollout"})
     new = _flat(spec.model_dump(mode="json", by_alias=True, exclude={"rollout"}))
     out = []
     for key in sorted(set(old) | set(new)):

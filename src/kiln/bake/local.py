@@ -42,6 +42,7 @@ from kiln.platforms.base import Image, StepEvent
 from kiln.platforms.capabilities import ImageCheck, Resolver
 from kiln.platforms.local.sandbox import SYSTEM_PATHS, SandboxMode, covered
 from kiln.spec.models import CopyStep, EnvStep, ImageSpec, RunStep, Step, WorkdirStep
+from kiln.state.records import steps as step_records
 from kiln.state.store import Store
 
 Progress = Callable[[StepEvent], None]
@@ -251,9 +252,7 @@ class LocalBuilder(ImageCheck, Resolver):
     # ------------------------------------------------------------------ cache
 
     def _snapshots(self, keys: list[str]) -> dict[str, Path]:
-        marks = ",".join("?" * len(keys))
-        rows = self.store.query(f"SELECT key, snapshot FROM steps WHERE key IN ({marks})",
-                                tuple(keys))
+        rows = step_records.snapshots(self.store, keys)
         found = {}
         for r in rows:
             path = self.home / r["snapshot"]
@@ -290,25 +289,20 @@ class LocalBuilder(ImageCheck, Resolver):
             os.replace(staging, target)
             content: bytes | None = manifest.build(target).encode()
         else:
-            parent = self.store.one("SELECT snapshot, manifest FROM steps WHERE key = ?",
-                                    (plan[p.index - 1].key,))
+            parent = step_records.snapshot_and_manifest(self.store, plan[p.index - 1].key)
             if parent is None:
                 return
             rel, content = parent["snapshot"], parent["manifest"]
         now = time.time()
         parent_key = plan[p.index - 1].key if p.index else None
         with self.store.tx() as c:
-            c.execute("INSERT OR REPLACE INTO steps(key, parent_key, image_name, description, "
-                      "snapshot, created_at, used_at, manifest) VALUES (?,?,?,?,?,?,?,?)",
-                      (p.key, parent_key, name, p.description, rel, now, now, content))
+            step_records.put(c, p.key, parent_key, name, p.description, rel, now, content)
 
     def _touch(self, keys: list[str]) -> None:
         if not keys:
             return
-        marks = ",".join("?" * len(keys))
         with self.store.tx() as c:
-            c.execute(f"UPDATE steps SET used_at = ? WHERE key IN ({marks})",
-                      (time.time(), *keys))
+            step_records.touch(c, keys, time.time())
 
     # ------------------------------------------------------------------ seal
 

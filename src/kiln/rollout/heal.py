@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from kiln.platforms.base import Instance, Release
 from kiln.rollout.executor import Env, Reconciler, instances_of, launch_release
+from kiln.state.records import instances as instance_records
+from kiln.state.records import routes as route_records
 
 
 @dataclass
@@ -110,8 +112,7 @@ def heal_step(env: Env, name: str, release: Release, state: HealState, now: floa
     if out.died or out.lost:
         with env.store.tx() as c:
             for inst in out.died + out.lost:
-                c.execute("UPDATE instances SET state = 'dead', stopped_at = ? WHERE id = ? "
-                          "AND state IN ('starting','running')", (time.time(), inst.id))
+                instance_records.mark_dead(c, inst.id, time.time())
     if out.died or out.retired:
         retire(env, name, release, out.retired)  # out of the router at once
     if on_out is not None and (out.died or out.lost or out.retired):
@@ -128,8 +129,7 @@ def heal_step(env: Env, name: str, release: Release, state: HealState, now: floa
             out.expired.append(inst)
         elif env.compute.healthy(inst, spec.health):
             with env.store.tx() as c:
-                c.execute("UPDATE instances SET state = 'running' WHERE id = ? "
-                          "AND state = 'starting'", (inst.id,))
+                instance_records.mark_running(c, inst.id)
             out.admitted.append(inst)
         else:
             out.pending += 1
@@ -143,8 +143,7 @@ def heal_step(env: Env, name: str, release: Release, state: HealState, now: floa
 def route(env: Env, name: str, release: Release) -> None:
     """Give the router the release's running instances at the service's recorded weights (all
     of the traffic when the release has none)."""
-    weights = {r["release_id"]: int(r["weight"]) for r in env.store.query(
-        "SELECT release_id, weight FROM routes WHERE service = ?", (name,))}
+    weights = route_records.weights_of(env.store, name)
     if weights.get(release.id, 0) == 0:
         weights = {release.id: 100}
     Reconciler(env, name, release.spec, 0).route(weights)
@@ -154,8 +153,7 @@ def retire(env: Env, name: str, release: Release, insts: Sequence[Instance]) -> 
     """Take instances out of the router first, then stop them (gracefully)."""
     with env.store.tx() as c:
         for inst in insts:
-            c.execute("UPDATE instances SET state = 'draining' WHERE id = ? AND state IN "
-                      "('starting','running')", (inst.id,))
+            instance_records.mark_draining(c, inst.id)
     route(env, name, release)
     for inst in insts:
         env.compute.terminate(inst, release.spec.stop_timeout)

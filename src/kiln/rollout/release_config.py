@@ -20,6 +20,8 @@ from typing import Any
 from kiln.errors import NotFound, StateError
 from kiln.platforms.base import RELEASE_HINT, Image, Release, ReleaseImage
 from kiln.spec.models import Health, ServiceSpec
+from kiln.state.records import releases as release_records
+from kiln.state.records import rollouts as rollout_records
 from kiln.state.store import Store
 
 HINT = RELEASE_HINT
@@ -56,7 +58,7 @@ def from_release_row(row: Any) -> Release:
 
 
 def find_release(store: Store, release_id: str) -> Release | None:
-    row = store.one("SELECT * FROM releases WHERE id = ?", (release_id,))
+    row = release_records.row(store, release_id)
     return None if row is None else from_release_row(row)
 
 
@@ -70,8 +72,7 @@ def load_release(store: Store, release_id: str) -> Release:
 
 def releases_of(store: Store, service: str) -> list[Release]:
     """Every release of a service, oldest first."""
-    return [from_release_row(r) for r in store.query(
-        "SELECT * FROM releases WHERE service = ? ORDER BY number", (service,))]
+    return [from_release_row(r) for r in release_records.rows_of_service(store, service)]
 
 
 def record_release(store: Store, service: str, image: Image, spec: ServiceSpec,
@@ -79,18 +80,13 @@ def record_release(store: Store, service: str, image: Image, spec: ServiceSpec,
     """Make the service's next release: `image` run with `spec`, both recorded for good."""
     cfg = config_digest(spec)
     with store.tx() as c:
-        row = c.execute("SELECT COALESCE(MAX(number), 0) AS n FROM releases WHERE service = ?",
-                        (service,)).fetchone()
-        number = int(row["n"]) + 1
+        number = release_records.next_number(c, service)
         rid = f"{service}-r{number}"
         release = Release.of(rid, service, number, ReleaseImage.of(image), spec, cfg)
-        c.execute(
-            "INSERT INTO releases(id, service, number, image_digest, config_digest, "
-            "config_json, created_at, skip_tests, image_env_json, image_workdir) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (rid, service, number, image.digest, cfg, json.dumps(dict(release.config)),
-             time.time(), int(skip_tests), json.dumps(dict(image.env), sort_keys=True),
-             image.workdir))
+        release_records.insert(
+            c, rid, service, number, image.digest, cfg, json.dumps(dict(release.config)),
+            time.time(), skip_tests, json.dumps(dict(image.env), sort_keys=True),
+            image.workdir)
         c.event("release.created", f"{rid}: image {image.digest[:19]}", service=service,
                 data={"image": image.digest, "config": cfg, "skip_tests": skip_tests})
     return release
@@ -133,10 +129,9 @@ def went_live(store: Store, service: str) -> list[str]:
     rollout, rollbacks included), most recently promoted first. An aborted or rolled-back
     canary never did."""
     seen: list[str] = []
-    for row in store.query("SELECT to_release FROM rollouts WHERE service = ? AND "
-                           "outcome = 'promoted' ORDER BY id DESC", (service,)):
-        if row["to_release"] not in seen:
-            seen.append(str(row["to_release"]))
+    for rid in rollout_records.promoted_targets(store, service):
+        if rid not in seen:
+            seen.append(rid)
     return seen
 
 

@@ -23,6 +23,7 @@ from kiln.serve.metrics import ServeMetrics
 from kiln.serve.pages import fragments
 from kiln.serve.web import App, Server
 from kiln.state.controller import claim, release
+from kiln.state.records import rollouts as rollout_records
 from kiln.state.store import Store
 
 if TYPE_CHECKING:
@@ -151,12 +152,12 @@ def serve(project: Project, listen: str = "127.0.0.1:8600", *,
 
             st = Store.open(home)
             try:
-                row = st.one("SELECT service FROM rollouts WHERE id = ?", (rollout_id,))
-                if row is None:
+                service = rollout_records.service_of(st, rollout_id)
+                if service is None:
                     return None
                 path = home / "reports" / f"rollout-{rollout_id}.html"
                 if not path.exists():
-                    report_for_rollout(st, home, str(row["service"]), rollout_id)
+                    report_for_rollout(st, home, service, rollout_id)
                 return path.read_text(encoding="utf-8") if path.exists() else None
             finally:
                 st.close()

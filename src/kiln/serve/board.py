@@ -21,6 +21,9 @@ from kiln.errors import StateError
 from kiln.readmodel import SeenInstance, observe_service, release_rows, router_view
 from kiln.rollout.decide import SETTLED, Status
 from kiln.spec.models import RolloutStep
+from kiln.state.records import images as image_records
+from kiln.state.records import releases as release_records
+from kiln.state.records import rollouts as rollout_records
 
 if TYPE_CHECKING:
     from kiln.project import Project
@@ -182,14 +185,10 @@ class Board:
         releases = release_rows(p, view, healthy)
         history = p.history(name, limit=20)[::-1]  # the rows of `kiln history --json`, newest first
         current = view.current
-        retained = [{"release": r["id"], "image": r["image_digest"]} for r in store.query(
-            "SELECT r.id, r.image_digest FROM releases r JOIN images i ON i.digest = "
-            "r.image_digest WHERE r.service = ? AND r.id IN (SELECT to_release FROM rollouts "
-            "WHERE service = ? AND outcome = 'promoted') ORDER BY r.number DESC",
-            (name, name)) if current is None or r["id"] != current.id]
-        images = [{"digest": r["digest"], "created_at": r["created_at"]} for r in store.query(
-            "SELECT digest, created_at FROM images WHERE name = ? ORDER BY created_at DESC "
-            "LIMIT 10", (spec.image,))]
+        retained = [{"release": r["id"], "image": r["image_digest"]} for r in
+            release_records.retained_live(store, name) if current is None or r["id"] != current.id]
+        images = [{"digest": r["digest"], "created_at": r["created_at"]} for r in
+            image_records.newest_of_name(store, spec.image, 10)]
         return {"service": name, "listen": spec.listen, "strategy": spec.rollout.strategy,
                 "replicas": spec.replicas, "current": current.id if current else None,
                 "releases": sorted(releases, key=lambda r: str(r["release"])),
@@ -199,9 +198,8 @@ class Board:
     def _rollout(self, name: str, last: dict[str, Any] | None) -> dict[str, Any] | None:
         if last is None:
             return None
-        row = self.project.store.one("SELECT status_json FROM rollouts WHERE id = ?",
-                                     (last["rollout_id"],))
-        st = Status.from_json(json.loads(row["status_json"])) if row else None
+        raw = rollout_records.status_json(self.project.store, last["rollout_id"])
+        st = Status.from_json(json.loads(raw)) if raw is not None else None
         if st is None:
             return None
         open_ = st.phase not in SETTLED

@@ -35,6 +35,9 @@ from kiln.serve.spec_watch import SpecWatch
 from kiln.spec.models import ServiceSpec
 from kiln.state.controller import heartbeat
 from kiln.state.lock import CONTROLLER_COMMAND, try_lock, unlock
+from kiln.state.records import instances as instance_records
+from kiln.state.records import rollouts as rollout_records
+from kiln.state.records import routes as route_records
 from kiln.state.records_events import EventLine, events_after, last_event_id
 
 if TYPE_CHECKING:
@@ -284,9 +287,7 @@ class Controller:
             self._next_router = now + 1.0
             if self._router_down():
                 out.append(("router", ""))
-        latest = {str(r["service"]): r for r in store.query(
-            "SELECT id, service, phase, status_json FROM rollouts WHERE id IN "
-            "(SELECT MAX(id) FROM rollouts GROUP BY service)")}
+        latest = rollout_records.latest_per_service(store)
         check = now >= self._next_heal_check
         if check:
             self._next_heal_check = now + self.heal_every
@@ -306,8 +307,7 @@ class Controller:
             elif name in currents:
                 candidates[name] = []
         if candidates:
-            for r in store.query("SELECT * FROM instances WHERE kind = 'service' AND state IN "
-                                 "('starting','running') ORDER BY created_at, id"):
+            for r in instance_records.up_service_instances(store):
                 if currents.get(str(r["service"])) == r["release_id"] and r["service"] in candidates:
                     candidates[str(r["service"])].append(from_row(r))
             # None left: destroyed, or never launched; not ours to bring back.
@@ -369,7 +369,7 @@ class Controller:
         return [i for i in insts if self.failing.get(i.id, 0) >= limit][:1]
 
     def _router_down(self) -> bool:
-        if self.project.store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is None:
+        if not route_records.any_weighted(self.project.store):
             return False
         router = self.project.router
         return isinstance(router, RouterProcess) and not router.is_running()
@@ -377,18 +377,14 @@ class Controller:
     def _currents(self) -> dict[str, str]:
         """service -> its current release (the last settled rollout's target, or its origin)."""
         out: dict[str, str] = {}
-        for r in self.project.store.query(
-                "SELECT service, to_release, from_release, outcome FROM rollouts WHERE id IN "
-                "(SELECT MAX(id) FROM rollouts WHERE outcome IS NOT NULL GROUP BY service)"):
+        for r in rollout_records.settled_per_service(self.project.store):
             rel = r["to_release"] if r["outcome"] == "promoted" else r["from_release"]
             if rel is not None:
                 out[str(r["service"])] = str(rel)
         return out
 
     def _current(self, name: str) -> str | None:
-        row = self.project.store.one(
-            "SELECT to_release, from_release, outcome FROM rollouts WHERE service = ? "
-            "AND outcome IS NOT NULL ORDER BY id DESC LIMIT 1", (name,))
+        row = rollout_records.last_settled(self.project.store, name)
         if row is None:
             return None
         return str(row["to_release"]) if row["outcome"] == "promoted" else row["from_release"]
@@ -417,11 +413,10 @@ class Controller:
         return True
 
     def _do_rollout(self, name: str) -> bool:
-        row = self.project.store.one("SELECT id FROM rollouts WHERE service = ? AND phase != "
-                                     "'done' ORDER BY id DESC LIMIT 1", (name,))
-        if row is None:
+        open_id = rollout_records.open_id(self.project.store, name)
+        if open_id is None:
             return False
-        rid = int(row["id"])
+        rid = open_id
         drv = self.driven.get(rid)
         if drv is None:
             # The command that handed it over read kiln.yaml just now: drive it with that one.

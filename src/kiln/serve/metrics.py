@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kiln.state.records import instances as instance_records
+from kiln.state.records import rollouts as rollout_records
+from kiln.state.records import routes as route_records
 from kiln.state.store import Store
 
 
@@ -60,7 +63,7 @@ def _state_metrics(store: Store) -> Iterator[Metric]:
                                    labels=["service", "outcome"])
     counts: dict[tuple[str, str], int] = {}
     vcounts: dict[tuple[str, str], int] = {}
-    for r in store.query("SELECT service, phase, outcome, status_json FROM rollouts"):
+    for r in rollout_records.all_summaries(store):
         if r["outcome"] is not None and r["phase"] in ("done", "standby"):
             key = (str(r["service"]), str(r["outcome"]))
             counts[key] = counts.get(key, 0) + 1
@@ -76,12 +79,10 @@ def _state_metrics(store: Store) -> Iterator[Metric]:
         verdicts.add_metric([svc, outcome], n)
     instances = GaugeMetricFamily("kiln_instances", "Instances by service, release and state",
                                   labels=["service", "release", "state"])
-    for r in store.query("SELECT service, release_id, state, COUNT(*) AS n FROM instances WHERE "
-                         "kind = 'service' AND state IN ('starting','running','draining') "
-                         "GROUP BY service, release_id, state"):
+    for r in instance_records.live_counts(store):
         instances.add_metric([str(r["service"]), str(r["release_id"]), str(r["state"])], r["n"])
     weights = GaugeMetricFamily("kiln_route_weight", "Router weight per release",
                                 labels=["service", "release"])
-    for r in store.query("SELECT service, release_id, weight FROM routes"):
+    for r in route_records.all_weights(store):
         weights.add_metric([str(r["service"]), str(r["release_id"])], r["weight"])
     yield from (finished, open_, verdicts, instances, weights)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from kiln.platforms.local.handle import LocalHandle
 from kiln.state.lock import pid_alive
+from kiln.state.records.instances import handles_json
 from kiln.state.store import connect
 
 T = TypeVar("T")
@@ -133,10 +134,10 @@ class Proj:
             return []
         conn = connect(db)  # through kiln's one opener: never a raw open of state.db
         try:
-            rows = conn.execute("SELECT handle_json FROM instances").fetchall()
+            rows = handles_json(conn)
         finally:
             conn.close()
-        handles = [LocalHandle.parse(json.loads(text)) for (text,) in rows]
+        handles = [LocalHandle.parse(json.loads(text)) for text in rows]
         return [h.pid for h in handles
                 if h.pid is not None and h.pid_start is not None and pid_alive(h.pid, h.pid_start)]
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from kiln.errors import StateError
 from kiln.platforms.base import Image
+from kiln.state.records import attestations as attestation_records
 from kiln.state.store import Store
 from kiln.verify.results import SuiteResult
 
@@ -88,11 +89,8 @@ def attest(store: Store, home: Path, image: Image, suite: SuiteResult) -> Path:
     except OSError as exc:
         raise StateError(f"cannot write attestation {path}: {exc.strerror or exc}") from exc
     with store.tx() as c:
-        c.execute(
-            "INSERT INTO attestations(image_digest, suite_digest, passed, document, path,"
-            " created_at) VALUES (?,?,?,?,?,?)",
-            (image.digest, suite.suite_digest, int(suite.passed), text, str(path), time.time()),
-        )
+        attestation_records.insert(c, image.digest, suite.suite_digest, suite.passed, text,
+                                   str(path), time.time())
         failed = [r.description for r in suite.results if not r.passed]
         c.event("test.passed" if suite.passed else "test.failed",
                 f"image {image.name} {_hex(image.digest)[:12]}: "
@@ -115,12 +113,7 @@ def _row(row: Any) -> Attestation:
 def latest_attestation(store: Store, image_digest: str,
                        suite_digest: str | None = None) -> Attestation | None:
     """The newest attestation of the image (for this suite, if given)."""
-    if suite_digest is None:
-        row = store.one("SELECT * FROM attestations WHERE image_digest = ? ORDER BY id DESC "
-                        "LIMIT 1", (image_digest,))
-    else:
-        row = store.one("SELECT * FROM attestations WHERE image_digest = ? AND suite_digest = ? "
-                        "ORDER BY id DESC LIMIT 1", (image_digest, suite_digest))
+    row = attestation_records.newest(store, image_digest, suite_digest)
     return _row(row) if row is not None else None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from kiln.state.records.instances import release_at
 from kiln.state.store import Store
 
 if TYPE_CHECKING:
@@ -70,10 +71,7 @@ class LocalPlatform:
 
             def release_of(address: str) -> str | None:
                 host, _, port = address.rpartition(":")
-                row = store.one("SELECT release_id FROM instances WHERE host = ? AND port = ? "
-                                "ORDER BY created_at DESC LIMIT 1",
-                                (host, int(port) if port.isdigit() else 0))
-                return str(row["release_id"]) if row else None
+                return release_at(store, host, int(port) if port.isdigit() else 0)
 
             self._metrics = AccessLogSource(access_log, release_of)
         return self._metrics

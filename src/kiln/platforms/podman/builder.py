@@ -25,6 +25,7 @@ from kiln.platforms.base import Image, StepEvent
 from kiln.platforms.capabilities import ImageCheck, Resolver
 from kiln.platforms.podman import containerfile, debian_base, engine, images
 from kiln.spec.models import CopyStep, ImageSpec
+from kiln.state.records import images as image_records
 from kiln.state.store import Store
 
 Progress = Callable[[StepEvent], None]
@@ -81,8 +82,7 @@ class PodmanBuilder(ImageCheck, Resolver):
 
     def _known(self, key: str) -> Image | None:
         """The newest image recorded under `key` that podman still has."""
-        for row in self.store.query("SELECT * FROM images WHERE key = ? ORDER BY created_at DESC",
-                                    (key,)):
+        for row in image_records.by_key(self.store, key):
             if engine.image_id(row["ref"]) == row["digest"]:
                 return Image(name=row["name"], digest=row["digest"], ref=row["ref"])
         return None

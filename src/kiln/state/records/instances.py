@@ -1,0 +1,97 @@
+"""Rows of `instances`: every process or machine kiln launched, with its state."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from kiln.state.store import Store, Tx
+
+
+def live_release_ids(store: Store, service: str) -> list[str]:
+    """Releases of the service with an instance that is starting, running or draining."""
+    rows = store.query(
+        "SELECT DISTINCT release_id FROM instances WHERE service = ? AND state IN "
+        "('starting','running','draining')", (service,))
+    return [str(r["release_id"]) for r in rows]
+
+
+def live_service_count(store: Store) -> int:
+    """Service instances (not dev or test ones) of any service still alive."""
+    row = store.one("SELECT COUNT(*) AS n FROM instances WHERE kind = 'service' "
+                    "AND state IN ('starting','running','draining')")
+    return 0 if row is None else int(row["n"])
+
+
+def of_service(store: Store, service: str) -> list[sqlite3.Row]:
+    """All of the service's instances, newest first."""
+    return store.query(
+        "SELECT * FROM instances WHERE service = ? ORDER BY created_at DESC", (service,))
+
+
+def telling_of_release(store: Store, release_id: str) -> sqlite3.Row | None:
+    """The release's service instance whose log says most: a dead one, else the newest."""
+    return store.one(
+        "SELECT * FROM instances WHERE release_id = ? AND kind = 'service' "
+        "ORDER BY state = 'dead' DESC, created_at DESC LIMIT 1", (release_id,))
+
+
+def dev_alive(store: Store) -> list[sqlite3.Row]:
+    """`kiln dev` instances that are starting or running."""
+    return store.query(
+        "SELECT * FROM instances WHERE kind = 'dev' AND state IN ('starting','running')")
+
+
+def release_at(store: Store, host: str, port: int) -> str | None:
+    """The release of the newest instance that listened on host:port."""
+    row = store.one("SELECT release_id FROM instances WHERE host = ? AND port = ? "
+                    "ORDER BY created_at DESC LIMIT 1", (host, port))
+    return str(row["release_id"]) if row else None
+
+
+def live_image_digests(store: Store) -> list[str]:
+    """Image digests of the releases that have a live instance."""
+    rows = store.query(
+        "SELECT DISTINCT r.image_digest FROM instances i JOIN releases r ON r.id = i.release_id "
+        "WHERE i.state IN ('starting','running','draining')")
+    return [str(r["image_digest"]) for r in rows]
+
+
+def handles_json(conn: sqlite3.Connection) -> list[str]:
+    """Every instance's platform handle (JSON), read over a bare connection (kiln.testing)."""
+    return [str(text) for (text,) in conn.execute("SELECT handle_json FROM instances")]
+
+
+def ended_ids(store: Store) -> list[str]:
+    """Instances that stopped or died (their folders may go)."""
+    return [str(r["id"]) for r in
+            store.query("SELECT id FROM instances WHERE state IN ('stopped','dead')")]
+
+
+def live_counts(store: Store) -> list[sqlite3.Row]:
+    """service, release_id, state and count n of the live service instances."""
+    return store.query("SELECT service, release_id, state, COUNT(*) AS n FROM instances WHERE "
+                       "kind = 'service' AND state IN ('starting','running','draining') "
+                       "GROUP BY service, release_id, state")
+
+
+def up_service_instances(store: Store) -> list[sqlite3.Row]:
+    """Service instances that are starting or running, oldest first."""
+    return store.query("SELECT * FROM instances WHERE kind = 'service' AND state IN "
+                       "('starting','running') ORDER BY created_at, id")
+
+
+def mark_dead(tx: Tx, instance_id: str, now: float) -> None:
+    """A starting or running instance whose process is gone."""
+    tx.execute("UPDATE instances SET state = 'dead', stopped_at = ? WHERE id = ? "
+               "AND state IN ('starting','running')", (now, instance_id))
+
+
+def mark_running(tx: Tx, instance_id: str) -> None:
+    """A starting instance that passed its health check."""
+    tx.execute("UPDATE instances SET state = 'running' WHERE id = ? "
+               "AND state = 'starting'", (instance_id,))
+
+
+def mark_draining(tx: Tx, instance_id: str) -> None:
+    tx.execute("UPDATE instances SET state = 'draining' WHERE id = ? AND state IN "
+               "('starting','running')", (instance_id,))
