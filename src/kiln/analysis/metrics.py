@@ -48,6 +48,21 @@ class MetricSummary:
         return self.total if self.total else float(self.hist.sum())
 
 
+def count_fail_p(x_c: seq.ArrayLike, n_c: seq.ArrayLike, x_b: seq.ArrayLike,
+                 n_b: seq.ArrayLike, margin: float) -> seq.FloatArray:
+    """Always-valid p-value (this look) of 'the rate rose by more than `margin`' (the 5xx
+    test's math; arrays for the benchmark)."""
+    d, v = seq.error_increase(x_c, n_c, x_b, n_b, margin)
+    return seq.always_valid_p(seq.log_mixture_lr(d, v, max(seq.TAU_ERROR, margin)))
+
+
+def count_upper(x_c: seq.ArrayLike, n_c: seq.ArrayLike, x_b: seq.ArrayLike,
+                n_b: seq.ArrayLike, margin: float, confidence: float) -> seq.FloatArray:
+    """Upper bound (at `confidence`, any look) of the rate's increase."""
+    return seq.error_increase_upper(x_c, n_c, x_b, n_b, max(margin, seq.TAU_PASS_MIN),
+                                    1.0 - confidence)
+
+
 @dataclass(frozen=True)
 class MetricVerdict:
     """One metric at one look, in words and figures."""
@@ -77,11 +92,9 @@ def judge_metric(metric: Metric, canary: MetricSummary, baseline: MetricSummary,
                              metric.dry_run, figs)
     if metric.kind == "count":
         rc, rb = canary.failures / canary.total, baseline.failures / baseline.total
-        d, v = seq.error_increase(canary.failures, canary.total, baseline.failures,
-                                  baseline.total, m)
-        p_now = float(seq.always_valid_p(seq.log_mixture_lr(d, v, max(seq.TAU_ERROR, m))))
-        upper = float(seq.error_increase_upper(canary.failures, canary.total, baseline.failures,
-                                               baseline.total, max(m, seq.TAU_PASS_MIN), miss))
+        args = (canary.failures, canary.total, baseline.failures, baseline.total, m)
+        p_now = float(count_fail_p(*args))
+        upper = float(count_upper(*args, confidence))
         which = "rate" if metric.direction == "higher" else "shortfall (1 - rate)"
         measured = f"{which} {_pct(rc)} vs {_pct(rb)}"
         bound = f"increase at most {100 * upper:+.2f} points (allowed +{100 * m:.2f})"
