@@ -145,6 +145,7 @@ def test_the_issue_shape_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 project: shop
 images:
   web: {steps: [{run: "true"}]}
+prometheus: {url: "http://127.0.0.1:9090"}
 services:
   web:
     image: web

@@ -327,9 +327,12 @@ class Project:
             store = self.store
             warmup = Warmup(spec.rollout.analysis.warmup,
                             lambda releases: instance_starts(store, releases))
+        from kiln.analysis.prometheus import PrometheusQuery
+
+        queries = PrometheusQuery(self.spec.prometheus.url) if self.spec.prometheus else None
         # The router's own request counters, for the cross-check with the source's counts.
         return make_judge(metrics, service, spec.rollout.analysis, self.router.request_counts,
-                          warmup)
+                          warmup, queries)
 
     def rollout_driver(self, service: str, rollout_id: int) -> tuple[Reconciler, Any]:
         """The reconciler of one rollout and its live judge (None when unjudged): call

@@ -289,6 +289,14 @@ class Judge:
         if side is not None:
             side.add_counts(failures, total, self._directions[name])
 
+    def set_metric_counts(self, name: str, release: str, failures: float, total: float) -> None:
+        """A `count` metric's running sums for the whole rollout so far (asked again at every
+        look): they replace the earlier answer."""
+        side = self._side(name, release)
+        if side is not None:
+            side.failures = side.total = 0.0
+            side.add_counts(failures, total, self._directions[name])
+
     def add_metric_values(self, name: str, release: str, values: Iterable[float]) -> None:
         """Values (one per window) of a `value` metric for one release."""
         side = self._side(name, release)

@@ -464,6 +464,20 @@ class Metric(_Model):
         return self
 
 
+class Prometheus(_Model):
+    """A Prometheus of the user's own that `analysis.metrics` are read from."""
+
+    url: str
+    """Base URL, e.g. http://127.0.0.1:9090 (kiln asks its /api/v1/query)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+            raise ValueError(f"expected an http(s) URL like http://127.0.0.1:9090, got {v!r}")
+        return v
+
+
 class Analysis(_Model):
     max_error_rate_increase: Fraction = 0.01
     max_error_rate: Fraction | None = None
@@ -710,6 +724,7 @@ class Spec(_Model):
     picked at the router's first start and kept (docs/decisions/router-admin-address.md)."""
     images: dict[Name, ImageSpec] = Field(default_factory=dict)
     services: dict[Name, ServiceSpec] = Field(default_factory=dict)
+    prometheus: Prometheus | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Spec:
@@ -740,6 +755,11 @@ class Spec(_Model):
                                 f"service {listens[svc.listen]}")
             else:
                 listens[svc.listen] = name
+            analysis = svc.rollout.analysis
+            if analysis is not None and analysis.metrics and self.prometheus is None:
+                problems.append(f"services.{name}.rollout.analysis.metrics: metrics are read from "
+                                "Prometheus; set prometheus: {url: http://127.0.0.1:9090} (kiln "
+                                "does not run one of its own yet)")
         if problems:
             raise ValueError("\n".join(problems))
         return self
