@@ -128,6 +128,8 @@ def test_a_dry_run_metric_records_what_it_would_have_done_and_never_fails_the_ca
     assert v.figures["metric:checkout:outcome"] == "fail"
     assert re.match(r"would have rolled back: checkout: rate [45]\.\d\d% vs 1\.\d\d%, "
                     r"worse than allowed", str(v.figures["would_fail"]))
+    # In the reason too: what status, history, the report and the dashboard show.
+    assert "; dry run: would have rolled back: checkout: rate " in v.reason, v.reason
 
 
 def test_the_first_metric_failure_is_latched() -> None:

@@ -26,7 +26,7 @@ from kiln.analysis import sequential as seq
 from kiln.analysis.clustered import deflate
 from kiln.analysis.metrics import MetricSummary, MetricVerdict, judge_metric
 from kiln.analysis.summary import Summary
-from kiln.analysis.verdict import Figure, Verdict
+from kiln.analysis.verdict import Figure, Outcome, Verdict
 from kiln.platforms.base import Sample, Window
 from kiln.spec.models import Analysis
 
@@ -214,31 +214,33 @@ def judge_summaries(
             (dry_fails if mv.dry_run else fails).append(mv.reason)
         elif not mv.dry_run:
             within.append((mv.outcome == "pass", mv.reason))
+    dry = ""
     if dry_fails:
         figs["would_fail"] = "would have rolled back: " + "; ".join(dry_fails)
+        dry = f"; dry run: {figs['would_fail']}"
+
+    def verdict(outcome: Outcome, reason: str) -> Verdict:
+        return Verdict(outcome, reason + dry, figs)
 
     if fails:
-        return Verdict("fail", "; ".join(fails) + f"; {after}", figs)
+        return verdict("fail", "; ".join(fails) + f"; {after}")
     need = max(1, analysis.min_requests)
     if nc < need or nb < need:
-        return Verdict(
+        return verdict(
             "undecided",
             f"too little data: {nc} canary and {nb} baseline requests, need {need} each",
-            figs,
         )
     conf = f"{100 * analysis.confidence:g}%"
     if all(ok for ok, _ in within):
-        return Verdict(
+        return verdict(
             "pass",
             f"{rates}, p50 {_fmt_ms(figs['canary_p50'])} vs {_fmt_ms(figs['baseline_p50'])}; "
             f"within the margins at {conf} confidence {after}",
-            figs,
         )
     open_ = [why for ok, why in within if not ok]
-    return Verdict(
+    return verdict(
         "undecided",
         f"{rates}; not yet shown within the margins at {conf}: {'; '.join(open_)}; {after}",
-        figs,
     )
 
 
