@@ -114,6 +114,8 @@ def change(new: Window, old: Window | None) -> Window:
 
 EVIDENCE_RATE_S = 10.0
 """The canary's request rate for the evidence's time left is measured over this long."""
+QUERY_EVERY = 1.0
+"""Seconds between two rounds of `analysis.metrics` queries (a look in between reuses them)."""
 CATCH_UP = 5.0
 """At the end, how long to wait for the access log to catch up with the router's counters."""
 COUNTER_EVERY = 2.0
@@ -295,6 +297,8 @@ class LiveJudge:
         """Counts for the whole rollout so far; values for the time since the last look."""
         if self.queries is None or not self.analysis.metrics:
             return
+        if self._asked_at is not None and now - self._asked_at < QUERY_EVERY:
+            return  # the reconciler looks ~10x a second; Prometheus changes once a scrape
         last, self._asked_at = self._asked_at, now
         for metric in self.analysis.metrics:
             for release in (judge.canary_release, judge.baseline_release):
