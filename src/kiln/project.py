@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.errors import ImageTampered, KilnError, NotFound, RolledBack, StateError
+from kiln.notify import Notifier
 from kiln.platforms.base import Image, Instance, Release, StepEvent
 from kiln.platforms.capabilities import ImageCheck, RouterProcess, Sweeper
 from kiln.platforms.instance_rows import from_row
@@ -73,6 +74,10 @@ class DeployResult:
         return [s for s in self.services if s.outcome in ("rolled_back", "failed", "aborted")]
 
 
+def _no_notify(kind: str, message: str, service: str | None, data: dict[str, Any]) -> None:
+    """No `notify:` hooks: events are only recorded."""
+
+
 class Project:
     """A loaded kiln.yaml with its state and platform."""
 
@@ -87,6 +92,7 @@ class Project:
         self._platform: Platform | None = platform
         self.detach = False
         """Start rollouts without driving them (the controller's own requests: it drives them)."""
+        self._notifier: Notifier | None = None
 
     @classmethod
     def open(cls, spec_file: Path | None = None, warn: Warn | None = None) -> Project:
@@ -112,7 +118,17 @@ class Project:
         """A copy of state.db in .kiln/backups before a change (kept: the newest 10)."""
         self.store.backup(reason)
 
+    @property
+    def notifier(self) -> Notifier | None:
+        """The `notify:` webhooks' sender (None without hooks)."""
+        if self._notifier is None and self.spec.notify:
+            self._notifier = Notifier(self.spec.notify, self.spec.project)
+        return self._notifier
+
     def close(self) -> None:
+        if self._notifier is not None:  # deliver what is queued (bounded), then stop
+            self._notifier.close()
+            self._notifier = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -294,11 +310,13 @@ class Project:
                 (service, status.old, status.new, strategy, status.phase,
                  json.dumps(status.to_json()), now, now))
             assert cur.lastrowid is not None
-            c.event("rollout.started", f"{strategy} {status.old} -> {status.new}" if status.old
-                    else f"first release {status.new}",
-                    service=service, data={"rollout": int(cur.lastrowid),
-                                           "judged": judge is not None})
-            return int(cur.lastrowid)
+            message = (f"{strategy} {status.old} -> {status.new}" if status.old
+                       else f"first release {status.new}")
+            data = {"rollout": int(cur.lastrowid), "judged": judge is not None}
+            c.event("rollout.started", message, service=service, data=data)
+        if self.notifier is not None:
+            self.notifier.send("rollout.started", message, service, data)
+        return int(data["rollout"])
 
     def rollout_env(self, service: str, spec: ServiceSpec) -> Env:
         """What a reconciler of this service needs (its secrets resolved now)."""
@@ -309,7 +327,8 @@ class Project:
         # A plain lookup: compute.launch verifies the content at every launch (once, not twice).
         return Env(self.store, self.compute, self.router, None, self.platform.image,
                    secrets=lambda recorded: resolve_secrets(service, recorded, self.base_dir),
-                   fault=env_fault())
+                   fault=env_fault(),
+                   notify=self.notifier.send if self.notifier else _no_notify)
 
     def _judge(self, service: str, spec: ServiceSpec) -> Any:
         if spec.rollout.analysis is None:

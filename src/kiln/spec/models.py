@@ -464,17 +464,37 @@ class Metric(_Model):
         return self
 
 
+def _http_url(v: str, like: str) -> str:
+    if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+        raise ValueError(f"expected an http(s) URL like {like}, got {v!r}")
+    return v
+
+
 class Prometheus(_Model):
     """A Prometheus of the user's own that `analysis.metrics` are read from."""
 
     url: str
     """Base URL, e.g. http://127.0.0.1:9090 (kiln asks its /api/v1/query)."""
 
-    @field_validator("url")
+    _url = field_validator("url")(lambda v: _http_url(v, "http://127.0.0.1:9090"))
+
+
+class Hook(_Model):
+    """A webhook (`notify:`) that rollout events are POSTed to, signed with `secret`."""
+
+    url: str
+    events: list[str] = Field(default_factory=list)
+    """Event kinds (globs like rollout.*); empty: all."""
+    secret: str | None = None
+    """`env:NAME`: the HMAC key is read from the environment, never written in the spec."""
+
+    _url = field_validator("url")(lambda v: _http_url(v, "http://127.0.0.1:9000/hook"))
+
+    @field_validator("secret")
     @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
-            raise ValueError(f"expected an http(s) URL like http://127.0.0.1:9090, got {v!r}")
+    def _secret(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("env:") and ENV_NAME_RE.match(v[4:])):
+            raise ValueError(f"expected a reference like env:HOOK_SECRET, got {v!r}")
         return v
 
 
@@ -725,6 +745,7 @@ class Spec(_Model):
     images: dict[Name, ImageSpec] = Field(default_factory=dict)
     services: dict[Name, ServiceSpec] = Field(default_factory=dict)
     prometheus: Prometheus | None = None
+    notify: list[Hook] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> Spec:
