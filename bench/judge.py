@@ -85,6 +85,9 @@ class Scenario:
     bus_c: float | None = None
     """Failure rate of a business counter (one checkout per canary request), if judged."""
     bus_b: float = 0.0
+    seed: int | None = None
+    """Offset of this scenario's seed; default its place in SCENARIOS (J7-J3bm keep the one
+    they were measured with before J8 was added)."""
 
 
 J5_ANALYSIS = Analysis(max_error_rate_increase=0.02, min_requests=50)
@@ -116,13 +119,13 @@ SCENARIOS = [
     Scenario("J8d", "1.6x for its whole life, warmup 30s", 0.01, 0.01, 1.6, analysis=WARM,
              references=False, whole=True),
     Scenario("J7", "business counter 1% -> 4% (3x allowed), 5xx and latency fine", 0.01, 0.01,
-             1.0, analysis=J7_ANALYSIS, references=False, bus_c=0.04, bus_b=0.01),
+             1.0, analysis=J7_ANALYSIS, references=False, bus_c=0.04, bus_b=0.01, seed=8),
     Scenario("J7 5xx", "errors 1% -> 4% (the same effect on 5xx, no metric)", 0.04, 0.01, 1.0,
-             references=False),
+             references=False, seed=8),
     Scenario("J3m", "A/A with a business counter (3 tests)", 0.01, 0.01, 1.0,
-             analysis=J7_ANALYSIS, references=False, bus_c=0.01, bus_b=0.01),
+             analysis=J7_ANALYSIS, references=False, bus_c=0.01, bus_b=0.01, seed=10),
     Scenario("J3bm", "at the gates, 3 tests (5xx 2% vs 1%, latency x1.25, counter 2% vs 1%)",
-             0.02, 0.01, 1.25, analysis=J7_ANALYSIS, references=False, bus_c=0.02, bus_b=0.01),
+             0.02, 0.01, 1.25, analysis=J7_ANALYSIS, references=False, bus_c=0.02, bus_b=0.01, seed=11),
 ]
 """J3b is the worst case for false alarms: the canary sits exactly on the null boundary of both
 tests, so kiln's rate of rollbacks there must stay at or below alpha (0.01)."""
@@ -239,10 +242,6 @@ def _references(lc: np.ndarray, ec: np.ndarray, lb: np.ndarray, eb: np.ndarray, 
     return flagger, kayenta
 
 
-def _index(name: str) -> int:
-    return next(i for i, sc in enumerate(SCENARIOS) if sc.name == name)
-
-
 def _share(t: np.ndarray) -> float:
     return float((t < NEVER).mean())
 
@@ -314,7 +313,7 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> s
         if args.alpha is not None and sc.analysis == Analysis():
             sc = dataclasses.replace(sc, analysis=Analysis(alpha=args.alpha))
         # J7 and its anchor share the seed: the same streams, the effect on another counter.
-        res = simulate(sc, args.runs, args.seed + (_index("J7") if sc.name == "J7 5xx" else i))
+        res = simulate(sc, args.runs, args.seed + (i if sc.seed is None else sc.seed))
         if sc.name == "J7 5xx":
             anchor = _requests(res["kiln"], sc.rate_c)[0]
         results[sc.name] = (comparison(res, sc) if sc.references
