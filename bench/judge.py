@@ -29,6 +29,13 @@ is 1.6x slower for its first 30 s then equal, or for its whole life, judged with
 `warmup: 30s` (the canary's requests of its first 30 s are not judged; the baseline's are).
 Judging goes on for the whole 5 minutes after a pass: "rollbacks" is any fail in that time.
 
+J7 (a business counter, `analysis.metrics`): each canary request is a checkout, the counter
+counts failed checkouts; baseline 1%, canary 4% (3x the allowed +1 point) while 5xx (1% both
+sides) and latency are unchanged. "J7 5xx" is the anchor: the same effect on 5xx with no metric
+(the 5xx test at alpha/2 instead of the metric's alpha/3), same rates and seed.
+J3m/J3bm: J3 and J3b with a third test, one business counter at 1% on both sides (J3m) or at the
+gate (2% vs 1%, J3bm): false rollbacks must stay <= alpha with the budget split three ways.
+
 `--alpha A` reruns the scenarios that use the default analysis with `alpha: A` (the false-alarm
 budget): how exposure trades against rollbacks at the limits (docs/decisions/judge-exposure-floor.md).
 
@@ -47,8 +54,9 @@ import numpy as np
 from scipy import stats
 
 from kiln.analysis.judge import Budget, error_fail_p, error_upper, latency_tests
+from kiln.analysis.metrics import count_fail_p, count_upper
 from kiln.analysis.summary import N_BINS, bin_index
-from kiln.spec.models import Analysis
+from kiln.spec.models import Analysis, Metric
 
 RATE_C, RATE_B = 20, 180
 DURATION = 300  # seconds per rollout
@@ -74,11 +82,21 @@ class Scenario:
     """Seconds from the start during which the canary's latency is scaled by `lat_scale_c`."""
     whole: bool = False
     """Judge for the whole rollout even after a first pass (J8: a later fail is a rollback)."""
+    bus_c: float | None = None
+    """Failure rate of a business counter (one checkout per canary request), if judged."""
+    bus_b: float = 0.0
+    seed: int | None = None
+    """Offset of this scenario's seed; default its place in SCENARIOS (J7-J3bm keep the one
+    they were measured with before J8 was added)."""
 
 
 J5_ANALYSIS = Analysis(max_error_rate_increase=0.02, min_requests=50)
 J6_ANALYSIS = Analysis(max_error_rate_increase=0.01)
 WARM = Analysis(warmup=30.0)
+J7_ANALYSIS = Analysis(metrics=[Metric(
+    name="checkout_failures", kind="count", max_increase=0.01,
+    failures='sum(increase(checkout_failures_total{release="$release"}[$window]))',
+    total='sum(increase(checkout_total{release="$release"}[$window]))')])
 
 SCENARIOS = [
     Scenario("J1", "errors 1% -> 6%", 0.06, 0.01, 1.0),
@@ -100,6 +118,14 @@ SCENARIOS = [
              whole=True),
     Scenario("J8d", "1.6x for its whole life, warmup 30s", 0.01, 0.01, 1.6, analysis=WARM,
              references=False, whole=True),
+    Scenario("J7", "business counter 1% -> 4% (3x allowed), 5xx and latency fine", 0.01, 0.01,
+             1.0, analysis=J7_ANALYSIS, references=False, bus_c=0.04, bus_b=0.01, seed=8),
+    Scenario("J7 5xx", "errors 1% -> 4% (the same effect on 5xx, no metric)", 0.04, 0.01, 1.0,
+             references=False, seed=8),
+    Scenario("J3m", "A/A with a business counter (3 tests)", 0.01, 0.01, 1.0,
+             analysis=J7_ANALYSIS, references=False, bus_c=0.01, bus_b=0.01, seed=10),
+    Scenario("J3bm", "at the gates, 3 tests (5xx 2% vs 1%, latency x1.25, counter 2% vs 1%)",
+             0.02, 0.01, 1.25, analysis=J7_ANALYSIS, references=False, bus_c=0.02, bus_b=0.01, seed=11),
 ]
 """J3b is the worst case for false alarms: the canary sits exactly on the null boundary of both
 tests, so kiln's rate of rollbacks there must stay at or below alpha (0.01)."""
@@ -127,7 +153,8 @@ def simulate(sc: Scenario, runs: int, seed: int) -> dict[str, np.ndarray]:
     oracle = p1 > p0
     hist_c, hist_b = np.zeros((runs, N_BINS)), np.zeros((runs, N_BINS))
     xc, xb = np.zeros(runs), np.zeros(runs)
-    best_e, best_l = np.ones(runs), np.ones(runs)
+    best_e, best_l, best_m = np.ones(runs), np.ones(runs), np.ones(runs)
+    mc, mb = np.zeros(runs), np.zeros(runs)
     iv_c: list[tuple[np.ndarray, np.ndarray]] = []
     iv_b: list[tuple[np.ndarray, np.ndarray]] = []
     warm = int(a.warmup)
@@ -143,6 +170,10 @@ def simulate(sc: Scenario, runs: int, seed: int) -> dict[str, np.ndarray]:
         _hist_add(hist_b, lat_b, ~err_b)
         xb += err_b.sum(axis=1)
         nc, nb = sc.rate_c * max(0, t - warm), sc.rate_b * t
+        if sc.bus_c is not None:  # drawn only here: the other scenarios' streams are unchanged
+            mc += rng.binomial(sc.rate_c, sc.bus_c, runs)
+            mb += rng.binomial(sc.rate_b, sc.bus_b, runs)
+            best_m = np.minimum(best_m, count_fail_p(mc, sc.rate_c * t, mb, nb, a.metrics[0].max_increase))
         # kiln: one look per second on everything since the start, through the judge's code.
         best_e = np.minimum(best_e, error_fail_p(xc, nc, xb, nb, a))
         p_lat, _, lat_ub = latency_tests(hist_c, hist_b, a)
@@ -151,13 +182,17 @@ def simulate(sc: Scenario, runs: int, seed: int) -> dict[str, np.ndarray]:
             llr = xc * np.log(p1 / p0) + (nc - xc) * np.log((1 - p1) / (1 - p0))
             out["oracle"] = np.where((out["oracle"] == NEVER) & (llr >= -np.log(budget.error)),
                                      t, out["oracle"])
-        failed = (best_e <= budget.error) | (best_l <= budget.latency)
+        failed = (best_e <= budget.error) | (best_l <= budget.latency) | (
+            best_m <= budget.metric)
         # A pass advances a step but judging goes on: the first fail ends the rollout, the
         # first pass before it is when a step could first have advanced.
         out["kiln"] = np.where((out["kiln"] == NEVER) & failed, t, out["kiln"])
         enough = nc >= need and nb >= need
         if enough and t >= sc.pause:
             passing = (error_upper(xc, nc, xb, nb, a) < margin) & (lat_ub < 0.5) & ~failed
+            if sc.bus_c is not None:
+                m0 = a.metrics[0].max_increase
+                passing &= count_upper(mc, sc.rate_c * t, mb, nb, m0, a.confidence) < m0
             out["kiln_pass"] = np.where((out["kiln_pass"] == NEVER) & passing, t,
                                         out["kiln_pass"])
             out["old_pass"] = np.where((out["old_pass"] == NEVER) & ~failed, t, out["old_pass"])
@@ -236,7 +271,8 @@ def comparison(res: dict[str, np.ndarray], sc: Scenario) -> list[str]:
     return rows
 
 
-def kiln_only(res: dict[str, np.ndarray], sc: Scenario) -> list[str]:
+def kiln_only(res: dict[str, np.ndarray], sc: Scenario, anchor: float | None = None
+              ) -> list[str]:
     rows = []
     old = res["old_pass"]
     if sc.name.startswith("J5"):
@@ -246,6 +282,8 @@ def kiln_only(res: dict[str, np.ndarray], sc: Scenario) -> list[str]:
     passes = res["kiln_pass"]
     pmed, _ = _requests(passes, sc.rate_c)
     ratio = f"{pmed / (INTERVAL * sc.rate_c):.2f}x" if sc.name == "J6" else ""
+    if sc.name == "J7" and anchor is not None:
+        ratio = f"{med / anchor:.2f}x of J7 5xx"
     rows.append(f"| {sc.name} {sc.what} | kiln | {100 * _share(res['kiln']):.1f}% | "
                 f"{100 * _share(passes):.1f}% | {med:.0f} | {p90:.0f} | {ratio} | "
                 f"{pmed:.0f} |")
@@ -264,13 +302,23 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> s
     rows = ["| scenario | judge | rollbacks | passes | fail exposure median | fail exposure p90 "
             "| median vs better ref | pass after (median requests) |",
             "|---|---|---|---|---|---|---|---|"]
-    for i, sc in enumerate(SCENARIOS):
-        if args.only and sc.name not in args.only:
+    anchor: float | None = None
+    # The J7 anchor runs first so the J7 row can show its ratio; seeds stay per scenario.
+    order = sorted(enumerate(SCENARIOS), key=lambda e: e[1].name != "J7 5xx")
+    results: dict[str, list[str]] = {}
+    for i, sc in order:
+        if args.only and sc.name not in args.only and not (
+                sc.name == "J7 5xx" and "J7" in args.only):
             continue
         if args.alpha is not None and sc.analysis == Analysis():
             sc = dataclasses.replace(sc, analysis=Analysis(alpha=args.alpha))
-        res = simulate(sc, args.runs, args.seed + i)
-        rows += comparison(res, sc) if sc.references else kiln_only(res, sc)
+        # J7 and its anchor share the seed: the same streams, the effect on another counter.
+        res = simulate(sc, args.runs, args.seed + (i if sc.seed is None else sc.seed))
+        if sc.name == "J7 5xx":
+            anchor = _requests(res["kiln"], sc.rate_c)[0]
+        results[sc.name] = (comparison(res, sc) if sc.references
+                            else kiln_only(res, sc, anchor))
+    rows += [r for sc in SCENARIOS if sc.name in results for r in results[sc.name]]
     table = "\n".join(rows)
     alpha = "" if args.alpha is None else f", alpha {args.alpha:g} on J1-J4/J3b"
     out(f"runs per scenario: {args.runs}, seed {args.seed}{alpha}; lognormal latency median "

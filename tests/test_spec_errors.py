@@ -30,6 +30,9 @@ services:
 """
 
 
+PROM = "prometheus: {url: 'http://127.0.0.1:9090'}\n"
+
+
 def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> LoadedSpec:
     monkeypatch.chdir(tmp_path)
     Path("kiln.yaml").write_text(text)
@@ -142,6 +145,52 @@ CASES: list[tuple[str, str, list[str]]] = [
       "non-negative relative increase like 25%, got -0.05",
       "kiln.yaml:21:23: services.web.rollout.analysis.min_requests: expected a non-negative "
       "number of requests"]),
+    ("analysis.metrics: wrong queries, no $release, bad kind, twice", PROM + VALID + """\
+    rollout:
+      analysis:
+        metrics:
+          - {name: checkout, kind: count, failures: 'sum(x{release="$release"})', query: up}
+          - {name: queue, kind: value, query: 'avg(q)', max_increase: 25%}
+          - {name: conv, kind: ratio, query: 'x{release="$release"}', max_increase: 1%}
+          - {name: a, kind: count, failures: 'f{release="$release"}',
+             total: 't{release="$release"}', max_increase: 1%}
+          - {name: a, kind: value, query: 'v{release="$release"}', max_increase: 5%,
+             direction: sideways}
+""", ["kiln.yaml:21:13: services.web.rollout.analysis.metrics[0].max_increase: missing "
+      "required field",
+      "kiln.yaml:22:13: services.web.rollout.analysis.metrics[1]: query: expected a PromQL "
+      "query with $release in it (kiln substitutes each release), got 'avg(q)'",
+      "kiln.yaml:23:32: services.web.rollout.analysis.metrics[2].kind: expected 'count' or "
+      "'value', got 'ratio'",
+      "kiln.yaml:27:25: services.web.rollout.analysis.metrics[4].direction: expected 'higher' "
+      "or 'lower', got 'sideways'"]),
+    ("analysis.metrics: a count metric with a query", PROM + VALID + """\
+    rollout:
+      analysis:
+        metrics:
+          - {name: c, kind: count, failures: 'f{release="$release"}', query: up,
+             max_increase: 1%}
+""", ["kiln.yaml:21:13: services.web.rollout.analysis.metrics[0]: a count metric takes "
+      "failures and total, not query"]),
+    ("analysis.metrics: one name twice", PROM + VALID + """\
+    rollout:
+      analysis:
+        metrics:
+          - {name: a, kind: value, query: 'v{release="$release"}', max_increase: 5%}
+          - {name: a, kind: value, query: 'w{release="$release"}', max_increase: 5%}
+""", ["kiln.yaml:20:9: services.web.rollout.analysis.metrics: metric names must be unique, "
+      "seen twice: a"]),
+    ("analysis.metrics without a Prometheus", VALID + """\
+    rollout:
+      analysis:
+        metrics:
+          - {name: a, kind: value, query: 'v{release="$release"}', max_increase: 5%}
+""", ["kiln.yaml:19:9: services.web.rollout.analysis.metrics: metrics are read from "
+      "Prometheus; set prometheus: {url: http://127.0.0.1:9090} (kiln does not run one of its "
+      "own yet)"]),
+    ("prometheus url", "prometheus: {url: 'ftp://x'}\n" + VALID,
+     ["kiln.yaml:1:19: prometheus.url: expected an http(s) URL like http://127.0.0.1:9090, "
+      "got 'ftp://x'"]),
     ("analysis: promote with no data", VALID + """\
     rollout:
       analysis: {min_requests: 0, on_no_data: promote}

@@ -110,7 +110,8 @@ def test_schema_structure() -> None:
     assert schema["title"] == "kiln.yaml"
     assert schema["type"] == "object"
     assert set(schema["properties"]) == {"project", "platform", "aws", "router", "sandbox",
-                                         "router_admin", "images", "services"}
+                                         "router_admin", "images", "services", "prometheus",
+                                         "notify"}
     assert schema["required"] == ["project"]
     assert keywords(schema) == []
     for ref in refs(schema):  # every $ref resolves

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from kiln.errors import KilnError, NotFound
+from kiln.notify import Notifier
 from kiln.platforms.base import Image, Release
 from kiln.platforms.capabilities import ImageCheck, Sweeper
 from kiln.platforms.registry import get_platform
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
 Warn = Callable[[str], None]
 
 
+
+def _no_notify(kind: str, message: str, service: str | None, data: dict[str, Any]) -> None:
+    """No `notify:` hooks: events are only recorded."""
+
+
 class Context:
     """A loaded kiln.yaml with its state and platform."""
 
@@ -44,6 +50,7 @@ class Context:
         self.warn: Warn = warn or (lambda msg: None)
         self._store: Store | None = None
         self._platform: Platform | None = platform
+        self._notifier: Notifier | None = None
         self.detach = False
         """Start rollouts without driving them (the controller's own requests: it drives them)."""
 
@@ -71,7 +78,17 @@ class Context:
         """A copy of state.db in .kiln/backups before a change (kept: the newest 10)."""
         self.store.backup(reason)
 
+    @property
+    def notifier(self) -> Notifier | None:
+        """The `notify:` webhooks' sender (None without hooks)."""
+        if self._notifier is None and self.spec.notify:
+            self._notifier = Notifier(self.spec.notify, self.spec.project)
+        return self._notifier
+
     def close(self) -> None:
+        if self._notifier is not None:  # deliver what is queued (bounded), then stop
+            self._notifier.close()
+            self._notifier = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -208,4 +225,5 @@ class Context:
         # A plain lookup: compute.launch verifies the content at every launch (once, not twice).
         return Env(self.store, self.compute, self.router, None, self.platform.image,
                    secrets=lambda recorded: resolve_secrets(service, recorded, self.base_dir),
-                   fault=env_fault())
+                   fault=env_fault(),
+                   notify=self.notifier.send if self.notifier else _no_notify)

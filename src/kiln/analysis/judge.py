@@ -17,33 +17,38 @@ Outcomes:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from kiln.analysis import sequential as seq
 from kiln.analysis.clustered import deflate
+from kiln.analysis.metrics import MetricSummary, MetricVerdict, judge_metric
 from kiln.analysis.summary import Summary
-from kiln.analysis.verdict import Figure, Verdict
+from kiln.analysis.verdict import Figure, Outcome, Verdict
 from kiln.platforms.base import Sample, Window
 from kiln.spec.models import Analysis
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How the false-alarm budget is split between the tests (Bonferroni)."""
+    """How the false-alarm budget is split between the tests (Bonferroni): 5xx, latency and
+    each of the k metrics of `analysis.metrics` get alpha / (2 + k); the ceiling, when set,
+    shares the 5xx part. Dry-run metrics count too (docs/judge.md)."""
 
     error: float
     ceiling: float
     latency: float
+    metric: float = 0.0
 
     @classmethod
     def of(cls, analysis: Analysis, segments: int = 1) -> Budget:
-        a = analysis.alpha / max(1, segments)
+        share = analysis.alpha / max(1, segments) / (2 + len(analysis.metrics))
+        metric = share if analysis.metrics else 0.0
         if analysis.max_error_rate is None:
-            return cls(error=a / 2, ceiling=0.0, latency=a / 2)
-        return cls(error=a / 4, ceiling=a / 4, latency=a / 2)
+            return cls(error=share, ceiling=0.0, latency=share, metric=metric)
+        return cls(error=share / 2, ceiling=share / 2, latency=share, metric=metric)
 
 
 # ---------------------------------------------------------------- the tests, on arrays
@@ -123,9 +128,11 @@ def judge_summaries(
     *,
     segments: int = 1,
     best_p: dict[str, float] | None = None,
+    metrics: Mapping[str, tuple[MetricSummary, MetricSummary]] | None = None,
 ) -> Verdict:
     """Judge from summaries. `best_p` holds the running minimum p-value of each test over
-    earlier looks (always-valid p-values); it is updated in place when given."""
+    earlier looks (always-valid p-values); it is updated in place when given. `metrics`: the
+    (canary, baseline) evidence of each of `analysis.metrics` by name (missing: no data)."""
     budget = Budget.of(analysis, segments)
     nc, nb = canary.requests, baseline.requests
     figs: dict[str, Figure] = {
@@ -197,29 +204,61 @@ def judge_summaries(
     else:
         within.append((False, "no successful requests to compare latency"))
 
+    dry_fails: list[str] = []
+    for mv in _judge_metrics(analysis, metrics or {}, budget.metric, running):
+        for k, val in mv.figures.items():
+            figs[f"metric:{mv.name}:{k}"] = val
+        figs[f"metric:{mv.name}:outcome"] = mv.outcome
+        figs[f"metric:{mv.name}:reason"] = mv.reason
+        if mv.outcome == "fail":
+            (dry_fails if mv.dry_run else fails).append(mv.reason)
+        elif not mv.dry_run:
+            within.append((mv.outcome == "pass", mv.reason))
+    dry = ""
+    if dry_fails:
+        figs["would_fail"] = "would have rolled back: " + "; ".join(dry_fails)
+        dry = f"; dry run: {figs['would_fail']}"
+
+    def verdict(outcome: Outcome, reason: str) -> Verdict:
+        return Verdict(outcome, reason + dry, figs)
+
     if fails:
-        return Verdict("fail", "; ".join(fails) + f"; {after}", figs)
+        return verdict("fail", "; ".join(fails) + f"; {after}")
     need = max(1, analysis.min_requests)
     if nc < need or nb < need:
-        return Verdict(
+        return verdict(
             "undecided",
             f"too little data: {nc} canary and {nb} baseline requests, need {need} each",
-            figs,
         )
     conf = f"{100 * analysis.confidence:g}%"
     if all(ok for ok, _ in within):
-        return Verdict(
+        return verdict(
             "pass",
             f"{rates}, p50 {_fmt_ms(figs['canary_p50'])} vs {_fmt_ms(figs['baseline_p50'])}; "
             f"within the margins at {conf} confidence {after}",
-            figs,
         )
     open_ = [why for ok, why in within if not ok]
-    return Verdict(
+    return verdict(
         "undecided",
         f"{rates}; not yet shown within the margins at {conf}: {'; '.join(open_)}; {after}",
-        figs,
     )
+
+
+def _judge_metrics(analysis: Analysis,
+                   evidence: Mapping[str, tuple[MetricSummary, MetricSummary]],
+                   alpha: float, best_p: dict[str, float]) -> list[MetricVerdict]:
+    out = []
+    for metric in analysis.metrics:
+        c, b = evidence.get(metric.name) or (MetricSummary(), MetricSummary())
+        # A count's total is requests-like; a value metric has one value per window.
+        min_n = max(1, analysis.min_requests) if metric.kind == "count" else MIN_VALUES
+        out.append(judge_metric(metric, c, b, alpha=alpha, confidence=analysis.confidence,
+                                min_n=min_n, best_p=best_p))
+    return out
+
+
+MIN_VALUES = 5
+"""Windows of a `value` metric each side needs before it may pass (its bound decides too)."""
 
 
 class Judge:
@@ -242,6 +281,36 @@ class Judge:
         self.looks = 0
         self._best_p: dict[str, float] = {}
         self._failed: Verdict | None = None
+        self.metrics: dict[str, tuple[MetricSummary, MetricSummary]] = {
+            m.name: (MetricSummary(), MetricSummary()) for m in analysis.metrics}
+        self._directions = {m.name: m.direction for m in analysis.metrics}
+
+    def add_metric_counts(self, name: str, release: str, failures: float, total: float) -> None:
+        """One window of a `count` metric for one release (other releases are ignored)."""
+        side = self._side(name, release)
+        if side is not None:
+            side.add_counts(failures, total, self._directions[name])
+
+    def set_metric_counts(self, name: str, release: str, failures: float, total: float) -> None:
+        """A `count` metric's running sums for the whole rollout so far (asked again at every
+        look): they replace the earlier answer."""
+        side = self._side(name, release)
+        if side is not None:
+            side.failures = side.total = 0.0
+            side.add_counts(failures, total, self._directions[name])
+
+    def add_metric_values(self, name: str, release: str, values: Iterable[float]) -> None:
+        """Values (one per window) of a `value` metric for one release."""
+        side = self._side(name, release)
+        if side is not None:
+            side.add_values(values, self._directions[name])
+
+    def _side(self, name: str, release: str) -> MetricSummary | None:
+        pair = self.metrics.get(name)
+        if pair is None:
+            return None
+        return pair[0] if release == self.canary_release else (
+            pair[1] if release == self.baseline_release else None)
 
     def add(self, samples: Iterable[Sample]) -> None:
         mine = list(samples)
@@ -262,7 +331,7 @@ class Judge:
         self.looks += 1
         k = self.analysis.design_effect  # sticky canaries: correlated requests (clustered.py)
         v = judge_summaries(deflate(self.canary, k), deflate(self.baseline, k), self.analysis,
-                            segments=self.segments, best_p=self._best_p)
+                            segments=self.segments, best_p=self._best_p, metrics=self.metrics)
         if k > 1.0:
             v.figures["design_effect"] = k
         v.figures["looks"] = self.looks

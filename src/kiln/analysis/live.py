@@ -20,6 +20,7 @@ from typing import Any
 
 from kiln.analysis import evidence
 from kiln.analysis.judge import Judge
+from kiln.analysis.prometheus import MetricQuery, ask
 from kiln.analysis.summary import bin_center
 from kiln.analysis.warmup import Warmup
 from kiln.platforms.base import MetricSource, RequestCounts, Window
@@ -113,6 +114,8 @@ def change(new: Window, old: Window | None) -> Window:
 
 EVIDENCE_RATE_S = 10.0
 """The canary's request rate for the evidence's time left is measured over this long."""
+QUERY_EVERY = 1.0
+"""Seconds between two rounds of `analysis.metrics` queries (a look in between reuses them)."""
 CATCH_UP = 5.0
 """At the end, how long to wait for the access log to catch up with the router's counters."""
 COUNTER_EVERY = 2.0
@@ -167,10 +170,14 @@ class LiveJudge:
 
     def __init__(self, metrics: MetricSource, service: str, analysis: Analysis,
                  counter: Callable[[], RequestCounts | None] | None = None,
-                 warmup: Warmup | None = None) -> None:
+                 warmup: Warmup | None = None,
+                 queries: MetricQuery | None = None) -> None:
         self.metrics = metrics
         self.warmup = warmup
         """Leaves out of the judge (not of the series) what young instances served."""
+        self.queries = queries
+        """Where `analysis.metrics` are read (Prometheus); None: they stay without data."""
+        self._asked_at: float | None = None
         self.service = service
         self.analysis = analysis
         self.counter = counter
@@ -254,6 +261,7 @@ class LiveJudge:
         self.canary_requests = self._judge.canary.n
         if status.phase != "step":
             return None
+        self._ask_metrics(self._judge, now)
         verdict = self._judge.verdict(now)
         verdict.figures["source"] = self.metrics.name
         if self.warmup is not None:
@@ -284,6 +292,24 @@ class LiveJudge:
         ev = evidence.live(self.analysis, self._judge.canary.n, ratio,
                            self._judge.baseline.error_rate, rate, left)
         figures.update({f"evidence_{k}": v for k, v in ev.to_json().items()})
+
+    def _ask_metrics(self, judge: Judge, now: float) -> None:
+        """Counts for the whole rollout so far; values for the time since the last look."""
+        if self.queries is None or not self.analysis.metrics:
+            return
+        if self._asked_at is not None and now - self._asked_at < QUERY_EVERY:
+            return  # the reconciler looks ~10x a second; Prometheus changes once a scrape
+        last, self._asked_at = self._asked_at, now
+        for metric in self.analysis.metrics:
+            for release in (judge.canary_release, judge.baseline_release):
+                if metric.kind == "count":
+                    got = ask(self.queries, metric, release, now - self._since, now)
+                    if isinstance(got, tuple):
+                        judge.set_metric_counts(metric.name, release, *got)
+                elif last is not None:
+                    got = ask(self.queries, metric, release, now - last, now)
+                    if isinstance(got, float):
+                        judge.add_metric_values(metric.name, release, [got])
 
     def _count(self) -> RequestCounts | None:
         if self.counter is None:
@@ -347,8 +373,9 @@ def _start_counts(info: dict[str, Any], now: RequestCounts | None) -> RequestCou
 
 def make_judge(metrics: MetricSource, service: str, analysis: Analysis,
                counter: Callable[[], RequestCounts | None] | None = None,
-               warmup: Warmup | None = None) -> LiveJudge:
-    return LiveJudge(metrics, service, analysis, counter, warmup)
+               warmup: Warmup | None = None,
+               queries: MetricQuery | None = None) -> LiveJudge:
+    return LiveJudge(metrics, service, analysis, counter, warmup, queries)
 
 
 def save_series(home: Path, rollout_id: int, judge: LiveJudge) -> Path:

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from kiln.errors import KilnError, PlatformError, StateError
 from kiln.platforms.base import (
@@ -79,6 +79,9 @@ class Env:
     """Resolves a release's own secret references (its recorded spec's) at launch."""
     fault: Callable[[str], None] = lambda point: None
     """Test-only fault point (KILN_FAULT): called at every step boundary."""
+    notify: Callable[[str, str, str | None, dict[str, Any]], None] = (
+        lambda kind, message, service, data: None)
+    """Every recorded rollout event, for the `notify:` webhooks (queues; never blocks)."""
 
 
 def instances_of(store: Store, release_id: str, states: Sequence[str] = LIVE_STATES,
@@ -294,6 +297,7 @@ class Reconciler:
             elif isinstance(action, Record):
                 self.env.store.event(action.kind, action.message, service=self.name,
                                      data=action.data)
+                self.env.notify(action.kind, action.message, self.name, action.data)
 
     def _ensure(self, release_id: str, count: int) -> None:
         existing = instances_of(self.env.store, release_id, ("starting", "running"))

@@ -424,6 +424,80 @@ STICKY_DESIGN_EFFECT = 5.0
 given: sessions of up to 5 fully correlated requests (or 9 at ρ = 0.5) count as one sample."""
 
 
+class Metric(_Model):
+    """A metric of the user's own (PromQL, per release) that the judge compares canary against
+    baseline like 5xx (`count`: failures of a total) or like latency (`value`: a distribution of
+    the query's per-window values). `$release` and `$window` are substituted."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+    """Prometheus-style (checkout_failures): lowercase, digits, _ and -."""
+    kind: Literal["count", "value"]
+    failures: str | None = None
+    total: str | None = None
+    query: str | None = None
+    max_increase: Fraction
+    """count: allowed increase of the failure rate in points (1% = 0.01); value: relative."""
+    direction: Literal["higher", "lower"] = "higher"
+    """Which way is worse: `lower` judges 1 - rate (count) or 1 / value (value)."""
+    dry_run: bool = False
+
+    @field_validator("max_increase")
+    @classmethod
+    def _increase(cls, v: float) -> float:
+        if not 0.0 <= v <= 10.0:
+            raise ValueError(f"expected an increase like 1% or 25%, got {v:.4g}")
+        return v
+
+    @model_validator(mode="after")
+    def _queries(self) -> Metric:
+        want = ("failures", "total") if self.kind == "count" else ("query",)
+        unwanted = [k for k in ("failures", "total", "query")
+                    if k not in want and getattr(self, k) is not None]
+        if unwanted:
+            raise ValueError(f"a {self.kind} metric takes {' and '.join(want)}, "
+                             f"not {', '.join(unwanted)}")
+        for k in want:
+            q = getattr(self, k)
+            if not q or "$release" not in q:
+                raise ValueError(f"{k}: expected a PromQL query with $release in it "
+                                 f"(kiln substitutes each release), got {q!r}")
+        return self
+
+
+def _http_url(v: str, like: str) -> str:
+    if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+        raise ValueError(f"expected an http(s) URL like {like}, got {v!r}")
+    return v
+
+
+class Prometheus(_Model):
+    """A Prometheus of the user's own that `analysis.metrics` are read from."""
+
+    url: str
+    """Base URL, e.g. http://127.0.0.1:9090 (kiln asks its /api/v1/query)."""
+
+    _url = field_validator("url")(lambda v: _http_url(v, "http://127.0.0.1:9090"))
+
+
+class Hook(_Model):
+    """A webhook (`notify:`) that rollout events are POSTed to, signed with `secret`."""
+
+    url: str
+    events: list[str] = Field(default_factory=list)
+    """Event kinds (globs like rollout.*); empty: all."""
+    secret: str | None = None
+    """`env:NAME`: the HMAC key is read from the environment, never written in the spec."""
+
+    _url = field_validator("url")(lambda v: _http_url(v, "http://127.0.0.1:9000/hook"))
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("env:") and ENV_NAME_RE.match(v[4:])):
+            raise ValueError(f"expected a reference like env:HOOK_SECRET, got {v!r}")
+        return v
+
+
 class Analysis(_Model):
     max_error_rate_increase: Fraction = 0.01
     max_error_rate: Fraction | None = None
@@ -443,6 +517,8 @@ class Analysis(_Model):
     warmup: Duration = 0.0
     """Requests an instance serves while younger than this are recorded and shown but not
     judged (docs/decisions/judge-warmup.md); 0 judges every request."""
+    metrics: list[Metric] = Field(default_factory=list)
+    """The user's own metrics, judged with 5xx and latency under the one budget `alpha`."""
 
     @field_validator("max_error_rate_increase", "max_error_rate")
     @classmethod
@@ -477,6 +553,15 @@ class Analysis(_Model):
     def _confidence(cls, v: float) -> float:
         if not 0.5 <= v < 1.0:
             raise ValueError(f"expected a confidence between 0.5 and 1 (e.g. 0.95), got {v:.4g}")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, v: list[Metric]) -> list[Metric]:
+        names = [m.name for m in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"metric names must be unique, seen twice: {', '.join(twice)}")
         return v
 
     @model_validator(mode="after")
@@ -659,6 +744,8 @@ class Spec(_Model):
     picked at the router's first start and kept (docs/decisions/router-admin-address.md)."""
     images: dict[Name, ImageSpec] = Field(default_factory=dict)
     services: dict[Name, ServiceSpec] = Field(default_factory=dict)
+    prometheus: Prometheus | None = None
+    notify: list[Hook] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> Spec:
@@ -689,6 +776,11 @@ class Spec(_Model):
                                 f"service {listens[svc.listen]}")
             else:
                 listens[svc.listen] = name
+            analysis = svc.rollout.analysis
+            if analysis is not None and analysis.metrics and self.prometheus is None:
+                problems.append(f"services.{name}.rollout.analysis.metrics: metrics are read from "
+                                "Prometheus; set prometheus: {url: http://127.0.0.1:9090} (kiln "
+                                "does not run one of its own yet)")
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -37,9 +37,12 @@ def judge_for(project: Context, service: str, spec: ServiceSpec) -> Any:
         store = project.store
         warmup = Warmup(spec.rollout.analysis.warmup,
                         lambda releases: instance_starts(store, releases))
+    from kiln.analysis.prometheus import PrometheusQuery
+
+    queries = PrometheusQuery(project.spec.prometheus.url) if project.spec.prometheus else None
     # The router's own request counters, for the cross-check with the source's counts.
     return make_judge(metrics, service, spec.rollout.analysis, project.router.request_counts,
-                      warmup)
+                      warmup, queries)
 
 
 def start_rollout(project: Context, service: str, spec: ServiceSpec, new: Release,
@@ -56,10 +59,13 @@ def start_rollout(project: Context, service: str, spec: ServiceSpec, new: Releas
     with project.store.tx() as c:
         rid = rollout_records.insert(c, service, status.old, status.new, strategy, status.phase,
                                      json.dumps(status.to_json()), now)
-        c.event("rollout.started", f"{strategy} {status.old} -> {status.new}" if status.old
-                else f"first release {status.new}",
-                service=service, data={"rollout": rid, "judged": judge is not None})
-        return rid
+        message = (f"{strategy} {status.old} -> {status.new}" if status.old
+                   else f"first release {status.new}")
+        data: dict[str, Any] = {"rollout": rid, "judged": judge is not None}
+        c.event("rollout.started", message, service=service, data=data)
+    if project.notifier is not None:
+        project.notifier.send("rollout.started", message, service, data)
+    return rid
 
 
 def rollout_driver(project: Context, service: str, rollout_id: int) -> tuple[Reconciler, Any]:
