@@ -24,6 +24,7 @@ from kiln.platforms.aws.boot import REMOTE_SCHEMES, exec_lines, journal_lines, r
 from kiln.platforms.aws.client import Aws, is_missing, translated
 from kiln.platforms.aws.fleet import Fleet
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release, ReleaseImage
+from kiln.platforms.capabilities import ImageFileReader
 from kiln.platforms.instance_rows import from_row, insert, set_state
 from kiln.spec.models import Health, HttpCheck, ServiceSpec
 from kiln.state.store import Store
@@ -33,7 +34,7 @@ GONE_LIFECYCLE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Ter
                   "Detaching", "Detached")
 
 
-class AwsCompute:
+class AwsCompute(ImageFileReader):
     poll = 2.0
     """Seconds between SSM and EC2 polls (tests lower it)."""
     observe_every = 1.0
