@@ -4,6 +4,7 @@ under load, with no failed request but the bad release's own."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -32,7 +33,10 @@ def shop(tmp_path: Path, podman_base: str) -> Iterator[Proj]:
 def containers(p: Proj) -> list[str]:
     out = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True,
                          text=True, timeout=60).stdout.split()
-    return sorted(n for n in out if n.startswith(f"kiln-{project_name(p)}-"))
+    # Names carry a hash of the project's .kiln folder: another run's project of the same name
+    # (a test run beside this one on a shared machine) is not ours.
+    scope = hashlib.sha256(str((p.dir / ".kiln").resolve()).encode()).hexdigest()[:8]
+    return sorted(n for n in out if n.startswith(f"kiln-{project_name(p)}-{scope}-"))
 
 
 def deploy_under_load(p: Proj) -> tuple[subprocess.CompletedProcess[str], LoadStats]:
