@@ -64,9 +64,26 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def _group(pgid: int) -> set[int]:
+    """Live (not zombie) processes in process group `pgid`."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.add(int(entry.name))
+    return out
+
+
 def _kill(pid: int) -> None:
+    """SIGKILL `pid`, then wait until it and what dies with it (an instance's log pump and
+    sandbox share its process group) are gone, so the damage has settled before the check."""
+    pgid = os.getpgid(pid)
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: _gone(pid), timeout=10, what=f"pid {pid} to be gone")
+    wait_for(lambda: _gone(pid) and not _group(pgid), timeout=10,
+             what=f"pid {pid} and its process group {pgid} to be gone")
 
 
 def _check_read_only(proj: Proj, state: str) -> None:
