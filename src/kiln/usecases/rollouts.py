@@ -39,7 +39,11 @@ def judge_for(project: Context, service: str, spec: ServiceSpec) -> Any:
                         lambda releases: instance_starts(store, releases))
     from kiln.analysis.prometheus import PrometheusQuery
 
-    queries = PrometheusQuery(project.spec.prometheus.url) if project.spec.prometheus else None
+    url = project.spec.prometheus.url if project.spec.prometheus else None
+    if url is None and project.scraping.wanted:  # kiln's own, started like the router
+        project.scraping.ensure()
+        url = project.scraping.url
+    queries = PrometheusQuery(url) if url else None
     # The router's own request counters, for the cross-check with the source's counts.
     return make_judge(metrics, service, spec.rollout.analysis, project.router.request_counts,
                       warmup, queries)
