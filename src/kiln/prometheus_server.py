@@ -32,6 +32,13 @@ RETENTION = "7d"
 
 
 def prometheus_binary() -> str:
+    """KILN_PROMETHEUS if set, else `prometheus` on PATH or Debian's /usr/bin/prometheus."""
+    named = os.environ.get("KILN_PROMETHEUS")
+    if named:
+        if not os.access(named, os.X_OK):
+            raise PlatformError(f"KILN_PROMETHEUS: expected an executable prometheus binary, "
+                                f"got {named!r} (not found or not executable)")
+        return named
     found = shutil.which("prometheus") or (
         "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None)
     if not found:

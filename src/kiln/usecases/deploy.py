@@ -40,8 +40,8 @@ def deploy(project: Context, services: Sequence[str] | None = None, *, skip_test
         router = project.router
         started_router = isinstance(router, RouterProcess) and not router.is_running()
         project.router.ensure_running()
-        project.scraping.ensure()
         try:
+            project.scraping.ensure()
             for name in names:
                 result.services.append(_deploy_one(project, name, skip_tests, emit, no_cache,
                                                    force, preview=preview))
