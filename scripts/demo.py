@@ -89,7 +89,7 @@ def main() -> int:
         say("v1: bake, test, deploy (first release goes live when healthy)")
         _, times["deploy v1"] = kiln(work, "deploy")
         say(f"steady load on {listen}: 150 req/s, every request counted")
-        load = Load(listen, rate=150, max_seconds=600, keep_body=40)
+        load = Load(listen, rate=150, max_seconds=600, keep_body=100)
         load.start()
         say("v2: a one-line change -> new image -> canary 10% -> 50% -> 100%, judged against v1")
         behave(work, version="2")
