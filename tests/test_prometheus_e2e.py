@@ -89,9 +89,11 @@ def test_business_counter_rolls_back_a_release_whose_5xx_and_latency_look_fine(
     assert stats.failed == 0 and set(stats.statuses) == {200}, stats.summary()
     quiet = sum(n for body, n in stats.bodies.items() if "not placed" in body)
     assert quiet > 0, "the canary's checkouts never failed"
-    assert took < 40, f"rolled back after {took:.1f}s: the judge waited for the pauses"
     last = json.loads(proj.kiln("history", "web", "--json").stdout)["rollouts"][-1]
     assert last["release"] == "web-r2" and last["outcome"] == "rolled_back", last
+    rollout_s = last["finished_at"] - last["started_at"]
+    assert rollout_s < 30, f"rolled back {rollout_s:.1f}s after the rollout began: the judge " \
+                           "waited for the first step's 30 s pause"
     assert "checkout_failures" in str(last["reason"]), last["reason"]
     assert "5xx" not in str(last["reason"]).split("checkout_failures")[0], last["reason"]
     status = proj.status()
@@ -104,7 +106,8 @@ def test_business_counter_rolls_back_a_release_whose_5xx_and_latency_look_fine(
     assert status["prometheus"]["targets"] == 3
     wait_for(lambda: up_releases(url) == {"web-r1"}, timeout=20,
              what="the canary's instances no longer scraped")
-    print(f"\nbusiness-counter canary: rolled back after {took:.1f}s; reason: {last['reason']}; "
+    print(f"\nbusiness-counter canary: deploy {took:.1f}s, rolled back {rollout_s:.1f}s after "
+          f"the rollout began; reason: {last['reason']}; "
           f"load: {stats.summary()}")
 
     # destroy stops it; a read-only command does not start it again.
