@@ -1,18 +1,26 @@
-"""kiln's own Prometheus, the pure parts: when it runs, what it is told to scrape, how the binary
-is found."""
+"""kiln's own Prometheus: when it runs, what it is told to scrape, how the binary is found (pure),
+and the judge's queries bringing a killed one back (a real process)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from kiln.analysis.prometheus import QueryError
 from kiln.errors import PlatformError
+from kiln.platforms.fake.router import FakeRouter
 from kiln.prometheus_config import Target, router_groups, static_config, target_groups
 from kiln.prometheus_server import EmbeddedPrometheus, prometheus_binary
-from kiln.scraping import wanted
+from kiln.scraping import Scraping, wanted
 from kiln.spec.models import Spec
+from kiln.state.store import Store
+from kiln.testing.project import wait_for
 
 BASE = {"project": "shop", "images": {"web": {"steps": []}},
         "services": {"web": {"image": "web", "command": "python -m app",
@@ -97,3 +105,33 @@ def test_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr("os.access", lambda path, mode: False)
     with pytest.raises(PlatformError, match="no prometheus binary is on PATH"):
         prometheus_binary()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus missing")
+def test_the_judges_queries_restart_a_killed_prometheus(tmp_path: Path) -> None:
+    """A Prometheus killed mid-rollout is started again by the judge's next query (its data
+    kept), not left dead until the progress deadline."""
+    store = Store.open(tmp_path, "shop")
+    scraping = Scraping(spec(service={"metrics": {"path": "/metrics"}}), lambda: store,
+                        tmp_path, lambda: FakeRouter())
+    try:
+        scraping.ensure()
+        first = scraping.server.running()
+        assert first is not None
+        queries = scraping.queries()
+        assert queries.query("vector(1)", time.time()) == 1.0
+        os.kill(first.pid, signal.SIGKILL)
+        wait_for(lambda: not scraping.server.is_running(), timeout=10, what="prometheus dead")
+        assert queries.query("vector(2)", time.time()) == 2.0
+        again = scraping.server.running()
+        assert again is not None and again.pid != first.pid and queries.restarts == 1
+        # Not again within RESTART_EVERY: a Prometheus that keeps dying costs no restart loop.
+        os.kill(again.pid, signal.SIGKILL)
+        wait_for(lambda: not scraping.server.is_running(), timeout=10, what="prometheus dead")
+        with pytest.raises(QueryError):
+            queries.query("vector(3)", time.time())
+        assert queries.restarts == 1
+    finally:
+        scraping.stop()
+        store.close()

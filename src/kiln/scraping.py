@@ -12,10 +12,13 @@ before it takes traffic.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kiln.analysis.prometheus import PrometheusQuery, QueryError
+from kiln.errors import KilnError
 from kiln.platforms.base import Router
 from kiln.platforms.capabilities import RouterMetrics
 from kiln.prometheus_config import Target
@@ -85,9 +88,49 @@ class Scraping:
         """Where the judge asks its queries (None: kiln runs none for this spec)."""
         return self.server.url if self.wanted else None
 
+    def queries(self) -> KeptQuery:
+        """The judge's queries to it, restarting it if it died (like the reconciler's router)."""
+        return KeptQuery(self)
+
     def view(self) -> dict[str, Any] | None:
         """`status --json`'s `prometheus`: None when kiln runs none for this spec."""
         if not self.wanted:
             return None
         return {"running": self.server.is_running(), "url": self.server.url,
                 "targets": len(self.server.targets())}
+
+
+RESTART_EVERY = 5.0
+"""Seconds between two attempts to restart a dead Prometheus from the judge's queries."""
+
+
+class KeptQuery:
+    """`MetricQuery` on kiln's own Prometheus: a query that fails because the process is gone
+    (killed, OOM) restarts it, at most once per RESTART_EVERY, and is asked again; the judge
+    never sees more than one look without data for it. What was scraped before stays in
+    `data/`; the seconds it was down are missing from `increase()` on both sides alike."""
+
+    def __init__(self, scraping: Scraping) -> None:
+        self.scraping = scraping
+        self._tried = 0.0
+        self.restarts = 0
+
+    def query(self, expr: str, at: float) -> float | None:
+        url = self.scraping.server.url
+        try:
+            if url is None:
+                raise QueryError("kiln's Prometheus has not started")
+            return PrometheusQuery(url).query(expr, at)
+        except QueryError:
+            if self.scraping.server.is_running() or time.monotonic() - self._tried < RESTART_EVERY:
+                raise
+            self._tried = time.monotonic()
+            try:
+                self.scraping.ensure()
+            except KilnError as exc:  # no data for this look, never a crash of the rollout
+                raise QueryError(f"restarting kiln's Prometheus failed: "
+                                 f"{exc.message.splitlines()[0]}") from None
+            self.restarts += 1
+            url = self.scraping.server.url
+            assert url is not None
+            return PrometheusQuery(url).query(expr, at)
