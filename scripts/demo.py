@@ -3,6 +3,8 @@
 1. bake, test and deploy v1 (first release: live once healthy)
 2. change the app: canary v2 to 100%, judged against v1
 3. a bad v3 (20% errors): the judge rolls it back automatically; the report path is printed
+4. a v4 whose checkouts fail quietly (every page 200, as fast as before): kiln's own Prometheus
+   scrapes the shop's checkout counters and the judge rolls v4 back on that business metric
 Every request of the load is counted; the demo ends with a summary and leaves nothing running.
 """
 
@@ -87,7 +89,7 @@ def main() -> int:
         say("v1: bake, test, deploy (first release goes live when healthy)")
         _, times["deploy v1"] = kiln(work, "deploy")
         say(f"steady load on {listen}: 150 req/s, every request counted")
-        load = Load(listen, rate=150, max_seconds=600, keep_body=40)
+        load = Load(listen, rate=150, max_seconds=600, keep_body=100)
         load.start()
         say("v2: a one-line change -> new image -> canary 10% -> 50% -> 100%, judged against v1")
         behave(work, version="2")
@@ -95,12 +97,17 @@ def main() -> int:
         say("v3: a bad release (20% of requests fail) -> the judge rolls it back by itself")
         behave(work, version="3", error_rate=0.2)
         code, times["canary v3 (bad)"] = kiln(work, "deploy", ok=(3,))
+        say("v4: 30% of checkouts fail quietly (pages still 200, as fast): 5xx and latency look "
+            "fine; kiln's Prometheus scrapes the shop's checkout counters -> rolled back on them")
+        behave(work, version="4", error_rate=0.0, checkout_failure_rate=0.3)
+        code4, times["canary v4 (checkouts)"] = kiln(work, "deploy", ok=(3,))
         stats = load.stop()
         load = None
         kiln(work, "history", "web")
         kiln(work, "status")
-        events = json.loads(subprocess.run([KILN, "history", "web", "--json"], cwd=work,
-                                           capture_output=True, text=True).stdout)["events"]
+        hist = json.loads(subprocess.run([KILN, "history", "web", "--json"], cwd=work,
+                                         capture_output=True, text=True).stdout)
+        events = hist["events"]
         reports = sorted((work / ".kiln" / "reports").glob("*.html"))
         say("summary")
         print(f"load: {stats.summary()}")
@@ -116,12 +123,20 @@ def main() -> int:
             print(f"report of the rolled-back canary: {reports[-1]}")
         failures = stats.failed - stats.statuses.get(500, 0)
         print(f"failed requests other than v3's injected 500s: {failures}")
+        quiet = sum(n for body, n in stats.bodies.items() if "not placed" in body)
+        print(f"v4 exit code: {code4}; its quietly failed checkouts (200 pages): {quiet}")
+        v4 = [r for r in hist["rollouts"] if r["release"] == "web-r4"
+              and r["outcome"] == "rolled_back"]
+        v4_reason = str(v4[-1]["reason"]) if v4 else ""
+        print(f"v4 rolled back on: {v4_reason or 'NOT rolled back'}")
         v3_weights = [int(e["data"]["weight"]) for e in events
                       if e["kind"] == "rollout.step" and "web-r3" in e["message"]]
         print(f"most traffic v3 ever had: {max(v3_weights, default=0)}% "
               f"(its first step: {v3_weights[0] if v3_weights else '-'}%)")
         counts_ok = crosscheck_summary(router, events)
-        return 0 if counts_ok and v3_weights and max(v3_weights) == v3_weights[0] else 1
+        on_metric = "checkout_failures" in v4_reason
+        return 0 if counts_ok and on_metric and v3_weights and max(v3_weights) == v3_weights[0] \
+            else 1
     finally:
         if load is not None:
             load.stop()

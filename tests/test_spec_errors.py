@@ -82,7 +82,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("unknown key, no close match", edit("    replicas: 3", "    replicas: 3\n    zzz: 1"),
      ["kiln.yaml:17:5: services.web.zzz: unknown field; expected one of image, command, port, "
       "listen, replicas, env, secrets, health, rollout, stop_timeout, read_only_paths, "
-      "resources, capabilities, logs, egress"]),
+      "resources, capabilities, logs, egress, metrics"]),
     ("missing required fields", edit("    command: python -m app\n", ""),
      ["kiln.yaml:12:3: services.web.command: missing required field"]),
     ("missing project", VALID.replace("project: shop\n", ""),
@@ -186,8 +186,11 @@ CASES: list[tuple[str, str, list[str]]] = [
         metrics:
           - {name: a, kind: value, query: 'v{release="$release"}', max_increase: 5%}
 """, ["kiln.yaml:19:9: services.web.rollout.analysis.metrics: metrics are read from "
-      "Prometheus; set prometheus: {url: http://127.0.0.1:9090} (kiln does not run one of its "
-      "own yet)"]),
+      "Prometheus; set services.web.metrics: {path: /metrics} (kiln runs one that scrapes the "
+      "service) or prometheus: {url: ...} (your own)"]),
+    ("metrics: a path without /", VALID + "    metrics: {path: metrics}\n",
+     ["kiln.yaml:17:21: services.web.metrics.path: expected a path starting with /, got "
+      "'metrics'"]),
     ("prometheus url", "prometheus: {url: 'ftp://x'}\n" + VALID,
      ["kiln.yaml:1:19: prometheus.url: expected an http(s) URL like http://127.0.0.1:9090, "
       "got 'ftp://x'"]),

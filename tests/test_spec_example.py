@@ -119,6 +119,32 @@ def test_app_endpoints_and_faults(start_app) -> None:  # type: ignore[no-untyped
 
 
 @pytest.mark.e2e
+def test_checkout_counters_in_prometheus_text_format(start_app) -> None:  # type: ignore[no-untyped-def]
+    """Every `/` answered 200 is a checkout; failing ones still answer 200 (only the counter
+    tells), and /metrics parses as Prometheus' text format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def counters(app: App) -> dict[str, float]:
+        status, text = get(app.url + "/metrics")
+        assert status == 200
+        return {s.name: s.value for fam in text_string_to_metric_families(text)
+                for s in fam.samples}
+
+    good = start_app({"version": "2"})
+    assert counters(good) == {"checkout_total": 0.0, "checkout_failures_total": 0.0}
+    for _ in range(5):
+        get(good.url + "/")
+    get(good.url + "/healthz")  # not a checkout
+    assert counters(good) == {"checkout_total": 5.0, "checkout_failures_total": 0.0}
+
+    bad = start_app({"version": "3", "checkout_failure_rate": 1.0})
+    for _ in range(4):
+        assert get(bad.url + "/") == (200, "hej from shop version 3 (instance web-1): order "
+                                           "not placed, sorry\n")
+    assert counters(bad) == {"checkout_total": 4.0, "checkout_failures_total": 4.0}
+
+
+@pytest.mark.e2e
 def test_sigterm_finishes_in_flight_requests(start_app) -> None:  # type: ignore[no-untyped-def]
     app = start_app({"version": "1", "error_rate": 0.0, "extra_latency_ms": 800})
     port = int(app.url.rsplit(":", 1)[1])

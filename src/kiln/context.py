@@ -28,6 +28,7 @@ from kiln.state.store import Store, default_home
 
 if TYPE_CHECKING:
     from kiln.platforms.base import Builder, Compute, MetricSource, Platform, Router
+    from kiln.scraping import Scraping
     from kiln.state.controller import Controller
 
 Warn = Callable[[str], None]
@@ -51,6 +52,7 @@ class Context:
         self._store: Store | None = None
         self._platform: Platform | None = platform
         self._notifier: Notifier | None = None
+        self._scraping: Scraping | None = None
         self.detach = False
         """Start rollouts without driving them (the controller's own requests: it drives them)."""
 
@@ -141,6 +143,16 @@ class Context:
     def metrics(self) -> MetricSource | None:
         return self.platform.metrics
 
+    @property
+    def scraping(self) -> Scraping:
+        """kiln's own Prometheus for this project (it runs only when `scraping.wanted`)."""
+        if self._scraping is None:
+            from kiln.scraping import Scraping
+
+            self._scraping = Scraping(self.spec, lambda: self.store, self.home,
+                                      lambda: self.router)
+        return self._scraping
+
     def service(self, name: str) -> ServiceSpec:
         try:
             return self.spec.services[name]
@@ -226,4 +238,5 @@ class Context:
         return Env(self.store, self.compute, self.router, None, self.platform.image,
                    secrets=lambda recorded: resolve_secrets(service, recorded, self.base_dir),
                    fault=env_fault(),
-                   notify=self.notifier.send if self.notifier else _no_notify)
+                   notify=self.notifier.send if self.notifier else _no_notify,
+                   instances_changed=self.scraping.sync)

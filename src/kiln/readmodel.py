@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from kiln.platforms.base import Compute, Instance, Release, Router
+    from kiln.scraping import Scraping
     from kiln.spec.models import Health, ServiceSpec, Spec
     from kiln.state.store import Store
 
@@ -42,6 +43,8 @@ class Context(Protocol):
     def compute(self) -> Compute: ...
     @property
     def router(self) -> Router: ...
+    @property
+    def scraping(self) -> Scraping: ...
     def service(self, name: str) -> ServiceSpec: ...
     def current_release(self, service: str) -> Release | None: ...
     def destroyed(self, service: str) -> bool: ...
@@ -219,7 +222,12 @@ def status(ctx: Context, names: list[str], warn: Callable[[str], None]) -> dict[
     if router["needed"] and router["running"] is False:
         warn("the router is not running: traffic is not served; `kiln deploy` (or a running "
              "`kiln serve`) restarts it with its last routing")
+    prometheus = ctx.scraping.view()
+    if prometheus is not None and router["needed"] and not prometheus["running"]:
+        warn("kiln's Prometheus is not running: analysis.metrics have no data; `kiln deploy` "
+             "(or a running `kiln serve`) restarts it")
     return {"project": ctx.spec.project, "router": router, "sandbox": sandbox_kind(ctx.spec),
+            "prometheus": prometheus,
             "controller": None if ctl is None else {
                 "pid": ctl.pid, "host": ctl.host, "listen": ctl.listen,
                 "started_at": ctl.started_at},

@@ -75,6 +75,12 @@ def status_view(data: dict[str, Any], width: int | None = None,
         parts.append(Text(f"controller: kiln serve (pid {ctl['pid']} on {ctl['host']}, "
                           f"dashboard http://{ctl['listen']}) drives rollouts and replaces dead "
                           "or unhealthy instances"))
+    prom = data.get("prometheus")
+    if prom:
+        parts.append(Text(f"prometheus: kiln's own at {prom['url']}, scraping {prom['targets']} "
+                          "instance(s) and the router" if prom["running"] else
+                          "prometheus: kiln's own is not running (analysis.metrics have no data "
+                          "until `kiln deploy` starts it)", "" if prom["running"] else "bold red"))
     for svc in data["services"]:
         if svc.get("destroyed"):
             parts.append(Text.from_markup(

@@ -1,8 +1,12 @@
 """HTTP server for the demo shop (standard library only).
 
 Endpoints: `/` greets (GREETING, version, KILN_INSTANCE), `/healthz` answers "ok", `/version`
-returns JSON. behaviour.json beside this file sets the version and injects faults for canary
-demos: `error_rate` is the fraction of `/` requests answered 500, `extra_latency_ms` delays
+returns JSON, `/metrics` serves the shop's business counters in Prometheus' text format:
+every `/` answered 200 is a checkout (`checkout_total`), and `checkout_failures_total` counts
+those whose order was not placed. behaviour.json beside this file sets the version and injects
+faults for canary demos: `checkout_failure_rate` is the fraction of checkouts that fail quietly
+(the page still answers 200 at the usual speed: only the business counter shows it),
+`error_rate` is the fraction of `/` requests answered 500, `extra_latency_ms` delays
 each `/` answer, and `slow_share` of them (at random) take `slow_ms` more (the slow tail a
 judge must not lose); `cold_s`/`cold_ms`: for its first `cold_s` seconds the process adds
 `cold_ms` to each `/` (a cold start: JIT, caches). Health checks never get the faults, so only
@@ -37,6 +41,7 @@ class Behaviour:
     slow_ms: float = 0.0
     cold_s: float = 0.0
     cold_ms: float = 0.0
+    checkout_failure_rate: float = 0.0
 
     @classmethod
     def load(cls, path: Path = BEHAVIOUR_FILE) -> Behaviour:
@@ -47,7 +52,34 @@ class Behaviour:
                    slow_share=float(data.get("slow_share", 0.0)),
                    slow_ms=float(data.get("slow_ms", 0.0)),
                    cold_s=float(data.get("cold_s", 0.0)),
-                   cold_ms=float(data.get("cold_ms", 0.0)))
+                   cold_ms=float(data.get("cold_ms", 0.0)),
+                   checkout_failure_rate=float(data.get("checkout_failure_rate", 0.0)))
+
+
+class Checkouts:
+    """The shop's business counters (thread-safe), served at /metrics."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def count(self, failed: bool) -> None:
+        with self._lock:
+            self.total += 1
+            self.failures += failed
+
+    def exposition(self) -> str:
+        """Prometheus' text format 0.0.4: HELP and TYPE before each sample, counters ending in
+        _total, one newline after the last line."""
+        with self._lock:
+            total, failures = self.total, self.failures
+        return ("# HELP checkout_total Checkouts attempted (every / answered 200).\n"
+                "# TYPE checkout_total counter\n"
+                f"checkout_total {total}\n"
+                "# HELP checkout_failures_total Checkouts whose order was not placed.\n"
+                "# TYPE checkout_failures_total counter\n"
+                f"checkout_failures_total {failures}\n")
 
 
 class ShopServer(ThreadingHTTPServer):
@@ -61,6 +93,7 @@ class ShopServer(ThreadingHTTPServer):
         self.instance = os.environ.get("KILN_INSTANCE", "-")
         self.stopping = False
         self.born = time.monotonic()
+        self.checkouts = Checkouts()
         self._busy = 0
         self._idle = threading.Condition()
 
@@ -119,6 +152,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/version":
             body = json.dumps({"version": b.version, "instance": srv.instance})
             self._send(200, body + "\n", "application/json")
+        elif path == "/metrics":
+            self._send(200, srv.checkouts.exposition(), "text/plain; version=0.0.4; charset=utf-8")
         elif path == "/":
             delay = b.extra_latency_ms
             if b.slow_share > 0 and random.random() < b.slow_share:
@@ -130,8 +165,11 @@ class Handler(BaseHTTPRequestHandler):
             if b.error_rate > 0 and random.random() < b.error_rate:
                 self._send(500, f"injected error (version {b.version})\n")
             else:
+                failed = b.checkout_failure_rate > 0 and random.random() < b.checkout_failure_rate
+                srv.checkouts.count(failed)
                 self._send(200, f"{srv.greeting} from shop version {b.version} "
-                                f"(instance {srv.instance})\n")
+                                f"(instance {srv.instance})"
+                                + (": order not placed, sorry\n" if failed else "\n"))
         else:
             self._send(404, "not found\n")
 

@@ -61,6 +61,16 @@ class ServersReadBack(Protocol):
         ...
 
 
+@runtime_checkable
+class RouterMetrics(Protocol):
+    """A router whose own Prometheus metrics kiln's Prometheus scrapes beside the instances."""
+
+    def metrics_endpoint(self) -> dict[str, str] | None:
+        """{"address": HOST:PORT, "path", "username", "password"} of its metrics (basic auth);
+        None before it first started."""
+        ...
+
+
 # ---------------------------------------------------------------- Compute
 
 
@@ -155,7 +165,7 @@ class OwnDrift(Protocol):
     def drift(self) -> list[dict[str, Any]]: ...
 
 
-ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack)
+ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics)
 COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend)
 BUILDER = (ImageCheck, Resolver)
 METRICS = (MetricReplay,)

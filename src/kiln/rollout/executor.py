@@ -82,6 +82,8 @@ class Env:
     notify: Callable[[str, str, str | None, dict[str, Any]], None] = (
         lambda kind, message, service, data: None)
     """Every recorded rollout event, for the `notify:` webhooks (queues; never blocks)."""
+    instances_changed: Callable[[], object] = lambda: None
+    """After instances were launched, routed or stopped (kiln's Prometheus rewrites its targets)."""
 
 
 def instances_of(store: Store, release_id: str, states: Sequence[str] = LIVE_STATES,
@@ -98,8 +100,10 @@ def launch_release(env: Env, release: Release, count: int) -> list[Instance]:
     secrets references, health, port, resources) and its image's env and workdir. The one way
     a release is launched, so none runs today's kiln.yaml."""
     spec = release.spec
-    return env.compute.launch(release.service, spec, release, launch_image(env.images, release),
-                              count, env=env.secrets(spec))
+    launched = env.compute.launch(release.service, spec, release,
+                                  launch_image(env.images, release), count, env=env.secrets(spec))
+    env.instances_changed()  # scraped from before they take traffic
+    return launched
 
 
 def env_fault() -> Callable[[str], None]:
@@ -298,6 +302,8 @@ class Reconciler:
                 self.env.store.event(action.kind, action.message, service=self.name,
                                      data=action.data)
                 self.env.notify(action.kind, action.message, self.name, action.data)
+        if any(isinstance(a, TerminateRetiring | TerminateRelease) for a in actions):
+            self.env.instances_changed()
 
     def _ensure(self, release_id: str, count: int) -> None:
         existing = instances_of(self.env.store, release_id, ("starting", "running"))
@@ -325,6 +331,7 @@ class Reconciler:
                           {b.release_id: set(b.servers) for b in backends if b.weight > 0})
         else:
             self.env.router.remove_service(self.name)
+        self.env.instances_changed()
         self.env.fault("routed")
 
     def _confirm(self, want: Mapping[str, int], servers: Mapping[str, set[str]]) -> None:

@@ -572,6 +572,20 @@ class Analysis(_Model):
         return self
 
 
+class MetricsEndpoint(_Model):
+    """Where each instance serves its own metrics (Prometheus' text format): kiln's Prometheus
+    scrapes it, labelled with the instance's release, service and id."""
+
+    path: str = "/metrics"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"expected a path starting with /, got {v!r}")
+        return v
+
+
 class WarmupRequests(_Model):
     """GETs sent to each new instance after its health check, before it enters rotation."""
 
@@ -656,6 +670,8 @@ class ServiceSpec(_Model):
     """Rotation of each instance's log (default 10M, 2 kept)."""
     egress: bool = False
     """podman: the project's network reaches beyond the host only if a service asks for it."""
+    metrics: MetricsEndpoint | None = None
+    """Scraped by kiln's own Prometheus (unless `prometheus: {url}` names the user's)."""
 
     @field_validator("env", mode="before")
     @classmethod
@@ -776,14 +792,25 @@ class Spec(_Model):
                                 f"service {listens[svc.listen]}")
             else:
                 listens[svc.listen] = name
-            analysis = svc.rollout.analysis
-            if analysis is not None and analysis.metrics and self.prometheus is None:
-                problems.append(f"services.{name}.rollout.analysis.metrics: metrics are read from "
-                                "Prometheus; set prometheus: {url: http://127.0.0.1:9090} (kiln "
-                                "does not run one of its own yet)")
+            problems += self._prometheus_problems(name, svc)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _prometheus_problems(self, name: str, svc: ServiceSpec) -> list[str]:
+        """`analysis.metrics` need a Prometheus: the user's (`prometheus.url`) or kiln's own,
+        which scrapes the services with `metrics:` (on this machine: not on aws)."""
+        analysis = svc.rollout.analysis
+        if self.prometheus is not None:
+            return []
+        if svc.metrics is not None and self.platform == "aws":
+            return [f"services.{name}.metrics: kiln's own Prometheus scrapes instances on this "
+                    "machine (platform local or podman); on aws set prometheus: {url: ...}"]
+        if analysis is not None and analysis.metrics and svc.metrics is None:
+            return [f"services.{name}.rollout.analysis.metrics: metrics are read from "
+                    f"Prometheus; set services.{name}.metrics: {{path: /metrics}} (kiln runs "
+                    "one that scrapes the service) or prometheus: {url: ...} (your own)"]
+        return []
 
     def _router_admin_problems(self) -> list[str]:
         """`router_admin` only where kiln runs Traefik itself, on loopback, on its own port."""

@@ -146,7 +146,7 @@ class Proj:
 
 
 def teardown(proj: Proj) -> None:
-    """destroy, then kill whatever is still alive (instances and the router)."""
+    """destroy, then kill whatever is still alive (instances, the router, kiln's Prometheus)."""
     with contextlib.suppress(Exception):  # teardown must go on
         proj.kiln("destroy", timeout=60)
     for pid in proj.live_pids():
@@ -155,7 +155,8 @@ def teardown(proj: Proj) -> None:
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
     for pidfile in (proj.dir / ".kiln" / "router" / "traefik.pid",
-                    proj.dir / ".kiln" / "haproxy" / "haproxy.pid"):
+                    proj.dir / ".kiln" / "haproxy" / "haproxy.pid",
+                    proj.dir / ".kiln" / "prometheus" / "prometheus.pid"):
         if pidfile.exists():
             try:
                 data = pidfile.read_text().split()

@@ -41,6 +41,7 @@ def deploy(project: Context, services: Sequence[str] | None = None, *, skip_test
         started_router = isinstance(router, RouterProcess) and not router.is_running()
         project.router.ensure_running()
         try:
+            project.scraping.ensure()
             for name in names:
                 result.services.append(_deploy_one(project, name, skip_tests, emit, no_cache,
                                                    force, preview=preview))
@@ -48,6 +49,7 @@ def deploy(project: Context, services: Sequence[str] | None = None, *, skip_test
             # A deploy that fails before anything serves leaves no router of its own behind.
             if started_router and not route_records.any_weighted(project.store):
                 project.router.stop()
+                project.scraping.stop()
             raise
     return result
 

@@ -37,9 +37,14 @@ def judge_for(project: Context, service: str, spec: ServiceSpec) -> Any:
         store = project.store
         warmup = Warmup(spec.rollout.analysis.warmup,
                         lambda releases: instance_starts(store, releases))
-    from kiln.analysis.prometheus import PrometheusQuery
+    from kiln.analysis.prometheus import MetricQuery, PrometheusQuery
 
-    queries = PrometheusQuery(project.spec.prometheus.url) if project.spec.prometheus else None
+    queries: MetricQuery | None = None
+    if project.spec.prometheus is not None:
+        queries = PrometheusQuery(project.spec.prometheus.url)
+    elif project.scraping.wanted:  # kiln's own, started (and kept) like the router
+        project.scraping.ensure()
+        queries = project.scraping.queries()
     # The router's own request counters, for the cross-check with the source's counts.
     return make_judge(metrics, service, spec.rollout.analysis, project.router.request_counts,
                       warmup, queries)

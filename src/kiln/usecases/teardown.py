@@ -1,5 +1,5 @@
 """`kiln destroy`: stop every instance of the services, drop their routes, end open rollouts;
-the router stops once no service instance is left."""
+the router (and kiln's Prometheus) stop once no service instance is left."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ def destroy(project: Context, services: Sequence[str] | None = None) -> list[str
                         service=name)
         if instance_records.live_service_count(project.store) == 0:
             project.router.stop()
+            project.scraping.stop()
+        else:
+            project.scraping.sync()
     return stopped
 
 

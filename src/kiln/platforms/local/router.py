@@ -42,7 +42,12 @@ from typing import Any, ClassVar
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend, RequestCounts
-from kiln.platforms.capabilities import HealthVerdicts, OpenRequests, ServersReadBack
+from kiln.platforms.capabilities import (
+    HealthVerdicts,
+    OpenRequests,
+    RouterMetrics,
+    ServersReadBack,
+)
 from kiln.platforms.local import tcp_table, traefik_config, traefik_process
 from kiln.platforms.local.router_files import RouterFiles
 from kiln.platforms.local.traefik_process import Running
@@ -62,7 +67,7 @@ def _yaml_text(data: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
+class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics):
     """Router seam on the local platform. Every method is safe to call again after a crash."""
 
     state_defaults: ClassVar[Mapping[str, Any]] = {"admin": ""}
@@ -160,6 +165,13 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
         """Basic auth for /api and /metrics (the password lives in the 0700 state folder)."""
         return traefik_config.admin_auth_header(str(self._load_state().get("admin_password")
                                                     or ""))
+
+    def metrics_endpoint(self) -> dict[str, str] | None:
+        state = self._load_state()
+        if not state.get("admin") or not state.get("admin_password"):
+            return None
+        return {"address": str(state["admin"]), "path": "/metrics",
+                "username": traefik_config.ADMIN_USER, "password": str(state["admin_password"])}
 
     # ------------------------------------------------------------------ routing
 

@@ -95,3 +95,12 @@ def mark_running(tx: Tx, instance_id: str) -> None:
 def mark_draining(tx: Tx, instance_id: str) -> None:
     tx.execute("UPDATE instances SET state = 'draining' WHERE id = ? AND state IN "
                "('starting','running')", (instance_id,))
+
+
+def scrape_candidates(store: Store) -> list[sqlite3.Row]:
+    """Live service instances (id, service, release_id, host, port) with their release's
+    recorded config_json: kiln's Prometheus scrapes those whose config has `metrics`."""
+    return store.query(
+        "SELECT i.id, i.service, i.release_id, i.host, i.port, r.config_json "
+        "FROM instances i JOIN releases r ON r.id = i.release_id WHERE i.kind = 'service' "
+        "AND i.state IN ('starting','running','draining') ORDER BY i.service, i.release_id, i.id")

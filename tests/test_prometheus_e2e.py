@@ -1,0 +1,132 @@
+"""End to end with kiln's own Prometheus (Debian's binary): `metrics: {path}` on the service, a
+real Prometheus scraping every instance by file_sd, the shop's business counter, and a canary
+rolled back on it while its 5xx and latency look fine."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.platforms.local.traefik_process import http_get, read_pidfile
+from kiln.state.lock import pid_alive
+from kiln.testing.load import Load
+from kiln.testing.project import Proj, judged_canary, wait_for
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(shutil.which("prometheus") is None,
+                                 reason="Debian's prometheus is not installed (./scripts/setup)")]
+
+METRIC = """\
+      analysis:
+        max_error_rate_increase: 0.02
+        max_latency_increase: 50%
+        min_requests: 50
+        on_no_data: pause
+        metrics:
+          - name: checkout_failures
+            kind: count
+            failures: sum(increase(checkout_failures_total{release="$release"}[$window]))
+            total: sum(increase(checkout_total{release="$release"}[$window]))
+            max_increase: 2%
+"""
+
+
+def write_spec(p: Proj) -> None:
+    rollout = judged_canary([(20, "30s"), (50, "10s")]).split("      analysis:")[0]
+    p.write(rollout=rollout + METRIC + "      drain_timeout: 3s\n")
+    spec = p.dir / "kiln.yaml"
+    spec.write_text(spec.read_text().replace(
+        "    stop_timeout: 5s\n", "    stop_timeout: 5s\n    metrics: {path: /metrics}\n"))
+
+
+def query(url: str, expr: str) -> list[dict[str, Any]]:
+    status, body = http_get(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
+    assert status == 200, body
+    result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
+    return result
+
+
+def up_releases(url: str) -> set[str]:
+    return {r["metric"]["release"] for r in query(url, 'up{job="kiln-instances"} == 1')}
+
+
+def test_business_counter_rolls_back_a_release_whose_5xx_and_latency_look_fine(
+        proj: Proj) -> None:
+    write_spec(proj)
+    res = proj.kiln("deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    prom = proj.status()["prometheus"]
+    assert prom["running"] and prom["targets"] == 3, prom
+    url = prom["url"]
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), url
+    # Every instance scraped with its release, service and instance; the router too.
+    wait_for(lambda: up_releases(url) == {"web-r1"}, timeout=20, what="r1 scraped")
+    series = query(url, 'up{job="kiln-instances"}')
+    ids = {i["id"] for r in proj.status()["services"][0]["releases"] for i in r["instances"]}
+    assert len(ids) == 3
+    assert {(s["metric"]["service"], s["metric"]["instance"]) for s in series} == {
+        ("web", i) for i in ids}, series
+    wait_for(lambda: query(url, 'up{job="kiln-router"} == 1'), timeout=20,
+             what="the router scraped")
+
+    proj.behave(version="2", checkout_failure_rate=0.3)
+    with Load(proj.listen, rate=120, max_seconds=120, keep_body=80) as load:
+        wait_for(lambda: load.stats.sent > 50)
+        t = time.monotonic()
+        res = proj.kiln("deploy", timeout=150)
+        took = time.monotonic() - t
+    stats = load.stats
+    assert res.returncode == 3, res.stdout + res.stderr
+    # 5xx and latency look fine: every request answered 200, the canary's failures only in
+    # its body (and its counter).
+    assert stats.failed == 0 and set(stats.statuses) == {200}, stats.summary()
+    quiet = sum(n for body, n in stats.bodies.items() if "not placed" in body)
+    assert quiet > 0, "the canary's checkouts never failed"
+    last = json.loads(proj.kiln("history", "web", "--json").stdout)["rollouts"][-1]
+    assert last["release"] == "web-r2" and last["outcome"] == "rolled_back", last
+    rollout_s = last["finished_at"] - last["started_at"]
+    assert rollout_s < 30, f"rolled back {rollout_s:.1f}s after the rollout began: the judge " \
+                           "waited for the first step's 30 s pause"
+    assert "checkout_failures" in str(last["reason"]), last["reason"]
+    assert "5xx" not in str(last["reason"]).split("checkout_failures")[0], last["reason"]
+    status = proj.status()
+    ro = status["services"][0]["rollout"]
+    assert "checkout_failures" in json.dumps(ro), ro
+    assert "checkout_failures" in proj.kiln("status").stdout
+    report = sorted((proj.dir / ".kiln" / "reports").glob("rollout-*.html"))[-1]
+    assert "checkout_failures" in report.read_text()
+    # The canary's instances left the targets file when they stopped.
+    assert status["prometheus"]["targets"] == 3
+    wait_for(lambda: up_releases(url) == {"web-r1"}, timeout=20,
+             what="the canary's instances no longer scraped")
+    print(f"\nbusiness-counter canary: deploy {took:.1f}s, rolled back {rollout_s:.1f}s after "
+          f"the rollout began; reason: {last['reason']}; "
+          f"load: {stats.summary()}")
+
+    # destroy stops it; a read-only command does not start it again.
+    running = read_pidfile(proj.dir / ".kiln" / "prometheus" / "prometheus.pid")
+    assert running is not None
+    assert proj.kiln("destroy").returncode == 0
+    assert not pid_alive(running.pid, running.start)
+    assert proj.status()["prometheus"]["running"] is False
+    assert not (proj.dir / ".kiln" / "prometheus" / "prometheus.pid").exists()
+
+
+def test_a_missing_prometheus_binary_is_one_line(proj: Proj, tmp_path: Path) -> None:
+    write_spec(proj)
+    missing = str(tmp_path / "no-such-prometheus")
+    res = proj.kiln("deploy", env={"KILN_PROMETHEUS": missing})
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"KILN_PROMETHEUS: expected an executable prometheus binary, got {missing!r}" \
+        in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    # A deploy that failed before anything served leaves neither router nor Prometheus.
+    assert proj.status()["router"]["running"] is False
+    assert proj.alive_instances() == 0
