@@ -104,3 +104,17 @@ def scrape_candidates(store: Store) -> list[sqlite3.Row]:
         "SELECT i.id, i.service, i.release_id, i.host, i.port, r.config_json "
         "FROM instances i JOIN releases r ON r.id = i.release_id WHERE i.kind = 'service' "
         "AND i.state IN ('starting','running','draining') ORDER BY i.service, i.release_id, i.id")
+
+
+def live_of_service(store: Store, service: str) -> list[sqlite3.Row]:
+    """The service's service instances that are starting, running or draining, oldest first."""
+    return store.query(
+        "SELECT * FROM instances WHERE service = ? AND kind = 'service' AND state IN "
+        "('starting','running','draining') ORDER BY created_at, id", (service,))
+
+
+def dev_up_of_service(store: Store, service: str) -> list[sqlite3.Row]:
+    """The service's `kiln dev` instances that are starting or running, oldest first."""
+    return store.query(
+        "SELECT * FROM instances WHERE service = ? AND kind = 'dev' AND state IN "
+        "('starting','running') ORDER BY created_at", (service,))

@@ -111,3 +111,16 @@ def settled_per_service(store: Store) -> list[sqlite3.Row]:
     return store.query(
         "SELECT service, to_release, from_release, outcome FROM rollouts WHERE id IN "
         "(SELECT MAX(id) FROM rollouts WHERE outcome IS NOT NULL GROUP BY service)")
+
+
+def newest(store: Store, service: str) -> sqlite3.Row | None:
+    """The service's newest rollout, settled or not."""
+    return store.one("SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC LIMIT 1",
+                     (service,))
+
+
+def last_of_service(store: Store, service: str, limit: int | None = None) -> list[sqlite3.Row]:
+    """The service's last `limit` rollouts (all when None), oldest first."""
+    return store.query(
+        "SELECT * FROM (SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC "
+        "LIMIT ?) ORDER BY id", (service, -1 if limit is None else limit))
