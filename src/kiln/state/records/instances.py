@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 from kiln.state.store import Store, Tx
 
@@ -118,3 +119,40 @@ def dev_up_of_service(store: Store, service: str) -> list[sqlite3.Row]:
     return store.query(
         "SELECT * FROM instances WHERE service = ? AND kind = 'dev' AND state IN "
         "('starting','running') ORDER BY created_at", (service,))
+
+
+def of_release(store: Store, release_id: str, states: Sequence[str],
+               kind: str = "service") -> list[sqlite3.Row]:
+    """The release's instances of a kind in one of `states`, oldest first."""
+    marks = ",".join("?" * len(states))
+    return store.query(
+        f"SELECT * FROM instances WHERE release_id = ? AND kind = ? AND state IN ({marks}) "
+        "ORDER BY created_at, id", (release_id, kind, *states))
+
+
+def state_of(store: Store, instance_id: str) -> str | None:
+    row = store.one("SELECT state FROM instances WHERE id = ?", (instance_id,))
+    return str(row["state"]) if row else None
+
+
+def created_at(store: Store, instance_id: str) -> float | None:
+    row = store.one("SELECT created_at FROM instances WHERE id = ?", (instance_id,))
+    return float(row["created_at"]) if row else None
+
+
+def mark_dead_unstamped(tx: Tx, instance_id: str) -> None:
+    """A starting or running instance the executor found gone (no stop time: it did not stop
+    it)."""
+    tx.execute("UPDATE instances SET state = 'dead' WHERE id = ? "
+               "AND state IN ('starting', 'running')", (instance_id,))
+
+
+def settle_starting(tx: Tx, instance_id: str, state: str) -> None:
+    """A starting instance becomes `state` (running after its health check, or dead)."""
+    tx.execute("UPDATE instances SET state = ? WHERE id = ? AND state = 'starting'",
+               (state, instance_id))
+
+
+def set_draining(tx: Tx, instance_id: str) -> None:
+    """An instance the executor retires (whatever its state: it just read it live)."""
+    tx.execute("UPDATE instances SET state = 'draining' WHERE id = ?", (instance_id,))

@@ -124,3 +124,21 @@ def last_of_service(store: Store, service: str, limit: int | None = None) -> lis
     return store.query(
         "SELECT * FROM (SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC "
         "LIMIT ?) ORDER BY id", (service, -1 if limit is None else limit))
+
+
+def take_signal(tx: Tx, rollout_id: int) -> str | None:
+    """The operator's pending signal, cleared in the same transaction."""
+    row = tx.execute("SELECT signal FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+    signal = row["signal"] if row else None
+    if signal:
+        tx.execute("UPDATE rollouts SET signal = NULL WHERE id = ?", (rollout_id,))
+    return str(signal) if signal else None
+
+
+def save_status(tx: Tx, rollout_id: int, phase: str, status_json: str, outcome: str | None,
+                reason: str | None, now: float, finished: float | None) -> None:
+    """A reconcile pass's status; `finished_at` is set once."""
+    tx.execute(
+        "UPDATE rollouts SET phase = ?, status_json = ?, outcome = ?, reason = ?, "
+        "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+        (phase, status_json, outcome, reason, now, finished, rollout_id))
