@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from kiln.state.store import Store, Tx
+
+LIVE_STATES: tuple[str, ...] = ("starting", "running", "draining")
 
 
 def live_release_ids(store: Store, service: str) -> list[str]:
@@ -156,3 +158,52 @@ def settle_starting(tx: Tx, instance_id: str, state: str) -> None:
 def set_draining(tx: Tx, instance_id: str) -> None:
     """An instance the executor retires (whatever its state: it just read it live)."""
     tx.execute("UPDATE instances SET state = 'draining' WHERE id = ?", (instance_id,))
+
+
+def insert(tx: Tx, instance_id: str, service: str, release_id: str, host: str, port: int,
+           handle_json: str, state: str, kind: str, created_at: float) -> None:
+    """The row of a new instance (inside the caller's transaction)."""
+    tx.execute("INSERT INTO instances(id, service, release_id, host, port, handle_json, state, "
+               "kind, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+               (instance_id, service, release_id, host, port, handle_json, state, kind,
+                created_at))
+
+
+def set_handle_json(tx: Tx, instance_id: str, handle_json: str) -> None:
+    tx.execute("UPDATE instances SET handle_json = ? WHERE id = ?", (handle_json, instance_id))
+
+
+def live_rows(store: Store, *, release_id: str | None = None, service: str | None = None,
+              kind: str | None = "service") -> list[sqlite3.Row]:
+    """Instances in a live state, oldest first, filtered by release, service and kind."""
+    sql = "SELECT * FROM instances WHERE state IN ({})".format(",".join("?" * len(LIVE_STATES)))
+    params: list[object] = list(LIVE_STATES)
+    for column, value in (("release_id", release_id), ("service", service), ("kind", kind)):
+        if value is not None:
+            sql += f" AND {column} = ?"
+            params.append(value)
+    return store.query(sql + " ORDER BY created_at, id", tuple(params))
+
+
+def filtered(store: Store, service: str | None, kinds: Collection[str],
+             states: Collection[str] | None) -> list[sqlite3.Row]:
+    """Instances of `kinds` (of one service, in `states`, when given), oldest first."""
+    sql = "SELECT * FROM instances WHERE kind IN ({})".format(",".join("?" * len(kinds)))
+    params: list[object] = list(kinds)
+    if service is not None:
+        sql += " AND service = ?"
+        params.append(service)
+    if states is not None:
+        sql += " AND state IN ({})".format(",".join("?" * len(states)))
+        params.extend(states)
+    return store.query(sql + " ORDER BY created_at, id", tuple(params))
+
+
+def row(store: Store, instance_id: str) -> sqlite3.Row | None:
+    return store.one("SELECT * FROM instances WHERE id = ?", (instance_id,))
+
+
+def set_state(tx: Tx, instance_id: str, state: str, stopped_at: float | None) -> None:
+    """Any state change; `stopped_at` is kept when already set or None."""
+    tx.execute("UPDATE instances SET state = ?, stopped_at = COALESCE(?, stopped_at) "
+               "WHERE id = ?", (state, stopped_at, instance_id))
