@@ -207,3 +207,34 @@ def set_state(tx: Tx, instance_id: str, state: str, stopped_at: float | None) ->
     """Any state change; `stopped_at` is kept when already set or None."""
     tx.execute("UPDATE instances SET state = ?, stopped_at = COALESCE(?, stopped_at) "
                "WHERE id = ?", (state, stopped_at, instance_id))
+
+
+def count_all(tx: Tx) -> int:
+    """Every instance ever recorded (local's address allocator counts with it)."""
+    return int(tx.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+
+def live_hosts(tx: Tx) -> set[str]:
+    """Hosts of the live instances (read inside the transaction that allocates one)."""
+    return {str(r[0]) for r in tx.execute(
+        "SELECT host FROM instances WHERE state IN ({})".format(
+            ",".join("?" * len(LIVE_STATES))), LIVE_STATES)}
+
+
+def mark_stopped(tx: Tx, instance_id: str, now: float) -> None:
+    """An instance the platform stopped."""
+    tx.execute("UPDATE instances SET state = 'stopped', stopped_at = ? WHERE id = ?",
+               (now, instance_id))
+
+
+def set_host(tx: Tx, instance_id: str, host: str) -> None:
+    """The address the platform gave the instance once it started."""
+    tx.execute("UPDATE instances SET host = ? WHERE id = ?", (host, instance_id))
+
+
+def live_count_except(store: Store, instance_id: str) -> int:
+    """Live instances of any service and kind, besides this one."""
+    row = store.one("SELECT COUNT(*) AS n FROM instances WHERE id != ? AND state IN "
+                    "({})".format(",".join("?" * len(LIVE_STATES))),
+                    (instance_id, *LIVE_STATES))
+    return 0 if row is None else int(row["n"])
