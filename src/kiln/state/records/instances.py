@@ -238,3 +238,45 @@ def live_count_except(store: Store, instance_id: str) -> int:
                     "({})".format(",".join("?" * len(LIVE_STATES))),
                     (instance_id, *LIVE_STATES))
     return 0 if row is None else int(row["n"])
+
+
+def ids_of_release(store: Store, release_id: str) -> list[str]:
+    """Every instance recorded for the release, whatever its state."""
+    return [str(r["id"]) for r in store.query(
+        "SELECT id FROM instances WHERE release_id = ?", (release_id,))]
+
+
+def live_count_of_release_except(store: Store, release_id: str, instance_id: str) -> int:
+    """The release's live instances besides this one."""
+    row = store.one(
+        "SELECT COUNT(*) AS n FROM instances WHERE release_id = ? AND id != ? AND state IN "
+        "('starting','running','draining')", (release_id, instance_id))
+    return 0 if row is None else int(row["n"])
+
+
+def live_service_ids(store: Store) -> list[str]:
+    """Ids of the live service instances of every service."""
+    return [str(r["id"]) for r in store.query(
+        "SELECT id FROM instances WHERE kind = 'service' AND state "
+        "IN ('starting','running','draining')")]
+
+
+def set_host_if_unknown(tx: Tx, instance_id: str, host: str) -> None:
+    """The address of an instance recorded before it had one (host 0.0.0.0)."""
+    tx.execute("UPDATE instances SET host = ? WHERE id = ? AND host = '0.0.0.0'",
+               (host, instance_id))
+
+
+def live_service_image_refs(store: Store) -> list[sqlite3.Row]:
+    """id, service, release_id and `ami` (its image's platform ref, None when the image row is
+    gone) of every live service instance."""
+    return store.query(
+        "SELECT i.id, i.service, i.release_id, im.ref AS ami FROM instances i "
+        "JOIN releases r ON r.id = i.release_id LEFT JOIN images im ON im.digest = r.image_digest "
+        "WHERE i.kind = 'service' AND i.state IN ('starting','running','draining')")
+
+
+def draining_of_release(store: Store, release_id: str) -> list[sqlite3.Row]:
+    """id and port of the release's draining instances."""
+    return store.query("SELECT id, port FROM instances WHERE release_id = ? AND "
+                       "state = 'draining'", (release_id,))
