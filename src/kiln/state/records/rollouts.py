@@ -142,3 +142,7 @@ def save_status(tx: Tx, rollout_id: int, phase: str, status_json: str, outcome: 
         "UPDATE rollouts SET phase = ?, status_json = ?, outcome = ?, reason = ?, "
         "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
         (phase, status_json, outcome, reason, now, finished, rollout_id))
+
+
+def row(store: Store, rollout_id: int) -> sqlite3.Row | None:
+    return store.one("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
