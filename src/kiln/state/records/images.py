@@ -65,3 +65,14 @@ def manifest_row(store: Store, digest: str) -> sqlite3.Row | None:
 
 def set_manifest(tx: Tx, digest: str, blob: bytes) -> None:
     tx.execute("UPDATE images SET manifest = ? WHERE digest = ?", (blob, digest))
+
+
+def keys(store: Store) -> list[str]:
+    """The cache key of every image's last step."""
+    return [str(r["key"]) for r in store.query("SELECT key FROM images")]
+
+
+def newest_time_per_name(store: Store) -> dict[str, float]:
+    """When each image name was last baked."""
+    return {str(r["name"]): float(r["t"]) for r in store.query(
+        "SELECT name, MAX(created_at) AS t FROM images GROUP BY name")}
