@@ -38,7 +38,7 @@ from kiln.state.lock import CONTROLLER_COMMAND, try_lock, unlock
 from kiln.state.records import instances as instance_records
 from kiln.state.records import rollouts as rollout_records
 from kiln.state.records import routes as route_records
-from kiln.state.records_events import EventLine, events_after, last_event_id
+from kiln.state.records.journal import EventLine, events_after, last_event_id
 
 if TYPE_CHECKING:
     from kiln.project import Project
