@@ -170,7 +170,7 @@ def test_podman_runs_provisioner_steps_between_containerfile_runs(
 
 @pytest.mark.parametrize(("part", "capabilities"), [
     (FakeBuilder, set()),
-    (LocalBuilder, {"ImageCheck", "Resolver"}),
+    (LocalBuilder, {"ImageCheck", "Resolver", "SpecLocator"}),
     (PodmanBuilder, {"ImageCheck", "Resolver"}),
     (AmiBuilder, {"Resolver"}),  # an AMI cannot change once created
 ])

@@ -277,7 +277,7 @@ class LocalCompute(Sweeper, OrphanFinder):
         except urllib.error.HTTPError as exc:
             return False, f"GET {path} answered {exc.code}"
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             return False, f"GET {path} failed: {reason}"
         if not 200 <= status < 300:
             return False, f"GET {path} answered {status}"
