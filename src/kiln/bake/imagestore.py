@@ -168,7 +168,7 @@ def integrity_problem(store: Store, image: Image) -> str | None:
     """None when the image's tree is still exactly what the state recorded at bake, else one
     line naming the image and the first differing file."""
     from kiln.bake.hashing import tree_digest
-    from kiln.bake.venv import digest_override
+    from kiln.platforms.local.venv import digest_override
 
     folder = Path(image.ref)
     root = folder / "root"

@@ -34,12 +34,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.bake import imagestore, manifest, stepcache, steps, venv
+from kiln.bake import imagestore, manifest, steps
 from kiln.bake.hashing import step_key, tree_digest
 from kiln.bake.sandbox import BakeSandbox, contained, in_dir, own_tree, require
 from kiln.errors import BakeError
 from kiln.platforms.base import Image, StepEvent
 from kiln.platforms.capabilities import ImageCheck, Resolver, SpecLocator
+from kiln.platforms.local import stepcache, venv
 from kiln.platforms.local.sandbox import SYSTEM_PATHS, SandboxMode, covered
 from kiln.spec.models import CopyStep, EnvStep, ImageSpec, RunStep, Step, WorkdirStep
 from kiln.state.records import steps as step_records
