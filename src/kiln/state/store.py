@@ -1,6 +1,6 @@
 """SQLite state: WAL, versioned migrations, every change in one transaction.
 
-Modules own their queries (bake writes images/steps, rollout writes releases/rollouts); this module
+The queries live in the records layer (kiln.state.records, one module per table); this module
 owns the file, the schema and the transaction discipline.
 """
 
