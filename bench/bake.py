@@ -95,7 +95,7 @@ def in_process_noop(project: Path, home: Path) -> float:
     """The builder's own no-op time, without the CLI (a fresh interpreter, import excluded)."""
     code = (
         "import sys, time\nfrom pathlib import Path\n"
-        "from kiln.bake import LocalBuilder\nfrom kiln.spec.loader import parse_spec\n"
+        "from kiln.platforms.local.builder import LocalBuilder\nfrom kiln.spec.loader import parse_spec\n"
         "from kiln.state.store import Store\n"
         "p = Path(sys.argv[1]); home = Path(sys.argv[2])\n"
         "spec = parse_spec((p / 'kiln.yaml').read_text())\nstore = Store.open(home)\n"

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.analysis.accesslog import AccessLogSource
 from kiln.analysis.live import LiveJudge
+from kiln.platforms.local.accesslog import AccessLogSource
 from kiln.rollout.decide import start
 from kiln.spec.models import Analysis
 

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bake import timed, write_part  # bench/bake.py: a timed subprocess; the bench's files
-from kiln.bake import LocalBuilder
 from kiln.platforms.base import Image, Release, ReleaseImage
+from kiln.platforms.local.builder import LocalBuilder
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.podman import containerfile
 from kiln.platforms.podman.builder import PodmanBuilder, stage

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kiln.analysis.accesslog import AccessLogSource, parse_line, parse_time
 from kiln.analysis.summary import aggregate, bin_index
 from kiln.platforms.base import Sample, Window
 from kiln.platforms.fake.metrics import FakeMetricSource
+from kiln.platforms.local.accesslog import AccessLogSource, parse_line, parse_time
 
 # Recorded from Traefik 3.7 (weighted service kiln-web over leaf services kiln-web-r1/r2),
 # trimmed to the fields that matter plus a few others.

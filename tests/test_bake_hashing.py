@@ -9,7 +9,7 @@ import pytest
 
 from kiln.bake.hashing import content_hash, step_key, tree_digest
 from kiln.bake.steps import definition, skip_name
-from kiln.bake.venv import digest_override
+from kiln.platforms.local.venv import digest_override
 from kiln.spec.models import CopyStep, RunStep
 
 

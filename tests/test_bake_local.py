@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from kiln.bake import LocalBuilder, get_image, list_images, remove_images
+from kiln.bake import get_image, list_images, remove_images
 from kiln.bake.imagestore import integrity_problem
 from kiln.errors import BakeError, ImageTampered, NotFound
 from kiln.platforms.base import Image, StepEvent
+from kiln.platforms.local.builder import LocalBuilder
 from kiln.spec.models import ImageSpec
 from kiln.state.lock import pid_alive
 from kiln.state.store import Store
@@ -260,7 +261,7 @@ def test_unknown_base(builder: LocalBuilder, tmp_path: Path) -> None:
 _CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from kiln.bake import LocalBuilder
+    from kiln.platforms.local.builder import LocalBuilder
     from kiln.spec.models import ImageSpec
     from kiln.state.store import Store
     home, base_dir, marker = map(Path, sys.argv[1:4])

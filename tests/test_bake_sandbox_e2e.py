@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.bake import LocalBuilder
 from kiln.errors import BakeError
+from kiln.platforms.local.builder import LocalBuilder
 from kiln.platforms.local.sandbox import bwrap_works
 from kiln.spec.models import ImageSpec
 from kiln.state.store import Store

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from kiln.bake import LocalBuilder
 from kiln.errors import BakeError
 from kiln.platforms import capabilities as caps
 from kiln.platforms.aws import AwsPlatform
@@ -19,6 +18,7 @@ from kiln.platforms.aws.bake import AmiBuilder
 from kiln.platforms.base import Builder, Image, StepEvent
 from kiln.platforms.fake.builder import FakeBuilder
 from kiln.platforms.local import LocalPlatform
+from kiln.platforms.local.builder import LocalBuilder
 from kiln.platforms.podman import PodmanPlatform
 from kiln.platforms.podman.builder import PodmanBuilder
 from kiln.spec.models import ImageSpec
@@ -170,7 +170,7 @@ def test_podman_runs_provisioner_steps_between_containerfile_runs(
 
 @pytest.mark.parametrize(("part", "capabilities"), [
     (FakeBuilder, set()),
-    (LocalBuilder, {"ImageCheck", "Resolver"}),
+    (LocalBuilder, {"ImageCheck", "Resolver", "SpecLocator"}),
     (PodmanBuilder, {"ImageCheck", "Resolver"}),
     (AmiBuilder, {"Resolver"}),  # an AMI cannot change once created
 ])

@@ -23,6 +23,7 @@ from kiln.platforms import capabilities as caps
 from kiln.platforms.aws.compute import AwsCompute
 from kiln.platforms.base import Image, Instance, Release, ReleaseImage
 from kiln.platforms.fake.compute import FakeCompute
+from kiln.platforms.local import cgroups
 from kiln.platforms.local.addresses import address_for
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.local.handle import LocalHandle
@@ -210,7 +211,14 @@ class LocalHarness(_Base):
         self.compute = self.local
 
     def kill(self, inst: Instance) -> None:
+        """SIGKILL the instance's process and wait for the kernel to take the rest of its
+        sandbox down: under load that lags, and a sweep run before then also (rightly) reports
+        the leftovers it kills in the instance's cgroup."""
         os.kill(pid_of(inst), 9)
+        cgroup = cgroups.recorded(self.local.folder(inst.id))
+        if cgroup is not None:
+            wait_for(lambda: not cgroup.pids(), 30.0, 0.02,
+                     what=f"the processes of killed {inst.id} to be gone")
 
     def reused(self, inst: Instance) -> Instance:
         return replace(inst, handle={**inst.handle, "pid_start": "1"})

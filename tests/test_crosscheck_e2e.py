@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 import test_router_contract as contract
-from kiln.analysis.accesslog import AccessLogSource
 from kiln.analysis.live import LiveJudge
 from kiln.platforms.base import Backend
 from kiln.platforms.fake.router import FakeRouter
+from kiln.platforms.local.accesslog import AccessLogSource
 from kiln.platforms.local.traefik_process import free_port, read_pidfile
 from kiln.rollout.decide import Status, start
 from kiln.spec.models import Analysis

@@ -61,28 +61,32 @@ def test_bucket_samples() -> None:
 
 def test_report_for_rollout_from_recorded_series(tmp_path: Path) -> None:
     import json
-    from typing import Any
 
     from kiln.analysis.report import report_for_rollout
+    from kiln.state.records import releases, rollouts
+    from kiln.state.store import Store
 
+    status = {"decisions": [{"time": 125.0, "step": 0, "weight": 10, "outcome": "fail",
+                             "reason": "5xx 50% vs 0%"}]}
+    store = Store.open(tmp_path)
+    with store.tx() as c:
+        for n in (2, 3):
+            releases.insert(c, f"web-r{n}", "web", n, f"sha256:{n}", "cfg", "{}", 90.0, False,
+                            "{}", None)
+        rid = rollouts.insert(c, "web", "web-r2", "web-r3", "canary", "done", "{}", 100.0)
+        rollouts.save_status(c, rid, "done", json.dumps(status), "rolled_back",
+                             "5xx 50% vs 0%", 100.0, None)
     (tmp_path / "reports").mkdir()
     series = {"seconds": [{"t": 100 + i, "releases": {
         "web-r2": {"n": 18, "errors": 0, "p50": 0.05, "p95": 0.1},
         "web-r3": {"n": 2, "errors": i % 2, "p50": 0.08, "p95": 0.2}}} for i in range(30)],
         "weights": [[100.0, {"web-r2": 90, "web-r3": 10}], [125.0, {"web-r2": 100, "web-r3": 0}]],
         "phases": [[100.0, "step"], [125.0, "rollback"]]}
-    (tmp_path / "reports" / "rollout-7.json").write_text(json.dumps(series))
-    status = {"decisions": [{"time": 125.0, "step": 0, "weight": 10, "outcome": "fail",
-                             "reason": "5xx 50% vs 0%"}]}
+    (tmp_path / "reports" / f"rollout-{rid}.json").write_text(json.dumps(series))
 
-    class Store:
-        def one(self, sql: str, args: tuple[Any, ...]) -> dict[str, Any]:
-            return {"to_release": "web-r3", "from_release": "web-r2", "started_at": 100.0,
-                    "outcome": "rolled_back", "reason": "5xx 50% vs 0%",
-                    "status_json": json.dumps(status)}
-
-    path = report_for_rollout(Store(), tmp_path, "web", 7)
-    assert path == tmp_path / "reports" / "rollout-7.html"
+    path = report_for_rollout(store, tmp_path, "web", rid)
+    store.close()
+    assert path == tmp_path / "reports" / f"rollout-{rid}.html"
     text = path.read_text()
     # Counts come from the series when the judge's figures lack them (never "–").
     assert "<td>60</td>" in text and "<td>540</td>" in text and "<td>15</td>" in text

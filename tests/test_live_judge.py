@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kiln.analysis.accesslog import AccessLogSource
 from kiln.analysis.live import CounterTrack, LiveJudge
 from kiln.platforms.base import RequestCounts, Sample, Window
 from kiln.platforms.fake.metrics import FakeMetricSource
+from kiln.platforms.local.accesslog import AccessLogSource
 from kiln.platforms.local.traefik_config import prometheus_counts
 from kiln.rollout.decide import Status, start
 from kiln.spec.models import Analysis

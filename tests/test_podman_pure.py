@@ -169,7 +169,7 @@ def test_bad_resources_are_refused(bad: dict[str, object]) -> None:
 
 
 def test_a_debian_base_on_the_local_platform_names_podman(tmp_path: Path) -> None:
-    from kiln.bake import LocalBuilder
+    from kiln.platforms.local.builder import LocalBuilder
 
     store = Store.open(tmp_path)
     try:

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from kiln.analysis.accesslog import AccessLogSource
 from kiln.errors import PlatformError
 from kiln.platforms import capabilities as caps
 from kiln.platforms.aws.router import AlbRouter
 from kiln.platforms.base import PREVIEW_HEADER, Backend, RequestCounts, Router
 from kiln.platforms.capabilities import ServersReadBack
 from kiln.platforms.fake.router import FakeRouter
+from kiln.platforms.local.accesslog import AccessLogSource
 from kiln.platforms.local.haproxy_router import HAProxyRouter
 from kiln.platforms.local.router import TraefikRouter
 from kiln.platforms.local.traefik_process import free_port, read_pidfile

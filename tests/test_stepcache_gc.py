@@ -6,7 +6,7 @@ from __future__ import annotations
 import fcntl
 from pathlib import Path
 
-from kiln.bake.stepcache import remove_unused
+from kiln.platforms.local.stepcache import remove_unused
 from kiln.state.store import Store
 
 

@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from kiln.analysis.accesslog import parse_line
 from kiln.analysis.live import LiveJudge
 from kiln.analysis.summary import aggregate
 from kiln.analysis.warmup import Warmup, warming
 from kiln.platforms.base import Sample, Window
 from kiln.platforms.fake.metrics import FakeMetricSource
+from kiln.platforms.local.accesslog import parse_line
 from kiln.rollout.decide import Status, start
 from kiln.spec.models import Analysis
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from kiln.bake import LocalBuilder
 from kiln.bake.imagestore import get_image
 from kiln.bake.steps import final_workdir
 from kiln.errors import BakeError
 from kiln.platforms.base import Builder, Compute, Image, Release, ReleaseImage
 from kiln.platforms.fake.builder import FakeBuilder
 from kiln.platforms.fake.compute import FakeCompute
+from kiln.platforms.local.builder import LocalBuilder
 from kiln.platforms.local.compute import LocalCompute
 from kiln.platforms.podman.builder import PodmanBuilder
 from kiln.platforms.podman.compute import PodmanCompute

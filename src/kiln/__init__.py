@@ -43,4 +43,4 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'kiln' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module), name)  # not a capability probe: lazy export

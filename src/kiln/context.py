@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Self
 from kiln.errors import KilnError, NotFound
 from kiln.notify import Notifier
 from kiln.platforms.base import Image, Release
-from kiln.platforms.capabilities import ImageCheck, Sweeper
+from kiln.platforms.capabilities import ImageCheck, SpecLocator, Sweeper
 from kiln.platforms.registry import get_platform
 from kiln.rollout.executor import Env, env_fault, load_release
 from kiln.rollout.release_config import went_live
@@ -117,8 +117,8 @@ class Context:
     @property
     def builder(self) -> Builder:
         builder = self.platform.builder
-        if hasattr(builder, "locate"):  # lets it name a step's line in kiln.yaml
-            builder.locate = self._locate
+        if isinstance(builder, SpecLocator):  # lets it name a step's line in kiln.yaml
+            builder.use_locator(self._locate)
         return builder
 
     def _locate(self, loc: tuple[str | int, ...], message: str) -> str:

@@ -122,5 +122,5 @@ class Notifier:
             except urllib.error.HTTPError as e:
                 error = f"HTTP {e.code}"
             except OSError as e:
-                error = str(getattr(e, "reason", e))
+                error = str(e.reason if isinstance(e, urllib.error.URLError) else e)
         self.failed.append(Failed(hook.url, event, error, time.time()))

@@ -20,6 +20,10 @@ from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, Status
 from kiln.rollout.executor import load_release
 from kiln.rollout.release_config import find_release
+from kiln.state.records import instances as instance_records
+from kiln.state.records import releases as release_records
+from kiln.state.records import rollouts as rollout_records
+from kiln.state.records import routes as route_records
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -103,15 +107,11 @@ class ServiceView:
 
 def observe_service(ctx: Context, name: str) -> ServiceView:
     store = ctx.store
-    routes = {str(r["release_id"]): int(r["weight"]) for r in store.query(
-        "SELECT release_id, weight FROM routes WHERE service = ?", (name,))}
-    rows = store.query(
-        "SELECT * FROM instances WHERE service = ? AND kind = 'service' AND state IN "
-        "('starting','running','draining') ORDER BY created_at, id", (name,))
+    routes = route_records.weights_of(store, name)
+    rows = instance_records.live_of_service(store, name)
     insts = [from_row(r) for r in rows]
     alive = {o.instance_id: o.alive for o in ctx.compute.observe(insts)} if insts else {}
-    last = store.one("SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC LIMIT 1",
-                     (name,))
+    last = rollout_records.newest(store, name)
     return ServiceView(
         name=name, current=ctx.current_release(name), destroyed=ctx.destroyed(name),
         routes=routes,
@@ -123,7 +123,7 @@ def observe_service(ctx: Context, name: str) -> ServiceView:
 
 def router_view(ctx: Context) -> dict[str, Any]:
     """Whether the router is needed (some route has weight) and runs (None: cannot tell)."""
-    needed = ctx.store.one("SELECT 1 FROM routes WHERE weight > 0 LIMIT 1") is not None
+    needed = route_records.any_weighted(ctx.store)
     router = ctx.router
     return {"needed": needed,
             "running": router.is_running() if isinstance(router, RouterProcess) else None}
@@ -196,9 +196,7 @@ def service_status(ctx: Context, name: str) -> dict[str, Any]:
     spec = ctx.service(name)
     view = observe_service(ctx, name)
     dev = [{"id": r["id"], "address": f"{r['host']}:{r['port']}", "state": r["state"]}
-           for r in ctx.store.query(
-               "SELECT * FROM instances WHERE service = ? AND kind = 'dev' AND state IN "
-               "('starting','running') ORDER BY created_at", (name,))]
+           for r in instance_records.dev_up_of_service(ctx.store, name)]
     return {"service": name, "listen": spec.listen,
             "current": view.current.id if view.current else None,
             "destroyed": view.destroyed,
@@ -238,10 +236,8 @@ def history(store: Store, home: Path, service: str, limit: int | None = None
             ) -> list[dict[str, Any]]:
     """`kiln history --json`: the service's rollouts, oldest first (the last `limit`)."""
     out = []
-    for ro in store.query(
-            "SELECT * FROM (SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC "
-            "LIMIT ?) ORDER BY id", (service, -1 if limit is None else limit)):
-        rel = store.one("SELECT * FROM releases WHERE id = ?", (ro["to_release"],))
+    for ro in rollout_records.last_of_service(store, service, limit):
+        rel = release_records.row(store, str(ro["to_release"]))
         report = home / "reports" / f"rollout-{ro['id']}.html"
         out.append({
             "rollout_id": ro["id"], "release": ro["to_release"], "from": ro["from_release"],

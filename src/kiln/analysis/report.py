@@ -22,6 +22,10 @@ from typing import Any
 from kiln.analysis.judge import LATENCY_FLOOR_S
 from kiln.charts import asset, inline_script, uplot_version
 from kiln.platforms.base import Sample
+from kiln.state.records import events as event_records
+from kiln.state.records import releases as release_records
+from kiln.state.records import rollouts as rollout_records
+from kiln.state.store import Store
 
 CANARY, BASELINE = "#e8590c", "#1c7ed6"
 PASS, FAIL, NEUTRAL = "#2b8a3e", "#c92a2a", "#868e96"
@@ -459,15 +463,12 @@ def phase_marks(data: ReportData, phases: Iterable[Sequence[Any]]) -> list[Decis
     return out
 
 
-def _events_timeline(store: Any, service: str, start: float, end: float, t0: float
+def _events_timeline(store: Store, service: str, start: float, end: float, t0: float
                      ) -> tuple[list[tuple[float, int]], list[Decision]]:
     """Weights and marks from the event log, for a rollout that recorded no series."""
     weights: list[tuple[float, int]] = []
     marks: list[Decision] = []
-    rows = store.query(
-        "SELECT time, kind, message, data_json FROM events WHERE service = ? AND time >= ? "
-        "AND time <= ? AND kind LIKE 'rollout.%' ORDER BY id", (service, start - 0.5, end + 0.5))
-    for r in rows:
+    for r in event_records.rollout_events_between(store, service, start - 0.5, end + 0.5):
         t = float(r["time"]) - t0
         kind = str(r["kind"]).removeprefix("rollout.")
         data = json.loads(r["data_json"] or "{}")
@@ -486,9 +487,9 @@ def _events_timeline(store: Any, service: str, start: float, end: float, t0: flo
     return weights, marks
 
 
-def load_report_data(store: Any, home: Path, service: str, rollout_id: int) -> ReportData | None:
+def load_report_data(store: Store, home: Path, service: str, rollout_id: int) -> ReportData | None:
     """Everything the report shows about one rollout, from what is on disk."""
-    row = store.one("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
+    row = rollout_records.row(store, rollout_id)
     if row is None:
         return None
     status = json.loads(row["status_json"] or "{}")
@@ -501,16 +502,15 @@ def load_report_data(store: Any, home: Path, service: str, rollout_id: int) -> R
                            baseline=baseline, started=started)
     else:
         data = ReportData(service, canary, baseline, started)
-    if hasattr(store, "query"):
-        end = float(finished) if finished is not None else time.time()
-        weights, marks = _events_timeline(store, service, started, end, started)
-        if not data.weights:
-            data.weights = weights
-            data.decisions = marks + data.decisions
-        elif weights:
-            # The events' times are exact; the series notes weights once a second and misses
-            # a step shorter than that (a canary rolled back within a second of its weight).
-            data.weights = weights
+    end = float(finished) if finished is not None else time.time()
+    weights, marks = _events_timeline(store, service, started, end, started)
+    if not data.weights:
+        data.weights = weights
+        data.decisions = marks + data.decisions
+    elif weights:
+        # The events' times are exact; the series notes weights once a second and misses
+        # a step shorter than that (a canary rolled back within a second of its weight).
+        data.weights = weights
     data.finished = float(finished) if finished is not None else None
     data.outcome = str(row["outcome"] or status.get("phase") or "")
     data.reason = str(row["reason"] or status.get("reason") or "")
@@ -532,24 +532,23 @@ def load_report_data(store: Any, home: Path, service: str, rollout_id: int) -> R
                      else f"judge: {outcome} at {d.get('weight', '?')}%")
             data.decisions.append(Decision(rel_t, label, "info" if by_hand else outcome))
     data.decisions.sort(key=lambda d: d.t)
-    if hasattr(store, "query"):
-        for rel in (baseline, canary):
-            if rel is None:
-                continue
-            r = store.one("SELECT image_digest, config_json FROM releases WHERE id = ?", (rel,))
-            if r is None:
-                continue
-            data.images[str(rel)] = str(r["image_digest"])
-            if rel == canary and baseline is not None:
-                try:
-                    cfg = json.loads(r["config_json"] or "{}")
-                except ValueError:
-                    cfg = {}
-                data.analysis = ((cfg.get("rollout") or {}).get("analysis")) or None
+    for rel in (baseline, canary):
+        if rel is None:
+            continue
+        r = release_records.row(store, str(rel))
+        if r is None:
+            continue
+        data.images[str(rel)] = str(r["image_digest"])
+        if rel == canary and baseline is not None:
+            try:
+                cfg = json.loads(r["config_json"] or "{}")
+            except ValueError:
+                cfg = {}
+            data.analysis = ((cfg.get("rollout") or {}).get("analysis")) or None
     return data
 
 
-def report_for_rollout(store: Any, home: Path, service: str, rollout_id: int) -> Path | None:
+def report_for_rollout(store: Store, home: Path, service: str, rollout_id: int) -> Path | None:
     """Write `reports/rollout-N.html` for any rollout (judged or not, with or without traffic)."""
     data = load_report_data(store, home, service, rollout_id)
     if data is None:

@@ -23,6 +23,7 @@ from typing import Any
 from kiln.bake import manifest
 from kiln.errors import ImageTampered, NotFound
 from kiln.platforms.base import Image
+from kiln.state.records import images as image_records
 from kiln.state.store import Store
 
 
@@ -50,7 +51,7 @@ def _image(row: sqlite3.Row, name: str | None = None) -> Image:
 
 def find_by_key(store: Store, key: str) -> sqlite3.Row | None:
     """The newest image whose last step has cache key `key` and whose tree still exists."""
-    for row in store.query("SELECT * FROM images WHERE key = ? ORDER BY created_at DESC", (key,)):
+    for row in image_records.by_key(store, key):
         if os.path.isdir(row["ref"]):
             return row
     return None
@@ -63,15 +64,8 @@ def record_image(store: Store, *, name: str, digest: str, ref: str, key: str,
     `manifest`: what launches verify it against (kiln.bake.manifest; podman: its layers)."""
     env_json = json.dumps(dict(env), sort_keys=True)
     with store.tx() as c:
-        c.execute(
-            "INSERT INTO images(digest, name, ref, key, env_json, workdir, size, created_at, "
-            "manifest) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
-            "name = excluded.name, ref = excluded.ref, key = excluded.key, "
-            "env_json = excluded.env_json, workdir = excluded.workdir, size = excluded.size, "
-            "created_at = excluded.created_at, "  # the newest bake of a name is the cache's
-            "manifest = COALESCE(excluded.manifest, images.manifest)",
-            (digest, name, ref, key, env_json, workdir, size, time.time(), manifest),
-        )
+        image_records.upsert(c, digest, name, ref, key, env_json, workdir, size, time.time(),
+                             manifest)
         c.event("image.baked", f"baked image {name} {digest[:19]}", data={"digest": digest})
     return Image(name=name, digest=digest, ref=ref, env=dict(env), workdir=workdir)
 
@@ -82,7 +76,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 def list_images(store: Store) -> list[ImageRecord]:
     """Every image in the store, newest first."""
-    rows = store.query("SELECT * FROM images ORDER BY created_at DESC, name")
+    rows = image_records.all_newest_first(store)
     return [ImageRecord(r["name"], r["digest"], r["created_at"], r["size"], r["ref"])
             for r in rows]
 
@@ -90,7 +84,7 @@ def list_images(store: Store) -> list[ImageRecord]:
 def get_image(store: Store, digest: str) -> Image:
     """The image with this digest ('sha256:<hex>' or just the hex); NotFound if it is unknown."""
     full = digest if digest.startswith("sha256:") else f"sha256:{digest}"
-    row = store.one("SELECT * FROM images WHERE digest = ?", (full,))
+    row = image_records.row(store, full)
     if row is None:
         raise NotFound(f"image {digest}: not in the image store",
                        hint="run `kiln bake` to build it")
@@ -105,12 +99,12 @@ def remove_images(store: Store, home: Path, keep: set[str]) -> list[str]:
     """
     keep_hex = {hexdigest(d) for d in keep}
     removed: list[str] = []
-    for row in store.query("SELECT digest FROM images"):
-        if hexdigest(row["digest"]) not in keep_hex:
-            removed.append(row["digest"])
+    for digest in image_records.digests(store):
+        if hexdigest(digest) not in keep_hex:
+            removed.append(digest)
     with store.tx() as c:
         for digest in removed:
-            c.execute("DELETE FROM images WHERE digest = ?", (digest,))
+            image_records.delete(c, digest)
         if removed:
             c.event("image.removed", f"removed {len(removed)} image(s)", data={"digests": removed})
     images = home / "images"
@@ -174,14 +168,14 @@ def integrity_problem(store: Store, image: Image) -> str | None:
     """None when the image's tree is still exactly what the state recorded at bake, else one
     line naming the image and the first differing file."""
     from kiln.bake.hashing import tree_digest
-    from kiln.bake.venv import digest_override
+    from kiln.platforms.local.venv import digest_override
 
     folder = Path(image.ref)
     root = folder / "root"
     label = f"image {image.name} {image.digest[:19]}"
     if not root.is_dir():
         return f"{label}: folder {root} is missing"
-    row = store.one("SELECT manifest FROM images WHERE digest = ?", (image.digest,))
+    row = image_records.manifest_row(store, image.digest)
     if row is None:
         return f"{label}: the state has no record of it (kiln did not bake it here)"
     blob = None if row["manifest"] is None else bytes(row["manifest"])
@@ -204,7 +198,7 @@ def integrity_problem(store: Store, image: Image) -> str | None:
 
 def record_manifest(store: Store, digest: str, blob: bytes) -> None:
     with store.tx() as c:
-        c.execute("UPDATE images SET manifest = ? WHERE digest = ?", (blob, digest))
+        image_records.set_manifest(c, digest, blob)
 
 
 def ensure_intact(store: Store, image: Image, *, use: str) -> None:

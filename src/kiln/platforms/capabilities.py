@@ -10,7 +10,7 @@ optional attributes on the Platform: docs/decisions/capabilities.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -134,6 +134,16 @@ class Resolver(Protocol):
     def resolve(self, name: str, spec: ImageSpec, *, base_dir: Path) -> Image | None: ...
 
 
+@runtime_checkable
+class SpecLocator(Protocol):
+    """A builder that names the kiln.yaml line of a step it refuses (a `copy` path escaping the
+    project), once the context tells it how to find lines."""
+
+    def use_locator(self, locate: Callable[[tuple[str | int, ...], str], str]) -> None:
+        """`locate(path in the spec, message)` -> "kiln.yaml:line:col: path: message"."""
+        ...
+
+
 # ---------------------------------------------------------------- MetricSource
 
 
@@ -167,7 +177,7 @@ class OwnDrift(Protocol):
 
 ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics)
 COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend)
-BUILDER = (ImageCheck, Resolver)
+BUILDER = (ImageCheck, Resolver, SpecLocator)
 METRICS = (MetricReplay,)
 PLATFORM = (OwnDrift,)
 

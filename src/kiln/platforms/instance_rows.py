@@ -14,9 +14,10 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from kiln.platforms.base import Instance
+from kiln.state.records import instances as records
 from kiln.state.store import Store, Tx
 
-LIVE_STATES: tuple[str, ...] = ("starting", "running", "draining")
+LIVE_STATES: tuple[str, ...] = records.LIVE_STATES
 KINDS: tuple[str, ...] = ("service", "test", "dev")
 
 
@@ -37,51 +38,34 @@ def handle_of(row: sqlite3.Row) -> dict[str, str]:
 
 def insert(c: Tx, inst: Instance, *, kind: str, state: str = "starting") -> None:
     """The row of a new instance (inside the caller's transaction)."""
-    c.execute("INSERT INTO instances(id, service, release_id, host, port, handle_json, state, "
-              "kind, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-              (inst.id, inst.service, inst.release_id, inst.host, inst.port,
-               json.dumps(dict(inst.handle)), state, kind, time.time()))
+    records.insert(c, inst.id, inst.service, inst.release_id, inst.host, inst.port,
+                   json.dumps(dict(inst.handle)), state, kind, time.time())
 
 
 def set_handle(c: Tx, instance_id: str, handle: Mapping[str, str]) -> None:
-    c.execute("UPDATE instances SET handle_json = ? WHERE id = ?",
-              (json.dumps(dict(handle)), instance_id))
+    records.set_handle_json(c, instance_id, json.dumps(dict(handle)))
 
 
 def live_instances(store: Store, *, release_id: str | None = None, service: str | None = None,
                    kind: str | None = "service") -> list[Instance]:
     """Instances in a live state, oldest first, filtered by release, service and kind."""
-    sql = "SELECT * FROM instances WHERE state IN ({})".format(",".join("?" * len(LIVE_STATES)))
-    params: list[object] = list(LIVE_STATES)
-    for column, value in (("release_id", release_id), ("service", service), ("kind", kind)):
-        if value is not None:
-            sql += f" AND {column} = ?"
-            params.append(value)
-    return [from_row(r) for r in store.query(sql + " ORDER BY created_at, id", tuple(params))]
+    return [from_row(r) for r in records.live_rows(store, release_id=release_id,
+                                                   service=service, kind=kind)]
 
 
 def list_rows(store: Store, service: str | None, kinds: Collection[str],
               states: Collection[str] | None) -> list[sqlite3.Row]:
-    sql = "SELECT * FROM instances WHERE kind IN ({})".format(",".join("?" * len(kinds)))
-    params: list[object] = list(kinds)
-    if service is not None:
-        sql += " AND service = ?"
-        params.append(service)
-    if states is not None:
-        sql += " AND state IN ({})".format(",".join("?" * len(states)))
-        params.extend(states)
-    return store.query(sql + " ORDER BY created_at, id", tuple(params))
+    return records.filtered(store, service, kinds, states)
 
 
 def get_row(store: Store, instance_id: str) -> sqlite3.Row | None:
-    return store.one("SELECT * FROM instances WHERE id = ?", (instance_id,))
+    return records.row(store, instance_id)
 
 
 def set_state(store: Store, instance_id: str, state: str) -> None:
     stopped = time.time() if state in ("stopped", "dead") else None
     with store.tx() as c:
-        c.execute("UPDATE instances SET state = ?, stopped_at = COALESCE(?, stopped_at) "
-                  "WHERE id = ?", (state, stopped, instance_id))
+        records.set_state(c, instance_id, state, stopped)
 
 
 def gc_folders(store: Store, base: Path, in_use: Callable[[Path], bool] = lambda _: False) -> list[str]:

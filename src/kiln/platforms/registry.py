@@ -41,6 +41,7 @@ def get_platform(name: str, store: Store, home: Path, project: str, *,
     if target is None:
         raise KilnError(f"platform {name!r} is not available (platforms: {', '.join(names())})")
     module_name, _, class_name = target.partition(":")
+    # not a capability probe: the registry names each platform's class as "module:Class"
     cls = getattr(importlib.import_module(module_name), class_name)
     options: dict[str, object] = {} if settings is None else {"settings": settings}
     if sandbox != "bwrap":  # the spec's `sandbox: none`, for a platform that sandboxes with it

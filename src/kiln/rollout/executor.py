@@ -43,6 +43,9 @@ from kiln.rollout.decide import (
 from kiln.rollout.prewarm import prewarm
 from kiln.rollout.release_config import launch_image, load_release
 from kiln.spec.models import Health, ServiceSpec
+from kiln.state.records import instances as instance_records
+from kiln.state.records import rollouts as rollout_records
+from kiln.state.records import routes as route_records
 from kiln.state.store import Store
 
 __all__ = ["Env", "Reconciler", "env_fault", "instances_of", "launch_release", "load_release"]
@@ -88,11 +91,7 @@ class Env:
 
 def instances_of(store: Store, release_id: str, states: Sequence[str] = LIVE_STATES,
                  kind: str = "service") -> list[Instance]:
-    marks = ",".join("?" * len(states))
-    rows = store.query(
-        f"SELECT * FROM instances WHERE release_id = ? AND kind = ? AND state IN ({marks}) "
-        "ORDER BY created_at, id", (release_id, kind, *states))
-    return [from_row(r) for r in rows]
+    return [from_row(r) for r in instance_records.of_release(store, release_id, states, kind)]
 
 
 def launch_release(env: Env, release: Release, count: int) -> list[Instance]:
@@ -141,17 +140,13 @@ class Reconciler:
     # ------------------------------------------------------------ persistence
 
     def load(self) -> Status:
-        row = self.env.store.one("SELECT status_json FROM rollouts WHERE id = ?", (self.rollout_id,))
-        assert row is not None
-        return Status.from_json(json.loads(row["status_json"]))
+        text = rollout_records.status_json(self.env.store, self.rollout_id)
+        assert text is not None
+        return Status.from_json(json.loads(text))
 
     def _take_signal(self, status: Status) -> Status:
         with self.env.store.tx() as c:
-            row = c.execute("SELECT signal FROM rollouts WHERE id = ?",
-                            (self.rollout_id,)).fetchone()
-            signal = row["signal"] if row else None
-            if signal:
-                c.execute("UPDATE rollouts SET signal = NULL WHERE id = ?", (self.rollout_id,))
+            signal = rollout_records.take_signal(c, self.rollout_id)
         if signal == "abort":
             status.abort_requested = True
         elif signal == "promote":
@@ -164,15 +159,10 @@ class Reconciler:
         now = time.time()
         finished = now if status.phase == "done" else None
         with self.env.store.tx() as c:
-            c.execute(
-                "UPDATE rollouts SET phase = ?, status_json = ?, outcome = ?, reason = ?, "
-                "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
-                (status.phase, json.dumps(status.to_json()), status.outcome, status.reason, now,
-                 finished, self.rollout_id))
-            c.execute("DELETE FROM routes WHERE service = ?", (self.name,))
-            for release, weight in status.weights.items():
-                c.execute("INSERT INTO routes(service, release_id, weight) VALUES (?,?,?)",
-                          (self.name, release, weight))
+            rollout_records.save_status(c, self.rollout_id, status.phase,
+                                        json.dumps(status.to_json()), status.outcome,
+                                        status.reason, now, finished)
+            route_records.replace_service(c, self.name, status.weights)
         if status.phase != previous_phase:
             self.env.fault(f"after:{status.phase}")
 
@@ -255,16 +245,13 @@ class Reconciler:
 
     def _mark_dead(self, instance_id: str) -> None:
         with self.env.store.tx() as c:
-            c.execute("UPDATE instances SET state = 'dead' WHERE id = ? "
-                      "AND state IN ('starting', 'running')", (instance_id,))
+            instance_records.mark_dead_unstamped(c, instance_id)
 
     def _state(self, instance_id: str) -> str | None:
-        row = self.env.store.one("SELECT state FROM instances WHERE id = ?", (instance_id,))
-        return str(row["state"]) if row else None
+        return instance_records.state_of(self.env.store, instance_id)
 
     def _created_at(self, instance_id: str) -> float:
-        row = self.env.store.one("SELECT created_at FROM instances WHERE id = ?", (instance_id,))
-        return float(row["created_at"]) if row else 0.0
+        return instance_records.created_at(self.env.store, instance_id) or 0.0
 
     def _inflight(self, release_id: str | None) -> int:
         if release_id is None:
@@ -279,8 +266,7 @@ class Reconciler:
 
     def _mark(self, instance_id: str, state: str) -> None:
         with self.env.store.tx() as c:
-            c.execute("UPDATE instances SET state = ? WHERE id = ? AND state = 'starting'",
-                      (state, instance_id))
+            instance_records.settle_starting(c, instance_id, state)
 
     # ------------------------------------------------------------ act
 
@@ -371,7 +357,7 @@ class Reconciler:
         running = instances_of(self.env.store, release_id, ("running", "starting"))
         with self.env.store.tx() as c:
             for inst in running[:count]:
-                c.execute("UPDATE instances SET state = 'draining' WHERE id = ?", (inst.id,))
+                instance_records.set_draining(c, inst.id)
         self.route(status.weights)
 
     # ------------------------------------------------------------ loop

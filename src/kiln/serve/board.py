@@ -24,6 +24,7 @@ from kiln.spec.models import RolloutStep
 from kiln.state.records import images as image_records
 from kiln.state.records import releases as release_records
 from kiln.state.records import rollouts as rollout_records
+from kiln.state.records.journal import data_version
 
 if TYPE_CHECKING:
     from kiln.project import Project
@@ -123,7 +124,7 @@ class Board:
     def refresh(self, acted: bool = False) -> bool:
         """Rebuild if anything moved; True when the published state changed."""
         now = time.monotonic()
-        dv = int(self.project.store.one("PRAGMA data_version")[0])  # type: ignore[index]
+        dv = data_version(self.project.store)
         due = (acted or dv != self._data_version or self._probed.is_set()
                or (self._live and now >= self._next_live))
         if not due:

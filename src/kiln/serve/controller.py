@@ -38,7 +38,7 @@ from kiln.state.lock import CONTROLLER_COMMAND, try_lock, unlock
 from kiln.state.records import instances as instance_records
 from kiln.state.records import rollouts as rollout_records
 from kiln.state.records import routes as route_records
-from kiln.state.records_events import EventLine, events_after, last_event_id
+from kiln.state.records.journal import EventLine, events_after, last_event_id
 
 if TYPE_CHECKING:
     from kiln.project import Project
@@ -112,6 +112,10 @@ class Controller:
         self._next_drift = time.monotonic() + min(5.0, drift_every)
         self._next_router = 0.0
         self._next_heal_check = 0.0
+        self._actions: dict[str, Callable[[str], bool]] = {
+            "router": self._do_router, "rollout": self._do_rollout,
+            "standby": self._do_standby, "heal": self._do_heal}
+        """What each kind of `_todo` item runs (a table, not a name looked up with getattr)."""
         self._specs: dict[str, ServiceSpec] = {}
         self.failing: dict[str, int] = {}
         self._watched: dict[str, set[str]] = {}
@@ -207,7 +211,7 @@ class Controller:
                 if not self._due(unit):  # failed earlier in this pass
                     continue
                 try:
-                    acted = getattr(self, f"_do_{kind}")(service) or acted
+                    acted = self._actions[kind](service) or acted
                 except Exception as exc:  # this service only: the others go on
                     self._failed(unit, kind, exc)
                     continue

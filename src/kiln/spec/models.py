@@ -451,13 +451,13 @@ class Metric(_Model):
     @model_validator(mode="after")
     def _queries(self) -> Metric:
         want = ("failures", "total") if self.kind == "count" else ("query",)
-        unwanted = [k for k in ("failures", "total", "query")
-                    if k not in want and getattr(self, k) is not None]
+        queries = {"failures": self.failures, "total": self.total, "query": self.query}
+        unwanted = [k for k, q in queries.items() if k not in want and q is not None]
         if unwanted:
             raise ValueError(f"a {self.kind} metric takes {' and '.join(want)}, "
                              f"not {', '.join(unwanted)}")
         for k in want:
-            q = getattr(self, k)
+            q = queries[k]
             if not q or "$release" not in q:
                 raise ValueError(f"{k}: expected a PromQL query with $release in it "
                                  f"(kiln substitutes each release), got {q!r}")

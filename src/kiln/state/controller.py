@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from kiln.errors import LockHeld
 from kiln.state.lock import pid_alive, pid_start_time
+from kiln.state.records import controller as records
 from kiln.state.store import Store
 
 
@@ -32,7 +33,7 @@ def claim(store: Store, listen: str) -> Controller:
     """Take the role for this process; LockHeld when a live controller has it."""
     me = Controller(os.getpid(), socket.gethostname(), listen, time.time())
     with store.tx() as c:
-        row = c.execute("SELECT * FROM controller WHERE id = 1").fetchone()
+        row = records.holder_in(c)
         if row is not None and not (row["host"] == me.host and row["pid"] == me.pid):
             if row["host"] != me.host or pid_alive(row["pid"], row["pid_start"]):
                 raise LockHeld(f"another controller runs for this project: kiln serve (pid "
@@ -40,9 +41,8 @@ def claim(store: Store, listen: str) -> Controller:
                                hint="stop it first (SIGTERM), or use its dashboard")
             c.event("controller.takeover", f"took the controller role over from pid {row['pid']}: "
                     "its process is gone")
-        c.execute("INSERT OR REPLACE INTO controller(id, pid, pid_start, host, listen, started_at, "
-                  "heartbeat) VALUES (1, ?, ?, ?, ?, ?, ?)",
-                  (me.pid, pid_start_time(me.pid), me.host, listen, me.started_at, me.started_at))
+        records.take(c, me.pid, pid_start_time(me.pid), me.host, listen, me.started_at,
+                     me.started_at)
         c.event("controller.started", f"kiln serve (pid {me.pid}) controls the project on {listen}",
                 data={"pid": me.pid, "listen": listen})
     return me
@@ -50,21 +50,19 @@ def claim(store: Store, listen: str) -> Controller:
 
 def release(store: Store) -> None:
     with store.tx() as c:
-        cur = c.execute("DELETE FROM controller WHERE id = 1 AND pid = ?", (os.getpid(),))
-        if cur.rowcount:
+        if records.drop(c, os.getpid()):
             c.event("controller.stopped", f"kiln serve (pid {os.getpid()}) stopped; everything "
                     "keeps serving")
 
 
 def heartbeat(store: Store) -> None:
     with store.tx() as c:
-        c.execute("UPDATE controller SET heartbeat = ? WHERE id = 1 AND pid = ?",
-                  (time.time(), os.getpid()))
+        records.beat(c, os.getpid(), time.time())
 
 
 def running(store: Store, stale_after: float = 30.0) -> Controller | None:
     """The live controller of another process, if any (a silent or dead one does not count)."""
-    row = store.one("SELECT * FROM controller WHERE id = 1")
+    row = records.holder(store)
     if row is None or (row["pid"] == os.getpid() and row["host"] == socket.gethostname()):
         return None
     if row["host"] == socket.gethostname() and not pid_alive(row["pid"], row["pid_start"]):

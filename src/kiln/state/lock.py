@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kiln.errors import LockHeld
+from kiln.state.records import lock as records
 from kiln.state.store import Store
 
 
@@ -61,7 +62,7 @@ CONTROLLER_COMMAND = "kiln serve"
 def live_holder(store: Store) -> LockInfo | None:
     """Who holds the project lock now, if that process is still alive (status uses it to say
     whether an open rollout is being driven or waits for `kiln deploy` to resume it)."""
-    row = store.one("SELECT * FROM lock WHERE id = 1")
+    row = records.holder(store)
     if row is None:
         return None
     if row["host"] == socket.gethostname() and not pid_alive(row["pid"], row["pid_start"]):
@@ -96,7 +97,7 @@ def project_lock(store: Store, command: str,
     finally:
         if not nested:
             with store.tx() as c:
-                c.execute("DELETE FROM lock WHERE id = 1 AND pid = ?", (me.pid,))
+                records.drop(c, me.pid)
 
 
 def _lock_hint(command: str) -> str:
@@ -119,7 +120,7 @@ def _acquire(store: Store, me: LockInfo, my_start: str | None,
     """Take the lock (True when this process already held it: nested)."""
     nested = False  # this process already holds it: the outermost holder releases it
     with store.tx() as c:
-        row = c.execute("SELECT * FROM lock WHERE id = 1").fetchone()
+        row = records.holder_in(c)
         if row is not None:
             holder = LockInfo(row["pid"], row["host"], row["command"], row["started_at"])
             nested = (row["pid"] == me.pid and row["pid_start"] == my_start
@@ -137,11 +138,7 @@ def _acquire(store: Store, me: LockInfo, my_start: str | None,
                     raise LockHeld(f"another kiln command holds the project lock: "
                                    f"{holder.describe()}", hint=_lock_hint(holder.command))
         if not nested:
-            c.execute(
-                "INSERT OR REPLACE INTO lock(id, pid, pid_start, host, command, started_at) "
-                "VALUES (1, ?, ?, ?, ?, ?)",
-                (me.pid, my_start, me.host, me.command, me.started_at),
-            )
+            records.take(c, me.pid, my_start, me.host, me.command, me.started_at)
     return nested
 
 
@@ -157,7 +154,7 @@ def try_lock(store: Store, command: str) -> bool:
 
 def unlock(store: Store) -> None:
     with store.tx() as c:
-        c.execute("DELETE FROM lock WHERE id = 1 AND pid = ?", (os.getpid(),))
+        records.drop(c, os.getpid())
 
 
 @contextmanager
@@ -165,8 +162,8 @@ def lock_released(store: Store, wait: float = 3600.0) -> Iterator[None]:
     """Give this process's lock up while it waits on another (the controller driving a rollout
     it handed over), then take it back as it was."""
     with store.tx() as c:
-        row = c.execute("SELECT * FROM lock WHERE id = 1 AND pid = ?", (os.getpid(),)).fetchone()
-        c.execute("DELETE FROM lock WHERE id = 1 AND pid = ?", (os.getpid(),))
+        row = records.held_by(c, os.getpid())
+        records.drop(c, os.getpid())
     try:
         yield
     finally:
@@ -174,14 +171,11 @@ def lock_released(store: Store, wait: float = 3600.0) -> Iterator[None]:
             deadline = time.monotonic() + wait
             while True:
                 with store.tx() as c:
-                    held = c.execute("SELECT pid, pid_start, host FROM lock WHERE id = 1"
-                                     ).fetchone()
+                    held = records.holder_in(c)
                     if held is None or (held["host"] == row["host"]
                                         and not pid_alive(held["pid"], held["pid_start"])):
-                        c.execute("INSERT OR REPLACE INTO lock(id, pid, pid_start, host, command, "
-                                  "started_at) VALUES (1, ?, ?, ?, ?, ?)",
-                                  (row["pid"], row["pid_start"], row["host"], row["command"],
-                                   row["started_at"]))
+                        records.take(c, row["pid"], row["pid_start"], row["host"],
+                                     row["command"], row["started_at"])
                         break
                 if time.monotonic() > deadline:
                     raise LockHeld("could not take the project lock back")

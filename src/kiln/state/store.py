@@ -1,6 +1,6 @@
 """SQLite state: WAL, versioned migrations, every change in one transaction.
 
-Modules own their queries (bake writes images/steps, rollout writes releases/rollouts); this module
+The queries live in the records layer (kiln.state.records, one module per table); this module
 owns the file, the schema and the transaction discipline.
 """
 
@@ -404,12 +404,19 @@ def _recovery(home: Path) -> str:
             "(stop what still runs first)")
 
 
+def _result_code(exc: BaseException) -> int:
+    """SQLite's primary result code of an error, 0 when it has none."""
+    # not a capability probe: sqlite3 sets `sqlite_errorcode` only on errors SQLite returned
+    # (a ProgrammingError raised by the module itself has none)
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+
+
 def state_error(exc: sqlite3.Error, db: Path | None) -> StateError:
     """One line for a SQLite error on the state, saying what it is. Only a failed integrity check
     (SQLite's CORRUPT/NOTADB verdict, or `PRAGMA integrity_check` itself) advises a backup: a
     locked, unreadable or foreign database is fine and must not be replaced."""
     where = f"state database {db}" if db is not None else "state database"
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    code = _result_code(exc)
     home = db.parent if db is not None else None
     if code in (_CORRUPT, _NOTADB):
         return StateError(f"{where} is damaged ({exc})",
@@ -437,7 +444,7 @@ def _unusable(exc: sqlite3.Error | UnicodeDecodeError, db: Path | None) -> BaseE
         where = f"state database {db}" if db is not None else "state database"
         return StateError(f"{where} is damaged (it holds bytes that are not UTF-8)",
                           hint=_recovery(db.parent) if db is not None else "restore a backup")
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    code = _result_code(exc)
     if code in (_BUSY, _LOCKED, _CORRUPT, _NOTADB, _PERM, _READONLY, _CANTOPEN, _AUTH, _IOERR,
                 _FULL):
         return state_error(exc, db)
@@ -455,7 +462,7 @@ def _damage(db: Path) -> str | None:
         rows = _integrity(conn)
         return None if rows == ["ok"] else _problems(rows)
     except sqlite3.Error as exc:
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        code = _result_code(exc)
         return str(exc) if code in (_CORRUPT, _NOTADB) else None
     finally:
         conn.close()

@@ -32,7 +32,7 @@ def judge_for(project: Context, service: str, spec: ServiceSpec) -> Any:
     warmup = None
     if spec.rollout.analysis.warmup > 0:
         from kiln.analysis.warmup import Warmup
-        from kiln.state.records_warmup import instance_starts
+        from kiln.state.records.warmup import instance_starts
 
         store = project.store
         warmup = Warmup(spec.rollout.analysis.warmup,

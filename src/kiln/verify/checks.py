@@ -221,7 +221,7 @@ def check_http(spec: HttpCheck.Spec, instance: Instance) -> Outcome:
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read(MAX_BODY) if exc.fp else b""
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(reason, TimeoutError | socket.timeout):
             return Outcome(False, f"{spec.method} {url}: no response within "
                                   f"{spec.timeout:g}s")

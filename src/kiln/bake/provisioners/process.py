@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 OnLine = Callable[[str], None]
 
@@ -41,8 +42,8 @@ def stream(argv: Sequence[str], *, env: Mapping[str, str], timeout: float, on_li
     errs: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     lock = threading.Lock()
 
-    def pump(pipe: object, is_err: bool) -> None:
-        assert hasattr(pipe, "readline")
+    def pump(pipe: IO[bytes] | None, is_err: bool) -> None:
+        assert pipe is not None  # Popen(stdout=PIPE, stderr=PIPE)
         for raw in iter(pipe.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             with lock:

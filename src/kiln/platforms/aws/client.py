@@ -75,6 +75,8 @@ class Aws:
 
 def error_code(exc: BaseException) -> str:
     """The AWS error code of a botocore ClientError ('' for anything else)."""
+    # not a capability probe: botocore's ClientError carries `response`; botocore stays a lazy
+    # import, so no isinstance against its class here
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
         return str(response.get("Error", {}).get("Code", ""))

@@ -27,6 +27,7 @@ from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release, 
 from kiln.platforms.capabilities import ImageFileReader
 from kiln.platforms.instance_rows import from_row, insert, set_state
 from kiln.spec.models import Health, HttpCheck, ServiceSpec
+from kiln.state.records import instances as instance_records
 from kiln.state.store import Store
 from kiln.verify.checks import FileStat, ImageFiles, Outcome
 
@@ -61,8 +62,7 @@ class AwsCompute(ImageFileReader):
         name = group["AutoScalingGroupName"]
         if group.get("created"):  # asked for `count` when made: who is launched so far (the
             group = self.fleet.asg(release.id) or group  # rest are adopted on a later pass)
-        tracked = {r["id"] for r in self.store.query(
-            "SELECT id FROM instances WHERE release_id = ?", (release.id,))}
+        tracked = set(instance_records.ids_of_release(self.store, release.id))
         members = self._members(group)
         adopt = [m for m in members if m not in tracked]
         pending = max(0, int(group["DesiredCapacity"]) - len(members))
@@ -157,10 +157,9 @@ class AwsCompute(ImageFileReader):
             return
         from botocore.exceptions import ClientError
 
-        left = self.store.one(
-            "SELECT COUNT(*) AS n FROM instances WHERE release_id = ? AND id != ? AND state IN "
-            "('starting','running','draining')", (instance.release_id, instance.id))
-        if left is None or left["n"] == 0:
+        left = instance_records.live_count_of_release_except(self.store, instance.release_id,
+                                                             instance.id)
+        if left == 0:
             # The release's last instance: deleting its ASG (ForceDelete) terminates every
             # member, adopted or not; its target group and launch template go with it.
             self.fleet.dispose(instance.release_id)
@@ -207,9 +206,7 @@ class AwsCompute(ImageFileReader):
         stale = [i.id for i in instances if now - self._seen.get(i.id, (-1e9, ""))[0]
                  > self.observe_every]
         if stale:
-            rows = self.store.query("SELECT id FROM instances WHERE kind = 'service' AND state "
-                                    "IN ('starting','running','draining')")
-            ids = sorted({*stale, *(r["id"] for r in rows)})
+            ids = sorted({*stale, *instance_records.live_service_ids(self.store)})
             described = self._describe(ids)
             for iid in ids:
                 state = described.get(iid, {}).get("State", {}).get("Name", "missing")
@@ -219,8 +216,7 @@ class AwsCompute(ImageFileReader):
             if addresses:
                 with self.store.tx() as c:
                     for iid, host in addresses.items():
-                        c.execute("UPDATE instances SET host = ? WHERE id = ? AND host = "
-                                  "'0.0.0.0'", (host, iid))
+                        instance_records.set_host_if_unknown(c, iid, host)
         return [Observed(i.id, self._seen[i.id][1] in ("pending", "running"))
                 for i in instances]
 
@@ -236,8 +232,8 @@ class AwsCompute(ImageFileReader):
         """The service's journal, fetched over SSM into kiln's instance folder while the
         instance runs (a stopped one keeps the copy made last, e.g. at its test's end)."""
         path = self.home / "instances" / instance.id / "log"
-        row = self.store.one("SELECT state FROM instances WHERE id = ?", (instance.id,))
-        if row is None or row["state"] in ("starting", "running", "draining"):
+        state = instance_records.state_of(self.store, instance.id)
+        if state is None or state in ("starting", "running", "draining"):
             self._save_log(instance)
         return path
 
@@ -272,9 +268,8 @@ class AwsCompute(ImageFileReader):
             lazy.close()
 
     def instances(self, release_id: str) -> list[Instance]:
-        rows = self.store.query("SELECT * FROM instances WHERE release_id = ? AND state IN "
-                                "('starting','running','draining')", (release_id,))
-        return [from_row(r) for r in rows]
+        return [from_row(r) for r in instance_records.live_rows(self.store, release_id=release_id,
+                                                                kind=None)]
 
 
 class _LazyFiles:

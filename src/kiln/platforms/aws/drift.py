@@ -11,15 +11,13 @@ from typing import Any
 
 from kiln.platforms.aws.client import Aws, translated
 from kiln.platforms.aws.fleet import Fleet
+from kiln.state.records import instances as instance_records
 from kiln.state.store import Store
 
 
 def detect(aws: Aws, store: Store, fleet: Fleet) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
-    rows = store.query(
-        "SELECT i.id, i.service, i.release_id, im.ref AS ami FROM instances i "
-        "JOIN releases r ON r.id = i.release_id LEFT JOIN images im ON im.digest = r.image_digest "
-        "WHERE i.kind = 'service' AND i.state IN ('starting','running','draining')")
+    rows = instance_records.live_service_image_refs(store)
     if not rows:
         return items
     groups = {rel: fleet.asg(rel) for rel in sorted({r["release_id"] for r in rows})}

@@ -20,6 +20,7 @@ from kiln.platforms.aws.fleet import Fleet
 from kiln.platforms.base import Backend, RequestCounts
 from kiln.platforms.capabilities import OpenRequests
 from kiln.spec.models import ServiceSpec
+from kiln.state.records import instances as instance_records
 from kiln.state.store import Store
 
 
@@ -197,8 +198,7 @@ class AlbRouter(OpenRequests):
         """Instances kiln retired leave their target group: the deregistration delay drains
         them (the ALB stops sending new requests and lets in-flight ones finish)."""
         for b in backends:
-            rows = self.store.query("SELECT id, port FROM instances WHERE release_id = ? AND "
-                                    "state = 'draining'", (b.release_id,))
+            rows = instance_records.draining_of_release(self.store, b.release_id)
             arn = self.fleet.target_group(b.release_id)
             if rows and arn:
                 with translated(f"draining {b.release_id}"):

@@ -34,7 +34,7 @@ class LocalPlatform:
     @property
     def builder(self) -> Builder:
         if self._builder is None:
-            from kiln.bake.local import LocalBuilder
+            from kiln.platforms.local.builder import LocalBuilder
 
             self._builder = LocalBuilder(self.store, self.home, sandbox=self.sandbox)
         return self._builder
@@ -60,7 +60,7 @@ class LocalPlatform:
     @property
     def metrics(self) -> MetricSource | None:
         if self._metrics is None:
-            from kiln.analysis.accesslog import AccessLogSource
+            from kiln.platforms.local.accesslog import AccessLogSource
             from kiln.platforms.local.haproxy_router import HAProxyRouter
             from kiln.platforms.local.router import TraefikRouter
 
@@ -93,6 +93,6 @@ class LocalPlatform:
 
     def remove_build_cache(self) -> list[str]:
         """Step snapshots (home/cache/<key>) on no kept image's chain and no unfinished bake's."""
-        from kiln.bake.stepcache import remove_unused
+        from kiln.platforms.local.stepcache import remove_unused
 
         return remove_unused(self.store, self.home)

@@ -50,6 +50,7 @@ from kiln.platforms.local.sandbox import (
 )
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.lock import pid_alive, pid_start_time
+from kiln.state.records import instances as instance_records
 from kiln.state.store import Store
 
 Kind = Literal["service", "test", "dev"]
@@ -134,10 +135,8 @@ class LocalCompute(Sweeper, OrphanFinder):
         so a crash between the two leaves something `sweep()` finds) on a free loopback address,
         and its launch event, in one transaction. Returns the address."""
         with self.store.tx() as c:
-            counter = c.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
-            taken = {r[0] for r in c.execute(
-                "SELECT host FROM instances WHERE state IN ({})".format(
-                    ",".join("?" * len(LIVE_STATES))), LIVE_STATES)}
+            counter = instance_records.count_all(c)
+            taken = instance_records.live_hosts(c)
             # The range is keyed by the project folder too: two checkouts of one project (same
             # name) running side by side must not hand out each other's addresses.
             host = addresses.allocate(f"{self.project}@{self.home.resolve()}", service.port,
@@ -278,7 +277,7 @@ class LocalCompute(Sweeper, OrphanFinder):
         except urllib.error.HTTPError as exc:
             return False, f"GET {path} answered {exc.code}"
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             return False, f"GET {path} failed: {reason}"
         if not 200 <= status < 300:
             return False, f"GET {path} answered {status}"
@@ -396,8 +395,7 @@ class LocalCompute(Sweeper, OrphanFinder):
         row = get_row(self.store, instance.id)
         if row is not None and row["state"] not in ("stopped",):
             with self.store.tx() as c:
-                c.execute("UPDATE instances SET state = 'stopped', stopped_at = ? WHERE id = ?",
-                          (time.time(), instance.id))
+                instance_records.mark_stopped(c, instance.id, time.time())
                 c.event("instance.stop", f"stopped {instance.id}", service=instance.service,
                         data={"instance": instance.id})
         self._procs.pop(instance.id, None)

@@ -24,7 +24,7 @@ from kiln.errors import BakeError, PlatformError
 from kiln.platforms.base import Image, StepEvent
 from kiln.platforms.capabilities import ImageCheck, Resolver
 from kiln.platforms.podman import containerfile, debian_base, engine, images
-from kiln.spec.models import CopyStep, ImageSpec
+from kiln.spec.models import CopyStep, ImageSpec, RunStep
 from kiln.state.records import images as image_records
 from kiln.state.store import Store
 
@@ -202,7 +202,7 @@ class PodmanBuilder(ImageCheck, Resolver):
         if spec.network == "none":
             argv.append("--network=none")
         argv.append(str(context))
-        timeout = sum(getattr(s, "timeout", 0.0) for s in spec.steps) + 300.0
+        timeout = sum(s.timeout for s in spec.steps if isinstance(s, RunStep)) + 300.0
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         current: int | None = None

@@ -48,6 +48,7 @@ from kiln.platforms.podman.handle import PodmanHandle
 from kiln.platforms.podman.image_files import ContainerFiles
 from kiln.spec.models import ServiceSpec
 from kiln.state.lock import pid_alive, pid_start_time
+from kiln.state.records import instances as instance_records
 from kiln.state.store import Store
 
 Kind = Literal["service", "test", "dev"]
@@ -180,7 +181,7 @@ class PodmanCompute(LocalCompute, TamperCheck, ImageFileReader, TestinfraBackend
         handle = PodmanHandle(name, container_id, pid, start, str(folder))
         with self.store.tx() as c:
             instance_rows.set_handle(c, instance_id, handle.to_map())
-            c.execute("UPDATE instances SET host = ? WHERE id = ?", (address, instance_id))
+            instance_records.set_host(c, instance_id, address)
         return Instance(instance_id, service_name, release.id, address, service.port,
                         handle.to_map())
 
@@ -336,17 +337,13 @@ class PodmanCompute(LocalCompute, TamperCheck, ImageFileReader, TestinfraBackend
         row = get_row(self.store, instance.id)
         if row is not None and row["state"] != "stopped":
             with self.store.tx() as c:
-                c.execute("UPDATE instances SET state = 'stopped', stopped_at = ? WHERE id = ?",
-                          (time.time(), instance.id))
+                instance_records.mark_stopped(c, instance.id, time.time())
                 c.event("instance.stop", f"stopped {instance.id}", service=instance.service,
                         data={"instance": instance.id})
         self._followers.pop(handle.name, None)
 
     def _others_live(self, instance_id: str) -> bool:
-        row = self.store.one("SELECT COUNT(*) AS n FROM instances WHERE id != ? AND state IN "
-                             "({})".format(",".join("?" * len(LIVE_STATES))),
-                             (instance_id, *LIVE_STATES))
-        return row is not None and int(row["n"]) > 0
+        return instance_records.live_count_except(self.store, instance_id) > 0
 
     # ------------------------------------------------------------------ sweep
 

@@ -24,6 +24,8 @@ from kiln.bake.imagestore import get_image
 from kiln.errors import BakeError, ImageTampered
 from kiln.platforms.base import Image
 from kiln.platforms.podman import engine
+from kiln.state.records import images as image_records
+from kiln.state.records import layers as layer_records
 from kiln.state.store import Store
 
 
@@ -78,11 +80,10 @@ def record_layers(store: Store, name: str, data: dict[str, Any]) -> bytes:
     except (ValueError, KeyError) as exc:
         raise BakeError(f"image {name}: cannot read podman's layers: {exc}") from exc
     for i, (diff_id, folder) in enumerate(layers, start=1):
-        row = store.one("SELECT manifest FROM layer_manifests WHERE diff_id = ?", (diff_id,))
-        if row is not None:
+        known = layer_records.manifest_of(store, diff_id)
+        if known is not None:
             try:
-                found = manifest.difference(Path(folder), manifest.Manifest.decode(
-                    bytes(row["manifest"])))
+                found = manifest.difference(Path(folder), manifest.Manifest.decode(known))
             except ValueError as exc:
                 found = f"its record is unreadable ({exc})"
             if found is not None:
@@ -93,8 +94,7 @@ def record_layers(store: Store, name: str, data: dict[str, Any]) -> bytes:
             continue
         blob = manifest.build(Path(folder)).encode()
         with store.tx() as c:
-            c.execute("INSERT OR IGNORE INTO layer_manifests(diff_id, manifest, created_at) "
-                      "VALUES (?,?,?)", (diff_id, blob, time.time()))
+            layer_records.insert_new(c, diff_id, blob, time.time())
     return zlib.compress(json.dumps({"format": 1, "layers": [d for d, _ in layers]}).encode())
 
 
@@ -105,7 +105,7 @@ def layers_problem(store: Store, image: Image) -> str | None:
     data = engine.inspect("image", image.ref)
     if data is None:
         return f"{label}: podman no longer has it"
-    row = store.one("SELECT manifest FROM images WHERE digest = ?", (image.digest,))
+    row = image_records.manifest_row(store, image.digest)
     if row is None:
         return f"{label}: the state has no record of it (kiln did not bake it here)"
     blob = None if row["manifest"] is None else bytes(row["manifest"])
@@ -115,7 +115,7 @@ def layers_problem(store: Store, image: Image) -> str | None:
         except BakeError as exc:
             return f"{label}: {exc.message}"
         with store.tx() as c:
-            c.execute("UPDATE images SET manifest = ? WHERE digest = ?", (blob, image.digest))
+            image_records.set_manifest(c, image.digest, blob)
     try:
         recorded = [str(d) for d in json.loads(zlib.decompress(blob))["layers"]]
         layers = layer_dirs(data)
@@ -125,11 +125,11 @@ def layers_problem(store: Store, image: Image) -> str | None:
         return f"{label} was modified after baking: its layers are not the ones baked"
     records = []
     for i, (diff_id, _) in enumerate(layers, start=1):
-        row = store.one("SELECT manifest FROM layer_manifests WHERE diff_id = ?", (diff_id,))
-        if row is None:
+        known = layer_records.manifest_of(store, diff_id)
+        if known is None:
             return f"{label}: layer {i} ({diff_id[:19]}) has no content record in the state"
         try:
-            records.append(manifest.Manifest.decode(bytes(row["manifest"])))
+            records.append(manifest.Manifest.decode(known))
         except ValueError as exc:
             return f"{label}: layer {i} ({diff_id[:19]}): its record is unreadable ({exc})"
     with ThreadPoolExecutor(max_workers=len(layers) or 1) as pool:  # layers side by side
@@ -150,8 +150,7 @@ def remove(store: Store, keep: set[str], project: str) -> list[str]:
     inputs give the same image id in two projects (staging and production baked from one
     source) or two image names; untagging ours leaves the image to the other tags' owners and
     deletes it when ours was the last."""
-    rows = [r for r in store.query("SELECT digest, name, key FROM images")
-            if r["digest"] not in keep]
+    rows = [r for r in image_records.all_newest_first(store) if r["digest"] not in keep]
     for row in rows:
         digest = str(row["digest"])
         tag = image_tag(project, str(row["name"]), str(row["key"]))
@@ -162,7 +161,7 @@ def remove(store: Store, keep: set[str], project: str) -> list[str]:
     removed = [str(r["digest"]) for r in rows]
     with store.tx() as c:
         for digest in removed:
-            c.execute("DELETE FROM images WHERE digest = ?", (digest,))
+            image_records.delete(c, digest)
         if removed:
             c.event("image.removed", f"removed {len(removed)} image(s)", data={"digests": removed})
     return removed
@@ -193,8 +192,7 @@ def remove_step_images(store: Store, project: str) -> list[str]:
     newest bake's image, which a rebake of a later step reuses), or (2) it is newer than the
     newest image recorded under its name (a bake that failed or is running: its retry starts
     from there). Removing a tag never frees a layer another image uses (podman keeps those)."""
-    newest = {str(r["name"]): float(r["at"]) for r in store.query(
-        "SELECT name, MAX(created_at) AS at FROM images GROUP BY name")}
+    newest = image_records.newest_time_per_name(store)
     repos = {step_repository(project, name): name for name in newest}
     listing = engine.run(["images", "--format", "json"], timeout=120.0).stdout
     images = [i for i in json.loads(listing or "[]") if isinstance(i, dict)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from kiln.state.store import Store
 
 
@@ -10,3 +12,12 @@ def last_time(store: Store, service: str, kind: str) -> float | None:
     row = store.one("SELECT MAX(time) AS t FROM events WHERE service = ? AND kind = ?",
                     (service, kind))
     return None if row is None or row["t"] is None else float(row["t"])
+
+
+def rollout_events_between(store: Store, service: str, start: float, end: float
+                           ) -> list[sqlite3.Row]:
+    """time, kind, message and data_json of the service's `rollout.*` events in [start, end],
+    in the order they were written."""
+    return store.query(
+        "SELECT time, kind, message, data_json FROM events WHERE service = ? AND time >= ? "
+        "AND time <= ? AND kind LIKE 'rollout.%' ORDER BY id", (service, start, end))

@@ -111,3 +111,38 @@ def settled_per_service(store: Store) -> list[sqlite3.Row]:
     return store.query(
         "SELECT service, to_release, from_release, outcome FROM rollouts WHERE id IN "
         "(SELECT MAX(id) FROM rollouts WHERE outcome IS NOT NULL GROUP BY service)")
+
+
+def newest(store: Store, service: str) -> sqlite3.Row | None:
+    """The service's newest rollout, settled or not."""
+    return store.one("SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC LIMIT 1",
+                     (service,))
+
+
+def last_of_service(store: Store, service: str, limit: int | None = None) -> list[sqlite3.Row]:
+    """The service's last `limit` rollouts (all when None), oldest first."""
+    return store.query(
+        "SELECT * FROM (SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC "
+        "LIMIT ?) ORDER BY id", (service, -1 if limit is None else limit))
+
+
+def take_signal(tx: Tx, rollout_id: int) -> str | None:
+    """The operator's pending signal, cleared in the same transaction."""
+    row = tx.execute("SELECT signal FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+    signal = row["signal"] if row else None
+    if signal:
+        tx.execute("UPDATE rollouts SET signal = NULL WHERE id = ?", (rollout_id,))
+    return str(signal) if signal else None
+
+
+def save_status(tx: Tx, rollout_id: int, phase: str, status_json: str, outcome: str | None,
+                reason: str | None, now: float, finished: float | None) -> None:
+    """A reconcile pass's status; `finished_at` is set once."""
+    tx.execute(
+        "UPDATE rollouts SET phase = ?, status_json = ?, outcome = ?, reason = ?, "
+        "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+        (phase, status_json, outcome, reason, now, finished, rollout_id))
+
+
+def row(store: Store, rollout_id: int) -> sqlite3.Row | None:
+    return store.one("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 
 from kiln.state.store import Store, Tx
 
@@ -25,3 +26,11 @@ def weights_of(store: Store, service: str) -> dict[str, int]:
     """The service's router weight per release."""
     return {str(r["release_id"]): int(r["weight"]) for r in store.query(
         "SELECT release_id, weight FROM routes WHERE service = ?", (service,))}
+
+
+def replace_service(tx: Tx, service: str, weights: Mapping[str, int]) -> None:
+    """The service's routes become exactly `weights` (release -> weight)."""
+    tx.execute("DELETE FROM routes WHERE service = ?", (service,))
+    for release, weight in weights.items():
+        tx.execute("INSERT INTO routes(service, release_id, weight) VALUES (?,?,?)",
+                   (service, release, weight))

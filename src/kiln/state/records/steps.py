@@ -27,3 +27,28 @@ def put(tx: Tx, key: str, parent_key: str | None, image_name: str, description: 
 def touch(tx: Tx, keys: list[str], now: float) -> None:
     marks = ",".join("?" * len(keys))
     tx.execute(f"UPDATE steps SET used_at = ? WHERE key IN ({marks})", (now, *keys))
+
+
+def manifest_of(store: Store, key: str) -> bytes | None:
+    """The step's recorded content manifest (None: no such step, or made before manifests)."""
+    row = store.one("SELECT manifest FROM steps WHERE key = ?", (key,))
+    return None if row is None or row["manifest"] is None else bytes(row["manifest"])
+
+
+def parents(store: Store) -> dict[str, str | None]:
+    """Every step's parent key."""
+    return {str(r["key"]): r["parent_key"] for r in store.query(
+        "SELECT key, parent_key FROM steps")}
+
+
+def all_oldest_first(store: Store) -> list[sqlite3.Row]:
+    return store.query("SELECT * FROM steps ORDER BY created_at")
+
+
+def delete(tx: Tx, key: str) -> None:
+    tx.execute("DELETE FROM steps WHERE key = ?", (key,))
+
+
+def snapshot_paths(store: Store) -> set[str]:
+    """The snapshot folders the cached steps name (relative to the home)."""
+    return {str(r["snapshot"]) for r in store.query("SELECT snapshot FROM steps")}

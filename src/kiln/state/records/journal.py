@@ -27,3 +27,11 @@ def events_after(store: Store, after: int, limit: int = 500) -> list[EventLine]:
                       str(r["message"]))
             for r in store.query("SELECT id, time, service, kind, message FROM events "
                                  "WHERE id > ? ORDER BY id LIMIT ?", (after, limit))]
+
+
+def data_version(store: Store) -> int:
+    """SQLite's `data_version`: moves when another connection commits (the dashboard's cheap
+    "did anything change" check)."""
+    row = store.one("PRAGMA data_version")
+    assert row is not None
+    return int(row[0])

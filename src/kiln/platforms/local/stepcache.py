@@ -21,17 +21,19 @@ from pathlib import Path
 
 from kiln.bake import manifest
 from kiln.bake.imagestore import force_rmtree
+from kiln.state.records import images as image_records
+from kiln.state.records import steps as step_records
 from kiln.state.store import Store
 
 
 def entry_problem(store: Store, key: str, path: Path) -> str | None:
     """None when the snapshot at `path` is what the state recorded for step `key`; else how
     it differs ('was modified: sitecustomize.py: added')."""
-    row = store.one("SELECT manifest FROM steps WHERE key = ?", (key,))
-    if row is None or row["manifest"] is None:
+    blob = step_records.manifest_of(store, key)
+    if blob is None:
         return "has no content record (made by an older kiln)"
     try:
-        recorded = manifest.Manifest.decode(bytes(row["manifest"]))
+        recorded = manifest.Manifest.decode(blob)
     except ValueError as exc:
         return f"has an unreadable content record ({exc})"
     found = manifest.difference(path, recorded)
@@ -44,11 +46,10 @@ def warn_on_stderr(message: str) -> None:
 
 def _chains(store: Store) -> set[str]:
     """Every step key on the chain of an image in the store."""
-    parent = {str(r["key"]): r["parent_key"] for r in store.query(
-        "SELECT key, parent_key FROM steps")}
+    parent = step_records.parents(store)
     keep: set[str] = set()
-    for row in store.query("SELECT key FROM images"):
-        key: str | None = str(row["key"])
+    for image_key in image_records.keys(store):
+        key: str | None = image_key
         while key is not None and key not in keep:
             keep.add(key)
             key = parent.get(key)
@@ -73,17 +74,16 @@ def remove_unused(store: Store, home: Path) -> list[str]:
 
 def _remove(store: Store, home: Path) -> list[str]:
     keep = _chains(store)
-    newest = {str(r["name"]): float(r["t"]) for r in store.query(
-        "SELECT name, MAX(created_at) AS t FROM images GROUP BY name")}
-    gone = [r for r in store.query("SELECT * FROM steps ORDER BY created_at")
+    newest = image_records.newest_time_per_name(store)
+    gone = [r for r in step_records.all_oldest_first(store)
             if str(r["key"]) not in keep
             and float(r["created_at"]) <= newest.get(str(r["image_name"]), float("inf"))]
     if not gone:
         return []
     with store.tx() as c:
         for r in gone:
-            c.execute("DELETE FROM steps WHERE key = ?", (r["key"],))
-    still = {str(r["snapshot"]) for r in store.query("SELECT snapshot FROM steps")}
+            step_records.delete(c, str(r["key"]))
+    still = step_records.snapshot_paths(store)
     for snapshot in {str(r["snapshot"]) for r in gone} - still:
         force_rmtree(home / snapshot)
     return [f"{r['image_name']}: {r['description']} ({str(r['key'])[:12]})" for r in gone]

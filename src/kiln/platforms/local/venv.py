@@ -83,6 +83,8 @@ def resolve_base(base: str) -> Runtime:
                         hint="expected python or python3.X, e.g. python3.12")
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
     if m.group(1) is None or m.group(1) == running:
+        # not a capability probe: CPython's private `_base_executable` (the interpreter a venv
+        # was made from) is absent on other implementations
         exe = getattr(sys, "_base_executable", None) or sys.executable
         return Runtime(exe, platform.python_version(), sys.implementation.name)
     return _probe(base)
@@ -94,6 +96,7 @@ def _probe(command: str) -> Runtime:
     if found is None:
         raise BakeError(f"base {command}: no {command} interpreter on PATH",
                         hint=f"install Python {command[6:]} or use base: python")
+    # not a capability probe: the same `_base_executable` read, in the other interpreter
     code = ("import json, platform, sys; print(json.dumps([getattr(sys, '_base_executable', None)"
             " or sys.executable, platform.python_version(), sys.implementation.name]))")
     try:

@@ -34,12 +34,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.bake import imagestore, manifest, stepcache, steps, venv
+from kiln.bake import imagestore, manifest, steps
 from kiln.bake.hashing import step_key, tree_digest
 from kiln.bake.sandbox import BakeSandbox, contained, in_dir, own_tree, require
 from kiln.errors import BakeError
 from kiln.platforms.base import Image, StepEvent
-from kiln.platforms.capabilities import ImageCheck, Resolver
+from kiln.platforms.capabilities import ImageCheck, Resolver, SpecLocator
+from kiln.platforms.local import stepcache, venv
 from kiln.platforms.local.sandbox import SYSTEM_PATHS, SandboxMode, covered
 from kiln.spec.models import CopyStep, EnvStep, ImageSpec, RunStep, Step, WorkdirStep
 from kiln.state.records import steps as step_records
@@ -61,7 +62,7 @@ class _Planned:
         return not isinstance(self.step, EnvStep | WorkdirStep)
 
 
-class LocalBuilder(ImageCheck, Resolver):
+class LocalBuilder(ImageCheck, Resolver, SpecLocator):
     """Builder for the local platform. `home` is the project's state folder (.kiln/)."""
 
     def __init__(self, store: Store, home: Path,
@@ -71,10 +72,14 @@ class LocalBuilder(ImageCheck, Resolver):
         self.home = home
         self.warn = warn or stepcache.warn_on_stderr
         self.locate: Callable[[tuple[str | int, ...], str], str] | None = None
-        """Set by the project: (path in the spec, message) -> "kiln.yaml:line:col: path: message"."""
+        """Set by the context (`use_locator`): (path in the spec, message) ->
+        "kiln.yaml:line:col: path: message"."""
         self.sandbox = sandbox
         """"bwrap": steps run in the bake sandbox (kiln.bake.sandbox); "none" only when the spec
         says `sandbox: none`."""
+
+    def use_locator(self, locate: Callable[[tuple[str | int, ...], str], str]) -> None:
+        self.locate = locate
 
     # ------------------------------------------------------------------ plan
 
