@@ -35,6 +35,9 @@ ROLLOUT = ("      strategy: canary\n      steps:\n        - {weight: 50, pause: 
            "      progress_deadline: 180s\n      drain_timeout: 3s\n")
 
 
+VERBOSE = False
+
+
 def one_run(canary_rate: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="warmup-ev-") as tmp:
         p = make_project(Path(tmp))
@@ -72,6 +75,10 @@ def one_run(canary_rate: float) -> dict[str, float]:
             planned = requests_needed(Analysis(), 1.0) / canary_rate
             live = next(((t - started) + float(ev["eta_s"]) for t, ev in seen
                          if t - started >= 3.0 and ev.get("eta_s") is not None), float("nan"))
+            if VERBOSE:
+                for t, ev in seen:
+                    print(f"   t={t - started:5.2f} have={ev['have']} eta={ev['eta_s']} "
+                          f"live={(t - started) + float(ev['eta_s'] or 0):.2f}", flush=True)
             return {"actual": actual, "planned": planned, "live": live}
         finally:
             teardown(p)
@@ -81,7 +88,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--rates", type=float, nargs="*", default=[20.0, 100.0])
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--verbose", action="store_true", help="print every evidence seen")
     args = ap.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
     print("| canary req/s | run | actual s | planned s (error) | live s (error) |")
     print("|---|---|---|---|---|")
     for rate in args.rates:

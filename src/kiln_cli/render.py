@@ -13,6 +13,7 @@ from typing import IO, Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from kiln.rollout.synthetic import synthetic_words
 from kiln_cli.progress import OUTCOME_WORDS, PHASE_WORDS, clock, evidence_words
 from kiln_cli.tables import Column, layout
 
@@ -61,6 +62,8 @@ def rollout_summary(ro: dict[str, Any], now: float | None = None) -> str:
         parts.append(f"judge: {judge}")
     if ev := evidence_words(ro.get("evidence")):
         parts.append(f"({ev})")
+    if syn := synthetic_words(ro.get("synthetic")):
+        parts.append(f"({syn})")
     return " ".join(parts)
 
 

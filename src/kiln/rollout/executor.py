@@ -42,6 +42,7 @@ from kiln.rollout.decide import (
 )
 from kiln.rollout.prewarm import prewarm
 from kiln.rollout.release_config import launch_image, load_release
+from kiln.rollout.synthetic import StepLoad
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.records import instances as instance_records
 from kiln.state.records import rollouts as rollout_records
@@ -126,7 +127,8 @@ class Reconciler:
     recorded spec."""
 
     def __init__(self, env: Env, service_name: str, service: ServiceSpec, rollout_id: int,
-                 judge: JudgeFn | None = None, tick: float = 0.1) -> None:
+                 judge: JudgeFn | None = None, tick: float = 0.1,
+                 load: StepLoad | None = None) -> None:
         self.env = env
         self.name = service_name
         self.service = service
@@ -136,6 +138,8 @@ class Reconciler:
         self.tick = tick
         self._healthy: set[str] = set()
         self._saved = 0.0
+        self.synthetic = load
+        """Synthetic GETs during judged steps (`rollout.load`); stopped by `close()`."""
 
     # ------------------------------------------------------------ persistence
 
@@ -364,6 +368,13 @@ class Reconciler:
 
     def run(self, on_status: Callable[[Status], None] | None = None,
             until: frozenset[str] = SETTLED, timeout: float = 3600.0) -> Status:
+        try:
+            return self._run(on_status, until, timeout)
+        finally:
+            self.close()  # every exit: settled, an error, Ctrl-C
+
+    def _run(self, on_status: Callable[[Status], None] | None, until: frozenset[str],
+             timeout: float) -> Status:
         status = self.load()
         deadline = time.monotonic() + timeout
         while status.phase not in until:
@@ -377,6 +388,11 @@ class Reconciler:
                 slow = status.phase in ("step", "standby")
                 time.sleep(self.tick if slow else min(self.tick, FAST_TICK))
         return status
+
+    def close(self) -> None:
+        """Stop what this driver runs beside the rollout (the synthetic load)."""
+        if self.synthetic is not None:
+            self.synthetic.close()
 
     def _keep_router(self) -> None:
         """The router is part of the rollout: a router that died (SIGKILL, OOM) is restarted
@@ -406,10 +422,13 @@ class Reconciler:
         new_status, actions = decide(status, obs, self.service.rollout,
                                      self._release_health(status.new).deadline)
         self.act(new_status, actions)
+        if self.synthetic is not None:
+            new_status.synthetic = self.synthetic.sync(new_status, obs.now)
         changed = new_status.to_json() != status.to_json()
         # The judge's live line changes on every pass under traffic: persist it once a second.
         live_only = changed and not actions and dataclasses.replace(
-            new_status, judge_line=status.judge_line).to_json() == status.to_json()
+            new_status, judge_line=status.judge_line, synthetic=status.synthetic,
+            evidence=status.evidence).to_json() == status.to_json()
         if live_only and time.monotonic() - self._saved < 1.0:
             changed = False
         if changed or actions:
