@@ -46,7 +46,9 @@ def rollout_summary(ro: dict[str, Any], now: float | None = None) -> str:
     head = f"rollout #{ro['rollout_id']} {ro['strategy']} {move}: "
     if ro["phase"] == "done":
         outcome = OUTCOME_WORDS.get(ro["outcome"] or "", ro["outcome"] or "done")
-        return head + outcome + (f" — {ro['reason']}" if ro.get("reason") else "")
+        syn = synthetic_words(ro.get("synthetic"))
+        return head + outcome + (f" — {ro['reason']}" if ro.get("reason") else "") + (
+            f" ({syn})" if syn else "")
     where = PHASE_WORDS.get(ro["phase"], ro["phase"])
     if ro["phase"] == "step" and ro.get("steps"):
         where = f"canary step {ro['step']}/{ro['steps']}"

@@ -40,7 +40,7 @@ from kiln.rollout.decide import (
     Verdict,
     decide,
 )
-from kiln.rollout.prewarm import prewarm
+from kiln.rollout.prewarm import SHOW_EVERY, prewarm, words
 from kiln.rollout.release_config import launch_image, load_release
 from kiln.rollout.synthetic import StepLoad
 from kiln.spec.models import Health, ServiceSpec
@@ -139,6 +139,7 @@ class Reconciler:
         self._healthy: set[str] = set()
         self._saved = 0.0
         self.synthetic = load
+        self._on_status: Callable[[Status], None] | None = None
         """Synthetic GETs during judged steps (`rollout.load`); stopped by `close()`."""
 
     # ------------------------------------------------------------ persistence
@@ -203,7 +204,7 @@ class Reconciler:
         for inst in alive:
             if inst.id not in self._healthy and self.env.compute.healthy(
                     inst, self._release_health(status.new)):
-                self._prewarm(inst)
+                self._prewarm(inst, status)
                 self._healthy.add(inst.id)
                 self._mark(inst.id, "running")
             if inst.id in self._healthy:
@@ -237,12 +238,24 @@ class Reconciler:
             verdict=verdict,
         )
 
-    def _prewarm(self, inst: Instance) -> None:
-        """Warm a healthy new instance before it is routed to (bounded; see prewarm.py)."""
+    def _prewarm(self, inst: Instance, status: Status) -> None:
+        """Warm a healthy new instance before it is routed to (bounded; see prewarm.py),
+        saying so meanwhile in the status's `waiting` (status, the live line, the dashboard)."""
         want = self.service.rollout.warmup_requests
         if want is None:
             return
-        done = prewarm(inst.url, want.path, want.count, want.timeout)
+        shown = [0.0]
+
+        def progress(sent: int) -> None:
+            if time.monotonic() - shown[0] < SHOW_EVERY:
+                return
+            shown[0] = time.monotonic()
+            note = dataclasses.replace(status, waiting=words(inst.id, sent, want.count, want.path))
+            self.save(note, status.phase)  # display only: the pass persists its own status
+            if self._on_status is not None:
+                self._on_status(note)
+
+        done = prewarm(inst.url, want.path, want.count, want.timeout, progress=progress)
         self.env.store.event("instance.prewarmed", f"{inst.id}: {done.describe(want.count, want.path)}",
                              service=self.name, data={"instance": inst.id, "sent": done.sent,
                                                       "errors": done.errors})
@@ -417,6 +430,7 @@ class Reconciler:
         """One pass: signal, observe, decide, act, persist. Returns the new status and whether
         it acted (a controller drives many rollouts by calling this in turn)."""
         status = self._take_signal(status)
+        self._on_status = on_status
         self._keep_router()
         obs = self.observe(status)
         new_status, actions = decide(status, obs, self.service.rollout,
