@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -191,3 +192,43 @@ def test_plan_counts_the_synthetic_rate() -> None:
     est = estimate("web", loaded, 1.0)
     assert est is not None and est["warning"] is None and est["synthetic_rate"] == 20.0
     assert est["steps"][0]["seconds"] == pytest.approx(481 / 2.1, rel=0.01)
+
+
+def test_bad_load_in_kiln_yaml_is_one_line_each(tmp_path: Path) -> None:
+    from kiln.errors import SpecError
+    from kiln.spec.loader import load_spec
+
+    spec = tmp_path / "kiln.yaml"
+    spec.write_text("project: shop\nimages:\n  web:\n    steps: []\nservices:\n  web:\n"
+                    "    image: web\n    command: python -m app\n    listen: 127.0.0.1:8080\n"
+                    "    rollout:\n      load: {path: search, rate: 20, method: POST}\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(spec)
+    lines = str(err.value).splitlines()
+    assert any(line.startswith(f"{spec}:11:") and "rollout.load.rate: expected a rate like "
+               "20/s, got 20" in line for line in lines), lines
+    assert any("rollout.load.path: expected a path starting with /" in line for line in lines)
+    assert any("rollout.load.method: only GET is sent" in line for line in lines)
+
+
+def test_dashboard_and_report_say_it_was_synthetic() -> None:
+    from kiln.analysis.report import ReportData, render
+    from kiln.serve.pages import service_card
+
+    seen = {"paths": ["/"], "rate": 20.0, "sent": 412, "errors": 0, "running": True}
+    svc = {"service": "web", "listen": "127.0.0.1:8080", "strategy": "canary", "replicas": 1,
+           "current": "web-r1", "retained": [], "images": [], "history": [],
+           "releases": [{"release": "web-r1", "weight": 90, "instances": []},
+                        {"release": "web-r2", "weight": 10, "instances": []}],
+           "rollout": {"rollout_id": 2, "release": "web-r2", "from": "web-r1",
+                       "strategy": "canary", "phase": "step", "outcome": None, "reason": None,
+                       "step": 0, "steps": 2, "weights": {"web-r1": 90, "web-r2": 10},
+                       "waiting": None, "open": True, "standby_until": None,
+                       "phase_label": "canary step 1 (10%)", "decisions": [], "chart": None,
+                       "evidence": None, "synthetic": seen}}
+    assert "synthetic load: 412 GETs to / at 20/s, running" in service_card(svc)
+    svc["rollout"]["synthetic"] = None  # type: ignore[index]
+    assert "synthetic load" not in service_card(svc)
+    data = ReportData("web", "web-r2", "web-r1", 0.0, synthetic="synthetic load: 412 GETs")
+    assert "Synthetic traffic." in render(data)
+    assert "Synthetic traffic." not in render(ReportData("web", "web-r2", "web-r1", 0.0))
