@@ -67,15 +67,19 @@ def app() -> Iterator[tuple[App, int]]:
 ])
 def test_bad_load_is_refused(load: dict[str, object], where: str, expected: str) -> None:
     with pytest.raises(ValidationError) as err:
-        Rollout.model_validate({"load": load})
+        Rollout.model_validate({"load": load, "analysis": {}})
     assert where in str(err.value) and expected in str(err.value)
 
 
 def test_good_load() -> None:
-    ro = Rollout.model_validate({"load": {"path": ["/", "/search?q=a"], "rate": "600/m"}})
+    ro = Rollout.model_validate({"load": {"path": ["/", "/search?q=a"], "rate": "600/m"},
+                                 "analysis": {}})
     assert ro.load is not None
     assert (ro.load.paths, ro.load.rate, ro.load.method) == (["/", "/search?q=a"], 10.0, "GET")
     assert Rollout().load is None  # off by default
+    for unjudged in ({}, {"strategy": "blue-green", "analysis": {}}):
+        with pytest.raises(ValidationError, match="needs strategy canary and an analysis"):
+            Rollout.model_validate({**unjudged, "load": {"rate": "5/s"}})
     assert target("0.0.0.0:8080") == ("127.0.0.1", 8080)
     assert target("127.0.0.5:81") == ("127.0.0.5", 81)
 
@@ -126,7 +130,7 @@ def test_driver_runs_only_during_judged_steps() -> None:
     Recorder.made = []
     ro = Rollout.model_validate({"steps": [{"weight": 10, "pause": "30s"},
                                            {"weight": 50, "pause": "10s"}],
-                                 "progress_deadline": "60s",
+                                 "progress_deadline": "60s", "analysis": {},
                                  "load": {"path": "/", "rate": "20/s"}})
     drv = StepLoad(ro, "127.0.0.1:8080", make=Recorder)
     st = start("canary", "web-r2", "web-r1", 1, 1000.0)
@@ -154,7 +158,7 @@ def test_driver_runs_only_during_judged_steps() -> None:
 def test_a_resumed_driver_keeps_the_counts_and_the_steps_time_bound() -> None:
     Recorder.made = []
     ro = Rollout.model_validate({"steps": [{"weight": 10, "pause": "30s"}],
-                                 "progress_deadline": "60s",
+                                 "progress_deadline": "60s", "analysis": {},
                                  "load": {"path": "/", "rate": "20/s", "max_duration": "40s"}})
     st = start("canary", "web-r2", "web-r1", 1, 1000.0)
     st.phase, st.step_started, st.weights = "step", time.time() - 30, {"web-r2": 10, "web-r1": 90}
@@ -201,11 +205,12 @@ def test_bad_load_in_kiln_yaml_is_one_line_each(tmp_path: Path) -> None:
     spec = tmp_path / "kiln.yaml"
     spec.write_text("project: shop\nimages:\n  web:\n    steps: []\nservices:\n  web:\n"
                     "    image: web\n    command: python -m app\n    listen: 127.0.0.1:8080\n"
-                    "    rollout:\n      load: {path: search, rate: 20, method: POST}\n")
+                    "    rollout:\n      analysis: {}\n"
+                    "      load: {path: search, rate: 20, method: POST}\n")
     with pytest.raises(SpecError) as err:
         load_spec(spec)
     lines = str(err.value).splitlines()
-    assert any(line.startswith(f"{spec}:11:") and "rollout.load.rate: expected a rate like "
+    assert any(line.startswith(f"{spec}:12:") and "rollout.load.rate: expected a rate like "
                "20/s, got 20" in line for line in lines), lines
     assert any("rollout.load.path: expected a path starting with /" in line for line in lines)
     assert any("rollout.load.method: only GET is sent" in line for line in lines)

@@ -697,6 +697,9 @@ class Rollout(_Model):
     def _check(self) -> Rollout:
         if self.strategy == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
             raise ValueError("rolling needs max_surge or max_unavailable above 0")
+        if self.load is not None and (self.strategy != "canary" or self.analysis is None):
+            raise ValueError("load: synthetic load runs during judged canary steps; it needs "
+                             "strategy canary and an analysis: block")
         late = [i for i, step in enumerate(self.steps) if step.preview and i > 0]
         if late:
             raise ValueError(f"steps[{late[0]}]: preview: true is only for the first step")
@@ -852,6 +855,9 @@ class Spec(_Model):
             else:
                 listens[svc.listen] = name
             problems += self._prometheus_problems(name, svc)
+            if svc.rollout.load is not None and self.platform == "aws":
+                problems.append(f"services.{name}.rollout.load: synthetic load is sent through "
+                                "kiln's own router (platform local or podman), not an ALB yet")
         if problems:
             raise ValueError("\n".join(problems))
         return self
