@@ -6,8 +6,9 @@ One step at 50 % (the baseline serves as much as the canary), default margins (1
 - actual: the pass decision's time minus the step's start (from the rollout's status);
 - planned: `requests_needed` at the step's ratio / the canary rate the load offers (what
   `kiln plan` computes from the router's counters);
-- live: at the first `kiln status --json` of the step showing evidence after 3 s, the time
-  already spent in the step plus its `eta_s`;
+- live: at the first reading of the step's evidence 3 s or more into it (what `kiln status
+  --json` shows, `Status.evidence_at`, read from the state 5x a second), the time already
+  spent in the step plus its `eta_s`;
 - live worst: of every such reading 3 s or more into the step (until the pass), the one
   farthest from the actual time.
 Each error is (estimate - actual) / actual; min/median/max over the runs of each rate.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import statistics
 import subprocess
 import tempfile
@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from kiln.analysis.evidence import requests_needed
+from kiln.rollout.decide import Status
 from kiln.spec.models import Analysis
+from kiln.state.store import connect
 from kiln.testing.load import Load
 from kiln.testing.project import KILN, make_project, teardown, wait_for
 
@@ -39,6 +41,21 @@ ROLLOUT = ("      strategy: canary\n      steps:\n        - {weight: 50, pause: 
 
 
 VERBOSE = False
+
+
+def step_status(db: Path) -> Status | None:
+    """The newest rollout's status while it is in a canary step, read through kiln's opener."""
+    if not db.exists():
+        return None
+    conn = connect(db)
+    try:
+        row = conn.execute("SELECT status_json FROM rollouts ORDER BY id DESC LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    st = Status.from_json(json.loads(row[0]))
+    return st if st.phase == "step" else None
 
 
 def one_run(canary_rate: float) -> dict[str, float]:
@@ -56,21 +73,25 @@ def one_run(canary_rate: float) -> dict[str, float]:
                                           stderr=subprocess.PIPE, text=True)
                 try:
                     while deploy.poll() is None:
-                        st = p.kiln("status", "--json")
-                        if st.returncode == 0:
-                            ro = json.loads(st.stdout)["services"][0]["rollout"] or {}
-                            if ro.get("evidence"):
-                                seen.append((time.time(), ro["evidence"]))
-                        time.sleep(0.3)  # a poll interval, not a wait for a result
+                        # What `kiln status --json` shows (Status.evidence_at), read from the
+                        # state 5x a second: a `kiln status` process takes seconds under load.
+                        now_st = step_status(p.dir / ".kiln" / "state.db")
+                        ev = now_st.evidence_at(time.time()) if now_st is not None else None
+                        if ev:
+                            seen.append((time.time(), ev))
+                        time.sleep(0.2)  # a poll interval, not a wait for a result
                     out, err = deploy.communicate(timeout=30)
                 finally:
                     if deploy.poll() is None:
                         deploy.kill()
                         deploy.wait()
             assert deploy.returncode == 0, out + err
-            with sqlite3.connect(p.dir / ".kiln" / "state.db") as conn:
+            conn = connect(p.dir / ".kiln" / "state.db")
+            try:
                 (text,) = conn.execute("SELECT status_json FROM rollouts ORDER BY id DESC "
                                        "LIMIT 1").fetchone()
+            finally:
+                conn.close()
             status = json.loads(text)
             passed = next(d for d in status["decisions"] if d["outcome"] == "pass")
             started = float(status["step_started"])
@@ -82,8 +103,12 @@ def one_run(canary_rate: float) -> dict[str, float]:
             worst = max(lives, key=lambda x: abs(x - actual)) if lives else float("nan")
             if VERBOSE:
                 for t, ev in seen:
-                    print(f"   t={t - started:5.2f} have={ev['have']} eta={ev['eta_s']} "
-                          f"live={(t - started) + float(ev['eta_s'] or 0):.2f}", flush=True)
+                    print(f"   t={t - started:5.2f} needed={ev['needed']} have={ev['have']} "
+                          f"eta={ev['eta_s']} live={(t - started) + float(ev['eta_s'] or 0):.2f}",
+                          flush=True)
+                f = passed.get("figures") or {}
+                print(f"   pass: {f.get('canary_requests')} canary, {f.get('baseline_requests')} "
+                      f"baseline, needed {f.get('evidence_needed')}", flush=True)
             return {"actual": actual, "planned": planned, "live": live, "worst": worst}
         finally:
             teardown(p)

@@ -279,7 +279,7 @@ class LiveJudge:
         begins, the canary's own count does only once the router has applied the weights (a
         rate from the step's first seconds read low and the time left long, by 30 % at 100
         req/s in bench/evidence_e2e.py). By the requests' own seconds, not when they were
-        read (the log lags); the newest second, still filling, and the rollout's first,
+        read (the log lags); the two newest seconds, still filling, and the rollout's first,
         partial one are left out."""
         assert self._judge is not None
         counts = self.series.counts
@@ -287,7 +287,7 @@ class LiveJudge:
         w_old = status.weights.get(status.old or "", 0)
         rate = 0.0
         if counts and w_new > 0:
-            last = max(counts)
+            last = max(counts) - 1  # the newest second may still miss lines of the one before
             first = max(min(counts) + 1, last - int(EVIDENCE_RATE_S))
             if last > first:
                 total = sum(n for sec in range(first, last)
