@@ -148,6 +148,7 @@ class StepLoad:
         return (pause or 0.0) + self.rollout.progress_deadline
 
     def sync(self, status: Status, now: float) -> dict[str, Any] | None:
+        """Start or stop the sender for `status`; the figures for its `synthetic`."""
         if not self._resumed:
             self._resumed = True
             seen = status.synthetic or {}
@@ -165,7 +166,7 @@ class StepLoad:
         return self.figures(status if judged else None)
 
     def figures(self, status: Status | None = None) -> dict[str, Any] | None:
-        """{path, rate, sent, errors, running}: the synthetic requests of this rollout."""
+        """{paths, rate, sent, errors, running}: the synthetic requests of this rollout."""
         sent, errors = self._before
         s = self.sender
         if s is not None:
