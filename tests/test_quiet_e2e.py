@@ -50,6 +50,7 @@ def test_plan_warns_without_load_and_counts_it_with(proj: Proj) -> None:
         assert res.returncode in (0, 2), res.stdout + res.stderr
         warnings = [line for line in res.stdout.splitlines() if line.startswith("warning:")]
         assert len(warnings) == 1, res.stdout
+        assert "time to evidence at " in res.stdout and "50% step ~" in res.stdout, res.stdout
         assert "the 50% step needs ~" in warnings[0] and "progress_deadline" in warnings[0]
         assert "synthetic load (rollout.load)" in warnings[0]
         proj.write(rollout=rollout(LOAD), replicas=1)

@@ -196,6 +196,11 @@ def test_plan_counts_the_synthetic_rate() -> None:
     est = estimate("web", loaded, 1.0)
     assert est is not None and est["warning"] is None and est["synthetic_rate"] == 20.0
     assert est["steps"][0]["seconds"] == pytest.approx(481 / 2.1, rel=0.01)
+    from kiln.plan_evidence import estimate_words
+
+    assert estimate_words(est) == ("time to evidence at 1.0 req/s (+20 synthetic): "
+                                   "10% step ~481 canary requests, ~4m")
+    assert estimate_words(quiet).endswith("10% step ~481 canary requests, ~1.3h")
 
 
 def test_bad_load_in_kiln_yaml_is_one_line_each(tmp_path: Path) -> None:

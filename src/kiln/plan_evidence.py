@@ -78,3 +78,13 @@ def estimate(service: str, spec: ServiceSpec, rate: float) -> dict[str, Any] | N
         gathered += canary_rate * max(seconds or 0.0, step.pause or 0.0)
     return {"rate": round(rate, 2), "synthetic_rate": synthetic, "steps": steps,
             "warning": warning}
+
+
+def estimate_words(ev: dict[str, Any]) -> str:
+    """'time to evidence at 2.0 req/s: 10% step ~481 canary requests, ~40m; 50% step ...'."""
+    extra = f" (+{ev['synthetic_rate']:g} synthetic)" if ev.get("synthetic_rate") else ""
+    steps = "; ".join(
+        f"{st['weight']}% step ~{st['needed']} canary requests, "
+        + ("never (no traffic)" if st["seconds"] is None else f"~{_clock(st['seconds'])}")
+        for st in ev.get("steps", []))
+    return f"time to evidence at {ev['rate']:.1f} req/s{extra}: {steps}"
