@@ -164,3 +164,62 @@ def test_dashboard_card_shows_the_evidence() -> None:
 
 def test_a_design_effect_multiplies_the_need() -> None:
     assert requests_needed(Analysis(design_effect=5.0)) == 5 * requests_needed(Analysis())
+
+
+def test_a_baseline_ahead_lowers_the_need() -> None:
+    """Live, the judge sums the whole rollout: baseline requests served before the step (at
+    another ratio, or alone) count; with a huge head start the need is that of a huge ratio."""
+    at_1 = requests_needed(Analysis(), 1.0)
+    assert requests_needed(Analysis(), 1.0, baseline_ahead=0.0) == at_1 == 656
+    ahead = requests_needed(Analysis(), 1.0, baseline_ahead=2000.0)
+    assert requests_needed(Analysis(), 99.0) <= ahead < at_1
+    # the bound at the estimate fits, one request less does not
+    assert ahead == min(k for k in range(ahead - 1, ahead + 1)
+                        if float(error_upper(0.0, float(k), 0.0, float(k + 2000),
+                                             Analysis())) < 0.01)
+
+
+def test_live_evidence_counts_the_baseline_served_before_the_step() -> None:
+    import time
+
+    from kiln.analysis.live import LiveJudge
+    from kiln.platforms.base import Sample
+    from kiln.platforms.fake.metrics import FakeMetricSource
+    from kiln.rollout.decide import start
+
+    source = FakeMetricSource()
+    judge = LiveJudge(source, "web", Analysis())
+    t0 = float(int(time.time()) - 60)
+    status = start("canary", "web-r2", "web-r1", 1, t0, judge.start_info())
+    # 200 req/s: 10 s on the baseline alone (launch, health gate), then a 50 % step, the
+    # router applying the weights half-way through the step's first second
+    source.feed([Sample("web-r1", t0 + i / 200, 200, 0.05, False) for i in range(2100)])
+    status.phase, status.weights, status.step_started = "step", {"web-r2": 50, "web-r1": 50}, \
+        t0 + 10
+    figures: dict[str, object] = {}
+    source.feed([Sample(r, t0 + 10.5 + i / 100, 200, 0.05, False)
+                 for i in range(50) for r in ("web-r2", "web-r1")])
+    for sec in range(11, 14):
+        source.feed([Sample(r, t0 + sec + i / 100, 200, 0.05, False)
+                     for i in range(100) for r in ("web-r2", "web-r1")])
+        verdict = judge(status, t0 + sec + 1)
+        assert verdict is not None
+        figures = verdict.figures
+    need = requests_needed(Analysis(), 1.0, baseline_ahead=2450.0 - 350.0)
+    assert need < 656
+    assert figures["evidence_needed"] == need
+    assert figures["evidence_have"] == 350
+    # the canary's rate is the service's (200/s) times its share, not its own ramp's count
+    assert figures["evidence_eta_s"] == pytest.approx((need - 350) / 100, abs=0.05)
+
+
+def test_status_counts_the_time_left_down() -> None:
+    from kiln.rollout.decide import start
+
+    st = start("canary", "web-r2", "web-r1", 1, 0.0)
+    assert st.evidence_at(10.0) is None
+    st.evidence = {"needed": 481, "have": 240, "eta_s": 12.0, "at": 100.0}
+    assert st.evidence_at(100.4) == {"needed": 481, "have": 240, "eta_s": 11.6}
+    assert st.evidence_at(130.0) == {"needed": 481, "have": 240, "eta_s": 0.0}
+    st.evidence = {"needed": 481, "have": 0, "eta_s": None, "at": 100.0}
+    assert st.evidence_at(101.0) == {"needed": 481, "have": 0, "eta_s": None}

@@ -83,3 +83,13 @@ def test_spec() -> None:
         Rollout.model_validate({"warmup_requests": {"path": "health"}})
     with pytest.raises(ValueError):
         Rollout.model_validate({"warmup_requests": {"count": 0}})
+
+
+def test_progress_is_reported_after_each_get(app: tuple[App, str]) -> None:
+    from kiln.rollout.prewarm import words
+
+    _, url = app
+    seen: list[int] = []
+    done = prewarm(url, "/", 5, 10.0, progress=seen.append)
+    assert seen == [1, 2, 3, 4, 5] and done.sent == 5
+    assert words("web-r2-1a2b", 120, 200, "/") == "pre-warming web-r2-1a2b (120/200 GETs to /)"

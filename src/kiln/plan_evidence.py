@@ -15,7 +15,7 @@ from kiln.spec.models import ServiceSpec
 RATE_WINDOW = 1.0
 """Seconds between the two counter readings (plan waits this long once per judged service)."""
 LEVERS = ("a larger max_error_rate_increase, a lower confidence, a higher first weight, "
-          "longer pauses or progress_deadline, a shorter warmup")
+          "longer pauses or progress_deadline, a shorter warmup, synthetic load (rollout.load)")
 
 
 def recent_rate(counts: Callable[[], RequestCounts | None], releases: Collection[str],
@@ -45,11 +45,14 @@ def _clock(seconds: float) -> str:
 
 def estimate(service: str, spec: ServiceSpec, rate: float) -> dict[str, Any] | None:
     """Per canary step: canary requests a pass needs there, and the seconds the step takes to
-    reach it (the evidence of earlier steps counts: the judge sums the whole rollout). None
-    when the rollout is not a judged canary."""
+    reach it (the evidence of earlier steps counts: the judge sums the whole rollout; a
+    synthetic load adds its rate to the service's during the steps). None when the rollout is
+    not a judged canary."""
     analysis, ro = spec.rollout.analysis, spec.rollout
     if analysis is None or ro.strategy != "canary":
         return None
+    synthetic = ro.load.rate if ro.load is not None else 0.0
+    judged = rate + synthetic
     steps: list[dict[str, Any]] = []
     warning: str | None = None
     gathered = 0.0
@@ -57,7 +60,7 @@ def estimate(service: str, spec: ServiceSpec, rate: float) -> dict[str, Any] | N
         if step.weight <= 0 or step.weight >= 100:
             continue
         need = requests_needed(analysis, (100 - step.weight) / step.weight)
-        canary_rate = rate * step.weight / 100
+        canary_rate = judged * step.weight / 100
         left = max(0.0, need - gathered)
         warm = analysis.warmup if i == 0 else 0.0
         seconds = None if left > 0 and (canary_rate <= 0 or need >= LIMIT) else \
@@ -67,9 +70,21 @@ def estimate(service: str, spec: ServiceSpec, rate: float) -> dict[str, Any] | N
                       "seconds": None if seconds is None else round(seconds, 1)})
         if warning is None and budget is not None and (seconds is None or seconds > budget):
             took = "never (no traffic)" if seconds is None else f"~{_clock(seconds)}"
+            extra = f" (+{synthetic:g} synthetic)" if synthetic else ""
             warning = (f"{service}: the {step.weight}% step needs ~{need} canary requests, "
-                       f"{took} at {rate:.1f} req/s, more than its pause plus progress_deadline "
+                       f"{took} at {rate:.1f} req/s{extra}, more than its pause plus progress_deadline "
                        f"({_clock(budget)}): it would be rolled back or promoted without "
                        f"evidence; levers: {LEVERS}")
         gathered += canary_rate * max(seconds or 0.0, step.pause or 0.0)
-    return {"rate": round(rate, 2), "steps": steps, "warning": warning}
+    return {"rate": round(rate, 2), "synthetic_rate": synthetic, "steps": steps,
+            "warning": warning}
+
+
+def estimate_words(ev: dict[str, Any]) -> str:
+    """'time to evidence at 2.0 req/s: 10% step ~481 canary requests, ~40m; 50% step ...'."""
+    extra = f" (+{ev['synthetic_rate']:g} synthetic)" if ev.get("synthetic_rate") else ""
+    steps = "; ".join(
+        f"{st['weight']}% step ~{st['needed']} canary requests, "
+        + ("never (no traffic)" if st["seconds"] is None else f"~{_clock(st['seconds'])}")
+        for st in ev.get("steps", []))
+    return f"time to evidence at {ev['rate']:.1f} req/s{extra}: {steps}"

@@ -10,6 +10,7 @@ no write of any kind (docs/decisions/read-only-commands.md).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -168,7 +169,8 @@ def rollout_row(ctx: Context, view: ServiceView, spec: ServiceSpec) -> dict[str,
            "steps": steps, "outcome": ro["outcome"], "reason": ro["reason"],
            "waiting": None if done else st.waiting,
            "judge": None if done else st.judge_line,
-           "evidence": None if done or ro["phase"] != "step" else st.evidence,
+           "evidence": None if done or ro["phase"] != "step" else st.evidence_at(time.time()),
+           "synthetic": st.synthetic,
            "until": st.deadline if ro["phase"] in ("health", "roll", "restore") and st.deadline
            else None,
            "driven_by": None}

@@ -340,6 +340,11 @@ def plan(services: Annotated[list[str] | None, typer.Argument(
             for it in items:
                 out().print(Text(f"{it['service']}: ", style="bold").append(
                     f"{it['action']}  {it['detail']}"), soft_wrap=not out().is_terminal)
+                if it.get("evidence"):
+                    from kiln.plan_evidence import estimate_words
+
+                    out().print(f"  {estimate_words(it['evidence'])}", highlight=False,
+                                soft_wrap=not out().is_terminal)
                 warning = (it.get("evidence") or {}).get("warning")
                 if warning:
                     out().print(Text(f"warning: {warning}", style="yellow"), soft_wrap=not out().is_terminal)

@@ -18,6 +18,8 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
+from kiln.rollout.synthetic import synthetic_words
+
 if TYPE_CHECKING:
     from kiln.platforms.base import StepEvent
     from kiln.project import DeployEvent, DeployResult
@@ -170,8 +172,10 @@ def rollout_line(st: Status, now: float | None = None) -> str:
     live = st.judge_line
     if st.phase == "step" and live and live.partition(": ")[2] not in (st.waiting or ""):
         parts.append(f"judge: {live}")
-    if st.phase == "step" and (ev := evidence_words(st.evidence)):
+    if st.phase == "step" and (ev := evidence_words(st.evidence_at(now))):
         parts.append(f"({ev})")
+    if st.phase == "step" and (syn := synthetic_words(st.synthetic)):
+        parts.append(f"({syn})")
     return " ".join(p for p in parts if p)
 
 

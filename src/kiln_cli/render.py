@@ -13,6 +13,7 @@ from typing import IO, Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from kiln.rollout.synthetic import synthetic_words
 from kiln_cli.progress import OUTCOME_WORDS, PHASE_WORDS, clock, evidence_words
 from kiln_cli.tables import Column, layout
 
@@ -45,7 +46,9 @@ def rollout_summary(ro: dict[str, Any], now: float | None = None) -> str:
     head = f"rollout #{ro['rollout_id']} {ro['strategy']} {move}: "
     if ro["phase"] == "done":
         outcome = OUTCOME_WORDS.get(ro["outcome"] or "", ro["outcome"] or "done")
-        return head + outcome + (f" — {ro['reason']}" if ro.get("reason") else "")
+        syn = synthetic_words(ro.get("synthetic"))
+        return head + outcome + (f" — {ro['reason']}" if ro.get("reason") else "") + (
+            f" ({syn})" if syn else "")
     where = PHASE_WORDS.get(ro["phase"], ro["phase"])
     if ro["phase"] == "step" and ro.get("steps"):
         where = f"canary step {ro['step']}/{ro['steps']}"
@@ -61,6 +64,8 @@ def rollout_summary(ro: dict[str, Any], now: float | None = None) -> str:
         parts.append(f"judge: {judge}")
     if ev := evidence_words(ro.get("evidence")):
         parts.append(f"({ev})")
+    if syn := synthetic_words(ro.get("synthetic")):
+        parts.append(f"({syn})")
     return " ".join(parts)
 
 

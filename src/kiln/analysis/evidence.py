@@ -22,17 +22,22 @@ from kiln.spec.models import Analysis
 LIMIT = 10**8
 
 
-def requests_needed(analysis: Analysis, baseline_ratio: float = 9.0, error_rate: float = 0.0
-                    ) -> int:
+def requests_needed(analysis: Analysis, baseline_ratio: float = 9.0, error_rate: float = 0.0,
+                    baseline_ahead: float = 0.0) -> int:
     """Canary requests until a release as good as its baseline passes (median), at least
-    `min_requests`, times `design_effect`; LIMIT when it never would (a margin of 0)."""
+    `min_requests`, times `design_effect`; LIMIT when it never would (a margin of 0).
+
+    `baseline_ahead`: baseline requests beyond `baseline_ratio` times the canary's, already in
+    (a live step: the judge sums the whole rollout, and the baseline served alone before the
+    step, or at another ratio in an earlier one)."""
     margin = analysis.max_error_rate_increase
     tau = max(margin, seq.TAU_PASS_MIN)
     miss = 1.0 - analysis.confidence
     ratio = max(baseline_ratio, 1e-9)
+    ahead = baseline_ahead / analysis.design_effect
 
     def fits(k: int) -> bool:
-        nb = math.ceil(ratio * k)
+        nb = max(1, math.ceil(ratio * k + ahead))
         ub = seq.error_increase_upper(error_rate * k, float(k), error_rate * nb, float(nb),
                                       tau, miss)
         ok = bool(np.asarray(ub) < margin)
@@ -80,11 +85,12 @@ def eta(needed: int, have: int, rate: float, warmup_left: float = 0.0) -> float 
 
 
 def live(analysis: Analysis, have: int, baseline_ratio: float, baseline_error_rate: float,
-         rate: float, warmup_left: float = 0.0) -> Evidence:
-    """A step's evidence as the judge sees it at a look: `have` judged canary requests, the
-    baseline at `baseline_ratio` times the canary's traffic with its observed error rate,
-    canary requests arriving at `rate` per second."""
-    needed = requests_needed(analysis, baseline_ratio, baseline_error_rate)
+         rate: float, warmup_left: float = 0.0, baseline_have: int | None = None) -> Evidence:
+    """A step's evidence as the judge sees it at a look: `have` judged canary requests and
+    `baseline_have` baseline ones, the baseline growing at `baseline_ratio` times the canary's
+    traffic with its observed error rate, canary requests arriving at `rate` per second."""
+    ahead = 0.0 if baseline_have is None else baseline_have - baseline_ratio * have
+    needed = requests_needed(analysis, baseline_ratio, baseline_error_rate, ahead)
     return Evidence(needed, have, eta(needed, have, rate, warmup_left))
 
 

@@ -116,6 +116,8 @@ class ReportData:
     """The judge's thresholds (the spec's rollout.analysis), None when the rollout was unjudged."""
     strategy: str = ""
     finished: float | None = None
+    synthetic: str = ""
+    """How much of the traffic was kiln's own synthetic load (`rollout.load`), in words."""
 
 
 def bucket_samples(samples: Iterable[Sample], started: float, width: float = 1.0) -> list[Bucket]:
@@ -327,6 +329,12 @@ def thresholds_text(analysis: dict[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
+def _synthetic_note(data: ReportData) -> str:
+    if not data.synthetic:
+        return ""
+    return f'<p class="synthetic"><b>Synthetic traffic.</b> {html.escape(data.synthetic)}</p>'
+
+
 def steps_rows(data: ReportData) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for s in data.steps:
@@ -378,7 +386,7 @@ def render(data: ReportData) -> str:
         f'<th style="color:{CANARY}">canary {html.escape(data.canary)}</th>'
         f'<th style="color:{BASELINE}">baseline {html.escape(data.baseline or "–")}</th></tr>'
         f'{summary}</table><p class="muted">Thresholds: {html.escape(thresholds_text(data.analysis))}'
-        f'</p></section>'
+        f'</p>{_synthetic_note(data)}</section>'
         f'<div id="charts"><noscript><p class="muted">The charts need JavaScript; every figure is in '
         f'the tables.</p></noscript></div>'
         f'<section class="card"><h2>The judge\'s decisions per step</h2>{steps}</section>'
@@ -515,6 +523,11 @@ def load_report_data(store: Store, home: Path, service: str, rollout_id: int) ->
     data.outcome = str(row["outcome"] or status.get("phase") or "")
     data.reason = str(row["reason"] or status.get("reason") or "")
     data.strategy = str(row["strategy"]) if "strategy" in row.keys() else ""  # noqa: SIM118
+    if isinstance(status.get("synthetic"), dict):
+        from kiln.rollout.synthetic import synthetic_words
+
+        data.synthetic = (synthetic_words({**status["synthetic"], "running": False})
+                          + ", through the router: split like real traffic and judged with it")
     for d in status.get("decisions", []) or []:
         if not isinstance(d, dict):
             continue

@@ -95,9 +95,23 @@ class Status:
     """The judge's latest view of the current step, one line (live progress; not a decision)."""
     evidence: dict[str, Any] | None = None
     """The current step's evidence: {needed, have, eta_s} (kiln.analysis.evidence)."""
+    synthetic: dict[str, Any] | None = None
+    """The rollout's synthetic load (`rollout.load`): {paths, rate, sent, errors, running}."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def evidence_at(self, now: float) -> dict[str, Any] | None:
+        """The step's evidence ({needed, have, eta_s}) with its time left counted down to
+        `now`: the status is written at most once a second and read at any time."""
+        ev = self.evidence
+        if not ev:
+            return None
+        out = {k: ev.get(k) for k in ("needed", "have", "eta_s")}
+        at, left = ev.get("at"), ev.get("eta_s")
+        if isinstance(at, int | float) and isinstance(left, int | float):
+            out["eta_s"] = round(max(0.0, left - max(0.0, now - at)), 1)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Status:
@@ -314,7 +328,8 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
     if v is not None:
         s.judge_line = f"{v.outcome}: {v.reason}"
         if "evidence_needed" in v.figures:
-            s.evidence = {k: v.figures.get(f"evidence_{k}") for k in ("needed", "have", "eta_s")}
+            s.evidence = {k: v.figures.get(f"evidence_{k}")
+                          for k in ("needed", "have", "eta_s", "at")}
     if v is not None and v.outcome == "fail":
         s.decisions.append(Decision(obs.now, s.step, weight, "fail", v.reason, _plain(v.figures)))
         return _rollback(s, obs, "rolled_back", v.reason, _plain(v.figures))

@@ -40,8 +40,9 @@ from kiln.rollout.decide import (
     Verdict,
     decide,
 )
-from kiln.rollout.prewarm import prewarm
+from kiln.rollout.prewarm import SHOW_EVERY, prewarm, words
 from kiln.rollout.release_config import launch_image, load_release
+from kiln.rollout.synthetic import StepLoad
 from kiln.spec.models import Health, ServiceSpec
 from kiln.state.records import instances as instance_records
 from kiln.state.records import rollouts as rollout_records
@@ -126,7 +127,8 @@ class Reconciler:
     recorded spec."""
 
     def __init__(self, env: Env, service_name: str, service: ServiceSpec, rollout_id: int,
-                 judge: JudgeFn | None = None, tick: float = 0.1) -> None:
+                 judge: JudgeFn | None = None, tick: float = 0.1,
+                 load: StepLoad | None = None) -> None:
         self.env = env
         self.name = service_name
         self.service = service
@@ -136,6 +138,9 @@ class Reconciler:
         self.tick = tick
         self._healthy: set[str] = set()
         self._saved = 0.0
+        self.synthetic = load
+        self._on_status: Callable[[Status], None] | None = None
+        """Synthetic GETs during judged steps (`rollout.load`); stopped by `close()`."""
 
     # ------------------------------------------------------------ persistence
 
@@ -199,7 +204,7 @@ class Reconciler:
         for inst in alive:
             if inst.id not in self._healthy and self.env.compute.healthy(
                     inst, self._release_health(status.new)):
-                self._prewarm(inst)
+                self._prewarm(inst, status)
                 self._healthy.add(inst.id)
                 self._mark(inst.id, "running")
             if inst.id in self._healthy:
@@ -233,12 +238,24 @@ class Reconciler:
             verdict=verdict,
         )
 
-    def _prewarm(self, inst: Instance) -> None:
-        """Warm a healthy new instance before it is routed to (bounded; see prewarm.py)."""
+    def _prewarm(self, inst: Instance, status: Status) -> None:
+        """Warm a healthy new instance before it is routed to (bounded; see prewarm.py),
+        saying so meanwhile in the status's `waiting` (status, the live line, the dashboard)."""
         want = self.service.rollout.warmup_requests
         if want is None:
             return
-        done = prewarm(inst.url, want.path, want.count, want.timeout)
+        shown = [0.0]
+
+        def progress(sent: int) -> None:
+            if time.monotonic() - shown[0] < SHOW_EVERY:
+                return
+            shown[0] = time.monotonic()
+            note = dataclasses.replace(status, waiting=words(inst.id, sent, want.count, want.path))
+            self.save(note, status.phase)  # display only: the pass persists its own status
+            if self._on_status is not None:
+                self._on_status(note)
+
+        done = prewarm(inst.url, want.path, want.count, want.timeout, progress=progress)
         self.env.store.event("instance.prewarmed", f"{inst.id}: {done.describe(want.count, want.path)}",
                              service=self.name, data={"instance": inst.id, "sent": done.sent,
                                                       "errors": done.errors})
@@ -364,6 +381,13 @@ class Reconciler:
 
     def run(self, on_status: Callable[[Status], None] | None = None,
             until: frozenset[str] = SETTLED, timeout: float = 3600.0) -> Status:
+        try:
+            return self._run(on_status, until, timeout)
+        finally:
+            self.close()  # every exit: settled, an error, Ctrl-C
+
+    def _run(self, on_status: Callable[[Status], None] | None, until: frozenset[str],
+             timeout: float) -> Status:
         status = self.load()
         deadline = time.monotonic() + timeout
         while status.phase not in until:
@@ -377,6 +401,11 @@ class Reconciler:
                 slow = status.phase in ("step", "standby")
                 time.sleep(self.tick if slow else min(self.tick, FAST_TICK))
         return status
+
+    def close(self) -> None:
+        """Stop what this driver runs beside the rollout (the synthetic load)."""
+        if self.synthetic is not None:
+            self.synthetic.close()
 
     def _keep_router(self) -> None:
         """The router is part of the rollout: a router that died (SIGKILL, OOM) is restarted
@@ -401,15 +430,19 @@ class Reconciler:
         """One pass: signal, observe, decide, act, persist. Returns the new status and whether
         it acted (a controller drives many rollouts by calling this in turn)."""
         status = self._take_signal(status)
+        self._on_status = on_status
         self._keep_router()
         obs = self.observe(status)
         new_status, actions = decide(status, obs, self.service.rollout,
                                      self._release_health(status.new).deadline)
         self.act(new_status, actions)
+        if self.synthetic is not None:
+            new_status.synthetic = self.synthetic.sync(new_status, obs.now)
         changed = new_status.to_json() != status.to_json()
         # The judge's live line changes on every pass under traffic: persist it once a second.
         live_only = changed and not actions and dataclasses.replace(
-            new_status, judge_line=status.judge_line).to_json() == status.to_json()
+            new_status, judge_line=status.judge_line, synthetic=status.synthetic,
+            evidence=status.evidence).to_json() == status.to_json()
         if live_only and time.monotonic() - self._saved < 1.0:
             changed = False
         if changed or actions:

@@ -11,8 +11,15 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
+SHOW_EVERY = 0.5
+"""Seconds between two progress notes of a running pre-warm (status, the live line)."""
 PER_REQUEST = 5.0
 """At most this long for one GET (less when the bound is nearer)."""
+
+
+def words(instance: str, sent: int, count: int, path: str) -> str:
+    """'pre-warming web-r2-1a2b (120/200 GETs to /)': the rollout's `waiting` meanwhile."""
+    return f"pre-warming {instance} ({sent}/{count} GETs to {path})"
 
 
 @dataclass(frozen=True)
@@ -31,8 +38,10 @@ class Prewarmed:
 
 
 def prewarm(url: str, path: str, count: int, timeout: float,
-            clock: Callable[[], float] = time.monotonic) -> Prewarmed:
-    """GET `url + path` up to `count` times, one after another, within `timeout` seconds."""
+            clock: Callable[[], float] = time.monotonic,
+            progress: Callable[[int], None] = lambda sent: None) -> Prewarmed:
+    """GET `url + path` up to `count` times, one after another, within `timeout` seconds;
+    `progress(sent)` after each (the live line shows it)."""
     t0 = clock()
     deadline = t0 + timeout
     sent = errors = 0
@@ -48,4 +57,5 @@ def prewarm(url: str, path: str, count: int, timeout: float,
             errors += e.code >= 500
         except (OSError, ValueError):
             errors += 1
+        progress(sent)
     return Prewarmed(sent, errors, clock() - t0, sent >= count)

@@ -212,7 +212,9 @@ class Board:
                "judge_line": st.judge_line if st.phase == "step" else None,
                "actions": actions_for(st),
                "waiting": st.waiting, "open": open_, "standby_until": st.standby_until or None,
-               "evidence": st.evidence if open_ and st.phase == "step" else None,
+               "evidence": st.evidence_at(time.time()) if open_ and st.phase == "step"
+               else None,
+               "synthetic": st.synthetic,
                "phase_label": phase_label(st.phase, weight, st.step),
                "decisions": [{"time": d.time, "step": d.step, "weight": d.weight,
                               "outcome": d.outcome, "reason": d.reason}

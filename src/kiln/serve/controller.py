@@ -154,6 +154,8 @@ class Controller:
             # A replacement waiting for its health check is probed often.
             self.stop.wait(wait if wait is not None else 0.0 if acted
                            else min(self.tick, 0.05) if self.healing else self.tick)
+        for drv in self.driven.values():
+            drv.reconciler.close()  # e.g. a synthetic load: not beyond the controller's life
 
     def _pass_failed(self, exc: Exception) -> float:
         """A whole pass failed (the state cannot be read, say): one event when it starts
@@ -435,6 +437,7 @@ class Controller:
 
     def _settled(self, name: str, drv: Driven, status: Status) -> None:
         del self.driven[drv.rollout_id]
+        drv.reconciler.close()
         if drv.judge is not None:
             self.project.record_judge(name, drv.rollout_id, drv.judge)
         report = self.project.write_report(name, drv.rollout_id)

@@ -11,6 +11,7 @@ from typing import Any
 
 from kiln.analysis.report import CSS as REPORT_CSS
 from kiln.analysis.report import OUTCOMES, phase_label
+from kiln.rollout.synthetic import synthetic_words
 
 CSRF_MARK = "__KILN_CSRF__"
 """Replaced per request by the reader's CSRF value (empty when it has no token)."""
@@ -126,6 +127,8 @@ def service_card(s: dict[str, Any]) -> str:
             + (verdict_words(ro.get("judge_line")) if ro["open"] else "")
             + (f'<p class="waiting">{prose(ro["waiting"])}</p>' if ro["waiting"] else "")
             + _evidence(ro.get("evidence"))
+            + (f'<p class="muted">{e(syn)}</p>' if (syn := synthetic_words(ro.get("synthetic")))
+               else "")
             + (f'<p class="muted">{prose(ro["reason"])}</p>' if ro["reason"] and not ro["open"]
                else "")
             + buttons

@@ -602,6 +602,63 @@ class WarmupRequests(_Model):
         return v
 
 
+MAX_LOAD_RATE = 1000.0
+"""Requests per second a synthetic load may ask for (a quiet service's evidence, not a stress test)."""
+
+
+def parse_rate(value: Any) -> float:
+    """'20/s' -> 20.0 requests per second (also '600/m')."""
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m)\s*$", value) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"expected a rate like 20/s, got {value!r}")
+    rate = float(m.group(1)) / (60.0 if m.group(2) == "m" else 1.0)
+    if not 0 < rate <= MAX_LOAD_RATE:
+        raise ValueError(f"expected a rate above 0 and at most {MAX_LOAD_RATE:g}/s, got {value!r}")
+    return rate
+
+
+Rate = Annotated[
+    float,
+    BeforeValidator(parse_rate),
+    PlainSerializer(lambda v: f"{v:g}/s", return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?/(s|m)$",
+                    "description": "requests per second (20/s) or minute (600/m)"}),
+]
+
+
+class SyntheticLoad(_Model):
+    """Bounded GETs through the router during judged canary steps (kiln.rollout.synthetic), so
+    a quiet service gathers the evidence a pass costs; off when absent."""
+
+    path: str | list[str] = "/"
+    """The GET path(s) to request, in turn; only paths the spec names are ever requested."""
+    rate: Rate
+    method: Literal["GET"] = "GET"
+    """Only GET: a synthetic request must not change anything."""
+    max_duration: Duration | None = None
+    """At most this long per step; default the step's pause plus progress_deadline."""
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _get_only(cls, v: Any) -> Any:
+        if v != "GET":
+            raise ValueError(f"only GET is sent (a synthetic request must not change "
+                             f"anything), got {v!r}")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _paths(cls, v: str | list[str]) -> str | list[str]:
+        for path in [v] if isinstance(v, str) else v or [""]:
+            if not path.startswith("/") or any(c.isspace() for c in path):
+                raise ValueError(f"expected a path starting with / (no spaces), got {path!r}")
+        return v
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
 class Rollout(_Model):
     strategy: Literal["canary", "blue-green", "rolling"] = "canary"
     steps: list[RolloutStep] = Field(
@@ -622,6 +679,8 @@ class Rollout(_Model):
     per-request splits (and the judge its independent samples); `kiln init` writes true."""
     warmup_requests: WarmupRequests | None = None
     """Pre-warming of each new instance (kiln.rollout.prewarm); off when absent."""
+    load: SyntheticLoad | None = None
+    """Synthetic GETs through the router during judged canary steps; off when absent."""
 
     @model_validator(mode="before")
     @classmethod
@@ -638,6 +697,9 @@ class Rollout(_Model):
     def _check(self) -> Rollout:
         if self.strategy == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
             raise ValueError("rolling needs max_surge or max_unavailable above 0")
+        if self.load is not None and (self.strategy != "canary" or self.analysis is None):
+            raise ValueError("load: synthetic load runs during judged canary steps; it needs "
+                             "strategy canary and an analysis: block")
         late = [i for i, step in enumerate(self.steps) if step.preview and i > 0]
         if late:
             raise ValueError(f"steps[{late[0]}]: preview: true is only for the first step")
@@ -793,6 +855,9 @@ class Spec(_Model):
             else:
                 listens[svc.listen] = name
             problems += self._prometheus_problems(name, svc)
+            if svc.rollout.load is not None and self.platform == "aws":
+                problems.append(f"services.{name}.rollout.load: synthetic load is sent through "
+                                "kiln's own router (platform local or podman), not an ALB yet")
         if problems:
             raise ValueError("\n".join(problems))
         return self

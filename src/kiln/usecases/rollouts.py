@@ -78,8 +78,13 @@ def rollout_driver(project: Context, service: str, rollout_id: int) -> tuple[Rec
     `step()` per pass, then `record_judge()` once it settled."""
     spec = project.service(service)
     judge = judge_for(project, service, spec)
+    load = None
+    if spec.rollout.load is not None and spec.rollout.strategy == "canary" and judge is not None:
+        from kiln.rollout.synthetic import StepLoad
+
+        load = StepLoad(spec.rollout, spec.listen, tag=str(rollout_id))
     return (Reconciler(project.rollout_env(service, spec), service, spec, rollout_id,
-                       judge=judge), judge)
+                       judge=judge, load=load), judge)
 
 
 def reconcile(project: Context, service: str, rollout_id: int,
