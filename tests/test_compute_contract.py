@@ -661,9 +661,9 @@ def test_the_file_check_container_is_swept_only_once_stale(tmp_path: Path, podma
 
 @pytest.mark.parametrize(("part", "capabilities"), [
     (FakeCompute, {"Sweeper"}),
-    (LocalCompute, {"Sweeper", "OrphanFinder"}),
+    (LocalCompute, {"Sweeper", "OrphanFinder", "ExitStatus"}),
     (PodmanCompute, {"Sweeper", "OrphanFinder", "TamperCheck", "ImageFileReader",
-                     "TestinfraBackend"}),
+                     "TestinfraBackend", "ExitStatus"}),
     (AwsCompute, {"ImageFileReader"}),  # file checks on a test instance; an ASG heals itself
 ])
 def test_declares_its_capabilities(part: type, capabilities: set[str]) -> None:

@@ -102,6 +102,15 @@ class TamperCheck(Protocol):
 
 
 @runtime_checkable
+class ExitStatus(Protocol):
+    """Compute that can say how a dead instance ended, while the platform still knows."""
+
+    def exit_status(self, instance: Instance) -> str:
+        """e.g. "exited with code 137 (killed: out of memory)"; "is not running" when unknown."""
+        ...
+
+
+@runtime_checkable
 class ImageFileReader(Protocol):
     """Compute whose images are not plain folders: file checks read them through it."""
 
@@ -176,7 +185,7 @@ class OwnDrift(Protocol):
 
 
 ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics)
-COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend)
+COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend, ExitStatus)
 BUILDER = (ImageCheck, Resolver, SpecLocator)
 METRICS = (MetricReplay,)
 PLATFORM = (OwnDrift,)

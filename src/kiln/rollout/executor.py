@@ -24,7 +24,7 @@ from kiln.platforms.base import (
     Release,
     Router,
 )
-from kiln.platforms.capabilities import OpenRequests, RouterProcess, ServersReadBack
+from kiln.platforms.capabilities import ExitStatus, OpenRequests, RouterProcess, ServersReadBack
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import (
     SETTLED,
@@ -199,7 +199,7 @@ class Reconciler:
                 and self._created_at(i.id) >= status.started - 1.0]
         for inst in new:
             if not observed.get(inst.id, False):
-                self._mark_dead(inst.id)  # so the router is never given it again
+                self._mark_dead(inst)  # so the router is never given it again
         healthy = 0
         for inst in alive:
             if inst.id not in self._healthy and self.env.compute.healthy(
@@ -260,9 +260,16 @@ class Reconciler:
                              service=self.name, data={"instance": inst.id, "sent": done.sent,
                                                       "errors": done.errors})
 
-    def _mark_dead(self, instance_id: str) -> None:
+    def _mark_dead(self, inst: Instance) -> None:
+        if self._state(inst.id) == "dead":
+            return
+        # How it ended is asked now: a drain removes a container, and its exit code with it.
+        compute = self.env.compute
+        how = compute.exit_status(inst) if isinstance(compute, ExitStatus) else "is not running"
         with self.env.store.tx() as c:
-            instance_records.mark_dead_unstamped(c, instance_id)
+            instance_records.mark_dead_unstamped(c, inst.id)
+            c.event("instance.died", f"{inst.id} {how}", service=self.name,
+                    data={"instance": inst.id, "release": inst.release_id, "how": how})
 
     def _state(self, instance_id: str) -> str | None:
         return instance_records.state_of(self.env.store, instance_id)

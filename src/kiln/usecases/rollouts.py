@@ -15,6 +15,7 @@ from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, Status, start
 from kiln.rollout.executor import Reconciler, instances_of
 from kiln.spec.models import ServiceSpec
+from kiln.state.records import events as event_records
 from kiln.state.records import instances as instance_records
 from kiln.state.records import rollouts as rollout_records
 from kiln.usecases.results import DeployEvent, ServiceResult, log_tail
@@ -204,7 +205,9 @@ def _emit_failed_instance_log(project: Context, name: str, release_id: str,
     row = instance_records.telling_of_release(project.store, release_id)
     if row is not None:
         inst = from_row(row)
-        emit(DeployEvent(name, "log", f"log of {inst.id} ({row['state']}), last lines:"))
+        how = event_records.instance_death(project.store, inst.id)
+        state = f"{row['state']}: {how}" if how else row["state"]
+        emit(DeployEvent(name, "log", f"log of {inst.id} ({state}), last lines:"))
         emit_log_tail(project, name, inst, emit)
 
 

@@ -27,7 +27,7 @@ from kiln import logpump
 from kiln.errors import NotFound, PlatformError
 from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
-from kiln.platforms.capabilities import OrphanFinder, Sweeper
+from kiln.platforms.capabilities import ExitStatus, OrphanFinder, Sweeper
 from kiln.platforms.instance_rows import (
     KINDS,
     LIVE_STATES,
@@ -58,7 +58,7 @@ _EXITED = "exited"  # pid_start recorded for a process that was gone before we c
 _LOG_TAIL_LINES = 20
 
 
-class LocalCompute(Sweeper, OrphanFinder):
+class LocalCompute(Sweeper, OrphanFinder, ExitStatus):
     """The Compute seam on the local platform. State lives in the store's `instances` table."""
 
     def __init__(self, store: Store, home: Path, project: str, *,
@@ -356,16 +356,19 @@ class LocalCompute(Sweeper, OrphanFinder):
         return self._failures.get(instance.id) or self._exit_reason(instance)
 
     def _exit_reason(self, inst: Instance) -> str:
+        return f"{inst.id} {self.exit_status(inst)}" + self._tail_note(inst)
+
+    def exit_status(self, inst: Instance) -> str:
         proc = self._procs.get(inst.id)
         code = None
         if proc is not None:  # the app is gone; bwrap (its parent) exits right after it
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = proc.wait(timeout=1.0)
-        how = f"exited with code {code}" if code is not None else "is not running"
+        how = describe_exit(code) if code is not None else "is not running"
         cgroup = cgroups.recorded(self.folder(inst.id))
         if cgroup is not None and cgroup.oom_kills():
             how += " (killed by the kernel's OOM killer at its memory limit)"
-        return f"{inst.id} {how}" + self._tail_note(inst)
+        return how
 
     def _tail_note(self, inst: Instance) -> str:
         tail = self.log_tail(inst)
@@ -582,3 +585,16 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def describe_exit(code: int) -> str:
+    """An exit code in words: a signal by its name (negative from Popen, 128+N from a shell,
+    bwrap or podman), else the number."""
+    number = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else 0
+    try:
+        name = signal.Signals(number).name if number else ""
+    except ValueError:
+        name = ""
+    if code < 0:
+        return f"was killed by {name or f'signal {-code}'}"
+    return f"exited with code {code}" + (f" ({name})" if name else "")

@@ -42,7 +42,7 @@ from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
 from kiln.platforms.capabilities import ImageFileReader, TamperCheck, TestinfraBackend
 from kiln.platforms.instance_rows import KINDS, LIVE_STATES, from_row, get_row, list_rows, set_state
 from kiln.platforms.local import environment
-from kiln.platforms.local.compute import LocalCompute
+from kiln.platforms.local.compute import LocalCompute, describe_exit
 from kiln.platforms.podman import containerfile, engine, images
 from kiln.platforms.podman.handle import PodmanHandle
 from kiln.platforms.podman.image_files import ContainerFiles
@@ -302,17 +302,21 @@ class PodmanCompute(LocalCompute, TamperCheck, ImageFileReader, TestinfraBackend
         return False
 
     def _exit_reason(self, inst: Instance) -> str:
+        how = self.exit_status(inst)
+        self._sync_log(inst)
+        return f"{inst.id} {how}" + self._tail_note(inst)
+
+    def exit_status(self, inst: Instance) -> str:
         handle = self._handle(inst)
         data = engine.inspect("container", handle.name) if handle.name else None
         state = (data or {}).get("State") or {}
         if state and not state.get("Running"):
-            how = f"exited with code {state.get('ExitCode')}"
+            how = describe_exit(int(state.get("ExitCode") or 0))
             if state.get("OOMKilled"):
                 how += " (killed: out of memory)"
         else:
             how = "is not running"
-        self._sync_log(inst)
-        return f"{inst.id} {how}" + self._tail_note(inst)
+        return how
 
     def _sync_log(self, inst: Instance) -> None:
         """Wait briefly for the log follower of a stopped container to write its last lines."""

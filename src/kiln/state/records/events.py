@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from kiln.state.store import Store
@@ -21,3 +22,14 @@ def rollout_events_between(store: Store, service: str, start: float, end: float
     return store.query(
         "SELECT time, kind, message, data_json FROM events WHERE service = ? AND time >= ? "
         "AND time <= ? AND kind LIKE 'rollout.%' ORDER BY id", (service, start, end))
+
+
+def instance_death(store: Store, instance_id: str) -> str | None:
+    """How the instance ended, as the rollout recorded when it found it dead."""
+    row = store.one("SELECT data_json FROM events WHERE kind = 'instance.died' AND "
+                    "json_extract(data_json, '$.instance') = ? ORDER BY id DESC LIMIT 1",
+                    (instance_id,))
+    if row is None:
+        return None
+    how = json.loads(row["data_json"]).get("how")
+    return str(how) if how else None
