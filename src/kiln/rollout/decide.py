@@ -300,6 +300,13 @@ def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[A
 
 def _steps_summary(s: Status) -> str:
     """How the steps ended, in true words: 'passed' only for steps the judge passed."""
+    would = next((d for d in s.decisions if d.outcome == "would_fail"), None)
+    dry = [d.step + 1 for d in s.decisions if d.outcome == "dry_run"]
+    if would is not None:
+        return f"dry run: {would.reason}; went on as if every step passed"
+    if dry:
+        return (f"dry run: step(s) {', '.join(map(str, dry))} not shown within the margins; "
+                "went on as if every step passed")
     ends: dict[int, str] = {}
     for d in s.decisions:
         if d.outcome in ("pass", "undecided", "promote"):
@@ -319,6 +326,27 @@ def _steps_summary(s: Status) -> str:
 
 def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
           ) -> tuple[Status, list[Action]]:
+    """A canary step; with `analysis.dry_run` the judge is heard and recorded, never obeyed."""
+    v = obs.verdict
+    if v is None or v.outcome == "pass" or r.analysis is None or not r.analysis.dry_run:
+        return _judged_step(s, obs, r, health_deadline)
+    notes: list[Action] = []
+    if v.outcome == "fail" and not any(d.outcome == "would_fail" for d in s.decisions):
+        line = f"would have rolled back at step {s.step + 1}: {v.reason}"
+        s.decisions.append(Decision(obs.now, s.step, s.weights.get(s.new, 0), "would_fail",
+                                    line, _plain(v.figures)))
+        notes.append(Record("rollout.dry_run", f"dry run: {line}", _plain(v.figures)))
+    # Go on as if the step passed; the step's end is recorded as what the judge really said.
+    said = Verdict("pass", f"dry run, the judge said {v.outcome}: {v.reason}", v.figures)
+    s, actions = _judged_step(s, dataclasses.replace(obs, verdict=said), r, health_deadline,
+                              ended_as="dry_run")
+    if s.phase == "step":
+        s.judge_line = f"{v.outcome} (dry run: not acted on): {v.reason}"
+    return s, [*notes, *actions]
+
+
+def _judged_step(s: Status, obs: Observation, r: Rollout, health_deadline: float,
+                 ended_as: str = "pass") -> tuple[Status, list[Action]]:
     weight = s.weights.get(s.new, 0)
     if obs.new_alive < s.replicas:
         return _rollback(s, obs, "failed",
@@ -351,7 +379,8 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
         return s, []
     if v is None or v.outcome == "pass":
         if v is not None:
-            s.decisions.append(Decision(obs.now, s.step, weight, "pass", v.reason, _plain(v.figures)))
+            s.decisions.append(Decision(obs.now, s.step, weight, ended_as, v.reason,
+                                        _plain(v.figures)))
         s.waiting = None
         s.step += 1
         return _enter_step(s, obs, r)
