@@ -655,6 +655,49 @@ def logs(service: Annotated[str | None, typer.Argument(
     guard(body)
 
 
+judge_app = typer.Typer(name="judge", help="The canary judge: replay a rollout's verdicts.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(judge_app)
+
+
+@judge_app.command("replay")
+def judge_replay(
+    rollout: Annotated[str, typer.Argument(metavar="ROLLOUT", help="The rollout's id "
+                                           "(`kiln history` lists them), e.g. 3 or #3.")],
+    alpha: Annotated[str | None, typer.Option("--alpha", metavar="A",
+                     help="False-alarm budget of the whole rollout (e.g. 0.05).")] = None,
+    confidence: Annotated[str | None, typer.Option("--confidence", metavar="C",
+                          help="Confidence of the bounds behind pass (e.g. 0.9).")] = None,
+    max_error_rate_increase: Annotated[str | None, typer.Option(
+        "--max-error-rate-increase", metavar="X", help="Allowed 5xx increase (e.g. 2%).")] = None,
+    max_latency_increase: Annotated[str | None, typer.Option(
+        "--max-latency-increase", metavar="Y", help="Allowed latency increase (e.g. 50%).")
+                                    ] = None,
+    as_json: JsonOpt = False,
+    file: FileOpt = None,
+) -> None:
+    """Judge a rollout's stored evidence again under other settings; per step, the verdict
+    next to the recorded one. Writes nothing."""
+    use_file(file)
+    from kiln_cli.render import replay_view
+
+    def body() -> None:
+        text = rollout.strip().removeprefix("#")
+        if not text.isdigit():
+            raise kiln.NotFound(f"ROLLOUT: expected a rollout id like 3, got {rollout!r}",
+                                hint="`kiln history` lists them")
+        data = project().judge_replay(int(text), {
+            "alpha": alpha, "confidence": confidence,
+            "max_error_rate_increase": max_error_rate_increase,
+            "max_latency_increase": max_latency_increase})
+        if as_json:
+            print_json(data)
+        else:
+            out().print(replay_view(data, width()))
+
+    guard(body)
+
+
 @app.command()
 def gc(keep: Annotated[int, typer.Option("--keep", metavar="N", help="Live releases to retain per service "
                                                     "(the current and previous always are).")] = 3,

@@ -141,6 +141,32 @@ def history_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> G
     return layout(cols, cells, width, notes)
 
 
+def replay_view(data: dict[str, Any], width: int | None = None) -> Group:
+    """`kiln judge replay`: per step, the replayed verdict next to the recorded one, and why."""
+    changed = [k for k, v in data["settings"].items() if v != data["recorded_settings"][k]]
+    said = ", ".join(f"{k} {data['recorded_settings'][k]:g} -> {data['settings'][k]:g}"
+                     for k in changed) or "the recorded settings"
+    parts: list[RenderableType] = [
+        Text.from_markup(f"[bold]rollout #{data['rollout_id']}[/] {data['service']} "
+                         f"{data['baseline']} -> {data['canary']} ({data['source']}): recorded "
+                         f"{OUTCOME_WORDS.get(data['recorded_outcome'] or '', 'running')}"),
+        Text(f"replayed with {said}: {data['summary']}",
+             "green" if data["outcome"] == "pass" else
+             "red" if data["outcome"] == "fail" else "yellow")]
+    cols = [Column("STEP"), Column("WEIGHT"), Column("RECORDED"), Column("REPLAYED")]
+    cells: list[list[str | Text]] = []
+    notes = []
+    for st in data["steps"]:
+        color = {"pass": "green", "fail": "red"}.get(st["replayed"], "yellow")
+        cells.append([str(st["step"]), f"{st['weight']}%", st["recorded"],
+                      Text(st["replayed"], style=color)])
+        notes.append("\n".join(m["line"] for m in st["metrics"]) or st["reason"])
+    parts.append(layout(cols, cells, width, notes))
+    if not data["steps"]:
+        parts.append(Text("the judge recorded no step decision in this rollout"))
+    return Group(*parts)
+
+
 def show_logs(paths: Sequence[tuple[str, Path]], *, follow: bool, lines: int) -> None:
     """Print the tail of each log (across its rotation); with follow, keep printing new lines,
     from the new file once the log pump rotates (^C stops)."""
@@ -195,5 +221,5 @@ def _rotated(fh: IO[bytes], path: Path) -> bool:
         return False
 
 
-__all__ = ["history_table", "images_table", "show_logs",
+__all__ = ["history_table", "images_table", "replay_view", "show_logs",
            "status_view"]

@@ -172,6 +172,15 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 9: what a rollout's judge was given (kiln.analysis.recording), for `kiln judge replay`;
+    # gc removes it with the rollout's retention
+    """
+    CREATE TABLE rollout_evidence (
+        rollout_id INTEGER PRIMARY KEY REFERENCES rollouts(id) ON DELETE CASCADE,
+        data BLOB NOT NULL,
+        saved_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
