@@ -39,9 +39,10 @@ def settings(recorded: Analysis, overrides: Mapping[str, Any]) -> Analysis:
         err = exc.errors()[0]
         key = str(err["loc"][0]) if err["loc"] else ""
         seen = given.get(key)
-        raise BadSetting(f"{OPTIONS.get(key, key)}: {err['msg'].removeprefix('Value error, ')}"
-                         + (f" (got {seen!r})" if seen is not None and
-                            repr(seen) not in err["msg"] else "")) from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise BadSetting(f"{OPTIONS.get(key, key)}: {msg}"
+                         + (f" (got {seen!r})" if seen is not None and "got" not in msg
+                            else "")) from None
 
 
 def judge_replay(ctx: Context, rollout_id: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
