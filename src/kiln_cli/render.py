@@ -13,6 +13,7 @@ from typing import IO, Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from kiln.notify import failure_line
 from kiln.rollout.synthetic import synthetic_words
 from kiln_cli.progress import OUTCOME_WORDS, PHASE_WORDS, clock, evidence_words
 from kiln_cli.tables import Column, layout
@@ -86,6 +87,8 @@ def status_view(data: dict[str, Any], width: int | None = None,
                           "instance(s) and the router" if prom["running"] else
                           "prometheus: kiln's own is not running (analysis.metrics have no data "
                           "until `kiln deploy` starts it)", "" if prom["running"] else "bold red"))
+    for hook in data.get("notify") or []:
+        parts.append(Text(failure_line(hook), "yellow"))
     for svc in data["services"]:
         if svc.get("destroyed"):
             parts.append(Text.from_markup(
@@ -97,6 +100,11 @@ def status_view(data: dict[str, Any], width: int | None = None,
         ro = svc.get("rollout")
         if ro:
             parts.append(Text("  " + rollout_summary(ro, now)))
+            if ro.get("would_have") and ro["would_have"] not in (ro.get("reason") or ""):
+                parts.append(Text(f"  dry run: {ro['would_have']}", "yellow"))
+            for m in ro.get("verdict") or []:
+                color = {"pass": "green", "fail": "red"}.get(m["outcome"], "yellow")
+                parts.append(Text("    " + m["line"], color))
             if ro["phase"] not in ("done", "standby") and not ro.get("driven_by", True):
                 parts.append(Text("  nothing is driving this rollout now (the figures above are "
                                   "from when it stopped): `kiln deploy` resumes it"))

@@ -38,8 +38,10 @@ class StepReplay:
     figures: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        figs = {k: v for k, v in self.figures.items()
-                if isinstance(v, int | float | str) or v is None}
+        # name/value pairs: a metric's figures are named after it (`metric:<name>:p`), and
+        # the schema lists every key of an object.
+        figs = [{"name": k, "value": v} for k, v in sorted(self.figures.items())
+                if (isinstance(v, int | float | str) and not isinstance(v, bool)) or v is None]
         return {"step": self.step + 1, "weight": self.weight, "time": self.time,
                 "recorded": self.recorded, "recorded_reason": self.recorded_reason,
                 "replayed": self.replayed, "reason": self.reason,

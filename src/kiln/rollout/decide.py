@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kiln.analysis.explain import explain
 from kiln.analysis.verdict import Verdict as Verdict
 from kiln.spec.models import Rollout
 
@@ -97,6 +98,9 @@ class Status:
     """The current step's evidence: {needed, have, eta_s} (kiln.analysis.evidence)."""
     synthetic: dict[str, Any] | None = None
     """The rollout's synthetic load (`rollout.load`): {paths, rate, sent, errors, running}."""
+    judge_words: list[dict[str, Any]] | None = None
+    """The judge's latest view per metric, in words (kiln.analysis.explain; live, like
+    `judge_line`)."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -291,6 +295,7 @@ def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[A
     s.weights = {s.new: weight, s.old: 100 - weight}
     s.step_started = obs.now
     s.judge_line = None
+    s.judge_words = None
     s.evidence = None
     s.promote_requested = False
     return s, [SetWeights(dict(s.weights)),
@@ -355,6 +360,7 @@ def _judged_step(s: Status, obs: Observation, r: Rollout, health_deadline: float
     v = obs.verdict
     if v is not None:
         s.judge_line = f"{v.outcome}: {v.reason}"
+        s.judge_words = [e.to_json() for e in explain(v.figures)]
         if "evidence_needed" in v.figures:
             s.evidence = {k: v.figures.get(f"evidence_{k}")
                           for k in ("needed", "have", "eta_s", "at")}

@@ -69,8 +69,7 @@ def start_rollout(project: Context, service: str, spec: ServiceSpec, new: Releas
                    else f"first release {status.new}")
         data: dict[str, Any] = {"rollout": rid, "judged": judge is not None}
         c.event("rollout.started", message, service=service, data=data)
-    if project.notifier is not None:
-        project.notifier.send("rollout.started", message, service, data)
+    project.notify("rollout.started", message, service, data)
     return rid
 
 
