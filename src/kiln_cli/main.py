@@ -155,9 +155,15 @@ def use_file(file: Path | None) -> None:
 
 
 def project() -> kiln.Project:
+    import atexit
+
     import kiln
 
-    return kiln.Project.open(OPTS.file, warn=warn)
+    proj = kiln.Project.open(OPTS.file, warn=warn)
+    # At exit: the `notify:` webhooks' queue is delivered (bounded) and the deliveries that
+    # failed are recorded for `status`, instead of dying with the process's daemon thread.
+    atexit.register(proj.close)
+    return proj
 
 
 def print_json(data: Any) -> None:
