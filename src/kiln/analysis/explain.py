@@ -76,10 +76,13 @@ def _rate_why(outcome: str, lower: Any, upper: Any, margin: float, conf: str,
     allowed = f"the allowed +{_points(margin)} points"
     if outcome == "fail":
         lo = _num(lower)
-        if lo is not None and lo > 0:
+        if lo is not None and lo >= margin:
             return (f"the canary's {what} is higher by at least {_points(lo)} points at {conf} "
                     f"confidence, beyond {allowed}")
-        return f"the always-valid test showed the increase is beyond {allowed}"
+        # The sequential test crossed its boundary before the interval cleared the margin.
+        return (f"the always-valid test showed the increase is beyond {allowed}"
+                + (f" (at {conf} confidence it is at least {_points(lo, True)} points)"
+                   if lo is not None else ""))
     if outcome == "pass":
         return (f"the increase is at most {_points(upper, True)} points at {conf} confidence, "
                 f"inside {allowed}")
