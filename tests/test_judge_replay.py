@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,32 @@ def test_settings_change_only_what_is_given() -> None:
     got = settings(Analysis(alpha=0.02, min_requests=7), {"max_error_rate_increase": "50%",
                                                           "alpha": None})
     assert got.max_error_rate_increase == 0.5 and got.alpha == 0.02 and got.min_requests == 7
+
+
+def test_gc_keeps_the_evidence_of_each_services_last_rollouts_and_open_ones(
+        tmp_path: Path) -> None:
+    from kiln.state.records import evidence
+    from kiln.state.records import rollouts as rollout_records
+    from kiln.state.store import Store
+
+    store = Store.open(tmp_path / "home")
+    try:
+        ids = {}
+        with store.tx() as c:
+            for name, service, phase in [("a1", "web", "done"), ("a2", "web", "done"),
+                                         ("a3", "web", "done"), ("b1", "api", "done"),
+                                         ("b2", "api", "step")]:
+                ids[name] = rollout_records.insert(c, service, "x", name, "canary", phase,
+                                                   "{}", T0)
+        for rid in ids.values():
+            evidence.save(store, rid, Recording("c", "b").to_blob(), T0)
+        keep = evidence.newest_rollouts(store, 1)
+        # keep=1: web's newest (a3); api's newest is open (b2), so b1 is not among the kept.
+        assert keep == {ids["a3"], ids["b2"]}
+        gone = evidence.drop_all_but(store, keep)
+        assert sorted(gone) == sorted([ids["a1"], ids["a2"], ids["b1"]])
+        assert evidence.load(store, ids["a1"]) is None
+        assert evidence.load(store, ids["a3"]) is not None
+        assert evidence.rollout_ids(store) == sorted([ids["a3"], ids["b2"]])
+    finally:
+        store.close()

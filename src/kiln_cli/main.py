@@ -688,6 +688,8 @@ def judge_replay(
     from kiln_cli.render import replay_view
 
     def body() -> None:
+        import kiln
+
         text = rollout.strip().removeprefix("#")
         if not text.isdigit():
             raise kiln.NotFound(f"ROLLOUT: expected a rollout id like 3, got {rollout!r}",
