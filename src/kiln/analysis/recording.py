@@ -9,8 +9,8 @@ the change, kiln.analysis.live.Answers), so the sums are the ones the judge held
 stamped with its end, when its requests had all happened; count metrics are running sums for
 the whole rollout at the time they were asked, value metrics one value per look.
 
-Stored as zlib-compressed JSON in the state (kiln.state.records.evidence); a 10-minute rollout
-at 20 requests a second is a few hundred kilobytes before compression.
+Stored as zlib-compressed JSON in the state (kiln.state.records.evidence): a 10-minute rollout
+at 20 canary and 180 baseline requests a second is 790 KB of JSON, 150 KB compressed.
 """
 
 from __future__ import annotations
