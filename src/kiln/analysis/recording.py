@@ -10,7 +10,7 @@ stamped with its end, when its requests had all happened; count metrics are runn
 the whole rollout at the time they were asked, value metrics one value per look.
 
 Stored as zlib-compressed JSON in the state (kiln.state.records.evidence): a 10-minute rollout
-at 20 canary and 180 baseline requests a second is 790 KB of JSON, 150 KB compressed.
+at 20 canary and 180 baseline requests a second is ~700 KB of JSON, ~160 KB compressed.
 """
 
 from __future__ import annotations
