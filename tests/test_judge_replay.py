@@ -180,3 +180,16 @@ def test_gc_keeps_the_evidence_of_each_services_last_rollouts_and_open_ones(
         assert evidence.rollout_ids(store) == sorted([ids["a3"], ids["b2"]])
     finally:
         store.close()
+
+
+def test_a_step_counts_windows_begun_before_it_and_answers_asked_by_it() -> None:
+    metric = Metric(name="checkout", kind="count", failures="f{release=\"$release\"}",
+                    total="t{release=\"$release\"}", max_increase=0.01)
+    rec = Recording("web-r2", "web-r1", "fake")
+    rec.add_windows(aggregate([s for s in traffic(2, 0.0) if s.time < T0 + 1]))
+    rec.add_counts(T0 + 0.8, "checkout", "web-r2", 1, 10)  # asked after the decision
+    rec.add_counts(T0 + 0.8, "checkout", "web-r1", 1, 90)
+    got = replay(rec, Analysis(metrics=[metric]),
+                 [{"time": T0 + 0.5, "step": 0, "outcome": "undecided"}]).steps[0]
+    assert got.figures["canary_requests"] == 20  # the second begun before the decision
+    assert got.figures["metric:checkout:canary_n"] == 0  # not yet asked

@@ -122,11 +122,13 @@ class Recording:
 
 def by_time(rec: Recording) -> dict[float, tuple[list[Window], list[tuple[str, int, float, float]],
                                                  list[tuple[str, int, float]]]]:
-    """Everything recorded, grouped by the moment it became known (a look of the replay)."""
+    """Everything recorded, grouped by the moment it counts from (a look of the replay): a
+    window from its start (the live judge reads a second's requests while it fills), a metric
+    answer from when it was asked."""
     at: dict[float, tuple[list[Window], list[tuple[str, int, float, float]],
                           list[tuple[str, int, float]]]] = defaultdict(lambda: ([], [], []))
     for w in rec.window_list():
-        at[w.start + w.length][0].append(w)
+        at[w.start][0].append(w)
     for t, name, side, f, n in rec.counts:
         at[t][1].append((name, side, f, n))
     for t, name, side, v in rec.values:

@@ -3,7 +3,7 @@ verdict those settings give at the moment the recorded decision was made, next t
 
 Pure: a `Recording` (kiln.analysis.recording), an `Analysis` and the recorded decisions in, a
 `Replay` out. The replayed judge is one test over the whole rollout, like the live one: it looks
-at every moment something was recorded (each window's end, each metric answer) and its first
+at every moment something was recorded (each window's start, each metric answer) and its first
 "fail" is final. A step is judged on everything whose window began before the recorded decision
 (the live judge had read part of that second): so the replay sees what the live judge saw, to
 within the access log's lag of about a second (docs/judge.md, "Replay").
@@ -82,8 +82,8 @@ def replay(rec: Recording, analysis: Analysis, decisions: Sequence[Mapping[str, 
                    and isinstance(d.get("time"), int | float)), key=lambda d: float(d["time"]))
     for d in cuts:
         t = float(d["time"])
-        # Everything known before the decision; a window that began before it counts whole.
-        while i < len(events) and (events[i][0] <= t or _began_before(events[i][1][0], t)):
+        # Everything known by the decision; a window that began before it counts whole.
+        while i < len(events) and events[i][0] <= t:
             at, (windows, counts, values) = events[i]
             judge.add_windows(windows)
             for name, side, failures, total in counts:
@@ -97,7 +97,3 @@ def replay(rec: Recording, analysis: Analysis, decisions: Sequence[Mapping[str, 
                                 str(d.get("outcome")), str(d.get("reason") or ""), v.outcome,
                                 v.reason, explain(v.figures), dict(v.figures)))
     return Replay(steps)
-
-
-def _began_before(windows: Sequence[Any], t: float) -> bool:
-    return bool(windows) and all(w.start < t for w in windows)
