@@ -163,13 +163,17 @@ def replay_view(data: dict[str, Any], width: int | None = None) -> Group:
              "red" if data["outcome"] == "fail" else "yellow")]
     cols = [Column("STEP"), Column("WEIGHT"), Column("RECORDED"), Column("REPLAYED")]
     cells: list[list[str | Text]] = []
-    notes = []
     for st in data["steps"]:
         color = {"pass": "green", "fail": "red"}.get(st["replayed"], "yellow")
         cells.append([str(st["step"]), f"{st['weight']}%", st["recorded"],
                       Text(st["replayed"], style=color)])
-        notes.append("\n".join(m["line"] for m in st["metrics"]) or st["reason"])
-    parts.append(layout(cols, cells, width, notes))
+    parts.append(layout(cols, cells, width))
+    for st in data["steps"]:  # why, per step and metric, one line each
+        parts.append(Text(f"step {st['step']}: {st['replayed']}"
+                          + ("" if st["metrics"] else f" — {st['reason']}")))
+        for m in st["metrics"]:
+            color = {"pass": "green", "fail": "red"}.get(m["outcome"], "yellow")
+            parts.append(Text("  " + m["line"], color))
     if not data["steps"]:
         parts.append(Text("the judge recorded no step decision in this rollout"))
     return Group(*parts)

@@ -82,7 +82,7 @@ def _rate_why(outcome: str, lower: Any, upper: Any, margin: float, conf: str,
         # The sequential test crossed its boundary before the interval cleared the margin.
         return (f"the always-valid test showed the increase is beyond {allowed}"
                 + (f" (at {conf} confidence it is at least {_points(lo, True)} points)"
-                   if lo is not None else ""))
+                   if lo is not None and lo > 0 else ""))
     if outcome == "pass":
         return (f"the increase is at most {_points(upper, True)} points at {conf} confidence, "
                 f"inside {allowed}")
