@@ -1,6 +1,6 @@
-"""Read-only commands are read-only: `status`, `history`, `plan`, `drift`, `images` and `logs`
-start and stop no process and write nothing (no state commit, no file under .kiln), over a
-healthy project and over damaged ones (router dead, an instance dead, both)."""
+"""Read-only commands are read-only: `status`, `history`, `plan`, `drift`, `images`, `logs` and
+`judge replay` start and stop no process and write nothing (no state commit, no file under
+.kiln), over a healthy project and over damaged ones (router dead, an instance dead, both)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from kiln.testing.project import Proj, wait_for
 pytestmark = pytest.mark.e2e
 
 COMMANDS = [["status"], ["status", "--json"], ["history"], ["history", "--json"], ["plan"],
-            ["plan", "--json"], ["drift"], ["drift", "--json"], ["images"], ["logs"]]
+            ["plan", "--json"], ["drift"], ["drift", "--json"], ["images"], ["logs"],
+            # unjudged rollouts here: its one-line error path (tests/test_judge_replay_e2e.py
+            # checks a real replay writes nothing)
+            ["judge", "replay", "1"], ["judge", "replay", "1", "--json"]]
 
 
 def _processes(folder: Path) -> set[int]:

@@ -386,3 +386,36 @@ def test_first_release_has_nothing_to_preview_against() -> None:
 def test_preview_step_rules(steps: list[dict[str, Any]], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Rollout.model_validate({"steps": steps})
+
+
+@pytest.mark.parametrize("on_no_data", ["pause", "rollback"])
+def test_dry_run_records_what_it_would_have_done_and_goes_on(on_no_data: Any) -> None:
+    """analysis.dry_run: a fail is recorded once ("would have rolled back at step 1: ..."),
+    an undecided step end is not held, and the rollout is promoted as if every step passed."""
+    r = canary((10, 5), (50, 5), analysis=Analysis(dry_run=True, on_no_data=on_no_data))
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1))
+    bad = Verdict("fail", "5xx 6.1% vs 1.0%, p=0.0003; after 212 canary requests")
+    s, (first, again) = run(s, r, obs(2, verdict=bad), obs(3, verdict=bad))
+    assert s.phase == "step" and s.outcome is None and s.step == 0
+    notes = [a for a in first if isinstance(a, Record)]
+    assert [n.kind for n in notes] == ["rollout.dry_run"]
+    assert notes[0].message == ("dry run: would have rolled back at step 1: 5xx 6.1% vs 1.0%, "
+                                "p=0.0003; after 212 canary requests")
+    assert not any(isinstance(a, SetWeights) for a in first + again)
+    assert "dry run: not acted on" in (s.judge_line or "")
+    s, _ = run(s, r, obs(7, verdict=bad))  # the pause is over: on to step 2 as if it passed
+    assert s.step == 1 and s.weights == {"b": 50, "a": 50}
+    few = Verdict("undecided", "too little data")
+    s, _ = run(s, r, obs(13, verdict=few), obs(14, verdict=few))
+    assert s.outcome == "promoted"
+    assert [d.outcome for d in s.decisions] == ["would_fail", "dry_run", "dry_run"]
+    assert s.reason == ("dry run: would have rolled back at step 1: 5xx 6.1% vs 1.0%, "
+                        "p=0.0003; after 212 canary requests; went on as if every step passed")
+
+
+def test_dry_run_off_still_rolls_back() -> None:
+    r = canary((10, 5), analysis=Analysis(dry_run=False))
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1), obs(2, verdict=Verdict("fail", "bad")))
+    assert s.outcome == "rolled_back"

@@ -87,9 +87,29 @@ class Context:
             self._notifier = Notifier(self.spec.notify, self.spec.project)
         return self._notifier
 
+    def notify(self, kind: str, message: str, service: str | None,
+               data: dict[str, Any]) -> None:
+        """Queue an event for the `notify:` hooks; first record the deliveries that failed
+        since the last time (here, on the caller's thread: the state has one connection)."""
+        notifier = self.notifier
+        if notifier is None:
+            return
+        self.record_failed_deliveries()
+        notifier.send(kind, message, service, data)
+
+    def record_failed_deliveries(self) -> None:
+        """Failed webhook deliveries as `notify.failed` events (status and the dashboard)."""
+        if self._notifier is None or self._store is None:
+            return
+        for f in self._notifier.take_failed():
+            self._store.event("notify.failed", f"delivery of {f.event} to {f.url} failed: "
+                              f"{f.error}", data={"url": f.url, "event": f.event,
+                                                  "error": f.error, "time": f.time})
+
     def close(self) -> None:
         if self._notifier is not None:  # deliver what is queued (bounded), then stop
             self._notifier.close()
+            self.record_failed_deliveries()
             self._notifier = None
         if self._store is not None:
             self._store.close()
@@ -238,5 +258,5 @@ class Context:
         return Env(self.store, self.compute, self.router, None, self.platform.image,
                    secrets=lambda recorded: resolve_secrets(service, recorded, self.base_dir),
                    fault=env_fault(),
-                   notify=self.notifier.send if self.notifier else _no_notify,
+                   notify=self.notify if self.notifier else _no_notify,
                    instances_changed=self.scraping.sync)

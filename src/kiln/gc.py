@@ -16,6 +16,7 @@ from typing import Any
 
 from kiln.project import Project
 from kiln.rollout.release_config import previous_live
+from kiln.state.records import evidence as evidence_records
 from kiln.state.records import images as image_records
 from kiln.state.records import instances as instance_records
 from kiln.state.records import releases as release_records
@@ -82,7 +83,13 @@ def collect(project: Project, keep: int = 3) -> dict[str, Any]:
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
                 folders.append(iid)
+        # The judge's evidence (for `kiln judge replay`) of each service's last `keep` rollouts.
+        evidence = evidence_records.drop_all_but(
+            store, evidence_records.newest_rollouts(store, max(keep, 1)))
         store.event("gc", f"removed {len(removed)} image(s), {len(steps)} step image(s), "
-                          f"{len(folders)} instance folder(s)",
-                    data={"images": removed, "steps": steps, "kept": kept})
-    return {"images": removed, "steps": steps, "instances": folders, "kept": kept}
+                          f"{len(folders)} instance folder(s), the judge's evidence of "
+                          f"{len(evidence)} rollout(s)",
+                    data={"images": removed, "steps": steps, "kept": kept,
+                          "evidence": evidence})
+    return {"images": removed, "steps": steps, "instances": folders, "kept": kept,
+            "evidence": evidence}

@@ -6,7 +6,8 @@ Slack-compatible: an incoming webhook shows it as is); the `X-Kiln-Signature` he
 `secret: env:NAME`). Delivery runs on one background thread per Notifier: `send` only queues,
 so a slow or dead receiver never holds a rollout; a failed POST (no answer, or a non-2xx) is
 retried with exponential backoff, and one that never succeeds is kept in `failed` (newest last)
-for `status`.
+and handed to `take_failed`, whose caller records it as a `notify.failed` event for `status`
+and the dashboard (the delivery thread never touches the state: one connection per process).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class Notifier:
         self.backoff = tuple(backoff)
         self.timeout = timeout
         self.failed: deque[Failed] = deque(maxlen=50)
+        self._unrecorded: deque[Failed] = deque(maxlen=1000)
+        """Failures not yet taken by `take_failed` (the caller records them in the state)."""
         self.delivered = 0
         self._queue: queue.Queue[tuple[Hook, bytes | None, str, bytes] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -123,4 +126,39 @@ class Notifier:
                 error = f"HTTP {e.code}"
             except OSError as e:
                 error = str(e.reason if isinstance(e, urllib.error.URLError) else e)
-        self.failed.append(Failed(hook.url, event, error, time.time()))
+        failed = Failed(hook.url, event, error, time.time())
+        with self._lock:
+            self.failed.append(failed)
+            self._unrecorded.append(failed)
+
+    def take_failed(self) -> list[Failed]:
+        """The deliveries given up on since the last call (thread-safe): the caller, on its
+        own thread, records them where `status` reads them."""
+        with self._lock:
+            out = list(self._unrecorded)
+            self._unrecorded.clear()
+        return out
+
+
+FAILED_WINDOW = 24 * 3600.0
+"""`status` and the dashboard show the deliveries that failed over this many seconds."""
+
+
+def failure_summary(failed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`notify.failed` events' data (oldest first) -> per hook URL: how many failed, and the
+    last one's error, event and time (the `notify` of `kiln status --json`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in failed:
+        url = str(f.get("url") or "")
+        entry = out.setdefault(url, {"url": url, "failed": 0})
+        entry.update(failed=entry["failed"] + 1, last_error=str(f.get("error") or ""),
+                     last_event=str(f.get("event") or ""), last_time=float(f.get("time") or 0))
+    return list(out.values())
+
+
+def failure_line(entry: dict[str, Any]) -> str:
+    """'notify: 3 deliveries to http://... failed, last: connection refused at 21:40'."""
+    n = entry["failed"]
+    at = time.strftime("%H:%M", time.localtime(entry["last_time"]))
+    return (f"notify: {n} deliver{'y' if n == 1 else 'ies'} to {entry['url']} failed, last: "
+            f"{entry['last_event']}: {entry['last_error']} at {at}")

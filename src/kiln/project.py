@@ -96,6 +96,12 @@ class Project(Context):
 
         return status(self, self._services([service] if service else None), self.warn)
 
+    def judge_replay(self, rollout_id: int, settings: dict[str, Any]) -> dict[str, Any]:
+        """`kiln judge replay`: the judge again over a rollout's stored evidence. Read-only."""
+        from kiln.usecases.replay import judge_replay
+
+        return judge_replay(self, rollout_id, settings)
+
     def sandbox_kind(self) -> str:
         """How bakes and instances are isolated: local's "bwrap", or "none" when the spec says
         `sandbox: none`; other platforms isolate their own way and are named ("podman", "aws")."""

@@ -15,12 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kiln.analysis.explain import explain
 from kiln.errors import NotFound, StateError
+from kiln.notify import FAILED_WINDOW, failure_summary
 from kiln.platforms.capabilities import RouterProcess
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, Status
 from kiln.rollout.executor import load_release
 from kiln.rollout.release_config import find_release
+from kiln.state.records import events as event_records
 from kiln.state.records import instances as instance_records
 from kiln.state.records import releases as release_records
 from kiln.state.records import rollouts as rollout_records
@@ -171,6 +174,9 @@ def rollout_row(ctx: Context, view: ServiceView, spec: ServiceSpec) -> dict[str,
            "judge": None if done else st.judge_line,
            "evidence": None if done or ro["phase"] != "step" else st.evidence_at(time.time()),
            "synthetic": st.synthetic,
+           "verdict": verdict_words(st, done),
+           "would_have": next((d.reason for d in st.decisions if d.outcome == "would_fail"),
+                              None),
            "until": st.deadline if ro["phase"] in ("health", "roll", "restore") and st.deadline
            else None,
            "driven_by": None}
@@ -181,6 +187,24 @@ def rollout_row(ctx: Context, view: ServiceView, spec: ServiceSpec) -> dict[str,
         holder, ctl = live_holder(ctx.store), running(ctx.store)
         out["driven_by"] = holder.describe() if holder else ctl.describe() if ctl else None
     return out
+
+
+def verdict_words(st: Status, done: bool) -> list[dict[str, Any]]:
+    """The judge's view per metric in words: live while the rollout runs, else its last
+    decision's (kiln.analysis.explain)."""
+    if not done and st.judge_words:
+        return st.judge_words
+    for d in reversed(st.decisions):
+        if d.figures:
+            return [e.to_json() for e in explain(d.figures)]
+    return []
+
+
+def notify_failures(ctx: Context) -> list[dict[str, Any]]:
+    """Webhook deliveries given up on over the last day, per hook (kiln.notify)."""
+    since = time.time() - FAILED_WINDOW
+    return failure_summary([json.loads(r["data_json"]) for r in
+                            event_records.of_kind_since(ctx.store, "notify.failed", since)])
 
 
 def health_of(ctx: Context, release_id: str, spec: ServiceSpec) -> Health:
@@ -231,7 +255,8 @@ def status(ctx: Context, names: list[str], warn: Callable[[str], None]) -> dict[
             "controller": None if ctl is None else {
                 "pid": ctl.pid, "host": ctl.host, "listen": ctl.listen,
                 "started_at": ctl.started_at},
-            "services": [service_status(ctx, n) for n in names]}
+            "services": [service_status(ctx, n) for n in names],
+            "notify": notify_failures(ctx)}
 
 
 def history(store: Store, home: Path, service: str, limit: int | None = None

@@ -155,9 +155,15 @@ def use_file(file: Path | None) -> None:
 
 
 def project() -> kiln.Project:
+    import atexit
+
     import kiln
 
-    return kiln.Project.open(OPTS.file, warn=warn)
+    proj = kiln.Project.open(OPTS.file, warn=warn)
+    # At exit: the `notify:` webhooks' queue is delivered (bounded) and the deliveries that
+    # failed are recorded for `status`, instead of dying with the process's daemon thread.
+    atexit.register(proj.close)
+    return proj
 
 
 def print_json(data: Any) -> None:
@@ -651,6 +657,51 @@ def logs(service: Annotated[str | None, typer.Argument(
                         for s in sources])
             return
         show_logs([(s.instance, s.path) for s in sources], follow=follow, lines=lines)
+
+    guard(body)
+
+
+judge_app = typer.Typer(name="judge", help="The canary judge: replay a rollout's verdicts.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(judge_app)
+
+
+@judge_app.command("replay")
+def judge_replay(
+    rollout: Annotated[str, typer.Argument(metavar="ROLLOUT", help="The rollout's id "
+                                           "(`kiln history` lists them), e.g. 3 or #3.")],
+    alpha: Annotated[str | None, typer.Option("--alpha", metavar="A",
+                     help="False-alarm budget of the whole rollout (e.g. 0.05).")] = None,
+    confidence: Annotated[str | None, typer.Option("--confidence", metavar="C",
+                          help="Confidence of the bounds behind pass (e.g. 0.9).")] = None,
+    max_error_rate_increase: Annotated[str | None, typer.Option(
+        "--max-error-rate-increase", metavar="X", help="Allowed 5xx increase (e.g. 2%).")] = None,
+    max_latency_increase: Annotated[str | None, typer.Option(
+        "--max-latency-increase", metavar="Y", help="Allowed latency increase (e.g. 50%).")
+                                    ] = None,
+    as_json: JsonOpt = False,
+    file: FileOpt = None,
+) -> None:
+    """Judge a rollout's stored evidence again under other settings; per step, the verdict
+    next to the recorded one. Writes nothing."""
+    use_file(file)
+    from kiln_cli.render import replay_view
+
+    def body() -> None:
+        import kiln
+
+        text = rollout.strip().removeprefix("#")
+        if not text.isdigit():
+            raise kiln.NotFound(f"ROLLOUT: expected a rollout id like 3, got {rollout!r}",
+                                hint="`kiln history` lists them")
+        data = project().judge_replay(int(text), {
+            "alpha": alpha, "confidence": confidence,
+            "max_error_rate_increase": max_error_rate_increase,
+            "max_latency_increase": max_latency_increase})
+        if as_json:
+            print_json(data)
+        else:
+            out().print(replay_view(data, width()))
 
     guard(body)
 

@@ -13,6 +13,7 @@ from typing import IO, Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from kiln.notify import failure_line
 from kiln.rollout.synthetic import synthetic_words
 from kiln_cli.progress import OUTCOME_WORDS, PHASE_WORDS, clock, evidence_words
 from kiln_cli.tables import Column, layout
@@ -86,6 +87,8 @@ def status_view(data: dict[str, Any], width: int | None = None,
                           "instance(s) and the router" if prom["running"] else
                           "prometheus: kiln's own is not running (analysis.metrics have no data "
                           "until `kiln deploy` starts it)", "" if prom["running"] else "bold red"))
+    for hook in data.get("notify") or []:
+        parts.append(Text(failure_line(hook), "yellow"))
     for svc in data["services"]:
         if svc.get("destroyed"):
             parts.append(Text.from_markup(
@@ -97,6 +100,11 @@ def status_view(data: dict[str, Any], width: int | None = None,
         ro = svc.get("rollout")
         if ro:
             parts.append(Text("  " + rollout_summary(ro, now)))
+            if ro.get("would_have") and ro["would_have"] not in (ro.get("reason") or ""):
+                parts.append(Text(f"  dry run: {ro['would_have']}", "yellow"))
+            for m in ro.get("verdict") or []:
+                color = {"pass": "green", "fail": "red"}.get(m["outcome"], "yellow")
+                parts.append(Text("    " + m["line"], color))
             if ro["phase"] not in ("done", "standby") and not ro.get("driven_by", True):
                 parts.append(Text("  nothing is driving this rollout now (the figures above are "
                                   "from when it stopped): `kiln deploy` resumes it"))
@@ -139,6 +147,36 @@ def history_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> G
                       Text(word, style=color), _ago(r["started_at"]), _short(r["image"])])
         notes.append(note)
     return layout(cols, cells, width, notes)
+
+
+def replay_view(data: dict[str, Any], width: int | None = None) -> Group:
+    """`kiln judge replay`: per step, the replayed verdict next to the recorded one, and why."""
+    changed = [k for k, v in data["settings"].items() if v != data["recorded_settings"][k]]
+    said = ", ".join(f"{k} {data['recorded_settings'][k]:g} -> {data['settings'][k]:g}"
+                     for k in changed) or "the recorded settings"
+    parts: list[RenderableType] = [
+        Text.from_markup(f"[bold]rollout #{data['rollout_id']}[/] {data['service']} "
+                         f"{data['baseline']} -> {data['canary']} ({data['source']}): recorded "
+                         f"{OUTCOME_WORDS.get(data['recorded_outcome'] or '', 'running')}"),
+        Text(f"replayed with {said}: {data['summary']}",
+             "green" if data["outcome"] == "pass" else
+             "red" if data["outcome"] == "fail" else "yellow")]
+    cols = [Column("STEP"), Column("WEIGHT"), Column("RECORDED"), Column("REPLAYED")]
+    cells: list[list[str | Text]] = []
+    for st in data["steps"]:
+        color = {"pass": "green", "fail": "red"}.get(st["replayed"], "yellow")
+        cells.append([str(st["step"]), f"{st['weight']}%", st["recorded"],
+                      Text(st["replayed"], style=color)])
+    parts.append(layout(cols, cells, width))
+    for st in data["steps"]:  # why, per step and metric, one line each
+        parts.append(Text(f"step {st['step']}: {st['replayed']}"
+                          + ("" if st["metrics"] else f" — {st['reason']}")))
+        for m in st["metrics"]:
+            color = {"pass": "green", "fail": "red"}.get(m["outcome"], "yellow")
+            parts.append(Text("  " + m["line"], color))
+    if not data["steps"]:
+        parts.append(Text("the judge recorded no step decision in this rollout"))
+    return Group(*parts)
 
 
 def show_logs(paths: Sequence[tuple[str, Path]], *, follow: bool, lines: int) -> None:
@@ -195,5 +233,5 @@ def _rotated(fh: IO[bytes], path: Path) -> bool:
         return False
 
 
-__all__ = ["history_table", "images_table", "show_logs",
+__all__ = ["history_table", "images_table", "replay_view", "show_logs",
            "status_view"]

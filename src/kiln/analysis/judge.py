@@ -135,6 +135,7 @@ def judge_summaries(
     (canary, baseline) evidence of each of `analysis.metrics` by name (missing: no data)."""
     budget = Budget.of(analysis, segments)
     nc, nb = canary.requests, baseline.requests
+    margin = analysis.max_error_rate_increase
     figs: dict[str, Figure] = {
         "canary_requests": nc,
         "canary_errors": canary.errors,
@@ -150,6 +151,10 @@ def judge_summaries(
         "alpha_error": budget.error,
         "alpha_latency": budget.latency,
         "confidence": analysis.confidence,
+        # The margins, so a recorded verdict explains itself (kiln.analysis.explain).
+        "max_error_rate_increase": margin,
+        "max_error_rate": analysis.max_error_rate,
+        "max_latency_increase": analysis.max_latency_increase,
     }
     running = best_p if best_p is not None else {}
     miss = 1.0 - analysis.confidence  # error rate of the confidence sequences behind "pass"
@@ -160,7 +165,6 @@ def judge_summaries(
         return running[name]
 
     after = f"after {nc} canary requests"
-    margin = analysis.max_error_rate_increase
     rates = f"5xx {_fmt_pct(canary.error_rate)} vs {_fmt_pct(baseline.error_rate)}"
     fails: list[str] = []
     # Each entry: (inside its margin?, what the upper bound says) for the "pass" side.
@@ -173,6 +177,9 @@ def judge_summaries(
             fails.append(f"{rates} (allowed +{_fmt_pct(margin)}), p={_fmt_p(p)}")
         ub = float(error_upper(*args, analysis))
         figs["error_increase_upper"] = ub
+        # The same confidence sequence's lower side (it is symmetric about the estimate).
+        figs["error_increase_lower"] = 2 * (canary.error_rate - baseline.error_rate) - ub
+        figs["error_outcome"] = _test_outcome(p <= budget.error, ub < margin, nc, nb, analysis)
         within.append((ub < margin, f"5xx increase at most {_fmt_signed_pct(ub)} "
                                     f"(allowed +{_fmt_pct(margin)})"))
     if analysis.max_error_rate is not None and nc > 0:
@@ -185,6 +192,9 @@ def judge_summaries(
         ub = float(seq.error_rate_upper(canary.errors, nc,
                                         max(analysis.max_error_rate, seq.TAU_PASS_MIN), miss))
         figs["error_rate_upper"] = ub
+        figs["error_rate_lower"] = 2 * canary.error_rate - ub
+        figs["ceiling_outcome"] = _test_outcome(p <= budget.ceiling,
+                                                ub < analysis.max_error_rate, nc, nc, analysis)
         within.append((ub < analysis.max_error_rate,
                        f"5xx at most {_fmt_pct(ub)} (ceiling {_fmt_pct(analysis.max_error_rate)})"))
     allowed = (f"allowed +{100 * analysis.max_latency_increase:.0f}% "
@@ -200,6 +210,8 @@ def judge_summaries(
                 f"({allowed}), p={_fmt_p(p)}")
         ub = float(upper)
         figs["latency_theta_upper"] = ub
+        figs["latency_theta_lower"] = 2 * float(theta) - ub
+        figs["latency_outcome"] = _test_outcome(p <= budget.latency, ub < 0.5, nc, nb, analysis)
         within.append((ub < 0.5, f"P(slower than allowed) at most {ub:.2f} (needs < 0.50)"))
     else:
         within.append((False, "no successful requests to compare latency"))
@@ -242,6 +254,12 @@ def judge_summaries(
         "undecided",
         f"{rates}; not yet shown within the margins at {conf}: {'; '.join(open_)}; {after}",
     )
+
+
+def _test_outcome(failed: bool, within: bool, nc: int, nb: int, analysis: Analysis) -> Outcome:
+    """One test's own outcome (the verdict combines them): for the words per metric."""
+    need = max(1, analysis.min_requests)
+    return "fail" if failed else "pass" if within and nc >= need and nb >= need else "undecided"
 
 
 def _judge_metrics(analysis: Analysis,

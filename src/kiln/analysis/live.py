@@ -21,6 +21,7 @@ from typing import Any
 from kiln.analysis import evidence
 from kiln.analysis.judge import Judge
 from kiln.analysis.prometheus import MetricQuery, ask
+from kiln.analysis.recording import Recording
 from kiln.analysis.summary import bin_center
 from kiln.analysis.warmup import Warmup
 from kiln.platforms.base import MetricSource, RequestCounts, Window
@@ -193,6 +194,8 @@ class LiveJudge:
         self._counts: CounterTrack | None = None
         self._counted_at = 0.0
         self.canary_requests = 0
+        self.recording: Recording | None = None
+        """What the judge was given, kept with the rollout for `kiln judge replay`."""
 
     def start_info(self) -> dict[str, Any]:
         """Where the rollout's evidence begins: log cursor first, then the counters (a request
@@ -252,12 +255,15 @@ class LiveJudge:
         key = (status.new, status.old)
         if self._judge is None or self._key != key:
             self._judge = Judge(self.analysis, status.new, status.old)
+            self.recording = Recording(status.new, status.old, self.metrics.name)
             self._key = key
             if not isinstance(self.metrics, MetricReplay):
                 windows = list(self._answers.latest.values())  # all the new pair's answers so far
         if self.warmup is not None:
             windows, _ = self.warmup.split(windows, (status.new, status.old))
         self._judge.add_windows(windows)
+        assert self.recording is not None
+        self.recording.add_windows(windows)
         self.canary_requests = self._judge.canary.n
         if status.phase != "step":
             return None
@@ -313,10 +319,14 @@ class LiveJudge:
                     got = ask(self.queries, metric, release, now - self._since, now)
                     if isinstance(got, tuple):
                         judge.set_metric_counts(metric.name, release, *got)
+                        if self.recording is not None:
+                            self.recording.add_counts(now, metric.name, release, *got)
                 elif last is not None:
                     got = ask(self.queries, metric, release, now - last, now)
                     if isinstance(got, float):
                         judge.add_metric_values(metric.name, release, [got])
+                        if self.recording is not None:
+                            self.recording.add_value(now, metric.name, release, got)
 
     def _count(self) -> RequestCounts | None:
         if self.counter is None:

@@ -86,7 +86,9 @@ def judge_metric(metric: Metric, canary: MetricSummary, baseline: MetricSummary,
     miss = 1.0 - confidence
     m = metric.max_increase
     figs: dict[str, Figure] = {"kind": metric.kind, "alpha": alpha,
-                               "canary_n": canary.n, "baseline_n": baseline.n}
+                               "canary_n": canary.n, "baseline_n": baseline.n,
+                               "max_increase": m, "direction": metric.direction,
+                               "dry_run": int(metric.dry_run)}
     if canary.n <= 0 or baseline.n <= 0:
         return MetricVerdict(metric.name, "undecided", f"{metric.name}: no data yet",
                              metric.dry_run, figs)
@@ -99,7 +101,8 @@ def judge_metric(metric: Metric, canary: MetricSummary, baseline: MetricSummary,
         measured = f"{which} {_pct(rc)} vs {_pct(rb)}"
         bound = f"increase at most {100 * upper:+.2f} points (allowed +{100 * m:.2f})"
         within = upper < m
-        figs.update(canary_rate=rc, baseline_rate=rb, increase_upper=upper)
+        figs.update(canary_rate=rc, baseline_rate=rb, increase_upper=upper,
+                    increase_lower=2 * (rc - rb) - upper)
     else:
         d, v, theta = seq.latency_increase(canary.hist, baseline.hist, m, 0.0)
         p_now = float(seq.always_valid_p(seq.log_mixture_lr(d, v, seq.TAU_LATENCY)))
@@ -109,7 +112,8 @@ def judge_metric(metric: Metric, canary: MetricSummary, baseline: MetricSummary,
                     if np.isfinite(th) else "no values")
         bound = f"at most {upper:.2f} (needs < 0.50)"
         within = upper < 0.5
-        figs.update(theta=th, theta_upper=upper)
+        figs.update(theta=th, theta_upper=upper,
+                    theta_lower=2 * th - upper if np.isfinite(upper) else None)
     best_p["metric:" + metric.name] = p = min(best_p.get("metric:" + metric.name, 1.0), p_now)
     figs["p"] = p
     if p <= alpha:

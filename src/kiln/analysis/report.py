@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.analysis.explain import explain
 from kiln.analysis.judge import LATENCY_FLOOR_S
 from kiln.charts import asset, inline_script, uplot_version
 from kiln.platforms.base import Sample
@@ -389,7 +390,8 @@ def render(data: ReportData) -> str:
         f'</p>{_synthetic_note(data)}</section>'
         f'<div id="charts"><noscript><p class="muted">The charts need JavaScript; every figure is in '
         f'the tables.</p></noscript></div>'
-        f'<section class="card"><h2>The judge\'s decisions per step</h2>{steps}</section>'
+        f'<section class="card"><h2>The judge\'s decisions per step</h2>{steps}'
+        f'{words_html(data)}</section>'
         f'<section class="card"><h2>Timeline</h2>{timeline}</section>'
         f'<section class="card"><h2>Images</h2>{images}</section>'
         f'<footer>kiln · sequential judge (mSPRT), see docs/judge.md · charts: uPlot '
@@ -426,6 +428,8 @@ td{font-variant-numeric:tabular-nums}.figs td,.figs th{text-align:right}
 .images td:last-child{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}
 .muted{color:#868e96;font-size:13px}
 h2{font-size:16px;margin:4px 2px 8px;font-weight:600}
+h3{font-size:14px;margin:10px 2px 4px;font-weight:600}.words{margin:0 0 6px;font-size:13px}
+.words .fail{color:#c92a2a}.words .pass{color:#2b8a3e}
 footer{color:#adb5bd;font-size:12px;text-align:center;margin:20px 0}
 """
 
@@ -495,6 +499,25 @@ def _events_timeline(store: Store, service: str, start: float, end: float, t0: f
     return weights, marks
 
 
+DRY_MARKS = {"would_fail": ("dry run: the judge would have rolled back", "fail"),
+             "dry_run": ("dry run: went on as if the step passed", "info")}
+"""Marks of `analysis.dry_run` decisions: what the judge said, and that nothing was done."""
+
+
+def words_html(data: ReportData) -> str:
+    """Each judged step's verdict per metric in plain words (kiln.analysis.explain); the
+    p-values stay in the table above."""
+    items = []
+    for s in data.steps:
+        said = explain(s.figures)
+        if not said:
+            continue
+        lis = "".join(f"<li class={e.outcome}>{html.escape(e.line())}</li>" for e in said)
+        items.append(f"<h3>step {s.step + 1} ({s.weight}%): {html.escape(s.outcome)}</h3>"
+                     f"<ul class=words>{lis}</ul>")
+    return "".join(items)
+
+
 def load_report_data(store: Store, home: Path, service: str, rollout_id: int) -> ReportData | None:
     """Everything the report shows about one rollout, from what is on disk."""
     row = rollout_records.row(store, rollout_id)
@@ -541,9 +564,11 @@ def load_report_data(store: Store, home: Path, service: str, rollout_id: int) ->
                                            int(d.get("weight") or 0), outcome,
                                            str(d.get("reason") or ""), figures))
             by_hand = outcome == "promote"  # `kiln promote` or the dashboard's button
-            label = (f"promoted by hand at {d.get('weight', '?')}%" if by_hand
-                     else f"judge: {outcome} at {d.get('weight', '?')}%")
-            data.decisions.append(Decision(rel_t, label, "info" if by_hand else outcome))
+            at = f"at {d.get('weight', '?')}%"
+            label, mark = DRY_MARKS.get(outcome, (f"judge: {outcome}", outcome))
+            if by_hand:
+                label, mark = "promoted by hand", "info"
+            data.decisions.append(Decision(rel_t, f"{label} {at}", mark))
     data.decisions.sort(key=lambda d: d.t)
     for rel in (baseline, canary):
         if rel is None:

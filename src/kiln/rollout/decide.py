@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kiln.analysis.explain import explain
 from kiln.analysis.verdict import Verdict as Verdict
 from kiln.spec.models import Rollout
 
@@ -97,6 +98,9 @@ class Status:
     """The current step's evidence: {needed, have, eta_s} (kiln.analysis.evidence)."""
     synthetic: dict[str, Any] | None = None
     """The rollout's synthetic load (`rollout.load`): {paths, rate, sent, errors, running}."""
+    judge_words: list[dict[str, Any]] | None = None
+    """The judge's latest view per metric, in words (kiln.analysis.explain; live, like
+    `judge_line`)."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -291,6 +295,7 @@ def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[A
     s.weights = {s.new: weight, s.old: 100 - weight}
     s.step_started = obs.now
     s.judge_line = None
+    s.judge_words = None
     s.evidence = None
     s.promote_requested = False
     return s, [SetWeights(dict(s.weights)),
@@ -300,6 +305,13 @@ def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[A
 
 def _steps_summary(s: Status) -> str:
     """How the steps ended, in true words: 'passed' only for steps the judge passed."""
+    would = next((d for d in s.decisions if d.outcome == "would_fail"), None)
+    dry = [d.step + 1 for d in s.decisions if d.outcome == "dry_run"]
+    if would is not None:
+        return f"dry run: {would.reason}; went on as if every step passed"
+    if dry:
+        return (f"dry run: step(s) {', '.join(map(str, dry))} not shown within the margins; "
+                "went on as if every step passed")
     ends: dict[int, str] = {}
     for d in s.decisions:
         if d.outcome in ("pass", "undecided", "promote"):
@@ -319,6 +331,27 @@ def _steps_summary(s: Status) -> str:
 
 def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
           ) -> tuple[Status, list[Action]]:
+    """A canary step; with `analysis.dry_run` the judge is heard and recorded, never obeyed."""
+    v = obs.verdict
+    if v is None or v.outcome == "pass" or r.analysis is None or not r.analysis.dry_run:
+        return _judged_step(s, obs, r, health_deadline)
+    notes: list[Action] = []
+    if v.outcome == "fail" and not any(d.outcome == "would_fail" for d in s.decisions):
+        line = f"would have rolled back at step {s.step + 1}: {v.reason}"
+        s.decisions.append(Decision(obs.now, s.step, s.weights.get(s.new, 0), "would_fail",
+                                    line, _plain(v.figures)))
+        notes.append(Record("rollout.dry_run", f"dry run: {line}", _plain(v.figures)))
+    # Go on as if the step passed; the step's end is recorded as what the judge really said.
+    said = Verdict("pass", f"dry run, the judge said {v.outcome}: {v.reason}", v.figures)
+    s, actions = _judged_step(s, dataclasses.replace(obs, verdict=said), r, health_deadline,
+                              ended_as="dry_run")
+    if s.phase == "step":
+        s.judge_line = f"{v.outcome} (dry run: not acted on): {v.reason}"
+    return s, [*notes, *actions]
+
+
+def _judged_step(s: Status, obs: Observation, r: Rollout, health_deadline: float,
+                 ended_as: str = "pass") -> tuple[Status, list[Action]]:
     weight = s.weights.get(s.new, 0)
     if obs.new_alive < s.replicas:
         return _rollback(s, obs, "failed",
@@ -327,6 +360,7 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
     v = obs.verdict
     if v is not None:
         s.judge_line = f"{v.outcome}: {v.reason}"
+        s.judge_words = [e.to_json() for e in explain(v.figures)]
         if "evidence_needed" in v.figures:
             s.evidence = {k: v.figures.get(f"evidence_{k}")
                           for k in ("needed", "have", "eta_s", "at")}
@@ -351,7 +385,8 @@ def _step(s: Status, obs: Observation, r: Rollout, health_deadline: float
         return s, []
     if v is None or v.outcome == "pass":
         if v is not None:
-            s.decisions.append(Decision(obs.now, s.step, weight, "pass", v.reason, _plain(v.figures)))
+            s.decisions.append(Decision(obs.now, s.step, weight, ended_as, v.reason,
+                                        _plain(v.figures)))
         s.waiting = None
         s.step += 1
         return _enter_step(s, obs, r)

@@ -448,8 +448,8 @@ class Reconciler:
         changed = new_status.to_json() != status.to_json()
         # The judge's live line changes on every pass under traffic: persist it once a second.
         live_only = changed and not actions and dataclasses.replace(
-            new_status, judge_line=status.judge_line, synthetic=status.synthetic,
-            evidence=status.evidence).to_json() == status.to_json()
+            new_status, judge_line=status.judge_line, judge_words=status.judge_words,
+            synthetic=status.synthetic, evidence=status.evidence).to_json() == status.to_json()
         if live_only and time.monotonic() - self._saved < 1.0:
             changed = False
         if changed or actions:

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from kiln.analysis.live import Answers, Series
 from kiln.analysis.report import chart_payload, load_report_data, phase_label
 from kiln.errors import StateError
-from kiln.readmodel import SeenInstance, observe_service, release_rows, router_view
+from kiln.readmodel import (
+    SeenInstance,
+    notify_failures,
+    observe_service,
+    release_rows,
+    router_view,
+    verdict_words,
+)
 from kiln.rollout.decide import SETTLED, Status
 from kiln.spec.models import RolloutStep
 from kiln.state.records import images as image_records
@@ -162,6 +169,7 @@ class Board:
             "services": services,
             "events": events,
             "drift": self.drift(),
+            "notify": notify_failures(p),
         }
 
     def _service(self, name: str) -> dict[str, Any]:
@@ -216,6 +224,9 @@ class Board:
                else None,
                "synthetic": st.synthetic,
                "phase_label": phase_label(st.phase, weight, st.step),
+               "verdict": verdict_words(st, not open_),
+               "would_have": next((d.reason for d in st.decisions
+                                   if d.outcome == "would_fail"), None),
                "decisions": [{"time": d.time, "step": d.step, "weight": d.weight,
                               "outcome": d.outcome, "reason": d.reason}
                              for d in st.decisions[-20:]],

@@ -198,6 +198,7 @@ class Controller:
         if now >= self._next_beat:
             heartbeat(store)
             self._next_beat = now + 5.0
+            self.project.record_failed_deliveries()  # `status` and the board show them
         self._reload()
         todo = [(kind, name) for kind, name in self._todo() if self._due(name or "router")]
         drift_due = now >= self._next_drift and self._due("drift")

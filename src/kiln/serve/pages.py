@@ -11,6 +11,7 @@ from typing import Any
 
 from kiln.analysis.report import CSS as REPORT_CSS
 from kiln.analysis.report import OUTCOMES, phase_label
+from kiln.notify import failure_line
 from kiln.rollout.synthetic import synthetic_words
 
 CSRF_MARK = "__KILN_CSRF__"
@@ -41,6 +42,14 @@ def verdict_words(line: str | None) -> str:
     words = VERDICT_WORDS.get(outcome, outcome)
     return f'<p class="verdict {e(outcome)}">judge: <b>{e(words)}</b>' + (
         f" — {prose(reason)}" if reason else "") + "</p>"
+
+
+def metric_words(verdict: list[dict[str, Any]]) -> str:
+    """The verdict per metric in plain words (kiln.analysis.explain)."""
+    if not verdict:
+        return ""
+    return '<ul class="words">' + "".join(
+        f'<li class="{e(m["outcome"])}">{e(m["line"])}</li>' for m in verdict) + "</ul>"
 
 
 def steps_html(steps: list[dict[str, Any]]) -> str:
@@ -125,6 +134,9 @@ def service_card(s: dict[str, Any]) -> str:
             f'{state}{step}{standby}</p>'
             + steps_html(ro.get("step_list", []))
             + (verdict_words(ro.get("judge_line")) if ro["open"] else "")
+            + (f'<p class="bad">dry run: {prose(ro["would_have"])}</p>'
+               if ro.get("would_have") else "")
+            + metric_words(ro.get("verdict") or [])
             + (f'<p class="waiting">{prose(ro["waiting"])}</p>' if ro["waiting"] else "")
             + _evidence(ro.get("evidence"))
             + (f'<p class="muted">{e(syn)}</p>' if (syn := synthetic_words(ro.get("synthetic")))
@@ -181,9 +193,11 @@ def fragments(state: dict[str, Any]) -> dict[str, str]:
         f'<td>{e(ev["kind"])}</td><td>{prose(ev["message"])}</td></tr>' for ev in state["events"])
     unsandboxed = ('<p class="bad">sandbox: none — bakes and instances run unsandboxed, with '
                    "kiln's privileges</p>" if state.get("sandbox") == "none" else "")
+    notify = "".join(f'<p class="bad">{e(failure_line(h))}</p>'
+                     for h in state.get("notify") or [])
     board = (
         f'<p class="sub">project <b>{e(state["project"])}</b> · router <b>{rstate}</b></p>'
-        + unsandboxed
+        + unsandboxed + notify
         + "".join(service_card(s) for s in state["services"])
         + f'<section class="card"><h2>Drift</h2>{drift_html}</section>'
         f'<section class="card"><h2>Events</h2><table class="events"><tbody>{events}</tbody>'

@@ -519,6 +519,9 @@ class Analysis(_Model):
     judged (docs/decisions/judge-warmup.md); 0 judges every request."""
     metrics: list[Metric] = Field(default_factory=list)
     """The user's own metrics, judged with 5xx and latency under the one budget `alpha`."""
+    dry_run: bool = False
+    """Judge and record ("would have rolled back at step 1: ..."), never act: the rollout goes
+    on as if every step passed (docs/judge.md, "Dry run")."""
 
     @field_validator("max_error_rate_increase", "max_error_rate")
     @classmethod

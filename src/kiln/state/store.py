@@ -172,6 +172,15 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 9: what a rollout's judge was given (kiln.analysis.recording), for `kiln judge replay`;
+    # gc removes it with the rollout's retention
+    """
+    CREATE TABLE IF NOT EXISTS rollout_evidence (
+        rollout_id INTEGER PRIMARY KEY REFERENCES rollouts(id) ON DELETE CASCADE,
+        data BLOB NOT NULL,
+        saved_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -411,30 +420,37 @@ def _result_code(exc: BaseException) -> int:
     return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
 
 
+def _printable(text: object) -> str:
+    """SQLite quotes damaged bytes in its messages ('unrecognized token: "\x1e"'): escape what
+    is not printable, so the error stays one line (str.splitlines breaks at \x1c-\x1e too)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def state_error(exc: sqlite3.Error, db: Path | None) -> StateError:
     """One line for a SQLite error on the state, saying what it is. Only a failed integrity check
     (SQLite's CORRUPT/NOTADB verdict, or `PRAGMA integrity_check` itself) advises a backup: a
     locked, unreadable or foreign database is fine and must not be replaced."""
+    exc_text = _printable(exc)
     where = f"state database {db}" if db is not None else "state database"
     code = _result_code(exc)
     home = db.parent if db is not None else None
     if code in (_CORRUPT, _NOTADB):
-        return StateError(f"{where} is damaged ({exc})",
+        return StateError(f"{where} is damaged ({exc_text})",
                           hint=_recovery(home) if home is not None else "restore a backup")
     if code in (_BUSY, _LOCKED):
-        return StateError(f"{where} is locked by another process ({exc})",
+        return StateError(f"{where} is locked by another process ({exc_text})",
                           hint="another kiln command holds it; try again when it is done")
     if code in (_PERM, _READONLY, _CANTOPEN, _AUTH):
-        return StateError(f"cannot open {where} for writing ({exc})",
+        return StateError(f"cannot open {where} for writing ({exc_text})",
                           hint=f"check the owner and permissions of {home or 'the state folder'} "
                                "and the files in it")
     if code in (_IOERR, _FULL):
-        return StateError(f"{where}: input/output failed ({exc})",
+        return StateError(f"{where}: input/output failed ({exc_text})",
                           hint=f"check the disk that holds {home or 'the state folder'}")
     problem = _damage(db) if db is not None else None
     if problem is not None and home is not None:
-        return StateError(f"{where} is damaged ({problem})", hint=_recovery(home))
-    return StateError(f"cannot use {where}: {exc}")
+        return StateError(f"{where} is damaged ({_printable(problem)})", hint=_recovery(home))
+    return StateError(f"cannot use {where}: {exc_text}")
 
 
 def _unusable(exc: sqlite3.Error | UnicodeDecodeError, db: Path | None) -> BaseException:
@@ -487,7 +503,7 @@ def _problems(rows: list[str]) -> str:
     lines = [line.strip() for row in rows for line in row.splitlines()
              if line.strip() and not line.startswith("***")]
     more = f" and {len(lines) - 2} more" if len(lines) > 2 else ""
-    return "; ".join(lines[:2]) + more
+    return _printable("; ".join(lines[:2]) + more)
 
 
 def _refuse_damage(conn: sqlite3.Connection, db: Path, home: Path) -> None:

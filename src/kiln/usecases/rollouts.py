@@ -69,8 +69,7 @@ def start_rollout(project: Context, service: str, spec: ServiceSpec, new: Releas
                    else f"first release {status.new}")
         data: dict[str, Any] = {"rollout": rid, "judged": judge is not None}
         c.event("rollout.started", message, service=service, data=data)
-    if project.notifier is not None:
-        project.notifier.send("rollout.started", message, service, data)
+    project.notify("rollout.started", message, service, data)
     return rid
 
 
@@ -99,10 +98,16 @@ def reconcile(project: Context, service: str, rollout_id: int,
 
 
 def record_judge(project: Context, service: str, rollout_id: int, judge: Any) -> None:
-    """Save the judge's series (the report's charts) and its cross-check of the counts."""
+    """Save the judge's series (the report's charts), what it was given (for replay) and its
+    cross-check of the counts."""
     from kiln.analysis.live import save_series
 
     save_series(project.home, rollout_id, judge)
+    if judge.recording is not None and not judge.recording.empty:
+        # What the judge was given, kept with the rollout for `kiln judge replay`.
+        from kiln.state.records import evidence
+
+        evidence.save(project.store, rollout_id, judge.recording.to_blob(), time.time())
     check = judge.crosscheck()
     if check is not None:
         check["rollout"] = rollout_id

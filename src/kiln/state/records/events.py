@@ -33,3 +33,9 @@ def instance_death(store: Store, instance_id: str) -> str | None:
         return None
     how = json.loads(row["data_json"]).get("how")
     return str(how) if how else None
+
+
+def of_kind_since(store: Store, kind: str, since: float) -> list[sqlite3.Row]:
+    """Events of one kind since a time, oldest first (e.g. `notify.failed` for status)."""
+    return store.query("SELECT time, service, message, data_json FROM events WHERE kind = ? "
+                       "AND time >= ? ORDER BY id", (kind, since))

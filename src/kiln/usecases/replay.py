@@ -1,0 +1,74 @@
+"""`kiln judge replay ROLLOUT`: the judge again over a rollout's stored evidence, under other
+settings, next to what it decided. Read-only: it writes nothing (not even an event)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from kiln.analysis.recording import Recording
+from kiln.analysis.replay import replay
+from kiln.context import Context
+from kiln.errors import KilnError, NotFound
+from kiln.rollout.release_config import find_release
+from kiln.spec.models import Analysis
+from kiln.state.records import evidence as evidence_records
+from kiln.state.records import rollouts as rollout_records
+
+#: The settings a replay may change, by their command-line option.
+OPTIONS = {"alpha": "--alpha", "confidence": "--confidence",
+           "max_error_rate_increase": "--max-error-rate-increase",
+           "max_latency_increase": "--max-latency-increase"}
+
+
+class BadSetting(KilnError):
+    """A replay setting that the spec would refuse too."""
+
+    exit_code = 2
+
+
+def settings(recorded: Analysis, overrides: Mapping[str, Any]) -> Analysis:
+    """The recorded analysis with the given settings changed, checked as the spec checks them."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Analysis.model_validate({**recorded.model_dump(), **given})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else ""
+        seen = given.get(key)
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise BadSetting(f"{OPTIONS.get(key, key)}: {msg}"
+                         + (f" (got {seen!r})" if seen is not None and "got" not in msg
+                            else "")) from None
+
+
+def judge_replay(ctx: Context, rollout_id: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The replay as `kiln judge replay --json` prints it (docs/json/replay.schema.json)."""
+    store = ctx.store
+    raw = rollout_records.status_json(store, rollout_id)
+    if raw is None:
+        raise NotFound(f"rollout #{rollout_id} not found in state",
+                       hint="`kiln history` lists the rollouts")
+    blob = evidence_records.load(store, rollout_id)
+    if blob is None:
+        raise NotFound(f"rollout #{rollout_id} has no stored judge evidence: it was not judged "
+                       "(a first release, no rollout.analysis), or gc removed it")
+    rec = Recording.from_blob(blob)
+    release = find_release(store, rec.canary)
+    recorded = release.spec.rollout.analysis if release is not None else None
+    base = recorded or Analysis()
+    analysis = settings(base, overrides)
+    status = json.loads(raw)
+    decisions = [d for d in status.get("decisions") or [] if isinstance(d, dict)]
+    result = replay(rec, analysis, decisions)
+    return {
+        "rollout_id": rollout_id, "service": rollout_records.service_of(store, rollout_id),
+        "canary": rec.canary, "baseline": rec.baseline, "source": rec.source,
+        "recorded_outcome": status.get("outcome"), "recorded_reason": status.get("reason"),
+        "settings": {k: getattr(analysis, k) for k in OPTIONS},
+        "recorded_settings": {k: getattr(base, k) for k in OPTIONS},
+        "outcome": result.outcome, "summary": result.summary(),
+        "steps": [s.to_json() for s in result.steps]}
