@@ -1,14 +1,20 @@
 """Bench: launch-time content verification of a 10,000-file, 200 MB image, against the anchor
 `podman run --rm IMAGE true` of an image with the same files, measured in the same run.
 
-1. local:  `imagestore.integrity_problem` (what every local launch runs): one scandir walk and a
-           BLAKE3 of every byte in parallel threads, against the manifest in state.db;
-2. podman: `images.layers_problem` (what every podman launch runs): `podman image inspect` and
-           the same check of every layer folder (the Debian base's layer and the 200 MB COPY);
-3. anchor: `podman run --rm IMAGE true` of that podman image.
+1. local, fast:  `imagestore.integrity_problem` as every local launch runs it: one walk of the
+                 tree (paths, kinds, modes, sizes, links) and an lstat per file; files whose
+                 (dev, ino, size, mtime, ctime) is the key recorded in state.db are not read;
+2. local, full:  the same with `full=True` (KILN_VERIFY=full, `kiln drift`): BLAKE3 of every byte
+                 in parallel threads;
+3. podman, fast / full: `images.layers_problem` (what every podman launch runs): `podman image
+                 inspect` and the same check of every layer folder (the Debian base's layer and
+                 the 200 MB COPY);
+4. anchor: `podman run --rm IMAGE true` of that podman image.
 
-Interleaved, N runs each, page cache warm (as for an image launched again; the first run's read
-is reported apart). min/median/max seconds and the ratio of medians to the anchor.
+Interleaved, N runs each, page cache warm (as for an image launched again; the first, full,
+check after the bake is reported apart). min/median/max seconds, the ratio of medians to the
+anchor, CPU seconds per check (its threads; load does not inflate them), and the 1-minute load
+average around each row's runs (the machine is shared: wall times wait for a core).
 
     .venv/bin/python bench/verify_image.py [--runs 7] [--files 10000] [--mb 200]
 """
@@ -31,6 +37,7 @@ from pathlib import Path
 from kiln.bake import imagestore, manifest
 from kiln.platforms.base import Image
 from kiln.platforms.podman import images
+from kiln.state.records import verified
 from kiln.state.store import Store
 from kiln.testing.podman import ensure_base, unusable
 
@@ -67,6 +74,18 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def settle(folders: list[Path]) -> None:
+    """Wait (bounded) until every ctime under `folders` is in a past second: only then may the
+    fast path record a file's key (kiln.bake.manifest.check)."""
+    newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns for f in folders
+                 for d, dirs, files in os.walk(f) for n in (*dirs, *files))
+    deadline = time.monotonic() + 30
+    while manifest.cutoff() <= newest:
+        if time.monotonic() > deadline:
+            raise SystemExit("ctimes stay in the current second: is the clock moving?")
+        time.sleep(0.05)
+
+
 def stats(xs: list[float]) -> str:
     return f"{min(xs):.3f} / {statistics.median(xs):.3f} / {max(xs):.3f} s"
 
@@ -94,6 +113,7 @@ def main() -> int:
         print(f"image: {content.files} files, {content.size / 1e6:.0f} MB; "
               f"manifest in state {len(content.encode()) / 1e3:.0f} kB; {os.cpu_count()} cores")
         pod: Image | None = None
+        data: dict[str, object] = {}
         if podman_ok:
             base = ensure_base(work / "base")
             (work / "ctx").mkdir()
@@ -107,31 +127,47 @@ def main() -> int:
             pod = imagestore.record_image(store, name="bench-podman", digest=digest, ref=digest,
                                           key="bench-podman", env={}, size=0,
                                           manifest=images.record_layers(store, "bench", data))
-        first = timed(lambda: imagestore.integrity_problem(store, local))
-        load = os.getloadavg()[0]
-        times: dict[str, list[float]] = {"local": [], "podman": [], "anchor": []}
+        settle([folder / "root"])
+        first = timed(lambda: imagestore.integrity_problem(store, local, full=True))  # records
+        keyed = verified.load(store, f"image:{local.digest}", content.encode())
+        assert keyed is not None
+        print(f"keys recorded: {len(manifest.decode_keys(content, keyed))} of {content.files} "
+              f"files, {len(keyed) / 1e3:.0f} kB in state")
+        if pod is not None:
+            settle([Path(d) for _, d in images.layer_dirs(data)])
+            assert images.layers_problem(store, pod, full=True) is None  # records its keys
+        checks: dict[str, Callable[[], object]] = {
+            "local": partial(imagestore.integrity_problem, store, local, full=False),
+            "local-full": partial(imagestore.integrity_problem, store, local, full=True)}
+        if pod is not None:
+            checks |= {
+                "podman": partial(images.layers_problem, store, pod, full=False),
+                "podman-full": partial(images.layers_problem, store, pod, full=True),
+                "anchor": lambda: subprocess.run(["podman", "run", "--rm", tag, "true"],
+                                                 capture_output=True, timeout=120).returncode}
+        times: dict[str, list[float]] = {k: [] for k in checks}
+        loads: dict[str, list[float]] = {k: [] for k in checks}
         for _ in range(args.runs):
-            times["local"].append(timed(lambda: imagestore.integrity_problem(store, local),
-                                        "local"))
-            if pod is not None:
-                times["podman"].append(timed(partial(images.layers_problem, store, pod),
-                                             "podman"))
-                times["anchor"].append(timed(lambda: subprocess.run(
-                    ["podman", "run", "--rm", tag, "true"], capture_output=True,
-                    timeout=120).returncode, "anchor"))
-        print(f"first local check after the bake (page cache as the bake left it): {first:.3f} s")
-        anchor = statistics.median(times["anchor"]) if times["anchor"] else None
-        print(f"load average before the runs: {load:.1f}")
-        print("| check | wall (min / median / max) | vs podman run | CPU (median) |")
-        print("|---|---|---|---|")
-        for key, label in (("local", "local image (integrity_problem)"),
-                           ("podman", "podman image, every layer (layers_problem)"),
+            for key, fn in checks.items():
+                loads[key].append(os.getloadavg()[0])
+                times[key].append(timed(fn, key))
+        print(f"first (full) local check after the bake: {first:.3f} s, "
+              f"CPU {CPU[''][0]:.3f} s")
+        anchor = statistics.median(times["anchor"]) if times.get("anchor") else None
+        print("| check | wall (min / median / max) | vs podman run | CPU per check (median) "
+              "| load average (min-max) |")
+        print("|---|---|---|---|---|")
+        for key, label in (("local", "local image, fast path (launches)"),
+                           ("local-full", "local image, full re-hash (`KILN_VERIFY=full`, drift)"),
+                           ("podman", "podman image, every layer, fast path (launches)"),
+                           ("podman-full", "podman image, every layer, full re-hash"),
                            ("anchor", "`podman run --rm IMAGE true` (anchor)")):
-            xs = times[key]
+            xs = times.get(key)
             if not xs:
                 continue
             ratio = (f"{statistics.median(xs) / anchor:.2f}x" if anchor else "-")
-            print(f"| {label} | {stats(xs)} | {ratio} | {statistics.median(CPU[key]):.3f} s |")
+            print(f"| {label} | {stats(xs)} | {ratio} | {statistics.median(CPU[key]):.3f} s "
+                  f"| {min(loads[key]):.1f}-{max(loads[key]):.1f} |")
         store.close()
     finally:
         if podman_ok:

@@ -97,6 +97,7 @@ def test_migration_takes_a_backup(tmp_path: Path) -> None:
         conn.execute("ALTER TABLE steps DROP COLUMN manifest")
         conn.execute("DROP TABLE layer_manifests")
         conn.execute("DROP TABLE rollout_evidence")
+        conn.execute("DROP TABLE verified_keys")
     Store.open(home).close()
     assert list((home / "backups").glob("state-*-v3-migration.db"))
 

@@ -110,3 +110,67 @@ def test_a_tampered_podman_layer_is_refused_at_launch_and_reported_by_drift(shop
     assert res.returncode == 1, res.stdout + res.stderr
     assert "in podman's cache was modified" in res.stderr and \
         "app/behaviour.json: content differs" in res.stderr, res.stdout + res.stderr
+
+
+def layer_keys(p: Proj, digests: list[str]) -> list[set[str]]:
+    """A full check of each image (what `kiln drift` runs; it records the fast path's keys),
+    after every file of its layers has a ctime in a past second; the paths keyed, per layer."""
+    from kiln.bake.manifest import Manifest, cutoff, decode_keys
+    from kiln.project import Project
+    from kiln.state.records import verified
+    from kiln.testing.project import wait_for
+
+    project = Project.open(p.dir / "kiln.yaml")
+    try:
+        out = []
+        for digest in digests:
+            data = json.loads(subprocess.run(
+                ["podman", "image", "inspect", digest.removeprefix("sha256:")],
+                capture_output=True, text=True, timeout=60, check=True).stdout)[0]
+            layers = layer_dirs(data)
+            newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns for _, folder in layers
+                         for d, dirs, files in os.walk(folder) for n in (*dirs, *files))
+            wait_for(lambda newest=newest: cutoff() > newest, timeout=30.0,
+                     what="layer ctimes in a past second")
+            assert project.platform.verify_image(digest) is None
+            for diff_id, _ in layers:
+                blob = bytes(project.store.one(
+                    "SELECT manifest FROM layer_manifests WHERE diff_id = ?",
+                    (diff_id,))["manifest"])
+                saved = verified.load(project.store, f"layer:{diff_id}", blob)
+                out.append(set() if saved is None else
+                           set(decode_keys(Manifest.decode(blob), saved)))
+        return out
+    finally:
+        project.close()
+
+
+def test_a_layer_edit_is_caught_on_the_fast_path_by_rollback_and_heal(shop: Proj) -> None:
+    ok(shop, "deploy")
+    shop.behave(version="2")
+    ok(shop, "deploy")
+    second, first = digests(shop)[:2]
+    keyed = layer_keys(shop, [first, second])
+    # The fast path is on: the file about to be edited is trusted by its key until it changes.
+    assert sum("app/app/behaviour.json" in k for k in keyed) == 2, keyed
+
+    tamper_layer(shop, first)
+    res = shop.kiln("rollback", "web", timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "app/behaviour.json: content differs" in lines[0] and \
+        "refused to roll web back" in lines[0], lines
+
+    tamper_layer(shop, second)
+    out = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True,
+                         text=True, timeout=60).stdout.split()
+    mine = [n for n in out if n.startswith(f"kiln-{project_name(shop)}-")]
+    assert len(mine) == 1, out
+    subprocess.run(["podman", "kill", mine[0]], capture_output=True, timeout=60, check=True)
+    res = shop.kiln("deploy", timeout=300)  # the heal of a dead container
+    assert res.returncode != 0, res.stdout + res.stderr
+    refused = [ln for ln in res.stderr.splitlines() if "refused to launch" in ln]
+    assert len(refused) == 1 and "app/behaviour.json: content differs" in refused[0], \
+        res.stdout + res.stderr
+    assert "Traceback" not in res.stderr, res.stderr

@@ -24,6 +24,7 @@ from kiln.bake import manifest
 from kiln.errors import ImageTampered, NotFound
 from kiln.platforms.base import Image
 from kiln.state.records import images as image_records
+from kiln.state.records import verified
 from kiln.state.store import Store
 
 
@@ -107,6 +108,7 @@ def remove_images(store: Store, home: Path, keep: set[str]) -> list[str]:
             image_records.delete(c, digest)
         if removed:
             c.event("image.removed", f"removed {len(removed)} image(s)", data={"digests": removed})
+    verified.forget(store, [f"image:{d}" for d in removed])
     images = home / "images"
     if images.is_dir():
         for entry in sorted(images.iterdir()):
@@ -151,22 +153,31 @@ def seal_readonly(root: Path) -> None:
 
 
 def verify_image(store: Store, digest: str) -> str | None:
-    """Re-check a stored image against the state; a one-line problem if its files differ."""
-    return integrity_problem(store, get_image(store, digest))
+    """Re-check a stored image against the state, every byte (`kiln drift`: an audit, off the
+    launch path); a one-line problem if its files differ."""
+    return integrity_problem(store, get_image(store, digest), full=True)
 
 
 # ---------------------------------------------------------------- integrity at every use
 #
 # The authority is the state: the content manifest (kiln.bake.manifest) recorded in the image's
-# row when it was sealed. Every check reads every byte (BLAKE3, parallel): no metadata fast
-# path, since mtime is restored with `touch -r` and a seal file beside the image is rewritten
-# with it (docs/decisions/verified-content.md). An image sealed before manifests existed is
-# re-hashed against its recorded digest once and then gets its manifest.
+# row when it was sealed, never a file beside the image. Every check walks the whole tree and
+# re-hashes every file except those whose (dev, inode, size, mtime, ctime) is the key the state
+# recorded when that file last matched (the fast path; docs/decisions/verified-content-fast-path.md).
+# An image sealed before manifests existed is re-hashed against its recorded digest once and
+# then gets its manifest.
 
 
-def integrity_problem(store: Store, image: Image) -> str | None:
+def integrity_problem(store: Store, image: Image, *, full: bool | None = None) -> str | None:
     """None when the image's tree is still exactly what the state recorded at bake, else one
-    line naming the image and the first differing file."""
+    line naming the image and the first differing file. `full`: re-hash every file (None: as
+    KILN_VERIFY says; the fast path by default). A check that passes records the keys of the
+    files it may trust next time (a full one included)."""
+    with manifest.gc_paused():
+        return _integrity_problem(store, image, full)
+
+
+def _integrity_problem(store: Store, image: Image, full: bool | None) -> str | None:
     from kiln.bake.hashing import tree_digest
     from kiln.platforms.local.venv import digest_override
 
@@ -184,7 +195,7 @@ def integrity_problem(store: Store, image: Image) -> str | None:
             recorded = manifest.Manifest.decode(blob)
         except ValueError as exc:
             return f"{label}: its manifest in the state is unreadable ({exc})"
-        found = manifest.difference(root, recorded)
+        found = check_tree(store, f"image:{image.digest}", root, recorded, blob, full=full)
         return None if found is None else f"{label} was modified after baking: {found}"
     try:  # sealed before manifests: the digest in the state is the authority
         now = tree_digest(root, digest_override).digest
@@ -194,6 +205,28 @@ def integrity_problem(store: Store, image: Image) -> str | None:
         return f"{label} was modified after baking: its files hash to {now[:19]}"
     record_manifest(store, image.digest, manifest.build(root).encode())
     return None
+
+
+def check_tree(store: Store, tree: str, root: Path, recorded: manifest.Manifest, blob: bytes,
+               *, full: bool | None = None) -> str | None:
+    """`manifest.check` of `root` with the keys the state holds for `tree` (none when `full`),
+    recording the keys it found when the tree is intact and they changed."""
+    if full is None:
+        full = manifest.full_by_default()
+    saved = None if full else verified.load(store, tree, blob)
+    known = manifest.decode_keys(recorded, saved) if saved is not None else {}
+    checked = manifest.check(root, recorded, None if full else known)
+    if checked.problem is not None:
+        return checked.problem
+    if checked.keys != {p: k for p, (k, _) in known.items()}:
+        verified.save(store, tree, blob, manifest.encode_keys(recorded, checked.keys))
+    return None
+
+
+def record_keys(store: Store, digest: str, recorded: manifest.Manifest, blob: bytes,
+                keys: dict[str, manifest.Key]) -> None:
+    """Record the fast path's keys of an image's files, hashed against `recorded` (`blob`)."""
+    verified.save(store, f"image:{digest}", blob, manifest.encode_keys(recorded, keys))
 
 
 def record_manifest(store: Store, digest: str, blob: bytes) -> None:

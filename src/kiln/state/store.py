@@ -181,6 +181,19 @@ MIGRATIONS: list[str] = [
         saved_at REAL NOT NULL
     );
     """,
+    # 10: the verification fast path: each file's (dev, ino, size, mtime, ctime) when its content
+    # last matched a manifest (kiln.bake.manifest.encode_keys), for a tree ('image:<digest>',
+    # 'layer:<diff id>'), valid only with the manifest whose sha256 it names and in the boot
+    # it was recorded in
+    """
+    CREATE TABLE verified_keys (
+        tree TEXT PRIMARY KEY,
+        manifest_sha256 TEXT NOT NULL,
+        boot_id TEXT NOT NULL,
+        keys BLOB NOT NULL,
+        recorded_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -330,7 +330,8 @@ class LocalBuilder(ImageCheck, Resolver, SpecLocator):
             own_tree(root, 0)  # built as the step uid; sealed, it belongs to root as before
         tree = tree_digest(root, venv.digest_override)
         imagestore.seal_readonly(root)
-        content = manifest.build(root).encode()  # the launches' authority, kept in the state
+        found, keys = manifest.scan(root)
+        content = found.encode()  # the launches' authority, kept in the state
         target = imagestore.image_dir(self.home, tree.digest)
         imagestore.write_manifest(folder, {
             "name": name, "digest": tree.digest, "key": key, "env": env, "workdir": workdir,
@@ -344,12 +345,16 @@ class LocalBuilder(ImageCheck, Resolver, SpecLocator):
         if target.is_dir() and imagestore.integrity_problem(
                 self.store, Image(name, tree.digest, str(target))) is None:
             imagestore.force_rmtree(folder)  # same tree already sealed: keep the first
+            keys = {}  # its files are other inodes than the ones just hashed
         else:
             imagestore.force_rmtree(target)  # absent, or tampered: replace it
             os.replace(folder, target)
-        return imagestore.record_image(self.store, name=name, digest=tree.digest,
-                                       ref=str(target), key=key, env=env,
-                                       size=tree.size, workdir=workdir, manifest=content)
+        image = imagestore.record_image(self.store, name=name, digest=tree.digest,
+                                        ref=str(target), key=key, env=env,
+                                        size=tree.size, workdir=workdir, manifest=content)
+        if keys:  # files sealed in an earlier second may take the fast path at the first launch
+            imagestore.record_keys(self.store, tree.digest, found, content, keys)
+        return image
 
     # ------------------------------------------------------------------ lock and sweep
 

@@ -7,7 +7,8 @@ those ids after unpacking: a file overwritten there is what the next container s
 kiln records, in the state, the image's diff ids (images.manifest) and each layer's content
 manifest (layer_manifests, by diff id: shared layers are hashed once), and before every launch
 and in `kiln drift` re-reads every layer folder against them (kiln.bake.manifest: BLAKE3,
-parallel). docs/decisions/verified-content.md.
+parallel, with the fast path for files whose inode key is unchanged since they last matched).
+docs/decisions/verified-content.md, docs/decisions/verified-content-fast-path.md.
 """
 
 from __future__ import annotations
@@ -26,19 +27,21 @@ from kiln.platforms.base import Image
 from kiln.platforms.podman import engine
 from kiln.state.records import images as image_records
 from kiln.state.records import layers as layer_records
+from kiln.state.records import verified
 from kiln.state.store import Store
 
 
 def verify(store: Store, digest: str) -> str | None:
     """None when podman still has the image under the recorded id with the layers' content
-    recorded at bake; else one line saying what is wrong."""
+    recorded at bake (every byte re-read: `kiln drift`, off the launch path); else one line
+    saying what is wrong."""
     image = get_image(store, digest)
     found = engine.image_id(image.ref)
     if found is None:
         return f"image {image.name} {digest}: podman no longer has it"
     if found != image.digest:
         return f"image {image.name} {digest}: podman's image {image.ref} has id {found}"
-    return layers_problem(store, image)
+    return layers_problem(store, image, full=True)
 
 
 def ensure_intact(store: Store, image: Image, *, use: str) -> None:
@@ -80,10 +83,12 @@ def record_layers(store: Store, name: str, data: dict[str, Any]) -> bytes:
     except (ValueError, KeyError) as exc:
         raise BakeError(f"image {name}: cannot read podman's layers: {exc}") from exc
     for i, (diff_id, folder) in enumerate(layers, start=1):
-        known = layer_records.manifest_of(store, diff_id)
-        if known is not None:
+        blob = layer_records.manifest_of(store, diff_id)
+        if blob is not None:
             try:
-                found = manifest.difference(Path(folder), manifest.Manifest.decode(known))
+                known = _known(store, diff_id, blob)
+                checked = manifest.check(Path(folder), known[0], known[1])
+                found = checked.problem
             except ValueError as exc:
                 found = f"its record is unreadable ({exc})"
             if found is not None:
@@ -91,16 +96,26 @@ def record_layers(store: Store, name: str, data: dict[str, Any]) -> bytes:
                                 f"podman's cache was modified after kiln first recorded it: "
                                 f"{found}", hint="`podman rmi` the images using it, then "
                                                  f"`kiln bake --no-cache {name}`")
+            _remember(store, diff_id, blob, known, checked)
             continue
-        blob = manifest.build(Path(folder)).encode()
+        content, keys = manifest.scan(Path(folder))
+        blob = content.encode()
         with store.tx() as c:
             layer_records.insert_new(c, diff_id, blob, time.time())
+        if keys:
+            verified.save(store, f"layer:{diff_id}", blob, manifest.encode_keys(content, keys))
     return zlib.compress(json.dumps({"format": 1, "layers": [d for d, _ in layers]}).encode())
 
 
-def layers_problem(store: Store, image: Image) -> str | None:
+def layers_problem(store: Store, image: Image, *, full: bool | None = None) -> str | None:
     """None when every layer of the image is the content recorded at bake; else one line
-    naming the image, the layer and its first differing file."""
+    naming the image, the layer and its first differing file. `full`: re-hash every file (None:
+    as KILN_VERIFY says; by default only files whose key changed, kiln.bake.manifest.check)."""
+    with manifest.gc_paused():
+        return _layers_problem(store, image, full)
+
+
+def _layers_problem(store: Store, image: Image, full: bool | None) -> str | None:
     label = f"image {image.name} {image.digest[:19]}"
     data = engine.inspect("image", image.ref)
     if data is None:
@@ -129,17 +144,40 @@ def layers_problem(store: Store, image: Image) -> str | None:
         if known is None:
             return f"{label}: layer {i} ({diff_id[:19]}) has no content record in the state"
         try:
-            records.append(manifest.Manifest.decode(known))
+            records.append((known, _known(store, diff_id, known, full=full)))
         except ValueError as exc:
             return f"{label}: layer {i} ({diff_id[:19]}): its record is unreadable ({exc})"
     with ThreadPoolExecutor(max_workers=len(layers) or 1) as pool:  # layers side by side
-        found = list(pool.map(lambda layer: manifest.difference(Path(layer[0][1]), layer[1]),
-                              zip(layers, records, strict=True)))
-    for i, ((diff_id, _), problem) in enumerate(zip(layers, found, strict=True), start=1):
-        if problem is not None:
+        found = list(pool.map(
+            lambda layer: manifest.check(Path(layer[0][1]), layer[1][1][0], layer[1][1][1]),
+            zip(layers, records, strict=True)))
+    for i, ((diff_id, _), checked) in enumerate(zip(layers, found, strict=True), start=1):
+        if checked.problem is not None:
             return (f"{label} was modified after baking: layer {i}/{len(layers)} "
-                    f"({diff_id[:19]}): {problem}")
+                    f"({diff_id[:19]}): {checked.problem}")
+    for (diff_id, _), (layer_blob, layer_known), checked in zip(layers, records, found, strict=True):
+        _remember(store, diff_id, layer_blob, layer_known, checked)
     return None
+
+
+def _known(store: Store, diff_id: str, blob: bytes, *, full: bool | None = None
+           ) -> tuple[manifest.Manifest, manifest.Known | None]:
+    """A layer's recorded manifest and the fast path's keys for it (None: re-hash every file,
+    when `full` or KILN_VERIFY=full). ValueError: the manifest is unreadable."""
+    recorded = manifest.Manifest.decode(blob)
+    if manifest.full_by_default() if full is None else full:
+        return recorded, None
+    saved = verified.load(store, f"layer:{diff_id}", blob)
+    return recorded, manifest.decode_keys(recorded, saved) if saved is not None else {}
+
+
+def _remember(store: Store, diff_id: str, blob: bytes,
+              known: tuple[manifest.Manifest, manifest.Known | None],
+              checked: manifest.Checked) -> None:
+    """Record the keys an intact layer's check found, when they changed."""
+    if checked.keys != {p: k for p, (k, _) in (known[1] or {}).items()}:
+        verified.save(store, f"layer:{diff_id}", blob,
+                      manifest.encode_keys(known[0], checked.keys))
 
 
 def remove(store: Store, keep: set[str], project: str) -> list[str]:
