@@ -194,7 +194,8 @@ class OwnDrift(Protocol):
     def drift(self) -> list[dict[str, Any]]: ...
 
 
-ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics)
+ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics,
+          Mirroring)
 COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend, ExitStatus)
 BUILDER = (ImageCheck, Resolver, SpecLocator)
 METRICS = (MetricReplay,)
