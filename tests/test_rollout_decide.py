@@ -392,6 +392,8 @@ def test_mirror_step_copies_requests_at_weight_0_then_the_weights_start() -> Non
     assert s.phase == "step" and s.weights == {"b": 0, "a": 100}
     assert a[0] == SetWeights({"b": 0, "a": 100}, mirror=(("b", 100),))
     assert "100% of requests copied to b" in a[1].message
+    s, _ = run(s, r, obs(2, verdict=Verdict("undecided", "more requests needed")))
+    assert s.waiting == "step 1: 100% mirrored — judging; the pause ends in 4s"
     s, (a,) = run(s, r, obs(7, verdict=Verdict("pass", "within the margins")))
     assert a[0] == SetWeights({"b": 50, "a": 50})   # copies end with the mirror step
 

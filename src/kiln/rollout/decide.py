@@ -416,11 +416,12 @@ def _judged_step(s: Status, obs: Observation, r: Rollout, health_deadline: float
         s.decisions.append(Decision(obs.now, s.step, weight, "promote", "kiln promote"))
         s.step += 1
         return _enter_step(s, obs, r)
+    share = f"{weight}%" if not r.steps[s.step].mirror else f"{r.steps[s.step].mirror}% mirrored"
     if pause is None:
-        s.waiting = f"step {s.step + 1}: {weight}% — waiting for `kiln promote`"
+        s.waiting = f"step {s.step + 1}: {share} — waiting for `kiln promote`"
         return s, []
     if elapsed < pause:
-        s.waiting = f"step {s.step + 1}: {weight}% — judging; the pause ends in " \
+        s.waiting = f"step {s.step + 1}: {share} — judging; the pause ends in " \
                     f"{_countdown(pause - elapsed)}" if v is not None else None
         return s, []
     if v is None or v.outcome == "pass":
