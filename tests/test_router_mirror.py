@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kiln.analysis.accesslog import RELEASE_OF_SERVICE, AccessLogSource
+from kiln.analysis.accesslog import AccessLogSource
 from kiln.platforms.base import Backend
 from kiln.platforms.local.router import TraefikRouter
 from kiln.platforms.local.traefik_process import free_port, read_pidfile
@@ -138,9 +138,3 @@ def test_mirror_share_copies_that_share(router: TraefikRouter,
     wait_for(lambda: sum(b_seen.values()) >= 200, timeout=30, what="10% copied")
     assert 180 <= sum(b_seen.values()) <= 220, b_seen
 
-
-def test_release_of_service_pattern_ignores_the_mirror_services() -> None:
-    """Names kiln gives the mirroring parts are never read as a release."""
-    import re
-
-    assert not re.match(RELEASE_OF_SERVICE.format(service="web"), "kilnmirror-web-loop")
