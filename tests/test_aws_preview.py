@@ -47,7 +47,9 @@ def test_preview_rules_on_the_alb_then_promote(moto: MotoServer, tmp_path: Path)
         thread = threading.Thread(target=lambda: done.append(second.deploy(preview=True)),
                                   daemon=True)
         thread.start()
-        found = wait_for(lambda: rules(moto), timeout=60, what="preview rules on the listener")
+        # Both rules (they are made one after the other), then what they say.
+        found = wait_for(lambda: (lambda got: got if len(got) >= 2 else None)(rules(moto)),
+                         timeout=60, what="the two preview rules on the listener")
         assert listener_weights(moto) == {"web-r1": 100}     # 0 % of ordinary traffic
         assert sorted(r["Priority"] for r in found) == ["5", "6"]
         assert {r["release"] for r in found} == {"web-r2"}
