@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from kiln.analysis.accesslog import AccessLogSource
 from kiln.platforms.base import Backend
+from kiln.platforms.local.accesslog import AccessLogSource
 from kiln.platforms.local.router import TraefikRouter
 from kiln.platforms.local.traefik_process import free_port, read_pidfile
 from kiln.state.lock import pid_alive
