@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+import sqlite3
 import subprocess
 from collections import Counter
 
@@ -119,3 +122,51 @@ def test_preview_needs_canary_or_blue_green(proj: Proj) -> None:
     res = proj.kiln("deploy", "--preview")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "--preview needs canary or blue-green" in res.stderr and "Traceback" not in res.stderr
+
+
+def _running(proj: Proj, release: str) -> list[tuple[str, int]]:
+    """(instance id, pid) of the release's running instances."""
+    with sqlite3.connect(proj.dir / ".kiln" / "state.db") as conn:
+        rows = conn.execute(
+            "SELECT id, json_extract(handle_json, '$.pid') FROM instances WHERE release_id = ? "
+            "AND state = 'running' AND json_extract(handle_json, '$.pid') IS NOT NULL",
+            (release,)).fetchall()
+    return [(str(i), int(p)) for i, p in rows]
+
+
+@pytest.mark.parametrize("proj", ["traefik", "haproxy"], indirect=True)
+def test_a_dead_preview_instance_is_replaced_and_the_header_still_reaches_it(proj: Proj) -> None:
+    proj.write(replicas=2, rollout=STEPS)
+    res = proj.kiln("deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    proj.behave(version="2")
+    with Load(proj.listen, path="/version", rate=200, workers=4, max_seconds=180,
+              keep_body=15) as ordinary:
+        deploy = deploy_in_background(proj, "--preview")
+        try:
+            wait_for(lambda: version(proj, {"X-Kiln-Release": "web-r2"}) == "2", timeout=90,
+                     what="web-r2 in preview")
+            before = _running(proj, "web-r2")
+            assert len(before) == 2
+            os.kill(before[0][1], signal.SIGKILL)
+            wait_for(lambda: len(_running(proj, "web-r2")) == 2
+                     and before[0][0] not in dict(_running(proj, "web-r2")), timeout=60,
+                     what="the dead preview instance replaced")
+            # Healed and routed: the preview route still reaches web-r2, on both instances.
+            with Load(proj.listen, path="/version", rate=200, workers=2, max_requests=400,
+                      max_seconds=60, keep_body=15,
+                      headers={"X-Kiln-Release": "web-r2"}) as named:
+                got = named.wait()
+            assert proj.status()["services"][0]["rollout"]["phase"] == "preview"
+            res = proj.kiln("abort", "web")
+            assert res.returncode == 0, res.stdout + res.stderr
+            finish(deploy, 3)
+        finally:
+            if deploy.poll() is None:
+                deploy.kill()
+                deploy.wait()
+        stats = ordinary.stop()
+    assert got.failed == 0 and versions(got.bodies) == Counter({"2": 400}), got.summary()
+    assert stats.failed == 0 and versions(stats.bodies) == Counter({"1": stats.sent}), \
+        stats.summary()
+    assert proj.weights() == {"web-r1": 100}

@@ -355,11 +355,57 @@ def test_preview_abort_disposes_and_promote_full_switches(signal: str, phase: st
     assert a[0] == SetWeights(weights)
 
 
-def test_preview_rolls_back_when_an_instance_dies() -> None:
+def test_preview_replaces_a_dead_instance_and_keeps_the_preview_route() -> None:
     r = preview_canary((10, 5))
     s = start("canary", "b", "a", 3, 0.0)
-    s, _ = run(s, r, obs(0), obs(1), obs(2, new_alive=2))
+    s, (_, _, died) = run(s, r, obs(0), obs(1), obs(2, new_alive=2, new_healthy=2, new_dead=1))
+    assert s.phase == "preview"
+    assert died == [SetWeights({"b": 0, "a": 100}, ("b",)), EnsureInstances("b", 3)]
+    s, (starting,) = run(s, r, obs(3, new_alive=3, new_healthy=2, new_dead=1))
+    assert starting == [] and s.phase == "preview"
+    s, (back,) = run(s, r, obs(4, new_alive=3, new_healthy=3, new_dead=1))
+    assert back[0] == SetWeights({"b": 0, "a": 100}, ("b",))   # the replacement is routed
+    assert "X-Kiln-Release: b" in (s.waiting or "")
+    s, (calm,) = run(s, r, obs(5, new_dead=1))
+    assert calm == []
+
+
+@pytest.mark.parametrize("later", [
+    obs(40, new_alive=3, new_healthy=2, new_dead=1),   # the replacement never got healthy
+    obs(3, new_alive=2, new_healthy=2, new_dead=4),    # more deaths than a set of replicas
+])
+def test_preview_rolls_back_when_replacing_fails(later: Observation) -> None:
+    r = preview_canary((10, 5))
+    s = start("canary", "b", "a", 3, 0.0)
+    s, _ = run(s, r, obs(0), obs(1), obs(2, new_alive=2, new_healthy=2, new_dead=1), later)
     assert (s.phase, s.outcome) == ("drain_new", "failed")
+
+
+# ---------------------------------------------------------------- mirror
+
+
+def test_mirror_step_copies_requests_at_weight_0_then_the_weights_start() -> None:
+    r = Rollout(strategy="canary", steps=[RolloutStep(mirror=100, pause=5),
+                                          RolloutStep(weight=50, pause=5)])
+    s = start("canary", "b", "a", 3, 0.0)
+    s, (_, a) = run(s, r, obs(0), obs(1))
+    assert s.phase == "step" and s.weights == {"b": 0, "a": 100}
+    assert a[0] == SetWeights({"b": 0, "a": 100}, mirror=(("b", 100),))
+    assert "100% of requests copied to b" in a[1].message
+    s, _ = run(s, r, obs(2, verdict=Verdict("undecided", "more requests needed")))
+    assert s.waiting == "step 1: 100% mirrored — judging; the pause ends in 4s"
+    s, (a,) = run(s, r, obs(7, verdict=Verdict("pass", "within the margins")))
+    assert a[0] == SetWeights({"b": 50, "a": 50})   # copies end with the mirror step
+
+
+def test_mirror_step_fails_back_before_any_user_was_served() -> None:
+    r = Rollout(strategy="canary", steps=[RolloutStep(mirror=100, pause=60),
+                                          RolloutStep(weight=50, pause=5)])
+    s = start("canary", "b", "a", 3, 0.0)
+    s, (_, _, a) = run(s, r, obs(0), obs(1), obs(2, verdict=Verdict("fail", "5xx 20%")))
+    assert (s.phase, s.outcome) == ("drain_new", "rolled_back")
+    assert a[0] == SetWeights({"b": 0, "a": 100})
+    assert all(d.weight == 0 for d in s.decisions)
 
 
 def test_blue_green_preview_switches_on_promote() -> None:

@@ -486,7 +486,7 @@ def test_switching_router_stops_the_other(tmp_path: Path,
 @pytest.mark.parametrize(("part", "capabilities"), [
     (FakeRouter, {"HealthVerdicts", "OpenRequests", "ServersReadBack"}),
     (TraefikRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests", "ServersReadBack",
-                     "RouterMetrics"}),
+                     "RouterMetrics", "Mirroring"}),
     (HAProxyRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests", "ServersReadBack"}),
     (AlbRouter, {"OpenRequests"}),  # targets still deregistering; its health checks are the ASG's
 ])

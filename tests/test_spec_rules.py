@@ -60,6 +60,26 @@ REFUSED: list[tuple[str, str, str]] = [
     ("copy from an absolute path", spec(copy="/etc/"), "is outside the project"),
     ("read_only_paths relative", spec("    read_only_paths: [data]\n"), "absolute path"),
     ("read_only_paths root", spec("    read_only_paths: [/]\n"), "whole host"),
+    ("mirror on haproxy", "router: haproxy\n" + spec(
+        "    rollout:\n      steps:\n        - {mirror: 100%, pause: 2m}\n"
+        "        - {weight: 50}\n"),
+     "steps[0].mirror: mirroring is not available on router haproxy; use router: traefik"),
+    ("mirror on the ALB", spec("    rollout:\n      steps:\n        - {mirror: 10%}\n").replace(
+        "project: shop\n", "project: shop\nplatform: aws\naws: {region: eu-west-1, subnets: "
+        "[subnet-0abc1234], base_ami: ami-0abc12345678}\n"),
+     "mirroring is not available on the ALB (platform aws)"),
+    ("mirror with a weight", spec("    rollout:\n      steps:\n        - {mirror: 100%, "
+                                  "weight: 10}\n"), "a mirror step serves no user"),
+    ("mirror after users were served", spec(
+        "    rollout:\n      steps:\n        - {weight: 10}\n        - {mirror: 100%}\n"),
+     "steps[1]: a mirror step comes before the first weighted step"),
+    ("mirror share not a percent", spec("    rollout:\n      steps:\n        - {mirror: "
+                                        "all}\n"), "expected a share like 100% or 10%"),
+    ("mirror share above 100", spec("    rollout:\n      steps:\n        - {mirror: 150%}\n"),
+     "expected at most 100, got 150"),
+    ("mirror in blue-green", spec("    rollout:\n      strategy: blue-green\n      steps:\n"
+                                  "        - {mirror: 100%}\n"), "mirror steps need strategy "
+     "canary"),
 ]
 
 
@@ -79,6 +99,8 @@ ACCEPTED = [
          "        - {weight: 10}\n        - {weight: 100}\n"),
     spec("    health: {interval: 100ms, timeout: 1s, deadline: 5s}\n"),
     spec("    read_only_paths: [/opt/data]\n"),
+    spec("    rollout:\n      steps:\n        - {preview: true}\n        - {mirror: 100%, "
+         "pause: 2m}\n        - {mirror: 10}\n        - {weight: 50}\n"),
 ]
 
 

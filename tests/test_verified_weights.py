@@ -107,7 +107,7 @@ def test_without_the_read_back_the_lag_would_lose_requests(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The check above can fail: skip the executor's confirmation and the old release is
     terminated while the router still sends it traffic."""
-    monkeypatch.setattr(executor.Reconciler, "_confirm", lambda self, want, servers: None)
+    monkeypatch.setattr(executor.Reconciler, "_confirm", lambda self, *read_back: None)
     outcomes, lost = deploy_twice(tmp_path, CANARY)
     assert lost, outcomes
 

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from kiln.analysis.evidence import LIMIT, requests_needed
 from kiln.platforms.base import RequestCounts
 from kiln.spec.models import ServiceSpec
 
@@ -51,6 +50,10 @@ def estimate(service: str, spec: ServiceSpec, rate: float) -> dict[str, Any] | N
     analysis, ro = spec.rollout.analysis, spec.rollout
     if analysis is None or ro.strategy != "canary":
         return None
+    # numpy and scipy (~0.15 s to import) only for a judged canary: `kiln deploy` imports
+    # kiln.plan for every service, and the time counts in its rollout overhead.
+    from kiln.analysis.evidence import LIMIT, requests_needed
+
     synthetic = ro.load.rate if ro.load is not None else 0.0
     judged = rate + synthetic
     steps: list[dict[str, Any]] = []

@@ -177,6 +177,9 @@ class Backend:
     preview: bool = False
     """Also route requests carrying `X-Kiln-Release: <release_id>` (header, or a cookie of that
     name) to this release, whatever its weight: at weight 0 it gets only those."""
+    mirror: int = 0
+    """Percent of the service's live requests copied to this release, whose answers are
+    discarded (routers declaring `Mirroring` only)."""
 
 
 @dataclass(frozen=True)

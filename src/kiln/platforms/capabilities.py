@@ -50,6 +50,16 @@ class OpenRequests(Protocol):
 
 
 @runtime_checkable
+class Mirroring(Protocol):
+    """A router that copies a share of a service's requests to a release and discards its
+    answers (Traefik's mirroring service), reading back what it really copies."""
+
+    def mirrors(self, service_name: str) -> dict[str, int]:
+        """release_id -> percent of the service's live requests copied to it ({}: none)."""
+        ...
+
+
+@runtime_checkable
 class ServersReadBack(Protocol):
     """A router that reads back which servers it really routes to, so the rollout confirms an
     instance left rotation (rolling retires servers of a release whose share stays the same)
@@ -184,7 +194,8 @@ class OwnDrift(Protocol):
     def drift(self) -> list[dict[str, Any]]: ...
 
 
-ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics)
+ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics,
+          Mirroring)
 COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend, ExitStatus)
 BUILDER = (ImageCheck, Resolver, SpecLocator)
 METRICS = (MetricReplay,)

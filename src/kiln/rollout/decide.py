@@ -161,6 +161,9 @@ class SetWeights:
     preview: tuple[str, ...] = ()
     """Releases reachable by `X-Kiln-Release: <release>` (header or cookie) whatever their
     weight: a release in preview has weight 0 and gets only those requests."""
+    mirror: tuple[tuple[str, int], ...] = ()
+    """(release, percent): that share of the live requests is copied to the release, whose
+    answers are discarded (a mirror step: the release is judged at weight 0)."""
 
 
 @dataclass(frozen=True)
@@ -251,12 +254,19 @@ def _health(s: Status, obs: Observation, r: Rollout, health_deadline: float
     return _enter_step(s, obs, r)
 
 
+HEALING = "preview: replacing"
+
+
+def _preview_waiting(s: Status) -> str:
+    return (f"preview: only requests with X-Kiln-Release: {s.new} reach it — "
+            "`kiln promote` starts the steps, `kiln abort` disposes of it")
+
+
 def _enter_preview(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[Action]]:
     assert s.old is not None
     s.phase, s.step_started, s.promote_requested = "preview", obs.now, False
     s.weights = {s.new: 0, s.old: 100}
-    s.waiting = (f"preview: only requests with X-Kiln-Release: {s.new} reach it — "
-                 "`kiln promote` starts the steps, `kiln abort` disposes of it")
+    s.waiting = _preview_waiting(s)
     return s, [SetWeights(dict(s.weights), (s.new,)),
                Record("rollout.preview", f"{s.new} in preview: 0% of ordinary traffic; "
                       f"requests with X-Kiln-Release: {s.new} (header or cookie) reach it")]
@@ -264,10 +274,25 @@ def _enter_preview(s: Status, obs: Observation, r: Rollout) -> tuple[Status, lis
 
 def _preview(s: Status, obs: Observation, r: Rollout, health_deadline: float
              ) -> tuple[Status, list[Action]]:
-    """Hold until `kiln promote` (or the preview step's pause); abort is handled by decide()."""
+    """Hold until `kiln promote` (or the preview step's pause); abort is handled by decide().
+    A preview instance that dies is replaced (nobody but the previewers depends on it): out of
+    the routing at once, the replacement routed once healthy, the preview route kept."""
+    if obs.new_dead > s.replicas or ((s.waiting or "").startswith(HEALING) \
+            and obs.new_healthy < s.replicas and obs.now >= s.deadline):
+        return _rollback(s, obs, "failed", f"{obs.new_dead} new instance(s) died during the "
+                                           "preview; replacements did not become healthy")
     if obs.new_alive < s.replicas:
-        return _rollback(s, obs, "failed", f"{s.replicas - obs.new_alive} new instance(s) died "
-                                           "during the preview")
+        if not (s.waiting or "").startswith(HEALING):
+            s.deadline = obs.now + health_deadline
+        s.waiting = f"{HEALING} {s.replicas - obs.new_alive} dead instance(s) of {s.new}"
+        return s, [SetWeights(dict(s.weights), (s.new,)), EnsureInstances(s.new, s.replicas)]
+    if (s.waiting or "").startswith(HEALING):
+        if obs.new_healthy < s.replicas:
+            return s, []
+        s.waiting = _preview_waiting(s)
+        return s, [SetWeights(dict(s.weights), (s.new,)),
+                   Record("rollout.preview", f"{s.new}: dead preview instance(s) replaced; "
+                          f"X-Kiln-Release: {s.new} reaches it again")]
     if s.promote_full or s.strategy != "canary":
         if s.promote_requested or s.promote_full:
             return _full(s, obs, r, "promoted from preview")
@@ -298,9 +323,24 @@ def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[A
     s.judge_words = None
     s.evidence = None
     s.promote_requested = False
-    return s, [SetWeights(dict(s.weights)),
-               Record("rollout.step", f"step {s.step + 1}/{len(r.steps)}: {weight}% to {s.new}",
-                      {"step": s.step, "weight": weight})]
+    mirror = mirrored(s, r)
+    what = (f"{weight}% to {s.new}" if not mirror else
+            f"{mirror[0][1]}% of requests copied to {s.new} (its answers discarded)")
+    return s, [SetWeights(dict(s.weights), mirror=mirror),
+               Record("rollout.step", f"step {s.step + 1}/{len(r.steps)}: {what}",
+                      {"step": s.step, "weight": weight, "mirror": dict(mirror).get(s.new, 0)})]
+
+
+def mirrored(s: Status, r: Rollout) -> tuple[tuple[str, int], ...]:
+    """The copies a status's routing holds: in a mirror step, (new release, percent)."""
+    if s.phase != "step" or s.step >= len(r.steps) or not r.steps[s.step].mirror:
+        return ()
+    return ((s.new, int(r.steps[s.step].mirror or 0)),)
+
+
+def previewed(s: Status) -> tuple[str, ...]:
+    """The releases a status's routing previews (reachable by `X-Kiln-Release`)."""
+    return (s.new,) if s.phase == "preview" else ()
 
 
 def _steps_summary(s: Status) -> str:
@@ -376,11 +416,12 @@ def _judged_step(s: Status, obs: Observation, r: Rollout, health_deadline: float
         s.decisions.append(Decision(obs.now, s.step, weight, "promote", "kiln promote"))
         s.step += 1
         return _enter_step(s, obs, r)
+    share = f"{weight}%" if not r.steps[s.step].mirror else f"{r.steps[s.step].mirror}% mirrored"
     if pause is None:
-        s.waiting = f"step {s.step + 1}: {weight}% — waiting for `kiln promote`"
+        s.waiting = f"step {s.step + 1}: {share} — waiting for `kiln promote`"
         return s, []
     if elapsed < pause:
-        s.waiting = f"step {s.step + 1}: {weight}% — judging; the pause ends in " \
+        s.waiting = f"step {s.step + 1}: {share} — judging; the pause ends in " \
                     f"{_countdown(pause - elapsed)}" if v is not None else None
         return s, []
     if v is None or v.outcome == "pass":

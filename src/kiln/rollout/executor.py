@@ -24,7 +24,13 @@ from kiln.platforms.base import (
     Release,
     Router,
 )
-from kiln.platforms.capabilities import ExitStatus, OpenRequests, RouterProcess, ServersReadBack
+from kiln.platforms.capabilities import (
+    ExitStatus,
+    Mirroring,
+    OpenRequests,
+    RouterProcess,
+    ServersReadBack,
+)
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import (
     SETTLED,
@@ -299,7 +305,7 @@ class Reconciler:
             if isinstance(action, EnsureInstances):
                 self._ensure(action.release, action.count)
             elif isinstance(action, SetWeights):
-                self.route(action.weights, action.preview)
+                self.route(action.weights, action.preview, dict(action.mirror))
             elif isinstance(action, Retire):
                 self._retire(action.release, action.count, status)
             elif isinstance(action, TerminateRetiring):
@@ -324,27 +330,34 @@ class Reconciler:
         launch_release(self.env, self.release(release_id), missing)
         self.env.fault("launched")
 
-    def route(self, weights: Mapping[str, int], preview: Sequence[str] = ()) -> None:
+    def route(self, weights: Mapping[str, int], preview: Sequence[str] = (),
+              mirror: Mapping[str, int] | None = None) -> None:
         backends: list[Backend] = []
         for release_id, weight in weights.items():
             servers = [i.address for i in instances_of(self.env.store, release_id, ("running",))]
             if servers:
                 backends.append(Backend(release_id, weight, servers,
                                         health=self._release_health(release_id),
-                                        preview=release_id in preview))
+                                        preview=release_id in preview,
+                                        mirror=(mirror or {}).get(release_id, 0)))
+        if mirror and not isinstance(self.env.router, Mirroring):
+            raise PlatformError(f"service {self.name}: this router cannot mirror requests "
+                                "(mirror steps need router: traefik)")
         if backends:
             # Listen and health follow the routed release; the traffic policy is today's.
             routed = self._routed_spec(weights).model_copy(
                 update={"rollout": self.service.rollout})
             self.env.router.set_backends(self.name, routed, backends)
             self._confirm({b.release_id: b.weight for b in backends},
-                          {b.release_id: set(b.servers) for b in backends if b.weight > 0})
+                          {b.release_id: set(b.servers) for b in backends if b.weight > 0},
+                          {b.release_id: b.mirror for b in backends if b.mirror})
         else:
             self.env.router.remove_service(self.name)
         self.env.instances_changed()
         self.env.fault("routed")
 
-    def _confirm(self, want: Mapping[str, int], servers: Mapping[str, set[str]]) -> None:
+    def _confirm(self, want: Mapping[str, int], servers: Mapping[str, set[str]],
+                 mirrors: Mapping[str, int]) -> None:
         """Proceed only once the router's live state reads back as asked: a router that applies
         changes late (a file watch, a lagging API) must not see a release drained and disposed
         of while it still sends it requests. set_backends already waits on the local routers;
@@ -353,9 +366,12 @@ class Reconciler:
         router = self.env.router
         readback = router if isinstance(router, ServersReadBack) else None
 
+        copier = router if isinstance(router, Mirroring) else None
+
         def matches() -> bool:
             return shares(router.verify(self.name)) == shares(want) and (
-                readback is None or readback.served_servers(self.name) == servers)
+                readback is None or readback.served_servers(self.name) == servers) and (
+                copier is None or copier.mirrors(self.name) == mirrors)
 
         while not matches():
             if time.monotonic() > give_up:

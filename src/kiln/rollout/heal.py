@@ -15,13 +15,17 @@ toward the replicas and are health-checked and routed like new ones.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from kiln.errors import StateError
 from kiln.platforms.base import Instance, Release
-from kiln.rollout.executor import Env, Reconciler, instances_of, launch_release
+from kiln.rollout.decide import Status, mirrored, previewed
+from kiln.rollout.executor import Env, Reconciler, instances_of, launch_release, load_release
 from kiln.state.records import instances as instance_records
+from kiln.state.records import rollouts as rollout_records
 from kiln.state.records import routes as route_records
 
 
@@ -142,11 +146,27 @@ def heal_step(env: Env, name: str, release: Release, state: HealState, now: floa
 
 def route(env: Env, name: str, release: Release) -> None:
     """Give the router the release's running instances at the service's recorded weights (all
-    of the traffic when the release has none)."""
+    of the traffic when the release has none), keeping what an open rollout routes besides
+    weights: a release in preview, a mirror step's copies."""
     weights = route_records.weights_of(env.store, name)
-    if weights.get(release.id, 0) == 0:
+    preview, mirror = _rollout_extras(env, name)
+    if weights.get(release.id, 0) == 0 and release.id not in preview and release.id not in mirror:
         weights = {release.id: 100}
-    Reconciler(env, name, release.spec, 0).route(weights)
+    Reconciler(env, name, release.spec, 0).route(weights, preview, mirror)
+
+
+def _rollout_extras(env: Env, name: str) -> tuple[tuple[str, ...], dict[str, int]]:
+    """(previewed releases, mirrored release -> percent) of the service's open rollout."""
+    rid = rollout_records.open_id(env.store, name)
+    raw = rollout_records.status_json(env.store, rid) if rid is not None else None
+    if not raw:
+        return (), {}
+    status = Status.from_json(json.loads(raw))
+    try:
+        rollout = load_release(env.store, status.new).spec.rollout
+    except StateError:
+        return previewed(status), {}
+    return previewed(status), dict(mirrored(status, rollout))
 
 
 def retire(env: Env, name: str, release: Release, insts: Sequence[Instance]) -> None:

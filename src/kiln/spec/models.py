@@ -403,12 +403,26 @@ class RolloutStep(_Model):
     preview: bool = False
     """The new release is launched and tested but gets 0 % of ordinary traffic: only requests
     carrying `X-Kiln-Release: <release>` (header or cookie) reach it. First step only."""
+    mirror: int | None = Field(None, ge=1, le=100)
+    """Copy this share (percent; `100%` or 100) of live requests to the new release, whose
+    answers are discarded: it is judged on real traffic before it serves anyone (Traefik)."""
+
+    @field_validator("mirror", mode="before")
+    @classmethod
+    def _percent(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return int(v.removesuffix("%"))
+            except ValueError:
+                raise ValueError(f"expected a share like 100% or 10%, got {v!r}") from None
+        return v
 
     @model_validator(mode="before")
     @classmethod
     def _weight_or_preview(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "weight" not in data and not data.get("preview"):
-            raise ValueError("a step needs a weight (0-100) or preview: true")
+        if isinstance(data, dict) and "weight" not in data and not data.get("preview") \
+                and data.get("mirror") is None:
+            raise ValueError("a step needs a weight (0-100), preview: true or mirror: N%")
         return data
 
     @model_validator(mode="after")
@@ -416,6 +430,9 @@ class RolloutStep(_Model):
         if self.preview and self.weight:
             raise ValueError(f"a preview step sends 0% of ordinary traffic; remove weight: "
                              f"{self.weight}")
+        if self.mirror is not None and (self.weight or self.preview):
+            raise ValueError("a mirror step serves no user (its answers are discarded); remove "
+                             + ("weight" if self.weight else "preview"))
         return self
 
 
@@ -706,6 +723,14 @@ class Rollout(_Model):
         late = [i for i, step in enumerate(self.steps) if step.preview and i > 0]
         if late:
             raise ValueError(f"steps[{late[0]}]: preview: true is only for the first step")
+        served = next((i for i, step in enumerate(self.steps) if step.weight), len(self.steps))
+        late = [i for i, step in enumerate(self.steps) if step.mirror and i > served]
+        if late:
+            raise ValueError(f"steps[{late[0]}]: a mirror step comes before the first weighted "
+                             f"step (steps[{served}]): its point is a verdict before any user "
+                             "is served")
+        if self.strategy != "canary" and any(step.mirror for step in self.steps):
+            raise ValueError(f"steps: mirror steps need strategy canary (not {self.strategy})")
         for before, after in zip(self.steps, self.steps[1:], strict=False):
             if after.weight < before.weight:
                 raise ValueError(f"steps: weight goes down from {before.weight} to "
@@ -845,6 +870,7 @@ class Spec(_Model):
             problems.append(f"sandbox: `sandbox: none` applies to platform local (this project "
                             f"uses {self.platform}, which isolates without bubblewrap)")
         problems += self._router_admin_problems()
+        problems += self._mirror_problems()
         listens: dict[str, str] = {}
         for name, svc in self.services.items():
             problems += _secret_platform(self.platform, name, svc)
@@ -879,6 +905,19 @@ class Spec(_Model):
                     f"Prometheus; set services.{name}.metrics: {{path: /metrics}} (kiln runs "
                     "one that scrapes the service) or prometheus: {url: ...} (your own)"]
         return []
+
+    def _mirror_problems(self) -> list[str]:
+        """Only Traefik copies requests (its mirroring service): one line per service."""
+        if self.platform != "aws" and self.router == "traefik":
+            return []
+        where = "the ALB (platform aws)" if self.platform == "aws" else f"router {self.router}"
+        out = []
+        for name, svc in self.services.items():
+            first = next((i for i, step in enumerate(svc.rollout.steps) if step.mirror), None)
+            if first is not None:
+                out.append(f"services.{name}.rollout.steps[{first}].mirror: mirroring is not "
+                           f"available on {where}; use router: traefik or a weighted step")
+        return out
 
     def _router_admin_problems(self) -> list[str]:
         """`router_admin` only where kiln runs Traefik itself, on loopback, on its own port."""

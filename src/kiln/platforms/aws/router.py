@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kiln.errors import PlatformError
+from kiln.platforms.aws import preview_rules
 from kiln.platforms.aws import tags as t
 from kiln.platforms.aws.bake import sweep_role
 from kiln.platforms.aws.client import Aws, error_code, is_missing, translated
@@ -118,6 +119,7 @@ class AlbRouter(OpenRequests):
         want = {x["TargetGroupArn"]: int(x["Weight"]) for x in live}
         known = self._arn.get(service_name)
         if known is not None and known[1] == port and self._serving.get(service_name) == want:
+            self._sync_previews(service_name, known[0], backends)
             self._deregister_draining(backends)  # the ALB serves this already (read back)
             return
         # The listener's owner is checked once per process; then it is addressed by ARN.
@@ -143,7 +145,57 @@ class AlbRouter(OpenRequests):
         self._checked.discard((service_name, port))
         self._wait_weights(service_name, arn, want)
         self._serving[service_name] = want
+        self._sync_previews(service_name, arn, backends)
         self._deregister_draining(backends)
+
+    def _sync_previews(self, service_name: str, listener_arn: str,
+                       backends: Sequence[Backend]) -> None:
+        """The listener's preview rules become exactly the previewed releases' (rules of a
+        release no longer previewed go first), then are read back."""
+        want: dict[str, str] = {}
+        for b in backends:
+            if b.preview:
+                arn = self.fleet.target_group(b.release_id)
+                if arn is None:
+                    raise PlatformError(f"aws: release {b.release_id} has no target group")
+                want[b.release_id] = arn
+        elbv2 = self.aws.elbv2
+        with translated(f"the preview rules of {service_name}"):
+            rules = elbv2.describe_rules(ListenerArn=listener_arn)["Rules"]
+            ok = preview_rules.served(rules, want)
+            for rule in rules:
+                release = preview_rules.previewed_by(rule)
+                if release is not None and not rule.get("IsDefault") and release not in ok:
+                    elbv2.delete_rule(RuleArn=rule["RuleArn"])
+            for release, arn in sorted(want.items()):
+                if release in ok:
+                    continue
+                for priority, conds in zip(preview_rules.priorities(release),
+                                           preview_rules.conditions(release), strict=True):
+                    elbv2.create_rule(
+                        ListenerArn=listener_arn, Priority=priority, Conditions=conds,
+                        Actions=[{"Type": "forward", "TargetGroupArn": arn}],
+                        Tags=t.as_list(t.tags(self.project, "preview-rule",
+                                              self.aws.settings.tags, service=service_name)))
+            if want and preview_rules.served(
+                    elbv2.describe_rules(ListenerArn=listener_arn)["Rules"], want) != set(want):
+                raise PlatformError(f"aws: the listener of {service_name} does not read back "
+                                    f"the preview rules of {', '.join(sorted(want))}")
+
+    def previews(self, service_name: str) -> set[str]:
+        """Releases the listener sends their `X-Kiln-Release` requests to (rules read back)."""
+        listener = self._listener(service_name, None)
+        if listener is None:
+            return set()
+        with translated(f"reading the rules of {service_name}"):
+            rules = self.aws.elbv2.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]
+        groups: dict[str, str] = {}
+        for rule in rules:
+            release = preview_rules.previewed_by(rule)
+            arn = self.fleet.target_group(release) if release else None
+            if release and arn:
+                groups[release] = arn
+        return preview_rules.served(rules, groups)
 
     def _wait_weights(self, service_name: str, listener_arn: str, want: dict[str, int]) -> None:
         """Read the listener back until it serves `want`: a weight change is not done until

@@ -276,7 +276,8 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
             if running is None or running.listens != self._listens(state):
                 self._ensure_running(state)  # renders the config with these servers
             else:
-                self._render(state)  # for the next start; the live process is changed below
+                # Live, over the socket; the config files are rendered by the next start (every
+                # start renders them from router.json): 3 fsyncs less per weight change.
                 self._apply(service_name, svc)
             self._wait_applied(service_name, svc)
 

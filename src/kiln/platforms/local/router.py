@@ -44,6 +44,7 @@ from kiln.errors import PlatformError
 from kiln.platforms.base import Backend, RequestCounts
 from kiln.platforms.capabilities import (
     HealthVerdicts,
+    Mirroring,
     OpenRequests,
     RouterMetrics,
     ServersReadBack,
@@ -67,7 +68,8 @@ def _yaml_text(data: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics):
+class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics,
+                    Mirroring):
     """Router seam on the local platform. Every method is safe to call again after a crash."""
 
     state_defaults: ClassVar[Mapping[str, Any]] = {"admin": ""}
@@ -109,11 +111,19 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
     @staticmethod
     def _recorded(svc: dict[str, Any]) -> list[Backend]:
         return [Backend(rid, int(r["weight"]), list(r["servers"]),
-                        preview=bool(r.get("preview")))
+                        preview=bool(r.get("preview")), mirror=int(r.get("mirror", 0)))
                 for rid, r in svc.get("releases", {}).items()]
 
+    def _entrypoints(self, state: dict[str, Any]) -> dict[str, str]:
+        """The services' listen addresses and their mirror entrypoints (loopback, kiln's)."""
+        out = self._listens(state)
+        for name, svc in state["services"].items():
+            if svc.get("mirror_listen"):
+                out[traefik_config.mirror_entrypoint(name)] = str(svc["mirror_listen"])
+        return out
+
     def _ensure_running(self, state: dict[str, Any]) -> Running:
-        listens = self._listens(state)
+        listens = self._entrypoints(state)
         if self.admin:
             state["admin"] = self.admin  # a changed address restarts Traefik on it
         running = self._running()
@@ -123,7 +133,9 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
         ours = set(running.listens.values()) if running else set()
         for name, addr in sorted(listens.items()):
             if addr not in ours and not traefik_process.port_free_soon(addr):
-                raise PlatformError(tcp_table.in_use_message(addr, f"services.{name}.listen"))
+                field = (f"services.{name}.listen" if name in state["services"] else
+                         f"the mirror entrypoint kiln picked for {name.partition('_')[2]}")
+                raise PlatformError(tcp_table.in_use_message(addr, field))
         admin = state["admin"]
         if not admin or (admin != (running.admin if running else None)
                          and not traefik_process.port_free(admin)):
@@ -196,15 +208,23 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
                     and not traefik_process.port_free_soon(service.listen):
                 raise PlatformError(tcp_table.in_use_message(
                     service.listen, f"services.{service_name}.listen"))
+            before = state["services"].get(service_name) or {}
+            mirror_listen = before.get("mirror_listen")
+            if mirror_listen is None and (not before or any(b.mirror for b in backends)):
+                # Picked with the service's own entrypoint (that start restarts Traefik
+                # anyway); a service routed by an older kiln gets it at its first mirror step.
+                mirror_listen = f"127.0.0.1:{traefik_process.free_port()}"
             try:
                 dynamic = traefik_config.dynamic_config(service_name, service.health, backends,
-                                                        sticky=service.rollout.sticky)
+                                                        sticky=service.rollout.sticky,
+                                                        mirror_listen=mirror_listen)
             except ValueError as exc:
                 raise PlatformError(f"service {service_name}: {exc}") from exc
             state["services"][service_name] = {
                 "listen": service.listen,
+                "mirror_listen": mirror_listen,
                 "releases": {b.release_id: {"weight": b.weight, "servers": list(b.servers),
-                                            "preview": b.preview}
+                                            "preview": b.preview, "mirror": b.mirror}
                              for b in backends},
             }
             self.dynamic_dir.mkdir(parents=True, exist_ok=True)
@@ -220,11 +240,13 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
         give_up = time.monotonic() + self.apply_deadline
         seen: dict[str, int] = {}
         previews = {b.release_id: b.preview for b in backends}
+        mirrors = {b.release_id: b.mirror for b in backends if b.mirror}
         while True:
             seen, servers = self._read_back(service_name, list(want), running.admin)
             if seen == want and all(servers.get(rid) == urls for rid, urls in
                                     want_servers.items()) \
-                    and self._previews(running.admin, previews) == previews:
+                    and self._previews(running.admin, previews) == previews \
+                    and self._mirrors(service_name, running.admin) == mirrors:
                 return
             if time.monotonic() > give_up:
                 tail = traefik_process.log_tail(self.log_path, lines=5)
@@ -267,6 +289,22 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
             found = self._api(admin, f"/api/http/routers/{traefik_config.preview_key(rid)}@file")
             out[rid] = found is not None and found.get("status") == "enabled"
         return out
+
+    def _mirrors(self, service_name: str, admin: str) -> dict[str, int]:
+        key = traefik_config.service_key(service_name)
+        router = self._api(admin, f"/api/http/routers/{key}@file")
+        name = str((router or {}).get("service", ""))
+        if not name.startswith(traefik_config.mirror_key(service_name)):
+            return {}
+        mkey = traefik_config.mirror_key(service_name)
+        return traefik_config.mirrors_from_api(
+            router, self._api(admin, f"/api/http/services/{mkey}@file"),
+            self._api(admin, f"/api/http/routers/{mkey}@file"))
+
+    def mirrors(self, service_name: str) -> dict[str, int]:
+        """release_id -> percent of the service's requests Traefik really copies to it."""
+        running = self._running()
+        return {} if running is None else self._mirrors(service_name, running.admin)
 
     def previews(self, service_name: str) -> set[str]:
         """Releases of the service Traefik really routes `X-Kiln-Release` requests to."""
@@ -340,7 +378,7 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
             self._save_state(state)
             if self.static_path.exists() and state["admin"]:
                 static = traefik_config.static_config(
-                    admin=state["admin"], listens=self._listens(state),
+                    admin=state["admin"], listens=self._entrypoints(state),
                     dynamic_dir=self.dynamic_dir, access_log=self.access_log_path)
                 self._write_atomic(self.static_path, _yaml_text(static))
             running = self._running()

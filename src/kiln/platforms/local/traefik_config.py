@@ -61,6 +61,31 @@ def preview_rule(release_id: str) -> str:
             f"HeaderRegexp(`Cookie`, `(?:^|;\\s*){name}={release_id}(?:;|$)`)")
 
 
+MIRROR_BODY_LIMIT = 1 << 20
+"""A request with a larger body is not copied: Traefik holds a mirrored body in memory."""
+
+
+def mirror_entrypoint(service_name: str) -> str:
+    """Key in the static listens of the loopback entrypoint that receives a service's mirrored
+    copies (`kiln-mirror_<service>`; `_` is not in service names, so no service clashes).
+
+    Traefik does not write a mirrored request in its access log, where the judge reads its
+    evidence; sent back through an entrypoint of its own, each copy is a logged request of the
+    mirrored release (`ServiceName: kiln-<release>@file`) like any other."""
+    return f"mirror_{service_name}"
+
+
+def mirror_key(service_name: str) -> str:
+    """The mirroring service over the weighted one, and the router of the mirror entrypoint.
+    Not `kiln-`: the judge's log and counter parsers take `kiln-<x>` for a release."""
+    return f"kilnmirror-{service_name}"
+
+
+def mirror_loop_key(service_name: str) -> str:
+    """Load balancer of the copies: Traefik's own mirror entrypoint."""
+    return f"kilnmirror-{service_name}-loop"
+
+
 def go_duration(seconds: float) -> str:
     """Seconds -> a Go duration string ('1s', '500ms')."""
     ms = round(seconds * 1000)
@@ -142,8 +167,8 @@ def sticky_cookie(service_name: str) -> str:
     return f"kiln-{service_name}"
 
 
-def dynamic_config(service_name: str, health: Health,
-                   backends: Sequence[Backend], sticky: bool = False) -> dict[str, Any]:
+def dynamic_config(service_name: str, health: Health, backends: Sequence[Backend],
+                   sticky: bool = False, mirror_listen: str | None = None) -> dict[str, Any]:
     """dynamic/<service>.yml: one router and weighted service over one service per release.
 
     A release at weight 0 is left out of the weighted list (Traefik then never builds it: no
@@ -185,6 +210,24 @@ def dynamic_config(service_name: str, health: Health,
             "entryPoints": [entrypoint_name(service_name)],
             "service": key,
         }}
+        mirrored = [b for b in backends if b.mirror > 0]
+        if len(mirrored) > 1:
+            raise ValueError(f"one release at a time is mirrored, not {len(mirrored)}")
+        if mirrored:
+            if mirror_listen is None:
+                raise ValueError("mirroring needs the service's mirror entrypoint")
+            m = mirrored[0]
+            services[mirror_key(service_name)] = {"mirroring": {
+                "service": key, "maxBodySize": MIRROR_BODY_LIMIT,
+                "mirrors": [{"name": mirror_loop_key(service_name), "percent": m.mirror}]}}
+            services[mirror_loop_key(service_name)] = {"loadBalancer": {
+                "servers": [{"url": f"http://{mirror_listen}"}]}}
+            http["routers"][key]["service"] = mirror_key(service_name)
+            http["routers"][mirror_key(service_name)] = {
+                "rule": "PathPrefix(`/`)",
+                "entryPoints": [entrypoint_name(mirror_entrypoint(service_name))],
+                "service": release_key(m.release_id),
+            }
         for b in backends:
             if b.preview:
                 http["routers"][preview_key(b.release_id)] = {
@@ -194,6 +237,23 @@ def dynamic_config(service_name: str, health: Health,
                     "service": release_key(b.release_id),
                 }
     return {"http": http}
+
+
+def mirrors_from_api(router: Mapping[str, Any] | None, mirroring: Mapping[str, Any] | None,
+                     loop: Mapping[str, Any] | None) -> dict[str, int]:
+    """release_id -> percent copied, from Traefik's API: the service's router points at the
+    mirroring service, whose mirror is the loop, and the mirror entrypoint's router (`loop`)
+    is enabled towards the release. {} when nothing is mirrored."""
+    if not router or not mirroring or not loop or loop.get("status") != "enabled":
+        return {}
+    if str(router.get("service", "")).removesuffix("@file") != \
+            str(mirroring.get("name", "")).removesuffix("@file"):
+        return {}
+    mirrors = (mirroring.get("mirroring") or {}).get("mirrors") or []
+    target = str(loop.get("service", "")).removesuffix("@file")
+    if len(mirrors) != 1 or not target.startswith("kiln-"):
+        return {}
+    return {target.removeprefix("kiln-"): int(mirrors[0].get("percent", 0))}
 
 
 def expected_weights(backends: Sequence[Backend]) -> dict[str, int]:
