@@ -68,7 +68,7 @@ def judge_replay(ctx: Context, rollout_id: int, overrides: Mapping[str, Any]) ->
         "rollout_id": rollout_id, "service": rollout_records.service_of(store, rollout_id),
         "canary": rec.canary, "baseline": rec.baseline, "source": rec.source,
         "recorded_outcome": status.get("outcome"), "recorded_reason": status.get("reason"),
-        "settings": {k: getattr(analysis, k) for k in OPTIONS},
-        "recorded_settings": {k: getattr(base, k) for k in OPTIONS},
+        "settings": analysis.model_dump(include=set(OPTIONS)),
+        "recorded_settings": base.model_dump(include=set(OPTIONS)),
         "outcome": result.outcome, "summary": result.summary(),
         "steps": [s.to_json() for s in result.steps]}
