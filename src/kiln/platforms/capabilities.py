@@ -85,6 +85,17 @@ class RouterMetrics(Protocol):
 
 
 @runtime_checkable
+class ReleaseTerminator(Protocol):
+    """A compute that disposes of a whole release in one go (aws: deleting the release's
+    Auto Scaling group terminates every member), instead of one instance at a time."""
+
+    def terminate_release(self, release_id: str, instances: Sequence[Instance],
+                          timeout: float) -> None:
+        """Stop `instances` (the release's live ones) and whatever else the release holds."""
+        ...
+
+
+@runtime_checkable
 class Sweeper(Protocol):
     """Compute that can make the state match reality: dead rows marked, orphans stopped."""
 
@@ -196,7 +207,8 @@ class OwnDrift(Protocol):
 
 ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics,
           Mirroring)
-COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend, ExitStatus)
+COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend, ExitStatus,
+           ReleaseTerminator)
 BUILDER = (ImageCheck, Resolver, SpecLocator)
 METRICS = (MetricReplay,)
 PLATFORM = (OwnDrift,)
