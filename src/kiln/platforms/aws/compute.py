@@ -24,8 +24,8 @@ from kiln.platforms.aws.boot import REMOTE_SCHEMES, exec_lines, journal_lines, r
 from kiln.platforms.aws.client import Aws, is_missing, translated
 from kiln.platforms.aws.fleet import Fleet
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release, ReleaseImage
-from kiln.platforms.capabilities import ImageFileReader, ReleaseTerminator
-from kiln.platforms.instance_rows import from_row, insert, set_state
+from kiln.platforms.capabilities import ImageFileReader, ReleaseTerminator, Sweeper
+from kiln.platforms.instance_rows import from_row, insert, list_rows, set_state
 from kiln.spec.models import Health, HttpCheck, ServiceSpec
 from kiln.state.records import instances as instance_records
 from kiln.state.store import Store
@@ -35,7 +35,7 @@ GONE_LIFECYCLE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Ter
                   "Detaching", "Detached")
 
 
-class AwsCompute(ImageFileReader, ReleaseTerminator):
+class AwsCompute(ImageFileReader, ReleaseTerminator, Sweeper):
     poll = 2.0
     """Seconds between SSM and EC2 polls (tests lower it)."""
     observe_every = 5.0
@@ -226,6 +226,26 @@ class AwsCompute(ImageFileReader, ReleaseTerminator):
             raise PlatformError("aws: test instance cleanup left resources behind: "
                                 + "; ".join(problems) + " (the next test launch retries)")
         set_state(self.store, instance.id, "stopped")
+
+    def sweep(self) -> list[str]:
+        """Test instances the state still has as live belong to a kiln that was killed (the
+        caller holds the project lock, so no live run owns one): each goes with its security
+        group, so a `kiln test` or `kiln deploy` SIGKILLed mid-test leaves nothing once the
+        next deploy, rollback or destroy starts. No API call when the state records none;
+        what a kill left before it recorded the instance, the next test launch and `kiln
+        destroy` find by its tags."""
+        changes = []
+        for row in list_rows(self.store, None, ("test",), ("starting", "running", "draining")):
+            inst = from_row(row)
+            problems = throwaway.remove(self.aws, inst.id, inst.handle.get("group"), self.poll)
+            if problems:
+                changes.append(f"{inst.id}: test instance left by a killed kiln: "
+                               + "; ".join(problems))
+                continue
+            set_state(self.store, inst.id, "stopped")
+            changes.append(f"{inst.id}: removed the test instance (and its security group) a "
+                           "killed kiln left")
+        return changes
 
     def observe(self, instances: Sequence[Instance]) -> list[Observed]:
         """One DescribeInstances answers every live instance of the project for
