@@ -406,17 +406,20 @@ def test_exec_and_logs_of_service_instances_go_through_ssm(
         assert host.run("printenv DB_PASSWORD").stdout.strip() == "s3cret-value"
         assert host.file("app/__main__.py").exists
         assert host.run("exit 4").rc == 4
-        # `kiln logs`: each running instance's journal, fetched over SSM.
+        # `kiln logs`: each running instance's journal, read over SSM (tests/test_aws_logs.py:
+        # nothing written, --follow).
         sources = project.logs("web")
         assert len(sources) == 2
         by_id = {i.id: i for i in project.compute.instances("web-r1")}
         assert {s.instance for s in sources} == set(by_id)
+        compute = project.compute
+        assert isinstance(compute, AwsCompute)
         for source in sources:
-            inst = by_id[source.instance]
+            assert source.remote is not None and source.remote.id == source.instance
             # Each call reads the journal again (the app prints as it starts).
-            wait_for(lambda i=inst: project.compute.log_path(i).read_text(),  # type: ignore[misc]
-                     timeout=30, what="the service's journal")
-            assert source.path.read_text().startswith("starting on")
+            lines = wait_for(lambda s=source.remote: compute.read_log(s, lines=50)[0],  # type: ignore[misc]
+                             timeout=30, what="the service's journal")
+            assert lines[0].startswith("starting on")
     finally:
         project.destroy()
         project.close()

@@ -24,7 +24,12 @@ from kiln.platforms.aws.boot import REMOTE_SCHEMES, exec_lines, journal_lines, r
 from kiln.platforms.aws.client import Aws, is_missing, translated
 from kiln.platforms.aws.fleet import Fleet
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release, ReleaseImage
-from kiln.platforms.capabilities import ImageFileReader, ReleaseTerminator, Sweeper
+from kiln.platforms.capabilities import (
+    ImageFileReader,
+    ReleaseTerminator,
+    RemoteLogs,
+    Sweeper,
+)
 from kiln.platforms.instance_rows import from_row, insert, list_rows, set_state
 from kiln.spec.models import Health, HttpCheck, ServiceSpec
 from kiln.state.records import instances as instance_records
@@ -35,7 +40,7 @@ GONE_LIFECYCLE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Ter
                   "Detaching", "Detached")
 
 
-class AwsCompute(ImageFileReader, ReleaseTerminator, Sweeper):
+class AwsCompute(ImageFileReader, ReleaseTerminator, Sweeper, RemoteLogs):
     poll = 2.0
     """Seconds between SSM and EC2 polls (tests lower it)."""
     observe_every = 5.0
@@ -285,6 +290,28 @@ class AwsCompute(ImageFileReader, ReleaseTerminator, Sweeper):
         if state is None or state in ("starting", "running", "draining"):
             self._save_log(instance)
         return path
+
+    def saved_log(self, instance: Instance) -> Path:
+        return self.home / "instances" / instance.id / "log"
+
+    def read_log(self, instance: Instance, *, lines: int | None, after: str | None = None
+                 ) -> tuple[list[str], str | None]:
+        """The journal over SSM, nothing written: `kiln logs` is read-only. journald's cursor
+        (`--show-cursor`) lets `--follow` ask only for what came since."""
+        try:
+            res = ssm.run(self.aws, instance.id,
+                          journal_lines(instance.service, lines, after, cursor=True), 30.0,
+                          "reading the journal", poll=self.poll)
+        except ssm.SsmTimeout as exc:
+            raise PlatformError(f"timed out: {exc}") from exc
+        if res.exit_code != 0:
+            raise PlatformError(f"aws: reading the journal of {instance.id} failed (exit "
+                                f"{res.exit_code}): {(res.stderr or res.stdout).strip()[-300:]}")
+        out = [x for x in res.stdout.splitlines() if x != "-- No entries --"]
+        cursor = after
+        if out and out[-1].startswith("-- cursor: "):
+            cursor = out.pop().removeprefix("-- cursor: ").strip()
+        return out, cursor
 
     def _save_log(self, instance: Instance, lines: int = 1000) -> None:
         path = self.home / "instances" / instance.id / "log"
