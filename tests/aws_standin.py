@@ -254,6 +254,13 @@ class StandIns:
                      what=f"the stand-in of {iid} to die")
         return gone
 
+    def stop(self, iid: str) -> None:
+        """Stop the instance's service now (the stand-ins share this machine's ports, where
+        real instances each have their own: a test instance of a later image cannot bind a
+        port a fleet's stand-in holds)."""
+        self._kill(iid)
+        wait_for(lambda: not self.alive(iid), timeout=10, what=f"the stand-in of {iid} to stop")
+
     def _kill(self, iid: str) -> None:
         for pid in self.pids(iid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
