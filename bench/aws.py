@@ -7,12 +7,13 @@ calls counted by botocore's before-call hook. Floor = the calls a hand-written s
 the same change (create TG + attribute, launch template, ASG at 3, one describe of the ASG, one
 of target health, three listener changes, then delete r1's ASG, TG and launch template), run
 against the same moto server. Several runs; min/median/max.
-R2 (leaks): 20 deploys, 5 failed bakes (the last step fails on the builder), 3 SIGKILLs of
-`kiln deploy` (in a bake, after launching, after routing) each followed by a rerun, 6 failed image
-tests (on moto an http check sees no output: it fails, as it must) and a SIGKILL of `kiln test`
-while its test instance runs (swept by the next test run), then
-`kiln destroy`: every resource tagged kiln:project is accounted for (the live release's fleet
-and the retained AMIs) or gone. Leaks = tagged resources that are neither.
+R2 (leaks), as issue 21 states it: 20 deploys, 5 failed bakes (the last step fails on the
+builder), 5 failed image tests (on moto an http check sees no output: it fails, as it must), and
+3 SIGKILLs of `kiln deploy`: in a bake and after routing (each followed by a rerun), and during
+its image test, after which the next command (a plain deploy) must have removed the test
+instance and its security group. Then `kiln destroy`: every resource tagged kiln:project is
+accounted for (the live release's fleet and the retained AMIs) or gone. Leaks = tagged
+resources that are neither, plus anything of the killed test left after the next command.
 
 Run: .venv/bin/python bench/aws.py [--runs 3]
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -44,7 +46,7 @@ from kiln.platforms.aws.client import Aws  # noqa: E402
 from kiln.platforms.aws.fleet import Names  # noqa: E402
 from kiln.platforms.aws.inventory import count, tagged  # noqa: E402
 from kiln.testing.moto import REGION, MotoServer, moto_server  # noqa: E402
-from kiln.testing.project import KILN  # noqa: E402
+from kiln.testing.project import KILN, wait_for  # noqa: E402
 
 
 def fmt(xs: Sequence[float]) -> str:
@@ -146,60 +148,87 @@ def kiln_cli(folder: Path, *args: str, fault: str | None = None) -> int:
                           timeout=600, env=env).returncode
 
 
-def image_test_failures(moto: MotoServer, folder: Path, path: Path) -> int:
-    """5 image tests that fail (moto's SSM prints nothing, so the http check cannot see a
-    status: the honest outcome), then `kiln test` SIGKILLed while its instance runs; the next
-    test run removes what it left. Returns the number of failed suites."""
+def recorded_tests(folder: Path) -> list[str]:
+    """Test instances kiln's state records as live (read-only, beside a running kiln)."""
+    db = folder / ".kiln" / "state.db"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return [r[0] for r in conn.execute("SELECT id FROM instances WHERE kind = 'test' AND "
+                                           "state IN ('starting', 'running')")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def test_leftovers(moto: MotoServer) -> list[str]:
+    """Instances and security groups tagged kiln:role=test that still exist."""
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto.url)
+    res = ec2.describe_instances(Filters=[
+        {"Name": "tag:kiln:role", "Values": ["test"]},
+        {"Name": "instance-state-name",
+         "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}])
+    groups = ec2.describe_security_groups(Filters=[
+        {"Name": "tag:kiln:role", "Values": ["test"]}])["SecurityGroups"]
+    return ([i["InstanceId"] for r in res["Reservations"] for i in r["Instances"]]
+            + [g["GroupId"] for g in groups])
+
+
+def failed_image_test(moto: MotoServer, folder: Path, path: Path, version: str) -> bool:
+    """An image test that fails (moto's SSM prints nothing, so the http check cannot see a
+    status: the honest outcome); True when it failed and left no test resource."""
     from kiln.verify.api import test_images
 
-    failed = 0
-    for n in range(5):
-        write_project(folder, moto, version=f"tested-{n}", tests=True, deadline="1s")
-        with closing(open_project(path)) as project:
-            project.platform.compute.poll = 0.05
-            (out,) = test_images(project, ["web"])
-            failed += not out["passed"]
-    write_project(folder, moto, version="tested-killed", tests=True, deadline="5m")
-    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto.url)
-    test_filter = [{"Name": "tag:kiln:role", "Values": ["test"]},
-                   {"Name": "instance-state-name", "Values": ["pending", "running"]}]
-    proc = subprocess.Popen([KILN, "test"], cwd=folder, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not ec2.describe_instances(Filters=test_filter)["Reservations"]:
-            assert time.monotonic() < deadline, "no test instance within 300 s"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    write_project(folder, moto, version="tested-again", tests=True, deadline="1s")
+    write_project(folder, moto, version=version, tests=True, deadline="1s")
     with closing(open_project(path)) as project:
         project.platform.compute.poll = 0.05
         (out,) = test_images(project, ["web"])
-        failed += not out["passed"]
-    write_project(folder, moto, version="after-tests")  # the deploys' spec again
-    return failed
+    return not out["passed"] and not test_leftovers(moto)
+
+
+def kill_during_image_test(moto: MotoServer, folder: Path, version: str) -> list[str]:
+    """`kiln deploy` SIGKILLed while its image test's instance runs (after kiln recorded it:
+    on moto the health probe never sees output, so the test waits). Returns what it left."""
+    write_project(folder, moto, version=version, tests=True, deadline="5m")
+    proc = subprocess.Popen([KILN, "deploy"], cwd=folder, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: recorded_tests(folder) and test_leftovers(moto), timeout=300,
+                 what="kiln deploy's recorded test instance")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    return test_leftovers(moto)
 
 
 def leak_audit(moto: MotoServer, folder: Path) -> dict[str, Any]:
+    """20 deploys; 5 failed bakes (i % 4 == 1), 5 failed image tests (i % 4 == 3), 3 SIGKILLs:
+    `kiln deploy` in its bake (i = 5) and after routing (i = 17), and during its image test
+    (i = 10), after which the next command (that iteration's deploy) must leave no test
+    instance or group."""
     from kiln.errors import BakeError
     from kiln.spec.models import ImageSpec
 
     path = write_project(folder, moto)
-    deploys = failed = killed = 0
+    deploys = failed = killed = failed_tests = 0
+    after_test_kill: list[str] = []
     t0 = time.perf_counter()
     for i in range(20):
         version = i + 1
+        if i == 10:
+            left = kill_during_image_test(moto, folder, f"{version}-tested")
+            assert len(left) == 2, f"the killed test left {left} (expected its instance+group)"
+            killed += 1
         write_project(folder, moto, version=str(version))
-        if i in (3, 9, 15):  # SIGKILL mid-operation, then the rerun converges
-            fault = {3: "bake:launched", 9: "launched", 15: "routed"}[i]
-            assert kiln_cli(folder, "deploy", fault=fault) == -9
+        if i in (5, 17):  # SIGKILL mid-operation, then the rerun converges
+            assert kiln_cli(folder, "deploy", fault={5: "bake:launched", 17: "routed"}[i]) == -9
             killed += 1
             assert kiln_cli(folder, "deploy") == 0
         else:
             with closing(open_project(path)) as project:
                 assert project.deploy().services[0].outcome == "promoted"
+        if i == 10:  # the next command after the kill
+            after_test_kill = test_leftovers(moto)
         deploys += 1
         if i % 4 == 1:  # a failed bake of a changed image between deploys
             write_project(folder, moto, version=f"{version}-broken")
@@ -210,8 +239,9 @@ def leak_audit(moto: MotoServer, folder: Path) -> dict[str, Any]:
                     project.platform.builder.build("web", spec, base_dir=folder)
                 except BakeError:
                     failed += 1
-    failed_tests = image_test_failures(moto, folder, path)
-    killed += 1  # one of them SIGKILLed mid-test, swept by the next run
+        if i % 4 == 3:
+            failed_tests += failed_image_test(moto, folder, path, f"{version}-tested")
+    write_project(folder, moto, version="20")  # the deploys' spec again
     took = time.perf_counter() - t0
     with closing(open_project(path)) as project:
         aws = project.platform.aws
@@ -226,6 +256,7 @@ def leak_audit(moto: MotoServer, folder: Path) -> dict[str, Any]:
     leaks_live += [f"target groups: {len(live['target-group'])}"] * (len(live["target-group"]) != 1)
     leaks_live += [f"security groups: {len(live['security-group'])}"] * (
         len(live["security-group"]) != 2)
+    leaks_live += [f"after the killed test's next command: {x}" for x in after_test_kill]
     assert kiln_cli(folder, "destroy") == 0
     left = tagged(aws, "shop")
     retained = {k: v for k, v in left.items() if k in ("image", "snapshot")}

@@ -50,10 +50,22 @@ echo $! > "{root}/run/$unit.pid"
 """
 
 JOURNALCTL = """#!/bin/sh
-# stand-in journalctl -u UNIT --no-pager -o cat -n N
-unit="$2"; n=1000
+# stand-in journalctl -u UNIT --no-pager -o cat [-n N | --after-cursor=C] [--show-cursor]:
+# the journal is the service's output file, a cursor is the number of whole lines read
+unit="$2"; n=all; after=""; show=""
+for a in "$@"; do
+  case "$a" in --after-cursor=*) after="${a#--after-cursor=}";; --show-cursor) show=1;; esac
+done
 while [ $# -gt 0 ]; do [ "$1" = "-n" ] && n="$2"; shift; done
-[ ! -f "{root}/journal/$unit.log" ] || tail -n "$n" "{root}/journal/$unit.log"
+log="{root}/journal/$unit.log"
+[ -f "$log" ] || exit 0
+total=$(wc -l < "$log")
+if [ -n "$after" ]; then
+  [ "$total" -gt "$after" ] || exit 0
+  head -n "$total" "$log" | tail -n +"$((after + 1))"
+elif [ "$n" = all ]; then head -n "$total" "$log"
+else head -n "$total" "$log" | tail -n "$n"; fi
+[ -z "$show" ] || [ "$total" -eq 0 ] || echo "-- cursor: $total"
 """
 
 AWS_CLI = """#!{python}
@@ -241,6 +253,13 @@ class StandIns:
             wait_for(lambda iid=iid: not self.alive(iid), timeout=10,  # type: ignore[misc]
                      what=f"the stand-in of {iid} to die")
         return gone
+
+    def stop(self, iid: str) -> None:
+        """Stop the instance's service now (the stand-ins share this machine's ports, where
+        real instances each have their own: a test instance of a later image cannot bind a
+        port a fleet's stand-in holds)."""
+        self._kill(iid)
+        wait_for(lambda: not self.alive(iid), timeout=10, what=f"the stand-in of {iid} to stop")
 
     def _kill(self, iid: str) -> None:
         for pid in self.pids(iid):

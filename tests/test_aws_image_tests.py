@@ -316,6 +316,57 @@ def test_sigkill_during_a_test_is_swept_by_the_next_run(
         project.close()
 
 
+@pytest.mark.e2e
+def test_sigkill_of_deploy_during_its_image_test_is_cleaned_by_the_next_command(
+        moto: MotoServer, tmp_path: Path) -> None:
+    """`kiln deploy` killed while its image test's instance runs (moto's SSM never reports the
+    health probe's output, so the test waits for it): the next command that takes the project
+    lock removes the instance and its security group first, even one that launches no test
+    instance itself (`deploy --skip-tests`): the state says a test instance is live, and only a
+    killed kiln leaves one so."""
+    write(tmp_path, moto, free_port(), deadline="5m")
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto.url)
+
+    def recorded() -> list[str]:  # the kill comes after kiln recorded its test instance
+        db = tmp_path / ".kiln" / "state.db"
+        if not db.exists():
+            return []
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return [r[0] for r in conn.execute(
+                "SELECT id FROM instances WHERE kind = 'test' AND state IN "
+                "('starting', 'running')")]
+        except sqlite3.OperationalError:  # no schema yet
+            return []
+        finally:
+            conn.close()
+
+    proc = subprocess.Popen([KILN, "deploy"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ),
+                            start_new_session=True)
+    try:
+        wait_for(lambda: recorded() and leftovers(ec2)[0], timeout=180,
+                 what="a recorded test instance")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    (iid,) = recorded()
+    left = leftovers(ec2)
+    assert left[0] == [iid] and len(left[1]) == 1, left  # SIGKILL runs no finally
+    try:
+        res = subprocess.run([KILN, "deploy", "--skip-tests"], cwd=tmp_path, text=True,
+                             capture_output=True, timeout=300, env=dict(os.environ))
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert leftovers(ec2) == ([], [])
+        assert recorded() == []
+        assert listener_weights(moto) == {"web-r1": 100}
+    finally:
+        subprocess.run([KILN, "destroy"], cwd=tmp_path, capture_output=True, timeout=300,
+                       env=dict(os.environ))
+
+
 def test_env_and_file_secrets_are_refused_on_aws(moto: MotoServer, tmp_path: Path) -> None:
     from kiln.errors import SpecError
     from kiln.spec.loader import load_spec
@@ -355,17 +406,20 @@ def test_exec_and_logs_of_service_instances_go_through_ssm(
         assert host.run("printenv DB_PASSWORD").stdout.strip() == "s3cret-value"
         assert host.file("app/__main__.py").exists
         assert host.run("exit 4").rc == 4
-        # `kiln logs`: each running instance's journal, fetched over SSM.
+        # `kiln logs`: each running instance's journal, read over SSM (tests/test_aws_logs.py:
+        # nothing written, --follow).
         sources = project.logs("web")
         assert len(sources) == 2
         by_id = {i.id: i for i in project.compute.instances("web-r1")}
         assert {s.instance for s in sources} == set(by_id)
+        compute = project.compute
+        assert isinstance(compute, AwsCompute)
         for source in sources:
-            inst = by_id[source.instance]
+            assert source.remote is not None and source.remote.id == source.instance
             # Each call reads the journal again (the app prints as it starts).
-            wait_for(lambda i=inst: project.compute.log_path(i).read_text(),  # type: ignore[misc]
-                     timeout=30, what="the service's journal")
-            assert source.path.read_text().startswith("starting on")
+            lines = wait_for(lambda s=source.remote: compute.read_log(s, lines=50)[0],  # type: ignore[misc]
+                             timeout=30, what="the service's journal")
+            assert lines[0].startswith("starting on")
     finally:
         project.destroy()
         project.close()

@@ -664,7 +664,9 @@ def test_the_file_check_container_is_swept_only_once_stale(tmp_path: Path, podma
     (LocalCompute, {"Sweeper", "OrphanFinder", "ExitStatus"}),
     (PodmanCompute, {"Sweeper", "OrphanFinder", "TamperCheck", "ImageFileReader",
                      "TestinfraBackend", "ExitStatus"}),
-    (AwsCompute, {"ImageFileReader"}),  # file checks on a test instance; an ASG heals itself
+    # File checks on a test instance; a release goes with its ASG; a killed run's test
+    # instance is swept; logs are read from the instances; an ASG heals itself.
+    (AwsCompute, {"ImageFileReader", "ReleaseTerminator", "Sweeper", "RemoteLogs"}),
 ])
 def test_declares_its_capabilities(part: type, capabilities: set[str]) -> None:
     """Each compute names its optional capabilities, and the core's `isinstance` finds exactly

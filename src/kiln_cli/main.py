@@ -647,16 +647,33 @@ def logs(service: Annotated[str | None, typer.Argument(
     from kiln_cli.render import show_logs
 
     def body() -> None:
+        from kiln.platforms.capabilities import RemoteLogs
+        from kiln_cli.render import show_remote_logs
+
         kind = "test" if test else "dev" if dev else None
-        sources = project().logs(service, instance, kind)
+        proj = project()
+        sources = proj.logs(service, instance, kind)
+        reader = proj.compute if isinstance(proj.compute, RemoteLogs) else None
+        remote = [s for s in sources if s.remote is not None and reader is not None]
+        files = [s for s in sources if s not in remote]
         if as_json:
             from kiln.project import log_tail
 
+            def lines_of(s: Any) -> list[str]:
+                if s.remote is not None and reader is not None:
+                    return reader.read_log(s.remote, lines=lines)[0]
+                return log_tail(s.path, lines)
+
             print_json([{"instance": s.instance, "kind": s.kind, "state": s.state,
-                         "path": str(s.path), "lines": log_tail(s.path, lines)}
-                        for s in sources])
+                         "path": None if s in remote else str(s.path),
+                         "lines": lines_of(s)} for s in sources])
             return
-        show_logs([(s.instance, s.path) for s in sources], follow=follow, lines=lines)
+        if files or not remote:
+            show_logs([(s.instance, s.path) for s in files], follow=follow and not remote,
+                      lines=lines)
+        if remote and reader is not None:
+            show_remote_logs(reader, [s.remote for s in remote if s.remote is not None],
+                             follow=follow, lines=lines)
 
     guard(body)
 

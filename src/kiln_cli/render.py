@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -13,7 +13,10 @@ from typing import IO, Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from kiln.errors import KilnError
 from kiln.notify import failure_line
+from kiln.platforms.base import Instance
+from kiln.platforms.capabilities import RemoteLogs
 from kiln.rollout.synthetic import synthetic_words
 from kiln_cli.progress import OUTCOME_WORDS, PHASE_WORDS, clock, evidence_words
 from kiln_cli.tables import Column, layout
@@ -225,6 +228,59 @@ def show_logs(paths: Sequence[tuple[str, Path]], *, follow: bool, lines: int) ->
             fh.close()
 
 
+FOLLOW_EVERY = 2.0
+"""Seconds between reads of a remote log while following (one SSM command per instance)."""
+
+
+def show_remote_logs(reader: RemoteLogs, instances: Sequence[Instance], *, follow: bool,
+                     lines: int, every: float | None = None,
+                     stop: Callable[[], bool] = lambda: False,
+                     write: Callable[[str], object] | None = None) -> None:
+    """The last lines of each instance's log, read from the instance (RemoteLogs); with
+    follow, ask every `every` seconds for the lines after the last one seen, until ^C (or
+    `stop()`). An instance that cannot be read is named on stderr and left out."""
+    import sys
+
+    out = write or sys.stdout.write
+    every = FOLLOW_EVERY if every is None else every
+    cursors: dict[str, tuple[Instance, str | None]] = {}
+    for inst in instances:
+        try:
+            got, cursor = reader.read_log(inst, lines=lines)
+        except KilnError as exc:
+            sys.stderr.write(f"{inst.id}: cannot read its log: {exc.message.splitlines()[0]}\n")
+            continue
+        if not got:
+            sys.stderr.write(f"{inst.id}: the app has written nothing yet\n")
+        for line in got:
+            out(f"{inst.id} | {line}\n")
+        cursors[inst.id] = (inst, cursor)
+    sys.stdout.flush()
+    try:
+        while follow and cursors and not stop():
+            deadline = time.monotonic() + every
+            while time.monotonic() < deadline and not stop():
+                time.sleep(min(0.1, every))
+            for iid, (inst, cursor) in list(cursors.items()):
+                try:  # no cursor yet (nothing logged): everything there is, is new
+                    got, cursor = reader.read_log(inst, lines=None, after=cursor)
+                except KilnError as exc:
+                    sys.stderr.write(f"{iid}: stopped following: "
+                                     f"{exc.message.splitlines()[0]}\n")
+                    del cursors[iid]
+                    continue
+                for line in got:
+                    out(f"{iid} | {line}\n")
+                if got and cursor is None:  # nothing to ask "after": it would repeat them
+                    sys.stderr.write(f"{iid}: stopped following: its journal gives no cursor\n")
+                    del cursors[iid]
+                    continue
+                cursors[iid] = (inst, cursor)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
 def _rotated(fh: IO[bytes], path: Path) -> bool:
     """The log pump renamed the file being followed (log -> log.1) and started a new one."""
     try:
@@ -233,5 +289,5 @@ def _rotated(fh: IO[bytes], path: Path) -> bool:
         return False
 
 
-__all__ = ["history_table", "images_table", "replay_view", "show_logs",
+__all__ = ["history_table", "images_table", "replay_view", "show_logs", "show_remote_logs",
            "status_view"]

@@ -1,12 +1,20 @@
-"""The shop: answers with the greeting Puppet wrote into conf/shop.conf at bake time."""
+"""The shop: answers with the greeting Puppet wrote into conf/shop.conf at bake time, and shows
+the feature flags Ansible wrote into conf/features.conf."""
 
 import http.server
 import os
 from pathlib import Path
 
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def features() -> str:
+    path = CONF / "features.conf"
+    return path.read_text() if path.is_file() else ""
+
 
 def greeting() -> str:
-    conf = Path(__file__).resolve().parent.parent / "conf" / "shop.conf"
+    conf = CONF / "shop.conf"
     for line in conf.read_text().splitlines():
         if line.startswith("greeting="):
             return line.partition("=")[2]
@@ -15,8 +23,9 @@ def greeting() -> str:
 
 class Shop(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        ok = self.path in ("/", "/healthz")
-        body = (greeting() if self.path == "/" else "ok" if ok else "not found").encode()
+        ok = self.path in ("/", "/healthz", "/features")
+        body = (greeting() if self.path == "/" else features() if self.path == "/features"
+                else "ok" if ok else "not found").encode()
         self.send_response(200 if ok else 404)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

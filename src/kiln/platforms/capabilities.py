@@ -85,6 +85,35 @@ class RouterMetrics(Protocol):
 
 
 @runtime_checkable
+class RemoteLogs(Protocol):
+    """A compute whose running instances' logs are read from the instances themselves (aws:
+    the service's journal over SSM), so `kiln logs` writes nothing on kiln's side."""
+
+    def read_log(self, instance: Instance, *, lines: int | None, after: str | None = None
+                 ) -> tuple[list[str], str | None]:
+        """The instance's log lines (the last `lines`, or all of them when None; only those
+        after the cursor `after` when given) and the cursor after the last one (None when the
+        log is empty)."""
+        ...
+
+    def saved_log(self, instance: Instance) -> Path:
+        """Where kiln keeps the copy it fetched last (a test instance's, at its end); never
+        fetches."""
+        ...
+
+
+@runtime_checkable
+class ReleaseTerminator(Protocol):
+    """A compute that disposes of a whole release in one go (aws: deleting the release's
+    Auto Scaling group terminates every member), instead of one instance at a time."""
+
+    def terminate_release(self, release_id: str, instances: Sequence[Instance],
+                          timeout: float) -> None:
+        """Stop `instances` (the release's live ones) and whatever else the release holds."""
+        ...
+
+
+@runtime_checkable
 class Sweeper(Protocol):
     """Compute that can make the state match reality: dead rows marked, orphans stopped."""
 
@@ -196,7 +225,8 @@ class OwnDrift(Protocol):
 
 ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics,
           Mirroring)
-COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend, ExitStatus)
+COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend, ExitStatus,
+           ReleaseTerminator, RemoteLogs)
 BUILDER = (ImageCheck, Resolver, SpecLocator)
 METRICS = (MetricReplay,)
 PLATFORM = (OwnDrift,)

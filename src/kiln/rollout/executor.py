@@ -28,6 +28,7 @@ from kiln.platforms.capabilities import (
     ExitStatus,
     Mirroring,
     OpenRequests,
+    ReleaseTerminator,
     RouterProcess,
     ServersReadBack,
 )
@@ -312,8 +313,14 @@ class Reconciler:
                 for inst in instances_of(self.env.store, action.release, ("draining",)):
                     self.env.compute.terminate(inst, self._stop_timeout(action.release))
             elif isinstance(action, TerminateRelease):
-                for inst in instances_of(self.env.store, action.release):
-                    self.env.compute.terminate(inst, self._stop_timeout(action.release))
+                insts = instances_of(self.env.store, action.release)
+                compute = self.env.compute
+                if isinstance(compute, ReleaseTerminator):
+                    compute.terminate_release(action.release, insts,
+                                              self._stop_timeout(action.release))
+                else:
+                    for inst in insts:
+                        compute.terminate(inst, self._stop_timeout(action.release))
             elif isinstance(action, Record):
                 self.env.store.event(action.kind, action.message, service=self.name,
                                      data=action.data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kiln.context import Context
 from kiln.errors import NotFound
+from kiln.platforms.capabilities import RemoteLogs
 from kiln.platforms.instance_rows import from_row
 from kiln.state.records import instances as instance_records
 from kiln.usecases.results import LogSource
@@ -34,8 +35,13 @@ def logs(project: Context, service: str | None = None, instance: str | None = No
         live = [r for r in rows if r["state"] in LIVE]
         rows = live or rows[:1]
     out = []
+    compute = project.compute
     for r in rows:
         inst = from_row(r)
-        out.append(LogSource(inst.id, str(r["kind"]), str(r["state"]),
-                             project.compute.log_path(inst)))
+        if isinstance(compute, RemoteLogs):  # read from the instance: nothing fetched here
+            out.append(LogSource(inst.id, str(r["kind"]), str(r["state"]),
+                                 compute.saved_log(inst), inst if r["state"] in LIVE else None))
+        else:
+            out.append(LogSource(inst.id, str(r["kind"]), str(r["state"]),
+                                 compute.log_path(inst)))
     return out

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.errors import RolledBack
-from kiln.platforms.base import StepEvent
+from kiln.platforms.base import Instance, StepEvent
 from kiln.rollout.decide import Status
 
 
@@ -49,6 +49,9 @@ class LogSource:
     kind: str  # service | dev | test
     state: str
     path: Path
+    remote: Instance | None = None
+    """Set when the log is read from the running instance itself (RemoteLogs: aws), not
+    from `path`."""
 
 
 def log_tail(path: Path, lines: int = 20) -> list[str]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from kiln.context import Context
 from kiln.errors import StateError
+from kiln.platforms.capabilities import ReleaseTerminator
 from kiln.rollout.executor import instances_of
 from kiln.rollout.release_config import find_release
 from kiln.spec.models import ServiceSpec
@@ -26,9 +27,14 @@ def destroy(project: Context, services: Sequence[str] | None = None) -> list[str
             project.router.remove_service(name)
             for release_id in instance_records.live_release_ids(project.store, name):
                 timeout = _stop_timeout_of(project, release_id, spec)
-                for inst in instances_of(project.store, release_id):
-                    project.compute.terminate(inst, timeout)
-                    stopped.append(inst.id)
+                insts = instances_of(project.store, release_id)
+                compute = project.compute
+                if isinstance(compute, ReleaseTerminator):
+                    compute.terminate_release(release_id, insts, timeout)
+                else:
+                    for inst in insts:
+                        compute.terminate(inst, timeout)
+                stopped += [i.id for i in insts]
             with project.store.tx() as c:
                 route_records.delete_service(c, name)
                 rollout_records.end_open(c, name, time.time())

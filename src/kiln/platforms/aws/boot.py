@@ -129,6 +129,16 @@ def exec_lines(service_name: str, command: str) -> list[str]:
     return [f"/bin/sh {exec_script(service_name)} {shlex.quote(command)}"]
 
 
-def journal_lines(service_name: str, lines: int) -> list[str]:
-    """The service's last journal lines (its stdout and stderr)."""
-    return [f"journalctl -u {unit(service_name)} --no-pager -o cat -n {int(lines)}"]
+def journal_lines(service_name: str, lines: int | None, after: str | None = None,
+                  cursor: bool = False) -> list[str]:
+    """The service's journal (its stdout and stderr): the last `lines` (all when None), only
+    the entries after the cursor `after`; with `cursor`, journald's cursor after the last one
+    ends the output (`-- cursor: ...`)."""
+    args = [f"journalctl -u {unit(service_name)} --no-pager -o cat"]
+    if after is not None:
+        args.append(f"--after-cursor={shlex.quote(after)}")
+    elif lines is not None:
+        args.append(f"-n {int(lines)}")
+    if cursor:
+        args.append("--show-cursor")
+    return [" ".join(args)]

@@ -24,8 +24,13 @@ from kiln.platforms.aws.boot import REMOTE_SCHEMES, exec_lines, journal_lines, r
 from kiln.platforms.aws.client import Aws, is_missing, translated
 from kiln.platforms.aws.fleet import Fleet
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release, ReleaseImage
-from kiln.platforms.capabilities import ImageFileReader
-from kiln.platforms.instance_rows import from_row, insert, set_state
+from kiln.platforms.capabilities import (
+    ImageFileReader,
+    ReleaseTerminator,
+    RemoteLogs,
+    Sweeper,
+)
+from kiln.platforms.instance_rows import from_row, insert, list_rows, set_state
 from kiln.spec.models import Health, HttpCheck, ServiceSpec
 from kiln.state.records import instances as instance_records
 from kiln.state.store import Store
@@ -35,16 +40,23 @@ GONE_LIFECYCLE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Ter
                   "Detaching", "Detached")
 
 
-class AwsCompute(ImageFileReader):
+class AwsCompute(ImageFileReader, ReleaseTerminator, Sweeper, RemoteLogs):
     poll = 2.0
     """Seconds between SSM and EC2 polls (tests lower it)."""
-    observe_every = 1.0
+    observe_every = 5.0
+    """Seconds one DescribeInstances answers `observe` for: EC2 state changes take tens of
+    seconds, and the ALB (whose health checks run every 5 s or more) takes a dead instance out
+    of rotation itself; asking once a second only made the call count depend on how long a
+    rollout's passes took (docs/decisions/aws-api-calls.md)."""
+    health_every = 1.0
+    """Seconds one DescribeTargetHealth answers `healthy` for a target group."""
 
     def __init__(self, aws: Aws, store: Store, home: Path, fleet: Fleet) -> None:
         self.aws, self.store, self.home, self.fleet = aws, store, home, fleet
         self._tests: dict[str, Instance] = {}  # image digest -> its live test instance
         self._seen: dict[str, tuple[float, str]] = {}  # instance -> (when, EC2 state)
         self._health: dict[str, tuple[float, dict[str, str]]] = {}  # group -> (when, states)
+        self._disposed: set[str] = set()  # releases whose ASG this process deleted
 
     def launch(self, service_name: str, service: ServiceSpec, release: Release, image: Image,
                count: int, *, env: Mapping[str, str],
@@ -58,6 +70,7 @@ class AwsCompute(ImageFileReader):
         if kind == "test":
             return [self._launch_test(service_name, service, release, image, env)
                     for _ in range(count)]
+        self._disposed.discard(release.id)  # (a rollback relaunches a disposed release)
         group = self.fleet.ensure_asg(service_name, service, release, image, desired=count)
         name = group["AutoScalingGroupName"]
         if group.get("created"):  # asked for `count` when made: who is launched so far (the
@@ -139,7 +152,7 @@ class AwsCompute(ImageFileReader):
 
         now = time.monotonic()
         when, states = self._health.get(tg, (-1e9, {}))
-        if now - when > self.observe_every or instance.id not in states:
+        if now - when > self.health_every or instance.id not in states:
             # The whole group in one call: a pass probes every new instance of the release.
             with translated(f"target health of {instance.id}"):
                 try:
@@ -157,12 +170,19 @@ class AwsCompute(ImageFileReader):
             return
         from botocore.exceptions import ClientError
 
-        left = instance_records.live_count_of_release_except(self.store, instance.release_id,
-                                                             instance.id)
-        if left == 0:
-            # The release's last instance: deleting its ASG (ForceDelete) terminates every
-            # member, adopted or not; its target group and launch template go with it.
+        if instance.release_id in self._disposed:  # went with its group, earlier this pass
+            set_state(self.store, instance.id, "stopped")
+            return
+        own, others = instance_records.live_states_of_release(self.store, instance.release_id,
+                                                              instance.id)
+        live = others.get("starting", 0) + others.get("running", 0)
+        if live == 0 and (own == "draining" or not others):
+            # The release's last instance, or it and the others are retired and terminated in
+            # this same pass (their drain is the release's): deleting its ASG (ForceDelete)
+            # terminates every member, adopted or not, in one call instead of one each; its
+            # target group and launch template go with it.
             self.fleet.dispose(instance.release_id)
+            self._disposed.add(instance.release_id)
         else:
             from botocore.exceptions import BotoCoreError
             from botocore.parsers import ResponseParserError
@@ -186,6 +206,20 @@ class AwsCompute(ImageFileReader):
         self._seen.pop(instance.id, None)
         set_state(self.store, instance.id, "stopped")  # after: a rerun repeats, never skips
 
+    def terminate_release(self, release_id: str, instances: Sequence[Instance],
+                          timeout: float) -> None:
+        """The release's ASG, target group and launch template in three calls, whatever its
+        size (one TerminateInstanceInAutoScalingGroup per instance first would change
+        nothing: ForceDelete terminates every member, adopted or not)."""
+        if not instances:
+            return
+        if release_id not in self._disposed:
+            self.fleet.dispose(release_id)
+            self._disposed.add(release_id)
+        for inst in instances:  # after: a rerun repeats the disposal, never skips it
+            self._seen.pop(inst.id, None)
+            set_state(self.store, inst.id, "stopped")
+
     def _terminate_test(self, instance: Instance) -> None:
         self._save_log(instance)  # the failed test's log stays readable (`kiln logs --test`)
         problems = throwaway.remove(self.aws, instance.id, instance.handle.get("group"),
@@ -197,6 +231,26 @@ class AwsCompute(ImageFileReader):
             raise PlatformError("aws: test instance cleanup left resources behind: "
                                 + "; ".join(problems) + " (the next test launch retries)")
         set_state(self.store, instance.id, "stopped")
+
+    def sweep(self) -> list[str]:
+        """Test instances the state still has as live belong to a kiln that was killed (the
+        caller holds the project lock, so no live run owns one): each goes with its security
+        group, so a `kiln test` or `kiln deploy` SIGKILLed mid-test leaves nothing once the
+        next deploy, rollback or destroy starts. No API call when the state records none;
+        what a kill left before it recorded the instance, the next test launch and `kiln
+        destroy` find by its tags."""
+        changes = []
+        for row in list_rows(self.store, None, ("test",), ("starting", "running", "draining")):
+            inst = from_row(row)
+            problems = throwaway.remove(self.aws, inst.id, inst.handle.get("group"), self.poll)
+            if problems:
+                changes.append(f"{inst.id}: test instance left by a killed kiln: "
+                               + "; ".join(problems))
+                continue
+            set_state(self.store, inst.id, "stopped")
+            changes.append(f"{inst.id}: removed the test instance (and its security group) a "
+                           "killed kiln left")
+        return changes
 
     def observe(self, instances: Sequence[Instance]) -> list[Observed]:
         """One DescribeInstances answers every live instance of the project for
@@ -236,6 +290,28 @@ class AwsCompute(ImageFileReader):
         if state is None or state in ("starting", "running", "draining"):
             self._save_log(instance)
         return path
+
+    def saved_log(self, instance: Instance) -> Path:
+        return self.home / "instances" / instance.id / "log"
+
+    def read_log(self, instance: Instance, *, lines: int | None, after: str | None = None
+                 ) -> tuple[list[str], str | None]:
+        """The journal over SSM, nothing written: `kiln logs` is read-only. journald's cursor
+        (`--show-cursor`) lets `--follow` ask only for what came since."""
+        try:
+            res = ssm.run(self.aws, instance.id,
+                          journal_lines(instance.service, lines, after, cursor=True), 30.0,
+                          "reading the journal", poll=self.poll)
+        except ssm.SsmTimeout as exc:
+            raise PlatformError(f"timed out: {exc}") from exc
+        if res.exit_code != 0:
+            raise PlatformError(f"aws: reading the journal of {instance.id} failed (exit "
+                                f"{res.exit_code}): {(res.stderr or res.stdout).strip()[-300:]}")
+        out = [x for x in res.stdout.splitlines() if x != "-- No entries --"]
+        cursor = after
+        if out and out[-1].startswith("-- cursor: "):
+            cursor = out.pop().removeprefix("-- cursor: ").strip()
+        return out, cursor
 
     def _save_log(self, instance: Instance, lines: int = 1000) -> None:
         path = self.home / "instances" / instance.id / "log"

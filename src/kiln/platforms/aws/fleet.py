@@ -145,25 +145,51 @@ class Fleet:
 
     # ------------------------------------------------------------ the ALB
 
-    def find_alb(self) -> dict[str, Any] | None:
-        if self._alb is not None:
+    def find_alb(self, listeners: bool = False) -> dict[str, Any] | None:
+        """The project's ALB (None when there is none). With `listeners`, its listeners come
+        along under "kiln_listeners", each with its tags under "kiln_tags": the ALB's owner
+        tag and theirs in one DescribeTags."""
+        if self._alb is not None and not listeners:
             return self._alb
         from botocore.exceptions import ClientError
 
         with translated("looking up the load balancer"):
-            try:
-                lbs = self.aws.elbv2.describe_load_balancers(Names=[self.names.alb])
-            except ClientError as exc:
-                if error_code(exc) == "LoadBalancerNotFound":
-                    return None
-                raise
-            lb: dict[str, Any] = lbs["LoadBalancers"][0]
-            owner = self.elbv2_tags(lb["LoadBalancerArn"]).get(t.PROJECT)
-        if owner != self.project:
-            raise PlatformError(f"aws: load balancer {self.names.alb} exists but is not kiln's "
-                                f"(no {t.PROJECT}={self.project} tag); refusing to change it")
-        self._alb = lb
-        return lb
+            if self._alb is not None:
+                lb: dict[str, Any] = self._alb
+            else:
+                try:
+                    lbs = self.aws.elbv2.describe_load_balancers(Names=[self.names.alb])
+                except ClientError as exc:
+                    if error_code(exc) == "LoadBalancerNotFound":
+                        return None
+                    raise
+                lb = lbs["LoadBalancers"][0]
+            arn = str(lb["LoadBalancerArn"])
+            found: list[dict[str, Any]] = []
+            if listeners:
+                found = list(self.aws.elbv2.describe_listeners(LoadBalancerArn=arn)["Listeners"])
+            arns = [x["ListenerArn"] for x in found] + ([arn] if self._alb is None else [])
+            tags = self.elbv2_tags_of(arns)
+        if self._alb is None:
+            owner = tags.get(arn, {}).get(t.PROJECT)
+            if owner != self.project:
+                raise PlatformError(f"aws: load balancer {self.names.alb} exists but is not "
+                                    f"kiln's (no {t.PROJECT}={self.project} tag); refusing to "
+                                    "change it")
+            self._alb = lb
+        for x in found:
+            x["kiln_tags"] = tags.get(x["ListenerArn"], {})
+        return {**lb, "kiln_listeners": found} if listeners else lb
+
+    def elbv2_tags_of(self, arns: list[str]) -> dict[str, dict[str, str]]:
+        """ARN -> its tags, for any number of ELB resources (DescribeTags takes 20 at a time)."""
+        out: dict[str, dict[str, str]] = {}
+        for i in range(0, len(arns), 20):
+            with translated("reading tags"):
+                desc = self.aws.elbv2.describe_tags(ResourceArns=arns[i:i + 20])
+            for d in desc["TagDescriptions"]:
+                out[str(d["ResourceArn"])] = t.from_list(d.get("Tags"))
+        return out
 
     def alb(self) -> dict[str, Any]:
         found = self.find_alb()
@@ -183,11 +209,6 @@ class Fleet:
         """Drop what this process remembers (after the ALB is deleted)."""
         self._alb, self._tg, self._allowed, self._groups = None, {}, set(), None
         self._tg_names = {}
-
-    def elbv2_tags(self, arn: str) -> dict[str, str]:
-        with translated("reading tags"):
-            desc = self.aws.elbv2.describe_tags(ResourceArns=[arn])["TagDescriptions"]
-        return t.from_list(desc[0].get("Tags")) if desc else {}
 
     # ------------------------------------------------------------ per release
 

@@ -44,37 +44,31 @@ class AlbRouter(OpenRequests):
     poll = 1.0
     """Seconds between read-backs of a listener that does not serve the new weights yet."""
     settle_timeout = 120.0
+    reuse_for = 5.0
+    """Seconds a read-back of a listener answers `verify` (the rollout confirms every change
+    right after `set_backends` read it back; asking AWS again at once would change nothing)."""
 
     def __init__(self, aws: Aws, store: Store, project: str, fleet: Fleet) -> None:
         self.aws, self.store, self.project, self.fleet = aws, store, project, fleet
         self._serving: dict[str, dict[str, int]] = {}  # service -> ARN -> weight, read back
         self._arn: dict[str, tuple[str, int]] = {}  # service -> its listener's ARN and port
         self._checked: set[tuple[str, int]] = set()  # (service, port) without a listener yet
+        self._read: dict[str, float] = {}  # service -> when its listener was last read back
 
     def ensure_running(self) -> None:
         self.fleet.alb()
 
     # ------------------------------------------------------------ listeners
 
-    def _listeners(self, lb_arn: str) -> list[dict[str, Any]]:
-        with translated("listing listeners"):
-            listeners = self.aws.elbv2.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"]
-            arns = [x["ListenerArn"] for x in listeners]
-            tagged = {}
-            if arns:
-                for d in self.aws.elbv2.describe_tags(ResourceArns=arns)["TagDescriptions"]:
-                    tagged[d["ResourceArn"]] = t.from_list(d.get("Tags"))
-        for x in listeners:
-            x["kiln_tags"] = tagged.get(x["ListenerArn"], {})
-        return list(listeners)
+    def _listeners(self) -> list[dict[str, Any]]:
+        """The ALB's listeners with their tags (none when there is no ALB)."""
+        lb = self.fleet.find_alb(listeners=True)
+        return [] if lb is None else list(lb["kiln_listeners"])
 
     def _listener(self, service_name: str, port: int | None) -> dict[str, Any] | None:
         """The service's listener; refuses a listener on its port that kiln does not own."""
-        lb = self.fleet.find_alb()
-        if lb is None:
-            return None
         found = None
-        for x in self._listeners(lb["LoadBalancerArn"]):
+        for x in self._listeners():
             tags = x["kiln_tags"]
             mine = tags.get(t.PROJECT) == self.project and tags.get(t.SERVICE) == service_name
             if mine:
@@ -88,8 +82,7 @@ class AlbRouter(OpenRequests):
         if found is not None and port is not None:
             # Checked: this process addresses it by ARN from now on, and knows what it serves.
             self._arn[service_name] = (str(found["ListenerArn"]), port)
-            self._serving[service_name] = forward_weights(found)
-            self.fleet.learn_target_groups(forward_weights(found))
+            self._read_back(service_name, forward_weights(found))
         elif port is not None:
             self._checked.add((service_name, port))  # none yet: set_backends creates it
         return found
@@ -143,8 +136,8 @@ class AlbRouter(OpenRequests):
                                                DefaultActions=action)
         self._arn[service_name] = (arn, port)
         self._checked.discard((service_name, port))
+        self._read.pop(service_name, None)  # written: older read-backs say nothing any more
         self._wait_weights(service_name, arn, want)
-        self._serving[service_name] = want
         self._sync_previews(service_name, arn, backends)
         self._deregister_draining(backends)
 
@@ -207,12 +200,19 @@ class AlbRouter(OpenRequests):
                     ListenerArns=[listener_arn])["Listeners"]
             got = forward_weights(found[0]) if found else {}
             if got == want:
+                self._read_back(service_name, got)
                 return
             if time.monotonic() > deadline:
                 raise PlatformError(
                     f"aws: the listener of {service_name} still serves {self._names(got)} "
                     f"{self.settle_timeout:g}s after kiln set {self._names(want)}")
             time.sleep(self.poll)
+
+    def _read_back(self, service_name: str, weights: dict[str, int]) -> None:
+        """What the listener serves, as AWS just answered."""
+        self._serving[service_name] = weights
+        self._read[service_name] = time.monotonic()
+        self.fleet.learn_target_groups(weights)
 
     def _names(self, weights: dict[str, int]) -> str:
         by_arn = {arn: rel for rel, arn in self.fleet._tg.items()}
@@ -271,6 +271,7 @@ class AlbRouter(OpenRequests):
 
     def remove_service(self, service_name: str) -> None:
         self._serving.pop(service_name, None)
+        self._read.pop(service_name, None)
         self._arn.pop(service_name, None)
         self._checked = {c for c in self._checked if c[0] != service_name}
         listener = self._listener(service_name, None)
@@ -279,21 +280,55 @@ class AlbRouter(OpenRequests):
                 self.aws.elbv2.delete_listener(ListenerArn=listener["ListenerArn"])
 
     def verify_arns(self, service_name: str) -> dict[str, int]:
-        """target group ARN -> weight, read from the listener."""
+        """target group ARN -> weight, read from the listener (a read-back this process made
+        less than `reuse_for` seconds ago, after its last change, answers instead)."""
+        when = self._read.get(service_name)
+        if when is not None and time.monotonic() - when <= self.reuse_for:
+            return dict(self._serving[service_name])
+        known = self._arn.get(service_name)
+        if known is not None:  # checked once by this process: addressed by its ARN
+            from botocore.exceptions import ClientError
+
+            with translated(f"reading back the listener of {service_name}"):
+                try:
+                    found = self.aws.elbv2.describe_listeners(
+                        ListenerArns=[known[0]])["Listeners"]
+                except ClientError as exc:
+                    if not is_missing(exc):
+                        raise
+                    found = []
+            if found:
+                self._read_back(service_name, forward_weights(found[0]))
+                return dict(self._serving[service_name])
+            self._arn.pop(service_name, None)  # deleted behind kiln's back: look again
         listener = self._listener(service_name, None)
-        return forward_weights(listener) if listener is not None else {}
+        if listener is None:
+            return {}
+        weights = forward_weights(listener)
+        self._read_back(service_name, weights)
+        return weights
 
     def verify(self, service_name: str) -> dict[str, int]:
-        """release_id -> weight, read back from the listener's forward action."""
+        """release_id -> weight, read back from the listener's forward action. Target groups
+        are named after their release (Names.target_group), so only a group of another name
+        (put there by hand) costs a DescribeTags."""
         arns = self.verify_arns(service_name)
-        if not arns:
-            return {}
-        with translated("reading target group tags"):
-            desc = self.aws.elbv2.describe_tags(ResourceArns=list(arns))["TagDescriptions"]
-        out = {}
-        for d in desc:
-            release = t.from_list(d.get("Tags")).get(t.RELEASE, d["ResourceArn"])
-            out[release] = arns[d["ResourceArn"]]
+        out: dict[str, int] = {}
+        prefix = self.fleet.names.target_group(f"{service_name}-")
+        unknown = []
+        for arn, weight in arns.items():
+            parts = arn.split(":")[-1].split("/")
+            name = parts[1] if len(parts) == 3 and parts[0] == "targetgroup" else ""
+            if name.startswith(prefix) and len(name) < 32:
+                out[f"{service_name}-{name.removeprefix(prefix)}"] = weight
+            else:
+                unknown.append(arn)
+        if unknown:
+            with translated("reading target group tags"):
+                desc = self.aws.elbv2.describe_tags(ResourceArns=unknown)["TagDescriptions"]
+            for d in desc:
+                release = t.from_list(d.get("Tags")).get(t.RELEASE, d["ResourceArn"])
+                out[release] = arns[d["ResourceArn"]]
         return out
 
     def request_counts(self) -> RequestCounts | None:
@@ -308,15 +343,16 @@ class AlbRouter(OpenRequests):
         from botocore.exceptions import ClientError
 
         self._serving.clear()
+        self._read.clear()
         self._arn.clear()
         self._checked.clear()
 
         from kiln.platforms.aws.inventory import tagged
 
-        lb = self.fleet.find_alb()
+        lb = self.fleet.find_alb(listeners=True)
         with translated("deleting the load balancer"):
             if lb is not None:
-                for x in self._listeners(lb["LoadBalancerArn"]):
+                for x in lb["kiln_listeners"]:
                     self.aws.elbv2.delete_listener(ListenerArn=x["ListenerArn"])
                 self.aws.elbv2.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
                 self.fleet.forget()

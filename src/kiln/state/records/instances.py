@@ -280,3 +280,15 @@ def draining_of_release(store: Store, release_id: str) -> list[sqlite3.Row]:
     """id and port of the release's draining instances."""
     return store.query("SELECT id, port FROM instances WHERE release_id = ? AND "
                        "state = 'draining'", (release_id,))
+
+
+def live_states_of_release(store: Store, release_id: str, excluding: str
+                           ) -> tuple[str | None, dict[str, int]]:
+    """The state of instance `excluding`, and state -> count of the release's other live
+    (starting, running, draining) instances."""
+    own = store.one("SELECT state FROM instances WHERE id = ?", (excluding,))
+    rows = store.query(
+        "SELECT state, COUNT(*) AS n FROM instances WHERE release_id = ? AND id != ? AND state "
+        "IN ('starting','running','draining') GROUP BY state", (release_id, excluding))
+    return (None if own is None else str(own["state"]),
+            {str(r["state"]): int(r["n"]) for r in rows})
