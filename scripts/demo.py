@@ -135,8 +135,19 @@ def main() -> int:
               f"(its first step: {v3_weights[0] if v3_weights else '-'}%)")
         counts_ok = crosscheck_summary(router, events)
         on_metric = "checkout_failures" in v4_reason
-        return 0 if counts_ok and on_metric and v3_weights and max(v3_weights) == v3_weights[0] \
-            else 1
+        # What would a 50-point error margin have done with v3's stored evidence? (read-only)
+        v3 = [r for r in hist["rollouts"] if r["release"] == "web-r3"
+              and r["outcome"] == "rolled_back"]
+        replayed = "-"
+        if v3:
+            rid = str(v3[-1]["rollout_id"])
+            kiln(work, "judge", "replay", rid, "--max-error-rate-increase", "50%")
+            res = subprocess.run([KILN, "judge", "replay", rid, "--max-error-rate-increase",
+                                  "50%", "--json"], cwd=work, capture_output=True, text=True)
+            replayed = str(json.loads(res.stdout)["outcome"]) if res.returncode == 0 else "error"
+        print(f"v3 replayed with a 50-point error margin: {replayed} (recorded: rolled back)")
+        return 0 if (counts_ok and on_metric and v3_weights and max(v3_weights) == v3_weights[0]
+                     and replayed == "pass") else 1
     finally:
         if load is not None:
             load.stop()
