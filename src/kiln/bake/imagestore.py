@@ -155,7 +155,7 @@ def seal_readonly(root: Path) -> None:
 def verify_image(store: Store, digest: str) -> str | None:
     """Re-check a stored image against the state, every byte (`kiln drift`: an audit, off the
     launch path); a one-line problem if its files differ."""
-    return integrity_problem(store, get_image(store, digest), full=True)
+    return integrity_problem(store, get_image(store, digest), full=True, record=False)
 
 
 # ---------------------------------------------------------------- integrity at every use
@@ -168,16 +168,19 @@ def verify_image(store: Store, digest: str) -> str | None:
 # then gets its manifest.
 
 
-def integrity_problem(store: Store, image: Image, *, full: bool | None = None) -> str | None:
+def integrity_problem(store: Store, image: Image, *, full: bool | None = None,
+                      record: bool = True) -> str | None:
     """None when the image's tree is still exactly what the state recorded at bake, else one
     line naming the image and the first differing file. `full`: re-hash every file (None: as
     KILN_VERIFY says; the fast path by default). A check that passes records the keys of the
-    files it may trust next time (a full one included)."""
+    files it may trust next time (a full one included) unless `record` is False: a read-only
+    command (`plan`, `drift`) checks and writes nothing."""
     with manifest.gc_paused():
-        return _integrity_problem(store, image, full)
+        return _integrity_problem(store, image, full, record)
 
 
-def _integrity_problem(store: Store, image: Image, full: bool | None) -> str | None:
+def _integrity_problem(store: Store, image: Image, full: bool | None,
+                       record: bool) -> str | None:
     from kiln.bake.hashing import tree_digest
     from kiln.platforms.local.venv import digest_override
 
@@ -195,7 +198,8 @@ def _integrity_problem(store: Store, image: Image, full: bool | None) -> str | N
             recorded = manifest.Manifest.decode(blob)
         except ValueError as exc:
             return f"{label}: its manifest in the state is unreadable ({exc})"
-        found = check_tree(store, f"image:{image.digest}", root, recorded, blob, full=full)
+        found = check_tree(store, f"image:{image.digest}", root, recorded, blob, full=full,
+                           record=record)
         return None if found is None else f"{label} was modified after baking: {found}"
     try:  # sealed before manifests: the digest in the state is the authority
         now = tree_digest(root, digest_override).digest
@@ -203,12 +207,13 @@ def _integrity_problem(store: Store, image: Image, full: bool | None) -> str | N
         return f"{label}: cannot be read ({exc})"
     if now != image.digest:
         return f"{label} was modified after baking: its files hash to {now[:19]}"
-    record_manifest(store, image.digest, manifest.build(root).encode())
+    if record:
+        record_manifest(store, image.digest, manifest.build(root).encode())
     return None
 
 
 def check_tree(store: Store, tree: str, root: Path, recorded: manifest.Manifest, blob: bytes,
-               *, full: bool | None = None) -> str | None:
+               *, full: bool | None = None, record: bool = True) -> str | None:
     """`manifest.check` of `root` with the keys the state holds for `tree` (none when `full`),
     recording the keys it found when the tree is intact and they changed."""
     if full is None:
@@ -218,7 +223,7 @@ def check_tree(store: Store, tree: str, root: Path, recorded: manifest.Manifest,
     checked = manifest.check(root, recorded, None if full else known)
     if checked.problem is not None:
         return checked.problem
-    if checked.keys != {p: k for p, (k, _) in known.items()}:
+    if record and checked.keys != {p: k for p, (k, _) in known.items()}:
         verified.save(store, tree, blob, manifest.encode_keys(recorded, checked.keys))
     return None
 

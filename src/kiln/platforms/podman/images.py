@@ -41,7 +41,7 @@ def verify(store: Store, digest: str) -> str | None:
         return f"image {image.name} {digest}: podman no longer has it"
     if found != image.digest:
         return f"image {image.name} {digest}: podman's image {image.ref} has id {found}"
-    return layers_problem(store, image, full=True)
+    return layers_problem(store, image, full=True, record=False)
 
 
 def ensure_intact(store: Store, image: Image, *, use: str) -> None:
@@ -107,15 +107,17 @@ def record_layers(store: Store, name: str, data: dict[str, Any]) -> bytes:
     return zlib.compress(json.dumps({"format": 1, "layers": [d for d, _ in layers]}).encode())
 
 
-def layers_problem(store: Store, image: Image, *, full: bool | None = None) -> str | None:
+def layers_problem(store: Store, image: Image, *, full: bool | None = None,
+                   record: bool = True) -> str | None:
     """None when every layer of the image is the content recorded at bake; else one line
     naming the image, the layer and its first differing file. `full`: re-hash every file (None:
-    as KILN_VERIFY says; by default only files whose key changed, kiln.bake.manifest.check)."""
+    as KILN_VERIFY says; by default only files whose key changed, kiln.bake.manifest.check).
+    `record` False: a read-only command (`drift`) checks and writes nothing."""
     with manifest.gc_paused():
-        return _layers_problem(store, image, full)
+        return _layers_problem(store, image, full, record)
 
 
-def _layers_problem(store: Store, image: Image, full: bool | None) -> str | None:
+def _layers_problem(store: Store, image: Image, full: bool | None, record: bool) -> str | None:
     label = f"image {image.name} {image.digest[:19]}"
     data = engine.inspect("image", image.ref)
     if data is None:
@@ -129,8 +131,9 @@ def _layers_problem(store: Store, image: Image, full: bool | None) -> str | None
             blob = record_layers(store, image.name, data)
         except BakeError as exc:
             return f"{label}: {exc.message}"
-        with store.tx() as c:
-            image_records.set_manifest(c, image.digest, blob)
+        if record:
+            with store.tx() as c:
+                image_records.set_manifest(c, image.digest, blob)
     try:
         recorded = [str(d) for d in json.loads(zlib.decompress(blob))["layers"]]
         layers = layer_dirs(data)
@@ -156,7 +159,8 @@ def _layers_problem(store: Store, image: Image, full: bool | None) -> str | None
             return (f"{label} was modified after baking: layer {i}/{len(layers)} "
                     f"({diff_id[:19]}): {checked.problem}")
     for (diff_id, _), (layer_blob, layer_known), checked in zip(layers, records, found, strict=True):
-        _remember(store, diff_id, layer_blob, layer_known, checked)
+        if record:
+            _remember(store, diff_id, layer_blob, layer_known, checked)
     return None
 
 
