@@ -133,10 +133,16 @@ def test_follow_prints_new_lines_until_ctrl_c(deployed: tuple[Project, int],
             assert threading.get_ident() != main
             os.kill(os.getpid(), signal.SIGINT)  # ^C: Python raises it in the main thread
 
-    helper = threading.Thread(target=probe_then_interrupt, daemon=True)
-    helper.start()
-    res = CliRunner().invoke(app, ["logs", "--follow", "-n", "30"])
-    helper.join(30)
+    # A suite run in the background (`./scripts/test &`) has SIGINT ignored: the ^C this test
+    # sends itself must raise KeyboardInterrupt all the same.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        helper = threading.Thread(target=probe_then_interrupt, daemon=True)
+        helper.start()
+        res = CliRunner().invoke(app, ["logs", "--follow", "-n", "30"])
+        helper.join(30)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not helper.is_alive()
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()

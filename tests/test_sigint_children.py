@@ -34,8 +34,23 @@ def _target(call: ast.Call) -> str | None:
         arg = call.args[0]
         if isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name):
             return arg.value.id  # os.kill(proc.pid, SIGINT)
+        if isinstance(arg, ast.Call) and ast.unparse(arg.func) == "os.getpid":
+            return SELF  # the test's own process: it must restore the default handler itself
         return "?"
     return None
+
+
+SELF = "<this process>"
+DEFAULT_HANDLER = "signal.signal(signal.SIGINT, signal.default_int_handler)"
+
+
+def _restores_handler(module: ast.Module, call: ast.Call) -> bool:
+    """A function that holds `call` (itself or one it is nested in) sets the default SIGINT
+    handler, so the ^C raises KeyboardInterrupt also when the run ignores SIGINT."""
+    return any(isinstance(f, ast.FunctionDef) and call in list(ast.walk(f))
+               and any(isinstance(c, ast.Call) and ast.unparse(c) == DEFAULT_HANDLER
+                       for c in ast.walk(f))
+               for f in ast.walk(module))
 
 
 def _popens(node: ast.AST) -> list[ast.Call]:
@@ -76,6 +91,11 @@ def undefaulted(path: Path) -> list[str]:
                 continue
             name = _target(call)
             if name is None:
+                continue
+            if name == SELF:
+                if not _restores_handler(module, call):
+                    out.append(f"{path.name}:{call.lineno}: {func.name} sends SIGINT to this "
+                               f"process without setting `{DEFAULT_HANDLER}` first")
                 continue
             made = _sources(func, name, module)
             if made is None or not all(_defaults_sigint(p) for p in made):
