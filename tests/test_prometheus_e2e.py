@@ -68,11 +68,16 @@ def test_business_counter_rolls_back_a_release_whose_5xx_and_latency_look_fine(
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), url
     # Every instance scraped with its release, service and instance; the router too.
     wait_for(lambda: up_releases(url) == {"web-r1"}, timeout=20, what="r1 scraped")
-    series = query(url, 'up{job="kiln-instances"}')
     ids = {i["id"] for r in proj.status()["services"][0]["releases"] for i in r["instances"]}
     assert len(ids) == 3
-    assert {(s["metric"]["service"], s["metric"]["instance"]) for s in series} == {
-        ("web", i) for i in ids}, series
+
+    def scraped() -> set[tuple[str, str]]:
+        return {(s["metric"]["service"], s["metric"]["instance"])
+                for s in query(url, 'up{job="kiln-instances"}')}
+
+    # Prometheus takes new file_sd targets on its own tick: each instance appears in turn.
+    wait_for(lambda: scraped() == {("web", i) for i in ids}, timeout=20,
+             what="every instance scraped with its service and instance labels")
     wait_for(lambda: query(url, 'up{job="kiln-router"} == 1'), timeout=20,
              what="the router scraped")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kiln.analysis.judge import LATENCY_FLOOR_S
 from kiln.analysis.report import Bucket, ReportData, chart_payload, thresholds_text
 
@@ -53,3 +55,16 @@ def test_a_rollback_after_one_look_keeps_its_single_point() -> None:
 def test_without_recorded_weights_nothing_is_hidden() -> None:
     p = chart_payload(data(0.05, [], range(0, 10)))
     assert all(v is not None for v in p["lat"]["canary_p50"][:10])
+
+
+@pytest.mark.parametrize(("weights", "drawn"), [
+    ([(0.3, 20), (0.9, 0)], [20, 0, 0]),             # a step ended in under a second is drawn
+    ([(0.3, 20), (1.5, 0)], [20, 20, 0]),
+    ([(0.2, 20), (8.3, 50)], [20] * 8 + [20, 50]),   # the weight judged at 8.3 s was 20
+    ([(0.0, 20), (2.0, 50), (2.4, 0)], [20, 20, 50]),
+    ([], [None, None, None]),
+])
+def test_the_weight_drawn_per_second(weights: list[tuple[float, int]],
+                                     drawn: list[int | None]) -> None:
+    from kiln.analysis.report import _weight_in_second
+    assert [_weight_in_second(weights, t) for t in range(len(drawn))] == drawn

@@ -153,6 +153,16 @@ def _weight_at(weights: Sequence[tuple[float, int]], t: float) -> int | None:
     return w
 
 
+def _weight_in_second(weights: Sequence[tuple[float, int]], t: int) -> int | None:
+    """The weight drawn for second t: the one in force at its start, or, if the canary had
+    none then, the first it got within the second (a step the judge ended in under a second
+    is still drawn)."""
+    w = _weight_at(weights, t)
+    if w:
+        return w
+    return next((value for wt, value in weights if t < wt < t + 1 and value), w)
+
+
 def _smooth(values: list[float | None], window: int) -> list[float | None]:
     """Rolling median, so one slow second does not dominate the plot."""
     out: list[float | None] = []
@@ -201,7 +211,7 @@ def chart_payload(data: ReportData, now: float | None = None) -> dict[str, Any]:
         return ([per[rel][t].n if t in per[rel] else 0 for t in ts],
                 [per[rel][t].errors if t in per[rel] else 0 for t in ts])
 
-    weight = [_weight_at(data.weights, t) for t in ts]
+    weight = [_weight_in_second(data.weights, t) for t in ts]
     # The canary's series start when it has weight (requests before that — health checks,
     # a drain — are not what the judge compared) and end when the rollback takes it away.
     # Weights are noted once a second, so the second on either side of a change is kept.
