@@ -154,15 +154,30 @@ def use_file(file: Path | None) -> None:
         OPTS.file = file
 
 
+_OPENED: list[kiln.Project] = []
+_AT_EXIT: list[bool] = []  # the closer is registered once
+
+
+def _close_opened() -> None:
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def project() -> kiln.Project:
     import atexit
 
     import kiln
 
+    # One command, one project. A project an earlier command opened in this process (tests run
+    # many in-process) is closed now rather than kept, with its database's descriptors, to exit.
+    if not _AT_EXIT:
+        atexit.register(_close_opened)
+        _AT_EXIT.append(True)
+    _close_opened()
     proj = kiln.Project.open(OPTS.file, warn=warn)
     # At exit: the `notify:` webhooks' queue is delivered (bounded) and the deliveries that
     # failed are recorded for `status`, instead of dying with the process's daemon thread.
-    atexit.register(proj.close)
+    _OPENED.append(proj)
     return proj
 
 
