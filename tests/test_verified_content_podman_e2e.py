@@ -114,7 +114,8 @@ def test_a_tampered_podman_layer_is_refused_at_launch_and_reported_by_drift(shop
 
 def layer_keys(p: Proj, digests: list[str]) -> list[set[str]]:
     """The launch path's check of each image (it records the fast path's keys; `kiln drift`'s
-    full check, read-only, does not), after every file of its layers has a ctime in a past second; the paths keyed, per layer."""
+    full check, read-only, does not), after every file of its layers has a ctime in a past
+    second; the paths keyed, per layer."""
     from kiln.bake.imagestore import get_image
     from kiln.bake.manifest import Manifest, cutoff, decode_keys
     from kiln.platforms.podman.images import layers_problem
