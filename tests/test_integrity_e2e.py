@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import sqlite3
 import stat
 from pathlib import Path
 
 import pytest
 
-from kiln.testing.project import Proj
+from kiln.testing.project import Proj, kill_and_settle
 
 pytestmark = pytest.mark.e2e
 
@@ -127,7 +126,7 @@ def test_a_quiet_in_place_edit_is_refused_at_every_launch_and_drift_reports_it(
 
     # A heal (what `kiln serve` does when an instance dies) and a deploy of the stored image
     # (the dashboard's) launch without a bake: both refuse.
-    os.kill(proj.live_pids()[0], signal.SIGKILL)
+    kill_and_settle(proj.live_pids()[0])
     project = Project.open(proj.dir / "kiln.yaml")
     try:
         current = project.current_release("web")

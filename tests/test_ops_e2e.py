@@ -15,7 +15,7 @@ import pytest
 
 from json_contract import conforms
 from kiln.testing.load import Load
-from kiln.testing.project import KILN, Proj, wait_for
+from kiln.testing.project import KILN, Proj, kill_and_settle, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -215,7 +215,7 @@ def test_status_reports_a_dead_router_and_deploy_restarts_it_with_its_routing(pr
 
 def test_rollback_to_a_release_whose_instance_once_died(proj: Proj) -> None:
     deploy_ok(proj)
-    os.kill(proj.live_pids()[0], signal.SIGKILL)
+    kill_and_settle(proj.live_pids()[0])
     proj.behave(version="2")
     deploy_ok(proj)  # sweeps: the dead web-r1 instance is recorded as dead
     res = proj.kiln("rollback", "web")

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from kiln.testing.project import Proj, wait_for
+from kiln.testing.project import Proj, kill_and_settle
 
 pytestmark = pytest.mark.e2e
 
@@ -59,36 +58,6 @@ def _router_pid(proj: Proj) -> int:
     return int(json.loads((proj.dir / ".kiln" / "router" / "traefik.pid").read_text())["pid"])
 
 
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def _group(pgid: int) -> set[int]:
-    """Live (not zombie) processes in process group `pgid`."""
-    out = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.add(int(entry.name))
-    return out
-
-
-def _kill(pid: int) -> None:
-    """SIGKILL `pid`, then wait until it and what dies with it (an instance's log pump and
-    sandbox share its process group) are gone, so the damage has settled before the check."""
-    pgid = os.getpgid(pid)
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: _gone(pid) and not _group(pgid), timeout=10,
-             what=f"pid {pid} and its process group {pgid} to be gone")
-
-
 def _check_read_only(proj: Proj, state: str) -> None:
     home = proj.dir / ".kiln"
     conn = sqlite3.connect(home / "state.db")
@@ -121,10 +90,10 @@ def _deployed(proj: Proj) -> None:
 
 DAMAGE: dict[str, Callable[[Proj], None]] = {
     "healthy": lambda proj: None,
-    "router dead": lambda proj: _kill(_router_pid(proj)),
-    "an instance dead": lambda proj: _kill(proj.live_pids()[0]),
+    "router dead": lambda proj: kill_and_settle(_router_pid(proj)),
+    "an instance dead": lambda proj: kill_and_settle(proj.live_pids()[0]),
     "router and every instance dead": lambda proj: [
-        _kill(pid) for pid in [_router_pid(proj), *proj.live_pids()]] and None,
+        kill_and_settle(pid) for pid in [_router_pid(proj), *proj.live_pids()]] and None,
 }
 
 

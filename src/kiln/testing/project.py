@@ -187,3 +187,34 @@ def wait_for(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout}s")
         time.sleep(interval)
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def process_group(pgid: int) -> set[int]:
+    """Live (not zombie) processes in process group `pgid`."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.add(int(entry.name))
+    return out
+
+
+def kill_and_settle(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL `pid`, then wait until it and what dies with it (an instance's log pump and
+    sandbox share its process group) are gone: `kill()` returns before a busy machine has run
+    the victim, so a command started right after could still see it alive."""
+    pgid = os.getpgid(pid)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _zombie_or_gone(pid) and not process_group(pgid), timeout=timeout,
+             what=f"pid {pid} and its process group {pgid} to be gone")

@@ -14,6 +14,7 @@ docs/decisions/verified-content.md, docs/decisions/verified-content-fast-path.md
 from __future__ import annotations
 
 import json
+import math
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -254,7 +255,9 @@ def remove_step_images(store: Store, project: str) -> list[str]:
     for tag, ident, created in steps:
         chain = layers.get(ident)
         needed = chain is None or any(c[:len(chain)] == chain for c in kept_chains)
-        if needed or created >= newest[repos[tag.rpartition(":")[0]]]:
+        # podman's Created is in whole seconds, the record's time is not: a step made in the
+        # second the newest image was recorded counts as newer (kept; gc errs on keeping).
+        if needed or created >= math.floor(newest[repos[tag.rpartition(":")[0]]]):
             continue
         if engine.run(["rmi", tag], timeout=120.0, check=False).returncode == 0:
             removed.append(tag)
