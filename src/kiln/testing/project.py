@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kiln.platforms.local.handle import LocalHandle
+from kiln.platforms.local.traefik_process import read_pidfile
 from kiln.state.lock import pid_alive
 from kiln.state.records.instances import handles_json
 from kiln.state.store import connect
@@ -157,14 +158,10 @@ def teardown(proj: Proj) -> None:
     for pidfile in (proj.dir / ".kiln" / "router" / "traefik.pid",
                     proj.dir / ".kiln" / "haproxy" / "haproxy.pid",
                     proj.dir / ".kiln" / "prometheus" / "prometheus.pid"):
-        if pidfile.exists():
-            try:
-                data = pidfile.read_text().split()
-                pid = int(json.loads(pidfile.read_text())["pid"]) \
-                    if pidfile.read_text().startswith("{") else int(data[0])
-                os.kill(pid, signal.SIGKILL)
-            except (OSError, ValueError, KeyError, IndexError):
-                pass
+        running = read_pidfile(pidfile)  # pid and start time: never a reused pid
+        if running is not None and running.alive():
+            with contextlib.suppress(OSError):
+                os.kill(running.pid, signal.SIGKILL)
 
 
 def make_project(parent: Path, example: Path | None = None, router: str = "traefik") -> Proj:
