@@ -49,6 +49,9 @@ def test_init_then_deploys_without_traffic_return_on_their_own(tmp_path: Path) -
         assert "promoted without evidence" in out and time.monotonic() - t < 120, out
         assert proj.weights() == {"web-r2": 100}
 
+        # The template's pauses are proven above; the detached runs below prove detach and
+        # --watch, so shorter pauses keep the test short.
+        spec.write_text(spec.read_text().replace("pause: 10s}", "pause: 2s}"))
         change(folder, 2)
         detached = kiln(folder, "deploy", "--detach", "--json")
         assert detached.returncode == 0, detached.stdout + detached.stderr
