@@ -711,6 +711,9 @@ def judge_replay(
     max_latency_increase: Annotated[str | None, typer.Option(
         "--max-latency-increase", metavar="Y", help="Allowed latency increase (e.g. 50%).")
                                     ] = None,
+    max_increase: Annotated[list[str] | None, typer.Option(
+        "--max-increase", metavar="NAME=X", help="An analysis.metrics entry's allowed increase "
+        "(e.g. checkout_failures=50%); repeatable.")] = None,
     as_json: JsonOpt = False,
     file: FileOpt = None,
 ) -> None:
@@ -729,7 +732,7 @@ def judge_replay(
         data = project().judge_replay(int(text), {
             "alpha": alpha, "confidence": confidence,
             "max_error_rate_increase": max_error_rate_increase,
-            "max_latency_increase": max_latency_increase})
+            "max_latency_increase": max_latency_increase, "max_increase": max_increase})
         if as_json:
             print_json(data)
         else:

@@ -154,9 +154,13 @@ def history_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> G
 
 def replay_view(data: dict[str, Any], width: int | None = None) -> Group:
     """`kiln judge replay`: per step, the replayed verdict next to the recorded one, and why."""
-    changed = [k for k, v in data["settings"].items() if v != data["recorded_settings"][k]]
-    said = ", ".join(f"{k} {data['recorded_settings'][k]:g} -> {data['settings'][k]:g}"
-                     for k in changed) or "the recorded settings"
+    now, was = data["settings"], data["recorded_settings"]
+    changed = [f"{k} {was[k]:g} -> {v:g}" for k, v in now.items()
+               if k != "metrics" and v != was[k]]
+    before = {m["name"]: m["max_increase"] for m in was.get("metrics", [])}
+    changed += [f"{m['name']} max_increase {before[m['name']]:g} -> {m['max_increase']:g}"
+                for m in now.get("metrics", []) if before.get(m["name"]) != m["max_increase"]]
+    said = ", ".join(changed) or "the recorded settings"
     parts: list[RenderableType] = [
         Text.from_markup(f"[bold]rollout #{data['rollout_id']}[/] {data['service']} "
                          f"{data['baseline']} -> {data['canary']} ({data['source']}): recorded "

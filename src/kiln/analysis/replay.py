@@ -7,12 +7,16 @@ at every moment something was recorded (each window's start, each metric answer)
 "fail" is final. A step is judged on everything whose window began before the recorded decision
 (the live judge had read part of that second): so the replay sees what the live judge saw, to
 within the access log's lag of about a second (docs/judge.md, "Replay").
+
+A metric with no data at a step says why in words: how long after the canary took traffic the
+step (or the rollout) ended, before the metric's query had any answer for it — kiln's
+Prometheus sees a new instance only after its discovery tick (docs/decisions/replay-margin.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kiln.analysis.explain import Explained, explain
@@ -67,13 +71,45 @@ class Replay:
                 return f"would have rolled back at step {s.step + 1}: {s.reason}"
         if self.outcome == "pass":
             return f"would have passed every recorded step ({len(self.steps)})"
-        open_ = [str(s.step + 1) for s in self.steps if s.replayed != "pass"]
-        return f"undecided at step(s) {', '.join(open_)}"
+        open_ = [s for s in self.steps if s.replayed != "pass"]
+        said = f"undecided at step(s) {', '.join(str(s.step + 1) for s in open_)}"
+        missing = sorted({f"{e.metric} {e.measured.removeprefix('no ')}" for s in open_
+                          for e in s.explained if e.measured.startswith(NO_DATA)})
+        return said + (f": no {'; no '.join(missing)}" if missing else "")
+
+
+NO_DATA = ("no data for", "no values for")
+
+
+def _first_canary_traffic(rec: Recording) -> float | None:
+    """When the judge first counted a canary request (its first window's start)."""
+    return min((start for side, start in rec.windows if side == 0), default=None)
+
+
+def no_data_words(explained: Explained, figures: Mapping[str, Any], at: float,
+                  since: float | None, what: str) -> Explained:
+    """A metric undecided for want of data, said in words (`what`: "the rollout" or "step N"):
+    which side had none, and how long after the canary took traffic it ended."""
+    g = {k.split(":", 2)[2]: v for k, v in figures.items()
+         if k.startswith(f"metric:{explained.metric}:")}
+    if explained.outcome != "undecided" or not g:
+        return explained
+    none_c = not float(g.get("canary_n") or 0) > 0
+    none_b = not float(g.get("baseline_n") or 0) > 0
+    if not (none_c or none_b):
+        return explained
+    kind = "values" if g.get("kind") == "value" else "data"
+    side = "either release" if none_c and none_b else "the canary" if none_c else "the baseline"
+    took = "" if since is None else f" {max(0.0, at - since):.1f} s after the canary took traffic"
+    why = (f"{what} ended{took}, before the metric's query had any answer for {side}"
+           + (" (Prometheus needs two scrapes of a new instance)" if none_c else ""))
+    return replace(explained, measured=f"no {kind} for {side}", why=why)
 
 
 def replay(rec: Recording, analysis: Analysis, decisions: Sequence[Mapping[str, Any]]
            ) -> Replay:
     judge = Judge(analysis, rec.canary, rec.baseline)
+    since = _first_canary_traffic(rec)
     events = list(by_time(rec).items())
     i = 0
     last: Verdict | None = None
@@ -93,7 +129,10 @@ def replay(rec: Recording, analysis: Analysis, decisions: Sequence[Mapping[str, 
             last = judge.verdict(at)
             i += 1
         v = judge.verdict(t) if last is None or last.outcome != "fail" else last
-        steps.append(StepReplay(int(d.get("step") or 0), int(d.get("weight") or 0), t,
-                                str(d.get("outcome")), str(d.get("reason") or ""), v.outcome,
-                                v.reason, explain(v.figures), dict(v.figures)))
+        step = int(d.get("step") or 0)
+        what = "the rollout" if d is cuts[-1] else f"step {step + 1}"
+        words = [no_data_words(e, v.figures, t, since, what) for e in explain(v.figures)]
+        steps.append(StepReplay(step, int(d.get("weight") or 0), t, str(d.get("outcome")),
+                                str(d.get("reason") or ""), v.outcome, v.reason, words,
+                                dict(v.figures)))
     return Replay(steps)
