@@ -99,11 +99,18 @@ def judge_replay(ctx: Context, rollout_id: int, overrides: Mapping[str, Any]) ->
     recorded = release.spec.rollout.analysis if release is not None else None
     base = recorded or Analysis()
     analysis = settings(base, overrides)
-    status = json.loads(raw)
+    return replay_json(rollout_id, rollout_records.service_of(store, rollout_id), rec,
+                       json.loads(raw), base, analysis)
+
+
+def replay_json(rollout_id: int, service: str | None, rec: Recording, status: Mapping[str, Any],
+                base: Analysis, analysis: Analysis) -> dict[str, Any]:
+    """The replay of a rollout (its recorded `status` and evidence) under `analysis`, next to
+    its recorded settings `base`, as `--json` prints it."""
     decisions = [d for d in status.get("decisions") or [] if isinstance(d, dict)]
     result = replay(rec, analysis, decisions)
     return {
-        "rollout_id": rollout_id, "service": rollout_records.service_of(store, rollout_id),
+        "rollout_id": rollout_id, "service": service,
         "canary": rec.canary, "baseline": rec.baseline, "source": rec.source,
         "recorded_outcome": status.get("outcome"), "recorded_reason": status.get("reason"),
         "settings": settings_json(analysis), "recorded_settings": settings_json(base),
