@@ -162,7 +162,7 @@ def test_replay_of_a_rolled_back_rollout_passes_a_50_point_margin_and_writes_not
     assert "would have passed every recorded step" in flat, flat
     assert "errors: canary" in flat and "allowed +50.0 points: passed" in flat, flat
 
-    # Bad input: one line each, no traceback, non-zero.
+    # Bad input: one line each, no traceback, non-zero (2 for a bad setting).
     for args, line in [
         (["999"], "rollout #999 not found in state"),
         (["1"], "rollout #1 has no stored judge evidence"),
@@ -170,9 +170,15 @@ def test_replay_of_a_rolled_back_rollout_passes_a_50_point_margin_and_writes_not
         ([str(rid), "--max-error-rate-increase", "lots"],
          "--max-error-rate-increase: expected a percentage like 25%"),
         ([str(rid), "--alpha", "0.9"], "--alpha: expected a false-alarm rate between 0 and 0.5"),
+        ([str(rid), "--max-increase", "50%"],
+         "--max-increase: expected NAME=X like checkout_failures=50%, got '50%'"),
+        ([str(rid), "--max-increase", "checkout_failures=50%"],
+         "--max-increase: no metric 'checkout_failures' in this rollout's analysis.metrics "
+         "(it has: none)"),
     ]:
         bad = proj.kiln("judge", "replay", *args)
-        assert bad.returncode != 0, args
+        # A setting's bad value is a usage error (2); an unknown rollout is not found (1).
+        assert bad.returncode == (2 if args[1:] else 1), (args, bad.returncode)
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert line in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     err = proj.kiln("judge", "replay", "999", "--json")
