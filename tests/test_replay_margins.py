@@ -137,20 +137,22 @@ def test_a_metric_the_rollout_ended_before_prometheus_answered_for_says_so() -> 
         "instance)"), line
     assert got.summary() == ("undecided at step(s) 1: no checkout_failures data for the "
                              "canary")
+    assert "checkout_failures: no data for the canary" in got.steps[0].reason
+    assert "no data yet" not in got.steps[0].reason
 
 
 NO = Explained("queue", "undecided", "no data yet", "allowed +2.0 points", "no data yet")
 
 
 @pytest.mark.parametrize(("figures", "what", "since", "measured", "why"), [
-    ({"kind": "count", "canary_n": 0, "baseline_n": 40}, "the rollout", T0,
+    ({"kind": "count", "canary_n": 0, "baseline_n": 40}, "the rollout ended", T0,
      "no data for the canary", "the rollout ended 3.5 s after the canary took traffic, before "
      "the metric's query had any answer for the canary (Prometheus needs two scrapes of a new "
      "instance)"),
-    ({"kind": "count", "canary_n": 12, "baseline_n": 0}, "step 2", T0,
-     "no data for the baseline", "step 2 ended 3.5 s after the canary took traffic, before "
+    ({"kind": "count", "canary_n": 12, "baseline_n": 0}, "step 2 was decided", T0,
+     "no data for the baseline", "step 2 was decided 3.5 s after the canary took traffic, before "
      "the metric's query had any answer for the baseline"),
-    ({"kind": "value", "canary_n": 0, "baseline_n": 0}, "the rollout", None,
+    ({"kind": "value", "canary_n": 0, "baseline_n": 0}, "the rollout ended", None,
      "no values for either release", "the rollout ended, before the metric's query had any "
      "answer for either release (Prometheus needs two scrapes of a new instance)"),
 ])
@@ -164,10 +166,10 @@ def test_no_data_words(figures: dict[str, Any], what: str, since: float | None,
 def test_a_metric_with_data_or_decided_keeps_its_words() -> None:
     figs = {"metric:queue:kind": "count", "metric:queue:canary_n": 5,
             "metric:queue:baseline_n": 9}
-    assert no_data_words(NO, figs, T0 + 1, T0, "the rollout") is NO
+    assert no_data_words(NO, figs, T0 + 1, T0, "the rollout ended") is NO
     failed = Explained("queue", "fail", "rate", "allowed", "why")
     assert no_data_words(failed, {**figs, "metric:queue:canary_n": 0}, T0 + 1, T0,
-                         "the rollout") is failed
+                         "the rollout ended") is failed
 
 
 @pytest.mark.parametrize(("given", "line"), [

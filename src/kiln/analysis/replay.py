@@ -88,8 +88,9 @@ def _first_canary_traffic(rec: Recording) -> float | None:
 
 def no_data_words(explained: Explained, figures: Mapping[str, Any], at: float,
                   since: float | None, what: str) -> Explained:
-    """A metric undecided for want of data, said in words (`what`: "the rollout" or "step N"):
-    which side had none, and how long after the canary took traffic it ended."""
+    """A metric undecided for want of data, said in words (`what`: "the rollout ended" at a
+    rollback, else "step N was decided"): which side had none, and how long after the canary
+    took traffic that was."""
     g = {k.split(":", 2)[2]: v for k, v in figures.items()
          if k.startswith(f"metric:{explained.metric}:")}
     if explained.outcome != "undecided" or not g:
@@ -101,7 +102,7 @@ def no_data_words(explained: Explained, figures: Mapping[str, Any], at: float,
     kind = "values" if g.get("kind") == "value" else "data"
     side = "either release" if none_c and none_b else "the canary" if none_c else "the baseline"
     took = "" if since is None else f" {max(0.0, at - since):.1f} s after the canary took traffic"
-    why = (f"{what} ended{took}, before the metric's query had any answer for {side}"
+    why = (f"{what}{took}, before the metric's query had any answer for {side}"
            + (" (Prometheus needs two scrapes of a new instance)" if none_c else ""))
     return replace(explained, measured=f"no {kind} for {side}", why=why)
 
@@ -130,9 +131,14 @@ def replay(rec: Recording, analysis: Analysis, decisions: Sequence[Mapping[str, 
             i += 1
         v = judge.verdict(t) if last is None or last.outcome != "fail" else last
         step = int(d.get("step") or 0)
-        what = "the rollout" if d is cuts[-1] else f"step {step + 1}"
+        what = ("the rollout ended" if d.get("outcome") == "fail"
+                else f"step {step + 1} was decided")
         words = [no_data_words(e, v.figures, t, since, what) for e in explain(v.figures)]
+        reason = v.reason
+        for e in words:  # the verdict's own "no data yet", made as plain as the words
+            if e.measured.startswith(NO_DATA):
+                reason = reason.replace(f"{e.metric}: no data yet", f"{e.metric}: {e.measured}")
         steps.append(StepReplay(step, int(d.get("weight") or 0), t, str(d.get("outcome")),
-                                str(d.get("reason") or ""), v.outcome, v.reason, words,
+                                str(d.get("reason") or ""), v.outcome, reason, words,
                                 dict(v.figures)))
     return Replay(steps)
