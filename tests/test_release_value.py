@@ -111,7 +111,10 @@ def test_went_live_and_previous(tmp_path: Path, rows: list[tuple[str, str | None
 
 def with_env(env: dict[str, str], secret: str | None = None) -> Spec:
     sp = spec(CANARY)
-    svc = sp.services["web"].model_copy(update={"env": env, **(
+    # The fake's health answers at once: a 1 s deadline only shortens the never-live release's
+    # failed gate.
+    health = sp.services["web"].health.model_copy(update={"deadline": 1.0})
+    svc = sp.services["web"].model_copy(update={"env": env, "health": health, **(
         {"secrets": {"TOKEN": secret}} if secret else {})})
     return sp.model_copy(update={"services": {"web": svc}})
 
