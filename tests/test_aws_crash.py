@@ -7,10 +7,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from aws_helpers import listener_weights, open_project, write_project
 from kiln.platforms.aws.inventory import tagged
 from kiln.testing.moto import MotoServer
 from kiln.testing.project import KILN
+
+pytestmark = pytest.mark.e2e  # the real `kiln` command in subprocesses, killed mid-run
 
 
 def kiln(folder: Path, *args: str, fault: str | None = None,
