@@ -389,6 +389,20 @@ def test_terminate_kills_an_app_that_ignores_sigterm(harness: _Base) -> None:
         assert harness.fake.stop_signal(inst) == "sigkill"
 
 
+@pytest.mark.e2e
+def test_a_release_stops_in_one_stop_time_not_one_per_instance(local: LocalHarness) -> None:
+    """Destroy and a rollout's end stop a whole release: every instance gets SIGTERM before
+    the first wait, so three that ignore it take one 1 s timeout (one by one: at least 3 s)."""
+    insts = local.launch(3, "ignore-term")
+    local.compute.wait_healthy(insts, HEALTH)
+    started = time.monotonic()
+    local.local.terminate_release("web-ignore-term", insts, timeout=1.0)
+    took = time.monotonic() - started
+    assert not any(o.alive for o in local.compute.observe(insts))
+    assert {local.local.state_of(i) for i in insts} == {"stopped"}
+    assert 1.0 <= took < 2.5, took
+
+
 def test_kinds_are_recorded_and_filtered(harness: _Base) -> None:
     (svc,) = harness.launch(1)
     (tst,) = harness.launch(1, kind="test")
@@ -661,9 +675,9 @@ def test_the_file_check_container_is_swept_only_once_stale(tmp_path: Path, podma
 
 @pytest.mark.parametrize(("part", "capabilities"), [
     (FakeCompute, {"Sweeper"}),
-    (LocalCompute, {"Sweeper", "OrphanFinder", "ExitStatus"}),
+    (LocalCompute, {"Sweeper", "OrphanFinder", "ExitStatus", "ReleaseTerminator"}),
     (PodmanCompute, {"Sweeper", "OrphanFinder", "TamperCheck", "ImageFileReader",
-                     "TestinfraBackend", "ExitStatus"}),
+                     "TestinfraBackend", "ExitStatus", "ReleaseTerminator"}),
     # File checks on a test instance; a release goes with its ASG; a killed run's test
     # instance is swept; logs are read from the instances; an ASG heals itself.
     (AwsCompute, {"ImageFileReader", "ReleaseTerminator", "Sweeper", "RemoteLogs"}),

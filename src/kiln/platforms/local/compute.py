@@ -27,7 +27,7 @@ from kiln import logpump
 from kiln.errors import NotFound, PlatformError
 from kiln.platforms import instance_rows
 from kiln.platforms.base import ExecResult, Image, Instance, Observed, Release
-from kiln.platforms.capabilities import ExitStatus, OrphanFinder, Sweeper
+from kiln.platforms.capabilities import ExitStatus, OrphanFinder, ReleaseTerminator, Sweeper
 from kiln.platforms.instance_rows import (
     KINDS,
     LIVE_STATES,
@@ -58,7 +58,7 @@ _EXITED = "exited"  # pid_start recorded for a process that was gone before we c
 _LOG_TAIL_LINES = 20
 
 
-class LocalCompute(Sweeper, OrphanFinder, ExitStatus):
+class LocalCompute(Sweeper, OrphanFinder, ExitStatus, ReleaseTerminator):
     """The Compute seam on the local platform. State lives in the store's `instances` table."""
 
     def __init__(self, store: Store, home: Path, project: str, *,
@@ -383,6 +383,29 @@ class LocalCompute(Sweeper, OrphanFinder, ExitStatus):
     def terminate(self, instance: Instance, timeout: float) -> None:
         """SIGTERM the instance's processes, SIGKILL the group after `timeout`; mark it
         stopped. Idempotent: an instance already gone is just marked stopped."""
+        self.terminate_release(instance.release_id, [instance], timeout)
+
+    def terminate_release(self, release_id: str, instances: Sequence[Instance],
+                          timeout: float) -> None:
+        """`terminate` for several instances at once: every group gets SIGTERM first, then each
+        is waited for against one deadline, so N instances take one stop time, not N."""
+        signalled = {inst.id: self._signal_stop(inst) for inst in instances}
+        until = time.monotonic() + timeout
+        survivors = []
+        for inst in instances:
+            pgid = signalled[inst.id]
+            if pgid is not None and not self._wait_group_gone(inst, pgid, until):
+                kill_group(pgid, signal.SIGKILL)
+                if not self._wait_group_gone(inst, pgid, time.monotonic() + 5.0):
+                    survivors.append(f"instance {inst.id}: process group {pgid} survived "
+                                     "SIGKILL")
+                    continue
+            self._stopped(inst)
+        if survivors:
+            raise PlatformError("; ".join(survivors))
+
+    def _signal_stop(self, instance: Instance) -> int | None:
+        """SIGTERM the instance's group (our own processes only); the group to wait for."""
         pid, start, pgid, leader = self._identity(instance)
         ours = pid is not None and start is not None and pid_alive(pid, start)
         leader_ours = pgid is not None and leader is not None and pid_alive(pgid, leader)
@@ -391,8 +414,22 @@ class LocalCompute(Sweeper, OrphanFinder, ExitStatus):
                 pgid = os.getpgid(pid)
             except ProcessLookupError:
                 ours = False
-        if (ours or leader_ours) and pgid is not None:
-            self._stop_group(instance, pgid, pid if ours else None, timeout)
+        if not (ours or leader_ours) or pgid is None:
+            return None
+        # SIGTERM every member but a bwrap leader: bwrap stays to reap the app and exits
+        # with its status. Without bwrap the app is the leader and gets it like the rest.
+        pid = pid if ours else None
+        leader_is_sandbox = pid is not None and pid != pgid
+        info = _read_json(self.folder(instance.id) / "pid") or {}
+        keep = {pgid, info.get("sandbox_pid")} if leader_is_sandbox else set()
+        for member in group_members(pgid):
+            if member in keep:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGTERM)
+        return pgid
+
+    def _stopped(self, instance: Instance) -> None:
         self._reap()
         cgroups.release(self.folder(instance.id))  # and whatever left the process group
         row = get_row(self.store, instance.id)
@@ -402,24 +439,6 @@ class LocalCompute(Sweeper, OrphanFinder, ExitStatus):
                 c.event("instance.stop", f"stopped {instance.id}", service=instance.service,
                         data={"instance": instance.id})
         self._procs.pop(instance.id, None)
-
-    def _stop_group(self, instance: Instance, pgid: int, pid: int | None,
-                    timeout: float) -> None:
-        # SIGTERM every member but a bwrap leader: bwrap stays to reap the app and exits
-        # with its status. Without bwrap the app is the leader and gets it like the rest.
-        leader_is_sandbox = pid is not None and pid != pgid
-        info = _read_json(self.folder(instance.id) / "pid") or {}
-        keep = {pgid, info.get("sandbox_pid")} if leader_is_sandbox else set()
-        for member in group_members(pgid):
-            if member in keep:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(member, signal.SIGTERM)
-        if self._wait_group_gone(instance, pgid, time.monotonic() + timeout):
-            return
-        kill_group(pgid, signal.SIGKILL)
-        if not self._wait_group_gone(instance, pgid, time.monotonic() + 5.0):
-            raise PlatformError(f"instance {instance.id}: process group {pgid} survived SIGKILL")
 
     def _wait_group_gone(self, instance: Instance, pgid: int, until: float) -> bool:
         pause = 0.005
