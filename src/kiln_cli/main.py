@@ -221,8 +221,10 @@ def main(
 @app.command()
 def validate(file: FileOpt = None, as_json: JsonOpt = False) -> None:
     """Check kiln.yaml; print ok or every problem as file:line:col: path: message."""
+    from kiln.platforms.local.mirror_ports import check_mirror_ports
     from kiln.spec.files import check_files
     from kiln.spec.loader import find_spec, found_above, load_spec
+    from kiln.state.store import default_home
 
     def body() -> None:
         path = find_spec(Path.cwd(), file or OPTS.file)
@@ -230,6 +232,7 @@ def validate(file: FileOpt = None, as_json: JsonOpt = False) -> None:
             warn(f"using {path} (found in a folder above this one)")
         loaded = load_spec(path)
         check_files(loaded)
+        check_mirror_ports(loaded, default_home(loaded.base_dir))
         warnings = [f"{loaded.path}: {line}" for line in loaded.spec.warnings()]
         for line in warnings:
             warn(line)
