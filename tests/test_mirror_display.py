@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from kiln.analysis.report import (
     Bucket,
@@ -133,6 +134,9 @@ def test_plan_estimates_a_mirror_step() -> None:
     assert first["seconds"] is not None and first["seconds"] < 30
     words = estimate_words(est)
     assert "mirror 100% step ~" in words and " 0% step" not in words
+    schema = json.loads((Path(__file__).resolve().parents[1] / "docs" / "json" /
+                         "plan.schema.json").read_text())["items"]["properties"]["evidence"]
+    assert not list(Draft202012Validator(schema).iter_errors(est))  # `kiln plan --json`
     quiet = estimate("web", _spec([{"mirror": "10%", "pause": "1s"}]), 0.5)
     assert quiet is not None and "the mirror 10% step needs" in str(quiet["warning"])
 
