@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.errors import PlatformError
 from kiln.platforms.local.mirror_ports import (
+    MirrorPortTaken,
     listen_collisions,
     mirror_entrypoints,
     same_socket,
@@ -90,7 +90,7 @@ def _validate(folder: Path) -> subprocess.CompletedProcess[str]:
 def test_validate_refuses_a_listen_on_a_mirror_entrypoint_in_one_line(tmp_path: Path) -> None:
     res = _validate(_project(tmp_path, "127.0.0.1:41234"))
     lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert res.returncode == 1 and res.stdout == "", res.stderr  # a spec problem: exit 1
+    assert res.returncode == 2 and res.stdout == "", res.stderr
     assert len(lines) == 1, lines
     line = lines[0]
     assert line.startswith("kiln.yaml:14:13: services.web.listen: 127.0.0.1:41234 is the port "
@@ -110,8 +110,8 @@ def test_validate_passes_a_free_listen_or_a_router_without_mirrors(
 def test_traefik_refuses_the_listen_before_a_deploy_changes_anything(tmp_path: Path) -> None:
     home = _project(tmp_path, "127.0.0.1:41234") / ".kiln"
     router = TraefikRouter(home, "demo")
-    with pytest.raises(PlatformError, match=r"^services\.web\.listen: 127\.0\.0\.1:41234 is the "
+    with pytest.raises(MirrorPortTaken, match=r"^services\.web\.listen: 127\.0\.0\.1:41234 is the "
                                             r"port of service api's mirror entrypoint"):
         router.check_listen("web", "127.0.0.1:41234")
-    with pytest.raises(PlatformError, match="its own mirror entrypoint"):
+    with pytest.raises(MirrorPortTaken, match="its own mirror entrypoint"):
         router.check_listen("api", "0.0.0.0:41234")

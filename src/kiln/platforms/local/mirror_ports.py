@@ -18,6 +18,13 @@ from kiln.errors import SpecError
 if TYPE_CHECKING:
     from kiln.spec.loader import LoadedSpec
 
+class MirrorPortTaken(SpecError):
+    """A `listen:` on a mirror entrypoint's port. Exit 2: the spec is valid on its own; it
+    conflicts with an address kiln already keeps for the project (not a malformed file)."""
+
+    exit_code = 2
+
+
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
 """A listen on these hosts takes the port on every address, loopback included."""
 
@@ -72,7 +79,7 @@ def collision_message(service: str, listen: str, owner: str, mirror: str) -> str
 
 
 def check_mirror_ports(loaded: LoadedSpec, home: Path) -> None:
-    """SpecError, one line per `listen:` on a mirror entrypoint's port (file:line:col first).
+    """MirrorPortTaken, one line per `listen:` on a mirror entrypoint's port (file:line:col first).
     Only where kiln runs Traefik: HAProxy and the ALB have no mirror entrypoint."""
     from kiln.spec.loader import line_at
 
@@ -82,6 +89,6 @@ def check_mirror_ports(loaded: LoadedSpec, home: Path) -> None:
     found = listen_collisions({n: s.listen for n, s in spec.services.items()},
                               read_mirror_entrypoints(home))
     if found:
-        raise SpecError([line_at(loaded, ("services", name, "listen"),
+        raise MirrorPortTaken([line_at(loaded, ("services", name, "listen"),
                                  collision_message(name, listen, owner, mirror))
                          for name, listen, owner, mirror in found])

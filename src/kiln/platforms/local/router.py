@@ -51,6 +51,7 @@ from kiln.platforms.capabilities import (
 )
 from kiln.platforms.local import tcp_table, traefik_config, traefik_process
 from kiln.platforms.local.mirror_ports import (
+    MirrorPortTaken,
     collision_message,
     listen_collisions,
     mirror_entrypoints,
@@ -105,8 +106,8 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
         of one address (kiln validate says the same, with the spec's line)."""
         found = listen_collisions({service_name: listen}, mirror_entrypoints(self._load_state()))
         if found:
-            raise PlatformError(f"services.{service_name}.listen: "
-                                + collision_message(*found[0]))
+            raise MirrorPortTaken([f"services.{service_name}.listen: "
+                                   + collision_message(*found[0])])
         super().check_listen(service_name, listen)
 
     def ensure_running(self) -> None:
