@@ -94,3 +94,32 @@ def test_the_check_sees_a_heavy_import(tmp_path: Path) -> None:
                           json.dumps(HEAVY)], capture_output=True, text=True, timeout=120,
                          check=False, env=_env())
     assert json.loads(res.stdout) == ["numpy"]
+
+
+def test_collection_is_off_only_for_the_start_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                 ) -> None:
+    """run() turns the cyclic collector off for the imports; opening the project (a deploy, `kiln
+    serve`: long runs) turns it back on, and so does the end of any command."""
+    import gc
+
+    from kiln_cli import main
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "hello.txt").write_text("hello\n")
+    (tmp_path / "kiln.yaml").write_text(SPEC)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KILN_HOME", raising=False)
+    seen: list[bool] = []
+    monkeypatch.setattr(main, "OPTS", main._Opts())
+    try:
+        gc.disable()
+        main.project()
+        seen.append(gc.isenabled())
+        main._close_opened()
+        monkeypatch.setattr(sys, "argv", ["kiln", "validate"])
+        monkeypatch.setattr(main, "app", lambda: seen.append(gc.isenabled()))
+        main.run()
+        seen.append(gc.isenabled())
+    finally:
+        gc.enable()
+    assert seen == [True, False, True]
