@@ -49,4 +49,8 @@ def test_a_failing_release_is_rolled_back_during_its_mirror_step(proj: Proj) -> 
     with sqlite3.connect(proj.dir / ".kiln" / "state.db") as db:
         steps = [m for (m,) in db.execute("SELECT message FROM events WHERE kind = 'rollout.step'")]
     assert steps == ["step 1/2: 100% of requests copied to web-r2 (its answers discarded)"], steps
+    # The report names the step by what it did (a copy of 100 %), not by its weight (0 %).
+    report = (proj.dir / ".kiln" / "reports" / f"rollout-{last['rollout_id']}.html").read_text()
+    assert "canary step 1 (mirror 100%)" in report and "judge: fail at mirror 100%" in report
+    assert "canary step 1 (0%)" not in report
     print(f"\nmirror step: rolled back after {took:.1f}s; clients: {stats.summary()}")

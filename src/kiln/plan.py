@@ -57,6 +57,7 @@ class Facts:
     known_bad: str | None = None  # why this image+config is refused (it was just rolled back)
     strategy: str = "canary"
     steps: tuple[int, ...] = ()
+    mirrors: tuple[int, ...] = ()  # per step: the share a mirror step copies (0: weighted)
     why: tuple[str, ...] = ()  # what changed, in words (files, keys), for the detail
 
 
@@ -103,7 +104,9 @@ def decide(f: Facts) -> Decision:
             why.append("config changed")
         if not why:
             why.append("blue-green standby open and instances missing")
-    via = f" via {', '.join(f'{w}%' for w in f.steps)}" if f.strategy == "canary" else ""
+    shares = [f"mirror {m}%" if m else f"{w}%"
+              for w, m in zip(f.steps, f.mirrors or (0,) * len(f.steps), strict=True)]
+    via = f" via {', '.join(shares)}" if f.strategy == "canary" else ""
     return Decision("replace", f"{'; '.join(why)}: {f.strategy} {f.current} -> new release{via}")
 
 
@@ -134,6 +137,7 @@ def facts(ctx: Context, view: ServiceView, spec: ServiceSpec, image: str | None,
         standby=view.standby, image=image, same_config=same, alive=view.alive,
         routed=view.routed, replicas=spec.replicas, known_bad=bad,
         strategy=spec.rollout.strategy, steps=tuple(s.weight for s in spec.rollout.steps),
+        mirrors=tuple(s.mirror or 0 for s in spec.rollout.steps),
         why=tuple(why))
 
 

@@ -36,6 +36,11 @@ def recent_rate(counts: Callable[[], RequestCounts | None], releases: Collection
     return n / (t1 - t0)
 
 
+def _share(weight: int, mirror: int | None) -> str:
+    """'10%', or 'mirror 100%' for a mirror step (weight 0: it serves no one)."""
+    return f"mirror {mirror}%" if mirror else f"{weight}%"
+
+
 def _clock(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.1f}h"
@@ -60,21 +65,26 @@ def estimate(service: str, spec: ServiceSpec, rate: float) -> dict[str, Any] | N
     warning: str | None = None
     gathered = 0.0
     for i, step in enumerate(ro.steps):
-        if step.weight <= 0 or step.weight >= 100:
+        # A mirror step copies `mirror`% of the requests to the canary while the baseline still
+        # answers all of them: the canary sees that share, against the whole.
+        share = step.mirror or step.weight
+        if share <= 0 or (share >= 100 and not step.mirror):
             continue
-        need = requests_needed(analysis, (100 - step.weight) / step.weight)
-        canary_rate = judged * step.weight / 100
+        need = requests_needed(analysis, 100 / share if step.mirror else
+                               (100 - share) / share)
+        canary_rate = judged * share / 100
         left = max(0.0, need - gathered)
         warm = analysis.warmup if i == 0 else 0.0
         seconds = None if left > 0 and (canary_rate <= 0 or need >= LIMIT) else \
             warm + (left / canary_rate if left > 0 else 0.0)
         budget = None if step.pause is None else step.pause + ro.progress_deadline
-        steps.append({"weight": step.weight, "needed": need,
+        steps.append({"weight": step.weight, "mirror": step.mirror or 0, "needed": need,
                       "seconds": None if seconds is None else round(seconds, 1)})
         if warning is None and budget is not None and (seconds is None or seconds > budget):
             took = "never (no traffic)" if seconds is None else f"~{_clock(seconds)}"
             extra = f" (+{synthetic:g} synthetic)" if synthetic else ""
-            warning = (f"{service}: the {step.weight}% step needs ~{need} canary requests, "
+            warning = (f"{service}: the {_share(step.weight, step.mirror)} step needs ~{need} "
+                       f"canary requests, "
                        f"{took} at {rate:.1f} req/s{extra}, more than its pause plus progress_deadline "
                        f"({_clock(budget)}): it would be rolled back or promoted without "
                        f"evidence; levers: {LEVERS}")
@@ -87,7 +97,7 @@ def estimate_words(ev: dict[str, Any]) -> str:
     """'time to evidence at 2.0 req/s: 10% step ~481 canary requests, ~40m; 50% step ...'."""
     extra = f" (+{ev['synthetic_rate']:g} synthetic)" if ev.get("synthetic_rate") else ""
     steps = "; ".join(
-        f"{st['weight']}% step ~{st['needed']} canary requests, "
+        f"{_share(st['weight'], st.get('mirror'))} step ~{st['needed']} canary requests, "
         + ("never (no traffic)" if st["seconds"] is None else f"~{_clock(st['seconds'])}")
         for st in ev.get("steps", []))
     return f"time to evidence at {ev['rate']:.1f} req/s{extra}: {steps}"

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from kiln.analysis.explain import explain
-from kiln.analysis.judge import LATENCY_FLOOR_S
 from kiln.charts import asset, inline_script, uplot_version
 from kiln.platforms.base import Sample
 from kiln.state.records import events as event_records
@@ -50,12 +49,21 @@ OUTCOMES = {"promoted": "promoted", "rolled_back": "rolled back", "aborted": "ab
             "failed": "failed", "running": "running", "": "running"}
 
 
-def phase_label(phase: str, weight: int | None = None, step: int | None = None) -> str:
-    """A phase as people say it: 'canary step 2 (50%)', 'health check'."""
+def share_label(weight: int | None, mirror: int | None = 0) -> str:
+    """What a step gives the canary: '50%', or 'mirror 100%' for a mirror step (its weight is
+    0: it serves no one, it gets a copy of that share of the requests)."""
+    return f"mirror {mirror}%" if mirror else f"{weight}%"
+
+
+def phase_label(phase: str, weight: int | None = None, step: int | None = None,
+                mirror: int | None = 0) -> str:
+    """A phase as people say it: 'canary step 2 (50%)', 'canary step 1 (mirror 100%)',
+    'health check'."""
     text = PHASES.get(phase, phase.replace("_", " "))
     if phase == "step":
         num = f" {step + 1}" if step is not None else ""
-        text = f"canary step{num}" + (f" ({weight}%)" if weight is not None else "")
+        text = f"canary step{num}" + (f" ({share_label(weight, mirror)})"
+                                      if weight is not None or mirror else "")
     return text
 
 
@@ -95,6 +103,8 @@ class StepDecision:
     outcome: str
     reason: str
     figures: dict[str, Any] = field(default_factory=dict)
+    mirror: int = 0
+    """The share copied to the canary when the step was a mirror step (its weight is 0)."""
 
 
 @dataclass
@@ -119,6 +129,10 @@ class ReportData:
     finished: float | None = None
     synthetic: str = ""
     """How much of the traffic was kiln's own synthetic load (`rollout.load`), in words."""
+    mirrors: list[tuple[float, int]] = field(default_factory=list)
+    """(t, share of requests copied to the canary in percent), a step function: mirror steps."""
+    step_mirrors: dict[int, int] = field(default_factory=dict)
+    """step index -> its mirror share, for the rollout's mirror steps (from its release)."""
 
 
 def bucket_samples(samples: Iterable[Sample], started: float, width: float = 1.0) -> list[Bucket]:
@@ -212,10 +226,13 @@ def chart_payload(data: ReportData, now: float | None = None) -> dict[str, Any]:
                 [per[rel][t].errors if t in per[rel] else 0 for t in ts])
 
     weight = [_weight_in_second(data.weights, t) for t in ts]
-    # The canary's series start when it has weight (requests before that — health checks,
-    # a drain — are not what the judge compared) and end when the rollback takes it away.
-    # Weights are noted once a second, so the second on either side of a change is kept.
-    has = [bool(w) for w in weight]
+    mirror = ([_weight_in_second(data.mirrors, t) or None for t in ts]
+              if any(m for _, m in data.mirrors) else None)
+    # The canary's series start when it has weight or a mirror step copies requests to it
+    # (requests before that — health checks, a drain — are not what the judge compared) and
+    # end when the rollback takes it away. Weights are noted once a second, so the second on
+    # either side of a change is kept.
+    has = [bool(w) or bool(mirror and mirror[i]) for i, w in enumerate(weight)]
     weighted = ([any(has[max(0, i - 1): i + 2]) for i in range(n_sec)] if data.weights
                 else [True] * n_sec)
 
@@ -238,13 +255,17 @@ def chart_payload(data: ReportData, now: float | None = None) -> dict[str, Any]:
             lims = [x for x in ((None if rate is None else rate + inc),
                                 (float(ceiling) if ceiling is not None else None)) if x is not None]
             err_limit[i] = round(min(lims), 5) if lims else None
+        # The judge pulls numpy and scipy (~0.2 s): only for a judged rollout's limit lines,
+        # so `kiln deploy` of an unjudged one writes its report without them.
+        from kiln.analysis.judge import LATENCY_FLOOR_S
+
         rel_inc = float(a.get("max_latency_increase") or 0.0)
         floor_ms = 1000 * LATENCY_FLOOR_S  # the judge allows at least this much more
         lat_limit = [None if v is None else max(v * (1 + rel_inc), v + floor_ms)
                      for v in lat["baseline_p50"]]
     marks = [{"t": round(d.t, 2), "label": d.label, "kind": d.outcome} for d in data.decisions]
     return {
-        "t": ts, "weight": weight, "window": ERROR_WINDOW,
+        "t": ts, "weight": weight, "mirror": mirror, "window": ERROR_WINDOW,
         "err": {"canary": [_r(v, 5) for v in err_c], "baseline": [_r(v, 5) for v in err_b],
                 "limit": err_limit},
         "lat": {**{k: [_r(v, 2) for v in vs] for k, vs in lat.items()},
@@ -329,6 +350,8 @@ def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], cls: str = "") ->
 def thresholds_text(analysis: dict[str, Any] | None) -> str:
     if analysis is None:
         return "not judged (no rollout.analysis in the spec, or no baseline to compare with)"
+    from kiln.analysis.judge import LATENCY_FLOOR_S
+
     parts = [f"error rate at most +{_pct(analysis.get('max_error_rate_increase'))} over the "
              "baseline"]
     if analysis.get("max_error_rate") is not None:
@@ -350,7 +373,7 @@ def steps_rows(data: ReportData) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for s in data.steps:
         f = s.figures
-        rows.append((_fmt_t(s.t), str(s.step + 1), f"{s.weight}%", s.outcome,
+        rows.append((_fmt_t(s.t), str(s.step + 1), share_label(s.weight, s.mirror), s.outcome,
                      str(f.get("canary_requests", "–")), str(f.get("baseline_requests", "–")),
                      f"{_pct(f.get('canary_error_rate'))} vs {_pct(f.get('baseline_error_rate'))}",
                      f"{_ms(f.get('canary_p50'))} vs {_ms(f.get('baseline_p50'))}",
@@ -454,14 +477,17 @@ def write_report(path: Path, rollout: ReportData) -> Path:
 
 
 def from_series(series: dict[str, Any], *, service: str, canary: str, baseline: str | None,
-                started: float | None = None) -> ReportData:
-    """ReportData from the series JSON `kiln.analysis.live.Series.to_json()` writes."""
+                started: float | None = None,
+                step_mirrors: dict[int, int] | None = None) -> ReportData:
+    """ReportData from the series JSON `kiln.analysis.live.Series.to_json()` writes
+    (`step_mirrors`: the rollout's mirror steps, step index -> share, for the marks)."""
     seconds = series.get("seconds", [])
     t0 = started if started is not None else (seconds[0]["t"] if seconds else time.time())
     buckets = [Bucket(float(s["t"]) - t0, rel, int(v["n"]), int(v["errors"]), v.get("p50"),
                       v.get("p95")) for s in seconds for rel, v in s["releases"].items()]
     weights = [(float(t) - t0, int(w.get(canary, 0))) for t, w in series.get("weights", [])]
     data = ReportData(service, canary, baseline, t0, weights, buckets)
+    data.step_mirrors = dict(step_mirrors or {})
     data.decisions = phase_marks(data, series.get("phases", []))
     return data
 
@@ -478,35 +504,51 @@ def phase_marks(data: ReportData, phases: Iterable[Sequence[Any]]) -> list[Decis
             if value == "step":
                 step += 1
             out.append(Decision(t, phase_label(value, _weight_at(data.weights, t + 0.5),
-                                               step - 1), "phase"))
+                                               step - 1, data.step_mirrors.get(step - 1)),
+                                "phase"))
         elif phase == "step" and not any(abs(d.t - t) < 0.6 for d in out):
             step += 1  # step -> step: the weight changed without a phase change
-            out.append(Decision(t, phase_label("step", int(value), step - 1), "phase"))
+            out.append(Decision(t, phase_label("step", int(value), step - 1,
+                                               data.step_mirrors.get(step - 1)), "phase"))
     return out
 
 
+def mirror_steps(config: dict[str, Any]) -> dict[int, int]:
+    """step index -> mirror share of a release's recorded config (`rollout.steps[i].mirror`)."""
+    steps = (config.get("rollout") or {}).get("steps") if isinstance(config, dict) else None
+    if not isinstance(steps, list):
+        return {}
+    return {i: int(step["mirror"]) for i, step in enumerate(steps)
+            if isinstance(step, dict) and isinstance(step.get("mirror"), int) and step["mirror"]}
+
+
 def _events_timeline(store: Store, service: str, start: float, end: float, t0: float
-                     ) -> tuple[list[tuple[float, int]], list[Decision]]:
-    """Weights and marks from the event log, for a rollout that recorded no series."""
+                     ) -> tuple[list[tuple[float, int]], list[Decision], list[tuple[float, int]]]:
+    """Weights, marks and mirror shares from the event log (exact times)."""
     weights: list[tuple[float, int]] = []
     marks: list[Decision] = []
+    mirrors: list[tuple[float, int]] = []
     for r in event_records.rollout_events_between(store, service, start - 0.5, end + 0.5):
         t = float(r["time"]) - t0
         kind = str(r["kind"]).removeprefix("rollout.")
         data = json.loads(r["data_json"] or "{}")
         if kind == "step" and isinstance(data.get("weight"), int):
+            mirror = data.get("mirror") if isinstance(data.get("mirror"), int) else 0
             weights.append((t, int(data["weight"])))
-            marks.append(Decision(t, phase_label("step", data["weight"], data.get("step")),
-                                  "phase"))
+            mirrors.append((t, int(mirror)))
+            marks.append(Decision(t, phase_label("step", data["weight"], data.get("step"),
+                                                 mirror), "phase"))
         elif kind in ("full", "promoted"):
             weights.append((t, 100))
+            mirrors.append((t, 0))
             marks.append(Decision(t, str(r["message"])[:60], "phase"))
         elif kind in ("rolled_back", "aborted", "failed"):
             weights.append((t, 0))
+            mirrors.append((t, 0))
             marks.append(Decision(t, OUTCOMES.get(kind, kind), "fail"))
         elif kind != "paused":
             marks.append(Decision(t, kind.replace("_", " "), "phase"))
-    return weights, marks
+    return weights, marks, mirrors
 
 
 DRY_MARKS = {"would_fail": ("dry run: the judge would have rolled back", "fail"),
@@ -523,7 +565,8 @@ def words_html(data: ReportData) -> str:
         if not said:
             continue
         lis = "".join(f"<li class={e.outcome}>{html.escape(e.line())}</li>" for e in said)
-        items.append(f"<h3>step {s.step + 1} ({s.weight}%): {html.escape(s.outcome)}</h3>"
+        items.append(f"<h3>step {s.step + 1} ({share_label(s.weight, s.mirror)}): "
+                     f"{html.escape(s.outcome)}</h3>"
                      f"<ul class=words>{lis}</ul>")
     return "".join(items)
 
@@ -538,13 +581,21 @@ def load_report_data(store: Store, home: Path, service: str, rollout_id: int) ->
     finished = row["finished_at"] if "finished_at" in row.keys() else None  # noqa: SIM118
     src = home / "reports" / f"rollout-{rollout_id}.json"
     canary, baseline = str(row["to_release"]), row["from_release"]
+    canary_row = release_records.row(store, canary)
+    try:
+        canary_cfg = json.loads(canary_row["config_json"] or "{}") if canary_row else {}
+    except ValueError:
+        canary_cfg = {}
+    step_mirrors = mirror_steps(canary_cfg)
     if src.exists():
         data = from_series(json.loads(src.read_text()), service=service, canary=canary,
-                           baseline=baseline, started=started)
+                           baseline=baseline, started=started, step_mirrors=step_mirrors)
     else:
         data = ReportData(service, canary, baseline, started)
+        data.step_mirrors = step_mirrors
     end = float(finished) if finished is not None else time.time()
-    weights, marks = _events_timeline(store, service, started, end, started)
+    weights, marks, mirrors = _events_timeline(store, service, started, end, started)
+    data.mirrors = mirrors
     if not data.weights:
         data.weights = weights
         data.decisions = marks + data.decisions
@@ -570,11 +621,12 @@ def load_report_data(store: Store, home: Path, service: str, rollout_id: int) ->
         if isinstance(t, int | float):
             outcome = str(d.get("outcome") or "info")
             rel_t = float(t) - data.started
-            data.steps.append(StepDecision(rel_t, int(d.get("step") or 0),
-                                           int(d.get("weight") or 0), outcome,
-                                           str(d.get("reason") or ""), figures))
+            step = int(d.get("step") or 0)
+            mirror = data.step_mirrors.get(step, 0)
+            data.steps.append(StepDecision(rel_t, step, int(d.get("weight") or 0), outcome,
+                                           str(d.get("reason") or ""), figures, mirror))
             by_hand = outcome == "promote"  # `kiln promote` or the dashboard's button
-            at = f"at {d.get('weight', '?')}%"
+            at = f"at {share_label(d.get('weight', '?'), mirror)}"
             label, mark = DRY_MARKS.get(outcome, (f"judge: {outcome}", outcome))
             if by_hand:
                 label, mark = "promoted by hand", "info"

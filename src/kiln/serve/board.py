@@ -215,6 +215,7 @@ class Board:
         plan = self._steps(name, st)
         steps = len(plan)
         weight = st.weights.get(st.new)
+        mirrors = {i: int(step.mirror) for i, step in enumerate(plan) if step.mirror}
         out = {**last, "step": st.step, "steps": steps, "weights": st.weights,
                "phase": st.phase, "step_list": step_list(st, plan),
                "judge_line": st.judge_line if st.phase == "step" else None,
@@ -223,11 +224,13 @@ class Board:
                "evidence": st.evidence_at(time.time()) if open_ and st.phase == "step"
                else None,
                "synthetic": st.synthetic,
-               "phase_label": phase_label(st.phase, weight, st.step),
+               "phase_label": phase_label(st.phase, weight, st.step,
+                                          mirrors.get(st.step) if st.phase == "step" else 0),
                "verdict": verdict_words(st, not open_),
                "would_have": next((d.reason for d in st.decisions
                                    if d.outcome == "would_fail"), None),
                "decisions": [{"time": d.time, "step": d.step, "weight": d.weight,
+                              "mirror": mirrors.get(d.step, 0),
                               "outcome": d.outcome, "reason": d.reason}
                              for d in st.decisions[-20:]],
                "chart": None}
@@ -327,6 +330,6 @@ def step_list(st: Status, plan: list[RolloutStep]) -> list[dict[str, Any]]:
             state = "pending"
         hold = ("until promoted" if step.pause is None else "no pause" if step.pause == 0
                 else f"{step.pause:g}s")
-        out.append({"step": i + 1, "weight": step.weight, "hold": hold, "state": state,
-                    "judge": decided.get(i)})
+        out.append({"step": i + 1, "weight": step.weight, "mirror": step.mirror or 0,
+                    "hold": hold, "state": state, "judge": decided.get(i)})
     return out

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from kiln.analysis.report import CSS as REPORT_CSS
-from kiln.analysis.report import OUTCOMES, phase_label
+from kiln.analysis.report import OUTCOMES, phase_label, share_label
 from kiln.notify import failure_line
 from kiln.rollout.synthetic import synthetic_words
 
@@ -58,7 +58,9 @@ def steps_html(steps: list[dict[str, Any]]) -> str:
     items = "".join(
         f'<li class="step {e(st["state"])}" data-step-state="{e(st["state"])}">'
         f'<span class="mark">{STEP_MARKS.get(st["state"], "")}</span> '
-        f'step {st["step"]}: set weight {st["weight"]}% · hold {e(st["hold"])}'
+        + (f'step {st["step"]}: {share_label(0, st["mirror"])} (copies; answers discarded)'
+           if st.get("mirror") else f'step {st["step"]}: set weight {st["weight"]}%')
+        + f' · hold {e(st["hold"])}'
         + (f' · judge: {e(st["judge"])}' if st["judge"] else "") + "</li>"
         for st in steps)
     return f'<ol class="steps">{items}</ol>'
@@ -126,7 +128,8 @@ def service_card(s: dict[str, Any]) -> str:
         buttons = ((_form(name, "promote", "Promote") if "promote" in acts else "")
                    + (_form(name, "abort", "Abort", "", "bad") if "abort" in acts else ""))
         decisions = "".join(
-            f'<tr><td>{_when(d["time"])}</td><td>{d["step"] + 1}</td><td>{d["weight"]}%</td>'
+            f'<tr><td>{_when(d["time"])}</td><td>{d["step"] + 1}</td>'
+            f'<td>{share_label(d["weight"], d.get("mirror"))}</td>'
             f'<td class="{e(d["outcome"])}">{e(d["outcome"])}</td><td>{prose(d["reason"])}'
             f'</td></tr>' for d in ro["decisions"])
         rollout = (

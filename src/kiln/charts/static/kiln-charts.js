@@ -115,9 +115,14 @@
             var w = i == null ? null : u.data[2][i];
             return w == null ? "–" : (100 - w) + "%"; }},
          {label: can, stroke: C.canary, fill: C.canary, width: 1, paths: stepped,
-          points: {show: false}, value: function (u, v) { return v == null ? "–" : v + "%"; }}],
+          points: {show: false}, value: function (u, v) { return v == null ? "–" : v + "%"; }},
+         /* A mirror step serves no one (weight 0): the share copied to the canary. */
+         {label: "mirrored to canary", stroke: C.canary, dash: [6, 4], width: 2, paths: stepped,
+          points: {show: false}, value: function (u, v) {
+            return v == null ? "–" : "mirror " + v + "%"; }}],
        data: function (p) { return [p.t, p.weight.map(function (w) {
-         return w == null ? null : 100; }), p.weight]; },
+         return w == null ? null : 100; }), p.weight,
+         p.mirror || p.t.map(function () { return null; })]; },
        axes: axes("share of traffic", function (v) { return v + "%"; }),
        range: [0, 100], labels: true},
       {key: "errors", title: "Error rate (" + p.window + " s window)",

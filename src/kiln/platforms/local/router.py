@@ -50,6 +50,12 @@ from kiln.platforms.capabilities import (
     ServersReadBack,
 )
 from kiln.platforms.local import tcp_table, traefik_config, traefik_process
+from kiln.platforms.local.mirror_ports import (
+    MirrorPortTaken,
+    collision_message,
+    listen_collisions,
+    mirror_entrypoints,
+)
 from kiln.platforms.local.router_files import RouterFiles
 from kiln.platforms.local.traefik_process import Running
 from kiln.spec.models import ServiceSpec
@@ -94,6 +100,15 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
         self.start_deadline = start_deadline
 
     # ------------------------------------------------------------------ process
+
+    def check_listen(self, service_name: str, listen: str) -> None:
+        """Also refuse a listen on a mirror entrypoint's port: Traefik would get two entrypoints
+        of one address (kiln validate says the same, with the spec's line)."""
+        found = listen_collisions({service_name: listen}, mirror_entrypoints(self._load_state()))
+        if found:
+            raise MirrorPortTaken([f"services.{service_name}.listen: "
+                                   + collision_message(*found[0])])
+        super().check_listen(service_name, listen)
 
     def ensure_running(self) -> None:
         """Start Traefik with the recorded routing if it is not running (or lacks an entrypoint).
