@@ -90,7 +90,7 @@ def _validate(folder: Path) -> subprocess.CompletedProcess[str]:
 def test_validate_refuses_a_listen_on_a_mirror_entrypoint_in_one_line(tmp_path: Path) -> None:
     res = _validate(_project(tmp_path, "127.0.0.1:41234"))
     lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert res.returncode == 2 and res.stdout == "", res.stderr
+    assert res.returncode == 1 and res.stdout == "", res.stderr
     assert len(lines) == 1, lines
     line = lines[0]
     assert line.startswith("kiln.yaml:14:13: services.web.listen: 127.0.0.1:41234 is the port "

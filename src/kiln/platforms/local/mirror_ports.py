@@ -19,10 +19,7 @@ if TYPE_CHECKING:
     from kiln.spec.loader import LoadedSpec
 
 class MirrorPortTaken(SpecError):
-    """A `listen:` on a mirror entrypoint's port. Exit 2: the spec is valid on its own; it
-    conflicts with an address kiln already keeps for the project (not a malformed file)."""
-
-    exit_code = 2
+    """A `listen:` on a mirror entrypoint's port: bad spec input like any other (exit 1)."""
 
 
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
