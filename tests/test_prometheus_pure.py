@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,8 +17,9 @@ import pytest
 from kiln.analysis.prometheus import QueryError
 from kiln.errors import PlatformError
 from kiln.platforms.fake.router import FakeRouter
-from kiln.prometheus_config import Target, router_groups, static_config, target_groups
-from kiln.prometheus_server import EmbeddedPrometheus, prometheus_binary
+from kiln.platforms.local import haproxy_config as hc
+from kiln.prometheus_config import RELEASE_FROM_SERVER, Target, router_groups, static_config, target_groups
+from kiln.prometheus_server import EmbeddedPrometheus, command, prometheus_binary
 from kiln.scraping import Scraping, wanted
 from kiln.spec.models import Spec
 from kiln.state.store import Store
@@ -81,6 +84,73 @@ def test_static_config_scrapes_every_second_from_file_sd(tmp_path: Path) -> None
     assert jobs["kiln-router"]["basic_auth"] == {"username": "kiln",
                                                  "password_file": str(tmp_path / "pw")}
     assert "password" not in json.dumps(jobs["kiln-router"]).replace("password_file", "")
+    assert jobs["kiln-router"]["metric_relabel_configs"] == [RELEASE_FROM_SERVER]
+
+
+@pytest.mark.parametrize(("server", "release"), [
+    (hc.server_name("web-r12", "127.0.0.1:41234"), "web-r12"),
+    (hc.server_name("api-r1", "10.89.0.7:8000"), "api-r1"),
+    ("BACKEND", None),      # a backend's own series: no server, no release
+    ("", None),             # Traefik's series have no `server` label at all
+])
+def test_haproxy_servers_get_their_release_label(server: str, release: str | None) -> None:
+    # Prometheus anchors a relabel regex at both ends, as fullmatch does; no match: unchanged.
+    assert RELEASE_FROM_SERVER["replacement"] == "$1"
+    found = re.fullmatch(str(RELEASE_FROM_SERVER["regex"]), server)
+    assert (found.group(1) if found else None) == release
+
+
+def test_prometheus_command_bounds_its_data_and_opens_no_admin_api(tmp_path: Path) -> None:
+    argv = command("/usr/bin/prometheus", config=tmp_path / "p.yml", data=tmp_path / "data",
+                   listen="127.0.0.1:9")
+    flags = dict(a.removeprefix("--").split("=", 1) for a in argv[1:])
+    assert flags["storage.tsdb.retention.time"] == "7d"
+    assert flags["storage.tsdb.retention.size"] == "512MB"
+    assert flags["storage.tsdb.path"] == str(tmp_path / "data")
+    assert flags["web.listen-address"] == "127.0.0.1:9"
+    assert not any("admin-api" in a or "lifecycle" in a for a in argv)
+
+
+def haproxy_metrics_config(tmp_path: Path, metrics: hc.MetricsFrontend | None) -> str:
+    svc = hc.ServiceConfig("127.0.0.1:8080", [hc.Server("web-r1.127.0.0.1:9000",
+                                                         "127.0.0.1:9000", 256, 500)], 1000)
+    return hc.render(socket=tmp_path / "admin.sock", health_map=tmp_path / "health.map",
+                     services={"web": svc}, metrics=metrics)
+
+
+def test_haproxy_exporter_has_its_own_loopback_frontend_behind_basic_auth(
+        tmp_path: Path) -> None:
+    text = haproxy_metrics_config(tmp_path, hc.MetricsFrontend("127.0.0.1:9101", "kiln", "s-3_t"))
+    blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in text.split("\n\n") if b.strip()}
+    exporter = [line.strip() for line in blocks["frontend kiln.metrics"]]
+    assert exporter == [
+        "bind 127.0.0.1:9101",
+        "http-request auth realm kiln unless { http_auth(kiln.metrics) }",
+        "http-request use-service prometheus-exporter if { path /metrics }",
+        "http-request deny"]  # not logged: no `log` line, the access log is the judge's
+    assert [line.strip() for line in blocks["userlist kiln.metrics"]] == [
+        "user kiln insecure-password s-3_t"]
+    # The service's frontend (its public listen address) never serves the exporter.
+    public = "\n".join(blocks["frontend kiln-web"])
+    assert "prometheus-exporter" not in public and "bind 127.0.0.1:8080" in public
+    assert "prometheus-exporter" not in haproxy_metrics_config(tmp_path, None)
+    if shutil.which("haproxy"):  # HAProxy itself accepts it (its syntax, not a guess)
+        (tmp_path / "health.map").write_text("")
+        (tmp_path / "haproxy.cfg").write_text(text)
+        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(tmp_path / "haproxy.cfg")],
+                               capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stderr + check.stdout
+
+
+@pytest.mark.parametrize(("metrics", "problem"), [
+    (hc.MetricsFrontend("0.0.0.0:9101", "kiln", "pw"), "is not on loopback"),
+    (hc.MetricsFrontend("127.0.0.1:9101", "kiln", "pw with space"), "letters, digits"),
+    (hc.MetricsFrontend("127.0.0.1:9101", "kiln", "pw\n  stats enable"), "letters, digits"),
+])
+def test_haproxy_exporter_refuses_what_would_expose_it(
+        tmp_path: Path, metrics: hc.MetricsFrontend, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        haproxy_metrics_config(tmp_path, metrics)
 
 
 def test_targets_are_rewritten_only_when_they_change(tmp_path: Path) -> None:

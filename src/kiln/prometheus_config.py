@@ -19,6 +19,11 @@ SCRAPE_INTERVAL = 1.0
 one interval old (docs/judge.md, "kiln's own Prometheus")."""
 INSTANCES_JOB = "kiln-instances"
 ROUTER_JOB = "kiln-router"
+RELEASE_FROM_SERVER = {"source_labels": ["server"], "regex": r"([^.]+)\..+",
+                       "target_label": "release", "replacement": "$1"}
+"""HAProxy names a server `<release_id>.<host>:<port>` (release ids hold no dot), so its
+exporter's per-server series get the `release` label the instances' series carry. A series
+without such a `server` label does not match and is left as it is (Traefik's)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ def static_config(*, targets_dir: Path, password_file: Path, username: str,
             {"job_name": ROUTER_JOB,
              "basic_auth": {"username": username, "password_file": str(password_file)},
              "file_sd_configs": [{"files": [str(targets_dir / "router.json")],
-                                  "refresh_interval": "5s"}]},
+                                  "refresh_interval": "5s"}],
+             "metric_relabel_configs": [RELEASE_FROM_SERVER]},
         ],
     }

@@ -28,7 +28,18 @@ from kiln.state.lock import pid_start_time
 
 START_DEADLINE = 30.0
 """Seconds Prometheus may take to answer /-/ready (it replays its WAL first)."""
-RETENTION = "7d"
+RETENTION_TIME = "7d"
+RETENTION_SIZE = "512MB"
+"""Whichever comes first ends the oldest block: 7 days of history, and never more than 512 MiB
+of blocks (the WAL, a few hours at most, comes on top). gc does not delete series
+(docs/decisions/prometheus-data.md says why)."""
+
+
+def command(binary: str, *, config: Path, data: Path, listen: str) -> list[str]:
+    """The Prometheus command line (pure): no admin API, no lifecycle API, bounded storage."""
+    return [binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
+            f"--web.listen-address={listen}", f"--storage.tsdb.retention.time={RETENTION_TIME}",
+            f"--storage.tsdb.retention.size={RETENTION_SIZE}", "--log.level=warn"]
 
 
 def prometheus_binary() -> str:
@@ -111,9 +122,7 @@ class EmbeddedPrometheus:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as out:
             child = subprocess.Popen(
-                [binary, f"--config.file={self.config_path}",
-                 f"--storage.tsdb.path={self.data_dir}", f"--web.listen-address={listen}",
-                 f"--storage.tsdb.retention.time={RETENTION}", "--log.level=warn"],
+                command(binary, config=self.config_path, data=self.data_dir, listen=listen),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, cwd=str(self.dir))
         proc._children[child.pid] = child  # reaped by stop_pid

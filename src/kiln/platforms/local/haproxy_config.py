@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,41 @@ LOG_FORMAT = (
     '%[var(txn.start),mod(1000000),add(1000000),regsub(^1,)]Z",'
     '"entryPointName":"%f"}'
 )
+
+
+METRICS_PROXY = "kiln.metrics"
+"""Name of the exporter's frontend and userlist: service names hold no dot, so never a
+service's frontend."""
+
+
+@dataclass(frozen=True)
+class MetricsFrontend:
+    """HAProxy's built-in Prometheus exporter on a loopback port of its own, behind basic auth
+    (the password is Prometheus' router password): never on a service's listen address, so no
+    client of a service reaches it, and not logged (no `log` line: the access log stays the
+    judge's requests only)."""
+
+    address: str
+    username: str
+    password: str
+
+
+def metrics_lines(m: MetricsFrontend) -> list[str]:
+    if not m.address.startswith("127."):
+        raise ValueError(f"metrics frontend {m.address} is not on loopback")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", m.username + m.password):
+        raise ValueError("metrics credentials must be letters, digits, '-' or '_'")
+    return [
+        f"userlist {METRICS_PROXY}",
+        f"  user {m.username} insecure-password {m.password}",
+        "",
+        f"frontend {METRICS_PROXY}",
+        f"  bind {m.address}",
+        f"  http-request auth realm kiln unless {{ http_auth({METRICS_PROXY}) }}",
+        "  http-request use-service prometheus-exporter if { path /metrics }",
+        "  http-request deny",
+        "",
+    ]
 
 
 def frontend_name(service_name: str) -> str:
@@ -157,8 +193,9 @@ def _backend_lines(name: str, health_map: Path, check_timeout_ms: int,
 
 
 def render(*, socket: Path, health_map: Path, services: Mapping[str, ServiceConfig],
-           preview_map: Path | None = None) -> str:
-    """haproxy.cfg: loopback frontends only, admin socket, JSON access log on stdout."""
+           preview_map: Path | None = None, metrics: MetricsFrontend | None = None) -> str:
+    """haproxy.cfg: loopback frontends only, admin socket, JSON access log on stdout, and the
+    Prometheus exporter's own frontend when `metrics` is given."""
     lines = [
         "global",
         f"  stats socket {socket} mode 600 level admin",
@@ -176,6 +213,8 @@ def render(*, socket: Path, health_map: Path, services: Mapping[str, ServiceConf
         "  retries 2",
         "",
     ]
+    if metrics is not None:
+        lines += metrics_lines(metrics)
     for name, svc in sorted(services.items()):
         if not svc.listen.startswith("127.") and not svc.listen.startswith("localhost:"):
             raise ValueError(f"frontend {svc.listen} is not on loopback")

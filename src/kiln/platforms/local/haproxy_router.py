@@ -33,7 +33,7 @@ from typing import Any
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend, RequestCounts
-from kiln.platforms.capabilities import HealthVerdicts, OpenRequests, ServersReadBack
+from kiln.platforms.capabilities import HealthVerdicts, OpenRequests, RouterMetrics, ServersReadBack
 from kiln.platforms.local import haproxy_config as hc
 from kiln.platforms.local import tcp_table
 from kiln.platforms.local import traefik_process as proc
@@ -46,6 +46,8 @@ PREVIEW_SUFFIX = "@preview"
 """counts.json key suffix of a deleted preview-backend server (its name is its release's)."""
 START_DEADLINE = 15.0
 APPLY_DEADLINE = 10.0
+METRICS_USER = "kiln"
+"""Basic-auth user of the exporter: the name kiln's Prometheus sends to every router."""
 
 
 def haproxy_binary() -> str:
@@ -85,7 +87,7 @@ class RuntimeAPI:
             return False
 
 
-class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
+class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics):
     """Router seam on HAProxy. Every method is safe to call again after a crash."""
 
     def __init__(self, home: Path, project: str, *, apply_deadline: float = APPLY_DEADLINE,
@@ -144,7 +146,8 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
                            "".join(f"{rid} {svc}\n" for rid, svc in sorted(previews.items())))
         try:
             text = hc.render(socket=self.socket_path, health_map=self.health_map,
-                             services=services, preview_map=self.preview_map)
+                             services=services, preview_map=self.preview_map,
+                             metrics=self._metrics_frontend(state))
         except ValueError as exc:
             raise PlatformError(f"HAProxy config: {exc}") from exc
         self._write_atomic(self.config_path, text)
@@ -165,8 +168,9 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
     def _ensure_running(self, state: dict[str, Any]) -> Running:
         listens = self._listens(state)
         running = self._running()
-        if running is not None and running.listens == listens:
-            return running
+        if running is not None and running.listens == listens and state.get("metrics"):
+            return running  # (no metrics address: started by a kiln without the exporter)
+        self._pick_metrics_address(state, running)
         ours = set(running.listens.values()) if running else set()
         for name, addr in sorted(listens.items()):
             if addr not in ours and not proc.port_free_soon(addr):
@@ -229,6 +233,33 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack):
             if running is not None:
                 proc.stop_pid(running.pid, running.start, timeout=12.0, sig=signal.SIGUSR1)
             self.pid_path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ metrics
+
+    @staticmethod
+    def _pick_metrics_address(state: dict[str, Any], running: Running | None) -> None:
+        """The exporter's loopback port and password: picked at the first start, kept in
+        router.json (a new port only when another process took it while HAProxy was down)."""
+        if not state.get("metrics_password"):
+            state["metrics_password"] = secrets.token_urlsafe(24)
+        addr = state.get("metrics")
+        if not addr or (running is None and not proc.port_free(str(addr))):
+            state["metrics"] = f"127.0.0.1:{proc.free_port()}"
+
+    @staticmethod
+    def _metrics_frontend(state: dict[str, Any]) -> hc.MetricsFrontend | None:
+        if not state.get("metrics") or not state.get("metrics_password"):
+            return None
+        return hc.MetricsFrontend(str(state["metrics"]), METRICS_USER,
+                                  str(state["metrics_password"]))
+
+    def metrics_endpoint(self) -> dict[str, str] | None:
+        """HAProxy's Prometheus exporter (its own loopback frontend, basic auth)."""
+        m = self._metrics_frontend(self._load_state())
+        if m is None:
+            return None
+        return {"address": m.address, "path": "/metrics", "username": m.username,
+                "password": m.password}
 
     # ------------------------------------------------------------------ routing
 
