@@ -1,20 +1,24 @@
 """End to end on podman: the podman-shop example bakes from a Debian base, passes its tests
 (testinfra's podman backend), canaries a good release and has a bad one rolled back by the judge
-under load, with no failed request but the bad release's own."""
+under load, with no failed request but the bad release's own. kiln's Prometheus scrapes the
+containers (`metrics: {path}`) at their addresses on the project's network."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kiln.platforms.local.traefik_process import http_get
 from kiln.testing.load import Load, LoadStats
 from kiln.testing.podman import make_project, project_name, teardown_project
-from kiln.testing.project import Proj, judged_canary, wait_for
+from kiln.testing.project import ROOT, Proj, judged_canary, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +58,44 @@ def failed_outside(stats: LoadStats, bad_version: str) -> int:
     return stats.conn_errors + non_2xx - own
 
 
+def with_metrics(p: Proj) -> None:
+    """The shop's app with its /metrics (the local shop's server, stdlib only) and
+    `metrics: {path: /metrics}` on the service: kiln runs its Prometheus for the project."""
+    shutil.copy(ROOT / "examples" / "shop" / "app" / "server.py", p.dir / "app" / "server.py")
+    spec = p.dir / "kiln.yaml"
+    spec.write_text(spec.read_text().replace(
+        "    stop_timeout: 5s\n", "    stop_timeout: 5s\n    metrics: {path: /metrics}\n", 1))
+
+
+def scraped_up(url: str) -> set[tuple[str, str]]:
+    """(release, instance) of every instance kiln's Prometheus scraped successfully last."""
+    q = urllib.parse.urlencode({"query": 'up{job="kiln-instances"} == 1'})
+    status, body = http_get(f"{url}/api/v1/query?{q}")
+    assert status == 200, body
+    return {(r["metric"]["release"], r["metric"]["instance"])
+            for r in json.loads(body)["data"]["result"]}
+
+
 def test_podman_shop_canaries_a_good_release_and_rolls_back_a_bad_one(shop: Proj) -> None:
+    with_metrics(shop)
     res = shop.kiln("deploy", timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "testinfra" in res.stdout and "4 passed" in "".join(res.stdout.split("\n"))
     assert shop.weights() == {"web-r1": 100}
     first = containers(shop)
     assert len(first) == 3
+
+    # Scraped where Prometheus reaches them: each container's address on the project's network
+    # (the router's address for it), labelled with its release.
+    status = shop.status()
+    insts = {i["id"]: i["address"] for i in status["services"][0]["releases"][0]["instances"]}
+    groups = json.loads((shop.dir / ".kiln" / "prometheus" / "targets" / "instances.json")
+                        .read_text())
+    assert {g["labels"]["instance"]: g["targets"][0] for g in groups} == insts, groups
+    assert {g["labels"]["release"] for g in groups} == {"web-r1"}
+    url = status["prometheus"]["url"]
+    wait_for(lambda: scraped_up(url) == {("web-r1", i) for i in insts}, timeout=30,
+             what="the 3 containers scraped by kiln's Prometheus")
 
     shop.behave(version="2")
     res, stats = deploy_under_load(shop)

@@ -1,6 +1,7 @@
 """End to end with kiln's own Prometheus (Debian's binary): `metrics: {path}` on the service, a
-real Prometheus scraping every instance by file_sd, the shop's business counter, and a canary
-rolled back on it while its 5xx and latency look fine."""
+real Prometheus scraping every instance by file_sd and the router (HAProxy's exporter, Traefik's
+metrics), the shop's business counter, and a canary rolled back on it while its 5xx and latency
+look fine."""
 
 from __future__ import annotations
 
@@ -57,6 +58,14 @@ def up_releases(url: str) -> set[str]:
     return {r["metric"]["release"] for r in query(url, 'up{job="kiln-instances"} == 1')}
 
 
+def haproxy_series_of(url: str, release: str) -> int:
+    """HAProxy's per-server series of a release (the release label comes from the server's
+    name by kiln's relabelling), one `haproxy_server_weight` per server."""
+    return len(query(url, f'haproxy_server_weight{{proxy="kiln-web",release="{release}"}}'))
+
+
+# HAProxy: the default router of a new project (`kiln init`).
+@pytest.mark.parametrize("proj", ["haproxy"], indirect=True)
 def test_business_counter_rolls_back_a_release_whose_5xx_and_latency_look_fine(
         proj: Proj) -> None:
     write_spec(proj)
@@ -80,6 +89,19 @@ def test_business_counter_rolls_back_a_release_whose_5xx_and_latency_look_fine(
              what="every instance scraped with its service and instance labels")
     wait_for(lambda: query(url, 'up{job="kiln-router"} == 1'), timeout=20,
              what="the router scraped")
+    # HAProxy's exporter: its own loopback port (kiln's pick, kept with the router's state),
+    # behind the router password; each of r1's servers has its series with its release.
+    exporter = json.loads((proj.dir / ".kiln" / "haproxy" / "router.json").read_text())["metrics"]
+    routers = json.loads((proj.dir / ".kiln" / "prometheus" / "targets" / "router.json")
+                         .read_text())
+    assert [g["targets"] for g in routers] == [[exporter]] and exporter != proj.listen, routers
+    wait_for(lambda: haproxy_series_of(url, "web-r1") == 3, timeout=20,
+             what="HAProxy's series of r1's 3 servers, labelled with their release")
+    assert http_get(f"http://{exporter}/metrics")[0] == 401  # not without the password
+    # The public listen port serves the app's own /metrics, never HAProxy's.
+    status, raw = http_get(f"http://{proj.listen}/metrics")
+    body = raw.decode()
+    assert status == 200 and "checkout_total" in body and "haproxy_" not in body, body[:300]
 
     proj.behave(version="2", checkout_failure_rate=0.3)
     with Load(proj.listen, rate=120, max_seconds=120, keep_body=80) as load:
@@ -111,6 +133,9 @@ def test_business_counter_rolls_back_a_release_whose_5xx_and_latency_look_fine(
     assert status["prometheus"]["targets"] == 3
     wait_for(lambda: up_releases(url) == {"web-r1"}, timeout=20,
              what="the canary's instances no longer scraped")
+    # The canary's servers were in HAProxy's series while they served, under their release.
+    assert query(url, 'max_over_time(haproxy_server_weight{release="web-r2"}[5m]) > 0'), \
+        "no HAProxy series of the canary's servers"
     print(f"\nbusiness-counter canary: deploy {took:.1f}s, rolled back {rollout_s:.1f}s after "
           f"the rollout began; reason: {last['reason']}; "
           f"load: {stats.summary()}")
@@ -135,3 +160,11 @@ def test_a_missing_prometheus_binary_is_one_line(proj: Proj, tmp_path: Path) -> 
     # A deploy that failed before anything served leaves neither router nor Prometheus.
     assert proj.status()["router"]["running"] is False
     assert proj.alive_instances() == 0
+    # With the binary found again, the deploy goes through and Traefik's own metrics (its
+    # internal entrypoint, basic auth) are scraped beside the instances.
+    res = proj.kiln("deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    url = proj.status()["prometheus"]["url"]
+    wait_for(lambda: query(url, 'up{job="kiln-router"} == 1'), timeout=20,
+             what="Traefik's metrics scraped")
+    assert query(url, 'traefik_config_reloads_total{job="kiln-router"}')
