@@ -487,7 +487,8 @@ def test_switching_router_stops_the_other(tmp_path: Path,
     (FakeRouter, {"HealthVerdicts", "OpenRequests", "ServersReadBack"}),
     (TraefikRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests", "ServersReadBack",
                      "RouterMetrics", "Mirroring"}),
-    (HAProxyRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests", "ServersReadBack"}),
+    (HAProxyRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests", "ServersReadBack",
+                     "RouterMetrics"}),
     (AlbRouter, {"OpenRequests"}),  # targets still deregistering; its health checks are the ASG's
 ])
 def test_declares_its_capabilities(part: type, capabilities: set[str]) -> None:
