@@ -3,6 +3,7 @@ and the judge's queries bringing a killed one back (a real process)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -18,6 +19,8 @@ from kiln.analysis.prometheus import QueryError
 from kiln.errors import PlatformError
 from kiln.platforms.fake.router import FakeRouter
 from kiln.platforms.local import haproxy_config as hc
+from kiln.platforms.local.haproxy_router import HAProxyRouter
+from kiln.platforms.local.traefik_process import http_get
 from kiln.prometheus_config import RELEASE_FROM_SERVER, Target, router_groups, static_config, target_groups
 from kiln.prometheus_server import EmbeddedPrometheus, command, prometheus_binary
 from kiln.scraping import Scraping, wanted
@@ -205,3 +208,38 @@ def test_the_judges_queries_restart_a_killed_prometheus(tmp_path: Path) -> None:
     finally:
         scraping.stop()
         store.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy missing")
+def test_haproxy_serves_its_exporter_and_an_older_one_is_restarted_to_get_it(
+        tmp_path: Path) -> None:
+    """The exporter answers on the endpoint kiln publishes (only with the password); a HAProxy
+    started by a kiln without it (no `metrics` in router.json) is restarted once to get it."""
+    router = HAProxyRouter(tmp_path, "shop")
+    try:
+        router.ensure_running()
+        endpoint = router.metrics_endpoint()
+        assert endpoint is not None and endpoint["address"].startswith("127.0.0.1:")
+        url = f"http://{endpoint['address']}{endpoint['path']}"
+        assert http_get(url)[0] == 401
+        auth = {"Authorization": "Basic " + base64.b64encode(
+            f"{endpoint['username']}:{endpoint['password']}".encode()).decode()}
+        status, body = http_get(url, headers=auth)
+        assert status == 200 and b"haproxy_process_" in body
+        first = router._running()
+        router.ensure_running()  # unchanged: the same process
+        assert router._running() == first and router.metrics_endpoint() == endpoint
+        state = json.loads(router.state_path.read_text())
+        del state["metrics"], state["metrics_password"]  # as an older kiln left it
+        router.state_path.write_text(json.dumps(state))
+        router.ensure_running()
+        again = router.metrics_endpoint()
+        assert again is not None and again != endpoint
+        assert router._running() != first
+        url = f"http://{again['address']}{again['path']}"
+        auth = {"Authorization": "Basic " + base64.b64encode(
+            f"{again['username']}:{again['password']}".encode()).decode()}
+        assert http_get(url, headers=auth)[0] == 200
+    finally:
+        router.stop()
