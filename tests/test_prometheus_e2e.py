@@ -98,6 +98,8 @@ def test_business_counter_rolls_back_a_release_whose_5xx_and_latency_look_fine(
     wait_for(lambda: haproxy_series_of(url, "web-r1") == 3, timeout=20,
              what="HAProxy's series of r1's 3 servers, labelled with their release")
     assert http_get(f"http://{exporter}/metrics")[0] == 401  # not without the password
+    # Scrapes are not requests of any release: the judge's access log never has them.
+    assert "kiln.metrics" not in (proj.dir / ".kiln" / "haproxy" / "access.log").read_text()
     # The public listen port serves the app's own /metrics, never HAProxy's.
     status, raw = http_get(f"http://{proj.listen}/metrics")
     body = raw.decode()
@@ -133,9 +135,6 @@ def test_business_counter_rolls_back_a_release_whose_5xx_and_latency_look_fine(
     assert status["prometheus"]["targets"] == 3
     wait_for(lambda: up_releases(url) == {"web-r1"}, timeout=20,
              what="the canary's instances no longer scraped")
-    # The canary's servers were in HAProxy's series while they served, under their release.
-    assert query(url, 'max_over_time(haproxy_server_weight{release="web-r2"}[5m]) > 0'), \
-        "no HAProxy series of the canary's servers"
     print(f"\nbusiness-counter canary: deploy {took:.1f}s, rolled back {rollout_s:.1f}s after "
           f"the rollout began; reason: {last['reason']}; "
           f"load: {stats.summary()}")
