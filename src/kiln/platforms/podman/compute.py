@@ -399,7 +399,9 @@ class PodmanCompute(LocalCompute, TamperCheck, ImageFileReader, TestinfraBackend
             engine.run(["rm", "-f", "-t", "2", name], timeout=60.0, check=False)
             if info["state"] == "running":
                 changes.append(f"{info['instance'] or name}: stopped orphan container {name}")
-        if changes and not self._others_live(""):
+        # Nothing lives: the networks go too, also when this sweep changed nothing (a launch
+        # refused after its network was made, or containers removed by hand, left them).
+        if not self._others_live(""):
             changes += [f"removed network {n}" for n in self.remove_networks()]
         return changes
 
