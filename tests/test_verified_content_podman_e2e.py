@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from kiln.platforms.podman.images import layer_dirs
-from kiln.testing.podman import make_project, project_name, remove_images, teardown_project
+from kiln.testing.podman import (
+    make_project,
+    project_name,
+    project_networks,
+    remove_images,
+    teardown_project,
+)
 from kiln.testing.project import CANARY_FAST, Proj
 
 pytestmark = pytest.mark.e2e
@@ -38,6 +44,7 @@ def shop(tmp_path: Path, podman_base: str) -> Iterator[Proj]:
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         teardown_project(p)
         remove_images(project_name(p), "web")
+    assert project_networks(p) == []  # destroy took the networks, also after a refused heal
 
 
 def ok(p: Proj, *args: str) -> str:

@@ -107,6 +107,16 @@ def teardown_project(p: Proj) -> None:
         remove_containers(f"kiln-{project_name(p)}-")
 
 
+def project_networks(p: Proj) -> list[str]:
+    """The podman networks still named after the project (none once it is destroyed)."""
+    podman = shutil.which("podman")
+    if podman is None:
+        return []
+    proc = subprocess.run([podman, "network", "ls", "--format", "{{.Name}}"],
+                          capture_output=True, text=True, timeout=60)
+    return [n for n in proc.stdout.split() if n.startswith(f"kiln-{project_name(p)}-")]
+
+
 def project_name(p: Proj) -> str:
     m = re.search(r"^project: (\S+)", (p.dir / "kiln.yaml").read_text(), re.M)
     return m.group(1) if m else ""
