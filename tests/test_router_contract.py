@@ -81,7 +81,11 @@ def backend() -> Iterator[Callable[[str, str], str]]:
 
 @pytest.fixture
 def router(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyRouter]:
-    r = _make(request.param, tmp_path / "home")
+    # A home as deep as a user's project can be: HAProxy refuses an admin socket path over 97
+    # bytes, so every router here runs where an absolute socket path would not fit.
+    home = tmp_path / "a-project-folder-as-deep-as-a-users-can-be" / "home"
+    assert len(str(home / "haproxy" / "admin.sock")) > 108
+    r = _make(request.param, home)
     try:
         yield r
     finally:

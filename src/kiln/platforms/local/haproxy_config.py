@@ -198,7 +198,9 @@ def render(*, socket: Path, health_map: Path, services: Mapping[str, ServiceConf
     Prometheus exporter's own frontend when `metrics` is given."""
     lines = [
         "global",
-        f"  stats socket {socket} mode 600 level admin",
+        # Relative to HAProxy's working directory (kiln starts it in the socket's folder):
+        # HAProxy refuses a socket path over 97 bytes, which a project's absolute path reaches.
+        f"  stats socket unix@{socket.name} mode 600 level admin",
         "  stats timeout 10s",
         "  log stdout format raw local0",
         f"  hard-stop-after {HARD_STOP_AFTER}",

@@ -68,16 +68,24 @@ class RuntimeAPI:
         self.path, self.timeout = path, timeout
 
     def run(self, *commands: str) -> str:
+        # Through the folder's descriptor (/proc/self/fd/N/admin.sock): a UNIX socket address
+        # must fit in 107 bytes, a project's absolute path need not.
+        try:
+            folder = os.open(self.path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PlatformError(f"HAProxy's admin socket {self.path}: {exc}") from exc
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(self.timeout)
             try:
-                s.connect(str(self.path))
+                s.connect(f"/proc/self/fd/{folder}/{self.path.name}")
                 s.sendall(("; ".join(commands) + "\n").encode())
                 chunks = []
                 while chunk := s.recv(65536):
                     chunks.append(chunk)
             except OSError as exc:
                 raise PlatformError(f"HAProxy's admin socket {self.path}: {exc}") from exc
+            finally:
+                os.close(folder)
         return b"".join(chunks).decode("utf-8", "replace")
 
     def alive(self) -> bool:
@@ -194,11 +202,12 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
 
     def _start(self, listens: dict[str, str]) -> Running:
         binary = haproxy_binary()
-        check = subprocess.run([binary, "-c", "-q", "-f", str(self.config_path)],
+        check = subprocess.run([binary, "-c", "-f", str(self.config_path)], cwd=str(self.dir),
                                capture_output=True, text=True, check=False)
-        if check.returncode != 0:
+        if check.returncode != 0:  # the first alert (without -q: -q also hides the alerts)
+            alerts = [ln for ln in (check.stderr + check.stdout).splitlines() if "ALERT" in ln]
             raise PlatformError("HAProxy refused its config: "
-                                + " ".join((check.stderr or check.stdout).split())[:400])
+                                + " ".join((alerts[0] if alerts else check.stderr).split())[:400])
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.socket_path.unlink(missing_ok=True)
         with open(self.access_log_path, "ab") as out, open(self.log_path, "ab") as err:
