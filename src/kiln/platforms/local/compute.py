@@ -432,13 +432,17 @@ class LocalCompute(Sweeper, OrphanFinder, ExitStatus, ReleaseTerminator):
     def _stopped(self, instance: Instance) -> None:
         self._reap()
         cgroups.release(self.folder(instance.id))  # and whatever left the process group
+        self._record_stopped(instance)
+        self._procs.pop(instance.id, None)
+
+    def _record_stopped(self, instance: Instance) -> None:
+        """Mark the row stopped, with its event, once (a second terminate records nothing)."""
         row = get_row(self.store, instance.id)
-        if row is not None and row["state"] not in ("stopped",):
+        if row is not None and row["state"] != "stopped":
             with self.store.tx() as c:
                 instance_records.mark_stopped(c, instance.id, time.time())
                 c.event("instance.stop", f"stopped {instance.id}", service=instance.service,
                         data={"instance": instance.id})
-        self._procs.pop(instance.id, None)
 
     def _wait_group_gone(self, instance: Instance, pgid: int, until: float) -> bool:
         pause = 0.005

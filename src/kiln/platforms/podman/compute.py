@@ -348,12 +348,7 @@ class PodmanCompute(LocalCompute, TamperCheck, ImageFileReader, TestinfraBackend
         for inst, handle in zip(instances, handles, strict=True):
             if not self._others_live(inst.id):  # the last one: the networks go too
                 self.remove_networks()
-            row = get_row(self.store, inst.id)
-            if row is not None and row["state"] != "stopped":
-                with self.store.tx() as c:
-                    instance_records.mark_stopped(c, inst.id, time.time())
-                    c.event("instance.stop", f"stopped {inst.id}", service=inst.service,
-                            data={"instance": inst.id})
+            self._record_stopped(inst)
             self._followers.pop(handle.name, None)
 
     def _others_live(self, instance_id: str) -> bool:
