@@ -39,6 +39,7 @@ from kiln.platforms.base import Image
 from kiln.platforms.podman import images
 from kiln.state.records import verified
 from kiln.state.store import Store
+from kiln.testing.images import wait_keyable
 from kiln.testing.podman import ensure_base, unusable
 
 
@@ -75,15 +76,9 @@ def _cpu() -> float:
 
 
 def settle(folders: list[Path]) -> None:
-    """Wait (bounded) until every ctime under `folders` is in a past second: only then may the
-    fast path record a file's key (kiln.bake.manifest.check)."""
-    newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns for f in folders
-                 for d, dirs, files in os.walk(f) for n in (*dirs, *files))
-    deadline = time.monotonic() + 30
-    while manifest.cutoff() <= newest:
-        if time.monotonic() > deadline:
-            raise SystemExit("ctimes stay in the current second: is the clock moving?")
-        time.sleep(0.05)
+    """Wait (bounded) until every ctime under `folders` is old enough for the fast path to
+    record its file's key (kiln.bake.manifest.trusted)."""
+    wait_keyable(folders)
 
 
 def stats(xs: list[float]) -> str:

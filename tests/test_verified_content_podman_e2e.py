@@ -124,11 +124,11 @@ def layer_keys(p: Proj, digests: list[str]) -> list[set[str]]:
     full check, read-only, does not), after every file of its layers has a ctime in a past
     second; the paths keyed, per layer."""
     from kiln.bake.imagestore import get_image
-    from kiln.bake.manifest import Manifest, cutoff, decode_keys
+    from kiln.bake.manifest import Manifest, decode_keys
     from kiln.platforms.podman.images import layers_problem
     from kiln.project import Project
     from kiln.state.records import verified
-    from kiln.testing.project import wait_for
+    from kiln.testing.images import wait_keyable
 
     project = Project.open(p.dir / "kiln.yaml")
     try:
@@ -138,10 +138,7 @@ def layer_keys(p: Proj, digests: list[str]) -> list[set[str]]:
                 ["podman", "image", "inspect", digest.removeprefix("sha256:")],
                 capture_output=True, text=True, timeout=60, check=True).stdout)[0]
             layers = layer_dirs(data)
-            newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns for _, folder in layers
-                         for d, dirs, files in os.walk(folder) for n in (*dirs, *files))
-            wait_for(lambda newest=newest: cutoff() > newest, timeout=30.0,
-                     what="layer ctimes in a past second")
+            wait_keyable([Path(folder) for _, folder in layers])
             assert layers_problem(project.store, get_image(project.store, digest)) is None
             for diff_id, _ in layers:
                 blob = bytes(project.store.one(

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from kiln.bake import imagestore, manifest
-from kiln.bake.manifest import Entry, Manifest, check, cutoff, decode_keys, encode_keys
+from kiln.bake.manifest import Entry, Manifest, check, decode_keys, encode_keys
 from kiln.errors import KilnError
 from kiln.platforms.base import Image
 from kiln.state.records import verified
 from kiln.state.store import Store
-from kiln.testing.project import wait_for
+from kiln.testing.images import wait_keyable
 
 FILES = (Entry("a", "d", 0o555), Entry("a/x.py", "f", 0o444, 3, "11" * 32),
          Entry("a/y.py", "f", 0o444, 4, "22" * 32), Entry("l", "l", 0o777, 0, "a/x.py"))
@@ -58,10 +58,8 @@ def make_tree(root: Path) -> None:
 
 
 def settle(root: Path) -> None:
-    """Wait until every ctime under `root` is before the current second (then keys record)."""
-    newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns
-                 for d, dirs, files in os.walk(root) for n in (*dirs, *files))
-    wait_for(lambda: cutoff() > newest, timeout=5.0, what="ctimes before the current second")
+    """Wait until every ctime under `root` is old enough to key."""
+    wait_keyable([root], timeout=5.0)
 
 
 def recorded(root: Path) -> tuple[Manifest, dict[str, tuple[manifest.Key, Entry]]]:
@@ -93,17 +91,48 @@ def test_an_unchanged_tree_is_checked_without_reading_a_file(tmp_path: Path) -> 
     assert check(root, content, known).keys["app/main.py"] != known["app/main.py"][0]
 
 
-def test_a_key_is_not_recorded_in_the_second_its_file_changed(tmp_path: Path) -> None:
+NS = 1_700_000_000_123_456_789
+
+
+@pytest.mark.parametrize(("ctime", "granule"), [
+    (NS, 1),  # a nanosecond filesystem (ext4, xfs, btrfs, tmpfs)
+    (1_700_000_000_123_456_700, 100),  # NTFS's 100 ns, or a nanosecond stamp ending in 00
+    (1_700_000_000_120_000_000, 10_000_000),  # 10 ms
+    (1_700_000_000_100_000_000, 100_000_000),  # capped: never finer than it may be
+    (1_700_000_000_000_000_000, 2_000_000_000),  # whole seconds: 1 s filesystems, FAT's 2 s
+])
+def test_the_granule_is_the_coarsest_a_ctime_may_have_been_truncated_to(ctime: int,
+                                                                       granule: int) -> None:
+    assert manifest.granule(ctime) == granule
+
+
+@pytest.mark.parametrize(("ctime", "since_after", "ok"), [
+    (NS, 0, False),  # stamped at the instant of the lease: a later write may repeat it
+    (NS, manifest._MARGIN_NS, False),  # two ticks and not the granule: not yet
+    (NS, manifest._MARGIN_NS + 1, True),
+    (1_700_000_000_000_000_000, manifest._MARGIN_NS + 1_000_000_000, False),  # a 1 s stamp
+    (1_700_000_000_000_000_000, manifest._MARGIN_NS + 2_000_000_000, True),
+    (NS, -1_000_000_000, False),  # a ctime in the future (the clock went back): never
+])
+def test_a_key_is_trusted_only_two_ticks_and_a_granule_after_its_ctime(
+        ctime: int, since_after: int, ok: bool) -> None:
+    assert manifest.trusted(ctime, ctime + since_after) is ok
+    assert manifest._MARGIN_NS >= 2_000_000  # at least two ticks of 1 ms
+
+
+def test_a_file_changed_within_the_margin_gets_no_key_until_a_later_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "root"
     make_tree(root)
     content = manifest.build(root)
+    monkeypatch.setattr(manifest, "_MARGIN_NS", 3600 * 1_000_000_000)  # "now" is always racy
     fresh = check(root, content, {})
-    now = cutoff()
-    assert fresh.problem is None
-    assert all(k[4] < now for k in fresh.keys.values())
-    newest = os.lstat(root / "app" / "link").st_ctime_ns  # the last entry made
-    if newest >= now:
-        assert len(fresh.keys) < content.files
+    assert fresh.problem is None and fresh.keys == {}
+    assert manifest.scan(root)[1] == {}  # nor does a bake record one
+    monkeypatch.undo()
+    settle(root)
+    later = check(root, content, {})
+    assert set(later.keys) == {e.path for e in content.entries if e.kind == "f"}
 
 
 def same_size_edit_mtime_restored(root: Path) -> None:

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from kiln.bake.imagestore import get_image, integrity_problem
-from kiln.bake.manifest import Manifest, cutoff, decode_keys
+from kiln.bake.manifest import Manifest, decode_keys
 from kiln.errors import ImageTampered
 from kiln.project import Project
 from kiln.rollout.heal import heal
 from kiln.state.records import verified
+from kiln.testing.images import wait_keyable
 from kiln.testing.project import Proj, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -40,10 +41,8 @@ def root_of(p: Proj, digest: str) -> Path:
 
 
 def settle(root: Path) -> None:
-    """Until every ctime in the image is before the current second: then a check records it."""
-    newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns
-                 for d, dirs, files in os.walk(root) for n in (*dirs, *files))
-    wait_for(lambda: cutoff() > newest, timeout=30.0, what="image ctimes in a past second")
+    """Until every ctime in the image is old enough to key: then a check records it."""
+    wait_keyable([root])
 
 
 def record_keys(p: Proj, digests: list[str]) -> dict[str, set[str]]:

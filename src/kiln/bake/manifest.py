@@ -42,7 +42,19 @@ from kiln.errors import KilnError
 FORMAT = 1
 _BIG = 4 << 20  # files above this are hashed with blake3's own threads (mmap)
 _CHUNK = 64  # files of one folder per worker task
-_SETTLE_NS = 100_000_000  # > a kernel tick: how far the coarse clock files are stamped by lags
+
+
+def _tick_ns() -> int:
+    """One tick of the coarse clock the kernel stamps ctimes with (how far it lags the fine
+    clock), from its resolution; 100 ms where the clock cannot be asked."""
+    try:
+        res = time.clock_getres(5)  # CLOCK_REALTIME_COARSE (Linux; Python 3.11 has no name)
+    except OSError:
+        return 100_000_000
+    return max(round(res * 1e9), 1_000_000)
+
+
+_MARGIN_NS = 2 * _tick_ns()  # two ticks: the lag, and the tick the stamp was taken in
 
 Key = tuple[int, int, int, int, int]
 """(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of a file whose content was hashed."""
@@ -170,11 +182,14 @@ def _file(path: str) -> tuple[int, int, str, Key | None]:
     """(mode, size, BLAKE3 hex, key) of a regular file, from one open: fstat and the read see
     the same inode, and O_NOFOLLOW refuses a symlink swapped in since the listing. The key is
     taken before the read (a write during it moves the ctime, so the next check re-reads), and
-    is None while the file is open for writing somewhere (`_unshared`)."""
+    is None while the file is open for writing somewhere (`_unshared`) or when its ctime is
+    too recent to be trusted (`trusted`)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        since = time.time_ns()
         unshared = _unshared(fd)
         st = os.fstat(fd)
+        unshared = unshared and trusted(st.st_ctime_ns, since)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{path} is no longer a regular file")
         if st.st_size >= _BIG:  # blake3's own threads over a map of this same open file
@@ -212,15 +227,39 @@ def build(root: Path, workers: int | None = None) -> Manifest:
 
 def scan(root: Path) -> tuple[Manifest, dict[str, Key]]:
     """`build`, and the keys of the files that may be trusted by key from now on (see
-    `check`): what a bake records so that even the first launch may take the fast path."""
-    before = cutoff()
+    `trusted`): what a bake records so that even the first launch may take the fast path."""
     found, keys, _ = _walk(root)
-    return found, {p: k for p, k in keys.items() if k[4] < before}
+    return found, keys
 
 
-def cutoff() -> int:
-    """The whole second (less a kernel tick) of now: a recorded ctime must be before it."""
-    return (time.time_ns() - _SETTLE_NS) // 1_000_000_000 * 1_000_000_000
+def granule(ctime_ns: int) -> int:
+    """The coarsest timestamp granularity `ctime_ns` may have been truncated to: the largest
+    power of ten (up to 100 ms) that divides it, or 2 s for a whole second (1 s filesystems,
+    and FAT's 2 s). A nanosecond filesystem's ctime is divisible by 10**k with odds 10**-k, so
+    the guess errs only on the safe side (a longer wait before a key is trusted)."""
+    if ctime_ns % 1_000_000_000 == 0:
+        return 2_000_000_000
+    g = 1
+    while g < 100_000_000 and ctime_ns % (g * 10) == 0:
+        g *= 10
+    return g
+
+
+def trusted(ctime_ns: int, since_ns: int) -> bool:
+    """Whether a key whose file had `ctime_ns` when it was hashed may be trusted, when no one
+    had the file open for writing at `since_ns` (the fine clock, just before its read lease).
+
+    Any write from `since_ns` on is stamped with the coarse clock, which lags the fine one by
+    at most a tick, truncated to the filesystem's granularity: its ctime is later than
+    `since_ns - tick - granule`. A ctime at least two ticks and a granule older than
+    `since_ns` can therefore never be stamped again ("racy" entries, as git calls the others;
+    they are re-read by the next check, which records them)."""
+    return trusted_from(ctime_ns) <= since_ns
+
+
+def trusted_from(ctime_ns: int) -> int:
+    """The first instant (fine clock, ns) from which a file with `ctime_ns` can be keyed."""
+    return ctime_ns + _MARGIN_NS + granule(ctime_ns)
 
 
 def _walk_known(root: Path, known: Known,
@@ -355,13 +394,10 @@ def check(root: Path, recorded: Manifest, known: Known | None = None) -> Checked
     """Compare the tree under `root` with `recorded`: the full walk, and a re-hash of every
     file whose key is not in `known` (None: of every file).
 
-    The keys returned leave out files whose ctime is not before `cutoff`, the whole second
-    (of the coarse clock files are stamped with) this check started in, less a tick: a write
-    landing in the same clock tick as the change the key recorded would leave the ctime as it
-    was. Any later write stamps a ctime >= cutoff, so a recorded ctime < cutoff is safe even on
-    filesystems with 1 s timestamps. Such a file (just baked, just sealed) is re-read by the
-    next check, which records it."""
-    before = cutoff()
+    The keys returned are those of the files that may be trusted by key from now on: not a
+    file still open for writing somewhere (`_unshared`), nor one whose ctime is too recent to
+    be told apart from a later write's (`trusted`); such a file is re-read by the next check,
+    which records it."""
     try:
         now, keys, hashed = _walk(root) if known is None else _walk_known(root, known)
     except OSError as exc:
@@ -370,7 +406,7 @@ def check(root: Path, recorded: Manifest, known: Known | None = None) -> Checked
     problem = compare(recorded, now)
     if problem is not None:
         return Checked(problem, {}, hashed)
-    return Checked(None, {p: k for p, k in keys.items() if k[4] < before}, hashed)
+    return Checked(None, keys, hashed)
 
 
 def difference(root: Path, recorded: Manifest) -> str | None:

@@ -4,6 +4,8 @@ verifies an image against what the state recorded and refuses one the state does
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from kiln.bake import imagestore, manifest
@@ -28,3 +30,16 @@ def register(store: Store, image: Image) -> Image:
     imagestore.record_image(store, name=image.name, digest=image.digest, ref=image.ref, key=key,
                             env=image.env, size=size, workdir=image.workdir, manifest=blob)
     return image
+
+
+def wait_keyable(folders: list[Path], timeout: float = 30.0) -> None:
+    """Wait (bounded) until every file under `folders` has a ctime old enough for the fast
+    path to record its key (`manifest.trusted`): tests of the keys need them all recorded."""
+    ready = max(manifest.trusted_from(os.lstat(os.path.join(d, n)).st_ctime_ns)
+                for f in folders for d, dirs, files in os.walk(f) for n in (*dirs, *files))
+    deadline = time.monotonic() + timeout
+    while time.time_ns() < ready:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"ctimes under {folders[0]} stay too recent to key within "
+                                 f"{timeout}s: is the clock moving?")
+        time.sleep(max(0.001, min(0.05, (ready - time.time_ns()) / 1e9)))

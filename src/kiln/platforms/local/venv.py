@@ -57,7 +57,8 @@ _TRAMPOLINE = (
 _SHEBANG_RE = re.compile(rb"^#!\s*(/\S*/bin/python[0-9.]*)[ \t]*\r?\n")
 _LONG_SHEBANG_RE = re.compile(
     rb"^#!/bin/sh\r?\n'''exec' (/\S*/bin/python[0-9.]*) .*\r?\n' '''\r?\n")
-_ACTIVATE_RE = re.compile(r"""^VIRTUAL_ENV=(["']).*?\1[ \t]*$""", re.MULTILINE)
+# Quoted since CPython 3.11.4 (and 3.12); Debian 12's 3.11.2 writes the path bare.
+_ACTIVATE_RE = re.compile(r"""^VIRTUAL_ENV=(?:(["']).*?\1|[^\s"'$]+)[ \t]*$""", re.MULTILINE)
 _CFG_VOLATILE = ("home", "executable", "command")
 
 
