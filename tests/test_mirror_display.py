@@ -145,3 +145,14 @@ def test_plan_detail_names_mirror_steps() -> None:
     f = Facts(current="web-r1", current_image="sha256:1", image="sha256:2", alive=2, routed=2,
               replicas=2, strategy="canary", steps=(0, 10, 50), mirrors=(100, 0, 0))
     assert decide(f).detail.endswith("via mirror 100%, 10%, 50%")
+
+
+def test_the_progress_line_says_mirror_for_the_mirrored_release() -> None:
+    from kiln.rollout.decide import Status
+    from kiln_cli.progress import rollout_line
+
+    st = Status(phase="step", strategy="canary", new="web-r2", old="web-r1", replicas=1,
+                weights={"web-r2": 0, "web-r1": 100}, mirror=100)
+    assert "web-r2 mirror 100% web-r1 100%" in rollout_line(st, now=0.0)
+    st.phase = "drain_new"  # rolled back out of the mirror step: plain weights again
+    assert "web-r2 0% web-r1 100%" in rollout_line(st, now=0.0)

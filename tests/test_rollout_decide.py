@@ -390,12 +390,14 @@ def test_mirror_step_copies_requests_at_weight_0_then_the_weights_start() -> Non
     s = start("canary", "b", "a", 3, 0.0)
     s, (_, a) = run(s, r, obs(0), obs(1))
     assert s.phase == "step" and s.weights == {"b": 0, "a": 100}
+    assert s.mirror_share() == 100  # what status and the progress line show for b
     assert a[0] == SetWeights({"b": 0, "a": 100}, mirror=(("b", 100),))
     assert "100% of requests copied to b" in a[1].message
     s, _ = run(s, r, obs(2, verdict=Verdict("undecided", "more requests needed")))
     assert s.waiting == "step 1: 100% mirrored — judging; the pause ends in 4s"
     s, (a,) = run(s, r, obs(7, verdict=Verdict("pass", "within the margins")))
     assert a[0] == SetWeights({"b": 50, "a": 50})   # copies end with the mirror step
+    assert s.mirror_share() == 0
 
 
 def test_mirror_step_fails_back_before_any_user_was_served() -> None:
@@ -406,6 +408,7 @@ def test_mirror_step_fails_back_before_any_user_was_served() -> None:
     assert (s.phase, s.outcome) == ("drain_new", "rolled_back")
     assert a[0] == SetWeights({"b": 0, "a": 100})
     assert all(d.weight == 0 for d in s.decisions)
+    assert s.mirror_share() == 0  # out of the step: nothing is copied any more
 
 
 def test_blue_green_preview_switches_on_promote() -> None:

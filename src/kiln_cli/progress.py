@@ -160,10 +160,18 @@ def evidence_words(ev: dict[str, Any] | None) -> str:
     return f"evidence {ev.get('have', 0)}/{ev['needed']} canary requests, {when}"
 
 
+def weights_words(st: Status) -> str:
+    """'web-r2 10% web-r1 90%'; in a mirror step 'web-r2 mirror 100% web-r1 100%' (the new
+    release's weight is 0 then: it gets copies of requests, it serves no one)."""
+    mirror = st.mirror_share()
+    return " ".join(f"{k} mirror {mirror}%" if mirror and k == st.new else f"{k} {v}%"
+                    for k, v in st.weights.items())
+
+
 def rollout_line(st: Status, now: float | None = None) -> str:
     """What a rollout is doing, with the time left of its current wait and the judge's view."""
     now = time.time() if now is None else now
-    weights = " ".join(f"{k} {v}%" for k, v in st.weights.items())
+    weights = weights_words(st)
     parts = [PHASE_WORDS.get(st.phase, st.phase), weights]
     if st.waiting:
         parts.append(f"— {st.waiting}")
@@ -212,7 +220,7 @@ class DeployPrinter:
     def _on_status(self, service: str, st: Status) -> None:
         # A permanent line per change of phase, weights or reason; live figures and clocks
         # only redraw the live area.
-        weights = " ".join(f"{k} {v}%" for k, v in st.weights.items())
+        weights = weights_words(st)
         key = f"{st.phase} {weights} {(st.waiting or '').split('(')[0]}".strip()
         quiet = st.phase == "done" or (st.phase in ("launch", "health") and not st.waiting)
         if key != self._last and not quiet:

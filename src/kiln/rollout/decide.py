@@ -101,6 +101,13 @@ class Status:
     judge_words: list[dict[str, Any]] | None = None
     """The judge's latest view per metric, in words (kiln.analysis.explain; live, like
     `judge_line`)."""
+    mirror: int = 0
+    """The share of requests copied to `new` in the current step when it is a mirror step
+    (`new` has weight 0 then); read only while `phase` is "step" (`mirror_share`)."""
+
+    def mirror_share(self) -> int:
+        """What the current step copies to the new release (0: a weighted step, or no step)."""
+        return self.mirror if self.phase == "step" else 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -324,6 +331,7 @@ def _enter_step(s: Status, obs: Observation, r: Rollout) -> tuple[Status, list[A
     s.evidence = None
     s.promote_requested = False
     mirror = mirrored(s, r)
+    s.mirror = dict(mirror).get(s.new, 0)
     what = (f"{weight}% to {s.new}" if not mirror else
             f"{mirror[0][1]}% of requests copied to {s.new} (its answers discarded)")
     return s, [SetWeights(dict(s.weights), mirror=mirror),
