@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,9 +59,16 @@ def moto(moto_session: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServe
 @pytest.fixture(scope="session", autouse=True)
 def shared_base_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Base environments are shared between the session's projects (as between a user's), but
-    never with the user's own ~/.cache/kiln."""
+    never with the user's own ~/.cache/kiln. Under pytest-xdist every worker uses the one folder
+    of the run (beside the workers' own temp folders), so a base is made once per run: kiln's
+    cache is safe to share between concurrent bakes (a base is published by an atomic rename)."""
     before = os.environ.get("KILN_CACHE")
-    os.environ["KILN_CACHE"] = str(tmp_path_factory.mktemp("kiln-cache"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        cache = tmp_path_factory.getbasetemp().parent / "kiln-cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("kiln-cache")
+    os.environ["KILN_CACHE"] = str(cache)
     yield
     if before is None:
         os.environ.pop("KILN_CACHE", None)
@@ -70,10 +79,22 @@ def shared_base_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
 @pytest.fixture(scope="session")
 def podman_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The shared Debian base image for podman tests: built once (per machine: podman keeps it
-    under its tag), skipped where podman cannot run containers."""
+    under its tag), skipped where podman cannot run containers. A machine-wide lock: two xdist
+    workers (or two runs) must not build and import it at once, or one tag's first image would
+    be left untagged under the other's feet."""
     from kiln.testing.podman import ensure_base, unusable
 
     reason = unusable()
     if reason is not None:
         pytest.skip(reason)
-    return ensure_base(tmp_path_factory.mktemp("podman-base"))
+    with open(Path(tempfile.gettempdir()) / "kiln-test-podman-base.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the worker dies)
+        return ensure_base(tmp_path_factory.mktemp("podman-base"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with end-to-end tests first, each file's tests kept together and in their order:
+    under xdist (`--dist loadfile`) the slow files start first and the fast ones fill the tail,
+    so both workers finish close together."""
+    slow = {item.path for item in items if item.get_closest_marker("e2e") is not None}
+    items.sort(key=lambda item: item.path not in slow)
