@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 from kiln.platforms.podman import debian_base, images
@@ -54,9 +55,14 @@ def remove_containers(name_prefix: str) -> None:
 
 def remove_images(project: str, name: str) -> None:
     """Take the project's image `name` out of podman's storage: every tag the podman builder
-    gave it (bakes and step cache), the untagged bakes a --no-cache rebuild left (its label),
-    then the untagged layers under them, leaf first. By tag and without --force, so an image
-    another name, a container or another image's layers still use stays."""
+    gave it (bakes and step cache), then the untagged bakes a --no-cache rebuild left (its label).
+    By tag and without --force, so an image another name or a container still uses stays.
+
+    The untagged layers under them are podman's to reclaim: `podman rmi` deletes a parent that
+    is left dangling with no other child, and only then. Never by id here: podman 4 deletes an
+    untagged parent by id even when another image is built on it, and the layers above the
+    shared base (`FROM base` + `WORKDIR`) are shared by every project baked from it, so that
+    broke another project's layer cache (a concurrent test's rebake reran its cached steps)."""
     podman = shutil.which("podman")
     if podman is None:
         return
@@ -67,19 +73,13 @@ def remove_images(project: str, name: str) -> None:
     by_id = {str(i["Id"]): i for i in listing if isinstance(i, dict) and "Id" in i}
     tags = [str(n) for i in by_id.values() for n in i.get("Names") or []
             if str(n).rpartition(":")[0] in repos]
-    tops = [ident for ident, i in by_id.items()
-            if {str(n) for n in i.get("Names") or []} <= set(tags)
-            and (i.get("Names") or (i.get("Labels") or {}).get("kiln.image") == name)]
-    layers: set[str] = set()
-    for ident in tops:
-        while ident in by_id and ident not in layers and set(by_id[ident].get("Names") or []) \
-                <= set(tags):
-            layers.add(ident)
-            ident = str(by_id[ident].get("ParentId") or "")
+    parents = {str(i.get("ParentId") or "") for i in by_id.values()}
+    untagged = [ident for ident, i in by_id.items()
+                if not i.get("Names") and ident not in parents
+                and (i.get("Labels") or {}).get("kiln.image") == name]
     if tags:
         subprocess.run([podman, "rmi", *tags], capture_output=True, timeout=120)
-    # Newest first: an image is made after the one it is built on, and goes before it.
-    for ident in sorted(layers, key=lambda i: -float(by_id[i].get("Created") or 0)):
+    for ident in untagged:
         subprocess.run([podman, "rmi", ident], capture_output=True, timeout=120)
 
 
@@ -92,8 +92,10 @@ def make_project(parent: Path, *, rollout: str | None = None, replicas: int = 3)
     text = (folder / "kiln.yaml").read_text()
     text = re.sub(r"listen: 127\.0\.0\.1:\d+", f"listen: {p.listen}", text)
     text = re.sub(r"replicas: \d+", f"replicas: {replicas}", text)
-    text = text.replace("project: podman-shop", f"project: {parent.name[:20].lower()}"
-                        .replace("_", "-").rstrip("-"))
+    # Unique per call: podman's containers, networks and images are machine-wide and named
+    # after the project, and two runs (or xdist workers) may hold tests of the same name.
+    stem = parent.name[:13].lower().replace("_", "-").rstrip("-")
+    text = text.replace("project: podman-shop", f"project: {stem}-{uuid.uuid4().hex[:6]}")
     if rollout is not None:
         text = text[:text.index("    rollout:\n")] + "    rollout:\n" + rollout
     (folder / "kiln.yaml").write_text(text)
