@@ -93,8 +93,13 @@ def podman_base(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with end-to-end tests first, each file's tests kept together and in their order:
-    under xdist (`--dist loadfile`) the slow files start first and the fast ones fill the tail,
-    so both workers finish close together."""
-    slow = {item.path for item in items if item.get_closest_marker("e2e") is not None}
-    items.sort(key=lambda item: item.path not in slow)
+    """Files with end-to-end tests first, those with the most e2e tests (the longest, roughly)
+    first among them; each file's tests kept together and in their order. Under xdist
+    (`--dist loadfile --no-loadscope-reorder`, scripts/test) the slow files start first and the
+    fast ones fill the tail, so the workers finish close together."""
+    e2e: dict[Path, int] = {}
+    for item in items:
+        e2e.setdefault(item.path, 0)
+        if item.get_closest_marker("e2e") is not None:
+            e2e[item.path] += 1
+    items.sort(key=lambda item: -e2e[item.path])
