@@ -169,7 +169,7 @@ def rollout_row(ctx: Context, view: ServiceView, spec: ServiceSpec) -> dict[str,
     steps = len(spec.rollout.steps) if ro["strategy"] == "canary" else 0
     out = {"rollout_id": ro["id"], "strategy": ro["strategy"], "from": ro["from_release"],
            "to": ro["to_release"], "phase": ro["phase"], "step": min(st.step + 1, steps),
-           "mirror": 0 if done else st.mirror_share(),
+           "mirror": st.mirror_share(),
            "steps": steps, "outcome": ro["outcome"], "reason": ro["reason"],
            "waiting": None if done else st.waiting,
            "judge": None if done else st.judge_line,

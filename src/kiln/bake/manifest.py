@@ -189,7 +189,7 @@ def _file(path: str) -> tuple[int, int, str, Key | None]:
         since = time.time_ns()
         unshared = _unshared(fd)
         st = os.fstat(fd)
-        unshared = unshared and trusted(st.st_ctime_ns, since)
+        keyed = unshared and trusted(st.st_ctime_ns, since)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{path} is no longer a regular file")
         if st.st_size >= _BIG:  # blake3's own threads over a map of this same open file
@@ -197,7 +197,7 @@ def _file(path: str) -> tuple[int, int, str, Key | None]:
             with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
                 h.update(mapped)
             return (stat.S_IMODE(st.st_mode), st.st_size, h.hexdigest(),
-                    _key(st) if unshared else None)
+                    _key(st) if keyed else None)
         # One read of size + 1 (EOF in one call); a file that grew since the fstat, or a short
         # read, is read on to its end, so nothing past the old size escapes the hash.
         data = os.read(fd, st.st_size + 1)
@@ -205,7 +205,7 @@ def _file(path: str) -> tuple[int, int, str, Key | None]:
         if len(data) != st.st_size:
             while chunk := os.read(fd, 1 << 20):
                 h.update(chunk)
-        return stat.S_IMODE(st.st_mode), st.st_size, h.hexdigest(), _key(st) if unshared else None
+        return stat.S_IMODE(st.st_mode), st.st_size, h.hexdigest(), _key(st) if keyed else None
     finally:
         os.close(fd)
 
