@@ -25,7 +25,7 @@ from pathlib import Path
 from kiln.testing.project import make_project, teardown
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rollout import CANARY0
+from rollout import CANARY0, VersionWatch
 
 SETTLE_HELP = ("seconds to wait between the bake and the deploy (default 0): a file stamped in "
                "the second an integrity check runs in is re-hashed by every check (the fast "
@@ -148,12 +148,21 @@ def main() -> int:
                 assert proj.kiln("bake").returncode == 0
                 if settle:  # the image's files leave the integrity check's racy second
                     time.sleep(settle)
+                watch = VersionWatch(proj.listen, f"v{i + 2}")
+                watch.thread.start()
+                p0 = time.perf_counter()
                 env = {**os.environ, "PHASES_T0": repr(time.time()),
                        "PHASES_WRAP": json.dumps(WRAP)}
                 res = subprocess.run([str(kiln_py), "-c", CHILD], cwd=proj.dir, env=env,
                                      capture_output=True, text=True, timeout=180, check=False)
+                watch.stop.set()
+                watch.thread.join()
                 line = next(ln for ln in res.stdout.splitlines() if ln.startswith("PHASES "))
                 found = phases([(str(a), float(b)) for a, b in json.loads(line[7:])])
+                if watch.first_new:
+                    found["poller: first answer from the new release"] = watch.first_new - p0
+                found["poller: last answer from the old release (100 % seen)"] = (
+                    watch.last_old - p0)
                 found["anchor: launch 3 instances"] = launch
                 found["anchor: launch end -> all healthy"] = healthy
                 found["anchor: total"] = launch + healthy

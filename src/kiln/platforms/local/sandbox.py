@@ -94,13 +94,21 @@ def bwrap_works() -> bool:
     return bwrap_problem() is None
 
 
-@functools.cache
-def bwrap_problem() -> str | None:
-    """Why the isolation chain (bwrap; setpriv and unshare when root) cannot run here, or None."""
+def _missing_tools() -> str | None:
     if shutil.which("bwrap") is None:
         return "bubblewrap (bwrap) is not installed"
     if os.geteuid() == 0 and not (shutil.which("setpriv") and shutil.which("unshare")):
         return "setpriv or unshare (util-linux) is not installed"
+    return None
+
+
+@functools.cache
+def bwrap_problem() -> str | None:
+    """Why the isolation chain (bwrap; setpriv and unshare when root) cannot run here, or None:
+    a sandboxed `true` is started (~12 ms, once per process)."""
+    missing = _missing_tools()
+    if missing is not None:
+        return missing
     try:
         with tempfile.TemporaryDirectory(prefix="kiln-probe-") as scratch:
             probe = Sandbox(Path("/usr"), Path(scratch), "bwrap", uid=UID_BASE)
@@ -123,13 +131,25 @@ NO_SANDBOX_HINT = ("install bubblewrap and util-linux (setpriv, unshare) and all
 
 def choose(mode: Literal["auto", "bwrap", "none"]) -> SandboxMode:
     """The sandbox to use; never a silent fallback: without a working bwrap, only an explicit
-    "none" (the spec's `sandbox: none`) runs instances unsandboxed."""
+    "none" (the spec's `sandbox: none`) runs instances unsandboxed. Only the tools are looked
+    up here; whether the chain really works is learnt from the sandboxed start itself, and a
+    start that fails is explained by `bwrap_problem` (`unusable`): the probe's own bwrap start
+    is not part of every launch (docs/decisions/sandbox-probe.md)."""
     if mode == "none":
         return "none"
-    problem = bwrap_problem()
-    if problem is not None:
-        raise PlatformError(f"cannot sandbox instances: {problem}", hint=NO_SANDBOX_HINT)
+    missing = _missing_tools()
+    if missing is not None:
+        raise PlatformError(f"cannot sandbox instances: {missing}", hint=NO_SANDBOX_HINT)
     return "bwrap"
+
+
+def unusable() -> PlatformError | None:
+    """After a sandboxed start failed: the error to raise when the sandbox itself cannot run
+    here (probed once per process), None when it can (the command's own failure)."""
+    problem = bwrap_problem()
+    if problem is None:
+        return None
+    return PlatformError(f"cannot sandbox instances: {problem}", hint=NO_SANDBOX_HINT)
 
 
 @dataclass(frozen=True)
@@ -290,6 +310,15 @@ class Sandbox:
         finally:
             os.close(read_fd)
         if init is None:
+            # bwrap never reported its child: it could not build the sandbox, or it ran and
+            # the command died at once. Which one decides between a clear error and a launch
+            # whose instance fails its health check.
+            error = unusable()
+            if error is not None:
+                kill_group(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5.0)
+                raise error
             return Spawned(proc, proc.pid, None)
         outer = _parent(init)
         app = _first_child(init, proc, deadline)
@@ -315,6 +344,10 @@ class Sandbox:
             note = f"\nkiln: command timed out after {timeout:g}s and was killed\n"
             return ExecResult(124, out.decode(errors="replace"),
                               err.decode(errors="replace") + note)
+        if proc.returncode != 0 and self.mode == "bwrap":
+            error = unusable()  # the sandbox, not the command, failed: say so, once
+            if error is not None:
+                raise error
         return ExecResult(proc.returncode, out.decode(errors="replace"),
                           err.decode(errors="replace"))
 
