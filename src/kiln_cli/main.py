@@ -4,8 +4,9 @@ Library errors arrive as KilnError and leave as one line on stderr and an exit c
 mistake never shows a traceback.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: typer would compile and evaluate every command's
+# parameter annotations at start-up (7 ms of every command's, so every rollout's, overhead);
+# names that exist only for the type checker are quoted.
 import gc as _gc
 import json
 import os
@@ -43,11 +44,11 @@ class _Opts:
 
 
 OPTS = _Opts()
-_console: Console | None = None
-_err: Console | None = None
+_console: "Console | None" = None
+_err: "Console | None" = None
 
 
-def out() -> Console:
+def out() -> "Console":
     global _console
     if _console is None:
         from rich.console import Console
@@ -64,7 +65,7 @@ def width() -> int | None:
     return console.width if console.is_terminal else None
 
 
-def err() -> Console:
+def err() -> "Console":
     global _err
     if _err is None:
         from rich.console import Console
@@ -155,7 +156,7 @@ def use_file(file: Path | None) -> None:
         OPTS.file = file
 
 
-_OPENED: list[kiln.Project] = []
+_OPENED: "list[kiln.Project]" = []
 _AT_EXIT: list[bool] = []  # the closer is registered once
 
 
@@ -164,7 +165,7 @@ def _close_opened() -> None:
         _OPENED.pop().close()
 
 
-def project() -> kiln.Project:
+def project() -> "kiln.Project":
     import atexit
 
     import kiln
@@ -443,7 +444,7 @@ def deploy(
     guard(body)
 
 
-def exit_for(result: kiln.DeployResult) -> None:
+def exit_for(result: "kiln.DeployResult") -> None:
     """Exit 3 (one line on stderr) when a service was rolled back; the result is already out."""
     from kiln import RolledBack, raise_for
 
@@ -453,7 +454,7 @@ def exit_for(result: kiln.DeployResult) -> None:
         raise fail(str(exc), exc.exit_code) from None  # "web web-r3 rolled back: 5xx 21% vs 0%"
 
 
-def interrupted(proj: kiln.Project) -> typer.Exit:
+def interrupted(proj: "kiln.Project") -> typer.Exit:
     """^C during a rollout: say where traffic stands and how to go on (exit 130)."""
     lines = ["interrupted"]
     try:
@@ -502,7 +503,7 @@ def status(service: Annotated[str | None, typer.Argument(metavar="[SERVICE]",
     guard(body)
 
 
-def watch_rollouts(proj: kiln.Project, service: str | None, as_json: bool) -> int:
+def watch_rollouts(proj: "kiln.Project", service: str | None, as_json: bool) -> int:
     """`status --watch`: JSON lines, lines redrawn in place on a terminal, or a line per change."""
     from kiln.state.lock import live_holder
     from kiln_cli.detach import watch as follow
@@ -564,7 +565,7 @@ def history(service: Annotated[str | None, typer.Argument(
     guard(body)
 
 
-def _control(fn: Callable[[kiln.Project, Callable[[kiln.DeployEvent], None]], Any],
+def _control(fn: "Callable[[kiln.Project, Callable[[kiln.DeployEvent], None]], Any]",
              as_json: bool) -> None:
     from kiln.project import DeployResult
     from kiln_cli.progress import DeployPrinter

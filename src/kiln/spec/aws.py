@@ -1,8 +1,9 @@
 """The `aws:` block of kiln.yaml (platform: aws). Pure: shapes only; whether a region or subnet
 exists is asked of AWS before anything is created (`kiln.platforms.aws.preflight`)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: pydantic would compile and evaluate every annotation
+# string at start-up (part of every command's, so every rollout's, overhead); names that
+# exist only later are quoted.
 import re
 from typing import Annotated, Any
 

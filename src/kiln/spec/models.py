@@ -1,7 +1,8 @@
 """Typed models of kiln.yaml (v1). Pure: no I/O here; loading lives in `loader`."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: pydantic would compile and evaluate every annotation
+# string at start-up (part of every command's, so every rollout's, overhead); names that
+# exist only later are quoted.
 import math
 import posixpath
 import re
@@ -317,7 +318,7 @@ class CommandCheck(_Model):
     ]
 
     @property
-    def spec(self) -> CommandCheck.Spec:
+    def spec(self) -> "CommandCheck.Spec":
         c = self.command
         return CommandCheck.Spec(run=c) if isinstance(c, str) else c
 
@@ -426,7 +427,7 @@ class RolloutStep(_Model):
         return data
 
     @model_validator(mode="after")
-    def _preview_weight(self) -> RolloutStep:
+    def _preview_weight(self) -> "RolloutStep":
         if self.preview and self.weight:
             raise ValueError(f"a preview step sends 0% of ordinary traffic; remove weight: "
                              f"{self.weight}")
@@ -466,7 +467,7 @@ class Metric(_Model):
         return v
 
     @model_validator(mode="after")
-    def _queries(self) -> Metric:
+    def _queries(self) -> "Metric":
         want = ("failures", "total") if self.kind == "count" else ("query",)
         queries = {"failures": self.failures, "total": self.total, "query": self.query}
         unwanted = [k for k, q in queries.items() if k not in want and q is not None]
@@ -585,7 +586,7 @@ class Analysis(_Model):
         return v
 
     @model_validator(mode="after")
-    def _no_blind_promote(self) -> Analysis:
+    def _no_blind_promote(self) -> "Analysis":
         if self.min_requests == 0 and self.on_no_data == "promote":
             raise ValueError("min_requests 0 with on_no_data promote would pass a canary that "
                              "served nothing; set min_requests > 0 or on_no_data pause|rollback")
@@ -714,7 +715,7 @@ class Rollout(_Model):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> Rollout:
+    def _check(self) -> "Rollout":
         if self.strategy == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
             raise ValueError("rolling needs max_surge or max_unavailable above 0")
         if self.load is not None and (self.strategy != "canary" or self.analysis is None):
@@ -854,7 +855,7 @@ class Spec(_Model):
     notify: list[Hook] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _references(self) -> Spec:
+    def _references(self) -> "Spec":
         """One line per problem, each starting with its field path (the loader finds its line)."""
         problems: list[str] = []
         if self.platform == "aws" and self.aws is None:

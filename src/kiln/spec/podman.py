@@ -2,8 +2,9 @@
 instance's limits and log rotation (both platforms). Pure: whether the suite or packages exist is
 found out by the bake."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: pydantic would compile and evaluate every annotation
+# string at start-up (part of every command's, so every rollout's, overhead); names that
+# exist only later are quoted.
 import re
 from typing import Annotated, Any
 
