@@ -10,6 +10,7 @@ the release's servers are removed, starting again at 0 under a new epoch after a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import os
@@ -624,3 +625,42 @@ def test_served_servers_read_back(router: AnyRouter, backend: Callable[[str, str
     assert typed.served_servers("web") == {"web-r1": {c}, "web-r2": {b}}
     router.set_backends("web", svc, [Backend("web-r1", 0, [c]), Backend("web-r2", 100, [b])])
     assert typed.served_servers("web") == {"web-r2": {b}}
+
+
+@pytest.mark.parametrize("router", [pytest.param("haproxy", marks=pytest.mark.e2e)],
+                         indirect=True)
+def test_haproxy_takes_another_exporter_port_when_its_own_was_taken_before_the_start(
+        router: AnyRouter, backend: Callable[[str, str], str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exporter's loopback port is picked free and bound by HAProxy a moment later; another
+    process can bind it in between, and HAProxy then exits at start. kiln picks another port
+    (once) instead of failing the deploy; the exporter answers there."""
+    assert isinstance(router, HAProxyRouter)
+    from kiln.platforms.local import traefik_process
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = int(taken.getsockname()[1])
+    real = traefik_process.free_port
+    picks = iter([port])
+    monkeypatch.setattr(traefik_process, "free_port",
+                        lambda host="127.0.0.1": next(picks, None) or real(host))
+    try:
+        a, _ = servers(router, backend)
+        router.set_backends("web", spec(free_port()), [Backend("web-r1", 100, [a])])
+        assert router.verify("web") == {"web-r1": 100}
+        exporter = router.metrics_endpoint()
+        assert exporter is not None and exporter["address"] != f"127.0.0.1:{port}"
+        assert next(picks, None) is None  # the taken port was offered first
+        auth = base64.b64encode(f"{exporter['username']}:{exporter['password']}".encode())
+        host, _, exporter_port = exporter["address"].rpartition(":")
+        conn = http.client.HTTPConnection(host, int(exporter_port), timeout=5)
+        try:
+            conn.request("GET", "/metrics", headers={"Authorization": b"Basic " + auth})
+            answer = conn.getresponse()
+            assert answer.status == 200 and b"haproxy_" in answer.read()
+        finally:
+            conn.close()
+    finally:
+        taken.close()

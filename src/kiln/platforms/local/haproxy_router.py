@@ -186,7 +186,17 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
         self._render(state)
         if running is not None:
             self._soft_stop(running)
-        started = self._start(listens)
+        try:
+            started = self._start(listens)
+        except PlatformError as exc:
+            # The exporter's port was free when it was picked and another process bound it
+            # before HAProxy did: pick another once (the services' own addresses are the
+            # user's, and were checked above; their failure stands).
+            if not _bind_failed(exc, str(state.get("metrics") or "")):
+                raise
+            state["metrics"] = f"127.0.0.1:{proc.free_port()}"
+            self._render(state)
+            started = self._start(listens)
         # What the live process's config says about cookies (changing it needs a restart).
         state["live_sticky"] = {n: bool(s.get("sticky")) for n, s in state["services"].items()}
         self._save_state(state)
@@ -610,3 +620,10 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
                 return False
             time.sleep(0.02)
         return True
+
+
+def _bind_failed(exc: PlatformError, address: str) -> bool:
+    """HAProxy exited at start because `address` could not be bound ("cannot bind socket
+    (Address already in use) for [127.0.0.1:41234]")."""
+    text = str(exc)
+    return bool(address) and "cannot bind socket" in text and f"[{address}]" in text
