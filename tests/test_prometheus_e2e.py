@@ -167,3 +167,32 @@ def test_a_missing_prometheus_binary_is_one_line(proj: Proj, tmp_path: Path) -> 
     wait_for(lambda: query(url, 'up{job="kiln-router"} == 1'), timeout=20,
              what="Traefik's metrics scraped")
     assert query(url, 'traefik_config_reloads_total{job="kiln-router"}')
+
+
+def test_prometheus_restarts_when_its_flags_change_and_only_then(tmp_path: Path) -> None:
+    """A kiln upgrade can change Prometheus's flags without changing its config: the process
+    started with the old flags is restarted (data kept); one started with today's is left."""
+    from kiln.prometheus_server import EmbeddedPrometheus
+
+    prom = EmbeddedPrometheus(tmp_path)
+    try:
+        url = prom.ensure_running()
+        first = read_pidfile(prom.pid_path)
+        assert first is not None
+        assert prom.ensure_running() == url  # nothing changed: the same process
+        again = read_pidfile(prom.pid_path)
+        assert again is not None and again.pid == first.pid
+        state = json.loads(prom.state_path.read_text())
+        # What an older kiln recorded: other flags (another retention), same config.
+        old = [a if not a.startswith("--storage.tsdb.retention.time=")
+               else "--storage.tsdb.retention.time=1h" for a in state["argv"]]
+        assert old != state["argv"]
+        prom.state_path.write_text(json.dumps({**state, "argv": old}) + "\n")
+        url2 = prom.ensure_running()
+        restarted = read_pidfile(prom.pid_path)
+        assert restarted is not None and restarted.pid != first.pid
+        assert not pid_alive(first.pid, first.start)
+        assert json.loads(prom.state_path.read_text())["argv"] == state["argv"]
+        assert http_get(url2 + "/-/ready", timeout=2)[0] == 200
+    finally:
+        prom.stop()

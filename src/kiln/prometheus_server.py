@@ -103,13 +103,20 @@ class EmbeddedPrometheus:
         return f"http://{address}" if address else None
 
     def ensure_running(self) -> str:
-        """Start it if it does not run (the config rewritten first); its base URL."""
+        """Start it if it does not run (the config rewritten first); its base URL. One that
+        runs with another config or other flags (a kiln upgrade changed them) is restarted,
+        its data kept."""
         running = self.running()
-        if running is not None and self._write_config() is False:
-            return f"http://{running.admin}"
-        if running is not None:  # the config changed (a kiln upgrade): reload, keep the data
+        if running is not None:
+            config_changed = self._write_config()
+            # The flags, not the binary's path (KILN_PROMETHEUS may differ between commands).
+            recorded = self._recorded_argv()
+            if not config_changed and recorded is not None and (
+                    recorded[1:] == self._argv("", running.admin)[1:]):
+                return f"http://{running.admin}"
+        binary = prometheus_binary()  # before a restart stops the one that runs
+        if running is not None:
             proc.stop_pid(running.pid, running.start, timeout=10.0)
-        binary = prometheus_binary()
         self._write_config()
         for name in ("instances.json", "router.json"):
             if not (self.targets_dir / name).exists():
@@ -117,12 +124,13 @@ class EmbeddedPrometheus:
         listen = self.address
         if listen is None or not proc.port_free(listen):
             listen = f"127.0.0.1:{proc.free_port()}"
-        self._replace(self.state_path, json.dumps({"listen": listen}) + "\n")
+        argv = self._argv(binary, listen)
+        self._replace(self.state_path, json.dumps({"listen": listen, "argv": argv}) + "\n")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as out:
             child = subprocess.Popen(
-                command(binary, config=self.config_path, data=self.data_dir, listen=listen),
+                argv,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, cwd=str(self.dir))
         proc._children[child.pid] = child  # reaped by stop_pid
@@ -144,6 +152,18 @@ class EmbeddedPrometheus:
                 raise PlatformError(f"prometheus did not become ready within "
                                     f"{self.start_deadline:.0f}s" + (f":\n{tail}" if tail else ""))
             time.sleep(0.05)
+
+    def _argv(self, binary: str, listen: str) -> list[str]:
+        return command(binary, config=self.config_path, data=self.data_dir, listen=listen)
+
+    def _recorded_argv(self) -> list[str] | None:
+        """The command line the running process was started with (None: a kiln that did not
+        record it started it)."""
+        try:
+            argv = json.loads(self.state_path.read_text())["argv"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return argv if isinstance(argv, list) and all(isinstance(a, str) for a in argv) else None
 
     def stop(self) -> None:
         """Stop it (SIGTERM: it flushes its head block); data and targets stay."""
