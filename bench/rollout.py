@@ -10,7 +10,9 @@
    under steady load (>= 100 req/s) on the listen address; every request counted (target: 0
    failed, >= 20,000 requests in all).
 Both parts run behind each router (`--router traefik|haproxy`, repeatable; default both), and
-report min / median / max, the peak RSS of `kiln deploy` and the router's RSS.
+report min / median / max, the peak RSS of `kiln deploy` and the router's RSS. Where kiln's side
+of the overhead goes, phase by phase: bench/rollout_phases.py (kiln's progress clock prints
+tenths of a second, too coarse for phases of a few milliseconds).
 
     .venv/bin/python bench/rollout.py [--quick] [--runs N] [--router haproxy] [--overhead-only]
         [--settle 1.1]
@@ -151,7 +153,7 @@ class PeakRSS:
 def overhead(runs: int, router: str = "traefik", settle: float = 0.0) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {k: [] for k in (
         "anchor_healthy_s", "deploy_wall_s", "to_100_s", "overhead_s", "deploy_rss_mb",
-        "router_rss_mb", "start_to_release_s", "release_to_100_s", "ratio",
+        "router_rss_mb", "ratio",
         "to_first_new_s", "first_new_to_100_s", "python_s", "imports_s")}
     for i in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
@@ -191,30 +193,9 @@ def overhead(runs: int, router: str = "traefik", settle: float = 0.0) -> dict[st
                 out["imports_s"].append(imports - bare)
                 out["deploy_rss_mb"].append(peak.peak / 1024)
                 out["router_rss_mb"].append(_rss_kb(rpid) / 1024 if rpid else 0.0)
-                marks = _progress_marks(text)
-                if "release" in marks and "drain_old" in marks:
-                    out["start_to_release_s"].append(marks["release"])
-                    out["release_to_100_s"].append(marks["drain_old"] - marks["release"])
             finally:
                 teardown(proj)
     return out
-
-
-def _progress_marks(text: str) -> dict[str, float]:
-    """kiln deploy's own clock: when it announced the release ('canary web-r1 -> web-r2') and
-    when the old release started draining (the new one has 100 %)."""
-    import re
-
-    marks: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^\s*([\d.]+)s \S+ (.*)$", line)
-        if not m:
-            continue
-        if re.search(r"-r\d+ -> \S+-r\d+", m.group(2)):
-            marks.setdefault("release", float(m.group(1)))
-        if "drain_old" in m.group(2) or "draining the old release" in m.group(2):
-            marks.setdefault("drain_old", float(m.group(1)))
-    return marks
 
 
 def spread(values: list[float], unit: str = "s") -> str:
@@ -334,10 +315,6 @@ def main() -> int:
         print(f"| fresh interpreter: + the deploy path's imports | {spread(o['imports_s'])} |")
         print(f"| whole `kiln deploy` wall time (incl. drain, startup) | "
               f"{spread(o['deploy_wall_s'])} |")
-        print(f"| of which: kiln's clock to its release event (spec, bake check, preflight) | "
-              f"{spread(o['start_to_release_s'])} |")
-        print(f"| of which: release event -> 100 % (launch, health gate, 3 weight changes) | "
-              f"{spread(o['release_to_100_s'])} |")
         print(f"| peak RSS of `kiln deploy` | {spread(o['deploy_rss_mb'], 'MB')} |")
         print(f"| router RSS after the rollout | {spread(o['router_rss_mb'], 'MB')} |")
         print(flush=True)
