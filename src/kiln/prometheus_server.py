@@ -4,7 +4,8 @@ port, its files and data under `<home>/prometheus/`.
 Layout: `prometheus.yml` (static, JSON is YAML), `targets/instances.json` and
 `targets/router.json` (file_sd, replaced atomically), `router.password` (0600), `data/` (the
 TSDB), `prometheus.pid` (pid, start time and address, as the router's: a reused pid is never
-taken for it), `prometheus.json` (the address, kept across restarts), `prometheus.log`.
+taken for it), `prometheus.json` (the address, kept across restarts, and the command line the
+process was started with: other flags restart it), `prometheus.log`.
 
 Started and stopped like the router: the commands that act start it, read-only ones only look,
 `destroy` stops it with the last instance.
