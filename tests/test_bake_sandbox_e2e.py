@@ -166,6 +166,16 @@ def fake_bwrap(folder: Path) -> dict[str, str]:
     return {"PATH": f"{folder}:{os.environ['PATH']}"}
 
 
+def assert_refused_in_one_line(res: subprocess.CompletedProcess[str], what: str) -> None:
+    """A refusal for a sandbox that cannot run: one line naming why, the opt-out, no trace."""
+    assert res.returncode != 0, res.stdout
+    errors = [ln for ln in res.stderr.splitlines() if what in ln]
+    assert len(errors) == 1, res.stderr
+    assert "No permissions to create new namespace" in errors[0]
+    assert "sandbox: none" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_a_baked_image_is_not_launched_when_the_sandbox_fails_at_start(tmp_path: Path) -> None:
     """Launching only looks the tools up (no probe per command): a bwrap that fails when the
     instance starts is explained by the probe, in one line, and nothing is left running."""
@@ -173,13 +183,7 @@ def test_a_baked_image_is_not_launched_when_the_sandbox_fails_at_start(tmp_path:
     try:
         assert proj.kiln("bake").returncode == 0
         env = fake_bwrap(tmp_path / "fakebin")
-        res = proj.kiln("deploy", env=env)
-        assert res.returncode != 0, res.stdout
-        errors = [ln for ln in res.stderr.splitlines() if "cannot sandbox instances" in ln]
-        assert len(errors) == 1, res.stderr
-        assert "No permissions to create new namespace" in errors[0]
-        assert "sandbox: none" in res.stderr
-        assert "Traceback" not in res.stderr
+        assert_refused_in_one_line(proj.kiln("deploy", env=env), "cannot sandbox instances")
         assert proj.live_pids() == []
     finally:
         teardown(proj)
@@ -191,13 +195,7 @@ def test_without_bubblewrap_deploy_and_bake_refuse_and_sandbox_none_is_shown(
     env = fake_bwrap(tmp_path / "fakebin")
     try:
         for args in (["deploy"], ["bake"]):
-            res = proj.kiln(*args, env=env)
-            assert res.returncode != 0, res.stdout
-            errors = [ln for ln in res.stderr.splitlines() if "cannot sandbox" in ln]
-            assert len(errors) == 1, res.stderr
-            assert "No permissions to create new namespace" in errors[0]
-            assert "sandbox: none" in res.stderr
-            assert "Traceback" not in res.stderr
+            assert_refused_in_one_line(proj.kiln(*args, env=env), "cannot sandbox")
         assert proj.live_pids() == []
         # What starts nothing still works on such a host (look, stop, destroy).
         res = proj.kiln("status", "--json", env=env)

@@ -36,11 +36,16 @@ of blocks (the WAL, a few hours at most, comes on top). gc does not delete serie
 (docs/decisions/prometheus-data.md says why)."""
 
 
-def command(binary: str, *, config: Path, data: Path, listen: str) -> list[str]:
-    """The Prometheus command line (pure): no admin API, no lifecycle API, bounded storage."""
-    return [binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
+def flags(*, config: Path, data: Path, listen: str) -> list[str]:
+    """Prometheus's flags (pure): no admin API, no lifecycle API, bounded storage."""
+    return [f"--config.file={config}", f"--storage.tsdb.path={data}",
             f"--web.listen-address={listen}", f"--storage.tsdb.retention.time={RETENTION_TIME}",
             f"--storage.tsdb.retention.size={RETENTION_SIZE}", "--log.level=warn"]
+
+
+def command(binary: str, *, config: Path, data: Path, listen: str) -> list[str]:
+    """The Prometheus command line (pure)."""
+    return [binary, *flags(config=config, data=data, listen=listen)]
 
 
 def prometheus_binary() -> str:
@@ -112,8 +117,8 @@ class EmbeddedPrometheus:
             config_changed = self._write_config()
             # The flags, not the binary's path (KILN_PROMETHEUS may differ between commands).
             recorded = self._recorded_argv()
-            if not config_changed and recorded is not None and (
-                    recorded[1:] == self._argv("", running.admin)[1:]):
+            if not config_changed and recorded is not None and recorded[1:] == flags(
+                    config=self.config_path, data=self.data_dir, listen=running.admin):
                 return f"http://{running.admin}"
         binary = prometheus_binary()  # before a restart stops the one that runs
         if running is not None:
@@ -125,7 +130,7 @@ class EmbeddedPrometheus:
         listen = self.address
         if listen is None or not proc.port_free(listen):
             listen = f"127.0.0.1:{proc.free_port()}"
-        argv = self._argv(binary, listen)
+        argv = command(binary, config=self.config_path, data=self.data_dir, listen=listen)
         self._replace(self.state_path, json.dumps({"listen": listen, "argv": argv}) + "\n")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -153,9 +158,6 @@ class EmbeddedPrometheus:
                 raise PlatformError(f"prometheus did not become ready within "
                                     f"{self.start_deadline:.0f}s" + (f":\n{tail}" if tail else ""))
             time.sleep(0.05)
-
-    def _argv(self, binary: str, listen: str) -> list[str]:
-        return command(binary, config=self.config_path, data=self.data_dir, listen=listen)
 
     def _recorded_argv(self) -> list[str] | None:
         """The command line the running process was started with (None: a kiln that did not

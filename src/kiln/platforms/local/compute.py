@@ -45,6 +45,7 @@ from kiln.platforms.local.sandbox import (
     choose,
     group_members,
     instance_uid,
+    kill_and_reap,
     kill_group,
     runtime_paths,
 )
@@ -197,9 +198,7 @@ class LocalCompute(Sweeper, OrphanFinder, ExitStatus, ReleaseTerminator):
         except BaseException:
             # A launch that fails half-way leaves neither a process nor a live row behind.
             if proc is not None:
-                kill_group(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5.0)
+                kill_and_reap(proc)
             with contextlib.suppress(Exception):
                 cgroups.release(folder)
             with contextlib.suppress(Exception):

@@ -315,9 +315,7 @@ class Sandbox:
             # whose instance fails its health check.
             error = unusable()
             if error is not None:
-                kill_group(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5.0)
+                kill_and_reap(proc)
                 raise error
             return Spawned(proc, proc.pid, None)
         outer = _parent(init)
@@ -416,6 +414,13 @@ def _first_child(pid: int, proc: subprocess.Popen[bytes], deadline: float) -> in
 def kill_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def kill_and_reap(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a spawned process group and collect its leader (bounded wait)."""
+    kill_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5.0)
 
 
 def group_members(pgid: int) -> list[int]:
