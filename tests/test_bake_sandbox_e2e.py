@@ -5,6 +5,7 @@ shown by `status --json`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -187,6 +188,35 @@ def test_a_baked_image_is_not_launched_when_the_sandbox_fails_at_start(tmp_path:
         assert proj.live_pids() == []
     finally:
         teardown(proj)
+
+
+def test_a_bwrap_that_hangs_is_refused_in_one_short_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bwrap that never reports its child nor exits: the launch gives up at its deadline,
+    the probe at its own, and the refusal names the hang, not the probe's whole argv."""
+    from kiln.platforms.local import sandbox
+
+    folder = tmp_path / "fakebin"
+    folder.mkdir()
+    (folder / "bwrap").write_text("#!/bin/sh\nexec sleep 6017\n")
+    (folder / "bwrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setattr(sandbox, "PROBE_TIMEOUT", 1.0)
+    sandbox.bwrap_problem.cache_clear()
+    try:
+        problem = sandbox.bwrap_problem()
+    finally:
+        sandbox.bwrap_problem.cache_clear()
+    assert problem == "bubblewrap (bwrap) did not run `true` within 1s"
+    assert not _running(b"sleep\x006017\x00")  # the probe's hung bwrap was killed
+
+
+def _running(cmdline: bytes) -> bool:
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes() == cmdline:
+                return True
+    return False
 
 
 def test_without_bubblewrap_deploy_and_bake_refuse_and_sandbox_none_is_shown(

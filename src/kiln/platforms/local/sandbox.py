@@ -102,6 +102,10 @@ def _missing_tools() -> str | None:
     return None
 
 
+PROBE_TIMEOUT = 10.0
+"""Seconds the probe's sandboxed `true` may take."""
+
+
 @functools.cache
 def bwrap_problem() -> str | None:
     """Why the isolation chain (bwrap; setpriv and unshare when root) cannot run here, or None:
@@ -113,8 +117,10 @@ def bwrap_problem() -> str | None:
         with tempfile.TemporaryDirectory(prefix="kiln-probe-") as scratch:
             probe = Sandbox(Path("/usr"), Path(scratch), "bwrap", uid=UID_BASE)
             with probe.prepared("true", None) as (argv, fds):
-                done = subprocess.run(argv, capture_output=True, timeout=10, check=False,
-                                      pass_fds=fds, stdin=subprocess.DEVNULL)
+                done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT,
+                                      check=False, pass_fds=fds, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:  # (its message is the whole sandbox argv)
+        return f"bubblewrap (bwrap) did not run `true` within {PROBE_TIMEOUT:g}s"
     except (OSError, subprocess.SubprocessError) as exc:
         return f"bubblewrap (bwrap) does not start: {exc}"
     if done.returncode != 0:
