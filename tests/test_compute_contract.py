@@ -3,13 +3,16 @@ local platform's own promises (sandbox, crash safety, secrets never stored)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -78,6 +81,7 @@ COMMANDS = {
     "unhealthy": "python app.py unhealthy",
     "ignore-term": "python app.py ignore-term",
     "exits": "echo boom: cannot start >&2; exit 3",
+    "exits-on-cue": 'mkfifo "$HOME/go" && cat "$HOME/go" >/dev/null; echo boom-late >&2; exit 4',
 }
 
 
@@ -439,6 +443,28 @@ def test_the_recorded_pid_is_the_app_itself(local: LocalHarness, image_dir: Path
     exe = os.readlink(f"/proc/{pid}/exe")
     assert Path(exe).resolve() == (image_dir / "root/.venv/bin/python").resolve()
     assert os.getpgid(pid) != os.getpgid(0)  # own session: outlives kiln's ^C
+
+
+@pytest.mark.e2e
+def test_an_exited_instances_log_holds_its_last_line(local: LocalHarness) -> None:
+    """The app's exit is seen before its log pump copies the last output; the log path is
+    handed out only after the pump did (CI once read an empty log here)."""
+    (inst,) = local.launch(1, "exits-on-cue")
+    cue = local.local.scratch(inst) / "go"
+    wait_for(cue.exists, 10.0, 0.01, what="the app's fifo")
+    pump = json.loads((local.local.folder(inst.id) / "pid").read_text())["pgid"]
+    os.kill(pump, signal.SIGSTOP)  # the pump is held while the app writes its line and exits
+    try:
+        with cue.open("w"):
+            pass
+        wait_for(lambda: not local.compute.observe([inst])[0].alive, 10.0, 0.01,
+                 what="the app to exit")
+        assert b"boom-late" not in local.local.folder(inst.id).joinpath("log").read_bytes()
+        threading.Timer(0.2, os.kill, (pump, signal.SIGCONT)).start()
+        assert "boom-late" in local.compute.log_path(inst).read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already when the test passed
+            os.kill(pump, signal.SIGCONT)
 
 
 @pytest.mark.e2e

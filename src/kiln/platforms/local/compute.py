@@ -57,6 +57,8 @@ from kiln.state.store import Store
 Kind = Literal["service", "test", "dev"]
 _EXITED = "exited"  # pid_start recorded for a process that was gone before we could read it
 _LOG_TAIL_LINES = 20
+LOG_SETTLE = 2.0
+"""Seconds `log_path` waits for an exited instance's log pump to copy its last output."""
 
 
 class LocalCompute(Sweeper, OrphanFinder, ExitStatus, ReleaseTerminator):
@@ -85,6 +87,14 @@ class LocalCompute(Sweeper, OrphanFinder, ExitStatus, ReleaseTerminator):
         return self.home / "instances" / instance_id
 
     def log_path(self, instance: Instance) -> Path:
+        """The instance's log. Once its app has exited, the path is returned only after the
+        log pump (our child, when this process launched it) copied the app's last output:
+        the app's exit is seen before the pump drains the pipe, and the last line is usually
+        why it exited."""
+        proc = self._procs.get(instance.id)
+        if proc is not None and proc.poll() is None and not self.observe([instance])[0].alive:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=LOG_SETTLE)
         return self.folder(instance.id) / "log"
 
     def scratch(self, instance: Instance) -> Path:
