@@ -87,15 +87,23 @@ class LocalCompute(Sweeper, OrphanFinder, ExitStatus, ReleaseTerminator):
         return self.home / "instances" / instance_id
 
     def log_path(self, instance: Instance) -> Path:
-        """The instance's log. Once its app has exited, the path is returned only after the
-        log pump (our child, when this process launched it) copied the app's last output:
-        the app's exit is seen before the pump drains the pipe, and the last line is usually
-        why it exited."""
-        proc = self._procs.get(instance.id)
+        """The instance's log. Once the instance has exited, the path is returned only after its
+        log writer (when this process started it) copied the last output: the exit is seen
+        before the writer drains the pipe, and the last line is usually why it exited."""
+        self._sync_log(instance)
+        return self.folder(instance.id) / "log"
+
+    def _log_writer(self, instance: Instance) -> subprocess.Popen[bytes] | None:
+        """The process copying the instance's output into its log, when this object started
+        it (the log pump)."""
+        return self._procs.get(instance.id)
+
+    def _sync_log(self, instance: Instance) -> None:
+        """Wait briefly, once the instance has exited, for its log writer to finish."""
+        proc = self._log_writer(instance)
         if proc is not None and proc.poll() is None and not self.observe([instance])[0].alive:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=LOG_SETTLE)
-        return self.folder(instance.id) / "log"
 
     def scratch(self, instance: Instance) -> Path:
         """The instance's writable folder (its HOME)."""

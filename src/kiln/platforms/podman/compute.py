@@ -301,11 +301,6 @@ class PodmanCompute(LocalCompute, TamperCheck, ImageFileReader, TestinfraBackend
         process cannot share): whoever answers there is the container."""
         return False
 
-    def _exit_reason(self, inst: Instance) -> str:
-        how = self.exit_status(inst)
-        self._sync_log(inst)
-        return f"{inst.id} {how}" + self._tail_note(inst)
-
     def exit_status(self, inst: Instance) -> str:
         handle = self._handle(inst)
         data = engine.inspect("container", handle.name) if handle.name else None
@@ -318,12 +313,9 @@ class PodmanCompute(LocalCompute, TamperCheck, ImageFileReader, TestinfraBackend
             how = "is not running"
         return how
 
-    def _sync_log(self, inst: Instance) -> None:
-        """Wait briefly for the log follower of a stopped container to write its last lines."""
-        proc = self._followers.get(self._handle(inst).name)
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=2.0)
+    def _log_writer(self, instance: Instance) -> subprocess.Popen[bytes] | None:
+        """The `podman logs -f` follower this object started for the container."""
+        return self._followers.get(self._handle(instance).name)
 
     # ------------------------------------------------------------------ terminate
 
