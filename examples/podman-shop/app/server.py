@@ -52,6 +52,12 @@ class ShopServer(ThreadingHTTPServer):
         self._busy = 0
         self._idle = threading.Condition()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up is not the app's error: HAProxy ends every health check with
+        # a TCP reset (by design), which would otherwise print a traceback now and then.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         # Count the connection as busy from accept() on (on the accepting thread), so a request
         # that is accepted but not yet parsed when SIGTERM lands is still waited for.

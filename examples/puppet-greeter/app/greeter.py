@@ -44,10 +44,20 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hung up is not the app's error: HAProxy ends every health check with
+        # a TCP reset (by design), which would otherwise print a traceback now and then.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 def main() -> int:
     Handler.settings = load(CONFIG)
-    server = ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"),
-                                  int(os.environ.get("PORT", "8000"))), Handler)
+    server = Server((os.environ.get("HOST", "127.0.0.1"),
+                    int(os.environ.get("PORT", "8000"))), Handler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     server.serve_forever()
     server.server_close()
