@@ -122,6 +122,22 @@ def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
     assert kiln(*args, cwd=tmp_path).code == 2
 
 
+@pytest.mark.parametrize(("args", "option"), [
+    (["gc", "--keep", "-1"], "'--keep'"),
+    (["logs", "-n", "-5"], "'--lines'"),
+    (["serve", "--drift-every", "nan"], "'--drift-every'"),
+    (["serve", "--drift-every", "0"], "'--drift-every'"),
+    (["serve", "--drift-every", "-1"], "'--drift-every'"),
+])
+def test_out_of_range_numbers_are_usage_errors(tmp_path: Path, args: list[str],
+                                               option: str) -> None:
+    """Checked before anything runs (no spec is needed to refuse them): gc --keep -1 and
+    logs -n -5 once ran as if valid, serve --drift-every nan never checked drift."""
+    res = kiln(*args, cwd=tmp_path)
+    assert res.code == 2, res.stdout + res.stderr
+    assert f"Invalid value for {option}" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_schema_is_json_with_properties(tmp_path: Path) -> None:
     res = kiln("schema", cwd=tmp_path)
     assert res.code == 0

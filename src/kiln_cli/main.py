@@ -9,6 +9,7 @@ mistake never shows a traceback.
 # names that exist only for the type checker are quoted.
 import gc as _gc
 import json
+import math
 import os
 import sys
 import time
@@ -665,8 +666,8 @@ def logs(service: Annotated[str | None, typer.Argument(
              "--test", help="The image test instance (the newest one, also when stopped).")
          ] = False,
          dev: Annotated[bool, typer.Option("--dev", help="Dev instances (`kiln up`).")] = False,
-         lines: Annotated[int, typer.Option("--lines", "-n", metavar="N", help="Lines of each log to show.")
-                          ] = 50,
+         lines: Annotated[int, typer.Option("--lines", "-n", metavar="N", min=0,
+                                            help="Lines of each log to show.")] = 50,
          as_json: JsonOpt = False,
         file: FileLongOpt = None) -> None:
     """Show (or follow) instance logs: the running ones, else the newest (a failed test's)."""
@@ -754,8 +755,9 @@ def judge_replay(
 
 
 @app.command()
-def gc(keep: Annotated[int, typer.Option("--keep", metavar="N", help="Live releases to retain per service "
-                                                    "(the current and previous always are).")] = 3,
+def gc(keep: Annotated[int, typer.Option("--keep", metavar="N", min=0,
+                                        help="Live releases to retain per service "
+                                        "(the current and previous always are).")] = 3,
        as_json: JsonOpt = False,
         file: FileOpt = None) -> None:
     """Remove images no retained release needs, and dead instance folders."""
@@ -860,14 +862,20 @@ def drift(as_json: JsonOpt = False,
     guard(body)
 
 
+def _positive_seconds(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"expected a number of seconds above 0, got {value:g}")
+    return value
+
+
 @app.command()
 def serve(
     listen: Annotated[str, typer.Option(
         "--listen", metavar="HOST:PORT", help="Loopback HOST:PORT of the dashboard "
                                         "(port 0: any free port).")] = "127.0.0.1:8600",
     drift_every: Annotated[float, typer.Option(
-        "--drift-every", metavar="SECONDS", help="Seconds between drift "
-                                               "checks.")] = 60.0,
+        "--drift-every", metavar="SECONDS", callback=_positive_seconds,
+        help="Seconds between drift checks.")] = 60.0,
     rotate_token: Annotated[bool, typer.Option(
         "--rotate-token", help="Replace the dashboard's token (it is otherwise kept in "
                                ".kiln/serve.token across restarts).")] = False,

@@ -93,7 +93,8 @@ def judge_replay(ctx: Context, rollout_id: int, overrides: Mapping[str, Any]) ->
     blob = evidence_records.load(store, rollout_id)
     if blob is None:
         raise NotFound(f"rollout #{rollout_id} has no stored judge evidence: it was not judged "
-                       "(a first release, no rollout.analysis), or gc removed it")
+                       "(a first release, no rollout.analysis), its judge saw no requests, "
+                       "or gc removed it")
     rec = Recording.from_blob(blob)
     release = find_release(store, rec.canary)
     recorded = release.spec.rollout.analysis if release is not None else None
