@@ -189,8 +189,19 @@ CASES: list[tuple[str, str, list[str]]] = [
       "Prometheus; set services.web.metrics: {path: /metrics} (kiln runs one that scrapes the "
       "service) or prometheus: {url: ...} (your own)"]),
     ("metrics: a path without /", VALID + "    metrics: {path: metrics}\n",
-     ["kiln.yaml:17:21: services.web.metrics.path: expected a path starting with /, got "
-      "'metrics'"]),
+     ["kiln.yaml:17:21: services.web.metrics.path: expected a path starting with / (no "
+      "spaces), got 'metrics'"]),
+    # A health path goes into each request line and into HAProxy's health map (a line per
+    # release): one without / or with a line break was accepted before.
+    ("health: a path without /", VALID + "    health: {path: healthz}\n",
+     ["kiln.yaml:17:20: services.web.health.path: expected a path starting with / (no "
+      "spaces), got 'healthz'"]),
+    ("health: a path with a line break", VALID + "    health: {path: \"/a\\nb\"}\n",
+     ["kiln.yaml:17:20: services.web.health.path: expected a path starting with / (no "
+      "spaces), got '/a\\nb'"]),
+    ("tests: an http path with a space", edit("{path: /healthz, status", "{path: /a b, status"),
+     ["kiln.yaml:9:22: images.web.tests[0].http.path: expected a path starting with / (no "
+      "spaces), got '/a b'"]),
     ("prometheus url", "prometheus: {url: 'ftp://x'}\n" + VALID,
      ["kiln.yaml:1:19: prometheus.url: expected an http(s) URL like http://127.0.0.1:9090, "
       "got 'ftp://x'"]),

@@ -227,6 +227,17 @@ def _path_list(value: Any) -> Any:
 
 
 ProjectPath = Annotated[str, Field(min_length=1), AfterValidator(_project_path)]
+
+
+def url_path(value: str) -> str:
+    """A request path: it starts with / and has no whitespace or control characters (it goes
+    into a request line, and into HAProxy's health map, one line per release)."""
+    if not value.startswith("/") or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"expected a path starting with / (no spaces), got {value!r}")
+    return value
+
+
+UrlPath = Annotated[str, AfterValidator(url_path)]
 ProjectPaths = Annotated[list[ProjectPath], BeforeValidator(_path_list),
                          WithJsonSchema({"anyOf": [{"type": "string"},
                                                    {"type": "array", "items": {"type": "string"}}],
@@ -290,7 +301,7 @@ _STEP_CLASSES.update({CopyStep: "copy", RunStep: "run", EnvStep: "env", WorkdirS
 
 class HttpCheck(_Model):
     class Spec(_Model):
-        path: str = "/"
+        path: UrlPath = "/"
         method: str = "GET"
         status: int = Field(200, ge=100, le=599)
         body_contains: str | None = None
@@ -382,7 +393,7 @@ class ImageSpec(_Model):
 
 
 class Health(_Model):
-    path: str = "/healthz"
+    path: UrlPath = "/healthz"
     interval: Duration = 1.0
     timeout: Duration = 1.0
     deadline: Duration = 30.0
@@ -597,30 +608,16 @@ class MetricsEndpoint(_Model):
     """Where each instance serves its own metrics (Prometheus' text format): kiln's Prometheus
     scrapes it, labelled with the instance's release, service and id."""
 
-    path: str = "/metrics"
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"expected a path starting with /, got {v!r}")
-        return v
+    path: UrlPath = "/metrics"
 
 
 class WarmupRequests(_Model):
     """GETs sent to each new instance after its health check, before it enters rotation."""
 
-    path: str = "/"
+    path: UrlPath = "/"
     count: int = Field(200, ge=1, le=100_000)
     timeout: Duration = 30.0
     """The bound: the instance enters rotation after this long however many were sent."""
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"expected a path starting with /, got {v!r}")
-        return v
 
 
 MAX_LOAD_RATE = 1000.0
@@ -671,8 +668,7 @@ class SyntheticLoad(_Model):
     @classmethod
     def _paths(cls, v: str | list[str]) -> str | list[str]:
         for path in [v] if isinstance(v, str) else v or [""]:
-            if not path.startswith("/") or any(c.isspace() for c in path):
-                raise ValueError(f"expected a path starting with / (no spaces), got {path!r}")
+            url_path(path)
         return v
 
     @property
