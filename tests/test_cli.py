@@ -216,6 +216,21 @@ def test_missing_copy_source_is_one_line_and_bakes_nothing(tmp_path: Path) -> No
     assert not (tmp_path / ".kiln" / "cache").exists()  # failed before the base was built
 
 
+def test_a_renamed_project_is_one_line_naming_the_state_not_the_platform(tmp_path: Path) -> None:
+    """`plan` once said `kiln.yaml: platform: state database ...` with the hint twice."""
+    assert kiln("init", str(tmp_path / "shop"), cwd=tmp_path).code == 0
+    folder = tmp_path / "shop"
+    assert kiln("plan", cwd=folder).code == 0  # the state is claimed by 'shop'
+    spec = folder / "kiln.yaml"
+    spec.write_text(spec.read_text().replace("project: shop", "project: blog"))
+    for command in ("plan", "status", "deploy"):
+        res = kiln(command, cwd=folder)
+        (line,) = error_lines(res)
+        assert res.code == 1 and line.startswith("kiln: error: state database "), line
+        assert "belongs to project 'shop', not 'blog'" in line
+        assert line.count("put 'project: shop' back") == 1, line
+
+
 def test_unknown_image_name(baked: Baked) -> None:
     res = kiln("bake", "nosuch", cwd=baked.folder)
     assert res.code == 1

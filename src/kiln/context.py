@@ -124,14 +124,16 @@ class Context:
     def platform(self) -> Platform:
         """The spec's platform (found by name in the registry); its parts are built on first use."""
         if self._platform is None:
+            store = self.store  # its own errors are the state's, not the platform's
             try:
                 self._platform = get_platform(
-                    self.spec.platform, self.store, self.home, self.spec.project,
+                    self.spec.platform, store, self.home, self.spec.project,
                     router=self.spec.router,
                     settings=self.spec.aws if self.spec.platform == "aws" else None,
                     sandbox=self.spec.sandbox, router_admin=self.spec.router_admin)
             except KilnError as exc:
-                raise KilnError(f"{self.spec_path}: platform: {exc}", hint=exc.hint) from exc
+                raise KilnError(f"{self.spec_path}: platform: {exc.message}",
+                                hint=exc.hint) from exc
         return self._platform
 
     @property

@@ -308,8 +308,9 @@ class Store:
             raise StateError(
                 f"state database {self.home / 'state.db'} belongs to project {recorded!r}, "
                 f"not {project!r}",
-                hint=f"open it with project {recorded!r}'s kiln.yaml, or point KILN_HOME at "
-                     f"{project!r}'s own state")
+                hint=f"put 'project: {recorded}' back, or set KILN_HOME to a new folder for "
+                     f"{project!r}; a renamed project's instances and router run on under "
+                     "its old name")
 
     def check_same_file(self) -> None:
         """Refuse to write once state.db was replaced under this process (restored from a
