@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from json_contract import conforms
+from kiln.platforms.local.traefik_process import read_pidfile
 from kiln.testing.load import Load
 from kiln.testing.project import KILN, Proj, kill_and_settle, wait_for
 
@@ -211,6 +212,45 @@ def test_status_reports_a_dead_router_and_deploy_restarts_it_with_its_routing(pr
         load.wait()
     assert load.stats.failed == 0 and load.stats.sent > 100, load.stats.summary()
     assert all("version 1" in body for body in load.stats.bodies)
+
+
+PIDFILES = {"traefik": Path("router") / "traefik.pid", "haproxy": Path("haproxy") / "haproxy.pid"}
+
+
+@pytest.mark.parametrize(("proj", "to"), [("haproxy", "traefik"), ("traefik", "haproxy")],
+                         indirect=["proj"])
+def test_a_router_switch_is_made_by_deploy_never_by_a_read(proj: Proj, to: str) -> None:
+    """`status`, `plan` and `drift` once stopped the serving router when kiln.yaml named the
+    other one (an outage from a read), and the deploy then served the new router's stale
+    routing (503s). Now reads report the pending switch, and the deploy routes the new router
+    from the state before the old one goes."""
+    deploy_ok(proj)
+    old = read_pidfile(proj.dir / ".kiln" / PIDFILES[proj.router])
+    assert old is not None and old.alive()
+    came_from, proj.router = proj.router, to
+    proj.write()
+    status = proj.kiln("status")
+    assert status.returncode == 0, status.stderr
+    assert f"{came_from} (pid {old.pid}) still serves the traffic" in status.stderr
+    assert "`kiln deploy`" in status.stderr
+    assert proj.kiln("plan").returncode == 0
+    drift = proj.kiln("drift")
+    assert drift.returncode == 1 and "router-switch:" in drift.stdout, drift.stdout
+    assert "router serves" not in drift.stdout  # the new router's routing is not compared yet
+    assert old.alive()  # three reads later, the old router still serves
+    with Load(proj.listen, rate=50, max_seconds=2, keep_body=40) as load:
+        load.wait()
+    assert load.stats.failed == 0 and load.stats.sent > 50, load.stats.summary()
+
+    deploy_ok(proj)
+    assert not old.alive()
+    new = read_pidfile(proj.dir / ".kiln" / PIDFILES[to])
+    assert new is not None and new.alive()
+    with Load(proj.listen, rate=50, max_seconds=2, keep_body=40) as load:
+        load.wait()
+    assert load.stats.failed == 0 and load.stats.sent > 50, load.stats.summary()
+    assert all("version 1" in body for body in load.stats.bodies)
+    assert proj.kiln("drift").returncode == 0
 
 
 def test_rollback_to_a_release_whose_instance_once_died(proj: Proj) -> None:

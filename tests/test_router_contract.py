@@ -465,8 +465,9 @@ def test_access_log_gives_the_judge_samples_per_release(
 
 
 @pytest.mark.e2e
-def test_switching_router_stops_the_other(tmp_path: Path,
-                                          backend: Callable[[str, str], str]) -> None:
+def test_switching_router_stops_the_other_when_it_starts(tmp_path: Path,
+                                                         backend: Callable[[str, str], str]
+                                                         ) -> None:
     from kiln.platforms.local.routers import make_router
 
     a = backend("a", "127.0.0.2")
@@ -477,8 +478,14 @@ def test_switching_router_stops_the_other(tmp_path: Path,
         assert first.is_running()
         second = make_router("traefik", tmp_path, "test")
         assert isinstance(second, TraefikRouter)
-        assert not first.is_running()  # it held the listen address
+        # Made, read, asked: the old router still serves (a read never stops it).
+        assert first.is_running() and not second.is_running()
+        assert second.serving_instead() == f"haproxy (pid {read_pidfile(first.pid_path).pid})"
+        second.check_listen("web", svc.listen)  # its address is the old router's, to take over
+        assert hits(svc.listen, 3) == Counter({"a": 3})
         second.set_backends("web", svc, [Backend("web-r1", 100, [a])])
+        assert not first.is_running()  # stopped when the new one started on its address
+        assert second.serving_instead() is None
         assert hits(svc.listen, 3) == Counter({"a": 3})
         second.stop()
     finally:

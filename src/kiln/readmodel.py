@@ -244,7 +244,12 @@ def status(ctx: Context, names: list[str], warn: Callable[[str], None]) -> dict[
 
     ctl = running(ctx.store)
     router = router_view(ctx)
-    if router["needed"] and router["running"] is False:
+    instead = (ctx.router.serving_instead() if isinstance(ctx.router, RouterProcess)
+               else None)
+    if router["needed"] and router["running"] is False and instead is not None:
+        warn(f"the spec's router ({ctx.spec.router}) is not running yet: {instead} still serves "
+             "the traffic; `kiln deploy` (or a running `kiln serve`) switches to it")
+    elif router["needed"] and router["running"] is False:
         warn("the router is not running: traffic is not served; `kiln deploy` (or a running "
              "`kiln serve`) restarts it with its last routing")
     prometheus = ctx.scraping.view()

@@ -30,6 +30,11 @@ class RouterProcess(Protocol):
 
     def is_running(self) -> bool: ...
 
+    def serving_instead(self) -> str | None:
+        """Another router still serving the project's traffic while this one does not run
+        (the spec switched routers; the next deploy swaps them), for people; else None."""
+        ...
+
 
 @runtime_checkable
 class HealthVerdicts(Protocol):

@@ -39,6 +39,7 @@ from kiln.state.records import instances as instance_records
 from kiln.state.records import rollouts as rollout_records
 from kiln.state.records import routes as route_records
 from kiln.state.records.journal import EventLine, events_after, last_event_id
+from kiln.usecases.routing import start_router
 
 if TYPE_CHECKING:
     from kiln.project import Project
@@ -413,7 +414,7 @@ class Controller:
     def _do_router(self, _: str) -> bool:
         if not self._router_down():
             return False
-        self.project.router.ensure_running()
+        start_router(self.project)
         self._event("router.restarted", "the router was down; restarted it with its routing",
                     None)
         self.metrics.actions.labels("router_restart").inc()

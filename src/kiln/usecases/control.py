@@ -11,6 +11,7 @@ from kiln.errors import KilnError, LockHeld
 from kiln.state.records import rollouts as rollout_records
 from kiln.usecases.results import DeployEvent, ServiceResult
 from kiln.usecases.rollouts import reconcile, write_report
+from kiln.usecases.routing import start_router
 
 
 def signal(project: Context, service: str, signal: str) -> int:
@@ -51,7 +52,7 @@ def _drive_signal(project: Context, service: str, sig: str,
                              f"#{rid}", rid, seconds=time.monotonic() - t0)
     try:
         with project.locked(f"{sig} {service}"):
-            project.router.ensure_running()
+            start_router(project)
             st = reconcile(
                 project, service, rid,
                 lambda s: emit(DeployEvent(service, "status", s.waiting or s.phase, status=s)))

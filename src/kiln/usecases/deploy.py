@@ -16,6 +16,7 @@ from kiln.spec.models import ServiceSpec
 from kiln.state.records import routes as route_records
 from kiln.usecases.results import DeployEvent, DeployResult, ServiceResult
 from kiln.usecases.rollouts import drive, emit_log_tail, finish_standby, roll_to, write_report
+from kiln.usecases.routing import start_router
 
 
 def deploy(project: Context, services: Sequence[str] | None = None, *, skip_tests: bool = False,
@@ -39,7 +40,7 @@ def deploy(project: Context, services: Sequence[str] | None = None, *, skip_test
         project._sweep()
         router = project.router
         started_router = isinstance(router, RouterProcess) and not router.is_running()
-        project.router.ensure_running()
+        start_router(project)
         try:
             project.scraping.ensure()
             for name in names:
@@ -64,7 +65,7 @@ def deploy_image(project: Context, service: str, digest: str, *, force: bool = F
             raise KilnError(f"{service}: image {digest[:19]} is a {image.name!r} image; the "
                             f"service runs {spec.image!r} images")
         project._sweep()
-        project.router.ensure_running()
+        start_router(project)
         return _deploy_one(project, service, False, on_event or (lambda ev: None), False, force,
                            baked=image)
 
@@ -107,7 +108,7 @@ def _deploy_one(project: Context, name: str, skip_tests: bool,
     decision = decide(facts(project, view, spec, image.digest, force=force))
     current = view.current
     if decision.action == "unchanged":
-        project.router.ensure_running()
+        start_router(project)
         if resumed is not None:  # the resumed rollout is what this deploy did
             resumed.seconds = time.monotonic() - t0
             return resumed

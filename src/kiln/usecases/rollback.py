@@ -14,6 +14,7 @@ from kiln.rollout.release_config import find_release, previous_live, went_live
 from kiln.state.records import rollouts as rollout_records
 from kiln.usecases.results import DeployEvent, ServiceResult
 from kiln.usecases.rollouts import finish_standby, roll_to
+from kiln.usecases.routing import start_router
 
 
 def rollback(project: Context, service: str, to: str | None = None,
@@ -58,7 +59,7 @@ def rollback(project: Context, service: str, to: str | None = None,
                 raise KilnError(f"{service}: a rollout is in progress; `kiln abort {service}` "
                                 "rolls it back")
         project._sweep()
-        project.router.ensure_running()
+        start_router(project)
         # Like Argo's rollbackWindow: a known-good release skips the canary steps and gets
         # all traffic as soon as its instances are healthy (still health-gated). One that
         # never went live has earned no such trust: the spec's strategy and judge.

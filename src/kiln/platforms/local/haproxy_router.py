@@ -29,7 +29,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from kiln.errors import PlatformError
 from kiln.platforms.base import Backend, RequestCounts
@@ -97,6 +97,8 @@ class RuntimeAPI:
 
 class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics):
     """Router seam on HAProxy. Every method is safe to call again after a crash."""
+
+    kind: ClassVar[str] = "haproxy"
 
     def __init__(self, home: Path, project: str, *, apply_deadline: float = APPLY_DEADLINE,
                  start_deadline: float = START_DEADLINE) -> None:
@@ -179,6 +181,7 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
         if running is not None and running.listens == listens and state.get("metrics"):
             return running  # (no metrics address: started by a kiln without the exporter)
         self._pick_metrics_address(state, running)
+        self._stop_replaced()
         ours = set(running.listens.values()) if running else set()
         for name, addr in sorted(listens.items()):
             if addr not in ours and not proc.port_free_soon(addr):
@@ -246,7 +249,9 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
             time.sleep(0.02)
 
     def stop(self) -> None:
-        """Stop HAProxy (in-flight requests finish first). Routing files stay for a restart."""
+        """Stop HAProxy (in-flight requests finish first), and a router it replaces. Routing
+        files stay for a restart."""
+        self._stop_replaced()
         with self._locked():
             running = proc.read_pidfile(self.pid_path)
             if running is not None:
@@ -295,7 +300,7 @@ class HAProxyRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
         with self._locked():
             state = self._load_state()
             running = self._running()
-            served = set(running.listens.values()) if running else set()
+            served = self._held(running)
             current = self._listens(state).get(service_name)
             if service.listen != current and service.listen not in served \
                     and not proc.port_free_soon(service.listen):

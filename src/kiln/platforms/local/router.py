@@ -79,6 +79,7 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
     """Router seam on the local platform. Every method is safe to call again after a crash."""
 
     state_defaults: ClassVar[Mapping[str, Any]] = {"admin": ""}
+    kind: ClassVar[str] = "traefik"
     status_page: int = 200
     """Services per page of /api/http/services read by `server_statuses`."""
 
@@ -145,6 +146,7 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
         if running is not None and running.admin == state["admin"] and all(
                 running.listens.get(name) == addr for name, addr in listens.items()):
             return running
+        self._stop_replaced()
         ours = set(running.listens.values()) if running else set()
         for name, addr in sorted(listens.items()):
             if addr not in ours and not traefik_process.port_free_soon(addr):
@@ -174,7 +176,9 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
                                      listens=listens, deadline=self.start_deadline)
 
     def stop(self) -> None:
-        """Stop Traefik (in-flight requests finish first). Routing files stay for a restart."""
+        """Stop Traefik (in-flight requests finish first), and a router it replaces. Routing
+        files stay for a restart."""
+        self._stop_replaced()
         with self._locked():
             running = traefik_process.read_pidfile(self.pid_path)
             if running is not None:
@@ -217,7 +221,7 @@ class TraefikRouter(RouterFiles, HealthVerdicts, OpenRequests, ServersReadBack, 
                 raise PlatformError(f"release {clash[0]} of service {service_name} would share "
                                     "a Traefik name with the service of that name; rename one")
             running = self._running()
-            served = set(running.listens.values()) if running else set()
+            served = self._held(running)
             current = self._listens(state).get(service_name)
             if service.listen != current and service.listen not in served \
                     and not traefik_process.port_free_soon(service.listen):

@@ -28,6 +28,11 @@ class RouterFiles(RouterProcess):
     staging_dir: Path
     state_defaults: ClassVar[Mapping[str, Any]] = {}
     """Top-level keys (beyond project and services) a fresh router.json starts with."""
+    replaces: RouterFiles | None = None
+    """The project's other kind of router, found running when this one was made (the spec
+    switched routers): it holds the listen addresses and serves until this one starts."""
+    kind: ClassVar[str] = ""
+    """'traefik' or 'haproxy', for people."""
 
     def _load_state(self) -> dict[str, Any]:
         try:
@@ -88,10 +93,35 @@ class RouterFiles(RouterProcess):
     def is_running(self) -> bool:
         return self._running() is not None
 
+    def stop(self) -> None:
+        """Stop the process (in-flight requests finish first); routing files stay."""
+        raise NotImplementedError
+
+    def serving_instead(self) -> str | None:
+        """The other router still serving this project (the spec switched routers and nothing
+        started this one yet): its name and pid, else None."""
+        running = self.replaces._running() if self.replaces is not None else None
+        if self.replaces is None or running is None:
+            return None
+        return f"{self.replaces.kind} (pid {running.pid})"
+
+    def _held(self, running: Running | None) -> set[str]:
+        """Listen addresses this project's routers hold: this one's (`running`) and those of
+        the router it replaces, which it takes over when it starts."""
+        replaced = self.replaces._running() if self.replaces is not None else None
+        return {*(running.listens.values() if running else ()),
+                *(replaced.listens.values() if replaced else ())}
+
+    def _stop_replaced(self) -> None:
+        """Stop the router this one replaces, just before this one starts on its addresses."""
+        if self.replaces is not None:
+            self.replaces.stop()
+            self.replaces = None
+
     def check_listen(self, service_name: str, listen: str) -> None:
-        """Refuse early (before any instance starts) a listen address another process holds."""
-        running = self._running()
-        if running is not None and listen in set(running.listens.values()):
+        """Refuse early (before any instance starts) a listen address another process holds
+        (the router this one replaces holds it until this one starts)."""
+        if listen in self._held(self._running()):
             return
         if not traefik_process.port_free_soon(listen):
             raise PlatformError(tcp_table.in_use_message(listen, f"services.{service_name}.listen"))

@@ -1,4 +1,5 @@
-"""Pick the local router by the spec's `router:` key; switching stops the other one first.
+"""Pick the local router by the spec's `router:` key; a switch stops the other one only when
+the new one starts (a read, `kiln status` or `kiln plan`, never stops the router serving).
 
 Both routers write the same JSON access-log shape (the judge reads either) and keep their files
 in their own folder under the project's home (`router/` for Traefik, `haproxy/` for HAProxy), so
@@ -34,10 +35,12 @@ def _make(kind: RouterKind, home: Path, project: str, admin: str | None = None
 
 def make_router(kind: RouterKind, home: Path, project: str, *, admin: str | None = None
                 ) -> TraefikRouter | HAProxyRouter:
-    """The project's router; the other kind is stopped if it still runs (it holds the ports).
-    Only the router in use is imported, unless the other one is found running."""
+    """The project's router. When the other kind still runs (the spec switched routers), the
+    router is told: that one holds the ports and serves until this one starts, which stops it
+    first. Only the router in use is imported, unless the other one is found running."""
     other: RouterKind = "traefik" if kind == "haproxy" else "haproxy"
+    router = _make(kind, home, project, admin)
     running = read_pidfile(home.joinpath(*_PIDFILES[other]))
     if running is not None and running.alive():
-        _make(other, home, project).stop()
-    return _make(kind, home, project, admin)
+        router.replaces = _make(other, home, project)
+    return router
