@@ -23,11 +23,11 @@ from kiln.analysis.live import LiveJudge
 from kiln.platforms.base import Backend
 from kiln.platforms.fake.router import FakeRouter
 from kiln.platforms.local.accesslog import AccessLogSource
-from kiln.platforms.local.traefik_process import free_port, read_pidfile
+from kiln.platforms.local.traefik_process import read_pidfile
 from kiln.rollout.decide import Status, start
 from kiln.spec.models import Analysis
 from kiln.testing.load import Load
-from kiln.testing.project import KILN, Proj, wait_for
+from kiln.testing.project import KILN, Proj, free_port, wait_for
 from test_judge_resume_e2e import crosschecks
 from test_router_contract import AnyRouter
 from test_router_traefik import get, spec

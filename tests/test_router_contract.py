@@ -33,11 +33,11 @@ from kiln.platforms.fake.router import FakeRouter
 from kiln.platforms.local.accesslog import AccessLogSource
 from kiln.platforms.local.haproxy_router import HAProxyRouter
 from kiln.platforms.local.router import TraefikRouter
-from kiln.platforms.local.traefik_process import free_port, read_pidfile
+from kiln.platforms.local.traefik_process import read_pidfile
 from kiln.spec.models import Rollout
 from kiln.state.lock import pid_alive
 from kiln.testing.load import Load
-from kiln.testing.project import wait_for
+from kiln.testing.project import free_port, wait_for
 from test_router_traefik import _handler, _Server, get, hits, spec
 
 AnyRouter = FakeRouter | TraefikRouter | HAProxyRouter
@@ -497,10 +497,10 @@ def test_switching_router_stops_the_other_when_it_starts(tmp_path: Path,
 
 @pytest.mark.parametrize(("part", "capabilities"), [
     (FakeRouter, {"HealthVerdicts", "OpenRequests", "ServersReadBack"}),
-    (TraefikRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests", "ServersReadBack",
-                     "RouterMetrics", "Mirroring"}),
-    (HAProxyRouter, {"RouterProcess", "HealthVerdicts", "OpenRequests", "ServersReadBack",
-                     "RouterMetrics"}),
+    (TraefikRouter, {"RouterProcess", "RouterSwitch", "HealthVerdicts", "OpenRequests",
+                     "ServersReadBack", "RouterMetrics", "Mirroring"}),
+    (HAProxyRouter, {"RouterProcess", "RouterSwitch", "HealthVerdicts", "OpenRequests",
+                     "ServersReadBack", "RouterMetrics"}),
     (AlbRouter, {"OpenRequests"}),  # targets still deregistering; its health checks are the ASG's
 ])
 def test_declares_its_capabilities(part: type, capabilities: set[str]) -> None:

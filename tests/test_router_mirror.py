@@ -20,10 +20,10 @@ import pytest
 from kiln.platforms.base import Backend
 from kiln.platforms.local.accesslog import AccessLogSource
 from kiln.platforms.local.router import TraefikRouter
-from kiln.platforms.local.traefik_process import free_port, read_pidfile
+from kiln.platforms.local.traefik_process import read_pidfile
 from kiln.state.lock import pid_alive
 from kiln.testing.load import Load
-from kiln.testing.project import wait_for
+from kiln.testing.project import free_port, wait_for
 from test_router_traefik import _handler, _Server, spec
 
 pytestmark = pytest.mark.e2e

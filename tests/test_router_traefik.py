@@ -24,10 +24,10 @@ from kiln.platforms.base import Backend
 from kiln.platforms.local import router_files as router_module  # where router.json and configs are written
 from kiln.platforms.local import traefik_config
 from kiln.platforms.local.router import TraefikRouter
-from kiln.platforms.local.traefik_process import free_port, read_pidfile
+from kiln.platforms.local.traefik_process import read_pidfile
 from kiln.spec.models import ServiceSpec
 from kiln.state.lock import pid_alive
-from kiln.testing.project import wait_for
+from kiln.testing.project import free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 

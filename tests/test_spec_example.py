@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kiln.spec.loader import load_spec
+from kiln.testing.project import free_port
 
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
 
@@ -38,12 +39,6 @@ def test_example_spec_is_valid() -> None:
     assert need / (150 * first.weight / 100) < (first.pause or 0)
     behaviour = json.loads((SHOP / "app" / "behaviour.json").read_text())
     assert behaviour == {"version": "1", "error_rate": 0.0, "extra_latency_ms": 0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str, timeout: float = 5.0) -> tuple[int, str]:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.platforms.capabilities import OrphanFinder, OwnDrift, RouterProcess, TamperCheck
+from kiln.platforms.capabilities import (
+    OrphanFinder,
+    OwnDrift,
+    RouterProcess,
+    RouterSwitch,
+    TamperCheck,
+)
 from kiln.project import Project
 from kiln.readmodel import observe_service
 from kiln.rollout.executor import load_release
@@ -21,7 +27,7 @@ def detect(project: Project) -> list[dict[str, Any]]:
     router = project.router
     # The spec switched routers and the new one has not started: the old one serves, and its
     # routing is not the new one's to compare.
-    instead = router.serving_instead() if isinstance(router, RouterProcess) else None
+    instead = router.serving_instead() if isinstance(router, RouterSwitch) else None
     for name in project.spec.services:
         view = observe_service(project, name)
         routes = view.routes

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kiln.analysis.explain import explain
 from kiln.errors import NotFound, StateError
 from kiln.notify import FAILED_WINDOW, failure_summary
-from kiln.platforms.capabilities import RouterProcess
+from kiln.platforms.capabilities import RouterProcess, RouterSwitch
 from kiln.platforms.instance_rows import from_row
 from kiln.rollout.decide import SETTLED, Status
 from kiln.rollout.executor import load_release
@@ -244,7 +244,7 @@ def status(ctx: Context, names: list[str], warn: Callable[[str], None]) -> dict[
 
     ctl = running(ctx.store)
     router = router_view(ctx)
-    instead = (ctx.router.serving_instead() if isinstance(ctx.router, RouterProcess)
+    instead = (ctx.router.serving_instead() if isinstance(ctx.router, RouterSwitch)
                else None)
     if router["needed"] and router["running"] is False and instead is not None:
         warn(f"the spec's router ({ctx.spec.router}) is not running yet: {instead} still serves "

@@ -30,9 +30,15 @@ class RouterProcess(Protocol):
 
     def is_running(self) -> bool: ...
 
+
+@runtime_checkable
+class RouterSwitch(Protocol):
+    """A router that may replace another kind still serving the project (the spec's `router:`
+    changed): reads report it, the next start takes its addresses over."""
+
     def serving_instead(self) -> str | None:
-        """Another router still serving the project's traffic while this one does not run
-        (the spec switched routers; the next deploy swaps them), for people; else None."""
+        """The other router still serving the project's traffic while this one does not run,
+        for people (name and pid); else None."""
         ...
 
 
@@ -228,8 +234,8 @@ class OwnDrift(Protocol):
     def drift(self) -> list[dict[str, Any]]: ...
 
 
-ROUTER = (RouterProcess, HealthVerdicts, OpenRequests, ServersReadBack, RouterMetrics,
-          Mirroring)
+ROUTER = (RouterProcess, RouterSwitch, HealthVerdicts, OpenRequests, ServersReadBack,
+          RouterMetrics, Mirroring)
 COMPUTE = (Sweeper, OrphanFinder, TamperCheck, ImageFileReader, TestinfraBackend, ExitStatus,
            ReleaseTerminator, RemoteLogs)
 BUILDER = (ImageCheck, Resolver, SpecLocator)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -81,9 +82,28 @@ def default_sigint() -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port for a test's listen address, below the kernel's ephemeral range.
+
+    kiln picks its own ports (a router's admin and exporter, a mirror entrypoint, Prometheus)
+    with bind(0), from that range: a test port from it could be taken by another test's router
+    between the pick and the deploy (CI once saw "already in use by pid ... (traefik)")."""
+    low = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randint(max(1024, low - 12_000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @dataclass

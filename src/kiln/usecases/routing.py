@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kiln.context import Context
-from kiln.platforms.capabilities import RouterProcess
+from kiln.platforms.capabilities import RouterSwitch
 from kiln.rollout.executor import load_release
 from kiln.rollout.heal import route
 from kiln.state.records import routes as route_records
@@ -17,7 +17,7 @@ def start_router(project: Context) -> None:
     routed again from the state, as a restart would serve it: the first one starts the new
     router (stopping the old one, which holds the addresses), and none is served stale."""
     router = project.router
-    if isinstance(router, RouterProcess) and router.serving_instead() is not None:
+    if isinstance(router, RouterSwitch) and router.serving_instead() is not None:
         weights: dict[str, dict[str, int]] = {}
         for row in route_records.all_weights(project.store):
             weights.setdefault(str(row["service"]), {})[str(row["release_id"])] = int(

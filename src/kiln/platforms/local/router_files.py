@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kiln.errors import PlatformError
-from kiln.platforms.capabilities import RouterProcess
+from kiln.platforms.capabilities import RouterProcess, RouterSwitch
 from kiln.platforms.local import tcp_table, traefik_process
 from kiln.platforms.local.traefik_process import Running
 
 
-class RouterFiles(RouterProcess):
+class RouterFiles(RouterProcess, RouterSwitch):
     """Base of a local router: `dir`, `state_path`, `pid_path` and `staging_dir` are set by it."""
 
     project: str
