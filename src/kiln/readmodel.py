@@ -244,13 +244,13 @@ def status(ctx: Context, names: list[str], warn: Callable[[str], None]) -> dict[
 
     ctl = running(ctx.store)
     router = router_view(ctx)
-    instead = (ctx.router.serving_instead() if isinstance(ctx.router, RouterSwitch)
-               else None)
-    if router["needed"] and router["running"] is False and instead is not None:
-        warn(f"the spec's router ({ctx.spec.router}) is not running yet: {instead} still serves "
-             "the traffic; `kiln deploy` (or a running `kiln serve`) switches to it")
-    elif router["needed"] and router["running"] is False:
-        warn("the router is not running: traffic is not served; `kiln deploy` (or a running "
+    if router["needed"] and router["running"] is False:
+        instead = (ctx.router.serving_instead() if isinstance(ctx.router, RouterSwitch)
+                   else None)
+        warn(f"the spec's router ({ctx.spec.router}) is not running yet: {instead} still "
+             "serves the traffic; `kiln deploy` (or a running `kiln serve`) switches to it"
+             if instead is not None else
+             "the router is not running: traffic is not served; `kiln deploy` (or a running "
              "`kiln serve`) restarts it with its last routing")
     prometheus = ctx.scraping.view()
     if prometheus is not None and router["needed"] and not prometheus["running"]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from kiln.context import Context
 from kiln.platforms.capabilities import RouterSwitch
 from kiln.rollout.executor import load_release
-from kiln.rollout.heal import route
 from kiln.state.records import routes as route_records
 
 
@@ -18,6 +17,8 @@ def start_router(project: Context) -> None:
     router (stopping the old one, which holds the addresses), and none is served stale."""
     router = project.router
     if isinstance(router, RouterSwitch) and router.serving_instead() is not None:
+        from kiln.rollout.heal import route  # only on a switch: not on every deploy's start-up
+
         weights: dict[str, dict[str, int]] = {}
         for row in route_records.all_weights(project.store):
             weights.setdefault(str(row["service"]), {})[str(row["release_id"])] = int(

@@ -100,15 +100,18 @@ class RouterFiles(RouterProcess, RouterSwitch):
     def serving_instead(self) -> str | None:
         """The other router still serving this project (the spec switched routers and nothing
         started this one yet): its name and pid, else None."""
-        running = self.replaces._running() if self.replaces is not None else None
-        if self.replaces is None or running is None:
+        replaced = self._replaced_running()
+        if self.replaces is None or replaced is None:
             return None
-        return f"{self.replaces.kind} (pid {running.pid})"
+        return f"{self.replaces.kind} (pid {replaced.pid})"
+
+    def _replaced_running(self) -> Running | None:
+        return self.replaces._running() if self.replaces is not None else None
 
     def _held(self, running: Running | None) -> set[str]:
         """Listen addresses this project's routers hold: this one's (`running`) and those of
         the router it replaces, which it takes over when it starts."""
-        replaced = self.replaces._running() if self.replaces is not None else None
+        replaced = self._replaced_running()
         return {*(running.listens.values() if running else ()),
                 *(replaced.listens.values() if replaced else ())}
 
