@@ -518,7 +518,9 @@ def test_secrets_are_never_stored(local: LocalHarness) -> None:
 
 @pytest.mark.e2e
 def test_a_taken_port_moves_the_instance_to_another_address(local: LocalHarness) -> None:
-    first = address_for(local.local.project, 0)
+    # The address its launch tries first: the range is keyed by project and folder, and the
+    # counter is the instances table's row count (0 in a fresh project).
+    first = address_for(f"{local.local.project}@{local.local.home.resolve()}", 0)
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind((first, PORT))

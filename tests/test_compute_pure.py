@@ -11,11 +11,27 @@ from kiln.platforms.local.addresses import address_for, allocate, project_octet
 from kiln.platforms.local.environment import base_env, instance_env, kiln_vars
 
 
-@pytest.mark.parametrize(("counter", "expected_tail"), [
-    (0, "0.1"), (1, "0.2"), (253, "0.254"), (254, "1.1"), (254 * 256, "0.1"),
-])
-def test_address_for(counter: int, expected_tail: str) -> None:
-    assert address_for("shop", counter) == f"127.{project_octet('shop')}.{expected_tail}"
+def _index(address: str) -> int:
+    """Where an address sits in its /16 range (0 for x.y.0.1)."""
+    _, _, third, fourth = map(int, address.split("."))
+    return third * 254 + fourth - 1
+
+
+@pytest.mark.parametrize("counter", [0, 1, 253, 254, 254 * 256 - 1, 254 * 256])
+def test_address_for_walks_the_range_from_the_projects_own_start(counter: int) -> None:
+    start = _index(address_for("shop", 0))
+    host = address_for("shop", counter)
+    assert host.startswith(f"127.{project_octet('shop')}.")
+    assert _index(host) == (start + counter) % (254 * 256)
+    assert not host.endswith((".0", ".255"))
+
+
+def test_projects_sharing_an_octet_start_apart() -> None:
+    """Two projects with one second octet began at the same .0.1 and raced for it."""
+    names = [f"shop@/tmp/p{i}" for i in range(2000)]
+    assert len({project_octet(n) for n in names}) <= 128  # octets alone: shared by many
+    firsts = {address_for(n, 0) for n in names}
+    assert len(firsts) > 0.99 * len(names)  # first addresses: nearly all apart
 
 
 def test_project_octet_is_stable_and_never_zero_block() -> None:

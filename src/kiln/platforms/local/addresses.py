@@ -2,8 +2,11 @@
 service's own port and the router addresses it without a port map.
 
 The second octet is derived from the project name so two projects on one machine rarely share a
-range; the last two octets come from a per-project counter (the instances table's row count), and
-an address is skipped when a live instance holds it or the port cannot actually be bound.
+range; the last two octets come from a per-project counter (the instances table's row count),
+begun at a per-project point of the range, and an address is skipped when a live instance holds
+it or the port cannot actually be bound. The starting point matters: with 128 second octets, two
+projects often share one, and both starting at .0.1 raced for it (the check that the port is free
+and the app's own bind are apart by the app's start-up; CI saw "Address already in use").
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ def project_octet(project: str) -> int:
 
 
 def address_for(project: str, counter: int) -> str:
-    """The `counter`-th address of a project's range (wraps after 65,024 addresses)."""
-    n = counter % _HOSTS_PER_BLOCK
+    """The `counter`-th address of a project's range, from the project's own starting point
+    (wraps after 65,024 addresses)."""
+    n = (counter + zlib.crc32(project.encode()) // 128) % _HOSTS_PER_BLOCK
     return f"127.{project_octet(project)}.{n // 254}.{n % 254 + 1}"
 
 
